@@ -1,0 +1,119 @@
+"""Who is calling: API keys (Bearer), or a logged-in operator or customer user (session).
+
+Both end in a ``Principal``: the scopes it holds and, when restricted, the one customer it may see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework import authentication, exceptions, permissions, throttling
+from rest_framework.request import Request
+
+SCOPES = ("ingest", "read", "admin")
+
+
+@dataclass(frozen=True)
+class Principal:
+    scopes: frozenset[str]
+    customer_id: int | None = None  # Customer.pk when restricted to one customer
+    api_key_id: int | None = None
+    user_id: int | None = None
+
+    def has_scope(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+    def may_access_customer_pk(self, customer_pk: int) -> bool:
+        return self.customer_id is None or self.customer_id == customer_pk
+
+    @property
+    def rate_key(self) -> str:
+        return f"key:{self.api_key_id}" if self.api_key_id else f"user:{self.user_id}"
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        parts = header.split()
+        if len(parts) != 2 or parts[0].lower() != "bearer":
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
+        from billing.customers.services import api_key_authenticate
+
+        principal = api_key_authenticate(raw_key=parts[1])
+        if principal is None:
+            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
+        return (None, principal)
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="tollgate"'
+
+
+class SessionPrincipalAuthentication(authentication.SessionAuthentication):
+    """Operator staff (admin scope) and customer users (read scope on their own customer)."""
+
+    def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user = result[0]
+        if user.is_staff:
+            return (user, Principal(scopes=frozenset({"admin"}), user_id=user.pk))
+        from billing.customers.selectors import customer_user_customer_pk
+
+        customer_pk = customer_user_customer_pk(user_id=user.pk)
+        if customer_pk is None:
+            return None
+        return (user, Principal(scopes=frozenset({"read"}), customer_id=customer_pk, user_id=user.pk))
+
+
+class HasScope(permissions.BasePermission):
+    """A view says ``required_scope = "read"`` or a mapping of HTTP method to scope."""
+
+    message = "This key lacks the scope this call needs."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        principal = request.auth
+        if not isinstance(principal, Principal):
+            raise exceptions.NotAuthenticated("Send 'Authorization: Bearer <api key>'.")
+        required = getattr(view, "required_scope", "admin")
+        if isinstance(required, dict):
+            required = required.get(request.method, "admin")
+        allowed = (required,) if isinstance(required, str) else tuple(required)
+        if any(principal.has_scope(scope) for scope in allowed):
+            return True
+        self.message = f"This key lacks the '{allowed[0]}' scope."
+        return False
+
+
+class KeyRateThrottle(throttling.BaseThrottle):
+    """Fixed one-second window per key, counted in the cache (Redis when REDIS_URL is set, so all
+    workers share it). ``TOLLGATE_RATE_LIMIT_PER_SECOND=0`` switches it off."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        limit = int(getattr(settings, "TOLLGATE_RATE_LIMIT_PER_SECOND", 0))
+        principal = request.auth
+        if limit <= 0 or not isinstance(principal, Principal):
+            return True
+        import time
+
+        window = int(time.time())
+        key = f"tollgate:rl:{principal.rate_key}:{window}"
+        if cache.add(key, 1, timeout=2):
+            return True
+        try:
+            count = cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, timeout=2)
+            return True
+        self._wait = 1.0
+        return count <= limit
+
+    def wait(self) -> float | None:
+        return getattr(self, "_wait", 1.0)

@@ -1,0 +1,84 @@
+"""``ExactDecimalField``: a decimal that is exact on every database Tollgate runs on.
+
+PostgreSQL stores it as ``numeric(38, 18)``, exact by nature. SQLite has no exact decimal type
+(Django's ``DecimalField`` goes through a float with 15 significant digits there), so on SQLite
+the value is kept as canonical text and read back with ``Decimal(text)``. Consequence: on SQLite,
+do not filter or aggregate this column in SQL; the selectors sum it in Python there
+(``billing.common.fields.sql_decimal_ok``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+MAX_DIGITS = 38
+DECIMAL_PLACES = 18
+QUANTUM = Decimal(1).scaleb(-DECIMAL_PLACES)
+MAX_INTEGER_DIGITS = MAX_DIGITS - DECIMAL_PLACES
+
+
+def decimal_to_text(value: Decimal) -> str:
+    """Canonical, exponent-free text of a finite Decimal, trailing zeros removed."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in {"-0", ""} else text
+
+
+def check_decimal(value: Decimal) -> str | None:
+    """Why ``value`` cannot be stored exactly, or None."""
+    if not value.is_finite():
+        return "must be a finite number"
+    exponent = value.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -DECIMAL_PLACES:
+        return f"has more than {DECIMAL_PLACES} decimal places"
+    if abs(value) >= Decimal(10) ** MAX_INTEGER_DIGITS:
+        return f"has more than {MAX_INTEGER_DIGITS} digits before the decimal point"
+    return None
+
+
+def sql_decimal_ok(connection: BaseDatabaseWrapper) -> bool:
+    """Whether SUM/MAX/comparisons over ExactDecimalField are exact in SQL on this database."""
+    return connection.vendor == "postgresql"
+
+
+class ExactDecimalField(models.Field):
+    description = "Exact decimal (numeric on PostgreSQL, canonical text on SQLite)"
+
+    def get_internal_type(self) -> str:
+        return "ExactDecimalField"
+
+    def db_type(self, connection: BaseDatabaseWrapper) -> str:
+        if connection.vendor == "postgresql":
+            return f"numeric({MAX_DIGITS},{DECIMAL_PLACES})"
+        return "text"
+
+    def rel_db_type(self, connection: BaseDatabaseWrapper) -> str:
+        return self.db_type(connection)
+
+    def from_db_value(self, value: Any, expression: Any, connection: BaseDatabaseWrapper) -> Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, Decimal):  # PostgreSQL: numeric(38,18) pads with zeros
+            return Decimal(decimal_to_text(value))
+        return Decimal(str(value))
+
+    def to_python(self, value: Any) -> Decimal | None:
+        if value is None or isinstance(value, Decimal):
+            return value
+        return Decimal(str(value))
+
+    def get_prep_value(self, value: Any) -> Any:
+        value = super().get_prep_value(value)
+        if value is None:
+            return None
+        return decimal_to_text(self.to_python(value))  # type: ignore[arg-type]
+
+    def formfield(self, **kwargs: Any) -> Any:
+        from django import forms
+
+        return super().formfield(**{"form_class": forms.DecimalField, **kwargs})

@@ -1,0 +1,104 @@
+"""Writes for customers, projects, customer users and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.common.auth import Principal
+from billing.common.errors import ApiError, validation_error
+from billing.customers.models import ApiKey, Customer, CustomerUser, Project
+
+KEY_PREFIX = "tg"
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def _digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_create(*, name: str, scope: str, customer: Customer | None = None) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret text, which is never stored and never shown again.
+
+    Format ``tg_<prefix>_<secret>``: the prefix (12 hex chars) finds the row, the SHA-256 digest of the
+    whole key proves it. Keys carry 256 bits of entropy, so a fast hash is enough (no password
+    stretching needed); comparison is constant-time.
+    """
+    if scope not in ApiKey.Scope.values:
+        raise validation_error({"scope": [f"Must be one of {', '.join(ApiKey.Scope.values)}."]})
+    prefix = secrets.token_hex(6)
+    raw = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(name=name, prefix=prefix, key_hash=_digest(raw), scope=scope, customer=customer)
+    return key, raw
+
+
+def api_key_revoke(*, key: ApiKey) -> ApiKey:
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
+def api_key_authenticate(*, raw_key: str) -> Principal | None:
+    parts = raw_key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    row = (
+        ApiKey.objects.filter(prefix=parts[1], revoked_at__isnull=True)
+        .values("pk", "key_hash", "scope", "customer_id", "last_used_at")
+        .first()
+    )
+    if row is None or not hmac.compare_digest(row["key_hash"], _digest(raw_key)):
+        return None
+    now = timezone.now()
+    # last_used_at at one-minute resolution: one write a minute per key, not one per request.
+    if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=row["pk"]).update(last_used_at=now)
+    return Principal(scopes=frozenset({row["scope"]}), customer_id=row["customer_id"], api_key_id=row["pk"])
+
+
+def customer_create(*, external_id: str, name: str, email: str = "", metadata: dict[str, Any] | None = None) -> Customer:
+    customer = Customer(external_id=external_id, name=name or external_id, email=email, metadata=metadata or {})
+    customer.full_clean(validate_unique=False)
+    try:
+        with transaction.atomic():
+            customer.save()
+    except IntegrityError:
+        raise ApiError(409, "already_exists", f"A customer '{external_id}' already exists.") from None
+    return customer
+
+
+def customer_update(*, customer: Customer, data: dict[str, Any]) -> Customer:
+    if "id" in data and data["id"] != customer.external_id:
+        raise validation_error({"id": ["A customer's id is immutable."]})
+    fields = [field for field in ("name", "email", "metadata") if field in data]
+    for field in fields:
+        setattr(customer, field, data[field])
+    customer.full_clean()
+    customer.save(update_fields=[*fields, "updated_at"])
+    return customer
+
+
+def project_create(*, customer: Customer, key: str, name: str = "") -> Project:
+    project = Project(customer=customer, key=key, name=name or key)
+    project.full_clean(validate_constraints=False)
+    try:
+        with transaction.atomic():
+            project.save()
+    except IntegrityError:
+        raise ApiError(409, "already_exists", f"Customer '{customer.external_id}' already has a project '{key}'.") from None
+    return project
+
+
+def customer_user_create(*, customer: Customer, username: str, password: str, email: str = "") -> CustomerUser:
+    user_model = get_user_model()
+    with transaction.atomic():
+        user = user_model.objects.create_user(username=username, password=password, email=email)
+        return CustomerUser.objects.create(user=user, customer=customer)

@@ -1,0 +1,215 @@
+"""Usage-event endpoints: thin, parse and call one service or selector (contract.md, "Usage events")."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.catalog.models import Meter
+from billing.common.errors import ApiError, error_body
+from billing.common.fields import decimal_to_text
+from billing.common.params import parse_choice, parse_instant, parse_int
+from billing.customers.selectors import customer_get
+from billing.usage import selectors
+from billing.usage.contract import batch_decoder
+from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest
+from billing.usage.models import UsageEvent
+
+class TraceDoc(serializers.Serializer):
+    run_id = serializers.CharField(required=False)
+    parent_id = serializers.CharField(required=False)
+    step = serializers.IntegerField(required=False)
+    agent = serializers.CharField(required=False)
+
+
+class UsageEventDoc(serializers.Serializer):
+    """OpenAPI description only: the hot path parses with msgspec (billing.usage.contract)."""
+
+    event_id = serializers.CharField(max_length=128)
+    customer = serializers.CharField()
+    project = serializers.CharField(required=False)
+    meter = serializers.CharField()
+    quantity = serializers.DecimalField(max_digits=38, decimal_places=18, required=False)
+    timestamp = serializers.DateTimeField()
+    dimensions = serializers.DictField(child=serializers.CharField(), required=False)
+    trace = TraceDoc(required=False)
+    billable = serializers.BooleanField(required=False)
+    reason = serializers.CharField(required=False)
+    schema_version = serializers.IntegerField(required=False)
+    corrects = serializers.CharField(required=False)
+
+
+class IngestResultDoc(serializers.Serializer):
+    event_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=["accepted", "duplicate", "rejected"])
+    error = serializers.DictField(required=False)
+
+
+class EventPageDoc(serializers.Serializer):
+    data = UsageEventDoc(many=True)
+    next_cursor = serializers.CharField(allow_null=True)
+
+
+class EventBatchDoc(serializers.Serializer):
+    events = UsageEventDoc(many=True)
+
+
+class EventBatchResultDoc(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    results = IngestResultDoc(many=True)
+
+
+class UsageRowDoc(serializers.Serializer):
+    meter = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    group = serializers.DictField()
+    quantity = serializers.DecimalField(max_digits=38, decimal_places=18)
+
+
+class UsageDoc(serializers.Serializer):
+    customer = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    granularity = serializers.CharField()
+    data = UsageRowDoc(many=True)
+
+
+def _event_out(event: UsageEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "customer": event.customer.external_id,
+        "project": event.project.key if event.project else None,
+        "meter": event.meter.key,
+        "quantity": str(event.quantity),
+        "timestamp": event.timestamp.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "received_at": event.received_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "dimensions": event.dimensions,
+        "trace": event.trace,
+        "billable": event.billable,
+        "reason": event.reason or None,
+        "schema_version": event.schema_version,
+        "corrects": event.corrects or None,
+    }
+
+
+class EventsApi(APIView):
+    """POST one event (scope ingest); GET the raw events, newest first (scope read or ingest)."""
+
+    required_scope = {"POST": "ingest", "GET": ("read", "ingest")}
+
+    @extend_schema(request=UsageEventDoc, responses={201: IngestResultDoc, 200: IngestResultDoc}, operation_id="events_create")
+    def post(self, request: Request) -> Response:
+        result = events_ingest(principal=request.auth, raw_events=[request.body])[0]
+        if result.status == ACCEPTED:
+            return Response({"event_id": result.event_id, "status": ACCEPTED}, status=201)
+        if result.status == DUPLICATE:
+            return Response({"event_id": result.event_id, "status": DUPLICATE}, status=200)
+        assert result.error is not None
+        return Response({"error": result.error.as_dict()}, status=result.error.status)
+
+    @extend_schema(
+        parameters=[OpenApiParameter(p, str) for p in ("customer", "meter", "start", "end", "cursor", "limit")],
+        responses={200: EventPageDoc},
+        operation_id="events_list",
+    )
+    def get(self, request: Request) -> Response:
+        principal = request.auth
+        params = request.query_params
+        customer_pks: list[int] | None = None
+        if params.get("customer"):
+            customer_pks = [customer_get(external_id=params["customer"], principal=principal).pk]
+        elif principal.customer_id is not None:
+            customer_pks = [principal.customer_id]
+        meter = None
+        if params.get("meter"):
+            meter = Meter.objects.filter(key=params["meter"]).first()
+            if meter is None:
+                raise ApiError(422, "unknown_meter", f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
+        after_id = None
+        if params.get("cursor"):
+            after_id = selectors.cursor_decode(params["cursor"])
+            if after_id is None:
+                raise ApiError(422, "validation_error", "The request is not valid.", {"cursor": ["Invalid cursor."]})
+        limit = parse_int("limit", params.get("limit"), 100, 1, 1000)
+        events = selectors.events_list(
+            customer_pks=customer_pks, meter=meter, start=parse_instant("start", params.get("start")),
+            end=parse_instant("end", params.get("end")), after_id=after_id, limit=limit,
+        )
+        next_cursor = selectors.cursor_encode(events[-1].pk) if len(events) == limit else None
+        return Response({"data": [_event_out(e) for e in events], "next_cursor": next_cursor})
+
+
+class EventBatchApi(APIView):
+    required_scope = "ingest"
+
+    @extend_schema(
+        request=EventBatchDoc,
+        responses={200: EventBatchResultDoc},
+        operation_id="events_batch",
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            batch = batch_decoder.decode(request.body)
+        except msgspec.DecodeError as exc:
+            return Response(error_body("invalid_json", f"The body is not valid JSON: {exc}"), status=400)
+        except msgspec.ValidationError as exc:
+            return Response(error_body("invalid_shape", f"Expected {{\"events\": [...]}}: {exc}"), status=400)
+        count = len(batch.events)
+        if not 1 <= count <= settings.TOLLGATE_BATCH_MAX:
+            return Response(error_body("validation_error", "The request is not valid.",
+                                       {"events": [f"Send 1 to {settings.TOLLGATE_BATCH_MAX} events; got {count}."]}), status=422)
+        results = events_ingest(principal=request.auth, raw_events=batch.events)
+        counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
+        for r in results:
+            counts["accepted" if r.status == ACCEPTED else "duplicates" if r.status == DUPLICATE else "rejected"] += 1
+        return Response({**counts, "results": [r.as_dict() for r in results]}, status=200)
+
+
+def _month_start(now: datetime) -> datetime:
+    return now.astimezone(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class CustomerUsageApi(APIView):
+    required_scope = "read"
+
+    @extend_schema(
+        parameters=[OpenApiParameter(p, str) for p in ("start", "end", "meter", "group_by", "granularity")],
+        responses={200: UsageDoc},
+        operation_id="customer_usage",
+    )
+    def get(self, request: Request, customer_id: str) -> Response:
+        customer = customer_get(external_id=customer_id, principal=request.auth)
+        params = request.query_params
+        now = datetime.now(timezone.utc)
+        start = parse_instant("start", params.get("start")) or _month_start(now)
+        end = parse_instant("end", params.get("end")) or selectors.bucket_bounds(now, "month")[1]
+        if end <= start:
+            raise ApiError(422, "validation_error", "The request is not valid.", {"end": ["Must be after start."]})
+        granularity = parse_choice("granularity", params.get("granularity"), selectors.GRANULARITIES, "day")
+        meter = None
+        if params.get("meter"):
+            meter = Meter.objects.filter(key=params["meter"]).first()
+            if meter is None:
+                raise ApiError(422, "unknown_meter", f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
+        group_by = tuple(g.strip() for g in params.get("group_by", "").split(",") if g.strip())
+        if len(group_by) > 4:
+            raise ApiError(422, "validation_error", "The request is not valid.", {"group_by": ["At most 4 groups."]})
+        data = selectors.usage_aggregate(customer=customer, start=start, end=end, granularity=granularity,
+                                         meter=meter, group_by=group_by)
+        for row in data:
+            row["start"] = row["start"].isoformat().replace("+00:00", "Z")
+            row["end"] = row["end"].isoformat().replace("+00:00", "Z")
+            row["quantity"] = decimal_to_text(row["quantity"])
+        return Response({"customer": customer.external_id, "start": start, "end": end,
+                         "granularity": granularity, "data": data})

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.db import models
+
+from billing.catalog.models import Meter
+from billing.common.fields import ExactDecimalField
+from billing.customers.models import Customer, Project
+
+
+class AppendOnlyError(Exception):
+    """Raised on any attempt to change or delete a stored usage event."""
+
+
+class UsageEventQuerySet(models.QuerySet["UsageEvent"]):
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise AppendOnlyError("Usage events are append-only: send a correction event instead.")
+
+    def delete(self) -> NoReturn:  # type: ignore[override]
+        raise AppendOnlyError("Usage events are append-only: they are never deleted.")
+
+
+class UsageEvent(models.Model):
+    """One usage event exactly as accepted. Append-only: no code path updates or deletes a row,
+    and on PostgreSQL a trigger refuses UPDATE and DELETE (migration 0002).
+
+    ``usage_at`` is the hour the quantity counts in: the event's own ``timestamp``, or for a
+    correction the timestamp of the event it corrects. ``fingerprint`` is a digest of the
+    normalised body: the same ``event_id`` with the same fingerprint is a duplicate, with another one
+    a conflict (409).
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False)
+    event_id = models.CharField(max_length=128)
+    quantity = ExactDecimalField()
+    timestamp = models.DateTimeField()
+    usage_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    dimensions = models.JSONField(default=dict, blank=True)
+    trace = models.JSONField(null=True, blank=True)
+    run_id = models.CharField(max_length=128, blank=True, default="")
+    billable = models.BooleanField(default=True)
+    reason = models.CharField(max_length=64, blank=True, default="")
+    schema_version = models.PositiveSmallIntegerField(default=1)
+    corrects = models.CharField(max_length=128, blank=True, default="")
+    fingerprint = models.CharField(max_length=32)
+
+    objects = UsageEventQuerySet.as_manager()
+
+    class Meta:
+        db_table = "usage_event"
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "event_id"], name="usage_event_unique_per_customer"),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "meter", "usage_at"], name="usage_event_cust_meter_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}:{self.event_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("Usage events are append-only: send a correction event instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        raise AppendOnlyError("Usage events are append-only: they are never deleted.")

@@ -1,0 +1,148 @@
+"""Reads of raw usage events: the event list and usage aggregated per meter, bucket and group.
+
+Usage is computed from raw events for now; the hourly rollups (issue 5) will replace the scan.
+Aggregation runs in Python on exact Decimals, so it is exact on SQLite too.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import QuerySet
+
+from billing.catalog.models import Meter
+from billing.customers.models import Customer
+from billing.usage.models import UsageEvent
+
+GRANULARITIES = ("hour", "day", "month")
+
+
+def events_list(
+    *,
+    customer_pks: list[int] | None,
+    meter: Meter | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    after_id: int | None = None,
+    limit: int = 100,
+) -> list[UsageEvent]:
+    """Newest received first (descending id), keyset-paginated: stable under concurrent ingest."""
+    qs: QuerySet[UsageEvent] = UsageEvent.objects.select_related("customer", "project", "meter").order_by("-id")
+    if customer_pks is not None:
+        qs = qs.filter(customer_id__in=customer_pks)
+    if meter is not None:
+        qs = qs.filter(meter=meter)
+    if start is not None:
+        qs = qs.filter(timestamp__gte=start)
+    if end is not None:
+        qs = qs.filter(timestamp__lt=end)
+    if after_id is not None:
+        qs = qs.filter(id__lt=after_id)
+    return list(qs[:limit])
+
+
+def cursor_encode(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def cursor_decode(cursor: str) -> int | None:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, value = text.split(":", 1)
+        return int(value) if kind == "id" else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def bucket_bounds(moment: datetime, granularity: str) -> tuple[datetime, datetime]:
+    """The half-open bucket [start, end) holding ``moment`` (UTC)."""
+    moment = moment.astimezone(timezone.utc)
+    if granularity == "hour":
+        start = moment.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    if granularity == "day":
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+@dataclass
+class _Acc:
+    meter: Meter
+    value: Decimal | None = None
+    latest_at: tuple[datetime, int] | None = None
+    seen: set[str] | None = None
+
+    def add(self, quantity: Decimal, usage_at: datetime, event_pk: int, dimensions: dict[str, str]) -> None:
+        agg = self.meter.aggregation
+        if agg in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT):
+            self.value = (self.value or Decimal(0)) + quantity
+        elif agg == Meter.Aggregation.MAX:
+            self.value = quantity if self.value is None else max(self.value, quantity)
+        elif agg == Meter.Aggregation.LATEST:
+            if self.latest_at is None or (usage_at, event_pk) > self.latest_at:
+                self.latest_at, self.value = (usage_at, event_pk), quantity
+        else:  # unique_count
+            if self.seen is None:
+                self.seen = set()
+            member = dimensions.get(self.meter.unique_by)
+            if member is not None:
+                self.seen.add(member)
+
+    def result(self) -> Decimal:
+        if self.meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
+            return Decimal(len(self.seen or ()))
+        return self.value if self.value is not None else Decimal(0)
+
+
+def usage_aggregate(
+    *,
+    customer: Customer,
+    start: datetime,
+    end: datetime,
+    granularity: str,
+    meter: Meter | None = None,
+    group_by: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """Billable usage of ``customer`` in [start, end), per meter, bucket and group.
+
+    Corrections count in the hour of the event they correct (``usage_at``). ``group_by`` takes
+    ``project`` and dimension names; an event without that dimension groups under null.
+    """
+    meters = {m.pk: m for m in Meter.objects.all()}
+    qs = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
+    if meter is not None:
+        qs = qs.filter(meter=meter)
+    rows = qs.values_list("pk", "meter_id", "project__key", "dimensions", "quantity", "usage_at").order_by()
+    accs: dict[tuple[Any, ...], _Acc] = {}
+    for pk, meter_pk, project_key, dimensions, quantity, usage_at in _iterate(rows):
+        group = tuple(project_key if name == "project" else (dimensions or {}).get(name) for name in group_by)
+        bucket = bucket_bounds(usage_at, granularity)
+        key = (meter_pk, bucket, group)
+        acc = accs.get(key)
+        if acc is None:
+            acc = accs[key] = _Acc(meters[meter_pk])
+        acc.add(quantity, usage_at, pk, dimensions or {})
+    data = []
+    for (meter_pk, (b_start, b_end), group), acc in sorted(
+        accs.items(), key=lambda item: (meters[item[0][0]].key, item[0][1][0], [str(g) for g in item[0][2]])
+    ):
+        data.append({
+            "meter": meters[meter_pk].key,
+            "start": b_start,
+            "end": b_end,
+            "group": dict(zip(group_by, group, strict=True)),
+            "quantity": acc.result(),
+        })
+    return data
+
+
+def _iterate(rows: QuerySet[Any]) -> Iterator[tuple[Any, ...]]:
+    yield from rows.iterator(chunk_size=5000)

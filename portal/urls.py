@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from billing.catalog.apis import MetersApi
+from billing.customers.apis import CustomerDetailApi, CustomerProjectsApi, CustomersApi
+from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
+from portal.health import healthz, readyz
+
+api = [
+    path("events", EventsApi.as_view(), name="events"),
+    path("events/batch", EventBatchApi.as_view(), name="events-batch"),
+    path("meters", MetersApi.as_view(), name="meters"),
+    path("customers", CustomersApi.as_view(), name="customers"),
+    path("customers/<str:customer_id>", CustomerDetailApi.as_view(), name="customer"),
+    path("customers/<str:customer_id>/projects", CustomerProjectsApi.as_view(), name="customer-projects"),
+    path("customers/<str:customer_id>/usage", CustomerUsageApi.as_view(), name="customer-usage"),
+    path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+]
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+         name="api-docs"),
+    path("api/v1/", include(api)),
+]
