@@ -16,5 +16,8 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     # Proves that beat and a worker are alive end to end (readyz shows the last beat); once a
     # minute is frequent enough for an operator's probe and costs one row update.
-    "ops-heartbeat": {"task": "portal.tasks.heartbeat", "schedule": 60.0},
+    "ops-heartbeat": {
+        "task": "portal.tasks.heartbeat",
+        "schedule": float(os.environ.get("TOLLGATE_HEARTBEAT_SECONDS", "60")),
+    },
 }

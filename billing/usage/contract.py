@@ -72,7 +72,7 @@ class EventError(Exception):
 def _field_of(error: msgspec.ValidationError) -> str:
     text = str(error)
     if " - at `$." in text:
-        return text.rsplit(" - at `$.", 1)[1].rstrip("`")
+        return text.rsplit(" - at `$.", 1)[1].rstrip("`").replace("[...]", "")
     if "missing required field `" in text:
         return text.split("missing required field `", 1)[1].split("`", 1)[0]
     if "unknown field `" in text:

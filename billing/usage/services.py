@@ -80,6 +80,7 @@ def events_ingest(*, principal: Principal, raw_events: Sequence[bytes | msgspec.
 
     lookups = _load_lookups(cleaned)
     rows: list[_Row] = []
+    repeats: list[_Row] = []  # the same id again later in this batch: judged against what is stored
     in_batch: dict[tuple[int, str], _Row] = {}
     for index, event in cleaned:
         try:
@@ -87,9 +88,8 @@ def events_ingest(*, principal: Principal, raw_events: Sequence[bytes | msgspec.
         except EventError as error:
             results[index] = IngestResult(event.event_id, REJECTED, error)
             continue
-        first = in_batch.get((row.customer_pk, event.event_id))
-        if first is not None:  # the same id twice in one batch: the first one decides
-            results[index] = _compare(event.event_id, first.fingerprint, row.fingerprint)
+        if (row.customer_pk, event.event_id) in in_batch:
+            repeats.append(row)
             continue
         in_batch[(row.customer_pk, event.event_id)] = row
         rows.append(row)
@@ -97,13 +97,18 @@ def events_ingest(*, principal: Principal, raw_events: Sequence[bytes | msgspec.
     if rows:
         with transaction.atomic():
             inserted = _insert_rows(rows, received_at=now)
-        stored = _stored_fingerprints([r for r in rows if (r.customer_pk, r.event.event_id) not in inserted])
+        # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
+        winner = _stored_fingerprints([r for r in rows if (r.customer_pk, r.event.event_id) not in inserted])
         for row in rows:
             key = (row.customer_pk, row.event.event_id)
             if key in inserted:
+                winner[key] = row.fingerprint
                 results[row.index] = IngestResult(row.event.event_id, ACCEPTED)
             else:
-                results[row.index] = _compare(row.event.event_id, stored.get(key, ""), row.fingerprint)
+                results[row.index] = _compare(row.event.event_id, winner.get(key, ""), row.fingerprint)
+        for row in repeats:
+            key = (row.customer_pk, row.event.event_id)
+            results[row.index] = _compare(row.event.event_id, winner.get(key, ""), row.fingerprint)
     return [r for r in results if r is not None]
 
 

@@ -1,0 +1,125 @@
+"""Shared fixtures. Service-marked tests skip when the service is absent, and FAIL instead when
+REQUIRE_SERVICES=1 (CI): a missing service must never turn into a silent green."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from billing.catalog.services import meter_create
+from billing.customers.models import ApiKey, Customer
+from billing.customers.services import api_key_create, customer_create
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+def _missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"REQUIRE_SERVICES=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("postgres") and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        _missing("this test needs PostgreSQL (set DATABASE_URL)")
+    if item.get_closest_marker("redis") and not settings.REDIS_URL:
+        _missing("this test needs Redis (set REDIS_URL)")
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limit(settings: Any) -> None:
+    settings.TOLLGATE_RATE_LIMIT_PER_SECOND = 0
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture
+def tokens_meter(db: None) -> Any:
+    return meter_create(key="llm_tokens", name="LLM tokens", unit="token", aggregation="sum")[0]
+
+
+@pytest.fixture
+def calls_meter(db: None) -> Any:
+    return meter_create(key="api_calls", name="API calls", unit="call", aggregation="count")[0]
+
+
+@pytest.fixture
+def acme(db: None) -> Customer:
+    return customer_create(external_id="acme-co", name="Acme")
+
+
+@pytest.fixture
+def globex(db: None) -> Customer:
+    return customer_create(external_id="globex", name="Globex")
+
+
+@pytest.fixture
+def make_client(db: None) -> Callable[..., APIClient]:
+    def make(scope: str = "admin", customer: Customer | None = None) -> APIClient:
+        _, raw = api_key_create(name=f"test {scope}", scope=scope, customer=customer)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        client.raw_key = raw  # type: ignore[attr-defined]
+        return client
+
+    return make
+
+
+@pytest.fixture
+def ingest(make_client: Callable[..., APIClient]) -> APIClient:
+    return make_client("ingest")
+
+
+@pytest.fixture
+def admin(make_client: Callable[..., APIClient]) -> APIClient:
+    return make_client("admin")
+
+
+def post_json(client: APIClient, path: str, body: Any) -> Any:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return client.post(path, data=data, content_type="application/json")
+
+
+@pytest.fixture
+def event(now: datetime) -> Callable[..., dict[str, Any]]:
+    def make(event_id: str = "evt-1", **overrides: Any) -> dict[str, Any]:
+        body = {
+            "event_id": event_id,
+            "customer": "acme-co",
+            "meter": "llm_tokens",
+            "quantity": "1200",
+            "timestamp": (now - timedelta(minutes=1)).isoformat(),
+            "dimensions": {"model": "gpt-4o", "direction": "input"},
+        }
+        body.update(overrides)
+        return {k: v for k, v in body.items() if v is not None}
+
+    return make
+
+
+def stored_rows() -> list[tuple[Any, ...]]:
+    """What the database holds: the ground truth for exactly-once assertions."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT customer_id, event_id, quantity, fingerprint FROM usage_event ORDER BY customer_id, event_id")
+        return [tuple(str(v) for v in row) for row in cursor.fetchall()]
+
+
+__all__ = ["ApiKey", "post_json", "stored_rows"]
