@@ -107,7 +107,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "tollgate.sqlite3",
+            "NAME": str(DATA_DIR / "tollgate.sqlite3"),
             "OPTIONS": {
                 # web, worker and beat share the file: WAL lets readers run beside one writer and
                 # IMMEDIATE transactions take the write lock up front instead of failing on upgrade.

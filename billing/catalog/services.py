@@ -13,7 +13,8 @@ def meter_create(*, key: str, name: str, aggregation: str, unit: str = "unit", u
     meter = Meter(key=key, name=name or key, aggregation=aggregation, unit=unit or "unit", unique_by=unique_by or "")
     meter.full_clean(validate_unique=False, validate_constraints=False)
     if aggregation == Meter.Aggregation.UNIQUE_COUNT and not unique_by:
-        raise ApiError(422, "validation_error", "unique_count needs unique_by.", fields={"unique_by": ["Required for unique_count."]})
+        raise ApiError(422, "validation_error", "unique_count needs unique_by.",
+                       fields={"unique_by": ["Required for unique_count."]})
     existing = Meter.objects.filter(key=key).first()
     if existing is not None:
         return _same_or_conflict(existing, meter), False

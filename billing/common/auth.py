@@ -34,6 +34,14 @@ class Principal:
         return f"key:{self.api_key_id}" if self.api_key_id else f"user:{self.user_id}"
 
 
+def principal_of(request: Request) -> Principal:
+    """The authenticated caller of a view guarded by HasScope."""
+    principal = request.auth
+    if not isinstance(principal, Principal):
+        raise exceptions.NotAuthenticated("Send 'Authorization: Bearer <api key>'.")
+    return principal
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 

@@ -86,7 +86,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, exceptions.PermissionDenied):
         return Response(error_body("forbidden", str(exc.detail)), status=403)
     if isinstance(exc, exceptions.Throttled):
-        wait = math.ceil(exc.wait or 1)
+        wait = math.ceil(getattr(exc, "wait", None) or 1)
         return Response(
             error_body("rate_limited", f"Too many requests; retry in {wait} s."),
             status=429,
@@ -100,6 +100,6 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             status=422,
         )
     if isinstance(exc, exceptions.APIException):
-        code = exc.get_codes() if isinstance(exc.get_codes(), str) else "error"
-        return Response(error_body(str(code), str(exc.detail)), status=exc.status_code)
+        codes = exc.get_codes()
+        return Response(error_body(codes if isinstance(codes, str) else "error", str(exc.detail)), status=exc.status_code)
     return None

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.common.auth import principal_of
 from billing.common.errors import ApiError
 from billing.customers import selectors, services
 from billing.customers.models import Customer, Project
@@ -42,12 +43,12 @@ class CustomersApi(APIView):
 
     @extend_schema(responses={200: CustomerOut(many=True)}, operation_id="customers_list")
     def get(self, request: Request) -> Response:
-        customers = selectors.customer_list(principal=request.auth).prefetch_related("projects")
+        customers = selectors.customer_list(principal=principal_of(request)).prefetch_related("projects")
         return Response({"data": CustomerOut(customers, many=True).data})
 
     @extend_schema(request=CustomerCreateInput, responses={201: CustomerOut}, operation_id="customers_create")
     def post(self, request: Request) -> Response:
-        if request.auth.customer_id is not None:
+        if principal_of(request).customer_id is not None:
             raise ApiError(403, "forbidden", "A key restricted to one customer cannot create customers.")
         data = self.CustomerCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -67,11 +68,11 @@ class CustomerDetailApi(APIView):
 
     @extend_schema(responses={200: CustomerOut}, operation_id="customers_retrieve")
     def get(self, request: Request, customer_id: str) -> Response:
-        return Response(_customer_out(selectors.customer_get(external_id=customer_id, principal=request.auth)))
+        return Response(_customer_out(selectors.customer_get(external_id=customer_id, principal=principal_of(request))))
 
     @extend_schema(request=CustomerUpdateInput, responses={200: CustomerOut}, operation_id="customers_update")
     def patch(self, request: Request, customer_id: str) -> Response:
-        customer = selectors.customer_get(external_id=customer_id, principal=request.auth)
+        customer = selectors.customer_get(external_id=customer_id, principal=principal_of(request))
         data = self.CustomerUpdateInput(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         customer = services.customer_update(customer=customer, data=dict(data.validated_data))
@@ -87,12 +88,12 @@ class CustomerProjectsApi(APIView):
 
     @extend_schema(responses={200: ProjectOut(many=True)}, operation_id="projects_list")
     def get(self, request: Request, customer_id: str) -> Response:
-        customer = selectors.customer_get(external_id=customer_id, principal=request.auth)
+        customer = selectors.customer_get(external_id=customer_id, principal=principal_of(request))
         return Response({"data": ProjectOut(selectors.project_list(customer=customer), many=True).data})
 
     @extend_schema(request=ProjectCreateInput, responses={201: ProjectOut}, operation_id="projects_create")
     def post(self, request: Request, customer_id: str) -> Response:
-        customer = selectors.customer_get(external_id=customer_id, principal=request.auth)
+        customer = selectors.customer_get(external_id=customer_id, principal=principal_of(request))
         data = self.ProjectCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         project: Project = services.project_create(customer=customer, key=data.validated_data["id"],

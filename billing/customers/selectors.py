@@ -22,7 +22,7 @@ def customer_get(*, external_id: str, principal: Principal) -> Customer:
     """The customer, or 404 for an unknown id *and* for another tenant's id: never reveal which."""
     customer = Customer.objects.filter(external_id=external_id).first()
     if customer is None or not principal.may_access_customer_pk(customer.pk):
-        raise ApiError(404, "not_found", f"No customer '{external_id}'.")
+        raise ApiError(404, "not_found", "No such customer.")
     return customer
 
 

@@ -14,14 +14,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.catalog.models import Meter
+from billing.common.auth import principal_of
 from billing.common.errors import ApiError, error_body
 from billing.common.fields import decimal_to_text
 from billing.common.params import parse_choice, parse_instant, parse_int
 from billing.customers.selectors import customer_get
 from billing.usage import selectors
 from billing.usage.contract import batch_decoder
-from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest
 from billing.usage.models import UsageEvent
+from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest
+
 
 class TraceDoc(serializers.Serializer):
     run_id = serializers.CharField(required=False)
@@ -54,7 +56,7 @@ class IngestResultDoc(serializers.Serializer):
 
 
 class EventPageDoc(serializers.Serializer):
-    data = UsageEventDoc(many=True)
+    data = UsageEventDoc(many=True)  # type: ignore[assignment]  # the response key is "data"
     next_cursor = serializers.CharField(allow_null=True)
 
 
@@ -82,7 +84,7 @@ class UsageDoc(serializers.Serializer):
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     granularity = serializers.CharField()
-    data = UsageRowDoc(many=True)
+    data = UsageRowDoc(many=True)  # type: ignore[assignment]
 
 
 def _event_out(event: UsageEvent) -> dict[str, Any]:
@@ -110,7 +112,7 @@ class EventsApi(APIView):
 
     @extend_schema(request=UsageEventDoc, responses={201: IngestResultDoc, 200: IngestResultDoc}, operation_id="events_create")
     def post(self, request: Request) -> Response:
-        result = events_ingest(principal=request.auth, raw_events=[request.body])[0]
+        result = events_ingest(principal=principal_of(request), raw_events=[request.body])[0]
         if result.status == ACCEPTED:
             return Response({"event_id": result.event_id, "status": ACCEPTED}, status=201)
         if result.status == DUPLICATE:
@@ -124,7 +126,7 @@ class EventsApi(APIView):
         operation_id="events_list",
     )
     def get(self, request: Request) -> Response:
-        principal = request.auth
+        principal = principal_of(request)
         params = request.query_params
         customer_pks: list[int] | None = None
         if params.get("customer"):
@@ -169,7 +171,7 @@ class EventBatchApi(APIView):
         if not 1 <= count <= settings.TOLLGATE_BATCH_MAX:
             return Response(error_body("validation_error", "The request is not valid.",
                                        {"events": [f"Send 1 to {settings.TOLLGATE_BATCH_MAX} events; got {count}."]}), status=422)
-        results = events_ingest(principal=request.auth, raw_events=batch.events)
+        results = events_ingest(principal=principal_of(request), raw_events=batch.events)
         counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
         for r in results:
             counts["accepted" if r.status == ACCEPTED else "duplicates" if r.status == DUPLICATE else "rejected"] += 1
@@ -189,7 +191,7 @@ class CustomerUsageApi(APIView):
         operation_id="customer_usage",
     )
     def get(self, request: Request, customer_id: str) -> Response:
-        customer = customer_get(external_id=customer_id, principal=request.auth)
+        customer = customer_get(external_id=customer_id, principal=principal_of(request))
         params = request.query_params
         now = datetime.now(timezone.utc)
         start = parse_instant("start", params.get("start")) or _month_start(now)

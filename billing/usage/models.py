@@ -17,7 +17,7 @@ class UsageEventQuerySet(models.QuerySet["UsageEvent"]):
     def update(self, **kwargs: Any) -> NoReturn:
         raise AppendOnlyError("Usage events are append-only: send a correction event instead.")
 
-    def delete(self) -> NoReturn:  # type: ignore[override]
+    def delete(self) -> NoReturn:
         raise AppendOnlyError("Usage events are append-only: they are never deleted.")
 
 
@@ -67,5 +67,5 @@ class UsageEvent(models.Model):
             raise AppendOnlyError("Usage events are append-only: send a correction event instead.")
         super().save(*args, **kwargs)
 
-    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AppendOnlyError("Usage events are append-only: they are never deleted.")

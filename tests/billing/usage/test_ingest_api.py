@@ -199,7 +199,7 @@ def test_full_event_contract_is_stored(ingest, event):
     assert post_json(ingest, EVENTS, body).status_code == 201
 
     stored = UsageEvent.objects.select_related("project").get()
-    assert stored.project.key == "chatbot"
+    assert stored.project is not None and stored.project.key == "chatbot"
     assert stored.trace == {"run_id": "run-7", "parent_id": "p", "step": 3, "agent": "planner"}
     assert stored.run_id == "run-7"
     assert stored.billable is False and stored.reason == "internal_test"

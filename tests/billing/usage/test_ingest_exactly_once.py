@@ -11,7 +11,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 from django.db import connection, transaction
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from billing.common.auth import Principal
 from billing.customers.services import customer_create

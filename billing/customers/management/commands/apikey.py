@@ -34,10 +34,10 @@ class Command(BaseCommand):
         elif action == "list":
             for key in ApiKey.objects.select_related("customer"):
                 state = "revoked" if key.revoked_at else "active"
-                self.stdout.write(f"tg_{key.prefix}_…  {key.scope:7} {state:8} {key.customer or '-':20} {key.name}")
+                self.stdout.write(f"tg_{key.prefix}_…  {key.scope:7} {state:8} {key.customer or '-'!s:20} {key.name}")
         else:
-            key = ApiKey.objects.filter(prefix=options["prefix"]).first()
-            if key is None:
+            found = ApiKey.objects.filter(prefix=options["prefix"]).first()
+            if found is None:
                 raise CommandError(f"No key with prefix '{options['prefix']}'.")
-            api_key_revoke(key=key)
-            self.stdout.write(f"revoked tg_{key.prefix}_…")
+            api_key_revoke(key=found)
+            self.stdout.write(f"revoked tg_{found.prefix}_…")

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+
+pytestmark = pytest.mark.django_db
+
+
+def test_healthz_answers_without_auth(client):
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_checks_database_broker_and_ledger(client):
+    response = client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "ledger": "ok"}
+
+
+def test_readyz_is_503_when_the_ledger_is_unreachable(client, settings):
+    settings.LEDGER_BACKEND = "tigerbeetle"
+    settings.TIGERBEETLE_ADDRESSES = "127.0.0.1:1"  # nothing listens there
+    settings.LEDGER_TIMEOUT_SECONDS = 0.5
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["ledger"] != "ok"
+
+
+def test_heartbeat_task_records_the_beat(client):
+    from portal.tasks import heartbeat
+
+    heartbeat.apply()
+
+    assert client.get("/readyz").json()["last_beat"] is not None
+
+
+@pytest.mark.redis
+def test_with_redis_the_cache_and_broker_are_redis(client, settings):
+    from portal.celery import app
+
+    assert settings.CACHES["default"]["BACKEND"].endswith("RedisCache")
+    assert app.conf.broker_url.startswith("redis://")
+    cache.set("tollgate-probe", 1)
+    assert cache.get("tollgate-probe") == 1
+    assert client.get("/readyz").json()["checks"]["broker"] == "ok"
+
+
+def test_openapi_schema_describes_the_api(client):
+    response = client.get("/api/v1/schema", HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    for path in ("/api/v1/events", "/api/v1/events/batch", "/api/v1/meters", "/api/v1/customers",
+                 "/api/v1/customers/{customer_id}", "/api/v1/customers/{customer_id}/usage"):
+        assert path in schema["paths"], path
+    assert "ApiKey" in schema["components"]["securitySchemes"]
+
+
+def test_api_docs_page_is_served_without_a_cdn(client):
+    response = client.get("/api/docs")
+
+    assert response.status_code == 200
+    assert b"cdn." not in response.content and b"jsdelivr" not in response.content
