@@ -88,7 +88,8 @@ def decode_event(raw: bytes | msgspec.Raw) -> EventIn:
         text = str(exc)
         if text.startswith("Expected `object`") and " - at `$" not in text:
             raise EventError(400, "invalid_shape", "An event must be a JSON object.") from None
-        raise EventError(422, "validation_error", "The event is not valid.", {_field_of(exc): [text.split(" - at ")[0]]}) from None
+        fields = {_field_of(exc): [text.split(" - at ")[0]]}
+        raise EventError(422, "validation_error", "The event is not valid.", fields) from None
     except msgspec.DecodeError as exc:
         raise EventError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
 

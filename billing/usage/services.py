@@ -64,7 +64,9 @@ class _Lookups:
     originals: dict[tuple[int, str], tuple[int, datetime]] = field(default_factory=dict)  # -> meter_pk, usage_at
 
 
-def events_ingest(*, principal: Principal, raw_events: Sequence[bytes | msgspec.Raw], now: datetime | None = None) -> list[IngestResult]:
+def events_ingest(
+    *, principal: Principal, raw_events: Sequence[bytes | msgspec.Raw], now: datetime | None = None
+) -> list[IngestResult]:
     """Validate and store a batch; one result per input, in order. One bad event never sinks the rest."""
     now = now or timezone.now()
     max_future = timedelta(seconds=settings.TOLLGATE_MAX_FUTURE_SECONDS)
@@ -136,7 +138,8 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
     if not cleaned:
         return lookups
     customer_ids = {e.customer for _, e in cleaned}
-    lookups.customers = {c.external_id: c for c in Customer.objects.filter(external_id__in=customer_ids).only("pk", "external_id")}
+    customers = Customer.objects.filter(external_id__in=customer_ids).only("pk", "external_id")
+    lookups.customers = {c.external_id: c for c in customers}
     lookups.meters = {m.key: m for m in Meter.objects.filter(key__in={e.meter for _, e in cleaned})}
     project_keys = {e.project for _, e in cleaned if e.project}
     if project_keys:
@@ -153,7 +156,9 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
     return lookups
 
 
-def _resolve(event: CleanEvent, index: int, principal: Principal, lookups: _Lookups, in_batch: dict[tuple[int, str], _Row]) -> _Row:
+def _resolve(
+    event: CleanEvent, index: int, principal: Principal, lookups: _Lookups, in_batch: dict[tuple[int, str], _Row]
+) -> _Row:
     customer = lookups.customers.get(event.customer)
     if principal.customer_id is not None and (customer is None or customer.pk != principal.customer_id):
         # Same answer whether or not that customer exists: nothing about other tenants leaks.
@@ -186,7 +191,8 @@ def _resolve(event: CleanEvent, index: int, principal: Principal, lookups: _Look
             original = (earlier.meter_pk, earlier.usage_at)
         if original is None or original[0] != meter.pk:
             raise EventError(422, "unknown_original",
-                             f"No event '{event.corrects}' of this customer and meter to correct.", {"corrects": ["Unknown event."]})
+                             f"No event '{event.corrects}' of this customer and meter to correct.",
+                             {"corrects": ["Unknown event."]})
         usage_at = original[1]
     return _Row(
         index=index,
