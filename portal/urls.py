@@ -2,8 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from billing.catalog.apis import MetersApi
+from billing.catalog.apis import CustomerSubscriptionApi, MetersApi, PlansApi, PlanVersionsApi
 from billing.customers.apis import CustomerDetailApi, CustomerProjectsApi, CustomersApi
+from billing.invoicing.apis import CustomerUpcomingInvoiceApi
 from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
 
@@ -11,10 +12,15 @@ api = [
     path("events", EventsApi.as_view(), name="events"),
     path("events/batch", EventBatchApi.as_view(), name="events-batch"),
     path("meters", MetersApi.as_view(), name="meters"),
+    path("plans", PlansApi.as_view(), name="plans"),
+    path("plans/<str:plan_key>/versions", PlanVersionsApi.as_view(), name="plan-versions"),
     path("customers", CustomersApi.as_view(), name="customers"),
     path("customers/<str:customer_id>", CustomerDetailApi.as_view(), name="customer"),
     path("customers/<str:customer_id>/projects", CustomerProjectsApi.as_view(), name="customer-projects"),
     path("customers/<str:customer_id>/usage", CustomerUsageApi.as_view(), name="customer-usage"),
+    path("customers/<str:customer_id>/subscription", CustomerSubscriptionApi.as_view(), name="customer-subscription"),
+    path("customers/<str:customer_id>/upcoming-invoice", CustomerUpcomingInvoiceApi.as_view(),
+         name="customer-upcoming-invoice"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
 ]
 

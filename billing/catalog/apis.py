@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -7,7 +10,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.catalog import selectors, services
-from billing.catalog.models import Meter
+from billing.catalog.models import Meter, Plan, Subscription
+from billing.common.auth import principal_of
+from billing.common.errors import ApiError
+from billing.customers.selectors import customer_get
 
 
 class MeterOut(serializers.Serializer):
@@ -38,3 +44,78 @@ class MetersApi(APIView):
         data.is_valid(raise_exception=True)
         meter, created = services.meter_create(**data.validated_data)
         return Response(MeterOut(meter).data, status=201 if created else 200)
+
+
+def _actor(request: Request) -> str:
+    principal = principal_of(request)
+    if principal.api_key_id:
+        return f"api_key:{principal.api_key_id}"
+    return getattr(request.user, "username", "") or "unknown"
+
+
+class PlansApi(APIView):
+    """GET the plans as catalog-file entries (one per version); POST a plan with its first version."""
+
+    required_scope = {"GET": "read", "POST": "admin"}
+
+    @extend_schema(request=None, responses={200: None}, operation_id="plans_list")
+    def get(self, request: Request) -> Response:
+        return Response({"data": [e for plan in selectors.plan_list() for e in selectors.plan_export_entries(plan)]})
+
+    @extend_schema(request=None, responses={201: None}, operation_id="plans_create")
+    def post(self, request: Request) -> Response:
+        plan, version, created = services.plan_create(data=request.body, actor=_actor(request))
+        entry = next(e for e in selectors.plan_export_entries(plan) if e["version"] == version.number)
+        return Response(entry, status=201 if created else 200)
+
+
+class PlanVersionsApi(APIView):
+    """POST a new rate-card version of a plan (same shape as a catalog-file plan entry, without the
+    plan's key/name/currency). ``effective_from`` defaults to now."""
+
+    required_scope = "admin"
+
+    @extend_schema(request=None, responses={201: None}, operation_id="plan_versions_create")
+    def post(self, request: Request, plan_key: str) -> Response:
+        plan = Plan.objects.filter(key=plan_key).first()
+        if plan is None:
+            raise ApiError(404, "not_found", "No such plan.")
+        if not isinstance(request.data, dict):
+            raise ApiError(400, "invalid_shape", "Expected a JSON object.")
+        version, created = services.plan_version_publish(plan=plan, data=dict(request.data), actor=_actor(request))
+        entry = next(e for e in selectors.plan_export_entries(plan) if e["version"] == version.number)
+        return Response(entry, status=201 if created else 200)
+
+
+class CustomerSubscriptionApi(APIView):
+    required_scope = {"GET": "read", "POST": "admin"}
+
+    class SubscriptionInput(serializers.Serializer):
+        plan = serializers.CharField()
+        start = serializers.DateTimeField(required=False, default=None)
+
+    @extend_schema(request=SubscriptionInput, responses={201: None}, operation_id="customer_subscription_set")
+    def post(self, request: Request, customer_id: str) -> Response:
+        customer = customer_get(external_id=customer_id, principal=principal_of(request))
+        data = self.SubscriptionInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        plan = Plan.objects.filter(key=data.validated_data["plan"]).first()
+        if plan is None:
+            raise ApiError(422, "unknown_plan", "No such plan.", {"plan": ["Unknown plan."]})
+        start = data.validated_data["start"]
+        if start is not None and start.tzinfo is None:
+            raise ApiError(422, "validation_error", "The request is not valid.", {"start": ["Needs a UTC offset."]})
+        subscription = services.subscription_set(customer=customer, plan=plan, start=start,
+                                                 now=datetime.now(timezone.utc), actor=_actor(request))
+        return Response(_subscription_out(subscription), status=201)
+
+    @extend_schema(responses={200: None}, operation_id="customer_subscription_get")
+    def get(self, request: Request, customer_id: str) -> Response:
+        customer = customer_get(external_id=customer_id, principal=principal_of(request))
+        subscriptions = Subscription.objects.filter(customer=customer).select_related("plan")
+        return Response({"data": [_subscription_out(s) for s in subscriptions]})
+
+
+def _subscription_out(subscription: Subscription) -> dict[str, Any]:
+    return {"plan": subscription.plan.key, "start": subscription.start,
+            "end": subscription.end}

@@ -44,3 +44,87 @@ class Meter(models.Model):
     def correctable(self) -> bool:
         """Signed corrections only make sense where quantities add up."""
         return self.aggregation in {self.Aggregation.SUM, self.Aggregation.COUNT}
+
+
+class Plan(models.Model):
+    """A plan: its prices live in rate-card versions; the plan itself only names them."""
+
+    key = models.CharField(max_length=64, unique=True, validators=[key_validator])
+    name = models.CharField(max_length=200)
+    currency = models.CharField(max_length=3)
+    interval = models.CharField(max_length=16, default="month")  # calendar month, UTC, [start, end)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class RateCardVersion(models.Model):
+    """One immutable version of a plan's prices, in effect from ``effective_from`` until the next
+    version's ``effective_from``. Any change is a new version; a stored version is never edited.
+
+    ``definition`` is the validated, canonical catalog-file shape of the version (base fee, charges,
+    limits, spend cap), the single source the pricing engine and the export read.
+    """
+
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    effective_from = models.DateTimeField()
+    definition = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["plan_id", "effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "number"], name="ratecard_unique_number"),
+            models.UniqueConstraint(fields=["plan", "effective_from"], name="ratecard_unique_effective_from"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan_id} v{self.number} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if not self._state.adding:
+            raise ValueError("A rate-card version is immutable: publish a new version instead.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class Subscription(models.Model):
+    """A customer on a plan over ``[start, end)``; ``end`` null means open-ended."""
+
+    customer = models.ForeignKey("customers.Customer", on_delete=models.PROTECT, related_name="subscriptions")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    start = models.DateTimeField()
+    end = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["customer_id", "start"]
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "start"], name="subscription_unique_start"),
+            models.CheckConstraint(condition=models.Q(end__isnull=True) | models.Q(end__gt=models.F("start")),
+                                   name="subscription_end_after_start"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} on {self.plan_id} from {self.start:%Y-%m-%d}"
+
+
+class AuditEntry(models.Model):
+    """Who changed what in the catalog, and when (append-only)."""
+
+    at = models.DateTimeField(auto_now_add=True)
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=200)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.target}"

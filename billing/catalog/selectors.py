@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import datetime
+from typing import Any
 
-from billing.catalog.models import Meter
+from django.db.models import Q, QuerySet
+
+from billing.catalog import schema
+from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 
 
 def meter_list() -> QuerySet[Meter]:
@@ -11,3 +15,64 @@ def meter_list() -> QuerySet[Meter]:
 
 def meters_by_key(*, keys: set[str]) -> dict[str, Meter]:
     return {meter.key: meter for meter in Meter.objects.filter(key__in=keys)}
+
+
+def plan_list() -> QuerySet[Plan]:
+    return Plan.objects.prefetch_related("versions")
+
+
+def version_in_effect(*, plan: Plan, at: datetime) -> RateCardVersion | None:
+    return plan.versions.filter(effective_from__lte=at).order_by("-effective_from").first()
+
+
+def versions_over(*, plan: Plan, start: datetime, end: datetime) -> list[tuple[datetime, datetime, RateCardVersion]]:
+    """The versions in effect over [start, end), each with the sub-interval it governs."""
+    versions = list(plan.versions.order_by("effective_from"))
+    out = []
+    for index, version in enumerate(versions):
+        v_start = version.effective_from
+        v_end = versions[index + 1].effective_from if index + 1 < len(versions) else None
+        lo = max(v_start, start)
+        hi = end if v_end is None else min(v_end, end)
+        if lo < hi:
+            out.append((lo, hi, version))
+    return out
+
+
+def subscription_at(*, customer: Any, at: datetime) -> Subscription | None:
+    return (Subscription.objects.select_related("plan")
+            .filter(Q(end__isnull=True) | Q(end__gt=at), customer=customer, start__lte=at)
+            .order_by("-start").first())
+
+
+def plan_export_entries(plan: Plan) -> list[dict[str, Any]]:
+    """The plan as catalog-file entries, one per version, oldest first."""
+    entries = []
+    for version in plan.versions.order_by("effective_from"):
+        entry: dict[str, Any] = {
+            "key": plan.key, "name": plan.name, "currency": plan.currency, "interval": plan.interval,
+            "effective_from": version.effective_from.isoformat().replace("+00:00", "Z"),
+            "version": version.number,
+        }
+        definition = version.definition
+        entry["base_fee"] = definition["base_fee"]
+        entry["charges"] = definition["charges"]
+        entry["limits"] = definition["limits"]
+        if definition.get("spend_cap") is not None:
+            entry["spend_cap"] = definition["spend_cap"]
+        entries.append(entry)
+    return entries
+
+
+def catalog_export() -> dict[str, Any]:
+    meters = [
+        {"key": m.key, "name": m.name, "unit": m.unit, "aggregation": m.aggregation,
+         **({"unique_by": m.unique_by} if m.unique_by else {})}
+        for m in Meter.objects.order_by("key")
+    ]
+    plans = [entry for plan in Plan.objects.order_by("key") for entry in plan_export_entries(plan)]
+    return {"meters": meters, "plans": plans}
+
+
+def charge_spec_of(charge: dict[str, Any]) -> Any:
+    return schema.charge_spec(charge)

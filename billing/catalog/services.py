@@ -1,8 +1,13 @@
 from __future__ import annotations
 
-from django.db import IntegrityError, transaction
+from datetime import datetime, timezone
+from typing import Any
 
-from billing.catalog.models import Meter
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from billing.catalog import schema
+from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
 from billing.common.errors import ApiError
 
 
@@ -31,3 +36,177 @@ def _same_or_conflict(existing: Meter, wanted: Meter) -> Meter:
     if all(getattr(existing, f) == getattr(wanted, f) for f in fields):
         return existing
     raise ApiError(409, "already_exists", f"Meter '{existing.key}' exists with another definition.")
+
+
+def audit(*, actor: str, action: str, target: str, data: dict[str, Any] | None = None) -> AuditEntry:
+    return AuditEntry.objects.create(actor=actor or "system", action=action, target=target, data=data or {})
+
+
+# --- catalog file -----------------------------------------------------------------------------------
+
+def _check_meters(catalog: schema.CatalogIn, problems: list[tuple[str, str]]) -> set[str]:
+    existing = {m.key: m for m in Meter.objects.all()}
+    keys = set(existing)
+    for index, meter in enumerate(catalog.meters):
+        at = f"meters[{index}]"
+        if meter.aggregation not in Meter.Aggregation.values:
+            problems.append((f"{at}.aggregation", f"must be one of {', '.join(Meter.Aggregation.values)}"))
+        if meter.aggregation == "unique_count" and not meter.unique_by:
+            problems.append((f"{at}.unique_by", "required for unique_count"))
+        old = existing.get(meter.key)
+        if old is not None and (old.aggregation, old.unique_by) != (meter.aggregation, meter.unique_by):
+            problems.append((f"{at}.aggregation", f"meter '{meter.key}' exists with aggregation '{old.aggregation}'"))
+        keys.add(meter.key)
+    return keys
+
+
+def _plan_problems(entry: schema.PlanIn, path: str, definition: dict[str, Any], problems: list[tuple[str, str]]) -> None:
+    plan = Plan.objects.filter(key=entry.key).first()
+    if plan is None:
+        return
+    if plan.currency != entry.currency:
+        problems.append((f"{path}.currency", f"plan '{entry.key}' is billed in {plan.currency}; its currency cannot change"))
+    same_time = plan.versions.filter(effective_from=schema.effective_from_utc(entry)).first()
+    if same_time is not None and schema.canonical_json(same_time.definition) != schema.canonical_json(definition):
+        problems.append((f"{path}.effective_from",
+                         f"version {same_time.number} of '{entry.key}' takes effect then and is immutable; "
+                         "publish the change with a new effective_from"))
+
+
+@transaction.atomic
+def catalog_import(*, text: str | bytes, actor: str, fmt: str | None = None) -> dict[str, int]:
+    """Validate the whole file first, then apply it in one transaction; any error changes nothing.
+
+    Re-importing the same file (or an export) changes nothing: meters and versions that already exist
+    with the same definition are kept as they are.
+    """
+    catalog = schema.parse_catalog(text, fmt=fmt)
+    problems: list[tuple[str, str]] = []
+    meter_keys = _check_meters(catalog, problems)
+    definitions = []
+    seen: set[tuple[str, datetime]] = set()
+    for index, entry in enumerate(catalog.plans):
+        path = f"plans[{index}]"
+        definition = schema.validate_plan(entry, path, meter_keys, problems)
+        if entry.effective_from.tzinfo is not None:
+            when = (entry.key, schema.effective_from_utc(entry))
+            if when in seen:
+                problems.append((f"{path}.effective_from", "two versions of this plan take effect at the same time"))
+            seen.add(when)
+            _plan_problems(entry, path, definition, problems)
+        definitions.append(definition)
+    if problems:
+        raise schema.CatalogError(problems)
+
+    counts = {"meters_created": 0, "plans_created": 0, "versions_created": 0}
+    for meter in catalog.meters:
+        _, created = meter_create(key=meter.key, name=meter.name, aggregation=meter.aggregation, unit=meter.unit,
+                                  unique_by=meter.unique_by)
+        counts["meters_created"] += created
+    for entry, definition in zip(catalog.plans, definitions, strict=True):
+        plan, created = _plan_get_or_create(entry, actor)
+        counts["plans_created"] += created
+        _, made = _version_create(plan=plan, effective_from=schema.effective_from_utc(entry), definition=definition,
+                                  actor=actor)
+        counts["versions_created"] += made
+    if any(counts.values()):
+        audit(actor=actor, action="catalog.imported", target="catalog", data=counts)
+    return counts
+
+
+def _plan_get_or_create(entry: schema.PlanIn, actor: str) -> tuple[Plan, bool]:
+    plan, created = Plan.objects.get_or_create(
+        key=entry.key, defaults={"name": entry.name, "currency": entry.currency, "interval": entry.interval})
+    if created:
+        audit(actor=actor, action="plan.created", target=f"plan:{plan.key}", data={"currency": plan.currency})
+    elif plan.name != entry.name:
+        audit(actor=actor, action="plan.renamed", target=f"plan:{plan.key}", data={"from": plan.name, "to": entry.name})
+        plan.name = entry.name
+        plan.save(update_fields=["name"])
+    return plan, created
+
+
+def _version_create(*, plan: Plan, effective_from: datetime, definition: dict[str, Any], actor: str
+                    ) -> tuple[RateCardVersion, bool]:
+    existing = plan.versions.filter(effective_from=effective_from).first()
+    if existing is not None:
+        if schema.canonical_json(existing.definition) != schema.canonical_json(definition):
+            raise ApiError(409, "version_immutable",
+                           f"Version {existing.number} of '{plan.key}' takes effect at {effective_from.isoformat()} "
+                           "and cannot change; publish a new version with a later effective_from.")
+        return existing, False
+    number = (plan.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = RateCardVersion.objects.create(plan=plan, number=number, effective_from=effective_from,
+                                             definition=definition, created_by=actor)
+    audit(actor=actor, action="ratecard.published", target=f"plan:{plan.key}:v{number}",
+          data={"effective_from": effective_from.isoformat(), "definition": definition})
+    return version, True
+
+
+@transaction.atomic
+def plan_create(*, data: Any, actor: str) -> tuple[Plan, RateCardVersion, bool]:
+    """POST /plans: a new plan with its first version (the same body again is harmless)."""
+    entry = schema.parse_plan(data)
+    problems: list[tuple[str, str]] = []
+    definition = schema.validate_plan(entry, "", {m.key for m in Meter.objects.all()}, problems)
+    if not problems:
+        _plan_problems(entry, "", definition, problems)
+    if problems:
+        raise schema.CatalogError([(p.lstrip("."), m) for p, m in problems])
+    plan, _ = _plan_get_or_create(entry, actor)
+    version, created = _version_create(plan=plan, effective_from=schema.effective_from_utc(entry),
+                                       definition=definition, actor=actor)
+    return plan, version, created
+
+
+@transaction.atomic
+def plan_version_publish(*, plan: Plan, data: dict[str, Any], actor: str, now: datetime | None = None
+                         ) -> tuple[RateCardVersion, bool]:
+    """POST /plans/{key}/versions: a new rate-card version. ``effective_from`` defaults to now; a
+    version cannot take effect in the past of an existing one's period already billed, so it must be
+    later than the newest version in effect."""
+    now = now or datetime.now(timezone.utc)
+    payload = {"key": plan.key, "name": plan.name, "currency": plan.currency, "interval": plan.interval,
+               "effective_from": now.isoformat(), **data}
+    entry = schema.parse_plan(payload)
+    problems: list[tuple[str, str]] = []
+    definition = schema.validate_plan(entry, "", {m.key for m in Meter.objects.all()}, problems)
+    if problems:
+        raise schema.CatalogError([(p.lstrip("."), m) for p, m in problems])
+    effective_from = schema.effective_from_utc(entry)
+    exact = plan.versions.filter(effective_from=effective_from).first()
+    if exact is None and effective_from < now.replace(microsecond=0) and plan.versions.filter(
+            effective_from__gte=effective_from).exists():
+        raise schema.CatalogError([("effective_from", "a newer version already exists; a change cannot be back-dated "
+                                                      "before it")])
+    return _version_create(plan=plan, effective_from=effective_from, definition=definition, actor=actor)
+
+
+@transaction.atomic
+def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: datetime, actor: str) -> Subscription:
+    """Put a customer on a plan. Without ``start`` the change takes effect at the next period boundary
+    (the first instant of next month, UTC) when the customer already has a plan, or now when it has
+    none; an explicit ``start`` (for example now) is taken as given. The current subscription ends
+    where the new one starts."""
+    current = (Subscription.objects.select_for_update().filter(customer=customer, end__isnull=True)
+               .order_by("-start").first())
+    if start is None:
+        if current is None:
+            start = now
+        else:
+            from billing.usage.selectors import bucket_bounds
+
+            start = bucket_bounds(now, "month")[1]
+    if current is not None:
+        if current.plan_id == plan.pk and current.start <= start:
+            return current
+        if start <= current.start:
+            raise ApiError(422, "validation_error", "The request is not valid.",
+                           {"start": ["Must be after the start of the current subscription."]})
+        current.end = start
+        current.save(update_fields=["end"])
+    Subscription.objects.filter(customer=customer, start__gte=start).delete()  # a not-yet-started change
+    subscription = Subscription.objects.create(customer=customer, plan=plan, start=start)
+    audit(actor=actor, action="subscription.set", target=f"customer:{customer.external_id}",
+          data={"plan": plan.key, "start": start.isoformat()})
+    return subscription

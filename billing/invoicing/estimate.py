@@ -1,0 +1,245 @@
+"""The open period's bill, priced from usage: the upcoming invoice and the console's simulation.
+
+Each event is priced by the rate-card version in effect at its ``usage_at``. Tiers are cumulative over
+the whole period, so when a version changes mid-period the units of each version's stretch are priced
+*marginally*: ``F_v(Q_before + q) - F_v(Q_before)`` where ``F_v`` is that version's charge function
+and ``Q_before`` the period's quantity before the stretch (docs/pricing.md). Meters that do not add up
+(max, unique_count, latest) are priced once on the whole period's value with the version in effect at
+the period's last instant. Charges are matched across versions by (meter, filter).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing.catalog import money, pricing
+from billing.catalog.models import Meter, Plan
+from billing.catalog.schema import charge_spec
+from billing.catalog.selectors import subscription_at, versions_over
+from billing.common.fields import decimal_to_text
+from billing.customers.models import Customer
+from billing.usage.models import UsageEvent
+from billing.usage.selectors import bucket_bounds
+
+ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
+
+
+@dataclass
+class Segment:
+    start: datetime
+    end: datetime
+    definition: dict[str, Any]
+    version: int | None  # None for a draft (simulation)
+
+
+@dataclass
+class Line:
+    kind: str  # "charge" | "base_fee"
+    description: str
+    amount: Decimal  # exact
+    currency: str
+    meter: str | None = None
+    filter: dict[str, str] | None = None
+    model: str | None = None
+    quantity: Decimal = Decimal(0)
+    versions: list[int | None] = field(default_factory=list)
+    tier: int | None = None  # 1-based, the last tier reached
+    next_tier: dict[str, str] | None = None
+    group: dict[str, str] | None = None  # markup dimension value
+
+    def as_dict(self) -> dict[str, Any]:
+        rounded = money.round_to_minor(self.amount, self.currency)
+        out: dict[str, Any] = {
+            "kind": self.kind, "description": self.description, "meter": self.meter, "filter": self.filter,
+            "model": self.model, "quantity": decimal_to_text(self.quantity), "amount": str(rounded),
+            "amount_minor": money.to_minor(self.amount, self.currency), "versions": self.versions,
+            "tier": self.tier, "next_tier": self.next_tier,
+        }
+        if self.group:
+            out["group"] = self.group
+        return out
+
+
+@dataclass
+class Estimate:
+    customer: str
+    plan: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    lines: list[Line]
+
+    @property
+    def subtotal_minor(self) -> int:
+        # totals are sums of rounded lines, never rounded again
+        return sum(money.to_minor(line.amount, self.currency) for line in self.lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        subtotal = self.subtotal_minor
+        return {
+            "customer": self.customer, "plan": self.plan, "currency": self.currency,
+            "period": {"start": _iso(self.period_start), "end": _iso(self.period_end)},
+            "lines": [line.as_dict() for line in self.lines],
+            "subtotal": str(money.from_minor(subtotal, self.currency)), "subtotal_minor": subtotal,
+            "total": str(money.from_minor(subtotal, self.currency)), "total_minor": subtotal,
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def period_of(moment: datetime) -> tuple[datetime, datetime]:
+    return bucket_bounds(moment, "month")
+
+
+def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
+    subscription = subscription_at(customer=customer, at=now)
+    if subscription is None:
+        return None
+    start, end = period_of(now)
+    lo = max(start, subscription.start)
+    hi = min(end, subscription.end) if subscription.end else end
+    segments = [Segment(s, e, v.definition, v.number) for s, e, v in versions_over(plan=subscription.plan, start=lo, end=hi)]
+    return price_period(customer=customer, plan=subscription.plan, start=start, end=end, segments=segments)
+
+
+def simulate(*, customer: Customer, plan: Plan, definition: dict[str, Any], now: datetime) -> Estimate:
+    """The open period priced as if ``definition`` had been in effect all period (the console's draft)."""
+    start, end = period_of(now)
+    return price_period(customer=customer, plan=plan, start=start, end=end,
+                        segments=[Segment(start, end, definition, None)])
+
+
+def price_period(*, customer: Customer, plan: Plan, start: datetime, end: datetime, segments: list[Segment]) -> Estimate:
+    currency = plan.currency
+    lines: list[Line] = []
+    if not segments:
+        return Estimate(customer.external_id, plan.key, currency, start, end, lines)
+    base_fee = Decimal(segments[0].definition.get("base_fee") or "0")
+    if base_fee:
+        lines.append(Line("base_fee", f"{plan.name} base fee", base_fee, currency, versions=[segments[0].version]))
+    meters = {m.key: m for m in Meter.objects.all()}
+    events = list(
+        UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=segments[0].start,
+                                  usage_at__lt=segments[-1].end)
+        .values_list("pk", "meter__key", "dimensions", "quantity", "usage_at").order_by("usage_at", "pk")
+    )
+    # charge identity across versions: (meter, filter)
+    order: list[tuple[str, str]] = []
+    state: dict[tuple[str, str], dict[str, Any]] = {}
+    for segment in segments:
+        seg_events = [e for e in events if segment.start <= e[4] < segment.end]
+        for charge in segment.definition.get("charges", []):
+            meter = meters.get(charge["meter"])
+            if meter is None:
+                continue
+            key = (charge["meter"], repr(sorted((charge.get("filter") or {}).items())))
+            if key not in state:
+                order.append(key)
+                state[key] = {"charge": charge, "meter": meter, "groups": defaultdict(_GroupState), "versions": []}
+            entry = state[key]
+            entry["charge"] = charge  # the newest definition describes the line
+            entry["versions"].append(segment.version)
+            markup = charge.get("markup")
+            for group_value, values in _select(seg_events, meter, charge, markup).items():
+                group = entry["groups"][group_value]
+                group.add(meter, values, charge, segment)
+    for key in order:
+        entry = state[key]
+        charge, meter = entry["charge"], entry["meter"]
+        markup = charge.get("markup")
+        for group_value, group in sorted(entry["groups"].items(), key=lambda item: str(item[0])):
+            amount, priced = group.total(meter, charge)
+            if markup:
+                percent = Decimal(markup["percent"].get(group_value, markup.get("default") or "0"))
+                amount = pricing.with_markup(amount, percent)
+            lines.append(_line(charge, meter, group.quantity(meter), amount, priced, currency, entry["versions"],
+                               {markup["dimension"]: group_value} if markup and group_value is not None else None))
+        if not entry["groups"]:
+            spec = charge_spec(charge)
+            lines.append(_line(charge, meter, Decimal(0), Decimal(0), pricing.price(Decimal(0), spec), currency,
+                               entry["versions"], None))
+    return Estimate(customer.external_id, plan.key, currency, start, end, lines)
+
+
+def _line(charge: dict[str, Any], meter: Meter, quantity: Decimal, amount: Decimal, priced: pricing.Priced,
+          currency: str, versions: list[int | None], group: dict[str, str] | None) -> Line:
+    filt = charge.get("filter")
+    label = charge.get("name") or meter.name + (" (" + ", ".join(f"{k}={v}" for k, v in filt.items()) + ")" if filt else "")
+    next_tier = None
+    if priced.next_tier_at is not None and priced.next_tier_unit_price is not None:
+        next_tier = {"starts_above": decimal_to_text(priced.next_tier_at),
+                     "unit_price": decimal_to_text(priced.next_tier_unit_price)}
+    return Line("charge", label, amount, currency, meter=meter.key, filter=filt, model=charge["model"],
+                quantity=quantity, versions=list(dict.fromkeys(versions)),
+                tier=None if priced.tier_index is None else priced.tier_index + 1, next_tier=next_tier, group=group)
+
+
+def _select(events: list[tuple[Any, ...]], meter: Meter, charge: dict[str, Any], markup: dict[str, Any] | None
+            ) -> dict[str | None, list[tuple[Any, ...]]]:
+    wanted = charge.get("filter") or {}
+    out: dict[str | None, list[tuple[Any, ...]]] = defaultdict(list)
+    for event in events:
+        if event[1] != meter.key:
+            continue
+        dims = event[2] or {}
+        if any(dims.get(k) != v for k, v in wanted.items()):
+            continue
+        out[dims.get(markup["dimension"]) if markup else None].append(event)
+    return out
+
+
+class _GroupState:
+    """Cumulative quantity and marginal amount of one charge (and markup group) over the period."""
+
+    def __init__(self) -> None:
+        self.cumulative = Decimal(0)
+        self.amount = Decimal(0)
+        self.priced: pricing.Priced | None = None
+        self.values: list[tuple[Any, ...]] = []
+        self.last_charge: dict[str, Any] | None = None
+
+    def add(self, meter: Meter, events: list[tuple[Any, ...]], charge: dict[str, Any], segment: Segment) -> None:
+        self.values.extend(events)
+        self.last_charge = charge
+        if meter.aggregation not in ADDITIVE:
+            return
+        added = sum((e[3] for e in events), Decimal(0))
+        spec = charge_spec(charge)
+        before = pricing.price(self.cumulative, spec).amount
+        self.cumulative += added
+        self.priced = pricing.price(self.cumulative, spec)
+        self.amount += self.priced.amount - before
+
+    def quantity(self, meter: Meter) -> Decimal:
+        if meter.aggregation in ADDITIVE:
+            return self.cumulative
+        return _non_additive(meter, self.values)
+
+    def total(self, meter: Meter, charge: dict[str, Any]) -> tuple[Decimal, pricing.Priced]:
+        if meter.aggregation in ADDITIVE:
+            assert self.priced is not None
+            return self.amount, self.priced
+        priced = pricing.price(_non_additive(meter, self.values), charge_spec(self.last_charge or charge))
+        return priced.amount, priced
+
+
+def _non_additive(meter: Meter, events: list[tuple[Any, ...]]) -> Decimal:
+    if not events:
+        return Decimal(0)
+    if meter.aggregation == Meter.Aggregation.MAX:
+        return max(e[3] for e in events)
+    if meter.aggregation == Meter.Aggregation.LATEST:
+        return max(events, key=lambda e: (e[4], e[0]))[3]
+    return Decimal(len({(e[2] or {}).get(meter.unique_by) for e in events} - {None}))
+
+
+def next_period_start(moment: datetime) -> datetime:
+    return period_of(moment)[1]
+
+
