@@ -114,7 +114,10 @@ def _path(error: msgspec.ValidationError) -> tuple[str, str]:
     text = str(error)
     if " - at `$" in text:
         message, at = text.rsplit(" - at `$", 1)
-        return at.rstrip("`").lstrip("."), message
+        at = at.rstrip("`").lstrip(".")
+        if "unknown field `" in message:  # name the field itself: plans[0].surprise
+            at = f"{at}.{message.split('`')[1]}".lstrip(".")
+        return at, message
     if "missing required field `" in text:
         return text.split("`")[1], text
     return "", text

@@ -186,26 +186,29 @@ def plan_version_publish(*, plan: Plan, data: dict[str, Any], actor: str, now: d
 def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: datetime, actor: str) -> Subscription:
     """Put a customer on a plan. Without ``start`` the change takes effect at the next period boundary
     (the first instant of next month, UTC) when the customer already has a plan, or now when it has
-    none; an explicit ``start`` (for example now) is taken as given. The current subscription ends
-    where the new one starts."""
-    current = (Subscription.objects.select_for_update().filter(customer=customer, end__isnull=True)
-               .order_by("-start").first())
+    none; an explicit ``start`` (for example now) is taken as given. The subscription in effect then
+    ends where the new one starts; a change that had not started yet is replaced."""
+    rows = list(Subscription.objects.select_for_update().filter(customer=customer).order_by("start"))
+    in_effect_now = next((r for r in rows if r.start <= now and (r.end is None or r.end > now)), None)
     if start is None:
-        if current is None:
+        if in_effect_now is None:
             start = now
         else:
             from billing.usage.selectors import bucket_bounds
 
             start = bucket_bounds(now, "month")[1]
-    if current is not None:
-        if current.plan_id == plan.pk and current.start <= start:
-            return current
-        if start <= current.start:
-            raise ApiError(422, "validation_error", "The request is not valid.",
-                           {"start": ["Must be after the start of the current subscription."]})
-        current.end = start
-        current.save(update_fields=["end"])
-    Subscription.objects.filter(customer=customer, start__gte=start).delete()  # a not-yet-started change
+    covering = next((r for r in rows if r.start < start and (r.end is None or r.end > start)), None)
+    if any(r.start >= start and r.start <= now for r in rows):
+        raise ApiError(422, "validation_error", "The request is not valid.",
+                       {"start": ["A subscription already started at or after this time; periods cannot be rewritten."]})
+    Subscription.objects.filter(customer=customer, start__gte=start).delete()  # not started yet: replaced
+    if covering is not None and covering.plan_id == plan.pk:
+        covering.end = None
+        covering.save(update_fields=["end"])
+        return covering
+    if covering is not None:
+        covering.end = start
+        covering.save(update_fields=["end"])
     subscription = Subscription.objects.create(customer=customer, plan=plan, start=start)
     audit(actor=actor, action="subscription.set", target=f"customer:{customer.external_id}",
           data={"plan": plan.key, "start": start.isoformat()})
