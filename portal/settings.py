@@ -115,6 +115,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
+            # a file, not shared memory, for tests too: threads and the live server see one database
+            "TEST": {"NAME": str(DATA_DIR / "test_tollgate.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

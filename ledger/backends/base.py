@@ -1,0 +1,46 @@
+"""The one small ledger interface both backends implement with TigerBeetle's semantics."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from ledger.types import Account, Status, Transfer
+
+
+class LedgerUnavailable(Exception):
+    """The ledger did not answer in time (or at all). Callers must treat the outcome as unknown and
+    retry with the same ids: every id is idempotent."""
+
+
+class LedgerBackend(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def create_accounts(self, accounts: Sequence[Account]) -> list[Status]:
+        """One status per account, in order (balances in the input are ignored)."""
+
+    @abstractmethod
+    def create_transfers(self, transfers: Sequence[Transfer]) -> list[Status]:
+        """One status per transfer, in order; linked chains succeed or fail together."""
+
+    @abstractmethod
+    def lookup_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
+        """Found accounts by id (unknown ids are absent)."""
+
+    @abstractmethod
+    def lookup_transfers(self, ids: Sequence[int]) -> dict[int, Transfer]:
+        """Found transfers by id (unknown ids are absent)."""
+
+    @abstractmethod
+    def account_transfers(self, account_id: int, limit: int = 100) -> list[Transfer]:
+        """The account's transfers, oldest first (its history)."""
+
+    def expire_pending(self) -> int:
+        """Release pending transfers whose timeout has passed; returns how many. TigerBeetle does this
+        on its own; the SQL backend runs it from a Celery beat sweep (and before each write)."""
+        return 0
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise if the ledger cannot answer."""

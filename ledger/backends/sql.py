@@ -1,0 +1,383 @@
+"""The embedded ledger: TigerBeetle's semantics on the Django database.
+
+One ``create_transfers`` call is one database transaction. It locks every account it touches (and
+every pending transfer it posts or voids) with ``SELECT ... FOR UPDATE`` in ascending id order, so
+concurrent calls serialise on the accounts they share and can never deadlock; on SQLite the
+IMMEDIATE transaction mode (settings) takes the database write lock at BEGIN. Within the lock, events
+are applied in order on in-memory copies of the rows; a linked chain that fails is rolled back to its
+snapshot. Then the changed rows are written back.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db import IntegrityError, connection, transaction
+
+from ledger.backends.base import LedgerBackend
+from ledger.models import LedgerAccount, LedgerFailedTransfer, LedgerTransfer
+from ledger.types import AMOUNT_MAX, TRANSIENT, Account, AccountFlags, Status, Transfer, TransferFlags
+
+F = TransferFlags
+State = LedgerTransfer.State
+_last_ts = 0
+
+
+def _now_ns() -> int:
+    """Strictly increasing nanosecond timestamps within the process (TigerBeetle's are unique too)."""
+    global _last_ts
+    _last_ts = max(time.time_ns(), _last_ts + 1)
+    return _last_ts
+
+
+@dataclass
+class _Acc:
+    row: LedgerAccount
+    dirty: bool = False
+
+
+def _account(row: LedgerAccount) -> Account:
+    return Account(id=row.id, ledger=row.ledger, code=row.code, flags=AccountFlags(row.flags),
+                   user_data_128=row.user_data_128, user_data_64=row.user_data_64, user_data_32=row.user_data_32,
+                   debits_pending=row.debits_pending, debits_posted=row.debits_posted,
+                   credits_pending=row.credits_pending, credits_posted=row.credits_posted, timestamp=row.timestamp)
+
+
+def _transfer(row: LedgerTransfer) -> Transfer:
+    return Transfer(id=row.id, debit_account_id=row.debit_account_id, credit_account_id=row.credit_account_id,
+                    amount=row.amount, ledger=row.ledger, code=row.code, flags=TransferFlags(row.flags),
+                    pending_id=row.pending_id, timeout=row.timeout, user_data_128=row.user_data_128,
+                    user_data_64=row.user_data_64, user_data_32=row.user_data_32, timestamp=row.timestamp)
+
+
+def _locked(qs):
+    return qs.select_for_update().order_by("pk") if connection.vendor == "postgresql" else qs.order_by("pk")
+
+
+class SqlLedger(LedgerBackend):
+    name = "sql"
+
+    # --- accounts ---------------------------------------------------------------------------------
+    def create_accounts(self, accounts: Sequence[Account]) -> list[Status]:
+        with transaction.atomic():
+            existing = {a.id: a for a in LedgerAccount.objects.filter(pk__in=[a.id for a in accounts])}
+            statuses: list[Status] = []
+            for account in accounts:
+                if account.id == 0:
+                    statuses.append(Status.ID_MUST_NOT_BE_ZERO)
+                    continue
+                if account.ledger == 0:
+                    statuses.append(Status.LEDGER_MUST_NOT_BE_ZERO)
+                    continue
+                if account.code == 0:
+                    statuses.append(Status.CODE_MUST_NOT_BE_ZERO)
+                    continue
+                old = existing.get(account.id)
+                if old is not None:
+                    same = (old.flags, old.ledger, old.code, old.user_data_128, old.user_data_64, old.user_data_32) == (
+                        int(account.flags), account.ledger, account.code, account.user_data_128, account.user_data_64,
+                        account.user_data_32)
+                    statuses.append(Status.EXISTS if same else Status.EXISTS_WITH_DIFFERENT_ACCOUNT)
+                    continue
+                row = LedgerAccount(id=account.id, ledger=account.ledger, code=account.code, flags=int(account.flags),
+                                    user_data_128=account.user_data_128, user_data_64=account.user_data_64,
+                                    user_data_32=account.user_data_32, timestamp=_now_ns())
+                try:
+                    with transaction.atomic():
+                        row.save(force_insert=True)
+                except IntegrityError:  # created concurrently: compare with what won
+                    existing[account.id] = LedgerAccount.objects.get(pk=account.id)
+                    old = existing[account.id]
+                    same = (old.flags, old.ledger, old.code) == (int(account.flags), account.ledger, account.code)
+                    statuses.append(Status.EXISTS if same else Status.EXISTS_WITH_DIFFERENT_ACCOUNT)
+                    continue
+                existing[account.id] = row
+                statuses.append(Status.CREATED)
+            return statuses
+
+    def lookup_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
+        self.expire_pending()
+        return {row.id: _account(row) for row in LedgerAccount.objects.filter(pk__in=list(ids))}
+
+    def lookup_transfers(self, ids: Sequence[int]) -> dict[int, Transfer]:
+        return {row.id: _transfer(row) for row in LedgerTransfer.objects.filter(pk__in=list(ids))}
+
+    def account_transfers(self, account_id: int, limit: int = 100) -> list[Transfer]:
+        from django.db.models import Q
+
+        rows = LedgerTransfer.objects.filter(Q(debit_account_id=account_id) | Q(credit_account_id=account_id))
+        return [_transfer(row) for row in rows.order_by("timestamp")[:limit]]
+
+    def ping(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    # --- expiry -------------------------------------------------------------------------------------
+    def expire_pending(self) -> int:
+        now = time.time_ns()
+        due = list(LedgerTransfer.objects.filter(state=State.PENDING, expires_at__lte=now).values_list("pk", flat=True))
+        if not due:
+            return 0
+        expired = 0
+        with transaction.atomic():
+            pendings = list(_locked(LedgerTransfer.objects.filter(pk__in=due, state=State.PENDING)))
+            ids = sorted({p.debit_account_id for p in pendings} | {p.credit_account_id for p in pendings})
+            accounts = {a.id: a for a in _locked(LedgerAccount.objects.filter(pk__in=ids))}
+            for pending in pendings:
+                accounts[pending.debit_account_id].debits_pending -= pending.amount
+                accounts[pending.credit_account_id].credits_pending -= pending.amount
+                pending.state = State.PENDING_EXPIRED
+                pending.save(update_fields=["state"])
+                expired += 1
+            for account in accounts.values():
+                account.save(update_fields=["debits_pending", "credits_pending"])
+        return expired
+
+    # --- transfers ----------------------------------------------------------------------------------
+    def create_transfers(self, transfers: Sequence[Transfer]) -> list[Status]:
+        self.expire_pending()
+        for _attempt in range(3):
+            try:
+                with transaction.atomic():
+                    return _Batch(transfers).run()
+            except IntegrityError:  # the same new id inserted concurrently through other accounts: redo
+                continue
+        with transaction.atomic():
+            return _Batch(transfers).run()
+
+
+class _Batch:
+    def __init__(self, transfers: Sequence[Transfer]) -> None:
+        self.transfers = list(transfers)
+        ids = [t.id for t in self.transfers if t.id]
+        self.existing = {r.id: r for r in LedgerTransfer.objects.filter(pk__in=ids)}
+        self.failed = dict(LedgerFailedTransfer.objects.filter(pk__in=ids).values_list("pk", "status"))
+        pending_ids = sorted({t.pending_id for t in self.transfers if t.pending_id})
+        self.pendings = {r.id: r for r in _locked(LedgerTransfer.objects.filter(pk__in=pending_ids))}
+        account_ids = {t.debit_account_id for t in self.transfers} | {t.credit_account_id for t in self.transfers}
+        for p in self.pendings.values():
+            account_ids |= {p.debit_account_id, p.credit_account_id}
+        account_ids.discard(0)
+        self.accounts = {r.id: _Acc(r) for r in _locked(LedgerAccount.objects.filter(pk__in=sorted(account_ids)))}
+        self.new_rows: list[LedgerTransfer] = []
+        self.new_failed: dict[int, str] = {}
+        self.pending_dirty: set[int] = set()
+
+    # the in-memory state a linked chain may have to roll back
+    def _snapshot(self) -> tuple:
+        return (copy.deepcopy({k: (v.row.debits_pending, v.row.debits_posted, v.row.credits_pending,
+                                   v.row.credits_posted, v.dirty) for k, v in self.accounts.items()}),
+                [(p, p.state) for p in [*self.pendings.values(), *self.new_rows]], set(self.pending_dirty),
+                len(self.new_rows), dict(self.new_failed), set(self.pendings))
+
+    def _restore(self, snap: tuple) -> None:
+        balances, states, dirty, rows, failed, pending_keys = snap
+        for k, (dp, dpo, cp, cpo, d) in balances.items():
+            acc = self.accounts[k]
+            acc.row.debits_pending, acc.row.debits_posted, acc.row.credits_pending, acc.row.credits_posted = dp, dpo, cp, cpo
+            acc.dirty = d
+        for row, state in states:
+            row.state = state
+        for k in set(self.pendings) - pending_keys:
+            del self.pendings[k]
+        self.pending_dirty = dirty
+        del self.new_rows[rows:]
+        self.new_failed = failed
+
+    def run(self) -> list[Status]:
+        statuses: list[Status | None] = [None] * len(self.transfers)
+        index = 0
+        while index < len(self.transfers):
+            end = index
+            while end < len(self.transfers) and self.transfers[end].flags & F.LINKED:
+                end += 1
+            if end == len(self.transfers):  # the last event of the batch is linked: the chain is open
+                for i in range(index, end):
+                    statuses[i] = Status.LINKED_EVENT_CHAIN_OPEN
+                break
+            snap = self._snapshot()
+            chain_failed = None
+            for i in range(index, end + 1):
+                status = self._apply(self.transfers[i])
+                statuses[i] = status
+                if not status.ok and end > index:
+                    chain_failed = i
+                    break
+            if chain_failed is not None:
+                self._restore(snap)
+                own = statuses[chain_failed]
+                for i in range(index, end + 1):
+                    statuses[i] = own if i == chain_failed else Status.LINKED_EVENT_FAILED
+                if own in TRANSIENT:
+                    self.new_failed[self.transfers[chain_failed].id] = own.value
+            index = end + 1
+        self._write()
+        return [s for s in statuses if s is not None]
+
+    def _write(self) -> None:
+        for acc in self.accounts.values():
+            if acc.dirty:
+                acc.row.save(update_fields=["debits_pending", "debits_posted", "credits_pending", "credits_posted"])
+        for pending_id in self.pending_dirty:
+            self.pendings[pending_id].save(update_fields=["state"])
+        if self.new_rows:
+            LedgerTransfer.objects.bulk_create(self.new_rows)
+        if self.new_failed:
+            LedgerFailedTransfer.objects.bulk_create(
+                [LedgerFailedTransfer(id=k, status=v) for k, v in self.new_failed.items()], ignore_conflicts=True)
+
+    def _fail(self, t: Transfer, status: Status) -> Status:
+        if status in TRANSIENT and not t.flags & F.LINKED:
+            self.new_failed[t.id] = status.value
+        return status
+
+    def _exists(self, t: Transfer, row: LedgerTransfer) -> Status:
+        checks = [
+            (int(t.flags), row.flags, Status.EXISTS_WITH_DIFFERENT_FLAGS),
+            (t.pending_id, row.pending_id, Status.EXISTS_WITH_DIFFERENT_PENDING_ID),
+            (t.timeout, row.timeout, Status.EXISTS_WITH_DIFFERENT_TIMEOUT),
+        ]
+        if not t.flags & (F.POST_PENDING_TRANSFER | F.VOID_PENDING_TRANSFER):
+            checks += [(t.debit_account_id, row.debit_account_id, Status.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID),
+                       (t.credit_account_id, row.credit_account_id, Status.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID)]
+        checks.append((t.amount, row.requested_amount, Status.EXISTS_WITH_DIFFERENT_AMOUNT))
+        inherits = bool(t.flags & (F.POST_PENDING_TRANSFER | F.VOID_PENDING_TRANSFER))  # 0 = the pending's value
+        for given, stored, status in ((t.user_data_128, row.user_data_128, Status.EXISTS_WITH_DIFFERENT_USER_DATA_128),
+                                      (t.user_data_64, row.user_data_64, Status.EXISTS_WITH_DIFFERENT_USER_DATA_64),
+                                      (t.user_data_32, row.user_data_32, Status.EXISTS_WITH_DIFFERENT_USER_DATA_32)):
+            if given or not inherits:
+                checks.append((given, stored, status))
+        if t.ledger:
+            checks.append((t.ledger, row.ledger, Status.EXISTS_WITH_DIFFERENT_LEDGER))
+        if t.code:
+            checks.append((t.code, row.code, Status.EXISTS_WITH_DIFFERENT_CODE))
+        for given, stored, status in checks:
+            if given != stored:
+                return status
+        return Status.EXISTS
+
+    def _apply(self, t: Transfer) -> Status:
+        if t.id == 0:
+            return Status.ID_MUST_NOT_BE_ZERO
+        row = self.existing.get(t.id) or next((r for r in self.new_rows if r.id == t.id), None)
+        if row is not None:
+            return self._exists(t, row)
+        if t.id in self.failed or t.id in self.new_failed:
+            return Status.ID_ALREADY_FAILED
+        two_phase = t.flags & (F.POST_PENDING_TRANSFER | F.VOID_PENDING_TRANSFER)
+        if (t.flags & F.PENDING and two_phase) or (t.flags & F.POST_PENDING_TRANSFER and t.flags & F.VOID_PENDING_TRANSFER):
+            return Status.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if two_phase:
+            return self._post_or_void(t)
+        if t.debit_account_id == 0:
+            return Status.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.credit_account_id == 0:
+            return Status.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.debit_account_id == t.credit_account_id:
+            return Status.ACCOUNTS_MUST_BE_DIFFERENT
+        if t.pending_id != 0:
+            return Status.PENDING_ID_MUST_BE_ZERO
+        if t.timeout and not t.flags & F.PENDING:
+            return Status.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        if t.ledger == 0:
+            return Status.LEDGER_MUST_NOT_BE_ZERO
+        if t.code == 0:
+            return Status.CODE_MUST_NOT_BE_ZERO
+        dr, cr = self.accounts.get(t.debit_account_id), self.accounts.get(t.credit_account_id)
+        if dr is None:
+            return self._fail(t, Status.DEBIT_ACCOUNT_NOT_FOUND)
+        if cr is None:
+            return self._fail(t, Status.CREDIT_ACCOUNT_NOT_FOUND)
+        if dr.row.ledger != cr.row.ledger:
+            return Status.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+        if t.ledger != dr.row.ledger:
+            return Status.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+        status = self._check_limits(dr.row, cr.row, t.amount)
+        if status is not None:
+            return self._fail(t, status)
+        pending = bool(t.flags & F.PENDING)
+        if pending:
+            dr.row.debits_pending += t.amount
+            cr.row.credits_pending += t.amount
+        else:
+            dr.row.debits_posted += t.amount
+            cr.row.credits_posted += t.amount
+        dr.dirty = cr.dirty = True
+        ts = _now_ns()
+        self.new_rows.append(LedgerTransfer(
+            id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id, amount=t.amount,
+            requested_amount=t.amount, pending_id=0, ledger=t.ledger, code=t.code, flags=int(t.flags), timeout=t.timeout,
+            user_data_128=t.user_data_128, user_data_64=t.user_data_64, user_data_32=t.user_data_32, timestamp=ts,
+            state=State.PENDING if pending else State.POSTED,
+            expires_at=ts + t.timeout * 1_000_000_000 if pending and t.timeout else None))
+        return Status.CREATED
+
+    @staticmethod
+    def _check_limits(dr: LedgerAccount, cr: LedgerAccount, amount: int) -> Status | None:
+        if dr.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and \
+                dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
+            return Status.EXCEEDS_CREDITS
+        if cr.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and \
+                cr.credits_pending + cr.credits_posted + amount > cr.debits_posted:
+            return Status.EXCEEDS_DEBITS
+        return None
+
+    def _post_or_void(self, t: Transfer) -> Status:
+        if t.pending_id == 0:
+            return Status.PENDING_ID_MUST_NOT_BE_ZERO
+        if t.timeout:
+            return Status.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        pending = self.pendings.get(t.pending_id)
+        if pending is None:
+            in_batch = next((r for r in self.new_rows if r.id == t.pending_id), None)
+            if in_batch is None:
+                return self._fail(t, Status.PENDING_TRANSFER_NOT_FOUND)
+            pending = self.pendings[t.pending_id] = in_batch
+        if not pending.flags & F.PENDING:
+            return Status.PENDING_TRANSFER_NOT_PENDING
+        if t.debit_account_id and t.debit_account_id != pending.debit_account_id:
+            return Status.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
+        if t.credit_account_id and t.credit_account_id != pending.credit_account_id:
+            return Status.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+        if t.ledger and t.ledger != pending.ledger:
+            return Status.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
+        if t.code and t.code != pending.code:
+            return Status.PENDING_TRANSFER_HAS_DIFFERENT_CODE
+        posting = bool(t.flags & F.POST_PENDING_TRANSFER)
+        amount = pending.amount if (posting and t.amount == AMOUNT_MAX) else t.amount
+        if posting and amount > pending.amount:
+            return Status.EXCEEDS_PENDING_TRANSFER_AMOUNT
+        if not posting and t.amount not in (0, pending.amount, AMOUNT_MAX):
+            return Status.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+        if pending.state == State.PENDING_POSTED:
+            return Status.PENDING_TRANSFER_ALREADY_POSTED
+        if pending.state == State.PENDING_VOIDED:
+            return Status.PENDING_TRANSFER_ALREADY_VOIDED
+        if pending.state == State.PENDING_EXPIRED or (pending.expires_at is not None and pending.expires_at <= time.time_ns()):
+            return Status.PENDING_TRANSFER_EXPIRED
+        dr, cr = self.accounts[pending.debit_account_id], self.accounts[pending.credit_account_id]
+        dr.row.debits_pending -= pending.amount
+        cr.row.credits_pending -= pending.amount
+        if posting:
+            dr.row.debits_posted += amount
+            cr.row.credits_posted += amount
+        dr.dirty = cr.dirty = True
+        pending.state = State.PENDING_POSTED if posting else State.PENDING_VOIDED
+        if pending.id in self.pendings and pending not in self.new_rows:
+            self.pending_dirty.add(pending.id)
+        self.new_rows.append(replace_row(pending, t, amount if posting else pending.amount))
+        return Status.CREATED
+
+
+def replace_row(pending: LedgerTransfer, t: Transfer, amount: int) -> LedgerTransfer:
+    return LedgerTransfer(
+        id=t.id, debit_account_id=pending.debit_account_id, credit_account_id=pending.credit_account_id, amount=amount,
+        requested_amount=t.amount, pending_id=t.pending_id, ledger=pending.ledger, code=pending.code, flags=int(t.flags),
+        timeout=0, user_data_128=t.user_data_128 or pending.user_data_128, user_data_64=t.user_data_64 or pending.user_data_64,
+        user_data_32=t.user_data_32 or pending.user_data_32, timestamp=_now_ns(), state=State.POSTED)
+
+
+__all__ = ["SqlLedger"]
