@@ -51,7 +51,8 @@ class Books:
     """Accounts made by one test, so it can check that debits equal credits afterwards."""
 
     def __init__(self, ledger: LedgerBackend) -> None:
-        self.ledger, self.ids = ledger, []
+        self.ledger = ledger
+        self.ids: list[int] = []
 
     def account(self, flags: AccountFlags = AccountFlags.NONE, code: int = CODE) -> int:
         account_id = new_id()
