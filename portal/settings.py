@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "billing.customers",
     "billing.catalog",
     "billing.usage",
+    "billing.guardrails",
     "ledger",
 ]
 

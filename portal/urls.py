@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.catalog.apis import CustomerSubscriptionApi, MetersApi, PlansApi, PlanVersionsApi
 from billing.customers.apis import CustomerDetailApi, CustomerProjectsApi, CustomersApi
+from billing.guardrails.apis import CustomerBalanceApi, CustomerCreditsApi
 from billing.invoicing.apis import CustomerUpcomingInvoiceApi
 from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
@@ -18,6 +19,8 @@ api = [
     path("customers/<str:customer_id>", CustomerDetailApi.as_view(), name="customer"),
     path("customers/<str:customer_id>/projects", CustomerProjectsApi.as_view(), name="customer-projects"),
     path("customers/<str:customer_id>/usage", CustomerUsageApi.as_view(), name="customer-usage"),
+    path("customers/<str:customer_id>/balance", CustomerBalanceApi.as_view(), name="customer-balance"),
+    path("customers/<str:customer_id>/credits", CustomerCreditsApi.as_view(), name="customer-credits"),
     path("customers/<str:customer_id>/subscription", CustomerSubscriptionApi.as_view(), name="customer-subscription"),
     path("customers/<str:customer_id>/upcoming-invoice", CustomerUpcomingInvoiceApi.as_view(),
          name="customer-upcoming-invoice"),

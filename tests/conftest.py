@@ -123,3 +123,17 @@ def stored_rows() -> list[tuple[Any, ...]]:
 
 
 __all__ = ["ApiKey", "post_json", "stored_rows"]
+
+
+@pytest.fixture(autouse=True)
+def _books_balance(request: pytest.FixtureRequest) -> Any:
+    """After every test that used the database: the SQL ledger's books balance (debits equal credits)."""
+    yield
+    uses_db = request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames)
+    if not uses_db or settings.LEDGER_BACKEND != "sql":
+        return
+    from ledger.models import LedgerAccount
+
+    accounts = list(LedgerAccount.objects.values_list("debits_posted", "credits_posted", "debits_pending", "credits_pending"))
+    assert sum(a[0] for a in accounts) == sum(a[1] for a in accounts), "posted debits != posted credits"
+    assert sum(a[2] for a in accounts) == sum(a[3] for a in accounts), "pending debits != pending credits"

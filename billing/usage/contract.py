@@ -55,17 +55,20 @@ _encoder = msgspec.json.Encoder(order="sorted")
 class EventError(Exception):
     """A per-event refusal: status, code, message and (for validation) the offending fields."""
 
-    def __init__(self, status: int, code: str, message: str, fields: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, fields: dict[str, list[str]] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields
+        self.extra = extra or {}
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.fields:
             body["fields"] = self.fields
+        body.update(self.extra)
         return body
 
 

@@ -54,6 +54,9 @@ class _Row:
     usage_at: datetime
     run_id: str
     fingerprint: str
+    billable: bool = True
+    reason: str = ""
+    refusal: EventError | None = None  # a hard limit said no: stored for audit as not billable, answered 402
 
 
 @dataclass
@@ -97,6 +100,7 @@ def events_ingest(
         rows.append(row)
 
     if rows:
+        _enforce_limits(rows)
         with transaction.atomic():
             inserted = _insert_rows(rows, received_at=now)
         # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
@@ -105,13 +109,44 @@ def events_ingest(
             key = (row.customer_pk, row.event.event_id)
             if key in inserted:
                 winner[key] = row.fingerprint
-                results[row.index] = IngestResult(row.event.event_id, ACCEPTED)
+                results[row.index] = _refused_or(row, IngestResult(row.event.event_id, ACCEPTED))
             else:
-                results[row.index] = _compare(row.event.event_id, winner.get(key, ""), row.fingerprint)
+                results[row.index] = _refused_or(row, _compare(row.event.event_id, winner.get(key, ""), row.fingerprint))
         for row in repeats:
             key = (row.customer_pk, row.event.event_id)
             results[row.index] = _compare(row.event.event_id, winner.get(key, ""), row.fingerprint)
     return [r for r in results if r is not None]
+
+
+def _refused_or(row: _Row, result: IngestResult) -> IngestResult:
+    """A refused event is answered with its 402 unless its id turned out to hold another body (409)."""
+    if row.refusal is None or (result.error is not None and result.error.code == "idempotency_conflict"):
+        return result
+    return IngestResult(row.event.event_id, REJECTED, row.refusal)
+
+
+def _enforce_limits(rows: list[_Row]) -> None:
+    """Debit quotas, spend caps and credits in the ledger for the batch's billable events (one ledger
+    round trip); mark refused events not billable, with reason ``rejected_<code>``."""
+    from billing.guardrails.enforcement import EventUsage, enforce
+
+    meters = {m.pk: m for m in Meter.objects.filter(pk__in={r.meter_pk for r in rows})}
+    refusals = enforce([
+        EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=meters[r.meter_pk],
+                   quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions)
+        for r in rows if r.event.billable
+    ])
+    for row in rows:
+        refusal = refusals.get(row.index)
+        if refusal is None:
+            continue
+        if refusal.code == "idempotency_conflict":
+            row.refusal = EventError(409, "idempotency_conflict", refusal.message)
+            continue
+        row.billable, row.reason = False, f"rejected_{refusal.code}"
+        body = refusal.as_dict()
+        row.refusal = EventError(402, refusal.code, refusal.message,
+                                 extra={k: v for k, v in body.items() if k not in ("code", "message")})
 
 
 def _event_id_of(raw: bytes | msgspec.Raw) -> str | None:
@@ -204,6 +239,8 @@ def _resolve(
         usage_at=usage_at,
         run_id=(event.trace or {}).get("run_id") or "",
         fingerprint=fingerprint(event, quantity),
+        billable=event.billable,
+        reason=event.reason,
     )
 
 
@@ -241,8 +278,8 @@ def _insert_rows(rows: list[_Row], *, received_at: datetime) -> set[tuple[int, s
                     [json.dumps(r.event.dimensions) for r in rows],
                     [json.dumps(r.event.trace) if r.event.trace is not None else None for r in rows],
                     [r.run_id for r in rows],
-                    [r.event.billable for r in rows],
-                    [r.event.reason for r in rows],
+                    [r.billable for r in rows],
+                    [r.reason for r in rows],
                     [r.event.schema_version for r in rows],
                     [r.event.corrects or "" for r in rows],
                     [r.fingerprint for r in rows],
@@ -257,7 +294,7 @@ def _insert_rows(rows: list[_Row], *, received_at: datetime) -> set[tuple[int, s
                     r.customer_pk, r.project_pk, r.meter_pk, r.event.event_id, str(r.quantity),
                     ops.adapt_datetimefield_value(r.event.timestamp), ops.adapt_datetimefield_value(r.usage_at), received,
                     json.dumps(r.event.dimensions), json.dumps(r.event.trace) if r.event.trace is not None else None,
-                    r.run_id, r.event.billable, r.event.reason, r.event.schema_version, r.event.corrects or "", r.fingerprint,
+                    r.run_id, r.billable, r.reason, r.event.schema_version, r.event.corrects or "", r.fingerprint,
                 ))
             placeholders = ", ".join(["(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"] * len(rows))
             cursor.execute(f"INSERT INTO {table} ({cols}) VALUES {placeholders} {conflict}", params)  # noqa: S608

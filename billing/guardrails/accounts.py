@@ -1,0 +1,117 @@
+"""Tollgate's accounts in the ledger (docs/ledger.md): which account holds what, their deterministic
+ids, and creating them (idempotently) with their period allocations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
+
+from billing.catalog.money import LEDGER_SCALE
+from ledger.backends import get_ledger
+from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
+from ledger.ids import derive, period_code
+from ledger.types import Account, AccountFlags, Status, Transfer
+
+QTY_SCALE = 18  # quantities in unit ledgers: 10^-18 of a unit, as exact as an event's quantity
+BOUNDED = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY
+
+
+def qty_units(quantity: Decimal) -> int:
+    return int(quantity.scaleb(QTY_SCALE))
+
+
+def money_units_ceil(amount: Decimal) -> int:
+    """Money held at the ledger scale, rounded up: a hold is never smaller than the priced cost."""
+    return int(amount.scaleb(LEDGER_SCALE).to_integral_value(rounding=ROUND_CEILING))
+
+
+def units_to_qty(units: int) -> Decimal:
+    return Decimal(units).scaleb(-QTY_SCALE)
+
+
+def units_to_money(units: int) -> Decimal:
+    return Decimal(units).scaleb(-LEDGER_SCALE)
+
+
+def period_key(at: datetime) -> int:
+    return period_code(at.year, at.month)
+
+
+@dataclass(frozen=True)
+class Ids:
+    """Every account id of one customer, derived from stable keys."""
+
+    customer_pk: int
+
+    def wallet(self, currency: str) -> int:
+        return derive("wallet", self.customer_pk, currency)
+
+    def quota(self, meter_pk: int, period: int) -> int:
+        return derive("quota", self.customer_pk, meter_pk, period)
+
+    def spend(self, currency: str, period: int) -> int:
+        return derive("spend", self.customer_pk, currency, period)
+
+    def counter(self, meter_pk: int, charge_key: str, period: int) -> int:
+        return derive("counter", self.customer_pk, meter_pk, charge_key, period)
+
+
+def operator_account(code: AccountCode, ledger: int) -> Account:
+    return Account(id=derive("operator", int(code), ledger), ledger=ledger, code=int(code))
+
+
+def wallet_account(customer_pk: int, currency: str) -> Account:
+    return Account(id=Ids(customer_pk).wallet(currency), ledger=currency_ledger(currency),
+                   code=AccountCode.CREDIT_WALLET, flags=BOUNDED, user_data_128=customer_pk)
+
+
+def quota_account(customer_pk: int, meter_pk: int, period: int) -> Account:
+    return Account(id=Ids(customer_pk).quota(meter_pk, period), ledger=unit_ledger(meter_pk), code=AccountCode.QUOTA,
+                   flags=BOUNDED, user_data_128=customer_pk, user_data_64=meter_pk, user_data_32=period)
+
+
+def spend_account(customer_pk: int, currency: str, period: int) -> Account:
+    return Account(id=Ids(customer_pk).spend(currency, period), ledger=currency_ledger(currency),
+                   code=AccountCode.SPEND_CAP, flags=BOUNDED, user_data_128=customer_pk, user_data_32=period)
+
+
+def counter_account(customer_pk: int, meter_pk: int, charge_key: str, period: int) -> Account:
+    return Account(id=Ids(customer_pk).counter(meter_pk, charge_key, period), ledger=unit_ledger(meter_pk),
+                   code=AccountCode.USAGE_COUNTER, user_data_128=customer_pk, user_data_64=meter_pk, user_data_32=period)
+
+
+def quota_allocation(customer_pk: int, meter_pk: int, period: int, hard: Decimal) -> Transfer:
+    """The period's hard limit, credited once (its id is the (customer, meter, period) key)."""
+    ledger = unit_ledger(meter_pk)
+    return Transfer(id=derive("quota-allocation", customer_pk, meter_pk, period),
+                    debit_account_id=operator_account(AccountCode.OPERATOR_QUOTA, ledger).id,
+                    credit_account_id=Ids(customer_pk).quota(meter_pk, period), amount=qty_units(hard), ledger=ledger,
+                    code=TransferCode.QUOTA_ALLOCATION, user_data_128=customer_pk, user_data_64=meter_pk, user_data_32=period)
+
+
+def spend_allocation(customer_pk: int, currency: str, period: int, cap: Decimal) -> Transfer:
+    ledger = currency_ledger(currency)
+    return Transfer(id=derive("spend-allocation", customer_pk, currency, period),
+                    debit_account_id=operator_account(AccountCode.OPERATOR_SPEND, ledger).id,
+                    credit_account_id=Ids(customer_pk).spend(currency, period), amount=money_units_ceil(cap),
+                    ledger=ledger, code=TransferCode.SPEND_CAP_ALLOCATION, user_data_128=customer_pk, user_data_32=period)
+
+
+def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
+    """Create accounts and their allocations if missing; a no-op (EXISTS) when they are there."""
+    if accounts:
+        unique = list({a.id: a for a in accounts}.values())
+        statuses = get_ledger().create_accounts(unique)
+        bad = [(a.id, s) for a, s in zip(unique, statuses, strict=True) if not s.ok]
+        if bad:
+            raise RuntimeError(f"ledger refused accounts: {bad}")
+    if allocations:
+        unique_t = list({t.id: t for t in allocations}.values())
+        statuses = get_ledger().create_transfers(unique_t)
+        bad_t = [(t.id, s) for t, s in zip(unique_t, statuses, strict=True) if not s.ok]
+        if bad_t:
+            # a limit changed within a period keeps the first allocation (docs/ledger.md)
+            bad_t = [(i, s) for i, s in bad_t if s is not Status.EXISTS_WITH_DIFFERENT_AMOUNT]
+        if bad_t:
+            raise RuntimeError(f"ledger refused allocations: {bad_t}")

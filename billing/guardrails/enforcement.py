@@ -1,0 +1,268 @@
+"""Hard limits at ingest: every billable event of a customer under a limit debits the ledger before it is
+accepted, in the same request (docs/ledger.md).
+
+Per event, one linked chain (all or nothing): usage counters (the period's cumulative quantity per
+charge, for marginal pricing), the meter's quota account, the spend-cap account and the prepaid
+credit wallet. Transfer ids derive from (customer, event_id, leg), so a retried event never debits
+twice and a retried rejected event stays rejected (``id_already_failed``). All chains of a batch go
+to the ledger in one ``create_transfers`` call.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing.catalog import pricing
+from billing.catalog.models import Meter, RateCardVersion, Subscription
+from billing.catalog.schema import charge_spec
+from billing.guardrails import accounts as acc
+from ledger.backends import get_ledger
+from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
+from ledger.ids import derive
+from ledger.types import Account, Status, Transfer, TransferFlags
+
+ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
+CODES = {"quota": "quota_exceeded", "spend": "spend_cap_exceeded", "credits": "insufficient_credits"}
+MESSAGES = {
+    "quota": "This event would exceed the period's hard limit for meter '{meter}'.",
+    "spend": "This event would exceed the period's spend cap.",
+    "credits": "This event costs more than the prepaid credits left.",
+}
+
+
+@dataclass
+class EventUsage:
+    """What enforcement needs of one accepted-so-far event."""
+
+    key: Any  # the caller's handle for the result
+    customer_pk: int
+    event_id: str
+    meter: Meter
+    quantity: Decimal
+    usage_at: datetime
+    dimensions: dict[str, str]
+
+
+@dataclass
+class Refusal:
+    code: str  # quota_exceeded | spend_cap_exceeded | insufficient_credits | idempotency_conflict
+    message: str
+    remaining: Decimal | None = None
+    unit: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.remaining is not None:
+            body["remaining"] = str(self.remaining)
+            body["unit"] = self.unit
+        return body
+
+
+@dataclass
+class _Chain:
+    event: EventUsage
+    transfers: list[Transfer] = field(default_factory=list)
+    legs: list[str] = field(default_factory=list)
+    accounts: dict[str, tuple[int, str]] = field(default_factory=dict)  # leg -> (account id, unit)
+
+
+class Terms:
+    """Subscriptions and rate-card versions of a batch's customers, loaded once."""
+
+    def __init__(self, customer_pks: Iterable[int]) -> None:
+        self.subscriptions: dict[int, list[Subscription]] = defaultdict(list)
+        for sub in Subscription.objects.select_related("plan").filter(customer_id__in=set(customer_pks)):
+            self.subscriptions[sub.customer_id].append(sub)
+        plan_pks = {s.plan_id for subs in self.subscriptions.values() for s in subs}
+        self.versions: dict[int, list[RateCardVersion]] = defaultdict(list)
+        for version in RateCardVersion.objects.filter(plan_id__in=plan_pks).order_by("effective_from"):
+            self.versions[version.plan_id].append(version)
+
+    def at(self, customer_pk: int, moment: datetime) -> tuple[Subscription, RateCardVersion] | None:
+        sub = next((s for s in self.subscriptions.get(customer_pk, ())
+                    if s.start <= moment and (s.end is None or moment < s.end)), None)
+        if sub is None:
+            return None
+        version = None
+        for candidate in self.versions.get(sub.plan_id, ()):
+            if candidate.effective_from <= moment:
+                version = candidate
+        return (sub, version) if version is not None else None
+
+
+def _charge_key(charge: dict[str, Any], group: str | None) -> str:
+    filt = ",".join(f"{k}={v}" for k, v in sorted((charge.get("filter") or {}).items()))
+    return f"{filt}|{group or ''}"
+
+
+def _matching_charges(definition: dict[str, Any], event: EventUsage) -> list[tuple[dict[str, Any], str | None]]:
+    out = []
+    for charge in definition.get("charges", []):
+        if charge["meter"] != event.meter.key:
+            continue
+        if any(event.dimensions.get(k) != v for k, v in (charge.get("filter") or {}).items()):
+            continue
+        markup = charge.get("markup")
+        out.append((charge, event.dimensions.get(markup["dimension"]) if markup else None))
+    return out
+
+
+def enforce(events: list[EventUsage]) -> dict[Any, Refusal]:
+    """Debit the ledger for ``events`` (in order); return the refused ones by key. Events of customers
+    without a plan limit, spend cap or credit wallet pass untouched (and cost no ledger call)."""
+    events = [e for e in events if e.quantity > 0]
+    if not events:
+        return {}
+    terms = Terms(e.customer_pk for e in events)
+    in_terms: list[tuple[EventUsage, tuple[Subscription, RateCardVersion]]] = []
+    for event in events:
+        found = terms.at(event.customer_pk, event.usage_at)
+        if found is not None:
+            in_terms.append((event, found))
+    if not in_terms:
+        return {}
+    ledger = get_ledger()
+    currencies = {(e.customer_pk, t[0].plan.currency) for e, t in in_terms}
+    wallets = ledger.lookup_accounts([acc.Ids(c).wallet(cur) for c, cur in currencies])
+
+    accounts: list[Account] = []
+    allocations: list[Transfer] = []
+    chains: list[_Chain] = []
+    counters_needed: dict[int, Account] = {}
+    plans: list[tuple[EventUsage, Subscription, RateCardVersion, bool, bool, Decimal | None]] = []
+    for event, (sub, version) in in_terms:
+        definition = version.definition
+        currency = sub.plan.currency
+        period = acc.period_key(event.usage_at)
+        hard = next((Decimal(lim["hard"]) for lim in definition.get("limits", [])
+                     if lim["meter"] == event.meter.key and lim.get("hard") is not None), None)
+        cap = Decimal(definition["spend_cap"]) if definition.get("spend_cap") else None
+        prepaid = acc.Ids(event.customer_pk).wallet(currency) in wallets
+        if hard is None and cap is None and not prepaid:
+            continue
+        priced = (cap is not None or prepaid) and event.meter.aggregation in ADDITIVE
+        if priced:
+            for charge, group in _matching_charges(definition, event):
+                account = acc.counter_account(event.customer_pk, event.meter.pk, _charge_key(charge, group), period)
+                counters_needed[account.id] = account
+        plans.append((event, sub, version, prepaid, priced, hard))
+        if hard is not None:
+            accounts += [acc.quota_account(event.customer_pk, event.meter.pk, period),
+                         acc.operator_account(AccountCode.OPERATOR_QUOTA, unit_ledger(event.meter.pk))]
+            allocations.append(acc.quota_allocation(event.customer_pk, event.meter.pk, period, hard))
+        if cap is not None:
+            accounts += [acc.spend_account(event.customer_pk, currency, period),
+                         acc.operator_account(AccountCode.OPERATOR_SPEND, currency_ledger(currency))]
+            allocations.append(acc.spend_allocation(event.customer_pk, currency, period, cap))
+        if prepaid:
+            accounts.append(acc.operator_account(AccountCode.OPERATOR_REVENUE, currency_ledger(currency)))
+    if not plans:
+        return {}
+    for counter in counters_needed.values():
+        accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
+    acc.ensure(accounts, allocations)
+    cumulative = {k: a.debits_posted for k, a in ledger.lookup_accounts(list(counters_needed)).items()}
+
+    for event, sub, version, prepaid, priced, hard in plans:
+        chains.append(_chain(event, sub, version, prepaid, priced, hard, cumulative))
+    transfers = [t for chain in chains for t in chain.transfers]
+    statuses = ledger.create_transfers(transfers) if transfers else []
+    return _refusals(chains, statuses, ledger)
+
+
+def _chain(event: EventUsage, sub: Subscription, version: RateCardVersion, prepaid: bool, priced: bool,
+           hard: Decimal | None, cumulative: dict[int, int]) -> _Chain:
+    chain = _Chain(event)
+    definition = version.definition
+    currency = sub.plan.currency
+    period = acc.period_key(event.usage_at)
+    ids = acc.Ids(event.customer_pk)
+    qty = acc.qty_units(event.quantity)
+    cost = Decimal(0)
+
+    def usage(transfer_id: int, debit: int, credit: int, amount: int, ledger: int, code: TransferCode) -> Transfer:
+        return Transfer(id=transfer_id, debit_account_id=debit, credit_account_id=credit, amount=amount, ledger=ledger,
+                        code=code, user_data_128=event.customer_pk, user_data_64=event.meter.pk, user_data_32=period)
+    if priced:
+        for index, (charge, group) in enumerate(_matching_charges(definition, event)):
+            counter_id = ids.counter(event.meter.pk, _charge_key(charge, group), period)
+            before = acc.units_to_qty(cumulative.get(counter_id, 0))
+            spec = charge_spec(charge)
+            amount = pricing.price(before + event.quantity, spec).amount - pricing.price(before, spec).amount
+            markup = charge.get("markup")
+            if markup:
+                amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
+            cost += amount
+            cumulative[counter_id] = cumulative.get(counter_id, 0) + qty
+            ledger = unit_ledger(event.meter.pk)
+            chain.transfers.append(usage(
+                derive("usage-counter", event.customer_pk, event.event_id, index), counter_id,
+                acc.operator_account(AccountCode.OPERATOR_COUNTER, ledger).id, qty, ledger, TransferCode.USAGE_COUNTER))
+            chain.legs.append("counter")
+    if hard is not None:
+        ledger = unit_ledger(event.meter.pk)
+        chain.transfers.append(usage(
+            derive("usage-quota", event.customer_pk, event.event_id), ids.quota(event.meter.pk, period),
+            acc.operator_account(AccountCode.OPERATOR_QUOTA, ledger).id, qty, ledger, TransferCode.USAGE_QUOTA))
+        chain.legs.append("quota")
+        chain.accounts["quota"] = (ids.quota(event.meter.pk, period), event.meter.unit)
+    cost_units = acc.money_units_ceil(cost)
+    money_ledger = currency_ledger(currency)
+    if definition.get("spend_cap") and cost_units:
+        chain.transfers.append(usage(
+            derive("usage-spend", event.customer_pk, event.event_id), ids.spend(currency, period),
+            acc.operator_account(AccountCode.OPERATOR_SPEND, money_ledger).id, cost_units, money_ledger,
+            TransferCode.USAGE_SPEND))
+        chain.legs.append("spend")
+        chain.accounts["spend"] = (ids.spend(currency, period), currency)
+    if prepaid and cost_units:
+        chain.transfers.append(usage(
+            derive("usage-credits", event.customer_pk, event.event_id), ids.wallet(currency),
+            acc.operator_account(AccountCode.OPERATOR_REVENUE, money_ledger).id, cost_units, money_ledger,
+            TransferCode.USAGE_CREDITS))
+        chain.legs.append("credits")
+        chain.accounts["credits"] = (ids.wallet(currency), currency)
+    # link every transfer of the event's chain but the last: all or nothing
+    chain.transfers = [replace(t, flags=t.flags | TransferFlags.LINKED) if i < len(chain.transfers) - 1 else t
+                       for i, t in enumerate(chain.transfers)]
+    return chain
+
+
+def _refusals(chains: list[_Chain], statuses: list[Status], ledger: Any) -> dict[Any, Refusal]:
+    refused: dict[Any, tuple[_Chain, str]] = {}
+    position = 0
+    for chain in chains:
+        own = statuses[position:position + len(chain.transfers)]
+        position += len(chain.transfers)
+        for leg, status in zip(chain.legs, own, strict=True):
+            if status.ok or status is Status.LINKED_EVENT_FAILED:
+                continue
+            if status in (Status.EXCEEDS_CREDITS, Status.ID_ALREADY_FAILED) and leg in CODES:
+                refused[chain.event.key] = (chain, leg)
+            elif status.value.startswith("exists_with_different"):
+                refused[chain.event.key] = (chain, "conflict")
+            else:
+                raise RuntimeError(f"ledger refused usage of event {chain.event.event_id}: {leg} {status.value}")
+            break
+    if not refused:
+        return {}
+    ids = [c.accounts[leg][0] for c, leg in refused.values() if leg in c.accounts]
+    balances = ledger.lookup_accounts(ids)
+    out: dict[Any, Refusal] = {}
+    for key, (chain, leg) in refused.items():
+        if leg == "conflict":
+            out[key] = Refusal("idempotency_conflict",
+                               f"event_id '{chain.event.event_id}' was already used with a different body.")
+            continue
+        account_id, unit = chain.accounts[leg]
+        account = balances.get(account_id)
+        available = max(account.available, 0) if account else 0
+        remaining = acc.units_to_qty(available) if leg == "quota" else acc.units_to_money(available)
+        out[key] = Refusal(CODES[leg], MESSAGES[leg].format(meter=chain.event.meter.key),
+                           Decimal(format(remaining.normalize(), "f")) if remaining else Decimal(0), unit)
+    return out

@@ -1,0 +1,49 @@
+"""Ledgers and codes. Append-only: a number, once used, keeps its meaning for ever."""
+
+from __future__ import annotations
+
+import enum
+
+# Ledgers: one per currency (ISO 4217 numeric code) and one per metered unit (UNIT_LEDGER_BASE + meter pk).
+CURRENCY_LEDGERS: dict[str, int] = {
+    "USD": 840, "EUR": 978, "GBP": 826, "CHF": 756, "CAD": 124, "AUD": 36, "NZD": 554, "SEK": 752, "NOK": 578,
+    "DKK": 208, "PLN": 985, "CZK": 203, "INR": 356, "BRL": 986, "MXN": 484, "SGD": 702, "HKD": 344, "CNY": 156,
+    "ZAR": 710, "JPY": 392, "KRW": 410, "CLP": 152, "VND": 704, "ISK": 352, "BHD": 48, "KWD": 414, "JOD": 400,
+    "OMR": 512, "TND": 788,
+}
+UNIT_LEDGER_BASE = 1_000_000
+
+
+def currency_ledger(currency: str) -> int:
+    return CURRENCY_LEDGERS[currency]
+
+
+def unit_ledger(meter_pk: int) -> int:
+    return UNIT_LEDGER_BASE + meter_pk
+
+
+class AccountCode(enum.IntEnum):
+    CREDIT_WALLET = 1  # customer: prepaid credits (money); bounded by its credits
+    QUOTA = 2  # customer: one meter's hard limit for one period (units); bounded
+    SPEND_CAP = 3  # customer: the period's spend cap (money); bounded
+    USAGE_COUNTER = 4  # customer: a charge's cumulative quantity this period (units), for marginal pricing
+    OPERATOR_GRANTS = 101  # operator: source of credit grants and top-ups
+    OPERATOR_REVENUE = 102  # operator: usage paid from credits
+    OPERATOR_QUOTA = 103  # operator: source of quota allocations, sink of quota usage (per unit ledger)
+    OPERATOR_SPEND = 104  # operator: source of spend-cap allocations, sink of capped spend
+    OPERATOR_COUNTER = 105  # operator: the other side of usage counters
+
+
+class TransferCode(enum.IntEnum):
+    CREDIT_GRANT = 1
+    QUOTA_ALLOCATION = 2
+    SPEND_CAP_ALLOCATION = 3
+    USAGE_QUOTA = 10
+    USAGE_SPEND = 11
+    USAGE_CREDITS = 12
+    USAGE_COUNTER = 13
+    RESERVATION_QUOTA = 20
+    RESERVATION_SPEND = 21
+    RESERVATION_CREDITS = 22
+    RESERVATION_POST = 23
+    RESERVATION_VOID = 24

@@ -1,0 +1,18 @@
+"""Deterministic ids: the same stable key always gives the same 128-bit id, so every retry of a
+write is exactly-once in the ledger (TigerBeetle's idempotency is by id)."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def derive(kind: str, *parts: object) -> int:
+    """A non-zero 127-bit id from a kind and stable parts (never 0, never u128 max)."""
+    key = "\x1f".join(["tollgate", kind, *map(str, parts)]).encode()
+    value = int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "big") >> 1
+    return value or 1
+
+
+def period_code(year: int, month: int) -> int:
+    """user_data_32 for a period: 202611."""
+    return year * 100 + month

@@ -1,0 +1,188 @@
+"""Hard limits enforced at ingest through the ledger: quotas, spend caps, prepaid credits (402)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from billing.catalog.models import Plan
+from billing.catalog.services import catalog_import, subscription_set
+from billing.common.auth import Principal
+from billing.guardrails.services import credits_grant
+from billing.usage.models import UsageEvent
+from billing.usage.services import events_ingest
+from tests.conftest import post_json
+
+ADMIN = Principal(scopes=frozenset({"admin"}))
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+AT = datetime.now(timezone.utc) - timedelta(seconds=5)  # one instant: a retried body is the same body
+
+
+def catalog(hard: str | None = None, cap: str | None = None, price: str = "0.01") -> str:
+    limits = f"\n    limits:\n      - {{meter: llm_tokens, soft: \"80%\", hard: {hard}}}" if hard else ""
+    spend = f"\n    spend_cap: \"{cap}\"" if cap else ""
+    return f"""
+meters:
+  - {{key: llm_tokens, name: LLM tokens, unit: token, aggregation: sum}}
+plans:
+  - key: metered
+    name: Metered
+    currency: USD
+    effective_from: "2026-01-01T00:00:00Z"
+    charges:
+      - {{meter: llm_tokens, model: per_unit, unit_price: "{price}"}}{limits}{spend}
+"""
+
+
+def subscribe(customer, text: str) -> None:
+    catalog_import(text=text, actor="t")
+    subscription_set(customer=customer, plan=Plan.objects.get(key="metered"), start=START,
+                     now=datetime.now(timezone.utc), actor="t")
+
+
+def body(event_id: str, quantity: str = "1", **extra: object) -> bytes:
+    return json.dumps({"event_id": event_id, "customer": "acme-co", "meter": "llm_tokens", "quantity": quantity,
+                       "timestamp": AT.isoformat(), **extra}).encode()
+
+
+def hammer(threads: int = 16, per_thread: int = 500, batch: int = 50) -> list[str]:
+    """threads x per_thread events of 1 unit, each thread in batches, all at once."""
+    barrier = threading.Barrier(threads)
+    lock = threading.Lock()
+    statuses: list[str] = []
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            for start in range(0, per_thread, batch):
+                raw = [body(f"t{n}-{i}") for i in range(start, start + batch)]
+                results = events_ingest(principal=ADMIN, raw_events=raw)
+                with lock:
+                    statuses.extend(r.error.code if r.error else r.status for r in results)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(work, range(threads)))
+    return statuses
+
+
+@pytest.mark.django_db
+def test_event_over_the_hard_limit_is_402_with_remaining_and_kept_as_not_billable(acme, ingest):
+    subscribe(acme, catalog(hard="100"))
+
+    ok = post_json(ingest, "/api/v1/events", json.loads(body("a", "60")))
+    over = post_json(ingest, "/api/v1/events", json.loads(body("b", "41")))
+    fits = post_json(ingest, "/api/v1/events", json.loads(body("c", "40")))
+
+    assert ok.status_code == 201 and fits.status_code == 201
+    assert over.status_code == 402
+    assert over.json()["error"] == {"code": "quota_exceeded", "message": over.json()["error"]["message"],
+                                    "remaining": "40", "unit": "token"}
+    kept = UsageEvent.objects.get(event_id="b")
+    assert (kept.billable, kept.reason) == (False, "rejected_quota_exceeded")
+
+
+@pytest.mark.django_db
+def test_retried_rejected_event_stays_rejected_and_retried_accepted_event_debits_once(acme, ingest, admin):
+    subscribe(acme, catalog(hard="10"))
+    assert post_json(ingest, "/api/v1/events", json.loads(body("fits", "6"))).status_code == 201
+    assert post_json(ingest, "/api/v1/events", json.loads(body("too-big", "5"))).status_code == 402
+
+    again_ok = post_json(ingest, "/api/v1/events", json.loads(body("fits", "6")))
+    again_rejected = post_json(ingest, "/api/v1/events", json.loads(body("too-big", "5")))
+
+    assert again_ok.status_code == 200 and again_ok.json()["status"] == "duplicate"
+    assert again_rejected.status_code == 402
+    quota = admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]
+    assert (quota["used"], quota["remaining"], quota["limit"], quota["soft_limit"]) == ("6", "4", "10", "8")
+    assert post_json(ingest, "/api/v1/events", json.loads(body("last", "4"))).status_code == 201
+
+
+@pytest.mark.django_db
+def test_batch_applies_limits_in_order_and_one_refusal_sinks_nothing_else(acme, ingest):
+    subscribe(acme, catalog(hard="5"))
+
+    response = post_json(ingest, "/api/v1/events/batch", {"events": [
+        json.loads(body("a", "3")), json.loads(body("b", "3")), json.loads(body("c", "2"))]})
+
+    assert [r["status"] for r in response.json()["results"]] == ["accepted", "rejected", "accepted"]
+    assert response.json()["results"][1]["error"]["code"] == "quota_exceeded"
+
+
+@pytest.mark.django_db
+def test_spend_cap_prices_each_event_with_the_rate_card(acme, ingest):
+    subscribe(acme, catalog(cap="1.00", price="0.25"))
+
+    statuses = [post_json(ingest, "/api/v1/events", json.loads(body(f"e{i}", "1"))).status_code for i in range(5)]
+
+    assert statuses == [201, 201, 201, 201, 402]
+    refused = post_json(ingest, "/api/v1/events", json.loads(body("e9", "1"))).json()["error"]
+    assert refused["code"] == "spend_cap_exceeded" and refused["remaining"] == "0"
+
+
+@pytest.mark.django_db
+def test_prepaid_credits_are_drawn_down_and_refused_when_short(acme, ingest, admin):
+    subscribe(acme, catalog(price="0.001"))
+    grant = admin.post("/api/v1/customers/acme-co/credits", {"amount": "0.005", "idempotency_key": "g1"}, format="json")
+    again = admin.post("/api/v1/customers/acme-co/credits", {"amount": "0.005", "idempotency_key": "g1"}, format="json")
+    other = admin.post("/api/v1/customers/acme-co/credits", {"amount": "9", "idempotency_key": "g1"}, format="json")
+
+    assert (grant.status_code, again.status_code, other.status_code) == (201, 200, 409)
+    assert post_json(ingest, "/api/v1/events", json.loads(body("a", "4"))).status_code == 201
+    refused = post_json(ingest, "/api/v1/events", json.loads(body("b", "2")))
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "insufficient_credits"
+    assert refused.json()["error"]["remaining"] == "0.001"
+    credits = admin.get("/api/v1/customers/acme-co/balance").json()["credits"][0]
+    assert credits == {"currency": "USD", "posted": "0.001", "pending": "0", "available": "0.001"}
+
+
+@pytest.mark.django_db
+def test_customers_without_limits_are_not_touched(acme, ingest):
+    subscribe(acme, catalog())
+
+    assert post_json(ingest, "/api/v1/events", json.loads(body("free", "1000000"))).status_code == 201
+    from ledger.models import LedgerTransfer
+
+    assert not LedgerTransfer.objects.exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_sixteen_threads_never_exceed_a_hard_limit(acme):
+    subscribe(acme, catalog(hard="1000"))
+
+    statuses = hammer()
+
+    assert statuses.count("accepted") == 1000
+    assert statuses.count("quota_exceeded") == 16 * 500 - 1000
+    assert sum(e.quantity for e in UsageEvent.objects.filter(billable=True)) == 1000
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_sixteen_threads_never_exceed_a_spend_cap(acme):
+    subscribe(acme, catalog(cap="10.00", price="0.01"))
+
+    statuses = hammer()
+
+    assert statuses.count("accepted") == 1000
+    assert set(statuses) == {"accepted", "spend_cap_exceeded"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_sixteen_threads_never_overdraw_prepaid_credits(acme):
+    subscribe(acme, catalog(price="0.01"))
+    credits_grant(customer=acme, amount=Decimal("5.00"), currency="USD", idempotency_key="k")
+
+    statuses = hammer()
+
+    assert statuses.count("accepted") == 500
+    assert set(statuses) == {"accepted", "insufficient_credits"}
