@@ -7,11 +7,18 @@ filesystem transport, so ``make run`` needs nothing but Python. ``DATABASE_URL``
 
 from __future__ import annotations
 
+import decimal
 import os
 import secrets
 from pathlib import Path
 
 import dj_database_url
+
+# Money and quantities are exact Decimals (docs/pricing.md). 80 significant digits keep every product,
+# sum and difference exact (10^12 tokens x a 10-decimal price x a markup); set before any thread starts,
+# so that every thread's context inherits it.
+decimal.DefaultContext.prec = 80
+decimal.getcontext().prec = 80
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

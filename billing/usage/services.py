@@ -57,6 +57,7 @@ class _Row:
     billable: bool = True
     reason: str = ""
     refusal: EventError | None = None  # a hard limit said no: stored for audit as not billable, answered 402
+    meter: Meter | None = None
 
 
 @dataclass
@@ -130,9 +131,8 @@ def _enforce_limits(rows: list[_Row]) -> None:
     round trip); mark refused events not billable, with reason ``rejected_<code>``."""
     from billing.guardrails.enforcement import EventUsage, enforce
 
-    meters = {m.pk: m for m in Meter.objects.filter(pk__in={r.meter_pk for r in rows})}
     refusals = enforce([
-        EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=meters[r.meter_pk],
+        EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
                    quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions)
         for r in rows if r.event.billable
     ])
@@ -241,6 +241,7 @@ def _resolve(
         fingerprint=fingerprint(event, quantity),
         billable=event.billable,
         reason=event.reason,
+        meter=meter,
     )
 
 
