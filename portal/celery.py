@@ -14,6 +14,10 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
+    # Reservations hold quota and money until their TTL: the SQL ledger has no clock of its own, so
+    # timed-out holds are released every 15 s (TigerBeetle expires them itself; the sweep then only
+    # marks the reservations expired). Each write and lookup also releases what is due first.
+    "expire-reservations": {"task": "guardrails.expire_reservations", "schedule": 15.0},
     # Proves that beat and a worker are alive end to end (readyz shows the last beat); once a
     # minute is frequent enough for an operator's probe and costs one row update.
     "ops-heartbeat": {

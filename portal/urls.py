@@ -4,7 +4,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.catalog.apis import CustomerSubscriptionApi, MetersApi, PlansApi, PlanVersionsApi
 from billing.customers.apis import CustomerDetailApi, CustomerProjectsApi, CustomersApi
-from billing.guardrails.apis import CustomerBalanceApi, CustomerCreditsApi
+from billing.guardrails.apis import (
+    CustomerBalanceApi,
+    CustomerCreditsApi,
+    ReservationReleaseApi,
+    ReservationsApi,
+    ReservationSettleApi,
+)
 from billing.invoicing.apis import CustomerUpcomingInvoiceApi
 from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
@@ -13,6 +19,9 @@ api = [
     path("events", EventsApi.as_view(), name="events"),
     path("events/batch", EventBatchApi.as_view(), name="events-batch"),
     path("meters", MetersApi.as_view(), name="meters"),
+    path("reservations", ReservationsApi.as_view(), name="reservations"),
+    path("reservations/<str:reservation_id>/settle", ReservationSettleApi.as_view(), name="reservation-settle"),
+    path("reservations/<str:reservation_id>/release", ReservationReleaseApi.as_view(), name="reservation-release"),
     path("plans", PlansApi.as_view(), name="plans"),
     path("plans/<str:plan_key>/versions", PlanVersionsApi.as_view(), name="plan-versions"),
     path("customers", CustomersApi.as_view(), name="customers"),

@@ -1,19 +1,24 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
+import msgspec
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.catalog.models import Meter
 from billing.catalog.selectors import subscription_at
 from billing.common.auth import principal_of
-from billing.common.errors import validation_error
+from billing.common.errors import ApiError, validation_error
 from billing.common.fields import decimal_to_text
+from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
-from billing.guardrails import selectors, services
+from billing.guardrails import reservations, selectors, services
+from billing.guardrails.models import Reservation
 
 
 class CustomerBalanceApi(APIView):
@@ -51,3 +56,96 @@ class CustomerCreditsApi(APIView):
         return Response({"customer": customer.external_id, "amount": decimal_to_text(grant.amount),
                          "currency": grant.currency, "idempotency_key": grant.idempotency_key, "reason": grant.reason,
                          "status": "created" if created else "duplicate"}, status=201 if created else 200)
+
+
+def _reservation_out(reservation: Reservation) -> dict[str, Any]:
+    return {
+        "reservation_id": reservation.reservation_id, "customer": reservation.customer.external_id,
+        "meter": reservation.meter.key, "quantity": decimal_to_text(reservation.quantity),
+        "status": reservation.state, "expires_at": reservation.expires_at,
+        "held": {leg: hold["amount"] for leg, hold in reservation.legs.items()},
+    }
+
+
+def _reservation_for(request: Request, reservation_id: str, customer_id: str | None) -> Reservation:
+    principal = principal_of(request)
+    qs = Reservation.objects.select_related("customer", "meter").filter(reservation_id=reservation_id)
+    if principal.customer_id is not None:
+        qs = qs.filter(customer_id=principal.customer_id)
+    if customer_id:
+        qs = qs.filter(customer__external_id=customer_id)
+    found = list(qs[:2])
+    if not found:
+        raise ApiError(404, "not_found", "No such reservation.")
+    if len(found) > 1:
+        raise validation_error({"customer": ["Several customers use this reservation_id: name the customer."]})
+    return found[0]
+
+
+class ReservationsApi(APIView):
+    required_scope = "ingest"
+
+    class ReservationInput(serializers.Serializer):
+        reservation_id = serializers.CharField(max_length=128)
+        customer = serializers.CharField(max_length=128)
+        meter = serializers.CharField(max_length=64)
+        quantity = serializers.DecimalField(max_digits=38, decimal_places=18)
+        ttl_seconds = serializers.IntegerField(min_value=1, max_value=reservations.MAX_TTL)
+        dimensions = serializers.DictField(child=serializers.CharField(max_length=256), required=False, default=dict)
+
+    @extend_schema(request=ReservationInput, responses={201: None, 200: None, 402: None}, operation_id="reservations_create")
+    def post(self, request: Request) -> Response:
+        data = self.ReservationInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        principal = principal_of(request)
+        customer = Customer.objects.filter(external_id=v["customer"]).first()
+        if principal.customer_id is not None and (customer is None or customer.pk != principal.customer_id):
+            raise ApiError(403, "customer_forbidden", "This key is restricted to another customer.")
+        if customer is None:
+            raise ApiError(422, "unknown_customer", "No such customer.", {"customer": ["Unknown customer."]})
+        meter = Meter.objects.filter(key=v["meter"]).first()
+        if meter is None:
+            raise ApiError(422, "unknown_meter", "No such meter.", {"meter": ["Unknown meter."]})
+        reservation, created = reservations.reservation_create(
+            customer=customer, reservation_id=v["reservation_id"], meter=meter, quantity=v["quantity"],
+            dimensions=v["dimensions"], ttl_seconds=v["ttl_seconds"])
+        return Response(_reservation_out(reservation), status=201 if created else 200)
+
+
+class ReservationSettleApi(APIView):
+    required_scope = "ingest"
+
+    @extend_schema(request=None, responses={200: None}, operation_id="reservations_settle")
+    def post(self, request: Request, reservation_id: str) -> Response:
+        try:
+            body = msgspec.json.decode(request.body, type=SettleIn)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, "invalid_shape", f'Expected {{"events": [...]}}: {exc}') from None
+        reservation = _reservation_for(request, reservation_id, body.customer)
+        if reservation.state in (Reservation.State.SETTLED, Reservation.State.RELEASED) and not body.events:
+            raise ApiError(409, "reservation_closed", f"This reservation is already {reservation.state}.")
+        if len(body.events) > 1000:
+            raise validation_error({"events": ["At most 1000 events."]})
+        results = reservations.reservation_settle(reservation=reservation, principal=principal_of(request),
+                                                  raw_events=body.events)
+        counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
+        for r in results:
+            counts["accepted" if r.status == "accepted" else "duplicates" if r.status == "duplicate" else "rejected"] += 1
+        reservation.refresh_from_db()
+        return Response({**_reservation_out(reservation), **counts, "results": [r.as_dict() for r in results]})
+
+
+class ReservationReleaseApi(APIView):
+    required_scope = "ingest"
+
+    @extend_schema(request=None, responses={200: None}, operation_id="reservations_release")
+    def post(self, request: Request, reservation_id: str) -> Response:
+        customer_id = request.data.get("customer") if isinstance(request.data, dict) else None
+        reservation = _reservation_for(request, reservation_id, customer_id)
+        return Response(_reservation_out(reservations.reservation_release(reservation=reservation)))
+
+
+class SettleIn(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[msgspec.Raw]
+    customer: str | None = None

@@ -36,6 +36,25 @@ MESSAGES = {
 
 
 @dataclass
+class Coverage:
+    """What a reservation already holds for the events settling it: consumed in event order, so only
+    usage beyond the reservation goes through the limits again."""
+
+    quantity: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
+
+    def take_quantity(self, wanted: Decimal) -> Decimal:
+        taken = min(wanted, self.quantity)
+        self.quantity -= taken
+        return taken
+
+    def take_cost(self, wanted: Decimal) -> Decimal:
+        taken = min(wanted, self.cost)
+        self.cost -= taken
+        return taken
+
+
+@dataclass
 class EventUsage:
     """What enforcement needs of one accepted-so-far event."""
 
@@ -46,6 +65,8 @@ class EventUsage:
     quantity: Decimal
     usage_at: datetime
     dimensions: dict[str, str]
+    coverage: Coverage | None = None
+    covered_quantity: Decimal = Decimal(0)  # set by enforcement: what the reservation's hold paid for
 
 
 @dataclass
@@ -112,11 +133,18 @@ def _matching_charges(definition: dict[str, Any], event: EventUsage) -> list[tup
     return out
 
 
-def enforce(events: list[EventUsage]) -> dict[Any, Refusal]:
+CLOSED = {Status.PENDING_TRANSFER_ALREADY_POSTED, Status.PENDING_TRANSFER_ALREADY_VOIDED,
+          Status.PENDING_TRANSFER_EXPIRED}
+
+
+def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> dict[Any, Refusal]:
     """Debit the ledger for ``events`` (in order); return the refused ones by key. Events of customers
-    without a plan limit, spend cap or credit wallet pass untouched (and cost no ledger call)."""
+    without a plan limit, spend cap or credit wallet pass untouched (and cost no ledger call).
+    ``prefix`` (a reservation's post/void) runs first in the same ledger batch."""
+    prefix = prefix or []
     events = [e for e in events if e.quantity > 0]
     if not events:
+        _submit(prefix)
         return {}
     terms = Terms(e.customer_pk for e in events)
     in_terms: list[tuple[EventUsage, tuple[Subscription, RateCardVersion]]] = []
@@ -125,6 +153,7 @@ def enforce(events: list[EventUsage]) -> dict[Any, Refusal]:
         if found is not None:
             in_terms.append((event, found))
     if not in_terms:
+        _submit(prefix)
         return {}
     ledger = get_ledger()
     currencies = {(e.customer_pk, t[0].plan.currency) for e, t in in_terms}
@@ -162,6 +191,7 @@ def enforce(events: list[EventUsage]) -> dict[Any, Refusal]:
         if prepaid:
             accounts.append(acc.operator_account(AccountCode.OPERATOR_REVENUE, currency_ledger(currency)))
     if not plans:
+        _submit(prefix)
         return {}
     for counter in counters_needed.values():
         accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
@@ -170,9 +200,21 @@ def enforce(events: list[EventUsage]) -> dict[Any, Refusal]:
 
     for event, sub, version, prepaid, priced, hard in plans:
         chains.append(_chain(event, sub, version, prepaid, priced, hard, cumulative))
-    transfers = [t for chain in chains for t in chain.transfers]
+    transfers = prefix + [t for chain in chains for t in chain.transfers]
     statuses = ledger.create_transfers(transfers) if transfers else []
-    return _refusals(chains, statuses, ledger)
+    _check_prefix(prefix, statuses[:len(prefix)])
+    return _refusals(chains, statuses[len(prefix):], ledger)
+
+
+def _submit(prefix: list[Transfer]) -> None:
+    if prefix:
+        _check_prefix(prefix, get_ledger().create_transfers(prefix))
+
+
+def _check_prefix(prefix: list[Transfer], statuses: list[Status]) -> None:
+    for transfer, status in zip(prefix, statuses, strict=True):
+        if not (status.ok or status in CLOSED):
+            raise RuntimeError(f"ledger refused closing hold {transfer.pending_id}: {status.value}")
 
 
 def _chain(event: EventUsage, sub: Subscription, version: RateCardVersion, prepaid: bool, priced: bool,
@@ -183,6 +225,8 @@ def _chain(event: EventUsage, sub: Subscription, version: RateCardVersion, prepa
     period = acc.period_key(event.usage_at)
     ids = acc.Ids(event.customer_pk)
     qty = acc.qty_units(event.quantity)
+    covered_qty = event.coverage.take_quantity(event.quantity) if event.coverage else Decimal(0)
+    event.covered_quantity = covered_qty
     cost = Decimal(0)
 
     def usage(transfer_id: int, debit: int, credit: int, amount: int, ledger: int, code: TransferCode) -> Transfer:
@@ -204,13 +248,16 @@ def _chain(event: EventUsage, sub: Subscription, version: RateCardVersion, prepa
                 derive("usage-counter", event.customer_pk, event.event_id, index), counter_id,
                 acc.operator_account(AccountCode.OPERATOR_COUNTER, ledger).id, qty, ledger, TransferCode.USAGE_COUNTER))
             chain.legs.append("counter")
-    if hard is not None:
+    uncovered = acc.qty_units(event.quantity - covered_qty)
+    if hard is not None and uncovered:
         ledger = unit_ledger(event.meter.pk)
         chain.transfers.append(usage(
             derive("usage-quota", event.customer_pk, event.event_id), ids.quota(event.meter.pk, period),
-            acc.operator_account(AccountCode.OPERATOR_QUOTA, ledger).id, qty, ledger, TransferCode.USAGE_QUOTA))
+            acc.operator_account(AccountCode.OPERATOR_QUOTA, ledger).id, uncovered, ledger, TransferCode.USAGE_QUOTA))
         chain.legs.append("quota")
         chain.accounts["quota"] = (ids.quota(event.meter.pk, period), event.meter.unit)
+    if event.coverage:
+        cost -= event.coverage.take_cost(cost)
     cost_units = acc.money_units_ceil(cost)
     money_ledger = currency_ledger(currency)
     if definition.get("spend_cap") and cost_units:

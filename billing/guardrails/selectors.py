@@ -53,7 +53,8 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
             continue
         hard = Decimal(limit["hard"])
         account = found.get(ids.quota(meter.pk, period))
-        used = account.debits_posted if account else 0
+        # used = the allocation less what the account still holds (refunds of refused settlements credit it back)
+        used = max(acc.qty_units(hard) - account.balance, 0) if account else 0
         reserved = account.debits_pending if account else 0
         soft = limit.get("soft")
         soft_abs = hard * Decimal(soft[:-1]) / 100 if isinstance(soft, str) and soft.endswith("%") else (

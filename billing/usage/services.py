@@ -69,7 +69,8 @@ class _Lookups:
 
 
 def events_ingest(
-    *, principal: Principal, raw_events: Sequence[bytes | msgspec.Raw], now: datetime | None = None
+    *, principal: Principal, raw_events: Sequence[bytes | msgspec.Raw], now: datetime | None = None,
+    reservation: Any = None,
 ) -> list[IngestResult]:
     """Validate and store a batch; one result per input, in order. One bad event never sinks the rest."""
     now = now or timezone.now()
@@ -100,8 +101,9 @@ def events_ingest(
         in_batch[(row.customer_pk, event.event_id)] = row
         rows.append(row)
 
+    if rows or reservation is not None:
+        _enforce_limits(rows, reservation, now)
     if rows:
-        _enforce_limits(rows)
         with transaction.atomic():
             inserted = _insert_rows(rows, received_at=now)
         # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
@@ -126,16 +128,34 @@ def _refused_or(row: _Row, result: IngestResult) -> IngestResult:
     return IngestResult(row.event.event_id, REJECTED, row.refusal)
 
 
-def _enforce_limits(rows: list[_Row]) -> None:
+def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
     """Debit quotas, spend caps and credits in the ledger for the batch's billable events (one ledger
-    round trip); mark refused events not billable, with reason ``rejected_<code>``."""
-    from billing.guardrails.enforcement import EventUsage, enforce
+    round trip); mark refused events not billable, with reason ``rejected_<code>``. When the batch
+    settles a reservation, its holds are closed first in the same ledger batch and the events' quota is
+    debited only beyond what the reservation held (billing.guardrails.reservations)."""
+    from billing.guardrails.enforcement import Coverage, EventUsage, enforce
 
-    refusals = enforce([
+    prefix: list[Any] = []
+    coverage = None
+    if reservation is not None:
+        from billing.guardrails.reservations import settle_prefix
+
+        mine = [r for r in rows if r.event.billable and r.customer_pk == reservation.customer_id
+                and r.meter_pk == reservation.meter_id]
+        prefix, covered = settle_prefix(reservation, sum((r.quantity for r in mine), Decimal(0)), now)
+        coverage = Coverage(quantity=covered)
+    usages = [
         EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
-                   quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions)
+                   quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions,
+                   coverage=coverage if reservation is not None and r.customer_pk == reservation.customer_id
+                   and r.meter_pk == reservation.meter_id else None)
         for r in rows if r.event.billable
-    ])
+    ]
+    refusals = enforce(usages, prefix=prefix)
+    if reservation is not None:
+        from billing.guardrails.reservations import refund_refused_coverage
+
+        refund_refused_coverage(reservation, sum((u.covered_quantity for u in usages if u.key in refusals), Decimal(0)))
     for row in rows:
         refusal = refusals.get(row.index)
         if refusal is None:
