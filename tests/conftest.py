@@ -43,7 +43,10 @@ def _no_rate_limit(settings: Any) -> None:
 def _clear_cache() -> None:
     from django.core.cache import cache
 
+    from billing.usage import services
+
     cache.clear()
+    services._METERS.clear()  # tests roll the database back; production never deletes a meter
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from billing.catalog.models import Meter
@@ -104,8 +104,8 @@ def events_ingest(
     if rows or reservation is not None:
         _enforce_limits(rows, reservation, now)
     if rows:
-        with transaction.atomic():
-            inserted = _insert_rows(rows, received_at=now)
+        # One INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
+        inserted = _insert_rows(rows, received_at=now)
         # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
         winner = _stored_fingerprints([r for r in rows if (r.customer_pk, r.event.event_id) not in inserted])
         for row in rows:
@@ -169,6 +169,20 @@ def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
                                  extra={k: v for k, v in body.items() if k not in ("code", "message")})
 
 
+_METERS: dict[str, Meter] = {}
+
+
+def meters_cached(keys: set[str]) -> dict[str, Meter]:
+    """Meters by key, kept in process once seen: a meter is never deleted (events protect it) and its
+    key and aggregation never change, so a cached meter cannot be stale in any way ingest relies on.
+    Unknown keys are always asked of the database, so a new meter is usable at once."""
+    missing = keys - _METERS.keys()
+    if missing:
+        for meter in Meter.objects.filter(key__in=missing):
+            _METERS[meter.key] = meter
+    return {key: _METERS[key] for key in keys if key in _METERS}
+
+
 def _event_id_of(raw: bytes | msgspec.Raw) -> str | None:
     try:
         value = msgspec.json.decode(raw)
@@ -195,7 +209,7 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
     customer_ids = {e.customer for _, e in cleaned}
     customers = Customer.objects.filter(external_id__in=customer_ids).only("pk", "external_id")
     lookups.customers = {c.external_id: c for c in customers}
-    lookups.meters = {m.key: m for m in Meter.objects.filter(key__in={e.meter for _, e in cleaned})}
+    lookups.meters = meters_cached({e.meter for _, e in cleaned})
     project_keys = {e.project for _, e in cleaned if e.project}
     if project_keys:
         for pk, customer_pk, key in Project.objects.filter(
@@ -276,49 +290,60 @@ def _insert_rows(rows: list[_Row], *, received_at: datetime) -> set[tuple[int, s
     table = UsageEvent._meta.db_table
     cols = ", ".join(_COLUMNS)
     conflict = "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id"
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # One statement with one array per column: a 1,000-event batch is one round trip and a
-            # short query text (a VALUES list would be 16,000 parameters).
-            cursor.execute(
-                f"INSERT INTO {table} ({cols}) "  # noqa: S608 - table and columns are constants
-                "SELECT c, p, m, e, q, t, u, %s, d, tr, r, b, rs, sv, co, f FROM unnest("
-                "%s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::timestamptz[], "
-                "%s::timestamptz[], %s::jsonb[], %s::jsonb[], %s::text[], %s::boolean[], %s::text[], "
-                "%s::smallint[], %s::text[], %s::text[]) AS x(c, p, m, e, q, t, u, d, tr, r, b, rs, sv, co, f) "
-                + conflict,
-                [
-                    received_at,
-                    [r.customer_pk for r in rows],
-                    [r.project_pk for r in rows],
-                    [r.meter_pk for r in rows],
-                    [r.event.event_id for r in rows],
-                    [str(r.quantity) for r in rows],
-                    [r.event.timestamp for r in rows],
-                    [r.usage_at for r in rows],
-                    [json.dumps(r.event.dimensions) for r in rows],
-                    [json.dumps(r.event.trace) if r.event.trace is not None else None for r in rows],
-                    [r.run_id for r in rows],
-                    [r.billable for r in rows],
-                    [r.reason for r in rows],
-                    [r.event.schema_version for r in rows],
-                    [r.event.corrects or "" for r in rows],
-                    [r.fingerprint for r in rows],
-                ],
-            )
-        else:
-            ops = connection.ops
-            received = ops.adapt_datetimefield_value(received_at)
-            params: list[Any] = []
-            for r in rows:
-                params.extend((
-                    r.customer_pk, r.project_pk, r.meter_pk, r.event.event_id, str(r.quantity),
-                    ops.adapt_datetimefield_value(r.event.timestamp), ops.adapt_datetimefield_value(r.usage_at), received,
-                    json.dumps(r.event.dimensions), json.dumps(r.event.trace) if r.event.trace is not None else None,
-                    r.run_id, r.billable, r.reason, r.event.schema_version, r.event.corrects or "", r.fingerprint,
-                ))
-            placeholders = ", ".join(["(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"] * len(rows))
-            cursor.execute(f"INSERT INTO {table} ({cols}) VALUES {placeholders} {conflict}", params)  # noqa: S608
+    if connection.vendor == "postgresql":
+        return _insert_rows_postgresql(rows, received_at, table, cols, conflict)
+    with connection.cursor() as cursor:  # SQLite: one multi-row VALUES (16,000 parameters at most)
+        ops = connection.ops
+        received = ops.adapt_datetimefield_value(received_at)
+        params: list[Any] = []
+        for r in rows:
+            params.extend((
+                r.customer_pk, r.project_pk, r.meter_pk, r.event.event_id, str(r.quantity),
+                ops.adapt_datetimefield_value(r.event.timestamp), ops.adapt_datetimefield_value(r.usage_at), received,
+                json.dumps(r.event.dimensions), json.dumps(r.event.trace) if r.event.trace is not None else None,
+                r.run_id, r.billable, r.reason, r.event.schema_version, r.event.corrects or "", r.fingerprint,
+            ))
+        placeholders = ", ".join(["(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"] * len(rows))
+        cursor.execute(f"INSERT INTO {table} ({cols}) VALUES {placeholders} {conflict}", params)  # noqa: S608
+        return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
+
+
+def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str, cols: str, conflict: str
+                            ) -> set[tuple[int, str]]:
+    """One statement with one array per column: a 1,000-event batch is one round trip and a short
+    query text. It runs on a server-side-binding psycopg cursor over Django's connection (same
+    transaction): arrays are sent as binary parameters (%b) instead of being quoted into the SQL text,
+    which cost about 40 ms per 1,000 events with Django's client-side binding."""
+    import psycopg
+
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({cols}) "  # noqa: S608 - table and columns are constants
+            "SELECT c, p, m, e, q, t, u, %b, d, tr, r, b, rs, sv, co, f FROM unnest("
+            "%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::numeric[], %b::timestamptz[], "
+            "%b::timestamptz[], %b::text[]::jsonb[], %b::text[]::jsonb[], %b::text[], %b::boolean[], %b::text[], "
+            "%b::smallint[], %b::text[], %b::text[]) AS x(c, p, m, e, q, t, u, d, tr, r, b, rs, sv, co, f) "
+            + conflict,
+            [
+                received_at,
+                [r.customer_pk for r in rows],
+                [r.project_pk for r in rows],
+                [r.meter_pk for r in rows],
+                [r.event.event_id for r in rows],
+                [r.quantity for r in rows],
+                [r.event.timestamp for r in rows],
+                [r.usage_at for r in rows],
+                [json.dumps(r.event.dimensions) for r in rows],
+                [json.dumps(r.event.trace) if r.event.trace is not None else None for r in rows],
+                [r.run_id for r in rows],
+                [r.billable for r in rows],
+                [r.reason for r in rows],
+                [r.event.schema_version for r in rows],
+                [r.event.corrects or "" for r in rows],
+                [r.fingerprint for r in rows],
+            ],
+        )
         return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
 
 
