@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test lint typecheck pytest bench bench-ingest clean
+.PHONY: install run test lint typecheck pytest bench bench-ingest bench-ledger clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ pytest: install
 bench-ingest: install
 	$(PY) bench/ingest.py $(BENCH_ARGS)
 
-bench: bench-ingest
+## bench-ledger: plain vs quota/spend-cap-checked batch ingest in one run, and reserve+settle round trips
+bench-ledger: install
+	$(PY) bench/ingest.py --mode ledger $(BENCH_ARGS)
+
+bench: bench-ingest bench-ledger
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

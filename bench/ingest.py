@@ -128,12 +128,71 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+LIMITED_PLAN = """
+plans:
+  - key: limited
+    name: Limited
+    currency: USD
+    effective_from: "2020-01-01T00:00:00Z"
+    charges:
+      - meter: llm_tokens
+        model: graduated
+        tiers: [{up_to: 1000000, unit_price: "0.000002"}, {up_to: null, unit_price: "0.000001"}]
+    limits:
+      - {meter: llm_tokens, soft: "80%", hard: 1000000000000000}
+    spend_cap: "1000000000"
+"""
+
+
+def ledger_mode(args: argparse.Namespace, port: int, key: str, results: dict) -> None:
+    """Plain batches next to quota- and spend-cap-checked ones, in one run; then reserve+settle."""
+    for size in (1000, 100):
+        for label, customer in (("plain", f"bench-{size}"), ("limited", f"limited-{size}")):
+            per_client = [batches(customer, args.events, size, w, args.clients) for w in range(args.clients)]
+            elapsed, lat, totals = drive(port, key, per_client, "/api/v1/events/batch")
+            sent = sum(len(b) for b in per_client) * size
+            results[f"{label}_{size}"] = {"events": sent, "seconds": round(elapsed, 2),
+                                          "events_per_s": round(sent / elapsed), "p50_ms": round(pct(lat, 0.5), 1),
+                                          "p99_ms": round(pct(lat, 0.99), 1), "accepted": totals.get("accepted"),
+                                          "rejected": totals.get("rejected")}
+            print(f"{label} batch {size}: {results[f'{label}_{size}']}", flush=True)
+        results[f"limit_cost_{size}"] = round(
+            1 - results[f"limited_{size}"]["events_per_s"] / results[f"plain_{size}"]["events_per_s"], 3)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    latencies = []
+    for n in range(args.round_trips):
+        start = time.perf_counter()
+        conn.request("POST", "/api/v1/reservations", headers=headers, body=json.dumps({
+            "reservation_id": f"r-{n}", "customer": "limited-rt", "meter": "llm_tokens", "quantity": "1000",
+            "ttl_seconds": 60}))
+        reserved = conn.getresponse()
+        reserved.read()
+        settle = event("limited-rt", 50_000_000 + n)
+        settle["quantity"] = "800"
+        conn.request("POST", f"/api/v1/reservations/r-{n}/settle", headers=headers, body=json.dumps({"events": [settle]}))
+        settled = conn.getresponse()
+        settled.read()
+        latencies.append(time.perf_counter() - start)
+        if reserved.status != 201 or settled.status != 200:
+            raise SystemExit(f"reservation round trip failed: {reserved.status} {settled.status}")
+    results["reserve_settle"] = {"round_trips": args.round_trips, "p50_ms": round(pct(latencies, 0.5), 2),
+                                 "p99_ms": round(pct(latencies, 0.99), 2)}
+    print(json.dumps(results, indent=2))
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"ledger-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json").write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes for batches")
     parser.add_argument("--singles", type=int, default=5000, help="single-event POSTs at 1 client")
+    parser.add_argument("--mode", choices=["ingest", "ledger"], default="ingest",
+                        help="ledger: plain vs quota+spend-cap-checked batches, and reserve-then-settle round trips")
+    parser.add_argument("--round-trips", type=int, default=1000, help="reserve+settle pairs (ledger mode)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
@@ -161,6 +220,16 @@ def main() -> None:
             "from billing.customers.services import customer_create, api_key_create\n"
             "meter_create(key='llm_tokens', name='LLM tokens', aggregation='sum')\n"
             "[customer_create(external_id=c, name=c) for c in ('bench-100', 'bench-1000', 'bench-single')]\n"
+            "[customer_create(external_id=c, name=c) for c in ('limited-100', 'limited-1000', 'limited-rt')]\n"
+            "from datetime import datetime, timezone\n"
+            "from billing.catalog.models import Plan\n"
+            "from billing.catalog.services import catalog_import, subscription_set\n"
+            "from billing.customers.models import Customer\n"
+            f"catalog_import(text={LIMITED_PLAN!r}, actor='bench')\n"
+            "now = datetime.now(timezone.utc)\n"
+            "[subscription_set(customer=Customer.objects.get(external_id=c), plan=Plan.objects.get(key='limited'),"
+            " start=datetime(2020, 1, 1, tzinfo=timezone.utc), now=now, actor='bench')"
+            " for c in ('limited-100', 'limited-1000', 'limited-rt')]\n"
             "print(api_key_create(name='bench', scope='ingest')[1])\n"
         )
         key = subprocess.run([PY, "manage.py", "shell", "-c", setup], cwd=ROOT, env=env, check=True,
@@ -178,8 +247,11 @@ def main() -> None:
                     break
             except OSError:
                 time.sleep(0.2)
-        results: dict = {"events": args.events, "gunicorn_workers": args.workers, "clients": args.clients,
-                         "cpus": os.cpu_count()}
+        results: dict = {"mode": args.mode, "events": args.events, "gunicorn_workers": args.workers,
+                         "clients": args.clients, "cpus": os.cpu_count()}
+        if args.mode == "ledger":
+            ledger_mode(args, http_port, key, results)
+            return
 
         for size in (100, 1000):
             customer = f"bench-{size}"

@@ -292,7 +292,10 @@ def _refusals(chains: list[_Chain], statuses: list[Status], ledger: Any) -> dict
             if status in (Status.EXCEEDS_CREDITS, Status.ID_ALREADY_FAILED) and leg in CODES:
                 refused[chain.event.key] = (chain, leg)
             elif status.value.startswith("exists_with_different"):
-                refused[chain.event.key] = (chain, "conflict")
+                # The event's legs were applied before (a retry, or a concurrent twin): marginal prices
+                # depend on when they are computed, so a retry may price differently, but nothing is
+                # applied twice. Whether the body is the same is the event table's call (duplicate/409).
+                pass
             else:
                 raise RuntimeError(f"ledger refused usage of event {chain.event.event_id}: {leg} {status.value}")
             break

@@ -317,7 +317,7 @@ def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str,
     import psycopg
 
     connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(
             f"INSERT INTO {table} ({cols}) "  # noqa: S608 - table and columns are constants
             "SELECT c, p, m, e, q, t, u, %b, d, tr, r, b, rs, sv, co, f FROM unnest("

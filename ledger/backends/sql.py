@@ -10,7 +10,6 @@ snapshot. Then the changed rows are written back.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, connection, transaction
 
 from ledger.backends.base import LedgerBackend
-from ledger.models import LedgerAccount, LedgerFailedTransfer, LedgerTransfer
+from ledger.models import U128_DIGITS, LedgerAccount, LedgerFailedTransfer, LedgerTransfer
 from ledger.types import AMOUNT_MAX, TRANSIENT, Account, AccountFlags, Status, Transfer, TransferFlags
 
 F = TransferFlags
@@ -165,27 +164,34 @@ class _Batch:
         self.new_rows: list[LedgerTransfer] = []
         self.new_failed: dict[int, str] = {}
         self.pending_dirty: set[int] = set()
+        self.undo: list[tuple[object, str, object]] | None = None
+        self.new_by_id: dict[int, LedgerTransfer] = {}
+        self.undo_rows = 0
 
-    # the in-memory state a linked chain may have to roll back
-    def _snapshot(self) -> tuple:
-        return (copy.deepcopy({k: (v.row.debits_pending, v.row.debits_posted, v.row.credits_pending,
-                                   v.row.credits_posted, v.dirty) for k, v in self.accounts.items()}),
-                [(p, p.state) for p in [*self.pendings.values(), *self.new_rows]], set(self.pending_dirty),
-                len(self.new_rows), dict(self.new_failed), set(self.pendings))
+    # A linked chain that fails is rolled back with an undo log of what its earlier members changed
+    # (a full snapshot per chain made a 1,000-event batch quadratic).
+    def _change(self, obj: object, attr: str, value: object) -> None:
+        if self.undo is not None:
+            self.undo.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
 
-    def _restore(self, snap: tuple) -> None:
-        balances, states, dirty, rows, failed, pending_keys = snap
-        for k, (dp, dpo, cp, cpo, d) in balances.items():
-            acc = self.accounts[k]
-            acc.row.debits_pending, acc.row.debits_posted, acc.row.credits_pending, acc.row.credits_posted = dp, dpo, cp, cpo
-            acc.dirty = d
-        for row, state in states:
-            row.state = state
-        for k in set(self.pendings) - pending_keys:
-            del self.pendings[k]
-        self.pending_dirty = dirty
-        del self.new_rows[rows:]
-        self.new_failed = failed
+    def _begin_chain(self) -> None:
+        self.undo = []
+        self.undo_rows = len(self.new_rows)
+        self.undo_pendings: list[int] = []
+        self.undo_failed: list[int] = []
+
+    def _rollback_chain(self) -> None:
+        for obj, attr, old in reversed(self.undo or []):
+            setattr(obj, attr, old)
+        for row in self.new_rows[self.undo_rows:]:
+            self.new_by_id.pop(row.id, None)
+        del self.new_rows[self.undo_rows:]
+        for key in self.undo_pendings:
+            self.pendings.pop(key, None)
+        for key in self.undo_failed:
+            self.new_failed.pop(key, None)
+        self.undo = None
 
     def run(self) -> list[Status]:
         statuses: list[Status | None] = [None] * len(self.transfers)
@@ -198,7 +204,9 @@ class _Batch:
                 for i in range(index, end):
                     statuses[i] = Status.LINKED_EVENT_CHAIN_OPEN
                 break
-            snap = self._snapshot()
+            chained = end > index
+            if chained:
+                self._begin_chain()
             chain_failed = None
             for i in range(index, end + 1):
                 status = self._apply(self.transfers[i])
@@ -207,12 +215,13 @@ class _Batch:
                     chain_failed = i
                     break
             if chain_failed is not None:
-                self._restore(snap)
+                self._rollback_chain()
                 own = statuses[chain_failed]
                 for i in range(index, end + 1):
                     statuses[i] = own if i == chain_failed else Status.LINKED_EVENT_FAILED
                 if own in TRANSIENT:
                     self.new_failed[self.transfers[chain_failed].id] = own.value
+            self.undo = None
             index = end + 1
         self._write()
         return [s for s in statuses if s is not None]
@@ -224,14 +233,20 @@ class _Batch:
         for pending_id in self.pending_dirty:
             self.pendings[pending_id].save(update_fields=["state"])
         if self.new_rows:
-            LedgerTransfer.objects.bulk_create(self.new_rows)
+            _insert_transfers(self.new_rows)
         if self.new_failed:
             LedgerFailedTransfer.objects.bulk_create(
                 [LedgerFailedTransfer(id=k, status=v) for k, v in self.new_failed.items()], ignore_conflicts=True)
 
+    def _add_row(self, row: LedgerTransfer) -> None:
+        self.new_rows.append(row)
+        self.new_by_id[row.id] = row
+
     def _fail(self, t: Transfer, status: Status) -> Status:
         if status in TRANSIENT and not t.flags & F.LINKED:
             self.new_failed[t.id] = status.value
+            if self.undo is not None:
+                self.undo_failed.append(t.id)
         return status
 
     def _exists(self, t: Transfer, row: LedgerTransfer) -> Status:
@@ -262,7 +277,7 @@ class _Batch:
     def _apply(self, t: Transfer) -> Status:
         if t.id == 0:
             return Status.ID_MUST_NOT_BE_ZERO
-        row = self.existing.get(t.id) or next((r for r in self.new_rows if r.id == t.id), None)
+        row = self.existing.get(t.id) or self.new_by_id.get(t.id)
         if row is not None:
             return self._exists(t, row)
         if t.id in self.failed or t.id in self.new_failed:
@@ -300,14 +315,14 @@ class _Batch:
             return self._fail(t, status)
         pending = bool(t.flags & F.PENDING)
         if pending:
-            dr.row.debits_pending += t.amount
-            cr.row.credits_pending += t.amount
+            self._change(dr.row, "debits_pending", dr.row.debits_pending + t.amount)
+            self._change(cr.row, "credits_pending", cr.row.credits_pending + t.amount)
         else:
-            dr.row.debits_posted += t.amount
-            cr.row.credits_posted += t.amount
+            self._change(dr.row, "debits_posted", dr.row.debits_posted + t.amount)
+            self._change(cr.row, "credits_posted", cr.row.credits_posted + t.amount)
         dr.dirty = cr.dirty = True
         ts = _now_ns()
-        self.new_rows.append(LedgerTransfer(
+        self._add_row(LedgerTransfer(
             id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id, amount=t.amount,
             requested_amount=t.amount, pending_id=0, ledger=t.ledger, code=t.code, flags=int(t.flags), timeout=t.timeout,
             user_data_128=t.user_data_128, user_data_64=t.user_data_64, user_data_32=t.user_data_32, timestamp=ts,
@@ -332,10 +347,12 @@ class _Batch:
             return Status.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
         pending = self.pendings.get(t.pending_id)
         if pending is None:
-            in_batch = next((r for r in self.new_rows if r.id == t.pending_id), None)
+            in_batch = self.new_by_id.get(t.pending_id)
             if in_batch is None:
                 return self._fail(t, Status.PENDING_TRANSFER_NOT_FOUND)
             pending = self.pendings[t.pending_id] = in_batch
+            if self.undo is not None:
+                self.undo_pendings.append(t.pending_id)
         if not pending.flags & F.PENDING:
             return Status.PENDING_TRANSFER_NOT_PENDING
         if t.debit_account_id and t.debit_account_id != pending.debit_account_id:
@@ -359,17 +376,53 @@ class _Batch:
         if pending.state == State.PENDING_EXPIRED or (pending.expires_at is not None and pending.expires_at <= time.time_ns()):
             return Status.PENDING_TRANSFER_EXPIRED
         dr, cr = self.accounts[pending.debit_account_id], self.accounts[pending.credit_account_id]
-        dr.row.debits_pending -= pending.amount
-        cr.row.credits_pending -= pending.amount
+        self._change(dr.row, "debits_pending", dr.row.debits_pending - pending.amount)
+        self._change(cr.row, "credits_pending", cr.row.credits_pending - pending.amount)
         if posting:
-            dr.row.debits_posted += amount
-            cr.row.credits_posted += amount
+            self._change(dr.row, "debits_posted", dr.row.debits_posted + amount)
+            self._change(cr.row, "credits_posted", cr.row.credits_posted + amount)
         dr.dirty = cr.dirty = True
-        pending.state = State.PENDING_POSTED if posting else State.PENDING_VOIDED
+        self._change(pending, "state", State.PENDING_POSTED if posting else State.PENDING_VOIDED)
         if pending.id in self.pendings and pending not in self.new_rows:
             self.pending_dirty.add(pending.id)
-        self.new_rows.append(replace_row(pending, t, amount if posting else pending.amount))
+        self._add_row(replace_row(pending, t, amount if posting else pending.amount))
         return Status.CREATED
+
+
+_TRANSFER_COLUMNS = ("id", "debit_account_id", "credit_account_id", "amount", "requested_amount", "pending_id", "ledger",
+                     "code", "flags", "timeout", "user_data_128", "user_data_64", "user_data_32", "timestamp", "state",
+                     "expires_at")
+_U128 = {"id", "debit_account_id", "credit_account_id", "amount", "requested_amount", "pending_id", "user_data_128",
+         "user_data_64"}
+
+
+def _insert_transfers(rows: list[LedgerTransfer]) -> None:
+    """Write new transfers in one statement. The ORM's bulk_create spent ~0.3 ms per row compiling
+    sixteen prepared values; here PostgreSQL gets one array per column (binary parameters) and SQLite
+    one executemany."""
+    cols = ", ".join(_TRANSFER_COLUMNS)
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        casts = ", ".join("%b::text[]::numeric[]" if c in _U128 else f"%b::{_PG_TYPES[c]}[]" for c in _TRANSFER_COLUMNS)
+        values = [[str(getattr(r, c)) for r in rows] if c in _U128 else [getattr(r, c) for r in rows]
+                  for c in _TRANSFER_COLUMNS]
+        connection.ensure_connection()
+        # wrap_database_errors: a raw psycopg error becomes Django's IntegrityError, which the caller retries
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(f"INSERT INTO ledger_transfer ({cols}) SELECT * FROM unnest({casts})", values)  # noqa: S608
+        return
+    placeholders = ", ".join(["%s"] * len(_TRANSFER_COLUMNS))
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO ledger_transfer ({cols}) VALUES ({placeholders})",  # noqa: S608
+            [[str(getattr(r, c)).zfill(U128_DIGITS) if c in _U128 else getattr(r, c) for c in _TRANSFER_COLUMNS]
+             for r in rows],
+        )
+
+
+_PG_TYPES = {"ledger": "integer", "code": "integer", "flags": "integer", "timeout": "integer", "user_data_32": "bigint",
+             "timestamp": "bigint", "state": "smallint", "expires_at": "bigint"}
 
 
 def replace_row(pending: LedgerTransfer, t: Transfer, amount: int) -> LedgerTransfer:
