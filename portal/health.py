@@ -10,6 +10,16 @@ from portal.celery import app as celery_app
 from portal.models import Heartbeat
 
 
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Every error body is JSON (contract.md), also for an unknown path."""
+    return JsonResponse({"error": {"code": "not_found", "message": "No such path."}}, status=404)
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"error": {"code": "internal_error", "message": "Something went wrong on our side."}},
+                        status=500)
+
+
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 

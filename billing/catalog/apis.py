@@ -40,10 +40,17 @@ class MetersApi(APIView):
 
     @extend_schema(request=MeterCreateInput, responses={201: MeterOut, 200: MeterOut}, operation_id="meters_create")
     def post(self, request: Request) -> Response:
+        _global_admin(request)
         data = self.MeterCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         meter, created = services.meter_create(**data.validated_data)
         return Response(MeterOut(meter).data, status=201 if created else 200)
+
+
+def _global_admin(request: Request) -> None:
+    """The catalog is shared by every customer: a key restricted to one customer cannot change it."""
+    if principal_of(request).customer_id is not None:
+        raise ApiError(403, "forbidden", "A key restricted to one customer cannot change the catalog.")
 
 
 def _actor(request: Request) -> str:
@@ -64,6 +71,7 @@ class PlansApi(APIView):
 
     @extend_schema(request=None, responses={201: None}, operation_id="plans_create")
     def post(self, request: Request) -> Response:
+        _global_admin(request)
         plan, version, created = services.plan_create(data=request.body, actor=_actor(request))
         entry = next(e for e in selectors.plan_export_entries(plan) if e["version"] == version.number)
         return Response(entry, status=201 if created else 200)
@@ -77,6 +85,7 @@ class PlanVersionsApi(APIView):
 
     @extend_schema(request=None, responses={201: None}, operation_id="plan_versions_create")
     def post(self, request: Request, plan_key: str) -> Response:
+        _global_admin(request)
         plan = Plan.objects.filter(key=plan_key).first()
         if plan is None:
             raise ApiError(404, "not_found", "No such plan.")

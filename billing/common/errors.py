@@ -68,6 +68,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApiError):
         body = error_body(exc.code, exc.message, exc.fields, **exc.extra)
         return Response(body, status=exc.status_code)
+    from ledger.backends.base import LedgerUnavailable
+
+    if isinstance(exc, LedgerUnavailable):
+        return Response(error_body("ledger_unavailable", "The ledger did not answer; retry with the same ids."),
+                        status=503, headers={"Retry-After": "1"})
     if isinstance(exc, DjangoValidationError):
         fields = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return Response(error_body("validation_error", "The request is not valid.", fields), status=422)

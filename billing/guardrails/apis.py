@@ -17,6 +17,7 @@ from billing.common.errors import ApiError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
+from billing.guardrails import accounts as acc
 from billing.guardrails import reservations, selectors, services
 from billing.guardrails.models import Reservation
 
@@ -63,7 +64,9 @@ def _reservation_out(reservation: Reservation) -> dict[str, Any]:
         "reservation_id": reservation.reservation_id, "customer": reservation.customer.external_id,
         "meter": reservation.meter.key, "quantity": decimal_to_text(reservation.quantity),
         "status": reservation.state, "expires_at": reservation.expires_at,
-        "held": {leg: hold["amount"] for leg, hold in reservation.legs.items()},
+        "held": {leg: decimal_to_text(acc.units_to_qty(int(hold["amount"])) if leg == "quota"
+                                      else acc.units_to_money(int(hold["amount"])))
+                 for leg, hold in reservation.legs.items()},
     }
 
 

@@ -163,10 +163,10 @@ class EventBatchApi(APIView):
     def post(self, request: Request) -> Response:
         try:
             batch = batch_decoder.decode(request.body)
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+            return Response(error_body("invalid_shape", f"Expected {{\"events\": [...]}}: {exc}"), status=400)
         except msgspec.DecodeError as exc:
             return Response(error_body("invalid_json", f"The body is not valid JSON: {exc}"), status=400)
-        except msgspec.ValidationError as exc:
-            return Response(error_body("invalid_shape", f"Expected {{\"events\": [...]}}: {exc}"), status=400)
         count = len(batch.events)
         if not 1 <= count <= settings.TOLLGATE_BATCH_MAX:
             return Response(error_body("validation_error", "The request is not valid.",

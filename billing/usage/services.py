@@ -65,7 +65,7 @@ class _Lookups:
     customers: dict[str, Customer] = field(default_factory=dict)
     meters: dict[str, Meter] = field(default_factory=dict)
     projects: dict[tuple[int, str], int] = field(default_factory=dict)
-    originals: dict[tuple[int, str], tuple[int, datetime]] = field(default_factory=dict)  # -> meter_pk, usage_at
+    originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
 
 
 def events_ingest(
@@ -117,7 +117,8 @@ def events_ingest(
                 results[row.index] = _refused_or(row, _compare(row.event.event_id, winner.get(key, ""), row.fingerprint))
         for row in repeats:
             key = (row.customer_pk, row.event.event_id)
-            results[row.index] = _compare(row.event.event_id, winner.get(key, ""), row.fingerprint)
+            row.refusal = in_batch[key].refusal  # the same event again shares the first one's fate
+            results[row.index] = _refused_or(row, _compare(row.event.event_id, winner.get(key, ""), row.fingerprint))
     return [r for r in results if r is not None]
 
 
@@ -218,10 +219,10 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
             lookups.projects[(customer_pk, key)] = pk
     originals = {e.corrects for _, e in cleaned if e.corrects}
     if originals:
-        for customer_pk, event_id, meter_pk, usage_at in UsageEvent.objects.filter(
+        for customer_pk, event_id, meter_pk, usage_at, billable in UsageEvent.objects.filter(
             event_id__in=originals, customer__external_id__in=customer_ids
-        ).values_list("customer_id", "event_id", "meter_id", "usage_at"):
-            lookups.originals[(customer_pk, event_id)] = (meter_pk, usage_at)
+        ).values_list("customer_id", "event_id", "meter_id", "usage_at", "billable"):
+            lookups.originals[(customer_pk, event_id)] = (meter_pk, usage_at, billable)
     return lookups
 
 
@@ -257,11 +258,16 @@ def _resolve(
         original = lookups.originals.get((customer.pk, event.corrects))
         if original is None and (customer.pk, event.corrects) in in_batch:
             earlier = in_batch[(customer.pk, event.corrects)]
-            original = (earlier.meter_pk, earlier.usage_at)
+            original = (earlier.meter_pk, earlier.usage_at, earlier.billable)
         if original is None or original[0] != meter.pk:
             raise EventError(422, "unknown_original",
                              f"No event '{event.corrects}' of this customer and meter to correct.",
                              {"corrects": ["Unknown event."]})
+        if not original[2]:
+            # a refused or non-billable event never counted: correcting it would lower real usage
+            raise EventError(422, "original_not_billable",
+                             f"Event '{event.corrects}' is not billable (or was refused); there is nothing to correct.",
+                             {"corrects": ["The original is not billable."]})
         usage_at = original[1]
     return _Row(
         index=index,

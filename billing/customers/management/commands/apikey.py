@@ -36,7 +36,8 @@ class Command(BaseCommand):
                 state = "revoked" if key.revoked_at else "active"
                 self.stdout.write(f"tg_{key.prefix}_…  {key.scope:7} {state:8} {key.customer or '-'!s:20} {key.name}")
         else:
-            found = ApiKey.objects.filter(prefix=options["prefix"]).first()
+            prefix = options["prefix"].removeprefix("tg_").split("_", 1)[0]  # accepts what `list` prints
+            found = ApiKey.objects.filter(prefix=prefix).first()
             if found is None:
                 raise CommandError(f"No key with prefix '{options['prefix']}'.")
             api_key_revoke(key=found)
