@@ -3,6 +3,7 @@ ids, and creating them (idempotently) with their period allocations."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
@@ -57,6 +58,7 @@ class Ids:
         return derive("counter", self.customer_pk, meter_pk, charge_key, period)
 
 
+@functools.lru_cache(maxsize=4096)
 def operator_account(code: AccountCode, ledger: int) -> Account:
     return Account(id=derive("operator", int(code), ledger), ledger=ledger, code=int(code))
 

@@ -27,6 +27,7 @@ from ledger.ids import derive
 from ledger.types import Account, Status, Transfer, TransferFlags
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
+LINEAR = {"per_unit"}  # charge models whose marginal price needs no running total (no usage counter)
 CODES = {"quota": "quota_exceeded", "spend": "spend_cap_exceeded", "credits": "insufficient_credits"}
 MESSAGES = {
     "quota": "This event would exceed the period's hard limit for meter '{meter}'.",
@@ -177,6 +178,8 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> d
         priced = (cap is not None or prepaid) and event.meter.aggregation in ADDITIVE
         if priced:
             for charge, group in _matching_charges(definition, event):
+                if charge["model"] in LINEAR:
+                    continue
                 account = acc.counter_account(event.customer_pk, event.meter.pk, _charge_key(charge, group), period)
                 counters_needed[account.id] = account
         plans.append((event, sub, version, prepaid, priced, hard))
@@ -234,11 +237,17 @@ def _chain(event: EventUsage, sub: Subscription, version: RateCardVersion, prepa
                         code=code, user_data_128=event.customer_pk, user_data_64=event.meter.pk, user_data_32=period)
     if priced:
         for index, (charge, group) in enumerate(_matching_charges(definition, event)):
+            spec = charge_spec(charge)
+            markup = charge.get("markup")
+            if charge["model"] in LINEAR:  # the price of a unit does not depend on the period's quantity
+                amount = pricing.price(event.quantity, spec).amount
+                if markup:
+                    amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
+                cost += amount
+                continue
             counter_id = ids.counter(event.meter.pk, _charge_key(charge, group), period)
             before = acc.units_to_qty(cumulative.get(counter_id, 0))
-            spec = charge_spec(charge)
             amount = pricing.price(before + event.quantity, spec).amount - pricing.price(before, spec).amount
-            markup = charge.get("markup")
             if markup:
                 amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
             cost += amount
