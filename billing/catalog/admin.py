@@ -1,9 +1,49 @@
-from django.contrib import admin
+from typing import Any
 
-from billing.catalog.models import Meter
+from django.contrib import admin
+from django.http import HttpRequest
+
+from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
 
 
 @admin.register(Meter)
 class MeterAdmin(admin.ModelAdmin):
     list_display = ("key", "name", "unit", "aggregation", "unique_by")
     search_fields = ("key", "name")
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Versions and the audit trail are immutable: change them through a new version, never here."""
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = ("key", "name", "currency", "interval", "created_at")
+    readonly_fields = ("key", "currency")
+
+
+@admin.register(RateCardVersion)
+class RateCardVersionAdmin(ReadOnlyAdmin):
+    list_display = ("plan", "number", "effective_from", "created_by", "created_at")
+    list_filter = ("plan",)
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = ("customer", "plan", "start", "end")
+    list_filter = ("plan",)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    list_display = ("at", "actor", "action", "target")
+    search_fields = ("actor", "action", "target")
