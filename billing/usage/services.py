@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from billing.catalog.models import Meter
+from billing.catalog.models import Meter, Subscription
 from billing.common.auth import Principal
 from billing.customers.models import Customer, Project
 from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event, fingerprint
@@ -60,9 +60,15 @@ class _Row:
     meter: Meter | None = None
 
 
+@dataclass(slots=True)
+class _Cust:
+    pk: int
+    subscribed: bool  # has any subscription: only then can a plan limit apply
+
+
 @dataclass
 class _Lookups:
-    customers: dict[str, Customer] = field(default_factory=dict)
+    customers: dict[str, _Cust] = field(default_factory=dict)
     meters: dict[str, Meter] = field(default_factory=dict)
     projects: dict[tuple[int, str], int] = field(default_factory=dict)
     originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
@@ -101,8 +107,9 @@ def events_ingest(
         in_batch[(row.customer_pk, event.event_id)] = row
         rows.append(row)
 
-    if rows or reservation is not None:
-        _enforce_limits(rows, reservation, now)
+    subscribed = {c.pk for c in lookups.customers.values() if c.subscribed}
+    if reservation is not None or any(r.customer_pk in subscribed for r in rows):
+        _enforce_limits([r for r in rows if r.customer_pk in subscribed], reservation, now)
     if rows:
         # One INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
         inserted = _insert_rows(rows, received_at=now)
@@ -208,8 +215,15 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
     if not cleaned:
         return lookups
     customer_ids = {e.customer for _, e in cleaned}
-    customers = Customer.objects.filter(external_id__in=customer_ids).only("pk", "external_id")
-    lookups.customers = {c.external_id: c for c in customers}
+    # One round trip for the customers and whether each has a subscription (the ingest hot path).
+    table, subs = Customer._meta.db_table, Subscription._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.id, c.external_id, EXISTS (SELECT 1 FROM {subs} s WHERE s.customer_id = c.id) "  # noqa: S608
+            f"FROM {table} c WHERE c.external_id IN ({', '.join(['%s'] * len(customer_ids))})",
+            list(customer_ids),
+        )
+        lookups.customers = {external_id: _Cust(pk, bool(has)) for pk, external_id, has in cursor.fetchall()}
     lookups.meters = meters_cached({e.meter for _, e in cleaned})
     project_keys = {e.project for _, e in cleaned if e.project}
     if project_keys:
