@@ -1,28 +1,13 @@
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
+from billing.common.admin import ReadOnlyAdmin
 
 
 @admin.register(Meter)
 class MeterAdmin(admin.ModelAdmin):
     list_display = ("key", "name", "unit", "aggregation", "unique_by")
     search_fields = ("key", "name")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Versions and the audit trail are immutable: change them through a new version, never here."""
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(Plan)

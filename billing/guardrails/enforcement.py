@@ -122,6 +122,19 @@ def _charge_key(charge: dict[str, Any], group: str | None) -> str:
     return f"{filt}|{group or ''}"
 
 
+def marginal_cost(charge: dict[str, Any], group: str | None, before: Decimal, quantity: Decimal) -> Decimal:
+    """What ``quantity`` more costs after ``before`` units this period, markup included (exact)."""
+    spec = charge_spec(charge)
+    if charge["model"] in LINEAR:  # the price of a unit does not depend on the period's quantity
+        amount = pricing.price(quantity, spec).amount
+    else:
+        amount = pricing.price(before + quantity, spec).amount - pricing.price(before, spec).amount
+    markup = charge.get("markup")
+    if markup:
+        amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
+    return amount
+
+
 def _matching_charges(definition: dict[str, Any], event: EventUsage) -> list[tuple[dict[str, Any], str | None]]:
     out = []
     for charge in definition.get("charges", []):
@@ -237,20 +250,11 @@ def _chain(event: EventUsage, sub: Subscription, version: RateCardVersion, prepa
                         code=code, user_data_128=event.customer_pk, user_data_64=event.meter.pk, user_data_32=period)
     if priced:
         for index, (charge, group) in enumerate(_matching_charges(definition, event)):
-            spec = charge_spec(charge)
-            markup = charge.get("markup")
-            if charge["model"] in LINEAR:  # the price of a unit does not depend on the period's quantity
-                amount = pricing.price(event.quantity, spec).amount
-                if markup:
-                    amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
-                cost += amount
+            if charge["model"] in LINEAR:
+                cost += marginal_cost(charge, group, Decimal(0), event.quantity)
                 continue
             counter_id = ids.counter(event.meter.pk, _charge_key(charge, group), period)
-            before = acc.units_to_qty(cumulative.get(counter_id, 0))
-            amount = pricing.price(before + event.quantity, spec).amount - pricing.price(before, spec).amount
-            if markup:
-                amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
-            cost += amount
+            cost += marginal_cost(charge, group, acc.units_to_qty(cumulative.get(counter_id, 0)), event.quantity)
             cumulative[counter_id] = cumulative.get(counter_id, 0) + qty
             ledger = unit_ledger(event.meter.pk)
             chain.transfers.append(usage(

@@ -23,13 +23,20 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing.catalog import pricing
 from billing.catalog.models import Meter
-from billing.catalog.schema import charge_spec
 from billing.common.errors import ApiError
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
-from billing.guardrails.enforcement import CODES, MESSAGES, EventUsage, Refusal, Terms, _charge_key, _matching_charges
+from billing.guardrails.enforcement import (
+    CODES,
+    MESSAGES,
+    EventUsage,
+    Refusal,
+    Terms,
+    _charge_key,
+    _matching_charges,
+    marginal_cost,
+)
 from billing.guardrails.models import Reservation
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
@@ -83,12 +90,7 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
         cost = Decimal(0)
         for (charge, group), counter_id in zip(charges, counter_ids, strict=True):
             before = acc.units_to_qty(counters[counter_id].debits_posted) if counter_id in counters else Decimal(0)
-            spec = charge_spec(charge)
-            amount = pricing.price(before + quantity, spec).amount - pricing.price(before, spec).amount
-            if charge.get("markup"):
-                markup = charge["markup"]
-                amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
-            cost += amount
+            cost += marginal_cost(charge, group, before, quantity)
         units = acc.money_units_ceil(cost)
         money = currency_ledger(currency)
         if cap is not None and units:

@@ -1,13 +1,11 @@
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
+from billing.common.admin import ReadOnlyAdmin
 from billing.usage.models import UsageEvent
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(admin.ModelAdmin):
+class UsageEventAdmin(ReadOnlyAdmin):
     """Read-only: raw events are append-only; fix mistakes with correction events."""
 
     list_display = ("event_id", "customer", "meter", "quantity", "timestamp", "billable", "received_at")
@@ -15,12 +13,3 @@ class UsageEventAdmin(admin.ModelAdmin):
     search_fields = ("event_id", "customer__external_id", "run_id")
     list_select_related = ("customer", "meter")
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
