@@ -1,0 +1,163 @@
+"""The operator's pricing console: staff only. Views parse, call one service or selector, render."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+
+from billing.catalog import schema
+from billing.catalog.models import AuditEntry, Meter, Plan, Subscription
+from billing.catalog.money import from_minor
+from billing.catalog.selectors import version_in_effect
+from billing.catalog.services import plan_version_publish
+from billing.invoicing.estimate import simulate, upcoming_invoice
+from portal.console.forms import add_tier, definition_from_form, remove_tier
+
+
+def staff_required(view: Any) -> Any:
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_staff:
+            raise PermissionDenied("The pricing console is for operator staff.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@staff_required
+def console_index(request: HttpRequest) -> HttpResponse:
+    now = datetime.now(timezone.utc)
+    plans = []
+    for plan in Plan.objects.prefetch_related("versions").order_by("key"):
+        current = version_in_effect(plan=plan, at=now)
+        subscribers = Subscription.objects.filter(plan=plan, start__lte=now).exclude(end__lte=now).count()
+        plans.append({"plan": plan, "versions": plan.versions.order_by("number"), "current": current,
+                      "subscribers": subscribers})
+    return render(request, "console/index.html", {"meters": Meter.objects.order_by("key"), "plans": plans})
+
+
+@staff_required
+def plan_detail(request: HttpRequest, key: str) -> HttpResponse:
+    plan = get_object_or_404(Plan, key=key)
+    current = version_in_effect(plan=plan, at=datetime.now(timezone.utc))
+    return render(request, "console/plan.html", {"plan": plan, "versions": plan.versions.order_by("-number"),
+                                                 "current": current})
+
+
+def _problems(plan: Plan, definition: dict[str, Any], effective_from: str | None = None) -> list[tuple[str, str]]:
+    payload = {"key": plan.key, "name": plan.name, "currency": plan.currency, "interval": plan.interval,
+               "effective_from": effective_from or datetime.now(timezone.utc).isoformat(), **definition}
+    try:
+        entry = schema.parse_plan(payload)
+    except schema.CatalogError as exc:
+        return exc.problems
+    problems: list[tuple[str, str]] = []
+    schema.validate_plan(entry, "", {m.key for m in Meter.objects.all()}, problems)
+    return [(path.lstrip("."), message) for path, message in problems]
+
+
+def _editor(request: HttpRequest, plan: Plan, definition: dict[str, Any], problems: list[tuple[str, str]],
+            template: str = "console/editor.html", status: int = 200, effective_from: str = "") -> HttpResponse:
+    return render(request, template, {
+        "plan": plan, "definition": definition, "problems": problems, "problem_paths": {p for p, _ in problems},
+        "meters": Meter.objects.order_by("key"), "models": ("per_unit", "graduated", "volume", "package", "flat_overage"),
+        "effective_from": effective_from or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M"),
+    }, status=status)
+
+
+@staff_required
+def version_editor(request: HttpRequest, key: str) -> HttpResponse:
+    """GET: a draft prefilled from the version in effect. POST: publish it with an effective date."""
+    plan = get_object_or_404(Plan, key=key)
+    if request.method != "POST":
+        current = version_in_effect(plan=plan, at=datetime.now(timezone.utc)) or plan.versions.order_by("-number").first()
+        definition = dict(current.definition) if current else {"base_fee": "0", "charges": [], "limits": []}
+        return _editor(request, plan, definition, [])
+    definition = definition_from_form(request.POST)
+    raw_when = request.POST.get("effective_from", "")
+    when = parse_datetime(raw_when)
+    if when is None:
+        return _editor(request, plan, definition, [("effective_from", "a date and time (UTC) is required")], status=422,
+                       effective_from=raw_when)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)  # the form's datetime-local is UTC
+    try:
+        version, _ = plan_version_publish(plan=plan, data={"effective_from": when.isoformat(), **definition},
+                                          actor=request.user.get_username())
+    except schema.CatalogError as exc:
+        return _editor(request, plan, definition, [(p.lstrip("."), m) for p, m in exc.problems], status=422,
+                       effective_from=raw_when)
+    return redirect(reverse("console:plan", args=[plan.key]) + f"#v{version.number}")
+
+
+@staff_required
+def editor_tiers(request: HttpRequest, key: str) -> HttpResponse:
+    """HTMX: add or remove a tier row; answers the form partial (no page reload)."""
+    plan = get_object_or_404(Plan, key=key)
+    definition = definition_from_form(request.POST)
+    action = request.POST.get("tier_action", "")
+    parts = action.split(":")
+    try:
+        if parts[0] == "add":
+            definition = add_tier(definition, int(parts[1]))
+        elif parts[0] == "remove":
+            definition = remove_tier(definition, int(parts[1]), int(parts[2]))
+    except (IndexError, ValueError):
+        pass
+    return _editor(request, plan, definition, [], template="console/editor.html#form",
+                   effective_from=request.POST.get("effective_from", ""))
+
+
+@staff_required
+def editor_validate(request: HttpRequest, key: str) -> HttpResponse:
+    """HTMX: live validation of the draft; each problem named by its path."""
+    plan = get_object_or_404(Plan, key=key)
+    problems = _problems(plan, definition_from_form(request.POST))
+    return render(request, "console/editor.html#problems", {"problems": problems})
+
+
+@staff_required
+def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
+    """HTMX: the current period priced for the ten largest subscribers, current version next to the draft
+    (nothing is saved)."""
+    plan = get_object_or_404(Plan, key=key)
+    definition = definition_from_form(request.POST)
+    problems = _problems(plan, definition)
+    if problems:
+        return render(request, "console/editor.html#problems", {"problems": problems})
+    entry = schema.parse_plan({"key": plan.key, "name": plan.name, "currency": plan.currency,
+                               "effective_from": datetime.now(timezone.utc).isoformat(), **definition})
+    canonical = schema.validate_plan(entry, "", {m.key for m in Meter.objects.all()}, [])
+    now = datetime.now(timezone.utc)
+    rows: list[dict[str, Any]] = []
+    for sub in Subscription.objects.select_related("customer").filter(plan=plan, start__lte=now).exclude(end__lte=now):
+        current = upcoming_invoice(customer=sub.customer, now=now)
+        draft = simulate(customer=sub.customer, plan=plan, definition=canonical, now=now)
+        current_minor = current.subtotal_minor if current else 0
+        rows.append({"customer": sub.customer, "current": from_minor(current_minor, plan.currency),
+                     "draft": from_minor(draft.subtotal_minor, plan.currency),
+                     "difference": from_minor(draft.subtotal_minor - current_minor, plan.currency)})
+    rows.sort(key=lambda r: r["current"], reverse=True)
+    total = sum((r["difference"] for r in rows[:10]), Decimal(0))
+    return render(request, "console/editor.html#simulation",
+                  {"rows": rows[:10], "plan": plan, "total_difference": total})
+
+
+@staff_required
+def audit_trail(request: HttpRequest) -> HttpResponse:
+    page = Paginator(AuditEntry.objects.order_by("-at", "-id"), 50).get_page(request.GET.get("page"))
+    return render(request, "console/audit.html", {"page": page})
+
+
