@@ -48,7 +48,7 @@ def main() -> int:
         print(f"""
   Tollgate is starting on {url}   (web + Celery worker + beat; Ctrl-C stops all three)
 
-  operator console / admin : {url}/admin/   login {info['operator_login']['username']} / {info['operator_login']['password']}
+  pricing console          : {url}/console/   login {info['operator_login']['username']} / {info['operator_login']['password']}  (admin: {url}/admin/)
   customer dashboard login : {info['customer_login']['username']} / {info['customer_login']['password']}  (customer acme-co)
   ingest API key           : {info['ingest_api_key']}
   read API key (acme-co)   : {info['read_api_key']}

@@ -100,6 +100,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, exceptions.MethodNotAllowed):
         return Response(error_body("method_not_allowed", str(exc.detail)), status=405)
     if isinstance(exc, exceptions.ValidationError):
+        if exc.get_codes() == {"non_field_errors": ["invalid"]}:  # DRF: "Expected a dictionary, but got list"
+            return Response(error_body("invalid_shape", "Expected a JSON object."), status=400)
         return Response(
             error_body("validation_error", "The request is not valid.", _flatten_fields(exc.detail)),
             status=422,

@@ -10,6 +10,7 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -86,7 +87,10 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
 
 def customer_create(*, external_id: str, name: str, email: str = "", metadata: dict[str, Any] | None = None) -> Customer:
     customer = Customer(external_id=external_id, name=name or external_id, email=email, metadata=metadata or {})
-    customer.full_clean(validate_unique=False)
+    try:
+        customer.full_clean(validate_unique=False)
+    except DjangoValidationError as exc:  # the API calls the external id "id"
+        raise DjangoValidationError({("id" if k == "external_id" else k): v for k, v in exc.message_dict.items()}) from None
     try:
         with transaction.atomic():
             customer.save()

@@ -54,3 +54,18 @@ def test_error_body_shape_for_non_json(admin):
 
     assert response.status_code == 400
     assert set(response.json()["error"]) >= {"code", "message"}
+
+
+def test_invalid_customer_id_is_reported_under_id(admin):
+    response = admin.post("/api/v1/customers", {"id": "has space"}, format="json")
+
+    assert response.status_code == 422
+    assert "id" in response.json()["error"]["fields"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/customers", "/api/v1/meters", "/api/v1/customers/acme-co/projects"])
+def test_a_json_array_where_an_object_is_expected_is_400(admin, acme, path):
+    response = admin.post(path, [1, 2], format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_shape"
