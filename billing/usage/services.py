@@ -152,12 +152,20 @@ def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
                 and r.meter_pk == reservation.meter_id]
         prefix, covered = settle_prefix(reservation, sum((r.quantity for r in mine), Decimal(0)), now)
         coverage = Coverage(quantity=covered)
+    # Events already stored went through the limits when they were first accepted (or were refused):
+    # a retry must not touch the ledger again, whatever has changed since (a new plan, a raised limit).
+    stored = _stored_outcomes(rows)
+    for row in rows:
+        outcome = stored.get((row.customer_pk, row.event.event_id))
+        if outcome is not None and outcome.startswith("rejected_"):
+            code = outcome.removeprefix("rejected_")
+            row.refusal = EventError(402, code, "This event was refused when first sent; a retry stays refused.")
     usages = [
         EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
                    quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions,
                    coverage=coverage if reservation is not None and r.customer_pk == reservation.customer_id
                    and r.meter_pk == reservation.meter_id else None)
-        for r in rows if r.event.billable
+        for r in rows if r.event.billable and (r.customer_pk, r.event.event_id) not in stored
     ]
     refusals = enforce(usages, prefix=prefix)
     if reservation is not None:
@@ -365,6 +373,20 @@ def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str,
             ],
         )
         return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
+
+
+def _stored_outcomes(rows: list[_Row]) -> dict[tuple[int, str], str]:
+    """(customer, event_id) -> stored reason ("" when accepted) for the rows already in the event table."""
+    by_customer: dict[int, list[str]] = {}
+    for r in rows:
+        by_customer.setdefault(r.customer_pk, []).append(r.event.event_id)
+    out: dict[tuple[int, str], str] = {}
+    for customer_pk, event_ids in by_customer.items():
+        for event_id, billable, reason in UsageEvent.objects.filter(
+            customer_id=customer_pk, event_id__in=event_ids
+        ).values_list("event_id", "billable", "reason"):
+            out[(customer_pk, event_id)] = "" if billable else reason
+    return out
 
 
 def _stored_fingerprints(rows: list[_Row]) -> dict[tuple[int, str], str]:

@@ -186,3 +186,14 @@ def test_sixteen_threads_never_overdraw_prepaid_credits(acme):
 
     assert statuses.count("accepted") == 500
     assert set(statuses) == {"accepted", "insufficient_credits"}
+
+
+@pytest.mark.django_db
+def test_a_retry_never_touches_the_ledger_again_even_after_a_plan_change(acme, ingest, admin):
+    first = post_json(ingest, "/api/v1/events", json.loads(body("early", "50")))  # no plan yet: not limited
+    subscribe(acme, catalog(hard="100"))
+
+    retry = post_json(ingest, "/api/v1/events", json.loads(body("early", "50")))
+
+    assert first.status_code == 201 and retry.status_code == 200
+    assert admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]["used"] == "0"
