@@ -189,7 +189,7 @@ def test_sixteen_threads_never_overdraw_prepaid_credits(acme):
 
 
 @pytest.mark.django_db
-def test_a_retry_never_touches_the_ledger_again_even_after_a_plan_change(acme, ingest, admin):
+def test_a_retry_never_touches_the_ledger_again_even_after_a_plan_change(acme, tokens_meter, ingest, admin):
     first = post_json(ingest, "/api/v1/events", json.loads(body("early", "50")))  # no plan yet: not limited
     subscribe(acme, catalog(hard="100"))
 
