@@ -13,7 +13,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from billing.catalog.services import meter_create
+from billing.catalog.models import Plan, Subscription
+from billing.catalog.services import catalog_import, meter_create, subscription_set
 from billing.common.auth import Principal
 from billing.customers.models import Customer, CustomerUser, Project
 from billing.customers.services import api_key_create, customer_user_create
@@ -27,6 +28,30 @@ METERS = [
     {"key": "gpu_seconds", "name": "GPU seconds", "unit": "second", "aggregation": "sum"},
     {"key": "active_agents", "name": "Active agents", "unit": "agent", "aggregation": "unique_count", "unique_by": "agent_id"},
 ]
+
+DEMO_PLANS = """
+plans:
+  - key: pro
+    name: Pro
+    currency: USD
+    effective_from: "2026-01-01T00:00:00Z"
+    base_fee: "99.00"
+    charges:
+      - meter: llm_tokens
+        filter: {model: gpt-4o}
+        model: graduated
+        tiers:
+          - {up_to: 1000000, unit_price: "0.000005"}
+          - {up_to: null, unit_price: "0.0000025"}
+      - {meter: llm_tokens, filter: {model: gpt-4o-mini}, model: per_unit, unit_price: "0.0000006"}
+      - {meter: llm_tokens, filter: {model: claude-sonnet}, model: volume,
+         tiers: [{up_to: 500000, unit_price: "0.000003"}, {up_to: null, unit_price: "0.000002"}]}
+      - {meter: api_calls, model: package, package_size: 1000, package_price: "1.00"}
+      - {meter: gpu_seconds, model: flat_overage, flat_price: "49.00", included: 50000, overage_unit_price: "0.001"}
+    limits:
+      - {meter: llm_tokens, soft: "80%", hard: 50000000}
+    spend_cap: "5000.00"
+"""
 
 
 class Command(BaseCommand):
@@ -43,6 +68,7 @@ class Command(BaseCommand):
             user_model.objects.create_superuser(OPERATOR[0], "operator@tollgate.localhost", OPERATOR[1])
         for meter in METERS:
             meter_create(**meter)
+        catalog_import(text=DEMO_PLANS, actor="seed_demo")
         customer, _ = Customer.objects.get_or_create(
             external_id="acme-co", defaults={"name": "Acme Co", "email": "billing@acme.example"}
         )
@@ -51,6 +77,10 @@ class Command(BaseCommand):
         if not CustomerUser.objects.filter(user__username=CUSTOMER_USER[0]).exists():
             customer_user_create(customer=customer, username=CUSTOMER_USER[0], password=CUSTOMER_USER[1],
                                  email="dev@acme.example")
+        if not Subscription.objects.filter(customer=customer).exists():
+            now = timezone.now()
+            subscription_set(customer=customer, plan=Plan.objects.get(key="pro"), start=now - timedelta(days=60), now=now,
+                             actor="seed_demo")
         self._events(customer, options["events"])
         _, ingest_key = api_key_create(name="demo ingest key", scope="ingest")
         _, read_key = api_key_create(name="demo read key (acme-co)", scope="read", customer=customer)
