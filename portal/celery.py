@@ -14,6 +14,11 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
+    # Usage becomes rollups within a few minutes of arriving (reads and invoices use them next); each run
+    # is one short transaction from the watermark, so a frequent schedule costs little.
+    "usage-rollup": {"task": "usage.rollup", "schedule": 120.0},
+    # A recomputation from raw events that logs any drift: hourly is enough to notice and cheap at our scale.
+    "usage-rollup-check": {"task": "usage.rollup_check", "schedule": 3600.0},
     # Reservations hold quota and money until their TTL: the SQL ledger has no clock of its own, so
     # timed-out holds are released every 15 s (TigerBeetle expires them itself; the sweep then only
     # marks the reservations expired). Each write and lookup also releases what is due first.

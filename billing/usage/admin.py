@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from billing.common.admin import ReadOnlyAdmin
-from billing.usage.models import UsageEvent
+from billing.usage.models import HourlyRollup, RollupWatermark, UsageEvent
 
 
 @admin.register(UsageEvent)
@@ -13,3 +13,17 @@ class UsageEventAdmin(ReadOnlyAdmin):
     search_fields = ("event_id", "customer__external_id", "run_id")
     list_select_related = ("customer", "meter")
     show_full_result_count = False
+
+
+@admin.register(HourlyRollup)
+class HourlyRollupAdmin(ReadOnlyAdmin):
+    """Derived from raw events (manage.py rollup --full rebuilds them): never edited by hand."""
+
+    list_display = ("customer", "meter", "hour", "total", "events", "dimensions")
+    list_filter = ("meter",)
+    list_select_related = ("customer", "meter")
+
+
+@admin.register(RollupWatermark)
+class RollupWatermarkAdmin(ReadOnlyAdmin):
+    list_display = ("name", "last_event_id", "updated_at")

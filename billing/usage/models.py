@@ -69,3 +69,47 @@ class UsageEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AppendOnlyError("Usage events are append-only: they are never deleted.")
+
+
+class HourlyRollup(models.Model):
+    """Billable usage per (customer, project, meter, dimension set, hour), derived from raw events and
+    always recomputable from them (``manage.py rollup --full``, ``--check``). Holds what every
+    aggregation needs: sum (sum and count meters), event count, max, the distinct ``unique_by`` values,
+    and the latest value with its time and event id."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    project_slot = models.PositiveBigIntegerField(default=0)  # project id or 0: part of the unique key
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    dims_key = models.CharField(max_length=32)  # digest of the canonical dimensions
+    dimensions = models.JSONField(default=dict)
+    hour = models.DateTimeField()
+    total = ExactDecimalField()
+    events = models.PositiveIntegerField()
+    maximum = ExactDecimalField(null=True)
+    uniques = models.JSONField(default=list)
+    latest_value = ExactDecimalField(null=True)
+    latest_at = models.DateTimeField(null=True)
+    latest_event = models.BigIntegerField(null=True)
+
+    class Meta:
+        db_table = "usage_hourly_rollup"
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "project_slot", "meter", "dims_key", "hour"],
+                                    name="rollup_unique_key"),
+        ]
+        indexes = [models.Index(fields=["customer", "meter", "hour"], name="rollup_customer_meter_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.meter_id}/{self.hour:%Y-%m-%d %H}h"
+
+
+class RollupWatermark(models.Model):
+    """How far the incremental rollup has read the raw events (by id)."""
+
+    name = models.CharField(max_length=32, unique=True)
+    last_event_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.last_event_id}"
