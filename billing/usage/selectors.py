@@ -13,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from billing.catalog.models import Meter
-from billing.customers.models import Customer
-from billing.usage.models import UsageEvent
+from billing.customers.models import Customer, Project
+from billing.usage.models import HourlyRollup, RollupWatermark, UsageEvent
 
 GRANULARITIES = ("hour", "day", "month")
 
@@ -96,6 +96,21 @@ class _Acc:
             if member is not None:
                 self.seen.add(member)
 
+    def add_rollup(self, row: HourlyRollup) -> None:
+        """Merge one hourly rollup (the same aggregations, pre-computed)."""
+        agg = self.meter.aggregation
+        if agg in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT):
+            self.value = (self.value or Decimal(0)) + row.total
+        elif agg == Meter.Aggregation.MAX:
+            if row.maximum is not None:
+                self.value = row.maximum if self.value is None else max(self.value, row.maximum)
+        elif agg == Meter.Aggregation.LATEST:
+            if row.latest_at is not None and row.latest_event is not None and (
+                    self.latest_at is None or (row.latest_at, row.latest_event) > self.latest_at):
+                self.latest_at, self.value = (row.latest_at, row.latest_event), row.latest_value
+        else:
+            self.seen = (self.seen or set()) | set(row.uniques)
+
     def result(self) -> Decimal:
         if self.meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
             return Decimal(len(self.seen or ()))
@@ -115,21 +130,42 @@ def usage_aggregate(
 
     Corrections count in the hour of the event they correct (``usage_at``). ``group_by`` takes
     ``project`` and dimension names; an event without that dimension groups under null.
+
+    Whole hours up to the rollup watermark come from the hourly rollups; the edge hours that [start, end)
+    cuts and the events not rolled up yet (id above the watermark) come from the raw events.
     """
     meters = {m.pk: m for m in Meter.objects.all()}
-    qs = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
-    if meter is not None:
-        qs = qs.filter(meter=meter)
-    rows = qs.values_list("pk", "meter_id", "project__key", "dimensions", "quantity", "usage_at").order_by()
+    watermark = RollupWatermark.objects.filter(name="hourly").values_list("last_event_id", flat=True).first() or 0
+    whole_lo = start if start == start.replace(minute=0, second=0, microsecond=0) else (
+        start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+    whole_hi = max(end.replace(minute=0, second=0, microsecond=0), whole_lo)
     accs: dict[tuple[Any, ...], _Acc] = {}
-    for pk, meter_pk, project_key, dimensions, quantity, usage_at in _iterate(rows):
-        group = tuple(project_key if name == "project" else (dimensions or {}).get(name) for name in group_by)
-        bucket = bucket_bounds(usage_at, granularity)
-        key = (meter_pk, bucket, group)
+
+    def acc_for(meter_pk: int, moment: datetime, group: tuple[Any, ...]) -> _Acc:
+        key = (meter_pk, bucket_bounds(moment, granularity), group)
         acc = accs.get(key)
         if acc is None:
             acc = accs[key] = _Acc(meters[meter_pk])
-        acc.add(quantity, usage_at, pk, dimensions or {})
+        return acc
+
+    if watermark and whole_lo < whole_hi:
+        rolled = HourlyRollup.objects.filter(customer=customer, hour__gte=whole_lo, hour__lt=whole_hi)
+        if meter is not None:
+            rolled = rolled.filter(meter=meter)
+        projects = dict(Project.objects.filter(customer=customer).values_list("pk", "key"))
+        for row in rolled.iterator(chunk_size=5000):
+            group = tuple(projects.get(row.project_id or 0) if name == "project" else (row.dimensions or {}).get(name)
+                          for name in group_by)
+            acc_for(row.meter_id, row.hour, group).add_rollup(row)
+    qs = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
+    if watermark and whole_lo < whole_hi:  # raw: the tail after the watermark, and the cut edge hours
+        qs = qs.filter(Q(id__gt=watermark) | Q(usage_at__lt=whole_lo) | Q(usage_at__gte=whole_hi))
+    if meter is not None:
+        qs = qs.filter(meter=meter)
+    rows = qs.values_list("pk", "meter_id", "project__key", "dimensions", "quantity", "usage_at").order_by()
+    for pk, meter_pk, project_key, dimensions, quantity, usage_at in _iterate(rows):
+        group = tuple(project_key if name == "project" else (dimensions or {}).get(name) for name in group_by)
+        acc_for(meter_pk, usage_at, group).add(quantity, usage_at, pk, dimensions or {})
     data = []
     for (meter_pk, (b_start, b_end), group), acc in sorted(
         accs.items(), key=lambda item: (meters[item[0][0]].key, item[0][1][0], [str(g) for g in item[0][2]])
