@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "billing.catalog",
     "billing.usage",
     "billing.guardrails",
+    "billing.invoicing",
     "ledger",
 ]
 

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class InvoicingConfig(AppConfig):
+    name = "billing.invoicing"
+    label = "invoicing"
+    verbose_name = "Invoices"
