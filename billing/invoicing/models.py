@@ -76,10 +76,6 @@ class Invoice(models.Model):
     def __str__(self) -> str:
         return self.number or f"draft {self.customer_id} {self.period_start:%Y-%m}"
 
-    @property
-    def is_draft(self) -> bool:
-        return self.status == self.Status.DRAFT
-
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             stored = Invoice.objects.filter(pk=self.pk).values(*self.FROZEN, "status").first()
@@ -91,6 +87,10 @@ class Invoice(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise FinalizedInvoiceError("Invoices are never deleted: void them.")
+
+    @property
+    def is_draft(self) -> bool:
+        return self.status == self.Status.DRAFT
 
 
 class InvoiceLine(models.Model):
