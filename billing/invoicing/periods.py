@@ -69,11 +69,11 @@ def closable_period_ends(*, now: datetime, first_start: datetime) -> list[tuple[
     return out
 
 
-def period_close(*, start: datetime, end: datetime) -> bool:
+def period_close(*, start: datetime, end: datetime, now: datetime) -> bool:
     """Record [start, end) closed; True when this call closed it (idempotent, unique in the database)."""
     try:
         with transaction.atomic():
-            PeriodClose.objects.create(period_start=start, period_end=end)
+            PeriodClose.objects.create(period_start=start, period_end=end, closed_at=now)
     except IntegrityError:
         return False
     forget_cache()

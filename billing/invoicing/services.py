@@ -146,7 +146,7 @@ def periods_close(*, now: datetime) -> list[tuple[datetime, datetime]]:
     if first is None:
         return []
     return [(start, end) for start, end in periods.closable_period_ends(now=now, first_start=first)
-            if periods.period_close(start=start, end=end)]
+            if periods.period_close(start=start, end=end, now=now)]
 
 
 def periods_finalize(*, now: datetime) -> list[Invoice]:

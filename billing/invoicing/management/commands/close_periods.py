@@ -35,8 +35,8 @@ class Command(BaseCommand):
             self.stdout.write(f"waiting {delay} s for requests already past the period check to commit")
             time.sleep(delay)
             now = timezone.now()
-        elif options["now"]:
-            now = max(now, timezone.now() + timedelta(seconds=settings.TOLLGATE_FINALIZE_DELAY_SECONDS))
+        elif options["now"]:  # by hand at a given instant: finalize what that instant closed, without waiting
+            now += timedelta(seconds=settings.TOLLGATE_FINALIZE_DELAY_SECONDS)
         rollup_until_current(now=timezone.now())
         invoices = periods_finalize(now=now)
         for invoice in invoices:
