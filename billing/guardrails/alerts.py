@@ -57,7 +57,8 @@ class AlertSendDeferred(Exception):
 
 # --- thresholds ---------------------------------------------------------------------------------------
 
-def _clean_threshold(target: str, percent: Decimal) -> tuple[str, Decimal]:
+def alert_threshold_validate(*, target: str, percent: Decimal) -> tuple[str, Decimal]:
+    """The target and the canonical percent, or 422 by field."""
     errors: dict[str, list[str]] = {}
     if target != AlertThreshold.SPEND_CAP:
         key = target.removeprefix(AlertThreshold.METER_PREFIX)
@@ -72,7 +73,7 @@ def _clean_threshold(target: str, percent: Decimal) -> tuple[str, Decimal]:
 
 def alert_threshold_create(*, customer: Customer, target: str, percent: Decimal) -> tuple[AlertThreshold, bool]:
     """A customer's own threshold; the same (target, percent) again returns the existing one (False)."""
-    target, percent = _clean_threshold(target, percent)
+    target, percent = alert_threshold_validate(target=target, percent=percent)
     existing = AlertThreshold.objects.filter(customer=customer, target=target, percent=percent).first()
     if existing is not None:
         return existing, False
@@ -102,7 +103,7 @@ def alert_threshold_delete(*, customer: Customer, threshold_id: int | None = Non
 
 def plan_alert_threshold_set(*, plan: Plan, target: str, percent: Decimal) -> tuple[AlertThreshold, bool]:
     """An operator's plan-level threshold (it replaces the 80% default for its target)."""
-    target, percent = _clean_threshold(target, percent)
+    target, percent = alert_threshold_validate(target=target, percent=percent)
     return AlertThreshold.objects.get_or_create(plan=plan, target=target, percent=percent)
 
 

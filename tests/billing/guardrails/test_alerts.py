@@ -524,3 +524,36 @@ def test_email_url_with_an_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="unknown scheme"):
         email_settings_from_url("mailgun://key@host")
 
+
+
+# --- admin ------------------------------------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_operator_sets_a_plan_threshold_in_the_admin_with_the_api_rules(acme, client):
+    plan = subscribe(acme)
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-123456"))
+    url = "/admin/guardrails/alertthreshold/add/"
+
+    bad = client.post(url, {"plan": plan.pk, "target": "meter:llm_tokens", "percent": "150"})
+    good = client.post(url, {"plan": plan.pk, "target": "meter:llm_tokens", "percent": "60"})
+    neither = client.post(url, {"target": "spend_cap", "percent": "60"})
+
+    assert bad.status_code == 200 and good.status_code == 302 and neither.status_code == 200
+    assert [(t.target, t.percent, t.source) for t in alert_thresholds_effective(customer=acme)] == [
+        ("meter:llm_tokens", Decimal(60), "plan")]
+
+
+@pytest.mark.django_db
+def test_admin_action_sends_an_unknown_alert_again_only_when_asked(acme_mail, client):
+    subscribe(acme_mail, hard="1000")
+    use("800")
+    alerts_check(customer_pk=acme_mail.pk)
+    Alert.objects.update(state=Alert.State.UNKNOWN)
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-123456"))
+
+    alerts_check(customer_pk=acme_mail.pk)
+    client.post("/admin/guardrails/alert/", {"action": "send_again", "_selected_action": [a.pk for a in Alert.objects.all()]})
+    alerts_check(customer_pk=acme_mail.pk)
+
+    assert len(mail.outbox) == 2
+    assert Alert.objects.get().state == "sent"
