@@ -91,6 +91,7 @@ class LimitFigure:
     limit: Decimal
     used: Decimal  # posted usage (or spend); reservations not settled yet do not count
     unit: str  # the meter's unit, or the plan's currency
+    soft: Decimal | None = None  # the rate card's soft limit of this meter (absolute), if it names one
 
     @property
     def used_percent(self) -> Decimal:
@@ -101,7 +102,7 @@ class LimitFigure:
 class EffectiveThreshold:
     target: str
     percent: Decimal
-    source: str  # "default" (80%, nothing configured on the plan), "plan" or "customer"
+    source: str  # "default" (80%), "rate_card" (the plan's soft limit), "plan" (AlertThreshold) or "customer"
     id: int | None = None  # the AlertThreshold row; None for the built-in default
     figure: LimitFigure | None = None  # None: the plan has no such limit, so the threshold is inactive
 
@@ -126,7 +127,8 @@ def limit_figures(*, customer: Customer, now: datetime) -> list[LimitFigure]:
     """Each hard limit and the spend cap of the customer's plan, with the open period's usage (from the
     ledger, the same figures as ``customer_balance``)."""
     balance = customer_balance(customer=customer, now=now)
-    out = [LimitFigure(f"{AlertThreshold.METER_PREFIX}{q['meter']}", Decimal(q["limit"]), Decimal(q["used"]), q["unit"])
+    out = [LimitFigure(f"{AlertThreshold.METER_PREFIX}{q['meter']}", Decimal(q["limit"]), Decimal(q["used"]), q["unit"],
+                       Decimal(q["soft_limit"]) if q["soft_limit"] is not None else None)
            for q in balance["quotas"]]
     spend = balance["spend_cap"]
     if spend is not None:
@@ -137,8 +139,9 @@ def limit_figures(*, customer: Customer, now: datetime) -> list[LimitFigure]:
 def alert_thresholds_effective(*, customer: Customer, now: datetime | None = None,
                                figures: list[LimitFigure] | None = None) -> list[EffectiveThreshold]:
     """The thresholds that apply to the customer now, by target then percent. For each hard limit and the
-    spend cap of its plan: the plan's thresholds for that target, or 80% when the plan configures none;
-    plus the customer's own. The customer's own thresholds on a target its plan does not limit are
+    spend cap of its plan: the plan's thresholds for that target (AlertThreshold rows of the plan); without
+    any, the rate card's soft limit of that meter (as a percent of the hard limit, to 2 decimals); without
+    one, 80%. Plus the customer's own. The customer's own thresholds on a target its plan does not limit are
     listed inactive (``figure`` None), so that they can be seen and deleted."""
     from django.utils import timezone
 
@@ -152,8 +155,11 @@ def alert_thresholds_effective(*, customer: Customer, now: datetime | None = Non
     for figure in figures:
         rows = [r for r in plan_rows if r.target == figure.target]
         if not rows:
-            out[(figure.target, DEFAULT_ALERT_PERCENT)] = EffectiveThreshold(figure.target, DEFAULT_ALERT_PERCENT, "default",
-                                                                             figure=figure)
+            percent, source = DEFAULT_ALERT_PERCENT, "default"
+            if figure.soft is not None and 0 < figure.soft <= figure.limit:
+                percent, source = Decimal(decimal_to_text(
+                    (figure.soft * 100 / figure.limit).quantize(Decimal("0.01")))), "rate_card"
+            out[(figure.target, percent)] = EffectiveThreshold(figure.target, percent, source, figure=figure)
         for row in rows:
             out[(row.target, row.percent)] = EffectiveThreshold(row.target, row.percent, "plan", row.pk, figure)
     for row in own_rows:  # a customer's own wins over an equal plan or default one: it is the one they can delete

@@ -35,8 +35,10 @@ ADMIN = Principal(scopes=frozenset({"admin"}))
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def subscribe(customer: Customer, hard: str | None = "1000", cap: str | None = None, price: str = "0.01") -> Plan:
-    limits = f"\n    limits:\n      - {{meter: llm_tokens, hard: {hard}}}" if hard else ""
+def subscribe(customer: Customer, hard: str | None = "1000", cap: str | None = None, price: str = "0.01",
+              soft: str | None = None) -> Plan:
+    soft_limit = f", soft: {soft}" if soft else ""
+    limits = f"\n    limits:\n      - {{meter: llm_tokens, hard: {hard}{soft_limit}}}" if hard else ""
     spend = f"\n    spend_cap: \"{cap}\"" if cap else ""
     catalog_import(text=f"""
 meters:
@@ -135,6 +137,16 @@ def test_default_threshold_is_80_percent_of_each_hard_limit_and_of_the_spend_cap
         ("meter:llm_tokens", "80", "default", "800", "token"),
         ("spend_cap", "80", "default", "8", "USD"),
     ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("soft, percent", [('"75%"', "75"), ("600", "60"), ("333.333", "33.33")])
+def test_the_rate_cards_soft_limit_replaces_the_80_percent_default_of_its_meter(acme, soft, percent):
+    subscribe(acme, hard="1000", soft=soft)
+
+    [threshold] = alert_thresholds_effective(customer=acme)
+
+    assert (threshold.target, threshold.source, threshold.as_dict()["percent"]) == ("meter:llm_tokens", "rate_card", percent)
 
 
 @pytest.mark.django_db
