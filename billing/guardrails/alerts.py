@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -113,12 +114,22 @@ def _mark(customer_pk: int) -> str:
     return f"tollgate:alerts:queued:{customer_pk}"
 
 
+# customer pk -> monotonic time until which a check this process queued has certainly not started (its
+# countdown runs): usage ingested before then is read by that check, so no cache call is needed at all.
+_QUEUED: dict[int, float] = {}
+
+
 def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
     """The ingest hook: queue one alert check per customer, ``CHECK_DELAY_SECONDS`` later, unless one is
-    queued already (a cache ``add``: one round trip per batch and customer, and nothing more while a check
-    is pending). The check clears the mark before it reads the ledger, so usage after that read queues the
-    next check. Queued after commit; a broker failure is logged and never fails the ingest."""
-    pks = [pk for pk in sorted(set(customer_pks)) if cache.add(_mark(pk), 1, timeout=MARK_TTL_SECONDS)]
+    queued already. Within the countdown of a check it queued itself, a process does nothing (a dict
+    lookup); otherwise one cache ``add`` (one Redis round trip per batch and customer) says whether a check
+    is queued by anyone. The check clears the mark before it reads the ledger, so usage after that read
+    queues the next check. Queued after commit; a broker failure is logged and never fails the ingest."""
+    clock = time.monotonic()
+    pks = [pk for pk in sorted(set(customer_pks))
+           if _QUEUED.get(pk, 0.0) <= clock and cache.add(_mark(pk), 1, timeout=MARK_TTL_SECONDS)]
+    for pk in pks:  # 1 s of margin for the commit and the worker's clock
+        _QUEUED[pk] = clock + CHECK_DELAY_SECONDS - 1
     if not pks:
         return
 
@@ -131,6 +142,7 @@ def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
             except Exception:  # the events are committed; the sweep will look at this customer
                 log.warning("could not queue the alert check of customer %s", pk, exc_info=True)
                 cache.delete(_mark(pk))
+                _QUEUED.pop(pk, None)
 
     transaction.on_commit(enqueue)
 

@@ -67,6 +67,11 @@ def use(quantity: str, at: datetime | None = None, event_id: str | None = None, 
     assert result.status == "accepted", result.as_dict()
 
 
+@pytest.fixture(autouse=True)
+def _no_queued_checks() -> None:
+    alerts_service._QUEUED.clear()  # per process; database ids repeat across tests
+
+
 @pytest.fixture
 def acme_mail(acme: Customer) -> Customer:
     acme.email = "billing@acme.example"
@@ -385,10 +390,15 @@ def test_ingest_queues_one_delayed_check_per_customer_and_burst(acme, monkeypatc
     with django_capture_on_commit_callbacks(execute=True):
         for i in range(20):
             use("1", event_id=f"burst-{i}")
-    alerts_service.cache.delete(alerts_service._mark(acme.pk))  # what the check does first
+    queued_once = list(queued)
+    alerts_service.cache.delete(alerts_service._mark(acme.pk))  # what the check does first,
+    with django_capture_on_commit_callbacks(execute=True):
+        use("1", event_id="within-the-countdown")  # but this process knows its check has not started yet
+    alerts_service._QUEUED.clear()  # the countdown is over
     with django_capture_on_commit_callbacks(execute=True):
         use("1", event_id="after-the-check")
 
+    assert queued_once == [([acme.pk], alerts_service.CHECK_DELAY_SECONDS)]
     assert queued == [([acme.pk], alerts_service.CHECK_DELAY_SECONDS)] * 2
 
 
@@ -404,6 +414,7 @@ def test_a_broker_outage_never_fails_the_ingest(acme, monkeypatch, django_captur
         use("900")  # asserts "accepted"
 
     assert alerts_service.cache.get(alerts_service._mark(acme.pk)) is None  # the next batch tries again
+    assert acme.pk not in alerts_service._QUEUED
 
 
 @pytest.mark.django_db
