@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_THRESHOLDS_PER_CUSTOMER = 20
 CHECK_DELAY_SECONDS = 5  # the check runs this long after the first event that queued it: one check per burst
 MARK_TTL_SECONDS = 300  # a lost task (broker hiccup) blocks the after-ingest check this long at most; the sweep covers it
+LATE_SEND_WINDOW = timedelta(days=1)  # a pending alert of a period that ended longer ago is not sent any more
 STALE_AFTER = timedelta(minutes=10)  # a claim older than this without "sent" is reported as unknown
 # The server answered "no" before taking the message: nothing was delivered, so retrying is safe.
 REFUSED_BEFORE_DELIVERY = (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError,
@@ -149,7 +150,9 @@ def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
 
 def alerts_detect(*, customer: Customer, now: datetime) -> list[Alert]:
     """Record every effective threshold the customer has crossed in the open period (one row each, ever;
-    concurrent detections insert it once). Returns the period's alerts still waiting for their email."""
+    concurrent detections insert it once). Returns the alerts still waiting for their email: this period's,
+    and the last period's for a day after it ended (deferred while the mail server was down at the turn
+    of the month); older ones stay pending, unsent, as the figures they report are stale by then."""
     figures = selectors.limit_figures(customer=customer, now=now)
     start, end = period_bounds(now)
     crossed = [t for t in selectors.alert_thresholds_effective(customer=customer, now=now, figures=figures) if t.crossed]
@@ -159,7 +162,8 @@ def alerts_detect(*, customer: Customer, now: datetime) -> list[Alert]:
                   limit=t.figure.limit, used=t.figure.used, unit=t.figure.unit, crossed_at=now)  # type: ignore[union-attr]
             for t in crossed
         ], ignore_conflicts=True)
-    return list(Alert.objects.filter(customer=customer, period_start=start, state=Alert.State.PENDING))
+    return list(Alert.objects.filter(customer=customer, period_end__gt=now - LATE_SEND_WINDOW, period_start__lte=now,
+                                     state=Alert.State.PENDING).order_by("period_start", "target", "percent"))
 
 
 def alerts_check(*, customer_pk: int, now: datetime | None = None) -> int:

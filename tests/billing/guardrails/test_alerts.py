@@ -350,6 +350,26 @@ def test_a_new_period_alerts_again(acme_mail):
 
 
 @pytest.mark.django_db
+def test_an_alert_deferred_at_the_end_of_a_period_is_sent_the_next_day_but_not_later(acme_mail, monkeypatch):
+    subscribe(acme_mail, hard="1000")
+    march_end = datetime(2026, 3, 31, 23, 0, tzinfo=timezone.utc)
+    use("900", at=march_end)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionRefusedError("mail server down")
+
+    with monkeypatch.context() as m:
+        m.setattr(alerts_service, "get_connection", down)
+        with pytest.raises(AlertSendDeferred):
+            alerts_check(customer_pk=acme_mail.pk, now=march_end)
+    too_late = alerts_check(customer_pk=acme_mail.pk, now=datetime(2026, 4, 2, 1, tzinfo=timezone.utc))
+    next_day = alerts_check(customer_pk=acme_mail.pk, now=datetime(2026, 4, 1, 8, tzinfo=timezone.utc))
+
+    assert (too_late, next_day) == (0, 1)
+    assert "2026-03-01 to 2026-04-01 00:00 UTC" in mail.outbox[0].body
+
+
+@pytest.mark.django_db
 def test_alerts_api_lists_the_open_period_or_a_named_one(acme_mail, make_client):
     subscribe(acme_mail, hard="1000")
     march = datetime(2026, 3, 10, tzinfo=timezone.utc)
@@ -541,6 +561,22 @@ def test_email_url_schemes(url, expected):
     parsed = email_settings_from_url(url)
 
     assert {k: parsed[k] for k in expected} == expected
+
+
+def test_email_url_in_the_environment_sets_djangos_email_settings(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import django; django.setup(); from django.conf import settings as s; "
+            "print(s.EMAIL_BACKEND, s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_HOST_USER, s.EMAIL_USE_TLS, s.DEFAULT_FROM_EMAIL)")
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "portal.settings", "TOLLGATE_DATA_DIR": str(tmp_path),
+           "EMAIL_URL": "smtp+tls://alerts%40acme.example:secret@smtp.example.com:2525", "EMAIL_HOST": "ignored",
+           "DEFAULT_FROM_EMAIL": "billing@acme.example"}
+
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+    assert out.split() == ["django.core.mail.backends.smtp.EmailBackend", "smtp.example.com", "2525",
+                           "alerts@acme.example", "True", "billing@acme.example"]
 
 
 def test_email_url_with_an_unknown_scheme_is_refused():
