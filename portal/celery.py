@@ -29,6 +29,11 @@ app.conf.beat_schedule = {
     # timed-out holds are released every 15 s (TigerBeetle expires them itself; the sweep then only
     # marks the reservations expired). Each write and lookup also releases what is due first.
     "expire-reservations": {"task": "guardrails.expire_reservations", "schedule": 15.0},
+    # Soft-limit alerts are checked a few seconds after ingest (billing.guardrails.alerts); this sweep is the
+    # safety net for a check lost with the broker or a mail server that was down: every subscribed customer
+    # is looked at every 5 minutes (one ledger lookup each), and claims never recorded as sent are reported.
+    # A threshold crossed by usage the after-ingest check missed is thus emailed within 5 minutes.
+    "alerts-sweep": {"task": "guardrails.alerts_sweep", "schedule": 300.0},
     # Proves that beat and a worker are alive end to end (readyz shows the last beat); once a
     # minute is frequent enough for an operator's probe and costs one row update.
     "ops-heartbeat": {

@@ -194,7 +194,17 @@ EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
 EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = float(os.environ["EMAIL_TIMEOUT"]) if os.environ.get("EMAIL_TIMEOUT") else 30.0
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "billing@tollgate.localhost")
+# EMAIL_URL (smtp://user:pass@host:port, smtp+tls://, smtp+ssl://, console://, file:///dir, locmem://) sets
+# the backend and what its URL names, over the EMAIL_* variables above (portal/email_url.py).
+if os.environ.get("EMAIL_URL"):
+    from portal.email_url import email_settings_from_url
+
+    globals().update(email_settings_from_url(os.environ["EMAIL_URL"]))
+# Absolute links in emails (the alert email's dashboard link) start with this.
+TOLLGATE_BASE_URL = os.environ.get("TOLLGATE_BASE_URL", "http://127.0.0.1:8000")
 
 # --- Auth, i18n, static -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

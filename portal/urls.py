@@ -6,6 +6,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from billing.catalog.apis import CustomerSubscriptionApi, MetersApi, PlansApi, PlanVersionsApi
 from billing.customers.apis import CustomerDetailApi, CustomerProjectsApi, CustomersApi
 from billing.guardrails.apis import (
+    CustomerAlertsApi,
+    CustomerAlertThresholdsApi,
     CustomerBalanceApi,
     CustomerCreditsApi,
     ReservationReleaseApi,
@@ -37,6 +39,9 @@ api = [
     path("customers/<str:customer_id>/projects", CustomerProjectsApi.as_view(), name="customer-projects"),
     path("customers/<str:customer_id>/usage", CustomerUsageApi.as_view(), name="customer-usage"),
     path("customers/<str:customer_id>/balance", CustomerBalanceApi.as_view(), name="customer-balance"),
+    path("customers/<str:customer_id>/alerts", CustomerAlertsApi.as_view(), name="customer-alerts"),
+    path("customers/<str:customer_id>/alert-thresholds", CustomerAlertThresholdsApi.as_view(),
+         name="customer-alert-thresholds"),
     path("customers/<str:customer_id>/credits", CustomerCreditsApi.as_view(), name="customer-credits"),
     path("customers/<str:customer_id>/subscription", CustomerSubscriptionApi.as_view(), name="customer-subscription"),
     path("customers/<str:customer_id>/upcoming-invoice", CustomerUpcomingInvoiceApi.as_view(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
 
 from billing.catalog.money import LEDGER_SCALE
@@ -37,6 +37,14 @@ def units_to_money(units: int) -> Decimal:
 
 def period_key(at: datetime) -> int:
     return period_code(at.year, at.month)
+
+
+def period_bounds(at: datetime) -> tuple[datetime, datetime]:
+    """The limits' period holding ``at``: the calendar month, UTC, half-open [start, end)."""
+    at = at.astimezone(timezone.utc)
+    start = datetime(at.year, at.month, 1, tzinfo=timezone.utc)
+    end = datetime(at.year + (at.month == 12), at.month % 12 + 1, 1, tzinfo=timezone.utc)
+    return start, end
 
 
 @dataclass(frozen=True)

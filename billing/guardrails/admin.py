@@ -1,8 +1,15 @@
 
+from decimal import Decimal
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
-from billing.guardrails.models import CreditGrant, Reservation
+from billing.common.errors import ApiError
+from billing.guardrails.alerts import alert_threshold_validate
+from billing.guardrails.models import Alert, AlertThreshold, CreditGrant, Reservation
 
 
 @admin.register(CreditGrant)
@@ -25,3 +32,51 @@ class ReservationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+class AlertThresholdForm(forms.ModelForm):
+    class Meta:
+        model = AlertThreshold
+        fields = ["plan", "customer", "target", "percent"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:  # the same rules as the API
+            data["target"], data["percent"] = alert_threshold_validate(target=data.get("target") or "",
+                                                                       percent=data.get("percent") or Decimal(0))
+        except ApiError as exc:
+            raise ValidationError("; ".join(m for ms in (exc.fields or {}).values() for m in ms)) from None
+        return data
+
+
+@admin.register(AlertThreshold)
+class AlertThresholdAdmin(admin.ModelAdmin):
+    """Operators set plan-level thresholds here (they replace the 80% default of their target); customers'
+    own thresholds come from the API and the dashboard."""
+
+    form = AlertThresholdForm
+    list_display = ("target", "percent", "plan", "customer", "created_at")
+    list_filter = ("plan",)
+    search_fields = ("target", "customer__external_id", "plan__key")
+    raw_id_fields = ("customer",)
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    """Alerts are recorded by the alert check; read-only. An alert whose delivery is ``unknown`` is never
+    retried on its own (at most once): the action sends it again when the operator is sure it was lost."""
+
+    list_display = ("customer", "period_start", "target", "percent", "used", "limit", "state", "sent_at", "attempts")
+    list_filter = ("state", "period_start")
+    search_fields = ("customer__external_id",)
+    readonly_fields = ("customer", "period_start", "period_end", "target", "percent", "limit", "used", "unit",
+                       "crossed_at", "state", "attempts", "claimed_at", "sent_at", "recipients", "error")
+    actions = ["send_again"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Send again (only alerts whose delivery is unknown)")
+    def send_again(self, request: HttpRequest, queryset: Any) -> None:
+        count = queryset.filter(state=Alert.State.UNKNOWN).update(state=Alert.State.PENDING)
+        self.message_user(request, f"{count} alert(s) will be sent by the next check (within 5 minutes).")

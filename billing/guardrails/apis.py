@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,8 +19,9 @@ from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
 from billing.guardrails import accounts as acc
-from billing.guardrails import reservations, selectors, services
-from billing.guardrails.models import Reservation
+from billing.guardrails import alerts, reservations, selectors, services
+from billing.guardrails.accounts import period_bounds
+from billing.guardrails.models import Alert, Reservation
 
 
 class CustomerBalanceApi(APIView):
@@ -152,3 +154,84 @@ class ReservationReleaseApi(APIView):
 class SettleIn(msgspec.Struct, forbid_unknown_fields=True):
     events: list[msgspec.Raw]
     customer: str | None = None
+
+
+# --- soft-limit alerts ---------------------------------------------------------------------------------
+
+def _alert_out(alert: Alert) -> dict[str, Any]:
+    return {"target": alert.target, "percent": decimal_to_text(alert.percent), "limit": decimal_to_text(alert.limit),
+            "used": decimal_to_text(alert.used), "unit": alert.unit, "crossed_at": alert.crossed_at,
+            "status": alert.state, "sent_at": alert.sent_at}
+
+
+class CustomerAlertsApi(APIView):
+    """The alerts of one period (default: the open one), oldest first."""
+
+    required_scope = "read"
+
+    @extend_schema(parameters=[OpenApiParameter("period", str, description="YYYY-MM (UTC); default: the open period")],
+                   responses={200: None}, operation_id="customer_alerts_list")
+    def get(self, request: Request, customer_id: str) -> Response:
+        customer = customer_get(external_id=customer_id, principal=principal_of(request))
+        at = datetime.now(timezone.utc)
+        period = request.query_params.get("period")
+        if period:
+            try:
+                at = datetime.strptime(period, "%Y-%m").replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise validation_error({"period": ["Use YYYY-MM."]}) from None
+        start, end = period_bounds(at)
+        rows = selectors.alerts_list(customer=customer, period_start=start)
+        return Response({"customer": customer.external_id, "period_start": start, "period_end": end,
+                         "data": [_alert_out(a) for a in rows]})
+
+
+def _may_change_thresholds(request: Request) -> None:
+    principal = principal_of(request)
+    if not principal.has_scope("admin") and principal.customer_id is None:
+        raise ApiError(403, "forbidden", "Only an admin key, or a key or user of this customer, may change its thresholds.")
+
+
+class CustomerAlertThresholdsApi(APIView):
+    """The effective thresholds (GET), a customer's own threshold added (POST) or removed (DELETE). The
+    customer's own users and customer-restricted read keys may change them (self-service)."""
+
+    required_scope = {"GET": "read", "POST": "read", "DELETE": "read"}
+
+    class ThresholdInput(serializers.Serializer):
+        target = serializers.CharField(max_length=80)
+        percent = serializers.DecimalField(max_digits=7, decimal_places=4)
+
+    @extend_schema(responses={200: None}, operation_id="customer_alert_thresholds_list")
+    def get(self, request: Request, customer_id: str) -> Response:
+        customer = customer_get(external_id=customer_id, principal=principal_of(request))
+        effective = selectors.alert_thresholds_effective(customer=customer, now=datetime.now(timezone.utc))
+        return Response({"customer": customer.external_id, "data": [t.as_dict() for t in effective]})
+
+    @extend_schema(request=ThresholdInput, responses={201: None, 200: None}, operation_id="customer_alert_thresholds_create")
+    def post(self, request: Request, customer_id: str) -> Response:
+        customer = customer_get(external_id=customer_id, principal=principal_of(request))
+        _may_change_thresholds(request)
+        data = self.ThresholdInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        threshold, created = alerts.alert_threshold_create(customer=customer, target=data.validated_data["target"],
+                                                           percent=data.validated_data["percent"])
+        return Response({"id": threshold.pk, "target": threshold.target, "percent": decimal_to_text(threshold.percent),
+                         "source": "customer", "status": "created" if created else "exists"},
+                        status=201 if created else 200)
+
+    @extend_schema(parameters=[OpenApiParameter("id", int), OpenApiParameter("target", str), OpenApiParameter("percent", str)],
+                   responses={204: None}, operation_id="customer_alert_thresholds_delete")
+    def delete(self, request: Request, customer_id: str) -> Response:
+        customer = customer_get(external_id=customer_id, principal=principal_of(request))
+        _may_change_thresholds(request)
+        params = request.query_params
+        threshold_id = percent = None
+        try:
+            threshold_id = int(params["id"]) if params.get("id") else None
+            percent = Decimal(params["percent"]) if params.get("percent") else None
+        except (ValueError, InvalidOperation):
+            raise validation_error({"id" if "id" in params else "percent": ["Not a number."]}) from None
+        alerts.alert_threshold_delete(customer=customer, threshold_id=threshold_id, target=params.get("target"),
+                                      percent=percent)
+        return Response(status=204)

@@ -52,3 +52,80 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id}:{self.reservation_id} ({self.state})"
+
+
+class AlertThreshold(models.Model):
+    """A soft-limit alert threshold: ``percent`` of a hard limit (``meter:<key>``) or of the spend cap
+    (``spend_cap``). Either a plan-level default set by the operator (``plan``) or a customer's own
+    (``customer``): exactly one of the two. With no threshold for a target on the plan, 80% applies
+    (billing.guardrails.selectors.alert_thresholds_effective); a customer's own come on top."""
+
+    SPEND_CAP = "spend_cap"
+    METER_PREFIX = "meter:"
+
+    plan = models.ForeignKey("catalog.Plan", null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="alert_thresholds")
+    customer = models.ForeignKey("customers.Customer", null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="alert_thresholds")
+    target = models.CharField(max_length=80, help_text='"meter:<meter key>" or "spend_cap"')
+    percent = ExactDecimalField(help_text="Of the hard limit or spend cap, above 0 and at most 100.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["target", "percent"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(plan__isnull=False, customer__isnull=True)
+                                   | models.Q(plan__isnull=True, customer__isnull=False),
+                                   name="alert_threshold_plan_xor_customer"),
+            models.UniqueConstraint(fields=["plan", "target", "percent"], condition=models.Q(plan__isnull=False),
+                                    name="alert_threshold_unique_plan"),
+            models.UniqueConstraint(fields=["customer", "target", "percent"], condition=models.Q(customer__isnull=False),
+                                    name="alert_threshold_unique_customer"),
+        ]
+
+    def __str__(self) -> str:
+        owner = f"plan {self.plan_id}" if self.plan_id else f"customer {self.customer_id}"
+        return f"{owner}: {self.target} at {self.percent}%"
+
+
+class Alert(models.Model):
+    """One soft-limit alert: a threshold crossed by a customer in a period. The unique constraint on
+    (customer, period_start, target, percent) is what guarantees one alert, and so at most one email, per
+    threshold, customer and period, whatever the retries and concurrent workers.
+
+    ``state``: ``pending`` (recorded, email not sent yet) -> ``sending`` (one worker claimed it with a
+    conditional UPDATE) -> ``sent``. A send refused before the server took the message goes back to
+    ``pending`` (retried). Anything else leaves ``unknown`` and is never retried: at most once
+    (docs/operations.md, "Alert emails"). ``no_recipients`` when the customer has no address."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"
+        SENT = "sent"
+        UNKNOWN = "unknown"
+        NO_RECIPIENTS = "no_recipients"
+
+    customer = models.ForeignKey("customers.Customer", on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    target = models.CharField(max_length=80)
+    percent = ExactDecimalField()
+    limit = ExactDecimalField()  # the hard limit or spend cap when crossed
+    used = ExactDecimalField()  # the period's usage (or spend) seen when the crossing was detected
+    unit = models.CharField(max_length=32, blank=True)  # the meter's unit, or the plan's currency
+    crossed_at = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    recipients = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["period_start", "target", "percent"]
+        constraints = [models.UniqueConstraint(fields=["customer", "period_start", "target", "percent"],
+                                               name="alert_one_per_threshold_and_period")]
+        indexes = [models.Index(fields=["state", "claimed_at"], name="alert_state")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} {self.period_start:%Y-%m} {self.target} {self.percent}% ({self.state})"

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+
+from django.db.models import QuerySet
 
 from billing.catalog.models import Meter
 from billing.catalog.money import MINOR_UNITS
@@ -10,7 +13,7 @@ from billing.catalog.selectors import subscription_at, version_in_effect
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
-from billing.guardrails.models import CreditGrant
+from billing.guardrails.models import Alert, AlertThreshold, CreditGrant
 from ledger.backends import get_ledger
 
 
@@ -73,3 +76,98 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
         spend = {"currency": subscription.plan.currency, "cap": decimal_to_text(cap), "spent": _m(spent),
                  "reserved": _m(reserved), "remaining": decimal_to_text(left)}
     return {"customer": customer.external_id, "period": period, "credits": credits, "quotas": quotas, "spend_cap": spend}
+
+
+# --- Soft-limit alerts --------------------------------------------------------------------------------
+
+DEFAULT_ALERT_PERCENT = Decimal(80)
+
+
+@dataclass(frozen=True)
+class LimitFigure:
+    """Where a customer stands against one hard limit or the spend cap in the open period."""
+
+    target: str  # "meter:<key>" or "spend_cap"
+    limit: Decimal
+    used: Decimal  # posted usage (or spend); reservations not settled yet do not count
+    unit: str  # the meter's unit, or the plan's currency
+    soft: Decimal | None = None  # the rate card's soft limit of this meter (absolute), if it names one
+
+    @property
+    def used_percent(self) -> Decimal:
+        return (self.used * 100 / self.limit) if self.limit > 0 else Decimal(0)
+
+
+@dataclass(frozen=True)
+class EffectiveThreshold:
+    target: str
+    percent: Decimal
+    source: str  # "default" (80%), "rate_card" (the plan's soft limit), "plan" (AlertThreshold) or "customer"
+    id: int | None = None  # the AlertThreshold row; None for the built-in default
+    figure: LimitFigure | None = None  # None: the plan has no such limit, so the threshold is inactive
+
+    @property
+    def threshold(self) -> Decimal | None:
+        """The absolute usage (or spend) at which it fires."""
+        return self.figure.limit * self.percent / 100 if self.figure else None
+
+    @property
+    def crossed(self) -> bool:
+        return self.figure is not None and self.figure.limit > 0 and self.figure.used >= self.threshold  # type: ignore[operator]
+
+    def as_dict(self) -> dict[str, Any]:
+        f = self.figure
+        return {"id": self.id, "target": self.target, "percent": decimal_to_text(self.percent), "source": self.source,
+                "active": f is not None, "limit": decimal_to_text(f.limit) if f else None,
+                "threshold": decimal_to_text(self.threshold) if f else None,  # type: ignore[arg-type]
+                "used": decimal_to_text(f.used) if f else None, "unit": f.unit if f else None, "crossed": self.crossed}
+
+
+def limit_figures(*, customer: Customer, now: datetime) -> list[LimitFigure]:
+    """Each hard limit and the spend cap of the customer's plan, with the open period's usage (from the
+    ledger, the same figures as ``customer_balance``)."""
+    balance = customer_balance(customer=customer, now=now)
+    out = [LimitFigure(f"{AlertThreshold.METER_PREFIX}{q['meter']}", Decimal(q["limit"]), Decimal(q["used"]), q["unit"],
+                       Decimal(q["soft_limit"]) if q["soft_limit"] is not None else None)
+           for q in balance["quotas"]]
+    spend = balance["spend_cap"]
+    if spend is not None:
+        out.append(LimitFigure(AlertThreshold.SPEND_CAP, Decimal(spend["cap"]), Decimal(spend["spent"]), spend["currency"]))
+    return out
+
+
+def alert_thresholds_effective(*, customer: Customer, now: datetime | None = None,
+                               figures: list[LimitFigure] | None = None) -> list[EffectiveThreshold]:
+    """The thresholds that apply to the customer now, by target then percent. For each hard limit and the
+    spend cap of its plan: the plan's thresholds for that target (AlertThreshold rows of the plan); without
+    any, the rate card's soft limit of that meter (as a percent of the hard limit, to 2 decimals); without
+    one, 80%. Plus the customer's own. The customer's own thresholds on a target its plan does not limit are
+    listed inactive (``figure`` None), so that they can be seen and deleted."""
+    from django.utils import timezone
+
+    if figures is None:
+        figures = limit_figures(customer=customer, now=now or timezone.now())
+    by_target = {f.target: f for f in figures}
+    subscription = subscription_at(customer=customer, at=now or timezone.now())
+    plan_rows = list(AlertThreshold.objects.filter(plan_id=subscription.plan_id)) if subscription else []
+    own_rows = list(AlertThreshold.objects.filter(customer=customer))
+    out: dict[tuple[str, Decimal], EffectiveThreshold] = {}
+    for figure in figures:
+        rows = [r for r in plan_rows if r.target == figure.target]
+        if not rows:
+            percent, source = DEFAULT_ALERT_PERCENT, "default"
+            if figure.soft is not None and 0 < figure.soft <= figure.limit:
+                percent, source = Decimal(decimal_to_text(
+                    (figure.soft * 100 / figure.limit).quantize(Decimal("0.01")))), "rate_card"
+            out[(figure.target, percent)] = EffectiveThreshold(figure.target, percent, source, figure=figure)
+        for row in rows:
+            out[(row.target, row.percent)] = EffectiveThreshold(row.target, row.percent, "plan", row.pk, figure)
+    for row in own_rows:  # a customer's own wins over an equal plan or default one: it is the one they can delete
+        out[(row.target, row.percent)] = EffectiveThreshold(row.target, row.percent, "customer", row.pk,
+                                                            by_target.get(row.target))
+    return sorted(out.values(), key=lambda t: (t.target, t.percent))
+
+
+def alerts_list(*, customer: Customer, period_start: datetime) -> QuerySet[Alert]:
+    """The customer's alerts of the period starting at ``period_start`` (``accounts.period_bounds``)."""
+    return Alert.objects.filter(customer=customer, period_start=period_start).order_by("crossed_at", "target", "percent")

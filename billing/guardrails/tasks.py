@@ -1,5 +1,6 @@
 from celery import shared_task
 
+from billing.guardrails.alerts import AlertSendDeferred, alerts_check, alerts_sweep
 from billing.guardrails.reservations import reservations_expire
 
 
@@ -7,3 +8,17 @@ from billing.guardrails.reservations import reservations_expire
 def expire_reservations() -> int:
     """Idempotent: releasing what is due twice releases nothing more."""
     return reservations_expire()
+
+
+@shared_task(name="guardrails.alerts_check", acks_late=True, autoretry_for=(AlertSendDeferred,), retry_backoff=30,
+             retry_backoff_max=1800, retry_jitter=True, max_retries=12)
+def alerts_check_task(customer_pk: int) -> int:
+    """Safe to run any number of times, concurrently: each alert's email is claimed in the database
+    before it is sent (billing.guardrails.alerts). Retries (about 12 over ~5 hours) only when the mail
+    server could not take a message; the beat sweep goes on trying after that."""
+    return alerts_check(customer_pk=customer_pk)
+
+
+@shared_task(name="guardrails.alerts_sweep", acks_late=True)
+def alerts_sweep_task() -> int:
+    return alerts_sweep()

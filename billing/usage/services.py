@@ -142,6 +142,10 @@ def events_ingest(
             key = (row.customer_pk, row.event.event_id)
             row.refusal = in_batch[key].refusal  # the same event again shares the first one's fate
             results[row.index] = _refused_or(row, _compare(row.event.event_id, winner.get(key, ""), row.fingerprint))
+        if subscribed:  # soft-limit alerts: one check queued per customer, after commit (billing.guardrails.alerts)
+            from billing.guardrails.alerts import alerts_check_soon
+
+            alerts_check_soon(customer_pks={r.customer_pk for r in rows if r.customer_pk in subscribed})
     return [r for r in results if r is not None]
 
 
