@@ -13,7 +13,7 @@ from billing.guardrails.apis import (
     ReservationSettleApi,
 )
 from billing.invoicing.apis import CustomerUpcomingInvoiceApi
-from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
+from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
 
 api = [
@@ -29,6 +29,7 @@ api = [
     path("customers/<str:customer_id>", CustomerDetailApi.as_view(), name="customer"),
     path("customers/<str:customer_id>/projects", CustomerProjectsApi.as_view(), name="customer-projects"),
     path("customers/<str:customer_id>/usage", CustomerUsageApi.as_view(), name="customer-usage"),
+    path("customers/<str:customer_id>/usage.csv", CustomerUsageCsvApi.as_view(), name="customer-usage-csv"),
     path("customers/<str:customer_id>/balance", CustomerBalanceApi.as_view(), name="customer-balance"),
     path("customers/<str:customer_id>/credits", CustomerCreditsApi.as_view(), name="customer-credits"),
     path("customers/<str:customer_id>/subscription", CustomerSubscriptionApi.as_view(), name="customer-subscription"),
