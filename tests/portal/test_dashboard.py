@@ -256,11 +256,13 @@ def test_runs_are_listed_most_expensive_first_with_their_steps(ann, acme, now):
     assert re.findall(r'data-run="(run-\d)"', page) == ["run-2", "run-1", "run-3"]
     # average gpt-4o price so far: (1000 x 0.01 + 55 x 0.005) / 1055 tokens
     price = Decimal("10.275") / 1055
-    run_cost = Decimal(re.search(r'data-run="run-1" data-cost="([0-9.]+)"', page).group(1))
+    found = re.search(r'data-run="run-1" data-cost="([0-9.]+)"', page)
+    assert found is not None
+    run_cost = Decimal(found.group(1))
     assert abs(run_cost - 150 * price) < Decimal("1e-40")
     assert "<html" not in steps
     assert steps.index("r1-b") < steps.index("r1-a")  # step 1 before step 2
-    assert re.search(r'data-run-total="([0-9.]+)"', steps).group(1) == str(run_cost)
+    assert f'data-run-total="{run_cost}"' in steps
     assert "1.4609<" in steps  # shown to four decimals
     assert ann.get("/dashboard/acme-co/runs/run-404/").status_code == 404
 
