@@ -152,11 +152,11 @@ def invoices(request: HttpRequest, customer: Customer) -> HttpResponse:
 
 
 def _settings(request: HttpRequest, customer: Customer, contact_form: ContactEmailForm | None = None,
-              user_form: UserAddForm | None = None, status: int = 200, saved: str = "") -> HttpResponse:
+              user_form: UserAddForm | None = None, status: int = 200) -> HttpResponse:
     return render(request, "dashboard/settings.html", {
         "customer": customer, "tab": "settings", "users": selectors.dashboard_users(customer=customer),
         "contact_form": contact_form or ContactEmailForm(initial={"email": customer.email}),
-        "user_form": user_form or UserAddForm(), "saved": saved,
+        "user_form": user_form or UserAddForm(), "saved": request.GET.get("saved", ""),
     }, status=status)
 
 
