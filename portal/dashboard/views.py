@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django_htmx.http import HttpResponseClientRedirect
 
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_user_customer_pk
@@ -43,6 +44,9 @@ def customer_view(view: Any) -> Any:
     @wraps(view)
     def wrapper(request: HttpRequest, customer_id: str, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
+            if _is_htmx(request):  # a poll after the session ended: send the whole page to the login
+                return HttpResponseClientRedirect(redirect_to_login(request.headers.get("HX-Current-URL") or
+                                                                    request.get_full_path()).url)
             return redirect_to_login(request.get_full_path())
         customer = _customer_for(request, customer_id)
         if customer is None:

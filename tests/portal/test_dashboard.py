@@ -122,6 +122,14 @@ def test_anonymous_is_sent_to_login_everywhere(client, plan):
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), url
 
 
+def test_a_poll_after_logout_sends_the_page_to_the_login(client, plan):
+    response = client.get("/dashboard/acme-co/glance", HTTP_HX_REQUEST="true",
+                          HTTP_HX_CURRENT_URL="http://testserver/dashboard/acme-co/")
+
+    assert response.status_code == 200
+    assert response["HX-Redirect"].startswith("/accounts/login/?next=")
+
+
 def test_a_customer_user_gets_404_on_every_url_of_another_customer(ann, now):
     send(now, tokens("e1", 10, trace={"run_id": "run-1"}))
 
