@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 
 from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
@@ -326,3 +327,13 @@ def test_settings_add_a_user_for_the_same_customer(ann, client, acme):
     assert client.login(username="bob", password="pw-bob-1234")
     assert client.get("/dashboard/").url == "/dashboard/acme-co/"
     assert client.get("/dashboard/globex/settings/").status_code == 404
+
+
+def test_a_run_id_with_a_slash_and_spaces_opens(ann, now):
+    send(now, tokens("r", 10, trace={"run_id": "team/run 4", "step": 1}))
+
+    page = ann.get("/dashboard/acme-co/usage/").content.decode()
+    detail = ann.get(reverse("dashboard:run", args=["acme-co", "team/run 4"]))
+
+    assert 'href="/dashboard/acme-co/runs/team/run%204/"' in page
+    assert detail.status_code == 200 and 'data-run="team/run 4"' in detail.content.decode()
