@@ -299,6 +299,7 @@ def test_invoices_list_shows_own_invoices_with_status_and_link(ann, acme, globex
 
     assert f'href="/invoices/{mine.pk}/"' in page and "123.45 USD" in page and 'data-status="draft"' in page
     assert f'data-invoice="{theirs.pk}"' not in page
+    assert ann.get(f"/invoices/{mine.pk}/").status_code == 200  # the invoice document (portal/invoices.py)
 
 
 def test_settings_change_the_invoice_contact(ann, acme):
