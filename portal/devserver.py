@@ -45,12 +45,13 @@ def main() -> int:
     }
     url = f"http://{args.host}:{args.port}"
     operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}" if info else ""
+    customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}" if info else ""
     if info:
         print(f"""
   Tollgate is starting on {url}   (web + Celery worker + beat; Ctrl-C stops all three)
 
   pricing console          : {url}/console/   login {operator}  (admin: {url}/admin/)
-  customer dashboard login : {info['customer_login']['username']} / {info['customer_login']['password']}  (customer acme-co)
+  customer dashboard       : {url}/dashboard/   login {customer}  (customer acme-co)
   ingest API key           : {info['ingest_api_key']}
   read API key (acme-co)   : {info['read_api_key']}
   API docs                 : {url}/api/docs

@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "portal",
+    "portal.dashboard",
     "billing.customers",
     "billing.catalog",
     "billing.usage",
@@ -211,7 +212,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "/accounts/login/"
-LOGIN_REDIRECT_URL = "/console/"
+LOGIN_REDIRECT_URL = "/dashboard/"  # customer users land on their customer, staff on the customer list
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

@@ -21,7 +21,7 @@ from billing.invoicing.apis import (
     InvoicesApi,
     InvoiceVoidApi,
 )
-from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
+from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
 from portal.invoices import invoice_document
 
@@ -38,6 +38,7 @@ api = [
     path("customers/<str:customer_id>", CustomerDetailApi.as_view(), name="customer"),
     path("customers/<str:customer_id>/projects", CustomerProjectsApi.as_view(), name="customer-projects"),
     path("customers/<str:customer_id>/usage", CustomerUsageApi.as_view(), name="customer-usage"),
+    path("customers/<str:customer_id>/usage.csv", CustomerUsageCsvApi.as_view(), name="customer-usage-csv"),
     path("customers/<str:customer_id>/balance", CustomerBalanceApi.as_view(), name="customer-balance"),
     path("customers/<str:customer_id>/alerts", CustomerAlertsApi.as_view(), name="customer-alerts"),
     path("customers/<str:customer_id>/alert-thresholds", CustomerAlertThresholdsApi.as_view(),
@@ -63,6 +64,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/", include("portal.console.urls")),
+    path("dashboard/", include("portal.dashboard.urls")),
     path("invoices/<int:invoice_id>/", invoice_document, name="invoice-document"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="api-docs"),

@@ -19,6 +19,7 @@ from billing.customers.models import ApiKey, Customer
 from billing.customers.services import api_key_create, customer_create
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "") not in ("", "0", "false")
+CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", "/usr/bin/chromium")  # Debian's package; never a downloaded build
 
 
 def _missing(reason: str) -> None:
@@ -32,6 +33,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         _missing("this test needs PostgreSQL (set DATABASE_URL)")
     if item.get_closest_marker("redis") and not settings.REDIS_URL:
         _missing("this test needs Redis (set REDIS_URL)")
+    if item.get_closest_marker("browser"):
+        if not os.access(CHROMIUM, os.X_OK):
+            _missing(f"this test needs Chromium at {CHROMIUM} (apt-get install chromium)")
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            _missing("this test needs the playwright package (make install)")
 
 
 @pytest.fixture(autouse=True)

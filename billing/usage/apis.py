@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
 from django.conf import settings
+from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -18,8 +20,9 @@ from billing.common.auth import principal_of
 from billing.common.errors import ApiError, error_body
 from billing.common.fields import decimal_to_text
 from billing.common.params import parse_choice, parse_instant, parse_int
+from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
-from billing.usage import selectors
+from billing.usage import export, selectors
 from billing.usage.contract import batch_decoder
 from billing.usage.models import UsageEvent
 from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest
@@ -182,36 +185,75 @@ def _month_start(now: datetime) -> datetime:
     return now.astimezone(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+@dataclass(frozen=True)
+class UsageQuery:
+    """The usage endpoints' parameters, parsed once for the JSON and the CSV form."""
+
+    customer: Customer
+    start: datetime
+    end: datetime
+    granularity: str
+    meter: Meter | None
+    group_by: tuple[str, ...]
+
+    def selector_kwargs(self) -> dict[str, Any]:
+        return {"customer": self.customer, "start": self.start, "end": self.end, "granularity": self.granularity,
+                "meter": self.meter, "group_by": self.group_by}
+
+
+def usage_query_parse(request: Request, customer_id: str) -> UsageQuery:
+    customer = customer_get(external_id=customer_id, principal=principal_of(request))
+    params = request.query_params
+    now = datetime.now(timezone.utc)
+    start = parse_instant("start", params.get("start")) or _month_start(now)
+    end = parse_instant("end", params.get("end")) or selectors.bucket_bounds(now, "month")[1]
+    if end <= start:
+        raise ApiError(422, "validation_error", "The request is not valid.", {"end": ["Must be after start."]})
+    granularity = parse_choice("granularity", params.get("granularity"), selectors.GRANULARITIES, "day")
+    meter = None
+    if params.get("meter"):
+        meter = Meter.objects.filter(key=params["meter"]).first()
+        if meter is None:
+            raise ApiError(422, "unknown_meter", f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
+    group_by = tuple(g.strip() for g in params.get("group_by", "").split(",") if g.strip())
+    if len(group_by) > 4:
+        raise ApiError(422, "validation_error", "The request is not valid.", {"group_by": ["At most 4 groups."]})
+    return UsageQuery(customer, start, end, granularity, meter, group_by)
+
+
+USAGE_PARAMETERS = [OpenApiParameter(p, str) for p in ("start", "end", "meter", "group_by", "granularity")]
+
+
 class CustomerUsageApi(APIView):
     required_scope = "read"
 
-    @extend_schema(
-        parameters=[OpenApiParameter(p, str) for p in ("start", "end", "meter", "group_by", "granularity")],
-        responses={200: UsageDoc},
-        operation_id="customer_usage",
-    )
+    @extend_schema(parameters=USAGE_PARAMETERS, responses={200: UsageDoc}, operation_id="customer_usage")
     def get(self, request: Request, customer_id: str) -> Response:
-        customer = customer_get(external_id=customer_id, principal=principal_of(request))
-        params = request.query_params
-        now = datetime.now(timezone.utc)
-        start = parse_instant("start", params.get("start")) or _month_start(now)
-        end = parse_instant("end", params.get("end")) or selectors.bucket_bounds(now, "month")[1]
-        if end <= start:
-            raise ApiError(422, "validation_error", "The request is not valid.", {"end": ["Must be after start."]})
-        granularity = parse_choice("granularity", params.get("granularity"), selectors.GRANULARITIES, "day")
-        meter = None
-        if params.get("meter"):
-            meter = Meter.objects.filter(key=params["meter"]).first()
-            if meter is None:
-                raise ApiError(422, "unknown_meter", f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
-        group_by = tuple(g.strip() for g in params.get("group_by", "").split(",") if g.strip())
-        if len(group_by) > 4:
-            raise ApiError(422, "validation_error", "The request is not valid.", {"group_by": ["At most 4 groups."]})
-        data = selectors.usage_aggregate(customer=customer, start=start, end=end, granularity=granularity,
-                                         meter=meter, group_by=group_by)
+        query = usage_query_parse(request, customer_id)
+        data = selectors.usage_aggregate(**query.selector_kwargs())
         for row in data:
             row["start"] = row["start"].isoformat().replace("+00:00", "Z")
             row["end"] = row["end"].isoformat().replace("+00:00", "Z")
             row["quantity"] = decimal_to_text(row["quantity"])
-        return Response({"customer": customer.external_id, "start": start, "end": end,
-                         "granularity": granularity, "data": data})
+        return Response({"customer": query.customer.external_id, "start": query.start, "end": query.end,
+                         "granularity": query.granularity, "data": data})
+
+
+class CustomerUsageCsvApi(APIView):
+    """The usage endpoint as CSV, streamed row by row (billing.usage.export): same scope, same filters."""
+
+    required_scope = "read"
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # the body is always CSV; errors are JSON whatever Accept says (a browser or curl asking for text/csv)
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(parameters=USAGE_PARAMETERS, responses={(200, "text/csv"): str}, operation_id="customer_usage_csv")
+    def get(self, request: Request, customer_id: str) -> StreamingHttpResponse:
+        query = usage_query_parse(request, customer_id)
+        response = StreamingHttpResponse(export.usage_csv_lines(**query.selector_kwargs()),
+                                         content_type="text/csv; charset=utf-8")
+        stamp = f"{query.start:%Y%m%dT%H%MZ}-{query.end:%Y%m%dT%H%MZ}"
+        response["Content-Disposition"] = f'attachment; filename="usage-{query.customer.external_id}-{stamp}.csv"'
+        response["Cache-Control"] = "no-store"
+        return response

@@ -1,0 +1,58 @@
+"""What a slice of usage (a model, a project, an agent run, one step) cost this period: an attribution.
+
+Charges are priced on the whole period's quantity (tiers are cumulative), so one event has no price of
+its own. The dashboard uses the **average unit price of each charge line so far**: the line's exact
+amount (``billing.invoicing.estimate.upcoming_invoice``, priced by ``billing.catalog.pricing`` with the
+rate-card versions in effect) divided by the line's quantity. An event costs its quantity times the
+average price of every charge line it falls under (same meter, its dimensions match the charge's
+filter and, for a markup, the line's group). So the slices of a breakdown add up to the usage charges of
+the upcoming invoice (before each line is rounded to the cent), a flat part (package, included
+allowance, a tier's flat price) is spread over the units, and when a tier boundary is crossed every
+slice's cost moves with it. Base fees and meters that do not add up (max, unique_count, latest) are
+not attributed to slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+
+from billing.catalog.models import Meter
+from billing.invoicing.estimate import ADDITIVE, Estimate
+
+
+@dataclass(frozen=True)
+class UnitCost:
+    meter: str
+    filter: tuple[tuple[str, str], ...]
+    group: tuple[tuple[str, str], ...]
+    unit_price: Decimal  # exact average price per unit of the line so far
+
+    def applies(self, meter: str, dimensions: Mapping[str, str | None]) -> bool:
+        return meter == self.meter and all(dimensions.get(k) == v for k, v in (*self.filter, *self.group))
+
+
+def unit_costs(estimate: Estimate | None) -> list[UnitCost]:
+    if estimate is None:
+        return []
+    additive = set(Meter.objects.filter(aggregation__in=ADDITIVE).values_list("key", flat=True))
+    out = []
+    for line in estimate.lines:
+        if line.kind != "charge" or line.meter not in additive or not line.quantity:
+            continue
+        with localcontext(prec=80):
+            price = line.amount / line.quantity
+        out.append(UnitCost(line.meter, tuple(sorted((line.filter or {}).items())),
+                            tuple(sorted((line.group or {}).items())), price))
+    return out
+
+
+def filter_keys(costs: list[UnitCost]) -> set[str]:
+    """The dimensions a slice must be grouped by so that each charge's filter can be matched."""
+    return {k for c in costs for k, _ in (*c.filter, *c.group)}
+
+
+def cost_of(costs: list[UnitCost], meter: str, dimensions: Mapping[str, str | None], quantity: Decimal) -> Decimal:
+    with localcontext(prec=80):
+        return sum((quantity * c.unit_price for c in costs if c.applies(meter, dimensions)), Decimal(0))

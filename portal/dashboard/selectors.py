@@ -1,0 +1,251 @@
+"""Reads behind the customer dashboard. Usage comes from ``usage_aggregate`` (rollups plus the raw tail,
+so an event shows as soon as it is stored), money from the upcoming-invoice estimate, credits from the
+guardrails' balance; nothing here writes."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billing.catalog.models import Meter
+from billing.catalog.money import from_minor
+from billing.catalog.selectors import subscription_at, version_in_effect
+from billing.customers.models import Customer, CustomerUser
+from billing.guardrails.selectors import customer_balance
+from billing.invoicing.estimate import Estimate, period_of, upcoming_invoice
+from billing.invoicing.models import Invoice
+from billing.usage.models import UsageEvent
+from billing.usage.selectors import usage_aggregate
+from portal.dashboard.costs import UnitCost, cost_of, filter_keys, unit_costs
+
+DEFAULT_SOFT_PERCENT = Decimal(80)
+
+
+@dataclass
+class MeterGlance:
+    key: str
+    name: str
+    unit: str
+    used: Decimal
+    hard: Decimal | None = None
+    soft: Decimal | None = None
+
+    @property
+    def percent(self) -> float:
+        return min(float(self.used / self.hard * 100), 100.0) if self.hard else 0.0
+
+    @property
+    def soft_percent(self) -> float | None:
+        return float(self.soft / self.hard * 100) if self.hard and self.soft is not None else None
+
+    @property
+    def state(self) -> str:
+        if self.hard is not None and self.used >= self.hard:
+            return "hard"
+        if self.soft is not None and self.used >= self.soft:
+            return "soft"
+        return "ok"
+
+
+@dataclass
+class Glance:
+    customer: Customer
+    now: datetime
+    period_start: datetime
+    period_end: datetime
+    meters: list[MeterGlance]
+    estimate: Estimate | None
+    credits: list[dict[str, Any]]
+    spend_cap: dict[str, Any] | None
+    next_tiers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def days_left(self) -> int:
+        return max(math.ceil((self.period_end - self.now).total_seconds() / 86400), 0)
+
+    @property
+    def total(self) -> Decimal | None:
+        return from_minor(self.estimate.subtotal_minor, self.estimate.currency) if self.estimate else None
+
+
+def _soft_limit(limit: dict[str, Any], hard: Decimal | None) -> Decimal | None:
+    soft = limit.get("soft")
+    if isinstance(soft, str) and soft.endswith("%"):
+        return hard * Decimal(soft[:-1]) / 100 if hard is not None else None
+    if soft not in (None, ""):
+        return Decimal(str(soft))
+    return hard * DEFAULT_SOFT_PERCENT / 100 if hard is not None else None  # the default alert threshold
+
+
+def glance(*, customer: Customer, now: datetime) -> Glance:
+    """The open period at a glance: usage per meter against its limits, the bill so far, the next tier
+    thresholds, credits and the days left."""
+    start, end = period_of(now)
+    used = {row["meter"]: row["quantity"] for row in
+            usage_aggregate(customer=customer, start=start, end=end, granularity="month")}
+    subscription = subscription_at(customer=customer, at=now)
+    version = version_in_effect(plan=subscription.plan, at=now) if subscription else None
+    limits = {lim["meter"]: lim for lim in (version.definition.get("limits", []) if version else [])}
+    meters = []
+    for meter in Meter.objects.filter(key__in=set(used) | set(limits)).order_by("key"):
+        limit = limits.get(meter.key, {})
+        hard = Decimal(str(limit["hard"])) if limit.get("hard") not in (None, "") else None
+        meters.append(MeterGlance(meter.key, meter.name, meter.unit, used.get(meter.key, Decimal(0)), hard,
+                                  _soft_limit(limit, hard)))
+    estimate = upcoming_invoice(customer=customer, now=now)
+    balance = customer_balance(customer=customer, now=now)
+    next_tiers = []
+    for line in estimate.lines if estimate else []:
+        if line.next_tier:
+            starts_above = Decimal(line.next_tier["starts_above"])
+            next_tiers.append({"description": line.description, "meter": line.meter, "quantity": line.quantity,
+                               "tier": line.tier, "starts_above": starts_above,
+                               "unit_price": Decimal(line.next_tier["unit_price"]),
+                               "to_go": max(starts_above - line.quantity, Decimal(0))})
+    return Glance(customer, now, start, end, meters, estimate, balance["credits"], balance["spend_cap"], next_tiers)
+
+
+def attributed_costs(*, customer: Customer, now: datetime) -> list[UnitCost]:
+    """The average unit price of each charge line so far (costs.py explains the attribution)."""
+    return unit_costs(upcoming_invoice(customer=customer, now=now))
+
+
+def plan_currency(*, customer: Customer, now: datetime) -> str:
+    subscription = subscription_at(customer=customer, at=now)
+    return subscription.plan.currency if subscription else "USD"
+
+
+# --- usage over time ------------------------------------------------------------------------------
+
+HOURS_SHOWN = 72
+
+
+def usage_series(*, customer: Customer, now: datetime) -> list[dict[str, Any]]:
+    """Per meter with usage this period: the last 72 hours hour by hour, and the period day by day
+    (every bucket, zero where nothing happened; days still ahead are left out)."""
+    start, end = period_of(now)
+    hour_end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    hour_start = hour_end - timedelta(hours=HOURS_SHOWN)
+    hourly = usage_aggregate(customer=customer, start=hour_start, end=hour_end, granularity="hour")
+    daily = usage_aggregate(customer=customer, start=start, end=end, granularity="day")
+    meters = {m.key: m for m in Meter.objects.filter(key__in={r["meter"] for r in daily} | {r["meter"] for r in hourly})}
+    out = []
+    for key in sorted(meters):
+        by_hour = {r["start"]: r["quantity"] for r in hourly if r["meter"] == key}
+        by_day = {r["start"]: r["quantity"] for r in daily if r["meter"] == key}
+        hours = [hour_start + timedelta(hours=i) for i in range(HOURS_SHOWN)]
+        days = []
+        day = start
+        while day < end and day <= now:
+            days.append(day)
+            day += timedelta(days=1)
+        out.append({"meter": meters[key],
+                    "hourly": [(h, by_hour.get(h, Decimal(0))) for h in hours],
+                    "daily": [(d, by_day.get(d, Decimal(0))) for d in days]})
+    return out
+
+
+# --- breakdowns -----------------------------------------------------------------------------------
+
+@dataclass
+class Slice:
+    value: str | None
+    cost: Decimal = Decimal(0)
+    quantities: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+
+
+def breakdown(*, customer: Customer, now: datetime, by: str, costs: list[UnitCost]) -> list[Slice]:
+    """The period's usage and attributed cost (costs.py) per value of ``by`` (``project`` or a
+    dimension), most expensive first."""
+    start, end = period_of(now)
+    group_by = tuple(sorted(filter_keys(costs) | {by}))
+    slices: dict[str | None, Slice] = {}
+    for row in usage_aggregate(customer=customer, start=start, end=end, granularity="month", group_by=group_by):
+        value = row["group"].get(by)
+        piece = slices.setdefault(value, Slice(value))
+        piece.quantities[row["meter"]] += row["quantity"]
+        piece.cost += cost_of(costs, row["meter"], row["group"], row["quantity"])
+    for piece in slices.values():
+        piece.quantities = dict(piece.quantities)  # templates look ".items" up as a key first
+    return sorted(slices.values(), key=lambda s: (-s.cost, str(s.value)))
+
+
+@dataclass
+class Run:
+    run_id: str
+    cost: Decimal = Decimal(0)
+    events: int = 0
+    steps: set[Any] = field(default_factory=set)
+    first: datetime | None = None
+    last: datetime | None = None
+    projects: set[str] = field(default_factory=set)
+    agents: set[str] = field(default_factory=set)
+    quantities: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+
+    def add(self, meter: str, quantity: Decimal, at: datetime, cost: Decimal, step: Any, project: str | None,
+            agent: str | None) -> None:
+        self.cost += cost
+        self.events += 1
+        self.quantities[meter] += quantity
+        self.first = at if self.first is None else min(self.first, at)
+        self.last = at if self.last is None else max(self.last, at)
+        if step is not None:
+            self.steps.add(step)
+        if project:
+            self.projects.add(project)
+        if agent:
+            self.agents.add(agent)
+
+
+def _run_events(customer: Customer, now: datetime) -> Any:
+    start, end = period_of(now)
+    return (UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
+            .exclude(run_id="").order_by())
+
+
+def runs_by_cost(*, customer: Customer, now: datetime, costs: list[UnitCost], limit: int = 20) -> list[Run]:
+    """The period's agent runs (``trace.run_id``), most expensive first."""
+    runs: dict[str, Run] = {}
+    rows = _run_events(customer, now).values_list("run_id", "meter__key", "dimensions", "quantity", "usage_at",
+                                                   "trace", "project__key")
+    for run_id, meter, dims, quantity, at, trace, project in rows.iterator(chunk_size=5000):
+        dims = dims or {}
+        run = runs.setdefault(run_id, Run(run_id))
+        trace = trace or {}
+        run.add(meter, quantity, at, cost_of(costs, meter, dims, quantity),
+                trace.get("step"), project, trace.get("agent"))
+    top = sorted(runs.values(), key=lambda r: (-r.cost, r.run_id))[:limit]
+    for run in top:
+        run.quantities = dict(run.quantities)  # templates look ".items" up as a key first
+    return top
+
+
+def run_steps(*, customer: Customer, now: datetime, run_id: str, costs: list[UnitCost]) -> list[dict[str, Any]]:
+    """One run's events in step order, each with its attributed cost."""
+    events = _run_events(customer, now).filter(run_id=run_id).select_related("meter", "project")
+    steps = []
+    for event in events:
+        trace = event.trace or {}
+        dims = event.dimensions or {}
+        project = event.project.key if event.project else None
+        steps.append({"event_id": event.event_id, "step": trace.get("step"), "agent": trace.get("agent"),
+                      "parent_id": trace.get("parent_id"), "meter": event.meter.key, "unit": event.meter.unit,
+                      "dimensions": dims, "project": project, "quantity": event.quantity, "timestamp": event.timestamp,
+                      "cost": cost_of(costs, event.meter.key, dims, event.quantity)})
+    steps.sort(key=lambda s: (s["step"] if isinstance(s["step"], int) else math.inf, s["timestamp"], s["event_id"]))
+    return steps
+
+
+# --- invoices and users ---------------------------------------------------------------------------
+
+def invoice_list(*, customer: Customer) -> list[dict[str, Any]]:
+    return [{"invoice": inv, "total": from_minor(inv.total_minor, inv.currency)}
+            for inv in Invoice.objects.filter(customer=customer).order_by("-period_start", "-id")]
+
+
+def dashboard_users(*, customer: Customer) -> list[CustomerUser]:
+    return list(CustomerUser.objects.filter(customer=customer).select_related("user").order_by("user__username"))

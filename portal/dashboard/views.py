@@ -1,0 +1,193 @@
+"""The customer's self-serve dashboard. Views parse, call one selector or service, render; on an HTMX
+request they render just the page's fragment (django-template-partials), which the page polls.
+
+Who sees what: a customer user sees only their own customer; operator staff may open any customer at
+``/dashboard/<external_id>/``. Any other id (another tenant's or an unknown one) is the same 404 on
+every dashboard URL, so a customer user cannot even learn whether the other customer exists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django_htmx.http import HttpResponseClientRedirect
+
+from billing.customers.models import Customer
+from billing.customers.selectors import customer_user_customer_pk
+from portal.dashboard import charts, selectors
+from portal.dashboard.forms import ContactEmailForm, UserAddForm
+from portal.dashboard.services import dashboard_user_add, invoice_contact_set
+
+BREAKDOWNS = ("project", "model", "provider", "direction", "region", "agent_id")
+
+
+def _customer_for(request: HttpRequest, customer_id: str) -> Customer | None:
+    customer = Customer.objects.filter(external_id=customer_id).first()
+    if customer is None or request.user.is_staff:
+        return customer
+    if request.user.pk is None:
+        return None
+    own = customer_user_customer_pk(user_id=request.user.pk)
+    return customer if own == customer.pk else None
+
+
+def customer_view(view: Any) -> Any:
+    """Login required; resolves ``customer_id`` to a Customer the user may see, else 404."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, customer_id: str, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            if _is_htmx(request):  # a poll after the session ended: send the whole page to the login
+                return HttpResponseClientRedirect(redirect_to_login(request.headers.get("HX-Current-URL") or
+                                                                    request.get_full_path()).url)
+            return redirect_to_login(request.get_full_path())
+        customer = _customer_for(request, customer_id)
+        if customer is None:
+            return render(request, "dashboard/not_found.html", status=404)
+        return view(request, customer, *args, **kwargs)
+
+    return wrapper
+
+
+def _is_htmx(request: HttpRequest) -> bool:
+    return request.headers.get("HX-Request") == "true"  # what django-htmx's request.htmx reads
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def dashboard_home(request: HttpRequest) -> HttpResponse:
+    """A customer user lands on their customer; staff pick one."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if request.user.is_staff:
+        return render(request, "dashboard/home.html", {"customers": Customer.objects.order_by("external_id")})
+    own = customer_user_customer_pk(user_id=int(request.user.pk))
+    if own is None:
+        raise PermissionDenied("This login is not linked to a customer.")
+    customer = Customer.objects.get(pk=own)
+    return redirect("dashboard:overview", customer_id=customer.external_id)
+
+
+def _glance_context(customer: Customer) -> dict[str, Any]:
+    return {"customer": customer, "glance": selectors.glance(customer=customer, now=_now()),
+            "alerts": None}  # the guardrails' soft-limit alerts plug in here (templates/dashboard/_alerts.html)
+
+
+def _charts_context(customer: Customer) -> dict[str, Any]:
+    now = _now()
+    estimate_costs = selectors.attributed_costs(customer=customer, now=now)
+    usage = []
+    for series in selectors.usage_series(customer=customer, now=now):
+        meter = series["meter"]
+        usage.append({
+            "meter": meter,
+            "hourly": charts.time_bars(f"hourly-{meter.key}", f"{meter.name}, last {selectors.HOURS_SHOWN} hours",
+                                       meter.unit, series["hourly"], "%d %Hh", 12),
+            "daily": charts.time_bars(f"daily-{meter.key}", f"{meter.name}, this period by day", meter.unit,
+                                      series["daily"], "%d", 2),
+        })
+    cost_charts = []
+    for by, title in (("model", "Cost by model"), ("project", "Cost by project")):
+        slices = selectors.breakdown(customer=customer, now=now, by=by, costs=estimate_costs)
+        cost_charts.append(charts.ranked_bars(f"cost-{by}", title, "currency",
+                                              [(s.value or f"(no {by})", s.cost) for s in slices]))
+    currency = selectors.plan_currency(customer=customer, now=now)
+    return {"customer": customer, "usage_charts": usage, "cost_charts": cost_charts, "currency": currency}
+
+
+@customer_view
+def overview(request: HttpRequest, customer: Customer) -> HttpResponse:
+    return render(request, "dashboard/overview.html", {**_glance_context(customer), **_charts_context(customer),
+                                                       "tab": "overview"})
+
+
+@customer_view
+def glance_partial(request: HttpRequest, customer: Customer) -> HttpResponse:
+    return render(request, "dashboard/overview.html#glance", _glance_context(customer))
+
+
+@customer_view
+def charts_partial(request: HttpRequest, customer: Customer) -> HttpResponse:
+    return render(request, "dashboard/overview.html#charts", _charts_context(customer))
+
+
+@customer_view
+def usage_breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """Usage and cost by project or a dimension, and the most expensive agent runs of the period."""
+    by = request.GET.get("by") or "project"
+    if by not in BREAKDOWNS:
+        by = "project"
+    now = _now()
+    costs = selectors.attributed_costs(customer=customer, now=now)
+    slices = selectors.breakdown(customer=customer, now=now, by=by, costs=costs)
+    meters = sorted({m for s in slices for m in s.quantities})
+    context = {"customer": customer, "tab": "usage", "by": by, "choices": BREAKDOWNS, "slices": slices,
+               "meters": meters, "runs": selectors.runs_by_cost(customer=customer, now=now, costs=costs),
+               "currency": selectors.plan_currency(customer=customer, now=now)}
+    template = "dashboard/usage.html#breakdown" if _is_htmx(request) and request.GET.get("by") else "dashboard/usage.html"
+    return render(request, template, context)
+
+
+@customer_view
+def run_detail(request: HttpRequest, customer: Customer, run_id: str) -> HttpResponse:
+    now = _now()
+    costs = selectors.attributed_costs(customer=customer, now=now)
+    steps = selectors.run_steps(customer=customer, now=now, run_id=run_id, costs=costs)
+    if not steps:
+        return render(request, "dashboard/not_found.html", status=404)
+    context = {"customer": customer, "tab": "usage", "run_id": run_id, "steps": steps,
+               "total": sum(s["cost"] for s in steps), "currency": selectors.plan_currency(customer=customer, now=now)}
+    return render(request, "dashboard/run.html#steps" if _is_htmx(request) else "dashboard/run.html", context)
+
+
+@customer_view
+def invoices(request: HttpRequest, customer: Customer) -> HttpResponse:
+    return render(request, "dashboard/invoices.html", {"customer": customer, "tab": "invoices",
+                                                       "invoices": selectors.invoice_list(customer=customer)})
+
+
+def _settings(request: HttpRequest, customer: Customer, contact_form: ContactEmailForm | None = None,
+              user_form: UserAddForm | None = None, status: int = 200) -> HttpResponse:
+    return render(request, "dashboard/settings.html", {
+        "customer": customer, "tab": "settings", "users": selectors.dashboard_users(customer=customer),
+        "contact_form": contact_form or ContactEmailForm(initial={"email": customer.email}),
+        "user_form": user_form or UserAddForm(), "saved": request.GET.get("saved", ""),
+    }, status=status)
+
+
+@customer_view
+def settings_page(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """GET: dashboard users and the invoice contact. POST: change the invoice contact email."""
+    if request.method != "POST":
+        return _settings(request, customer)
+    form = ContactEmailForm(request.POST)
+    if not form.is_valid():
+        return _settings(request, customer, contact_form=form, status=422)
+    invoice_contact_set(customer=customer, email=form.cleaned_data["email"])
+    return redirect(reverse("dashboard:settings", args=[customer.external_id]) + "?saved=contact")
+
+
+@customer_view
+def settings_user_add(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """POST: add a dashboard login for the same customer."""
+    if request.method != "POST":
+        return redirect("dashboard:settings", customer_id=customer.external_id)
+    form = UserAddForm(request.POST)
+    if form.is_valid():
+        try:
+            dashboard_user_add(customer=customer, **form.cleaned_data)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                form.add_error(name if name in form.fields else None, messages)
+        else:
+            return redirect(reverse("dashboard:settings", args=[customer.external_id]) + "?saved=user")
+    return _settings(request, customer, user_form=form, status=422)

@@ -1,0 +1,340 @@
+"""The customer dashboard (portal/dashboard): who sees what, the figures at a glance, charts, breakdowns,
+agent runs, invoices and settings. The browser tests (test_dashboard_browser.py) drive the same pages
+in Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from billing.catalog.models import Plan
+from billing.catalog.services import catalog_import, subscription_set
+from billing.common.auth import Principal
+from billing.customers.models import CustomerUser
+from billing.customers.services import customer_user_create
+from billing.invoicing.estimate import ADDITIVE, upcoming_invoice
+from billing.invoicing.models import Invoice
+from billing.usage.services import events_ingest
+from portal.dashboard import selectors
+from portal.dashboard.costs import unit_costs
+
+pytestmark = pytest.mark.django_db
+ADMIN = Principal(scopes=frozenset({"admin"}))
+CATALOG = """
+meters:
+  - {key: llm_tokens, name: LLM tokens, unit: token, aggregation: sum}
+  - {key: api_calls, name: API calls, unit: call, aggregation: count}
+plans:
+  - key: pro
+    name: Pro
+    currency: USD
+    effective_from: "2026-01-01T00:00:00Z"
+    base_fee: "10"
+    charges:
+      - meter: llm_tokens
+        filter: {model: gpt-4o}
+        model: graduated
+        tiers:
+          - {up_to: 1000, unit_price: "0.01"}
+          - {up_to: null, unit_price: "0.005"}
+      - {meter: llm_tokens, filter: {model: mini}, model: per_unit, unit_price: "0.001"}
+      - {meter: api_calls, model: package, package_size: 10, package_price: "1.00"}
+    limits:
+      - {meter: llm_tokens, soft: "80%", hard: 10000}
+"""
+
+
+def dashboard_urls(customer_id: str) -> list[str]:
+    """Every dashboard URL of one customer (the browser test tries the same list)."""
+    base = f"/dashboard/{customer_id}"
+    return [f"{base}/", f"{base}/glance", f"{base}/charts", f"{base}/usage/", f"{base}/usage/?by=model",
+            f"{base}/runs/run-1/", f"{base}/invoices/", f"{base}/settings/"]
+
+
+def dashboard_posts(customer_id: str) -> list[str]:
+    return [f"/dashboard/{customer_id}/settings/", f"/dashboard/{customer_id}/settings/users"]
+
+
+@pytest.fixture
+def now():
+    return datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def plan(acme, globex, now):
+    catalog_import(text=CATALOG, actor="t")
+    pro = Plan.objects.get(key="pro")
+    subscription_set(customer=acme, plan=pro, start=now - timedelta(days=40), now=now, actor="t")
+    subscription_set(customer=globex, plan=pro, start=now - timedelta(days=40), now=now, actor="t")
+    acme.projects.create(key="chatbot")
+    acme.projects.create(key="agent")
+    return pro
+
+
+def send(now: datetime, *events: dict) -> None:
+    period_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    raw = []
+    for i, e in enumerate(events):
+        at = max(now - timedelta(seconds=60 - i % 50), period_start)
+        raw.append(json.dumps({"customer": "acme-co", "timestamp": at.isoformat(), **e}).encode())
+    results = events_ingest(principal=ADMIN, raw_events=raw)
+    assert all(r.status == "accepted" for r in results), [r.as_dict() for r in results]
+
+
+def tokens(event_id: str, quantity: int, model: str = "gpt-4o", **extra: object) -> dict:
+    return {"event_id": event_id, "meter": "llm_tokens", "quantity": str(quantity), "dimensions": {"model": model},
+            **extra}
+
+
+@pytest.fixture
+def ann(client, acme, plan):
+    customer_user_create(customer=acme, username="ann", password="pw-123456")
+    client.login(username="ann", password="pw-123456")
+    return client
+
+
+@pytest.fixture
+def staff(client, plan):
+    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True)
+    client.force_login(user)
+    return client
+
+
+def test_login_lands_a_customer_user_on_their_own_dashboard(client, acme, plan):
+    customer_user_create(customer=acme, username="ann", password="pw-123456")
+
+    login = client.post("/accounts/login/", {"username": "ann", "password": "pw-123456"})
+    home = client.get(login["Location"])
+
+    assert login["Location"] == "/dashboard/"
+    assert home.status_code == 302 and home["Location"] == "/dashboard/acme-co/"
+    assert "Acme" in client.get(home["Location"]).content.decode()
+
+
+def test_anonymous_is_sent_to_login_everywhere(client, plan):
+    for url in ["/dashboard/", *dashboard_urls("acme-co")]:
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), url
+
+
+def test_a_poll_after_logout_sends_the_page_to_the_login(client, plan):
+    response = client.get("/dashboard/acme-co/glance", HTTP_HX_REQUEST="true",
+                          HTTP_HX_CURRENT_URL="http://testserver/dashboard/acme-co/")
+
+    assert response.status_code == 200
+    assert response["HX-Redirect"].startswith("/accounts/login/?next=")
+
+
+def test_a_customer_user_gets_404_on_every_url_of_another_customer(ann, now):
+    send(now, tokens("e1", 10, trace={"run_id": "run-1"}))
+
+    for url in dashboard_urls("globex") + dashboard_urls("no-such-customer"):
+        assert ann.get(url).status_code == 404, url
+    for url in dashboard_posts("globex"):
+        assert ann.post(url, {"email": "x@evil.example", "username": "mallory", "password": "pw-12345678"}
+                        ).status_code == 404, url
+    # the same pages of their own customer work, and nothing was changed on the other one
+    for url in dashboard_urls("acme-co"):
+        assert ann.get(url).status_code == 200, url
+    assert not CustomerUser.objects.filter(user__username="mallory").exists()
+
+
+def test_a_login_without_customer_gets_403(client, plan):
+    get_user_model().objects.create_user("nobody", password="pw-123456")
+    client.login(username="nobody", password="pw-123456")
+
+    assert client.get("/dashboard/").status_code == 403
+    assert client.get("/dashboard/acme-co/").status_code == 404
+
+
+def test_staff_may_open_any_customer(staff):
+    assert "acme-co" in staff.get("/dashboard/").content.decode()
+    for url in dashboard_urls("globex")[:5] + dashboard_urls("acme-co")[:5]:
+        assert staff.get(url).status_code == 200, url
+
+
+def test_glance_matches_the_api(ann, admin, now):
+    # given: 1,500 gpt-4o tokens (past tier 1), 300 mini tokens, 12 API calls, and 25.00 of credits
+    send(now, tokens("a", 1000), tokens("b", 500), tokens("c", 300, model="mini"),
+         *[{"event_id": f"call-{i}", "meter": "api_calls"} for i in range(12)])
+    admin.post("/api/v1/customers/acme-co/credits", {"amount": "25", "idempotency_key": "g1"}, format="json")
+
+    # when
+    page = ann.get("/dashboard/acme-co/").content.decode()
+
+    # then: the same figures as the usage, upcoming-invoice and balance endpoints
+    rows = ann.get("/api/v1/customers/acme-co/usage", {"granularity": "month"}).json()["data"]
+    usage = {r["meter"]: r["quantity"] for r in rows}
+    invoice = ann.get("/api/v1/customers/acme-co/upcoming-invoice").json()
+    balance = ann.get("/api/v1/customers/acme-co/balance").json()
+    assert usage == {"llm_tokens": "1800", "api_calls": "12"}
+    assert 'data-meter="llm_tokens" data-used="1800" data-hard="10000" data-soft="8000' in page
+    assert 'data-meter="api_calls" data-used="12"' in page
+    # 10 base + 1000 x 0.01 + 500 x 0.005 + 300 x 0.001 + 2 packages x 1.00 = 24.80
+    assert invoice["total"] == "24.80"
+    assert 'data-estimate-total="24.80"' in page
+    credits = balance["credits"][0]["available"]
+    assert f'data-credits-available="{credits}"' in page
+    assert 'data-next-tier="llm_tokens" data-starts-above="1000"' not in page  # gpt-4o is in its last tier
+    days = re.search(r'data-days-left="(\d+)"', page)
+    assert days and 0 <= int(days.group(1)) <= 31
+    assert 'data-alerts="none"' in page
+
+
+def test_next_tier_threshold_is_shown_before_it_is_reached(ann, now):
+    send(now, tokens("a", 400))
+
+    page = ann.get("/dashboard/acme-co/glance", HTTP_HX_REQUEST="true").content.decode()
+
+    assert "<html" not in page and 'id="glance"' in page and 'hx-trigger="every 2s [document.visibilityState' in page
+    assert 'data-next-tier="llm_tokens" data-starts-above="1000"' in page
+    assert ">600<" in page  # to go
+
+
+def test_meter_state_marks_soft_and_hard_limits(ann, now):
+    send(now, tokens("a", 8500))
+
+    page = ann.get("/dashboard/acme-co/glance").content.decode()
+
+    assert "meter state-soft" in page and "past the soft limit" in page
+    assert 'class="mark soft" style="left: 80.0%"' in page and 'class="mark hard"' in page
+
+
+def test_new_events_show_in_the_polled_partial_at_once(ann, now):
+    send(now, tokens("a", 100))
+    before = ann.get("/dashboard/acme-co/glance").content.decode()
+    send(now, tokens("b", 23))
+    after = ann.get("/dashboard/acme-co/glance").content.decode()
+
+    assert 'data-used="100"' in before and 'data-used="123"' in after
+
+
+def test_charts_are_svg_with_the_same_data_as_a_table(ann, now):
+    send(now, tokens("a", 100, project="chatbot"), tokens("b", 300, model="mini", project="agent"))
+
+    page = ann.get("/dashboard/acme-co/charts", HTTP_HX_REQUEST="true").content.decode()
+
+    assert page.count("<svg") == 4  # hourly + daily for llm_tokens, cost by model + by project
+    hourly = page[page.index('id="hourly-llm_tokens"'):page.index('id="daily-llm_tokens"')]
+    assert hourly.count("<rect") == selectors.HOURS_SHOWN
+    assert hourly.count("<tr>") == selectors.HOURS_SHOWN + 1
+    assert "<th scope=\"row\">gpt-4o</th><td class=\"num\">1.00</td>" in page  # 100 x 0.01
+    assert "<th scope=\"row\">mini</th><td class=\"num\">0.30</td>" in page
+
+
+def test_attributed_costs_add_up_to_the_usage_charges(acme, plan, now):
+    # given: crossing a tier boundary, a package and two projects
+    send(now, tokens("a", 700, project="chatbot"), tokens("b", 900, project="agent"),
+         tokens("c", 50, model="mini", project="agent"),
+         *[{"event_id": f"call-{i}", "meter": "api_calls", "project": "chatbot"} for i in range(15)])
+    estimate = upcoming_invoice(customer=acme, now=now)
+    assert estimate is not None
+    usage_charges = sum(line.amount for line in estimate.lines if line.kind == "charge")
+    costs = unit_costs(estimate)
+
+    by_project = selectors.breakdown(customer=acme, now=now, by="project", costs=costs)
+    by_model = selectors.breakdown(customer=acme, now=now, by="model", costs=costs)
+
+    # then: 1000 x 0.01 + 600 x 0.005 + 50 x 0.001 + 2 x 1.00 = 15.05, split without loss
+    assert usage_charges == Decimal("15.05")
+    assert sum(s.cost for s in by_project) == usage_charges
+    assert sum(s.cost for s in by_model) == usage_charges
+    assert {s.value: s.quantities for s in by_model} == {
+        "gpt-4o": {"llm_tokens": Decimal(1600)}, "mini": {"llm_tokens": Decimal(50)}, None: {"api_calls": Decimal(15)}}
+    assert all(line.meter in {"llm_tokens", "api_calls"} for line in estimate.lines if line.kind == "charge")
+    assert ADDITIVE
+
+
+def test_runs_are_listed_most_expensive_first_with_their_steps(ann, acme, now):
+    send(now,
+         tokens("r1-a", 100, trace={"run_id": "run-1", "step": 2, "agent": "planner"}),
+         tokens("r1-b", 50, trace={"run_id": "run-1", "step": 1, "agent": "planner"}),
+         tokens("r2-a", 900, trace={"run_id": "run-2", "step": 1, "agent": "coder"}),
+         tokens("r3-a", 10, model="mini", trace={"run_id": "run-3", "step": 1}),
+         tokens("no-run", 5))
+
+    page = ann.get("/dashboard/acme-co/usage/").content.decode()
+    steps = ann.get("/dashboard/acme-co/runs/run-1/", HTTP_HX_REQUEST="true").content.decode()
+
+    assert re.findall(r'data-run="(run-\d)"', page) == ["run-2", "run-1", "run-3"]
+    # average gpt-4o price so far: (1000 x 0.01 + 55 x 0.005) / 1055 tokens
+    price = Decimal("10.275") / 1055
+    found = re.search(r'data-run="run-1" data-cost="([0-9.]+)"', page)
+    assert found is not None
+    run_cost = Decimal(found.group(1))
+    assert abs(run_cost - 150 * price) < Decimal("1e-40")
+    assert "<html" not in steps
+    assert steps.index("r1-b") < steps.index("r1-a")  # step 1 before step 2
+    assert f'data-run-total="{run_cost}"' in steps
+    assert "1.4609<" in steps  # shown to four decimals
+    assert ann.get("/dashboard/acme-co/runs/run-404/").status_code == 404
+
+
+def test_breakdown_by_a_dimension_is_a_partial(ann, now):
+    send(now, tokens("a", 10, project="chatbot"), tokens("b", 20, model="mini", project="agent"))
+
+    page = ann.get("/dashboard/acme-co/usage/", {"by": "model"}, HTTP_HX_REQUEST="true").content.decode()
+    unknown = ann.get("/dashboard/acme-co/usage/", {"by": "secret"}).content.decode()
+
+    assert "<html" not in page and 'data-by="model"' in page
+    assert 'data-slice="gpt-4o"' in page and 'data-slice="mini"' in page
+    assert 'data-by="project"' in unknown
+
+
+def test_invoices_list_shows_own_invoices_with_status_and_link(ann, acme, globex):
+    mine = Invoice.objects.create(customer=acme, period_start=datetime(2026, 10, 1, tzinfo=timezone.utc),
+                                  period_end=datetime(2026, 11, 1, tzinfo=timezone.utc), currency="USD",
+                                  total_minor=12345)
+    theirs = Invoice.objects.create(customer=globex, period_start=datetime(2026, 10, 1, tzinfo=timezone.utc),
+                                    period_end=datetime(2026, 11, 1, tzinfo=timezone.utc), currency="USD",
+                                    total_minor=999)
+
+    page = ann.get("/dashboard/acme-co/invoices/").content.decode()
+
+    assert f'href="/invoices/{mine.pk}/"' in page and "123.45 USD" in page and 'data-status="draft"' in page
+    assert f'data-invoice="{theirs.pk}"' not in page
+    assert ann.get(f"/invoices/{mine.pk}/").status_code == 200  # the invoice document (portal/invoices.py)
+
+
+def test_settings_change_the_invoice_contact(ann, acme):
+    bad = ann.post("/dashboard/acme-co/settings/", {"email": "not-an-email"})
+    good = ann.post("/dashboard/acme-co/settings/", {"email": "ap@acme.example"})
+
+    assert bad.status_code == 422
+    assert good.status_code == 302
+    acme.refresh_from_db()
+    assert acme.email == "ap@acme.example"
+    assert 'value="ap@acme.example"' in ann.get(good["Location"]).content.decode()
+
+
+def test_settings_add_a_user_for_the_same_customer(ann, client, acme):
+    added = ann.post("/dashboard/acme-co/settings/users", {"username": "bob", "email": "bob@acme.example",
+                                                           "password": "pw-bob-1234"})
+    taken = ann.post("/dashboard/acme-co/settings/users", {"username": "BOB", "password": "pw-bob-1234"})
+    short = ann.post("/dashboard/acme-co/settings/users", {"username": "carol", "password": "short"})
+
+    assert added.status_code == 302
+    assert taken.status_code == 422 and "taken" in taken.content.decode()
+    assert short.status_code == 422
+    assert CustomerUser.objects.get(user__username="bob").customer == acme
+    assert "bob@acme.example" in ann.get("/dashboard/acme-co/settings/").content.decode()
+    client.logout()
+    assert client.login(username="bob", password="pw-bob-1234")
+    assert client.get("/dashboard/").url == "/dashboard/acme-co/"
+    assert client.get("/dashboard/globex/settings/").status_code == 404
+
+
+def test_a_run_id_with_a_slash_and_spaces_opens(ann, now):
+    send(now, tokens("r", 10, trace={"run_id": "team/run 4", "step": 1}))
+
+    page = ann.get("/dashboard/acme-co/usage/").content.decode()
+    detail = ann.get(reverse("dashboard:run", args=["acme-co", "team/run 4"]))
+
+    assert 'href="/dashboard/acme-co/runs/team/run%204/"' in page
+    assert detail.status_code == 200 and 'data-run="team/run 4"' in detail.content.decode()
