@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "billing.usage",
     "billing.guardrails",
     "billing.invoicing",
+    "billing.payments",
     "ledger",
 ]
 
@@ -173,6 +174,16 @@ LEDGER_TIMEOUT_SECONDS = float(os.environ.get("LEDGER_TIMEOUT_SECONDS", "2"))
 TOLLGATE_RATE_LIMIT_PER_SECOND = int(os.environ.get("TOLLGATE_RATE_LIMIT_PER_SECOND", "2000"))
 TOLLGATE_MAX_FUTURE_SECONDS = 300  # contract: a timestamp at most 5 minutes in the future
 TOLLGATE_BATCH_MAX = 1000
+
+# --- Stripe (billing/payments is the only code that talks to it) ---------------------------------
+# No secret key: the Stripe integration is off (nothing is queued or pushed); rows still record what
+# would be synced, and the beat task pushes them once a key is set.
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")
+STRIPE_METER_EVENTS_BASE = os.environ.get("STRIPE_METER_EVENTS_BASE", "https://meter-events.stripe.com")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300  # a signed webhook older than 5 minutes is refused (replay window)
+STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
 
 # --- Email ------------------------------------------------------------------------------------------
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

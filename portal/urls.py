@@ -13,6 +13,7 @@ from billing.guardrails.apis import (
     ReservationSettleApi,
 )
 from billing.invoicing.apis import CustomerUpcomingInvoiceApi
+from billing.payments.views import stripe_webhook
 from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
 
@@ -47,6 +48,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/", include("portal.console.urls")),
+    path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="api-docs"),
     path("api/v1/", include(api)),
