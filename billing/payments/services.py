@@ -238,7 +238,9 @@ def stripe_invoice_push(*, invoice_pk: int, now: datetime | None = None) -> Stri
             total = remote.total_minor
     except GatewayError as exc:
         return _row_error(row, exc, now=now)
-    return _row_done(row, now=now, stripe_status=forward_status(row.stripe_status, remote.status or "open"),
+    # a finalize Stripe accepted leaves the invoice at least open (paid at once when nothing is due)
+    status = forward_status(forward_status(row.stripe_status, "open"), remote.status)
+    return _row_done(row, now=now, stripe_status=status,
                      stripe_total_minor=total, hosted_invoice_url=remote.hosted_invoice_url)
 
 
