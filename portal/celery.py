@@ -19,6 +19,12 @@ app.conf.beat_schedule = {
     "usage-rollup": {"task": "usage.rollup", "schedule": 120.0},
     # A recomputation from raw events that logs any drift: hourly is enough to notice and cheap at our scale.
     "usage-rollup-check": {"task": "usage.rollup_check", "schedule": 3600.0},
+    # Drafts are "kept current while the period is open": every 10 minutes keeps the invoice page within
+    # minutes of the rollups; the upcoming-invoice API is always live anyway.
+    "invoice-drafts": {"task": "invoicing.refresh_drafts", "schedule": 600.0},
+    # Periods close one grace time after their end and are finalized one finalize delay later; every
+    # 5 minutes means an invoice is final within ~10 minutes of the grace time passing.
+    "close-periods": {"task": "invoicing.close_periods", "schedule": 300.0},
     # Reservations hold quota and money until their TTL: the SQL ledger has no clock of its own, so
     # timed-out holds are released every 15 s (TigerBeetle expires them itself; the sweep then only
     # marks the reservations expired). Each write and lookup also releases what is due first.

@@ -174,6 +174,19 @@ LEDGER_TIMEOUT_SECONDS = float(os.environ.get("LEDGER_TIMEOUT_SECONDS", "2"))
 TOLLGATE_RATE_LIMIT_PER_SECOND = int(os.environ.get("TOLLGATE_RATE_LIMIT_PER_SECOND", "2000"))
 TOLLGATE_MAX_FUTURE_SECONDS = 300  # contract: a timestamp at most 5 minutes in the future
 TOLLGATE_BATCH_MAX = 1000
+# Billing periods (docs/operations.md "Periods, late events and invoices"): a period stays open this long
+# after its end; events for a closed period are refused (422 period_closed).
+TOLLGATE_PERIOD_GRACE_SECONDS = int(os.environ.get("TOLLGATE_PERIOD_GRACE_SECONDS", "3600"))
+# Ingest caches "closed until" this long per process; finalization waits longer than that after a close
+# so that no event accepted on a stale answer is left out of a finalized invoice.
+TOLLGATE_PERIOD_CACHE_SECONDS = 5
+TOLLGATE_FINALIZE_DELAY_SECONDS = int(os.environ.get("TOLLGATE_FINALIZE_DELAY_SECONDS", "60"))
+# Operator identity printed on invoices.
+TOLLGATE_SELLER = {
+    "name": os.environ.get("TOLLGATE_SELLER_NAME", "Tollgate Demo Operator"),
+    "address": os.environ.get("TOLLGATE_SELLER_ADDRESS", ""),
+    "email": os.environ.get("TOLLGATE_SELLER_EMAIL", "billing@tollgate.localhost"),
+}
 
 # --- Stripe (billing/payments is the only code that talks to it) ---------------------------------
 # No secret key: the Stripe integration is off (nothing is queued or pushed); rows still record what

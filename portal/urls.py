@@ -12,10 +12,17 @@ from billing.guardrails.apis import (
     ReservationsApi,
     ReservationSettleApi,
 )
-from billing.invoicing.apis import CustomerUpcomingInvoiceApi
+from billing.invoicing.apis import (
+    CustomerUpcomingInvoiceApi,
+    InvoiceDetailApi,
+    InvoiceFinalizeApi,
+    InvoicesApi,
+    InvoiceVoidApi,
+)
 from billing.payments.views import stripe_webhook
 from billing.usage.apis import CustomerUsageApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
+from portal.invoices import invoice_document
 
 api = [
     path("events", EventsApi.as_view(), name="events"),
@@ -35,6 +42,10 @@ api = [
     path("customers/<str:customer_id>/subscription", CustomerSubscriptionApi.as_view(), name="customer-subscription"),
     path("customers/<str:customer_id>/upcoming-invoice", CustomerUpcomingInvoiceApi.as_view(),
          name="customer-upcoming-invoice"),
+    path("invoices", InvoicesApi.as_view(), name="invoices"),
+    path("invoices/<str:invoice_id>", InvoiceDetailApi.as_view(), name="invoice"),
+    path("invoices/<str:invoice_id>/finalize", InvoiceFinalizeApi.as_view(), name="invoice-finalize"),
+    path("invoices/<str:invoice_id>/void", InvoiceVoidApi.as_view(), name="invoice-void"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
 ]
 
@@ -48,6 +59,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/", include("portal.console.urls")),
+    path("invoices/<int:invoice_id>/", invoice_document, name="invoice-document"),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="api-docs"),

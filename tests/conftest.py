@@ -47,6 +47,9 @@ def _clear_cache() -> None:
 
     cache.clear()
     services._METERS.clear()  # tests roll the database back; production never deletes a meter
+    from billing.invoicing import periods
+
+    periods.forget_cache()
 
 
 @pytest.fixture

@@ -2,15 +2,18 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.common.auth import principal_of
-from billing.common.errors import ApiError
+from billing.common.errors import ApiError, validation_error
 from billing.customers.selectors import customer_get
+from billing.invoicing import services
 from billing.invoicing.estimate import upcoming_invoice
+from billing.invoicing.models import Invoice
+from billing.invoicing.selectors import invoice_as_dict, invoice_get, invoices_list
 
 
 class CustomerUpcomingInvoiceApi(APIView):
@@ -25,3 +28,61 @@ class CustomerUpcomingInvoiceApi(APIView):
         if estimate is None:
             raise ApiError(404, "no_subscription", "This customer has no plan for the current period.")
         return Response(estimate.as_dict())
+
+
+class InvoicesApi(APIView):
+    """Invoices and credit notes, newest period first; ``customer`` and ``status`` filter."""
+
+    required_scope = "read"
+
+    @extend_schema(responses={200: None}, operation_id="invoices_list",
+                   parameters=[OpenApiParameter("customer", str), OpenApiParameter("status", str)])
+    def get(self, request: Request) -> Response:
+        principal = principal_of(request)
+        customer_pk = None
+        if request.query_params.get("customer"):
+            customer_pk = customer_get(external_id=request.query_params["customer"], principal=principal).pk
+        status = request.query_params.get("status") or None
+        if status and status not in Invoice.Status.values:
+            raise validation_error({"status": [f"One of {', '.join(Invoice.Status.values)}."]})
+        qs = invoices_list(principal=principal, customer_pk=customer_pk, status=status).prefetch_related("lines")
+        return Response({"data": [invoice_as_dict(invoice) for invoice in qs[:500]]})
+
+
+class InvoiceDetailApi(APIView):
+    required_scope = "read"
+
+    @extend_schema(responses={200: None}, operation_id="invoice_get")
+    def get(self, request: Request, invoice_id: str) -> Response:
+        return Response(invoice_as_dict(invoice_get(pk=invoice_id, principal=principal_of(request))))
+
+
+class InvoiceFinalizeApi(APIView):
+    """Finalize now (the period must be closed; beat does this on its own after the grace time)."""
+
+    required_scope = "admin"
+
+    @extend_schema(request=None, responses={200: None}, operation_id="invoice_finalize")
+    def post(self, request: Request, invoice_id: str) -> Response:
+        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
+        invoice = services.invoice_finalize(invoice=invoice, now=datetime.now(timezone.utc), actor=_actor(request))
+        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+
+
+class InvoiceVoidApi(APIView):
+    """Void a finalized invoice: it keeps its figures, becomes void, and a credit note cancels it."""
+
+    required_scope = "admin"
+
+    @extend_schema(request=None, responses={200: None}, operation_id="invoice_void")
+    def post(self, request: Request, invoice_id: str) -> Response:
+        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
+        reason = str(request.data.get("reason", "")) if isinstance(request.data, dict) else ""
+        invoice = services.invoice_void(invoice=invoice, at=datetime.now(timezone.utc), reason=reason,
+                                        actor=_actor(request))
+        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+
+
+def _actor(request: Request) -> str:
+    principal = principal_of(request)
+    return f"api_key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"

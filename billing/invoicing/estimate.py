@@ -22,7 +22,7 @@ from billing.catalog.schema import charge_spec
 from billing.catalog.selectors import subscription_at, versions_over
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.usage.models import UsageEvent
+from billing.invoicing.rows import Row, period_rows
 from billing.usage.selectors import bucket_bounds
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
@@ -50,6 +50,8 @@ class Line:
     tier: int | None = None  # 1-based, the last tier reached
     next_tier: dict[str, str] | None = None
     group: dict[str, str] | None = None  # markup dimension value
+    unit_price: Decimal | None = None  # per_unit charges (and overage price of flat_overage)
+    tiers: list[dict[str, str]] = field(default_factory=list)  # tiered models: units and amount per tier reached
 
     def as_dict(self) -> dict[str, Any]:
         rounded = money.round_to_minor(self.amount, self.currency)
@@ -115,7 +117,10 @@ def simulate(*, customer: Customer, plan: Plan, definition: dict[str, Any], now:
                         segments=[Segment(start, end, definition, None)])
 
 
-def price_period(*, customer: Customer, plan: Plan, start: datetime, end: datetime, segments: list[Segment]) -> Estimate:
+def price_period(*, customer: Customer, plan: Plan, start: datetime, end: datetime, segments: list[Segment],
+                 rows: list[Row] | None = None) -> Estimate:
+    """Lines for [start, end) priced segment by segment. ``rows`` default to the period's rollups plus the
+    raw events the rollups do not cover (billing/invoicing/rows.py)."""
     currency = plan.currency
     lines: list[Line] = []
     if not segments:
@@ -124,16 +129,15 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
     if base_fee:
         lines.append(Line("base_fee", f"{plan.name} base fee", base_fee, currency, versions=[segments[0].version]))
     meters = {m.key: m for m in Meter.objects.all()}
-    events = list(
-        UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=segments[0].start,
-                                  usage_at__lt=segments[-1].end)
-        .values_list("pk", "meter__key", "dimensions", "quantity", "usage_at").order_by("usage_at", "pk")
-    )
+    if rows is None:
+        rows, _ = period_rows(customer=customer, start=segments[0].start, end=segments[-1].end,
+                              cuts=[seg.start for seg in segments[1:]])
+    rows = sorted(rows, key=lambda r: r.at)
     # charge identity across versions: (meter, filter)
     order: list[tuple[str, str]] = []
     state: dict[tuple[str, str], dict[str, Any]] = {}
     for segment in segments:
-        seg_events = [e for e in events if segment.start <= e[4] < segment.end]
+        seg_rows = [r for r in rows if segment.start <= r.at < segment.end]
         for charge in segment.definition.get("charges", []):
             meter = meters.get(charge["meter"])
             if meter is None:
@@ -146,7 +150,7 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
             entry["charge"] = charge  # the newest definition describes the line
             entry["versions"].append(segment.version)
             markup = charge.get("markup")
-            for group_value, values in _select(seg_events, meter, charge, markup).items():
+            for group_value, values in _select(seg_rows, meter, charge, markup).items():
                 group = entry["groups"][group_value]
                 group.add(meter, values, charge, segment)
     for key in order:
@@ -175,22 +179,26 @@ def _line(charge: dict[str, Any], meter: Meter, quantity: Decimal, amount: Decim
     if priced.next_tier_at is not None and priced.next_tier_unit_price is not None:
         next_tier = {"starts_above": decimal_to_text(priced.next_tier_at),
                      "unit_price": decimal_to_text(priced.next_tier_unit_price)}
+    unit_price = charge.get("unit_price") if charge["model"] == "per_unit" else charge.get("overage_unit_price")
     return Line("charge", label, amount, currency, meter=meter.key, filter=filt, model=charge["model"],
                 quantity=quantity, versions=list(dict.fromkeys(versions)),
-                tier=None if priced.tier_index is None else priced.tier_index + 1, next_tier=next_tier, group=group)
+                tier=None if priced.tier_index is None else priced.tier_index + 1, next_tier=next_tier, group=group,
+                unit_price=Decimal(unit_price) if unit_price is not None else None,
+                tiers=[{"tier": str(index + 1), "units": decimal_to_text(units), "amount": decimal_to_text(value)}
+                       for index, units, value in priced.tiers_used])
 
 
-def _select(events: list[tuple[Any, ...]], meter: Meter, charge: dict[str, Any], markup: dict[str, Any] | None
-            ) -> dict[str | None, list[tuple[Any, ...]]]:
+def _select(rows: list[Row], meter: Meter, charge: dict[str, Any], markup: dict[str, Any] | None
+            ) -> dict[str | None, list[Row]]:
     wanted = charge.get("filter") or {}
-    out: dict[str | None, list[tuple[Any, ...]]] = defaultdict(list)
-    for event in events:
-        if event[1] != meter.key:
+    out: dict[str | None, list[Row]] = defaultdict(list)
+    for row in rows:
+        if row.meter != meter.key:
             continue
-        dims = event[2] or {}
+        dims = row.dimensions
         if any(dims.get(k) != v for k, v in wanted.items()):
             continue
-        out[dims.get(markup["dimension"]) if markup else None].append(event)
+        out[dims.get(markup["dimension"]) if markup else None].append(row)
     return out
 
 
@@ -201,15 +209,15 @@ class _GroupState:
         self.cumulative = Decimal(0)
         self.amount = Decimal(0)
         self.priced: pricing.Priced | None = None
-        self.values: list[tuple[Any, ...]] = []
+        self.values: list[Row] = []
         self.last_charge: dict[str, Any] | None = None
 
-    def add(self, meter: Meter, events: list[tuple[Any, ...]], charge: dict[str, Any], segment: Segment) -> None:
+    def add(self, meter: Meter, events: list[Row], charge: dict[str, Any], segment: Segment) -> None:
         self.values.extend(events)
         self.last_charge = charge
         if meter.aggregation not in ADDITIVE:
             return
-        added = sum((e[3] for e in events), Decimal(0))
+        added = sum((r.total for r in events), Decimal(0))
         spec = charge_spec(charge)
         before = pricing.price(self.cumulative, spec).amount
         self.cumulative += added
@@ -229,14 +237,15 @@ class _GroupState:
         return priced.amount, priced
 
 
-def _non_additive(meter: Meter, events: list[tuple[Any, ...]]) -> Decimal:
-    if not events:
+def _non_additive(meter: Meter, rows: list[Row]) -> Decimal:
+    if not rows:
         return Decimal(0)
     if meter.aggregation == Meter.Aggregation.MAX:
-        return max(e[3] for e in events)
+        return max((r.maximum for r in rows if r.maximum is not None), default=Decimal(0))
     if meter.aggregation == Meter.Aggregation.LATEST:
-        return max(events, key=lambda e: (e[4], e[0]))[3]
-    return Decimal(len({(e[2] or {}).get(meter.unique_by) for e in events} - {None}))
+        latest = [r.latest for r in rows if r.latest is not None]
+        return max(latest, key=lambda item: (item[0], item[1]))[2] if latest else Decimal(0)
+    return Decimal(len(frozenset().union(*(r.uniques for r in rows))))
 
 
 def next_period_start(moment: datetime) -> datetime:

@@ -22,6 +22,33 @@ class FinalizedInvoiceError(Exception):
     """Raised on any attempt to change a finalized invoice's figures or lines."""
 
 
+class InvoiceQuerySet(models.QuerySet["Invoice"]):
+    """Bulk writes get the same guard as ``save``: no frozen field of a non-draft invoice moves."""
+
+    def update(self, **kwargs: Any) -> int:
+        frozen = {name.removesuffix("_id") for name in Invoice.FROZEN} | set(Invoice.FROZEN)
+        if set(kwargs) & frozen and self.exclude(status=Invoice.Status.DRAFT).exists():
+            raise FinalizedInvoiceError("Finalized invoices cannot change: issue a credit note.")
+        if kwargs.get("status") == Invoice.Status.DRAFT and self.exclude(status=Invoice.Status.DRAFT).exists():
+            raise FinalizedInvoiceError("A finalized invoice cannot go back to draft.")
+        return super().update(**kwargs)
+
+    def delete(self) -> NoReturn:
+        raise FinalizedInvoiceError("Invoices are never deleted: void them.")
+
+
+class InvoiceLineQuerySet(models.QuerySet["InvoiceLine"]):
+    def update(self, **kwargs: Any) -> int:
+        if self.exclude(invoice__status="draft").exists():
+            raise FinalizedInvoiceError("Lines of a finalized invoice cannot change.")
+        return super().update(**kwargs)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        if self.exclude(invoice__status="draft").exists():
+            raise FinalizedInvoiceError("Lines of a finalized invoice cannot change.")
+        return super().delete()
+
+
 class Invoice(models.Model):
     class Kind(models.TextChoices):
         INVOICE = "invoice"
@@ -62,6 +89,8 @@ class Invoice(models.Model):
     paid_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
 
+    objects = InvoiceQuerySet.as_manager()
+
     class Meta:
         ordering = ["-period_start", "-id"]
         constraints = [
@@ -76,10 +105,6 @@ class Invoice(models.Model):
     def __str__(self) -> str:
         return self.number or f"draft {self.customer_id} {self.period_start:%Y-%m}"
 
-    @property
-    def is_draft(self) -> bool:
-        return self.status == self.Status.DRAFT
-
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             stored = Invoice.objects.filter(pk=self.pk).values(*self.FROZEN, "status").first()
@@ -91,6 +116,10 @@ class Invoice(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise FinalizedInvoiceError("Invoices are never deleted: void them.")
+
+    @property
+    def is_draft(self) -> bool:
+        return self.status == self.Status.DRAFT
 
 
 class InvoiceLine(models.Model):
@@ -114,6 +143,8 @@ class InvoiceLine(models.Model):
     amount = ExactDecimalField(default=0)  # exact, before rounding
     amount_minor = models.BigIntegerField()
     detail = models.JSONField(default=dict, blank=True)  # filter, group, tier, versions, tiers, referenced events
+
+    objects = InvoiceLineQuerySet.as_manager()
 
     class Meta:
         ordering = ["invoice", "position"]
@@ -150,7 +181,7 @@ class PeriodClose(models.Model):
 
     period_start = models.DateTimeField(unique=True)
     period_end = models.DateTimeField()
-    closed_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField()  # the service's clock (finalization waits a delay after it)
 
     def __str__(self) -> str:
         return f"{self.period_start:%Y-%m} closed"

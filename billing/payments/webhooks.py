@@ -9,7 +9,6 @@ status only moves forward, the Tollgate transitions are idempotent), so ``invoic
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -20,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.invoicing.models import Invoice
+from billing.invoicing.services import invoice_mark_paid, invoice_void
 from billing.payments.gateway import METADATA_INVOICE
 from billing.payments.models import StripeCustomer, StripeEvent, StripeInvoiceSync
 from billing.payments.services import _row_save, forward_status
@@ -100,10 +100,6 @@ def _sync_for(obj: dict[str, Any]) -> StripeInvoiceSync:
     raise NotOurs(f"Stripe invoice {obj.get('id')} is not a Tollgate invoice")
 
 
-def _invoicing() -> Any:
-    return importlib.import_module("billing.invoicing.services")
-
-
 def _status(row: StripeInvoiceSync, status: str) -> None:
     _row_save(row, {"stripe_status": forward_status(row.stripe_status, status)})
 
@@ -116,7 +112,7 @@ def invoice_paid_handle(obj: dict[str, Any], event: StripeEvent) -> None:
     row = _sync_for(obj)
     _status(row, "paid")
     invoice = Invoice.objects.get(pk=row.invoice_id)
-    _invoicing().invoice_mark_paid(invoice=invoice, at=_when(obj, "paid_at", event))
+    invoice_mark_paid(invoice=invoice, at=_when(obj, "paid_at", event))
 
 
 def invoice_payment_failed_handle(obj: dict[str, Any], event: StripeEvent) -> None:
@@ -131,7 +127,7 @@ def invoice_voided_handle(obj: dict[str, Any], event: StripeEvent) -> None:
     row = _sync_for(obj)
     _status(row, "void")
     invoice = Invoice.objects.get(pk=row.invoice_id)
-    _invoicing().invoice_void(invoice=invoice, at=_when(obj, "voided_at", event), reason="voided in Stripe")
+    invoice_void(invoice=invoice, at=_when(obj, "voided_at", event), reason="voided in Stripe")
 
 
 def customer_deleted_handle(obj: dict[str, Any], event: StripeEvent) -> None:

@@ -131,8 +131,14 @@ def rollup_incremental(*, now: datetime, chunk: int = CHUNK) -> int:
     with transaction.atomic():
         state, _ = RollupWatermark.objects.get_or_create(name="hourly")
         state = RollupWatermark.objects.select_for_update().get(pk=state.pk)
-        ids = list(UsageEvent.objects.filter(id__gt=state.last_event_id, received_at__lt=now - LAG)
-                   .order_by("id").values_list("id", flat=True)[:chunk])
+        # Stop at the first id still inside LAG: ids are handed out in insert order, not in received_at
+        # order, so skipping a young id and taking an older one above it would lose the young one.
+        ids = []
+        for event_id, received_at in (UsageEvent.objects.filter(id__gt=state.last_event_id).order_by("id")
+                                      .values_list("id", "received_at")[:chunk]):
+            if received_at >= now - LAG:
+                break
+            ids.append(event_id)
         if not ids:
             return 0
         upto = ids[-1]

@@ -24,6 +24,7 @@ from django.utils import timezone
 from billing.catalog.models import Meter, Subscription
 from billing.common.auth import Principal
 from billing.customers.models import Customer, Project
+from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event, fingerprint
 from billing.usage.models import UsageEvent
 
@@ -58,6 +59,7 @@ class _Row:
     reason: str = ""
     refusal: EventError | None = None  # a hard limit said no: stored for audit as not billable, answered 402
     meter: Meter | None = None
+    late: bool = False  # counts in a closed period: 422 period_closed unless it is a retry of a stored event
 
 
 @dataclass(slots=True)
@@ -72,6 +74,7 @@ class _Lookups:
     meters: dict[str, Meter] = field(default_factory=dict)
     projects: dict[tuple[int, str], int] = field(default_factory=dict)
     originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
+    closed_until: datetime = EPOCH  # usage before this instant belongs to a closed period
 
 
 def events_ingest(
@@ -95,11 +98,15 @@ def events_ingest(
     rows: list[_Row] = []
     repeats: list[_Row] = []  # the same id again later in this batch: judged against what is stored
     in_batch: dict[tuple[int, str], _Row] = {}
+    late: list[_Row] = []  # for a closed period: only a retry of a stored event is answered (200/409)
     for index, event in cleaned:
         try:
             row = _resolve(event, index, principal, lookups, in_batch)
         except EventError as error:
             results[index] = IngestResult(event.event_id, REJECTED, error)
+            continue
+        if row.late:
+            late.append(row)
             continue
         if (row.customer_pk, event.event_id) in in_batch:
             repeats.append(row)
@@ -107,6 +114,15 @@ def events_ingest(
         in_batch[(row.customer_pk, event.event_id)] = row
         rows.append(row)
 
+    if late:
+        stored = _stored_fingerprints(late)
+        for row in late:
+            key = (row.customer_pk, row.event.event_id)
+            results[row.index] = _compare(row.event.event_id, stored[key], row.fingerprint) if key in stored else (
+                IngestResult(row.event.event_id, REJECTED, EventError(
+                    422, "period_closed",
+                    f"The billing period holding {row.usage_at.isoformat()} is closed and invoiced; "
+                    "send a correction dated in the open period instead.", {"timestamp": ["Period closed."]})))
     subscribed = {c.pk for c in lookups.customers.values() if c.subscribed}
     if reservation is not None or any(r.customer_pk in subscribed for r in rows):
         _enforce_limits([r for r in rows if r.customer_pk in subscribed], reservation, now)
@@ -222,6 +238,7 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
     lookups = _Lookups()
     if not cleaned:
         return lookups
+    lookups.closed_until = closed_until_cached()
     customer_ids = {e.customer for _, e in cleaned}
     # One round trip for the customers and whether each has a subscription (the ingest hot path).
     table, subs = Customer._meta.db_table, Subscription._meta.db_table
@@ -291,6 +308,13 @@ def _resolve(
                              f"Event '{event.corrects}' is not billable (or was refused); there is nothing to correct.",
                              {"corrects": ["The original is not billable."]})
         usage_at = original[1]
+    reason, late = event.reason, False
+    if usage_at < lookups.closed_until:
+        if event.corrects is not None and event.timestamp >= lookups.closed_until:
+            # the original's period is closed (its invoice final): book the correction on the open period
+            usage_at, reason = event.timestamp, "adjustment"
+        else:
+            late = True
     return _Row(
         index=index,
         event=event,
@@ -302,8 +326,9 @@ def _resolve(
         run_id=(event.trace or {}).get("run_id") or "",
         fingerprint=fingerprint(event, quantity),
         billable=event.billable,
-        reason=event.reason,
+        reason=reason,
         meter=meter,
+        late=late,
     )
 
 

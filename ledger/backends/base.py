@@ -33,8 +33,10 @@ class LedgerBackend(ABC):
         """Found transfers by id (unknown ids are absent)."""
 
     @abstractmethod
-    def account_transfers(self, account_id: int, limit: int = 100) -> list[Transfer]:
-        """The account's transfers, oldest first (its history)."""
+    def account_transfers(self, account_id: int, limit: int = 100, *, code: int = 0,
+                          user_data_32: int = 0) -> list[Transfer]:
+        """The account's transfers, oldest first (its history); ``code``/``user_data_32`` filter when non-zero
+        (TigerBeetle's AccountFilter semantics)."""
 
     def expire_pending(self) -> int:
         """Release pending transfers whose timeout has passed; returns how many. TigerBeetle does this

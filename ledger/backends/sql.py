@@ -127,10 +127,15 @@ class SqlLedger(LedgerBackend):
     def lookup_transfers(self, ids: Sequence[int]) -> dict[int, Transfer]:
         return {row.id: _transfer(row) for row in LedgerTransfer.objects.filter(pk__in=list(ids))}
 
-    def account_transfers(self, account_id: int, limit: int = 100) -> list[Transfer]:
+    def account_transfers(self, account_id: int, limit: int = 100, *, code: int = 0,
+                          user_data_32: int = 0) -> list[Transfer]:
         from django.db.models import Q
 
         rows = LedgerTransfer.objects.filter(Q(debit_account_id=account_id) | Q(credit_account_id=account_id))
+        if code:
+            rows = rows.filter(code=code)
+        if user_data_32:
+            rows = rows.filter(user_data_32=user_data_32)
         return [_transfer(row) for row in rows.order_by("timestamp")[:limit]]
 
     def ping(self) -> None:

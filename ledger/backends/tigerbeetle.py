@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -121,14 +122,32 @@ class TigerBeetleLedger(LedgerBackend):
             return {}
         return {t.id: _transfer(t) for t in self._call(lambda c: c.lookup_transfers(list(ids)))}
 
-    def account_transfers(self, account_id: int, limit: int = 100) -> list[Transfer]:
-        flt = tb.AccountFilter(account_id=account_id, user_data_128=0, user_data_64=0, user_data_32=0, code=0,
-                               timestamp_min=0, timestamp_max=0, limit=limit,
-                               flags=tb.AccountFilterFlags.DEBITS | tb.AccountFilterFlags.CREDITS)
-        return [_transfer(t) for t in self._call(lambda c: c.get_account_transfers(flt))]
+    def account_transfers(self, account_id: int, limit: int = 100, *, code: int = 0,
+                          user_data_32: int = 0) -> list[Transfer]:
+        out: list[Transfer] = []
+        timestamp_min = 0
+        while len(out) < limit:  # one query returns at most PAGE: page on by timestamp
+            page = min(PAGE, limit - len(out))
+            flt = tb.AccountFilter(account_id=account_id, user_data_128=0, user_data_64=0, user_data_32=user_data_32,
+                                   code=code, timestamp_min=timestamp_min, timestamp_max=0, limit=page,
+                                   flags=tb.AccountFilterFlags.DEBITS | tb.AccountFilterFlags.CREDITS)
+            query = functools.partial(_account_transfers, flt=flt)
+            found = [_transfer(t) for t in self._call(query)]
+            out.extend(found)
+            if len(found) < page:
+                break
+            timestamp_min = found[-1].timestamp + 1
+        return out
 
     def ping(self) -> None:
         self._call(lambda c: c.lookup_accounts([1]))
+
+
+def _account_transfers(client: Any, flt: Any) -> Any:
+    return client.get_account_transfers(flt)
+
+
+PAGE = 8189  # the most one get_account_transfers returns (message size)
 
 
 def _transfer(t: Any) -> Transfer:

@@ -1,6 +1,7 @@
-"""On PostgreSQL the database itself refuses to change a finalized invoice's figures or any line of a
+"""The database itself (PostgreSQL and SQLite triggers) refuses to change a finalized invoice's figures or any line of a
 non-draft invoice, and refuses to delete either (the model refuses too: billing/invoicing/models.py).
 Status moves (finalized -> paid/void/uncollectible) stay possible; TRUNCATE too, for the test flush.
+On SQLite, DELETE is refused by the model and queryset only (Django's test flush deletes rows there).
 """
 
 from django.db import migrations
@@ -57,14 +58,36 @@ DROP FUNCTION IF EXISTS invoice_line_frozen();
 """
 
 
+FROZEN = ("customer_id", "plan_id", "kind", "period_start", "period_end", "currency", "number", "subtotal_minor",
+          "credits_minor", "total_minor", "versions", "events_hash", "events_count", "rollup_watermark", "corrects_id",
+          "finalized_at")
+SQLITE = [
+    "CREATE TRIGGER invoice_frozen BEFORE UPDATE ON invoicing_invoice WHEN OLD.status <> 'draft' AND ("
+    + " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in FROZEN) + " OR NEW.status = 'draft') "
+    "BEGIN SELECT RAISE(ABORT, 'invoice is finalized and cannot change'); END",
+    *[f"CREATE TRIGGER invoice_line_frozen_{op.lower()} BEFORE {op} ON invoicing_invoiceline "
+      f"WHEN (SELECT status FROM invoicing_invoice WHERE id = {ref}.invoice_id) <> 'draft' "
+      "BEGIN SELECT RAISE(ABORT, 'lines of a finalized invoice cannot change'); END"
+      for op, ref in (("INSERT", "NEW"), ("UPDATE", "OLD"))],
+]
+SQLITE_DROP = ["DROP TRIGGER IF EXISTS invoice_frozen",
+               *[f"DROP TRIGGER IF EXISTS invoice_line_frozen_{op}" for op in ("insert", "update")]]
+
+
 def forwards(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(CREATE, params=None)
+    elif schema_editor.connection.vendor == "sqlite":
+        for statement in SQLITE:
+            schema_editor.execute(statement, params=None)
 
 
 def backwards(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(DROP, params=None)
+    elif schema_editor.connection.vendor == "sqlite":
+        for statement in SQLITE_DROP:
+            schema_editor.execute(statement, params=None)
 
 
 class Migration(migrations.Migration):

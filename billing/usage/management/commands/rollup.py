@@ -21,6 +21,10 @@ class Command(BaseCommand):
             self.stdout.write(f"rebuilt from {rollup_full(now=now)} events")
         elif not options["check"]:
             self.stdout.write(f"rolled up {rollup_until_current(now=now)} events")
+        if not options["check"]:
+            from billing.invoicing.services import drafts_refresh
+
+            self.stdout.write(f"refreshed {drafts_refresh(now=now)} draft invoice(s) of the open period(s)")
         if options["check"]:
             drift = rollup_check()
             for line in drift:

@@ -1,0 +1,164 @@
+"""An invoice's figures computed from usage: lines (base fee, charges, corrections, adjustments), credits
+applied, totals in minor units, the rate-card versions used and the rollup watermark read.
+
+Corrections are shown apart from the usage they correct. Tiers are cumulative over the period, so a
+correction's amount is the difference it makes: with ``P`` the period's pricing, the charge line is
+``P(usage without corrections)``, the correction line ``P(usage with same-period corrections) - P(usage
+without)``, and the adjustment line (corrections of events in earlier, closed periods, booked on this
+one) ``P(everything) - P(usage with same-period corrections)``. The three add up to ``P(everything)``.
+Each line is then rounded once (billing/catalog/money.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billing.catalog import money
+from billing.catalog.models import Plan, Subscription
+from billing.catalog.selectors import versions_over
+from billing.common.fields import decimal_to_text
+from billing.customers.models import Customer
+from billing.invoicing.estimate import Estimate, Line, Segment, price_period
+from billing.invoicing.rows import Row, correction_rows, period_rows
+
+
+@dataclass
+class LineData:
+    kind: str
+    description: str
+    quantity: Decimal
+    amount: Decimal
+    amount_minor: int
+    meter: str = ""
+    model: str = ""
+    unit_price: Decimal | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.kind, self.description, self.meter, self.amount_minor, decimal_to_text(self.quantity))
+
+
+@dataclass
+class Computed:
+    plan: Plan
+    currency: str
+    lines: list[LineData]
+    subtotal_minor: int
+    credits_minor: int
+    total_minor: int
+    versions: list[int]
+    watermark: int
+
+
+def subscription_for_period(*, customer: Customer, start: datetime, end: datetime) -> Subscription | None:
+    """The subscription billed for [start, end): the one in effect at the period's last instant, else the
+    last one that overlapped the period."""
+    from django.db.models import Q
+
+    return (Subscription.objects.select_related("plan")
+            .filter(Q(end__isnull=True) | Q(end__gt=start), customer=customer, start__lt=end)
+            .order_by("-start").first())
+
+
+def invoice_compute(*, customer: Customer, start: datetime, end: datetime, source: str = "rollups",
+                    credits: int | None = None) -> Computed | None:
+    """The invoice for [start, end) from rollups (``source="rollups"``) or raw events only (``"raw"``,
+    the replay). ``credits`` (ledger units) overrides the wallet lookup (replays use the stored figure)."""
+    subscription = subscription_for_period(customer=customer, start=start, end=end)
+    if subscription is None:
+        return None
+    plan = subscription.plan
+    lo = max(start, subscription.start)
+    hi = min(end, subscription.end) if subscription.end else end
+    segments = [Segment(s, e, v.definition, v.number) for s, e, v in versions_over(plan=plan, start=lo, end=hi)]
+    cuts = [seg.start for seg in segments[1:]]
+    rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=cuts, source=source)
+    corrections = correction_rows(customer=customer, start=start, end=end)
+
+    def priced(excluded: list[dict[str, Any]]) -> Estimate:
+        # usage without the excluded corrections: add them back with the opposite sign (sum meters only)
+        extra = [Row(c["meter"], c["dimensions"], c["at"], -c["quantity"], None, frozenset(), None) for c in excluded]
+        return price_period(customer=customer, plan=plan, start=start, end=end, segments=segments, rows=rows + extra)
+
+    full = priced([])
+    lines: list[LineData] = []
+    same = [c for c in corrections if not c["adjustment"]]
+    adjustments = [c for c in corrections if c["adjustment"]]
+    if corrections:
+        base = priced(corrections)
+        with_same = priced(adjustments) if adjustments else full
+        lines = _lines(base.lines, plan.currency)
+        lines += _delta_lines("correction", base.lines, with_same.lines, same, plan.currency)
+        lines += _delta_lines("adjustment", with_same.lines, full.lines, adjustments, plan.currency)
+    else:
+        lines = _lines(full.lines, plan.currency)
+    subtotal = sum(line.amount_minor for line in lines)
+    available = credits if credits is not None else credits_consumed(customer=customer, currency=plan.currency, start=start)
+    credits_minor = max(0, min(subtotal, money.to_minor(Decimal(available).scaleb(-money.LEDGER_SCALE), plan.currency)))
+    versions = sorted({v for v in (seg.version for seg in segments) if v is not None})
+    return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor, versions, watermark)
+
+
+def _describe(line: Line) -> dict[str, Any]:
+    detail: dict[str, Any] = {"versions": line.versions}
+    for name in ("filter", "group", "tier", "next_tier"):
+        if getattr(line, name):
+            detail[name] = getattr(line, name)
+    if line.tiers:
+        detail["tiers"] = line.tiers
+    return detail
+
+
+def _lines(lines: list[Line], currency: str) -> list[LineData]:
+    return [LineData(line.kind, line.description, line.quantity, line.amount, money.to_minor(line.amount, currency),
+                     meter=line.meter or "", model=line.model or "", unit_price=line.unit_price, detail=_describe(line))
+            for line in lines]
+
+
+def _identity(line: Line) -> tuple[Any, ...]:
+    return (line.kind, line.meter, repr(sorted((line.filter or {}).items())), repr(sorted((line.group or {}).items())))
+
+
+def _delta_lines(kind: str, before: list[Line], after: list[Line], events: list[dict[str, Any]],
+                 currency: str) -> list[LineData]:
+    if not events:
+        return []
+    previous = {_identity(line): line for line in before}
+    out = []
+    for line in after:
+        old = previous.get(_identity(line))
+        if old is None or (old.amount == line.amount and old.quantity == line.quantity):
+            continue
+        delta_q, delta = line.quantity - old.quantity, line.amount - old.amount
+        mine = [e for e in events if e["meter"] == line.meter]
+        label = "Correction" if kind == "correction" else "Adjustment for an earlier period"
+        detail: dict[str, Any] = {
+            "corrects": sorted({e["corrects"] for e in mine})[:50],
+            "events": sorted({e["event_id"] for e in mine})[:50],
+        }
+        if line.filter:
+            detail["filter"] = line.filter
+        if line.group:
+            detail["group"] = line.group
+        out.append(LineData(kind, f"{label}: {line.description}", delta_q, delta, money.to_minor(delta, currency),
+                            meter=line.meter or "", model=line.model or "", detail=detail))
+    return out
+
+
+def credits_consumed(*, customer: Customer, currency: str, start: datetime) -> int:
+    """Prepaid credits the period's usage took from the customer's wallet at ingest (ledger units)."""
+    from billing.guardrails import accounts as acc
+    from ledger.backends import get_ledger
+    from ledger.codes import TransferCode
+
+    ledger = get_ledger()
+    wallet = acc.Ids(customer.pk).wallet(currency)
+    if not ledger.lookup_accounts([wallet]):
+        return 0
+    period = acc.period_key(start + timedelta(days=1))
+    return sum(t.amount for t in ledger.account_transfers(wallet, limit=1_000_000, code=int(TransferCode.USAGE_CREDITS),
+                                                          user_data_32=period)
+               if t.debit_account_id == wallet)

@@ -1,0 +1,103 @@
+"""Invoice reads: lists, one invoice for a caller, and the replay check (``invoice verify``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from billing.catalog import money
+from billing.catalog.selectors import versions_over
+from billing.common.auth import Principal
+from billing.common.errors import ApiError
+from billing.common.fields import decimal_to_text
+from billing.invoicing.compute import invoice_compute
+from billing.invoicing.models import Invoice
+from billing.invoicing.rows import events_digest
+
+
+def invoices_list(*, principal: Principal | None, customer_pk: int | None = None, status: str | None = None
+                  ) -> QuerySet[Invoice]:
+    qs = Invoice.objects.select_related("customer").order_by("-period_start", "-id")
+    if principal is not None and principal.customer_id is not None:
+        qs = qs.filter(customer_id=principal.customer_id)
+    if customer_pk is not None:
+        qs = qs.filter(customer_id=customer_pk)
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def invoice_get(*, pk: Any, principal: Principal | None) -> Invoice:
+    """One invoice as this caller may see it; another tenant's invoice is a plain 404."""
+    try:
+        pk = int(pk)
+    except (TypeError, ValueError):
+        raise ApiError(404, "not_found", "No such invoice.") from None
+    invoice = invoices_list(principal=principal).prefetch_related("lines").filter(pk=pk).first()
+    if invoice is None:
+        raise ApiError(404, "not_found", "No such invoice.")
+    return invoice
+
+
+def invoice_as_dict(invoice: Invoice) -> dict[str, Any]:
+    currency = invoice.currency
+
+    def major(minor: int) -> str:
+        return str(money.from_minor(minor, currency))
+
+    return {
+        "id": invoice.pk, "number": invoice.number, "kind": invoice.kind, "status": invoice.status,
+        "customer": invoice.customer.external_id, "plan": invoice.plan.key if invoice.plan else None,
+        "currency": currency,
+        "period": {"start": invoice.period_start.isoformat().replace("+00:00", "Z"),
+                   "end": invoice.period_end.isoformat().replace("+00:00", "Z")},
+        "lines": [{"position": line.position, "kind": line.kind, "description": line.description, "meter": line.meter or None,
+                   "model": line.model or None, "quantity": decimal_to_text(line.quantity),
+                   "unit_price": decimal_to_text(line.unit_price) if line.unit_price is not None else None,
+                   "amount": major(line.amount_minor), "amount_minor": line.amount_minor, "detail": line.detail}
+                  for line in invoice.lines.all()],
+        "subtotal": major(invoice.subtotal_minor), "subtotal_minor": invoice.subtotal_minor,
+        "credits": major(invoice.credits_minor), "credits_minor": invoice.credits_minor,
+        "total": major(invoice.total_minor), "total_minor": invoice.total_minor,
+        "versions": invoice.versions, "events_hash": invoice.events_hash or None, "events_count": invoice.events_count,
+        "corrects": invoice.corrects.number if invoice.corrects_id and invoice.corrects else None,
+        "finalized_at": invoice.finalized_at, "paid_at": invoice.paid_at, "voided_at": invoice.voided_at,
+    }
+
+
+def invoice_verify(*, invoice: Invoice) -> list[str]:
+    """Recompute a finalized invoice from the raw events alone and compare it to the cent: lines, totals,
+    the rate-card versions and the event-set hash. Returns the differences (empty when it matches)."""
+    if invoice.kind != Invoice.Kind.INVOICE or invoice.status == Invoice.Status.DRAFT:
+        return []
+    problems = []
+    label = invoice.number or str(invoice.pk)
+    digest, count = events_digest(customer=invoice.customer, start=invoice.period_start, end=invoice.period_end)
+    if (digest, count) != (invoice.events_hash, invoice.events_count):
+        problems.append(f"{label}: the period's events changed ({invoice.events_count} -> {count} events, hash differs)")
+    assert invoice.plan is not None
+    versions = sorted({v.number for _, _, v in versions_over(plan=invoice.plan, start=invoice.period_start,
+                                                             end=invoice.period_end)})
+    if versions and versions != sorted(invoice.versions):
+        problems.append(f"{label}: priced with versions {invoice.versions}, the plan now says {versions}")
+    # credits come from the ledger (not from events): replay with the credits the invoice applied
+    from billing.invoicing.compute import credits_consumed
+
+    consumed = credits_consumed(customer=invoice.customer, currency=invoice.currency, start=invoice.period_start)
+    again = invoice_compute(customer=invoice.customer, start=invoice.period_start, end=invoice.period_end, source="raw",
+                            credits=consumed)
+    if again is None:
+        return [*problems, f"{label}: no plan for the period any more"]
+    stored = [(line.kind, line.description, line.meter, line.amount_minor, decimal_to_text(line.quantity))
+              for line in invoice.lines.order_by("position")]
+    fresh = [line.key() for line in again.lines]
+    for index in range(max(len(stored), len(fresh))):
+        have = stored[index] if index < len(stored) else None
+        want = fresh[index] if index < len(fresh) else None
+        if have != want:
+            problems.append(f"{label}: line {index + 1} is {have}, raw events give {want}")
+    for name in ("subtotal_minor", "credits_minor", "total_minor"):
+        if getattr(invoice, name) != getattr(again, name):
+            problems.append(f"{label}: {name} is {getattr(invoice, name)}, raw events give {getattr(again, name)}")
+    return problems

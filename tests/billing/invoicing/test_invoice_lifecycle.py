@@ -1,0 +1,351 @@
+"""Invoices: periods and their edges, late events and the grace time, corrections and adjustments,
+finalization (idempotent, concurrent, gap-free), immutability, payment states and credit notes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import DatabaseError, connection, transaction
+
+from billing.catalog.models import Plan
+from billing.catalog.services import catalog_import, subscription_set
+from billing.common.auth import Principal
+from billing.common.errors import ApiError
+from billing.invoicing import services
+from billing.invoicing.compute import invoice_compute
+from billing.invoicing.models import FinalizedInvoiceError, Invoice, InvoiceLine
+from billing.invoicing.selectors import invoice_verify
+from billing.usage.rollups import rollup_until_current
+from billing.usage.services import events_ingest
+
+ADMIN = Principal(scopes=frozenset({"admin"}))
+UTC = timezone.utc
+OCT = datetime(2026, 10, 1, tzinfo=UTC)
+NOV = datetime(2026, 11, 1, tzinfo=UTC)
+CATALOG = """
+meters:
+  - {key: llm_tokens, name: LLM tokens, unit: token, aggregation: sum}
+  - {key: api_calls, name: API calls, unit: call, aggregation: count}
+plans:
+  - key: pro
+    name: Pro
+    currency: USD
+    effective_from: "2024-01-01T00:00:00Z"
+    base_fee: "10.00"
+    charges:
+      - meter: llm_tokens
+        model: graduated
+        tiers:
+          - {up_to: 1000, unit_price: "0.01"}
+          - {up_to: null, unit_price: "0.001"}
+      - {meter: api_calls, model: per_unit, unit_price: "0.5"}
+"""
+
+
+def send(*events: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    results = events_ingest(principal=ADMIN, raw_events=[json.dumps(e).encode() for e in events], now=now)
+    return [r.as_dict() for r in results]
+
+
+def ev(event_id: str, at: datetime | str, quantity: str = "100", meter: str = "llm_tokens", **extra: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "customer": "acme-co", "meter": meter, "quantity": quantity,
+            "timestamp": at if isinstance(at, str) else at.isoformat(), **extra}
+
+
+def accepted(results: list[dict[str, Any]]) -> None:
+    assert all(r["status"] == "accepted" for r in results), results
+
+
+def subscribe(customer: Any, start: datetime) -> Any:
+    subscription_set(customer=customer, plan=Plan.objects.get(key="pro"), start=start, now=start, actor="t")
+    return customer
+
+
+@pytest.fixture
+def pro(acme: Any) -> Any:
+    catalog_import(text=CATALOG, actor="t")
+    return subscribe(acme, OCT)
+
+
+def close(now: datetime) -> list[Invoice]:
+    services.periods_close(now=now)
+    rollup_until_current(now=now + timedelta(days=1))
+    return services.periods_finalize(now=now + timedelta(days=1))
+
+
+def invoice_of(customer: Any, start: datetime) -> Invoice:
+    return Invoice.objects.get(customer=customer, period_start=start, kind="invoice")
+
+
+@pytest.mark.django_db
+def test_events_at_period_edges_land_in_exactly_one_period_including_29_february_and_offsets(acme: Any) -> None:
+    catalog_import(text=CATALOG, actor="t")
+    pro = subscribe(acme, datetime(2024, 1, 1, tzinfo=UTC))
+    feb, mar = datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)
+    accepted(send(
+        ev("feb-first", "2024-02-01T00:00:00Z", "1"),
+        ev("feb-29-last", "2024-02-29T23:59:59.999999Z", "2"),
+        ev("feb-offset", "2024-03-01T00:59:59.999999+01:00", "4"),  # 23:59:59.999999Z on 29 Feb
+        ev("mar-first", "2024-03-01T00:00:00Z", "8"),
+        ev("mar-offset", "2024-03-01T01:00:00+01:00", "16"),  # exactly 00:00Z on 1 March
+        ev("jan-last", "2024-01-31T23:59:59.999999Z", "32"),
+        ev("mar-offset-west", "2024-02-29T19:00:00-05:00", "64"),  # 00:00Z on 1 March
+        now=datetime(2024, 3, 2, tzinfo=UTC)))
+    rollup_until_current(now=datetime(2024, 3, 3, tzinfo=UTC))
+
+    def tokens(start: datetime) -> Decimal:
+        computed = invoice_compute(customer=pro, start=start, end=(start + timedelta(days=32)).replace(day=1))
+        assert computed is not None
+        return next(line.quantity for line in computed.lines if line.meter == "llm_tokens")
+
+    assert tokens(datetime(2024, 1, 1, tzinfo=UTC)) == 32
+    assert tokens(feb) == 1 + 2 + 4
+    assert tokens(mar) == 8 + 16 + 64
+    for source in ("rollups", "raw"):  # rollup hours and raw events agree on the edges
+        total = sum(
+            next(line.quantity for line in computed.lines if line.meter == "llm_tokens")
+            for start in (datetime(2024, 1, 1, tzinfo=UTC), feb, mar)
+            if (computed := invoice_compute(customer=pro, start=start, end=(start + timedelta(days=32)).replace(day=1),
+                                            source=source)) is not None)
+        assert total == 127
+
+
+@pytest.mark.django_db
+def test_draft_follows_usage_late_event_inside_grace_lands_and_after_close_gets_422(pro: Any) -> None:
+    accepted(send(ev("a", "2026-10-15T10:00:00Z", "500"), now=datetime(2026, 10, 15, 11, tzinfo=UTC)))
+    draft = services.invoice_draft_refresh(customer=pro, period_start=OCT)
+    assert draft is not None and draft.status == "draft" and draft.number is None
+    assert draft.subtotal_minor == 1000 + 500  # base fee 10.00 + 500 tokens at 0.01
+
+    # 30 minutes after the period's end: still inside the one-hour grace time
+    inside_grace = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+    assert OCT not in [start for start, _ in services.periods_close(now=inside_grace)]  # earlier months close
+    accepted(send(ev("late", "2026-10-31T23:59:00Z", "100"), now=inside_grace))
+    draft = services.invoice_draft_refresh(customer=pro, period_start=OCT)
+    assert draft is not None and draft.subtotal_minor == 1000 + 600
+
+    after_grace = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)
+    finalized = close(after_grace)
+    assert OCT in [i.period_start for i in finalized]
+    oct_invoice = invoice_of(pro, OCT)
+    assert oct_invoice.status == "finalized" and oct_invoice.subtotal_minor == 1600
+
+    too_late = send(ev("too-late", "2026-10-31T23:59:30Z", "100"), now=datetime(2026, 11, 1, 2, tzinfo=UTC))
+    assert too_late[0]["status"] == "rejected" and too_late[0]["error"]["code"] == "period_closed"
+    # a retry of an event stored before the close is still answered as a duplicate, not 422
+    again = send(ev("late", "2026-10-31T23:59:00Z", "100"), now=datetime(2026, 11, 1, 2, tzinfo=UTC))
+    assert again[0]["status"] == "duplicate"
+    assert invoice_verify(invoice=invoice_of(pro, OCT)) == []
+
+
+@pytest.mark.django_db
+def test_period_closed_is_a_422_through_the_api(pro: Any, ingest: Any) -> None:
+    services.periods_close(now=datetime(2026, 11, 1, 1, tzinfo=UTC))
+    response = ingest.post("/api/v1/events", ev("x", "2026-10-20T00:00:00Z"), format="json")
+    assert response.status_code == 422, response.content
+    assert response.json()["error"]["code"] == "period_closed"
+    ok = ingest.post("/api/v1/events", ev("y", datetime.now(UTC) - timedelta(minutes=1)), format="json")
+    assert ok.status_code in (200, 201, 202), ok.content
+
+
+@pytest.mark.django_db
+def test_a_correction_shows_on_the_invoice_and_one_for_a_closed_period_becomes_an_adjustment(pro: Any) -> None:
+    accepted(send(ev("a", "2026-10-10T00:00:00Z", "1500"), ev("b", "2026-10-11T00:00:00Z", "200"),
+                  now=datetime(2026, 10, 12, tzinfo=UTC)))
+    accepted(send(ev("fix-a", "2026-10-12T00:00:00Z", "-600", corrects="a"), now=datetime(2026, 10, 12, 1, tzinfo=UTC)))
+    close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    invoice = invoice_of(pro, OCT)
+    lines = {line.kind: line for line in invoice.lines.filter(meter="llm_tokens")}
+    # 1700 tokens gross: 1000 * 0.01 + 700 * 0.001 = 10.70; net 1100: 10.10; the correction is -0.60
+    assert lines["charge"].quantity == 1700 and lines["charge"].amount_minor == 1070
+    assert lines["correction"].quantity == -600 and lines["correction"].amount_minor == -60
+    assert lines["correction"].detail["corrects"] == ["a"]
+    assert invoice.subtotal_minor == 1000 + 1010
+
+    # October is closed and final: a correction of "b" sent in November is booked on November
+    result = send(ev("fix-b", "2026-11-03T00:00:00Z", "-200", corrects="b"), now=datetime(2026, 11, 3, 1, tzinfo=UTC))
+    accepted(result)
+    nov = services.invoice_draft_refresh(customer=pro, period_start=NOV)
+    assert nov is not None
+    adjustment = nov.lines.get(kind="adjustment")
+    assert adjustment.quantity == -200 and adjustment.detail["corrects"] == ["b"]
+    assert invoice_of(pro, OCT).subtotal_minor == 2010  # the final invoice is untouched
+    # a correction dated inside the closed period itself is refused like any late event
+    refused = send(ev("fix-b2", "2026-10-30T00:00:00Z", "-1", corrects="b"), now=datetime(2026, 11, 3, 1, tzinfo=UTC))
+    assert refused[0]["error"]["code"] == "period_closed"
+
+
+@pytest.mark.django_db
+def test_finalizing_three_times_yields_one_invoice_and_numbers_have_no_gaps(pro: Any, globex: Any) -> None:
+    subscribe(globex, OCT)
+    accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    services.periods_close(now=datetime(2026, 11, 1, 1, tzinfo=UTC))
+    later = datetime(2026, 11, 2, tzinfo=UTC)
+    for _ in range(3):
+        services.periods_finalize(now=later)
+        call_command("close_periods", "--now", "2026-11-02T00:00:00Z")
+    draft = invoice_of(pro, OCT)
+    for _ in range(3):
+        services.invoice_finalize(invoice=draft, now=later)
+    oct_invoices = Invoice.objects.filter(period_start=OCT, kind="invoice")
+    assert oct_invoices.count() == 2  # acme and globex, once each
+    assert Invoice.objects.filter(customer=pro, period_start=OCT).count() == 1
+    numbers = sorted(n or "" for n in Invoice.objects.exclude(number=None).values_list("number", flat=True))
+    assert numbers == [f"INV-{n:06d}" for n in range(1, len(numbers) + 1)]  # gap-free
+
+
+@pytest.mark.django_db
+def test_an_open_period_cannot_be_finalized(pro: Any) -> None:
+    accepted(send(ev("a", "2026-11-10T00:00:00Z"), now=datetime(2026, 11, 12, tzinfo=UTC)))
+    draft = services.invoice_draft_refresh(customer=pro, period_start=NOV)
+    assert draft is not None
+    with pytest.raises(ApiError) as caught:
+        services.invoice_finalize(invoice=draft, now=datetime(2026, 11, 12, tzinfo=UTC))
+    assert caught.value.code == "period_open"
+
+
+@pytest.mark.django_db
+def test_a_finalized_invoice_cannot_be_edited_through_any_code_path(pro: Any) -> None:
+    accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    invoice = invoice_of(pro, OCT)
+    line = invoice.lines.first()
+    assert line is not None
+    invoice.total_minor += 1
+    with pytest.raises(FinalizedInvoiceError):
+        invoice.save()
+    with pytest.raises(FinalizedInvoiceError):
+        Invoice.objects.filter(pk=invoice.pk).update(total_minor=1)
+    with pytest.raises(FinalizedInvoiceError):
+        Invoice.objects.filter(pk=invoice.pk).update(status="draft")
+    with pytest.raises(FinalizedInvoiceError):
+        invoice.delete()
+    with pytest.raises(FinalizedInvoiceError):
+        Invoice.objects.filter(pk=invoice.pk).delete()
+    line.amount_minor = 0
+    with pytest.raises(FinalizedInvoiceError):
+        line.save()
+    with pytest.raises(FinalizedInvoiceError):
+        InvoiceLine.objects.filter(invoice=invoice).update(amount_minor=0)
+    with pytest.raises(FinalizedInvoiceError):
+        InvoiceLine.objects.filter(invoice=invoice).delete()
+    with pytest.raises(FinalizedInvoiceError):
+        InvoiceLine(invoice=invoice, position=99, kind="charge", description="x", amount_minor=1).save()
+    # below the ORM: the database's own triggers (PostgreSQL and SQLite)
+    table = Invoice._meta.db_table
+    for statement in (f"UPDATE {table} SET total_minor = 1 WHERE id = %s",
+                      f"UPDATE {table} SET status = 'draft' WHERE id = %s",
+                      f"UPDATE {InvoiceLine._meta.db_table} SET amount_minor = 0 WHERE invoice_id = %s"):
+        with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement, [invoice.pk])
+    fresh = invoice_of(pro, OCT)
+    assert fresh.total_minor == invoice.total_minor - 1 and fresh.status == "finalized"
+    # state moves stay possible; a void issues a credit note instead of editing
+    services.invoice_mark_paid(invoice=fresh, at=datetime(2026, 11, 5, tzinfo=UTC))
+    assert invoice_of(pro, OCT).status == "paid"
+    with pytest.raises(ApiError):
+        services.invoice_void(invoice=fresh, at=datetime(2026, 11, 6, tzinfo=UTC))  # paid cannot be voided
+
+
+@pytest.mark.django_db
+def test_void_issues_one_credit_note_and_transitions_are_idempotent(pro: Any) -> None:
+    accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    invoice = invoice_of(pro, OCT)
+    at = datetime(2026, 11, 5, tzinfo=UTC)
+    services.invoice_mark_uncollectible(invoice=invoice, at=at)
+    services.invoice_mark_uncollectible(invoice=invoice, at=at)
+    for _ in range(2):
+        services.invoice_void(invoice=invoice, at=at, reason="duplicate order")
+    notes = Invoice.objects.filter(kind="credit_note", corrects=invoice)
+    assert notes.count() == 1
+    note = notes.get()
+    assert note.total_minor == -invoice.total_minor and note.number == "CN-000001" and note.status == "finalized"
+    assert invoice_of(pro, OCT).status == "void"
+
+
+@pytest.mark.django_db
+def test_invoices_api_lists_details_and_keeps_tenants_apart(pro: Any, globex: Any, make_client: Any, admin: Any) -> None:
+    accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    invoice = invoice_of(pro, OCT)
+    listed = admin.get("/api/v1/invoices?customer=acme-co&status=finalized").json()["data"]
+    assert [i["number"] for i in listed] == [invoice.number]
+    detail = admin.get(f"/api/v1/invoices/{invoice.pk}").json()
+    assert detail["total_minor"] == invoice.total_minor and detail["currency"] == "USD"
+    assert detail["lines"][0]["kind"] == "base_fee"
+    foreign = make_client("read", customer=globex)
+    assert foreign.get(f"/api/v1/invoices/{invoice.pk}").status_code == 404
+    assert foreign.get("/api/v1/invoices").json()["data"] == []
+    own = make_client("read", customer=pro)
+    assert own.get(f"/api/v1/invoices/{invoice.pk}").status_code == 200
+    assert own.post(f"/api/v1/invoices/{invoice.pk}/void", {}, format="json").status_code == 403
+    voided = admin.post(f"/api/v1/invoices/{invoice.pk}/void", {"reason": "test"}, format="json")
+    assert voided.status_code == 200 and voided.json()["status"] == "void"
+    assert admin.get("/api/v1/invoices?status=bogus").status_code == 422
+
+
+@pytest.mark.django_db
+def test_invoice_document_for_staff_and_own_customer_only(pro: Any, globex: Any, client: Any,
+                                                          django_user_model: Any) -> None:
+    from billing.customers.models import CustomerUser
+
+    accepted(send(ev("a", "2026-10-10T00:00:00Z", "1500"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    invoice = invoice_of(pro, OCT)
+    url = f"/invoices/{invoice.pk}/"
+    assert client.get(url).status_code == 302  # login first
+    staff = django_user_model.objects.create_user("op", password="pw", is_staff=True)
+    client.force_login(staff)
+    page = client.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    for text in (invoice.number, "Acme", "2026-10-01", "USD", "Total due", "20.50", "tier 2", "Finalized"):
+        assert text in html, text
+    assert "Printable version" not in client.get(url + "?print=1").content.decode()
+    stranger = django_user_model.objects.create_user("g", password="pw")
+    CustomerUser.objects.create(user=stranger, customer=globex)
+    client.force_login(stranger)
+    assert client.get(url).status_code == 404
+    owner = django_user_model.objects.create_user("a", password="pw")
+    CustomerUser.objects.create(user=owner, customer=pro)
+    client.force_login(owner)
+    assert client.get(url).status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_finalization_yields_one_invoice_and_one_number(pro: Any) -> None:
+    accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    services.periods_close(now=datetime(2026, 11, 1, 1, tzinfo=UTC))
+    rollup_until_current(now=datetime(2026, 11, 2, tzinfo=UTC))
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def worker(kind: int) -> None:
+        try:
+            barrier.wait()
+            if kind % 2:
+                services.periods_finalize(now=datetime(2026, 11, 2, tzinfo=UTC))
+            else:
+                draft = services._draft_for(customer=pro, start=OCT, end=NOV, currency="USD")
+                services.invoice_finalize(invoice=draft, now=datetime(2026, 11, 2, tzinfo=UTC))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Invoice.objects.filter(customer=pro, period_start=OCT).count() == 1
+    assert list(Invoice.objects.exclude(number=None).values_list("number", flat=True)) == ["INV-000001"]
