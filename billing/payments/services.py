@@ -266,8 +266,10 @@ def meter_usage_collect(*, now: datetime | None = None) -> int:
     floor = end - METER_LOOKBACK
     plans = PlanBilling.objects.filter(mode=BillingMode.STRIPE_METERS).values_list("plan_id", flat=True)
     totals: dict[tuple[int, int, datetime], Decimal] = {}
+    customers: set[int] = set()
     for sub in Subscription.objects.filter(plan_id__in=list(plans)).exclude(end__lte=floor).filter(start__lt=end):
         start, stop = max(sub.start, floor), min(sub.end or end, end)
+        customers.add(sub.customer_id)
         rows = HourlyRollup.objects.filter(customer_id=sub.customer_id, hour__gte=start, hour__lt=stop,
                                            meter__aggregation__in=REPORTED_AGGREGATIONS)
         for customer_id, meter_id, hour, total in rows.values_list("customer_id", "meter_id", "hour", "total"):
@@ -275,7 +277,10 @@ def meter_usage_collect(*, now: datetime | None = None) -> int:
             totals[key] = totals.get(key, Decimal(0)) + Decimal(total)
     marked = 0
     existing = {(r.customer_id, r.meter_id, r.hour): r
-                for r in MeterUsageReport.objects.filter(hour__gte=floor, customer_id__in={k[0] for k in totals})}
+                for r in MeterUsageReport.objects.filter(hour__gte=floor, hour__lt=end, customer_id__in=customers)}
+    for key, report in existing.items():  # an hour whose usage was corrected away entirely
+        if key not in totals and report.total != 0:
+            totals[key] = Decimal(0)
     for key, total in totals.items():
         report = existing.get(key)
         if report is None:
