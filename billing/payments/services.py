@@ -278,8 +278,8 @@ def meter_usage_collect(*, now: datetime | None = None) -> int:
     marked = 0
     existing = {(r.customer_id, r.meter_id, r.hour): r
                 for r in MeterUsageReport.objects.filter(hour__gte=floor, hour__lt=end, customer_id__in=customers)}
-    for key, report in existing.items():  # an hour whose usage was corrected away entirely
-        if key not in totals and report.total != 0:
+    for key, known in existing.items():  # an hour whose usage was corrected away entirely
+        if key not in totals and known.total != 0:
             totals[key] = Decimal(0)
     for key, total in totals.items():
         report = existing.get(key)
