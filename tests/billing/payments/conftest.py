@@ -4,7 +4,7 @@ finalized invoices built directly."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -89,3 +89,9 @@ def make_invoice() -> Callable[..., Invoice]:
         return invoice
 
     return make
+
+
+def after_backoff(row: Any) -> datetime:
+    """A moment just after the row's retry is due."""
+    assert row.next_attempt_at is not None
+    return row.next_attempt_at + timedelta(seconds=1)

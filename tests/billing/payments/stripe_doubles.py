@@ -116,8 +116,8 @@ def _patch_localstripe() -> None:
         return
     from localstripe import resources as r
 
-    r.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
-    create = r.Invoice._api_create.__func__  # type: ignore[attr-defined]
+    r.Store.dump_to_disk = lambda self: None
+    create = r.Invoice._api_create.__func__
 
     def invoice_create(cls: Any, currency: str | None = None, auto_advance: Any = None, collection_method: Any = None,
                        pending_invoice_items_behavior: Any = None, **kwargs: Any) -> Any:
@@ -137,8 +137,8 @@ def _patch_localstripe() -> None:
         if self.invoice is not None:
             r.Invoice._api_retrieve(self.invoice).lines._list.append(r.InvoiceLineItem(self))
 
-    r.Invoice._api_create = classmethod(invoice_create)  # type: ignore[method-assign, assignment]
-    r.InvoiceItem.__init__ = item_new  # type: ignore[method-assign]
+    r.Invoice._api_create = classmethod(invoice_create)
+    r.InvoiceItem.__init__ = item_new
     _patched = True
 
 

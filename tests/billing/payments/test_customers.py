@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from billing.customers.models import Customer
 from billing.customers.services import customer_create, customer_update
 from billing.payments.models import StripeCustomer, SyncState
 from billing.payments.services import stripe_customer_sync, stripe_sync_pending
+from tests.billing.payments.conftest import after_backoff
 from tests.conftest import post_json
 
 pytestmark = pytest.mark.django_db
@@ -53,7 +52,7 @@ def test_an_outage_at_onboarding_leaves_it_pending_and_the_sweep_completes_it_on
     row = stripe_customer_sync(customer_pk=customer.pk)
     assert row.state == SyncState.PENDING and row.attempts == 1 and row.last_error
     localstripe.start()
-    assert stripe_sync_pending(now=row.next_attempt_at + timedelta(seconds=1))["customers"] == 1
+    assert stripe_sync_pending(now=after_backoff(row))["customers"] == 1
     row.refresh_from_db()
     assert row.state == SyncState.SYNCED
     assert len(localstripe.objects("customer")) == 1

@@ -11,18 +11,25 @@ from django.utils import timezone
 
 from billing.customers.services import customer_create
 from billing.invoicing.signals import invoice_finalized
+from billing.payments import services
 from billing.payments.models import BillingMode, StripeCustomer, StripeInvoiceSync, SyncState
 from billing.payments.services import (
     plan_billing_mode_set,
-    stripe_invoice_push,
     stripe_invoice_sync_retry,
     stripe_invoice_sync_schedule,
     stripe_sync_pending,
 )
+from tests.billing.payments.conftest import after_backoff
 
 pytestmark = pytest.mark.django_db
 
 LINES = [(9900, "Base fee"), (1234, "LLM tokens: 617,000 tokens, tier 2"), (7, "API calls: 3,500 calls")]
+
+
+def stripe_invoice_push(*, invoice_pk: int) -> StripeInvoiceSync:
+    row = services.stripe_invoice_push(invoice_pk=invoice_pk)
+    assert row is not None
+    return row
 
 
 def stripe_invoices_of(localstripe, customer):
@@ -88,10 +95,11 @@ def test_a_lost_answer_to_the_invoice_creation_does_not_create_a_second_invoice(
     """Stripe created the invoice but our commit of its id was lost (a crash, a timeout on the answer):
     the retry finds it by its metadata (and real Stripe would also answer the same idempotency key with it)."""
     invoice = make_invoice(acme, LINES)
-    row = stripe_invoice_sync_schedule(invoice=invoice)
+    scheduled = stripe_invoice_sync_schedule(invoice=invoice)
+    assert scheduled is not None
     stripe_on.fail_on = [("post", "/v1/invoiceitems")]
     stripe_invoice_push(invoice_pk=invoice.pk)
-    StripeInvoiceSync.objects.filter(pk=row.pk).update(stripe_invoice_id=None, next_attempt_at=None)
+    StripeInvoiceSync.objects.filter(pk=scheduled.pk).update(stripe_invoice_id=None, next_attempt_at=None)
     stripe_on.fail_on = []
     row = stripe_invoice_push(invoice_pk=invoice.pk)
     assert row.state == SyncState.SYNCED, row.last_error
@@ -139,12 +147,12 @@ def test_a_stripe_outage_leaves_the_push_pending_and_a_later_retry_completes_it_
     row = stripe_invoice_push(invoice_pk=invoice.pk)
     assert row.state == SyncState.PENDING
     assert row.attempts == 1 and "APIConnectionError" in row.last_error
-    assert row.next_attempt_at > timezone.now()
+    assert row.next_attempt_at is not None and row.next_attempt_at > timezone.now()
     # the beat sweep does not retry before the backoff is over
     assert stripe_sync_pending()["invoices"] == 0
     # when Stripe is back and the backoff is over
     localstripe.start()
-    done = stripe_sync_pending(now=row.next_attempt_at + timedelta(seconds=1))
+    done = stripe_sync_pending(now=after_backoff(row))
     # then
     assert done["invoices"] == 1
     row.refresh_from_db()
@@ -163,7 +171,7 @@ def test_an_outage_in_the_middle_continues_from_the_last_pushed_line(stripe_on, 
     assert row.items.count() == 3
     stripe_on.down = False
     stripe_on.requests.clear()
-    row = stripe_sync_pending(now=row.next_attempt_at + timedelta(seconds=1))
+    stripe_sync_pending(now=after_backoff(row))
     row = StripeInvoiceSync.objects.get(invoice=invoice)
     assert row.state == SyncState.SYNCED
     assert [r.path.rsplit("/", 1)[-1] for r in stripe_on.requests if r.method == "post"] == ["finalize"]

@@ -14,6 +14,7 @@ from billing.catalog.services import meter_create
 from billing.payments.models import BillingMode, MeterUsageReport, StripeCustomer, StripeMeter, SyncState
 from billing.payments.services import meter_usage_report, plan_billing_mode_set, stripe_sync_pending
 from billing.usage.models import HourlyRollup
+from tests.billing.payments.conftest import after_backoff
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 3, 10, 12, 25, tzinfo=timezone.utc)
@@ -145,7 +146,7 @@ def test_an_outage_leaves_the_hour_pending_and_the_sweep_reports_it_once(stripe_
     report = MeterUsageReport.objects.get()
     assert report.state == SyncState.PENDING and "down" in report.last_error
     stripe_on.down = False
-    stripe_sync_pending(now=report.next_attempt_at + timedelta(seconds=1))
+    stripe_sync_pending(now=after_backoff(report))
     report.refresh_from_db()
     assert report.state == SyncState.SYNCED
     sent = [e for e in meter_events(stripe_on)]
