@@ -145,11 +145,35 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _error(exc) from exc
 
-    def invoice_finalize(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
-        params: stripe.params.InvoiceFinalizeInvoiceParams = {"auto_advance": True}  # Stripe collects from here on
+    def invoice_finalize(self, *, invoice_pk: int, stripe_invoice_id: str, collect: bool = True) -> RemoteInvoice:
+        # auto_advance: Stripe collects from here on; not for an invoice Tollgate has already settled
+        params: stripe.params.InvoiceFinalizeInvoiceParams = {"auto_advance": collect}
         key = idempotency_key("invoice", invoice_pk, "finalize")
         try:
             obj = self._client.v1.invoices.finalize_invoice(stripe_invoice_id, params, {"idempotency_key": key})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return _invoice(obj)
+
+    def invoice_void(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
+        key = idempotency_key("invoice", invoice_pk, "void")
+        try:
+            return _invoice(self._client.v1.invoices.void_invoice(stripe_invoice_id, None, {"idempotency_key": key}))
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    def invoice_pay_out_of_band(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
+        params: stripe.params.InvoicePayParams = {"paid_out_of_band": True}
+        key = idempotency_key("invoice", invoice_pk, "paid")
+        try:
+            return _invoice(self._client.v1.invoices.pay(stripe_invoice_id, params, {"idempotency_key": key}))
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    def invoice_mark_uncollectible(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
+        key = idempotency_key("invoice", invoice_pk, "uncollectible")
+        try:
+            obj = self._client.v1.invoices.mark_uncollectible(stripe_invoice_id, None, {"idempotency_key": key})
         except stripe.StripeError as exc:
             raise _error(exc) from exc
         return _invoice(obj)

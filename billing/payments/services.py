@@ -205,12 +205,17 @@ def forward_status(current: str, new: str) -> str:
 
 
 def stripe_invoice_push(*, invoice_pk: int, now: datetime | None = None) -> StripeInvoiceSync | None:
+    """Make Stripe hold this invoice: created, every line on it, the same total, finalized; then follow
+    Tollgate's own later status (paid out of band, uncollectible, void)."""
     now = now or timezone.now()
     row = StripeInvoiceSync.objects.filter(invoice_id=invoice_pk).first()
     if row is None or row.state == SyncState.SYNCED or not _lease_take(row, now=now):
         return row
     try:
         invoice = Invoice.objects.select_related("customer").get(pk=invoice_pk)
+        if not row.stripe_invoice_id and invoice.status != Invoice.Status.FINALIZED:
+            # settled in Tollgate (paid elsewhere, void, uncollectible) before it reached Stripe: nothing to collect
+            return _row_done(row, now=now)
         items = _invoice_items(invoice)
         gateway = gateway_get()
         customer_id = _stripe_customer_id(customer_pk=invoice.customer_id, gateway=gateway, now=now)
@@ -228,20 +233,55 @@ def stripe_invoice_push(*, invoice_pk: int, now: datetime | None = None) -> Stri
                                                   stripe_invoice_id=row.stripe_invoice_id, amount_minor=amount_minor,
                                                   currency=invoice.currency, description=description)
             StripeInvoiceItem.objects.create(sync=row, position=position, stripe_item_id=item_id, amount_minor=amount_minor)
-        remote = gateway.invoice_retrieve(stripe_invoice_id=row.stripe_invoice_id)
-        if remote.status == "draft":
-            if remote.total_minor != invoice.total_minor:
-                raise InvoiceMismatch(f"Stripe invoice {remote.id} totals {remote.total_minor}, ours {invoice.total_minor}.")
+        status = row.stripe_status
+        if STATUS_RANK.get(status, 0) < STATUS_RANK["open"]:  # not finalized by an earlier push yet
+            remote = gateway.invoice_retrieve(stripe_invoice_id=row.stripe_invoice_id)
             total = remote.total_minor
-            remote = gateway.invoice_finalize(invoice_pk=invoice.pk, stripe_invoice_id=row.stripe_invoice_id)
-        else:
-            total = remote.total_minor
+            status = forward_status(status, remote.status)
+            if remote.status == "draft":
+                if remote.total_minor != invoice.total_minor:
+                    raise InvoiceMismatch(f"Stripe invoice {remote.id} totals {remote.total_minor}, ours {invoice.total_minor}.")
+                remote = gateway.invoice_finalize(invoice_pk=invoice.pk, stripe_invoice_id=row.stripe_invoice_id,
+                                                  collect=invoice.status == Invoice.Status.FINALIZED)
+                # a finalize Stripe accepted leaves the invoice at least open (paid at once when nothing is due)
+                status = forward_status(forward_status(status, "open"), remote.status)
+            _row_save(row, {"stripe_status": status, "stripe_total_minor": total,
+                            "hosted_invoice_url": remote.hosted_invoice_url or row.hosted_invoice_url})
+        status = _invoice_status_follow(row, invoice, gateway, status)
     except GatewayError as exc:
         return _row_error(row, exc, now=now)
-    # a finalize Stripe accepted leaves the invoice at least open (paid at once when nothing is due)
-    status = forward_status(forward_status(row.stripe_status, "open"), remote.status)
-    return _row_done(row, now=now, stripe_status=status,
-                     stripe_total_minor=total, hosted_invoice_url=remote.hosted_invoice_url)
+    return _row_done(row, now=now, stripe_status=status)
+
+
+def _invoice_status_follow(row: StripeInvoiceSync, invoice: Invoice, gateway: StripeGateway, status: str) -> str:
+    """Tollgate settled the invoice itself (a payment by wire, a write-off, a void): Stripe must stop
+    collecting it. A Stripe invoice already paid or void cannot follow: that is a conflict for a person."""
+    assert row.stripe_invoice_id
+    wanted = invoice.status
+    if wanted == Invoice.Status.FINALIZED or wanted == status:
+        return status
+    if status in ("paid", "void"):
+        raise GatewayError(f"Tollgate marked invoice {invoice} {wanted}, but the Stripe invoice is {status}: "
+                           "settle it by hand (a refund or a credit note).", retryable=False, code="status_conflict")
+    pk, stripe_id = invoice.pk, row.stripe_invoice_id
+    if wanted == Invoice.Status.VOID:
+        gateway.invoice_void(invoice_pk=pk, stripe_invoice_id=stripe_id)
+    elif wanted == Invoice.Status.PAID:
+        gateway.invoice_pay_out_of_band(invoice_pk=pk, stripe_invoice_id=stripe_id)
+    elif wanted == Invoice.Status.UNCOLLECTIBLE and status == "open":
+        gateway.invoice_mark_uncollectible(invoice_pk=pk, stripe_invoice_id=stripe_id)
+    else:
+        return status
+    return forward_status(status, wanted)
+
+
+def stripe_invoice_status_changed(*, invoice: Invoice) -> StripeInvoiceSync | None:
+    """Tollgate changed a pushed invoice's status: unless Stripe told us first (a webhook), push it again."""
+    row = StripeInvoiceSync.objects.filter(invoice=invoice).first()
+    if row is None or row.stripe_status == invoice.status:
+        return row
+    _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None})
+    return stripe_invoice_sync_schedule(invoice=invoice)
 
 
 # --- meter usage (mode stripe_meters) -------------------------------------------------------------------

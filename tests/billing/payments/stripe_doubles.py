@@ -35,7 +35,7 @@ CANNED = [
     ("post", re.compile(r"^/v1/billing/meters$"), "billing.meter"),
     ("post", re.compile(r"^/v1/billing/meter_events$"), "billing.meter_event"),
     ("post", re.compile(r"^/v1/billing/meter_event_adjustments$"), "billing.meter_event_adjustment"),
-    ("post", re.compile(r"^/v1/invoices/(?P<id>[^/]+)/finalize$"), "invoice"),
+    ("post", re.compile(r"^/v1/invoices/(?P<id>[^/]+)/(finalize|void|pay|mark_uncollectible)$"), "invoice"),
 ]
 
 

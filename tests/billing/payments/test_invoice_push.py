@@ -204,3 +204,69 @@ def test_without_a_secret_key_nothing_is_sent(settings, stripe_http, db):
     assert StripeCustomer.objects.get(customer=customer).state == SyncState.PENDING
     assert stripe_sync_pending() == {}
     assert stripe_http.requests == []
+
+
+# --- Tollgate settles an invoice itself: Stripe follows ------------------------------------------------------
+@pytest.mark.parametrize(("service", "path", "status"), [
+    ("invoice_void", "void", "void"),
+    ("invoice_mark_paid", "pay", "paid"),
+    ("invoice_mark_uncollectible", "mark_uncollectible", "uncollectible"),
+])
+def test_a_status_set_in_tollgate_is_sent_to_stripe(stripe_on, localstripe, celery_eager, acme, make_invoice,
+                                                    django_capture_on_commit_callbacks, service, path, status):
+    from billing.invoicing import services as invoicing
+
+    invoice = make_invoice(acme, LINES)
+    stripe_invoice_sync_schedule(invoice=invoice)
+    row = stripe_invoice_push(invoice_pk=invoice.pk)
+    stripe_on.requests.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        getattr(invoicing, service)(invoice=invoice, at=timezone.now())
+    [call] = [r for r in stripe_on.requests if r.method == "post"]
+    assert (call.path, call.idempotency_key) == (f"/v1/invoices/{row.stripe_invoice_id}/{path}",
+                                                 f"tg-invoice-{invoice.pk}-{path.replace('mark_', '').replace('pay', 'paid')}")
+    if path == "pay":
+        assert call.form == {"paid_out_of_band": "true"}
+    row.refresh_from_db()
+    assert (row.state, row.stripe_status) == (SyncState.SYNCED, status)
+
+
+def test_a_status_that_came_from_a_stripe_webhook_is_not_sent_back(stripe_on, localstripe, celery_eager, acme, make_invoice,
+                                                                   django_capture_on_commit_callbacks):
+    from billing.invoicing.services import invoice_mark_paid
+
+    invoice = make_invoice(acme, LINES)
+    stripe_invoice_sync_schedule(invoice=invoice)
+    row = stripe_invoice_push(invoice_pk=invoice.pk)
+    StripeInvoiceSync.objects.filter(pk=row.pk).update(stripe_status="paid")  # as the invoice.paid handler does
+    stripe_on.requests.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice_mark_paid(invoice=invoice, at=timezone.now())
+    assert stripe_on.requests == []
+
+
+def test_voiding_in_tollgate_a_stripe_invoice_already_paid_is_a_visible_conflict(stripe_on, localstripe, celery_eager,
+                                                                                acme, make_invoice,
+                                                                                django_capture_on_commit_callbacks):
+    from billing.invoicing.services import invoice_void
+
+    invoice = make_invoice(acme, LINES)
+    stripe_invoice_sync_schedule(invoice=invoice)
+    row = stripe_invoice_push(invoice_pk=invoice.pk)
+    StripeInvoiceSync.objects.filter(pk=row.pk).update(stripe_status="paid")  # paid in Stripe, webhook not yet here
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice_void(invoice=invoice, at=timezone.now())
+    row.refresh_from_db()
+    assert row.state == SyncState.FAILED
+    assert "by hand" in row.last_error
+
+
+def test_an_invoice_settled_in_tollgate_before_its_push_is_not_sent(stripe_on, localstripe, acme, make_invoice):
+    from billing.invoicing.services import invoice_void
+
+    invoice = make_invoice(acme, LINES)
+    stripe_invoice_sync_schedule(invoice=invoice)
+    invoice_void(invoice=invoice, at=timezone.now())
+    row = stripe_invoice_push(invoice_pk=invoice.pk)
+    assert row.state == SyncState.SYNCED and row.stripe_invoice_id is None
+    assert [r for r in stripe_on.requests if r.path.startswith("/v1/invoices")] == []
