@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing.invoicing.models import Invoice
@@ -72,8 +73,12 @@ def stripe_event_process(*, event_pk: int) -> StripeEvent:
     return row
 
 
-def stripe_events_retry_failed(*, max_attempts: int = 5, limit: int = 200) -> int:
-    pks = StripeEvent.objects.filter(status=StripeEvent.Status.FAILED, attempts__lt=max_attempts).order_by("pk")
+def stripe_events_retry_failed(*, max_attempts: int = 5, limit: int = 200, now: datetime | None = None) -> int:
+    """Failed events (up to ``max_attempts``), and events whose processing task never ran (a lost message)."""
+    stale = (now or timezone.now()) - timedelta(minutes=5)
+    pks = StripeEvent.objects.filter(
+        Q(status=StripeEvent.Status.FAILED, attempts__lt=max_attempts) |
+        Q(status=StripeEvent.Status.RECEIVED, received_at__lt=stale)).order_by("pk")
     return sum(stripe_event_process(event_pk=pk).status == StripeEvent.Status.PROCESSED
                for pk in list(pks.values_list("pk", flat=True)[:limit]))
 

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -307,3 +308,17 @@ def test_localstripe_delivers_signed_events_into_the_live_server(live_server, st
         time.sleep(0.2)
     statuses = dict(StripeEvent.objects.values_list("type", "status"))
     assert statuses == {"customer.created": "ignored", "customer.deleted": "processed"}
+
+
+@pytest.mark.django_db
+def test_an_event_whose_task_was_lost_is_processed_by_the_sweep(client, webhook_secret, pushed):
+    row = pushed()
+    # delivered, stored, but its task never ran (no on-commit execution here: as if the message was lost)
+    assert post(client, stripe_event("evt_l", "invoice.finalized", invoice_object(row, "open"))).status_code == 200
+    event = StripeEvent.objects.get()
+    assert event.status == StripeEvent.Status.RECEIVED
+    assert webhooks.stripe_events_retry_failed() == 0  # too recent: its task may still be on its way
+    later = event.received_at + timedelta(minutes=6)
+    assert webhooks.stripe_events_retry_failed(now=later) == 1
+    row.refresh_from_db()
+    assert row.stripe_status == "open"
