@@ -17,7 +17,8 @@ MAX_RETRIES = 6  # then the beat task's sweep (every 5 minutes) takes over
 
 
 def _retry_if_pending(task: Any, state: str, attempts: int) -> None:
-    if state == SyncState.PENDING and attempts:
+    """A retryable failure: try again after the row's backoff; past MAX_RETRIES the sweep owns the row."""
+    if state == SyncState.PENDING and attempts and task.request.retries < MAX_RETRIES:
         raise task.retry(countdown=services.backoff(attempts).total_seconds(), max_retries=MAX_RETRIES)
 
 

@@ -63,3 +63,17 @@ def test_a_customer_made_before_stripe_was_configured_is_onboarded_by_the_sweep(
     StripeCustomer.objects.filter(customer=customer).delete()  # as if created before this app existed
     assert stripe_sync_pending()["customers"] == 1
     assert StripeCustomer.objects.get(customer=customer).state == SyncState.SYNCED
+
+
+def test_the_onboarding_task_retries_an_outage_then_leaves_the_row_to_the_sweep(stripe_on, localstripe, celery_eager):
+    from billing.payments.tasks import MAX_RETRIES, stripe_customer_sync_task
+
+    customer = customer_create(external_id="flaky", name="Flaky")
+    localstripe.stop()
+    result = stripe_customer_sync_task.delay(customer.pk)  # eager: the retries run at once
+    assert result.get(propagate=False) == SyncState.PENDING
+    row = StripeCustomer.objects.get(customer=customer)
+    assert row.attempts == MAX_RETRIES + 1 and row.state == SyncState.PENDING
+    localstripe.start()
+    assert stripe_sync_pending(now=after_backoff(row))["customers"] == 1
+    assert len(localstripe.objects("customer")) == 1
