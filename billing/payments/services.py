@@ -140,6 +140,10 @@ def stripe_customer_sync(*, customer_pk: int, now: datetime | None = None) -> St
         _customer_push(row, gateway_get())
     except GatewayError as exc:
         return _row_error(row, exc, now=now)
+    current = Customer.objects.filter(pk=customer_pk).values_list("updated_at", flat=True).first()
+    if row.deleted_at is None and current != row.synced_version:
+        # updated while we pushed (its own task found the lease taken): due again, now
+        return _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None, "leased_until": None})
     return _row_done(row, now=now)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from billing.customers.models import Customer
@@ -77,3 +79,23 @@ def test_the_onboarding_task_retries_an_outage_then_leaves_the_row_to_the_sweep(
     localstripe.start()
     assert stripe_sync_pending(now=after_backoff(row))["customers"] == 1
     assert len(localstripe.objects("customer")) == 1
+
+
+def test_an_update_made_while_the_customer_was_being_pushed_is_not_lost(stripe_on, localstripe, monkeypatch):
+    from billing.payments import services
+
+    customer = customer_create(external_id="racy", name="Racy")
+    real_push = services._customer_push
+
+    def push_then_update(row, gateway):
+        pushed = real_push(row, gateway)
+        Customer.objects.filter(pk=customer.pk).update(name="Racy 2", updated_at=customer.updated_at + timedelta(seconds=1))
+        return pushed
+
+    monkeypatch.setattr(services, "_customer_push", push_then_update)
+    row = stripe_customer_sync(customer_pk=customer.pk)
+    assert row.state == SyncState.PENDING and row.next_attempt_at is None
+    monkeypatch.undo()
+    assert stripe_customer_sync(customer_pk=customer.pk).state == SyncState.SYNCED
+    [remote] = localstripe.objects("customer")
+    assert remote.name == "Racy 2"
