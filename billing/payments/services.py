@@ -254,6 +254,10 @@ def stripe_invoice_push(*, invoice_pk: int, now: datetime | None = None) -> Stri
         status = _invoice_status_follow(row, invoice, gateway, status)
     except GatewayError as exc:
         return _row_error(row, exc, now=now)
+    if Invoice.objects.filter(pk=invoice_pk).values_list("status", flat=True).first() != invoice.status:
+        # settled in Tollgate while we pushed (its own task found the lease taken): due again, now
+        return _row_save(row, {"stripe_status": status, "state": SyncState.PENDING, "next_attempt_at": None,
+                               "leased_until": None})
     return _row_done(row, now=now, stripe_status=status)
 
 
@@ -375,6 +379,10 @@ def meter_usage_push(*, report_pk: int, now: datetime | None = None) -> MeterUsa
             _row_save(report, {"live_identifiers": live, "reported_total": report.total, "revision": report.revision + 1})
     except GatewayError as exc:
         return _row_error(report, exc, now=now)
+    current = MeterUsageReport.objects.filter(pk=report.pk).values_list("total", flat=True).first()
+    if current is not None and Decimal(current) != report.reported_total:
+        # corrected again while we pushed: due again, now (total is the collector's, not ours to write)
+        return _row_save(report, {"state": SyncState.PENDING, "next_attempt_at": None, "leased_until": None})
     return _row_done(report, now=now)
 
 

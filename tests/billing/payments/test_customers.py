@@ -92,10 +92,10 @@ def test_an_update_made_while_the_customer_was_being_pushed_is_not_lost(stripe_o
         Customer.objects.filter(pk=customer.pk).update(name="Racy 2", updated_at=customer.updated_at + timedelta(seconds=1))
         return pushed
 
-    monkeypatch.setattr(services, "_customer_push", push_then_update)
-    row = stripe_customer_sync(customer_pk=customer.pk)
-    assert row.state == SyncState.PENDING and row.next_attempt_at is None
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "_customer_push", push_then_update)
+        row = stripe_customer_sync(customer_pk=customer.pk)
+        assert row.state == SyncState.PENDING and row.next_attempt_at is None
     assert stripe_customer_sync(customer_pk=customer.pk).state == SyncState.SYNCED
     [remote] = localstripe.objects("customer")
     assert remote.name == "Racy 2"

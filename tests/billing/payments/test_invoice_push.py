@@ -270,3 +270,27 @@ def test_an_invoice_settled_in_tollgate_before_its_push_is_not_sent(stripe_on, l
     row = stripe_invoice_push(invoice_pk=invoice.pk)
     assert row.state == SyncState.SYNCED and row.stripe_invoice_id is None
     assert [r for r in stripe_on.requests if r.path.startswith("/v1/invoices")] == []
+
+
+def test_an_invoice_voided_in_tollgate_during_its_push_is_voided_in_stripe_next(stripe_on, localstripe, acme, make_invoice,
+                                                                             monkeypatch):
+    from billing.invoicing.services import invoice_void
+    from billing.payments.gateway import StripeGateway
+
+    invoice = make_invoice(acme, LINES)
+    stripe_invoice_sync_schedule(invoice=invoice)
+    real_finalize = StripeGateway.invoice_finalize
+
+    def finalize_then_void(self, **kwargs):
+        answer = real_finalize(self, **kwargs)
+        invoice_void(invoice=invoice, at=timezone.now())  # its own task finds the lease taken
+        return answer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StripeGateway, "invoice_finalize", finalize_then_void)
+        row = stripe_invoice_push(invoice_pk=invoice.pk)
+        assert (row.state, row.stripe_status, row.next_attempt_at) == (SyncState.PENDING, "open", None)
+    stripe_sync_pending()
+    row.refresh_from_db()
+    assert (row.state, row.stripe_status) == (SyncState.SYNCED, "void")
+    assert len(stripe_on.calls("post", rf"/v1/invoices/{row.stripe_invoice_id}/void")) == 1

@@ -166,3 +166,27 @@ def test_an_hour_corrected_to_nothing_cancels_what_was_reported(stripe_on, meter
     assert meter_events(stripe_on) == []
     report = MeterUsageReport.objects.get()
     assert (report.state, report.reported_total, report.live_identifiers) == (SyncState.SYNCED, Decimal(0), [])
+
+
+def test_a_correction_collected_while_the_hour_was_being_pushed_is_not_lost(stripe_on, metered, acme, tokens_meter,
+                                                                           monkeypatch):
+    from billing.payments.gateway import StripeGateway
+
+    rollup(acme, tokens_meter, H10, "1000")
+    real_send = StripeGateway.meter_event_create
+
+    def send_then_correct(self, **kwargs):
+        real_send(self, **kwargs)
+        rollup(acme, tokens_meter, H10, "1100")  # late events, collected by another run meanwhile
+        MeterUsageReport.objects.filter(hour=H10).update(total=Decimal(1100))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StripeGateway, "meter_event_create", send_then_correct)
+        meter_usage_report(now=NOW)
+        report = MeterUsageReport.objects.get()
+        assert (report.state, report.reported_total, report.next_attempt_at) == (SyncState.PENDING, Decimal(1000), None)
+    stripe_sync_pending(now=NOW)
+    report.refresh_from_db()
+    assert (report.state, report.reported_total) == (SyncState.SYNCED, Decimal(1100))
+    assert [e[:2] for e in meter_events(stripe_on)] == [(ident(acme, tokens_meter, H10), "1000"),
+                                                        (ident(acme, tokens_meter, H10, 1), "100")]

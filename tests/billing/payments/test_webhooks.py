@@ -263,11 +263,11 @@ def test_a_failing_handler_records_the_error_on_the_event_and_a_retry_completes_
     def boom(obj: Any, event: Any) -> None:
         raise RuntimeError("database hiccup")
 
-    monkeypatch.setitem(webhooks.HANDLERS, "invoice.finalized", boom)
-    deliver(stripe_event("evt_e", "invoice.finalized", invoice_object(row, "open")))
-    event = StripeEvent.objects.get()
-    assert (event.status, event.error, event.attempts) == ("failed", "RuntimeError: database hiccup", 1)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setitem(webhooks.HANDLERS, "invoice.finalized", boom)
+        deliver(stripe_event("evt_e", "invoice.finalized", invoice_object(row, "open")))
+        event = StripeEvent.objects.get()
+        assert (event.status, event.error, event.attempts) == ("failed", "RuntimeError: database hiccup", 1)
     assert webhooks.stripe_events_retry_failed() == 1
     event.refresh_from_db()
     assert (event.status, event.error, event.attempts) == ("processed", "", 2)
