@@ -294,3 +294,26 @@ def test_an_invoice_voided_in_tollgate_during_its_push_is_voided_in_stripe_next(
     row.refresh_from_db()
     assert (row.state, row.stripe_status) == (SyncState.SYNCED, "void")
     assert len(stripe_on.calls("post", rf"/v1/invoices/{row.stripe_invoice_id}/void")) == 1
+
+
+def test_an_invoice_finalized_by_period_close_reaches_stripe_to_the_cent(stripe_on, localstripe, celery_eager, acme,
+                                                                        django_capture_on_commit_callbacks):
+    """The whole path: events, rollups, period close, finalization, the signal, the task, the push."""
+    from billing.catalog.services import catalog_import
+    from billing.invoicing.models import Invoice
+    from tests.billing.invoicing.test_invoice_lifecycle import CATALOG, NOV, OCT, accepted, close, ev, send, subscribe
+
+    catalog_import(text=CATALOG, actor="t")
+    subscribe(acme, OCT)
+    accepted(send(ev("a", "2026-10-10T00:00:00Z", "1234.5"), ev("b", "2026-10-11T00:00:00Z", meter="api_calls"),
+                  ev("c", "2026-10-12T00:00:00Z", "3", meter="api_calls"), now=NOV))
+    with django_capture_on_commit_callbacks(execute=True):
+        [invoice] = close(NOV + timedelta(hours=1))
+    invoice = Invoice.objects.get(pk=invoice.pk)
+    row = StripeInvoiceSync.objects.get(invoice=invoice)
+    assert row.state == SyncState.SYNCED, row.last_error
+    [remote] = stripe_invoices_of(localstripe, acme)
+    assert [line.amount for line in remote.lines._list] == list(invoice.lines.order_by("position").values_list(
+        "amount_minor", flat=True))
+    assert remote.total == invoice.total_minor == row.stripe_total_minor
+    assert invoice.total_minor > 1000
