@@ -255,5 +255,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # stripe logs every request and response at INFO; our sync rows and warnings already say what matters
+    "loggers": {"django.server": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},
 }
