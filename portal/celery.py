@@ -34,6 +34,15 @@ app.conf.beat_schedule = {
     # is looked at every 5 minutes (one ledger lookup each), and claims never recorded as sent are reported.
     # A threshold crossed by usage the after-ingest check missed is thus emailed within 5 minutes.
     "alerts-sweep": {"task": "guardrails.alerts_sweep", "schedule": 300.0},
+    # Stripe pushes that did not complete (an outage, a lost task, a refused request after an operator's
+    # fix) and failed webhook events: each push backs off on its own (30 s ... 1 h, next_attempt_at), so
+    # a 5-minute sweep only picks up what is due; it is cheap (indexed on state) and bounds the delay
+    # of a lost task to 5 minutes.
+    "payments-sync-pending": {"task": "payments.sync_pending", "schedule": 300.0},
+    # Stripe-metered plans: report the hours the rollups completed (usage-rollup runs every 2 minutes),
+    # and corrections of earlier hours. Every 10 minutes keeps Stripe's meters at most ~12 minutes behind
+    # a closed hour, far inside Stripe's 35-day window, and each run sends only the hours that changed.
+    "payments-meter-usage": {"task": "payments.meter_usage_report", "schedule": 600.0},
     # Proves that beat and a worker are alive end to end (readyz shows the last beat); once a
     # minute is frequent enough for an operator's probe and costs one row update.
     "ops-heartbeat": {

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "billing.usage",
     "billing.guardrails",
     "billing.invoicing",
+    "billing.payments",
     "ledger",
 ]
 
@@ -188,6 +189,16 @@ TOLLGATE_SELLER = {
     "email": os.environ.get("TOLLGATE_SELLER_EMAIL", "billing@tollgate.localhost"),
 }
 
+# --- Stripe (billing/payments is the only code that talks to it) ---------------------------------
+# No secret key: the Stripe integration is off (nothing is queued or pushed); rows still record what
+# would be synced, and the beat task pushes them once a key is set.
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")
+STRIPE_METER_EVENTS_BASE = os.environ.get("STRIPE_METER_EVENTS_BASE", "https://meter-events.stripe.com")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300  # a signed webhook older than 5 minutes is refused (replay window)
+STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
+
 # --- Email ------------------------------------------------------------------------------------------
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
@@ -255,5 +266,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # stripe logs every request and response at INFO; our sync rows and warnings already say what matters
+    "loggers": {"django.server": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},
 }

@@ -21,6 +21,7 @@ from billing.invoicing.apis import (
     InvoicesApi,
     InvoiceVoidApi,
 )
+from billing.payments.views import stripe_webhook
 from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
 from portal.invoices import invoice_document
@@ -66,6 +67,7 @@ urlpatterns = [
     path("console/", include("portal.console.urls")),
     path("dashboard/", include("portal.dashboard.urls")),
     path("invoices/<int:invoice_id>/", invoice_document, name="invoice-document"),
+    path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="api-docs"),
     path("api/v1/", include(api)),

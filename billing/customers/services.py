@@ -17,6 +17,7 @@ from django.utils import timezone
 from billing.common.auth import Principal
 from billing.common.errors import ApiError, validation_error
 from billing.customers.models import ApiKey, Customer, CustomerUser, Project
+from billing.payments.services import stripe_customer_sync_schedule
 
 KEY_PREFIX = "tg"
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -94,6 +95,8 @@ def customer_create(*, external_id: str, name: str, email: str = "", metadata: d
     try:
         with transaction.atomic():
             customer.save()
+            # onboarding: the Stripe customer is created by a task once this commits
+            stripe_customer_sync_schedule(customer=customer)
     except IntegrityError:
         raise ApiError(409, "already_exists", f"A customer '{external_id}' already exists.") from None
     return customer
@@ -106,7 +109,10 @@ def customer_update(*, customer: Customer, data: dict[str, Any]) -> Customer:
     for field in fields:
         setattr(customer, field, data[field])
     customer.full_clean()
-    customer.save(update_fields=[*fields, "updated_at"])
+    with transaction.atomic():
+        customer.save(update_fields=[*fields, "updated_at"])
+        if {"name", "email"} & set(fields):  # what Stripe holds of a customer
+            stripe_customer_sync_schedule(customer=customer)
     return customer
 
 

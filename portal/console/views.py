@@ -7,6 +7,7 @@ from decimal import Decimal
 from functools import wraps
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -14,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_POST
 
 from billing.catalog import schema
 from billing.catalog.models import AuditEntry, Meter, Plan, Subscription
@@ -21,6 +23,9 @@ from billing.catalog.money import from_minor
 from billing.catalog.selectors import version_in_effect
 from billing.catalog.services import plan_version_publish
 from billing.invoicing.estimate import simulate, upcoming_invoice
+from billing.invoicing.models import Invoice
+from billing.payments.selectors import invoice_sync_list, sync_summary
+from billing.payments.services import stripe_invoice_sync_retry
 from portal.console.forms import add_tier, definition_from_form, remove_tier
 
 
@@ -161,3 +166,23 @@ def audit_trail(request: HttpRequest) -> HttpResponse:
     return render(request, "console/audit.html", {"page": page})
 
 
+
+
+@staff_required
+def invoices(request: HttpRequest) -> HttpResponse:
+    """Invoices with their Stripe sync state; failed and pending pushes can be retried."""
+    state = request.GET.get("state", "")
+    return render(request, "console/invoices.html", {"rows": invoice_sync_list(state=state), "state": state,
+                                                     "summary": sync_summary()})
+
+
+@staff_required
+@require_POST
+def invoice_stripe_retry(request: HttpRequest, invoice_id: int) -> HttpResponse:
+    invoice = get_object_or_404(Invoice, pk=invoice_id)
+    row = stripe_invoice_sync_retry(invoice=invoice)
+    if row is None:
+        messages.warning(request, f"Invoice {invoice} is not pushed to Stripe (a draft, a credit note or a metered plan).")
+    else:
+        messages.success(request, f"Invoice {invoice}: push to Stripe queued.")
+    return redirect(reverse("console:invoices"))

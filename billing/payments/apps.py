@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class PaymentsConfig(AppConfig):
+    name = "billing.payments"
+    label = "payments"
+    verbose_name = "Payments (Stripe)"
+
+    def ready(self) -> None:
+        from billing.payments import receivers  # noqa: F401  (connects invoicing signals)

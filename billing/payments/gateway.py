@@ -1,0 +1,247 @@
+"""The one module that imports ``stripe``: a thin, typed gateway over ``stripe.StripeClient``.
+
+Every write carries an ``Idempotency-Key`` derived from our own ids (``tg-<what>-<our id>...``), so a
+retried call after a timeout or a crash returns Stripe's first answer instead of creating a second
+object. Callers get plain values and :class:`GatewayError`, never a ``stripe`` type, so nothing else
+in the project depends on the SDK. mypy runs strict on this package (pyproject.toml): the SDK's
+TypedDict parameter types check the shape of every call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import stripe
+from django.conf import settings
+
+from billing.common.fields import decimal_to_text
+
+# Tests set this to a recording ``stripe.HTTPClient`` (tests/billing/payments/recording.py).
+HTTP_CLIENT: stripe.HTTPClient | None = None
+# Read by the metadata of every object we create, so a Stripe object points back at its row.
+METADATA_INVOICE = "tollgate_invoice_id"
+METADATA_CUSTOMER = "tollgate_customer"
+
+
+class GatewayError(Exception):
+    """A Stripe call failed. ``retryable``: an outage, a timeout, a rate limit or a 5xx (try again
+    later, same idempotency key); otherwise Stripe refused the request and retrying will not help."""
+
+    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+
+
+class SignatureError(Exception):
+    """A webhook whose signature, secret or timestamp does not verify."""
+
+
+@dataclass(frozen=True)
+class RemoteInvoice:
+    id: str
+    status: str
+    total_minor: int
+    currency: str
+    hosted_invoice_url: str
+    metadata: dict[str, str]
+
+
+def _invoice(obj: stripe.Invoice) -> RemoteInvoice:
+    # to_dict: fields a given API version (or a test double) leaves out read as absent, not as errors
+    data = obj.to_dict()
+    return RemoteInvoice(id=str(obj.id), status=str(data.get("status") or ""), total_minor=int(data.get("total") or 0),
+                         currency=str(data.get("currency") or ""), hosted_invoice_url=str(data.get("hosted_invoice_url") or ""),
+                         metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()})
+
+
+def _error(exc: stripe.StripeError) -> GatewayError:
+    status = exc.http_status or 0
+    retryable = isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or status >= 500 or status == 409
+    return GatewayError(f"{type(exc).__name__}: {exc.user_message or exc}", retryable=retryable, code=str(exc.code or ""))
+
+
+def idempotency_key(*parts: object) -> str:
+    return "tg-" + "-".join(str(part) for part in parts)
+
+
+class StripeGateway:
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self._client = client
+
+    # --- customers -------------------------------------------------------------------------------
+    def customer_create(self, *, customer_pk: int, external_id: str, name: str, email: str) -> str:
+        params: stripe.params.CustomerCreateParams = {"name": name, "metadata": {METADATA_CUSTOMER: external_id}}
+        if email:
+            params["email"] = email
+        try:
+            created = self._client.v1.customers.create(params, {"idempotency_key": idempotency_key("customer", customer_pk)})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return str(created.id)
+
+    def customer_update(self, *, stripe_customer_id: str, customer_pk: int, version: str, name: str, email: str) -> None:
+        params: stripe.params.CustomerUpdateParams = {"name": name, "email": email}
+        key = idempotency_key("customer", customer_pk, "update", version)
+        try:
+            self._client.v1.customers.update(stripe_customer_id, params, {"idempotency_key": key})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    # --- invoices (mode tollgate_invoices) --------------------------------------------------------------
+    def invoice_find(self, *, stripe_customer_id: str, invoice_pk: int) -> RemoteInvoice | None:
+        """The Stripe invoice an earlier push created for this Tollgate invoice, if any: the safety net
+        beyond Stripe's 24-hour idempotency window."""
+        try:
+            page = self._client.v1.invoices.list({"customer": stripe_customer_id, "limit": 100})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        for obj in page.data:
+            found = _invoice(obj)
+            if found.metadata.get(METADATA_INVOICE) == str(invoice_pk):
+                return found
+        return None
+
+    def invoice_create(self, *, invoice_pk: int, stripe_customer_id: str, currency: str, number: str,
+                       description: str) -> RemoteInvoice:
+        params: stripe.params.InvoiceCreateParams = {
+            "customer": stripe_customer_id,
+            "currency": currency.lower(),
+            "collection_method": "charge_automatically",
+            "auto_advance": False,  # we finalize explicitly once every line is on it
+            "pending_invoice_items_behavior": "exclude",  # only the items we attach below
+            "description": description,
+            "metadata": {METADATA_INVOICE: str(invoice_pk), "tollgate_number": number},
+        }
+        try:
+            obj = self._client.v1.invoices.create(params, {"idempotency_key": idempotency_key("invoice", invoice_pk)})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return _invoice(obj)
+
+    def invoice_item_create(self, *, invoice_pk: int, position: int, stripe_customer_id: str, stripe_invoice_id: str,
+                            amount_minor: int, currency: str, description: str) -> str:
+        params: stripe.params.InvoiceItemCreateParams = {
+            "customer": stripe_customer_id,
+            "invoice": stripe_invoice_id,
+            "amount": amount_minor,
+            "currency": currency.lower(),
+            "description": description[:500],
+            "metadata": {METADATA_INVOICE: str(invoice_pk), "tollgate_line": str(position)},
+        }
+        key = idempotency_key("invoice", invoice_pk, "line", position)
+        try:
+            item = self._client.v1.invoice_items.create(params, {"idempotency_key": key})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return str(item.id)
+
+    def invoice_retrieve(self, *, stripe_invoice_id: str) -> RemoteInvoice:
+        try:
+            return _invoice(self._client.v1.invoices.retrieve(stripe_invoice_id))
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    def invoice_finalize(self, *, invoice_pk: int, stripe_invoice_id: str, collect: bool = True) -> RemoteInvoice:
+        # auto_advance: Stripe collects from here on; not for an invoice Tollgate has already settled
+        params: stripe.params.InvoiceFinalizeInvoiceParams = {"auto_advance": collect}
+        key = idempotency_key("invoice", invoice_pk, "finalize")
+        try:
+            obj = self._client.v1.invoices.finalize_invoice(stripe_invoice_id, params, {"idempotency_key": key})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return _invoice(obj)
+
+    def invoice_void(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
+        key = idempotency_key("invoice", invoice_pk, "void")
+        try:
+            return _invoice(self._client.v1.invoices.void_invoice(stripe_invoice_id, None, {"idempotency_key": key}))
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    def invoice_pay_out_of_band(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
+        params: stripe.params.InvoicePayParams = {"paid_out_of_band": True}
+        key = idempotency_key("invoice", invoice_pk, "paid")
+        try:
+            return _invoice(self._client.v1.invoices.pay(stripe_invoice_id, params, {"idempotency_key": key}))
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    def invoice_mark_uncollectible(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
+        key = idempotency_key("invoice", invoice_pk, "uncollectible")
+        try:
+            obj = self._client.v1.invoices.mark_uncollectible(stripe_invoice_id, None, {"idempotency_key": key})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return _invoice(obj)
+
+    # --- Billing Meters (mode stripe_meters) -------------------------------------------------------------
+    def meter_create(self, *, meter_pk: int, display_name: str, event_name: str, formula: str) -> str:
+        params: stripe.params.billing.MeterCreateParams = {
+            "display_name": display_name,
+            "event_name": event_name,
+            "default_aggregation": {"formula": formula},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+        try:
+            meter = self._client.v1.billing.meters.create(params, {"idempotency_key": idempotency_key("meter", meter_pk)})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return str(meter.id)
+
+    def meter_event_create(self, *, event_name: str, identifier: str, stripe_customer_id: str, value: Decimal,
+                           timestamp: int) -> None:
+        params: stripe.params.billing.MeterEventCreateParams = {
+            "event_name": event_name,
+            "identifier": identifier,
+            "payload": {"stripe_customer_id": stripe_customer_id, "value": decimal_to_text(value)},
+            "timestamp": timestamp,
+        }
+        try:
+            self._client.v1.billing.meter_events.create(params, {"idempotency_key": identifier})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    def meter_event_cancel(self, *, event_name: str, identifier: str) -> None:
+        params: stripe.params.billing.MeterEventAdjustmentCreateParams = {
+            "event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier},
+        }
+        try:
+            self._client.v1.billing.meter_event_adjustments.create(params, {"idempotency_key": f"{identifier}-cancel"})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+
+def gateway_get() -> StripeGateway:
+    """A gateway from settings. Raises a non-retryable GatewayError when no secret key is set."""
+    if not settings.STRIPE_SECRET_KEY:
+        raise GatewayError("STRIPE_SECRET_KEY is not set: the Stripe integration is off.", retryable=True,
+                           code="not_configured")
+    http_client = HTTP_CLIENT or stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS)
+    client = stripe.StripeClient(
+        settings.STRIPE_SECRET_KEY,
+        base_addresses={"api": settings.STRIPE_API_BASE, "meter_events": settings.STRIPE_METER_EVENTS_BASE},
+        http_client=http_client,
+        max_network_retries=0,  # our tasks retry, with the same idempotency keys
+    )
+    return StripeGateway(client)
+
+
+def webhook_event_verify(*, payload: bytes, signature_header: str, secret: str, tolerance: int) -> dict[str, Any]:
+    """Verify Stripe's signature on the raw body (HMAC-SHA256 of ``t.body``, timestamp within
+    ``tolerance`` seconds) and return the event as parsed JSON."""
+    if not secret:
+        raise SignatureError("STRIPE_WEBHOOK_SECRET is not set")
+    try:
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(text, signature_header, secret, tolerance)
+        event = json.loads(text)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
+        raise SignatureError(str(exc)) from exc
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str):
+        raise SignatureError("not a Stripe event")
+    return event

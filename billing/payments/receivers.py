@@ -1,0 +1,27 @@
+"""Subscriptions to other apps' signals (connected in apps.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.dispatch import receiver
+
+from billing.invoicing.models import Invoice
+from billing.invoicing.signals import invoice_finalized, invoice_status_changed
+from billing.payments.services import stripe_invoice_status_changed, stripe_invoice_sync_schedule
+
+
+@receiver(invoice_finalized, dispatch_uid="payments.invoice_finalized")
+def on_invoice_finalized(sender: Any, invoice_id: int, **kwargs: Any) -> None:
+    """Sent after the finalizing transaction committed: record the push and queue it."""
+    invoice = Invoice.objects.select_related("plan").filter(pk=invoice_id).first()
+    if invoice is not None:
+        stripe_invoice_sync_schedule(invoice=invoice)
+
+
+@receiver(invoice_status_changed, dispatch_uid="payments.invoice_status_changed")
+def on_invoice_status_changed(sender: Any, invoice_id: int, status: str, **kwargs: Any) -> None:
+    """Paid, uncollectible or void in Tollgate (sent after commit): Stripe must follow."""
+    invoice = Invoice.objects.select_related("plan").filter(pk=invoice_id).first()
+    if invoice is not None:
+        stripe_invoice_status_changed(invoice=invoice)

@@ -1,0 +1,52 @@
+"""Reads of the Stripe integration: what the operator sees in the console."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Count
+
+from billing.invoicing.models import Invoice
+from billing.payments.models import BillingMode, MeterUsageReport, PlanBilling, StripeCustomer, StripeEvent, StripeInvoiceSync
+
+
+@dataclass(frozen=True)
+class InvoiceSyncView:
+    invoice: Invoice
+    mode: str
+    sync: StripeInvoiceSync | None
+
+    @property
+    def state(self) -> str:
+        """pending | synced | failed, or: not pushed (a draft, a credit note), stripe meters (Stripe bills it)."""
+        if self.sync is not None:
+            return self.sync.state
+        if self.invoice.status == Invoice.Status.DRAFT or self.invoice.kind != Invoice.Kind.INVOICE:
+            return "not pushed"
+        if self.mode == BillingMode.STRIPE_METERS:
+            return "stripe meters"
+        return "pending"
+
+    @property
+    def retryable(self) -> bool:
+        return self.state in ("pending", "failed") and self.mode == BillingMode.TOLLGATE_INVOICES
+
+
+def invoice_sync_list(*, state: str = "", limit: int = 200) -> list[InvoiceSyncView]:
+    invoices = Invoice.objects.select_related("customer", "plan", "stripe_sync").order_by("-id")
+    if state in ("pending", "synced", "failed"):
+        invoices = invoices.filter(stripe_sync__state=state)
+    modes = dict(PlanBilling.objects.values_list("plan_id", "mode"))
+    return [InvoiceSyncView(invoice=inv, mode=modes.get(inv.plan_id, BillingMode.TOLLGATE_INVOICES) if inv.plan_id else
+                            BillingMode.TOLLGATE_INVOICES, sync=getattr(inv, "stripe_sync", None))
+            for inv in invoices[:limit]]
+
+
+def sync_summary() -> dict[str, dict[str, int]]:
+    """Counts per state of every kind of sync row, and of webhook events per status."""
+    summary: dict[str, dict[str, int]] = {}
+    for name, model in (("customers", StripeCustomer), ("invoices", StripeInvoiceSync), ("meter hours", MeterUsageReport)):
+        summary[name] = dict(model._default_manager.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    summary["webhook events"] = dict(StripeEvent.objects.values_list("status").annotate(n=Count("id"))
+                                     .values_list("status", "n"))
+    return summary

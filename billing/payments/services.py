@@ -1,0 +1,436 @@
+"""Writes of the Stripe integration: onboarding customers, pushing invoices, reporting meter usage.
+
+Each push works on one sync row (models.py) and is safe to run any number of times, concurrently too:
+- a lease (``leased_until``, taken by one conditional UPDATE) lets one worker push a row at a time;
+- every Stripe id is stored as soon as Stripe answers, so a retry continues where the last one stopped;
+- every write carries an idempotency key derived from our ids (gateway.py), which covers a crash between
+  Stripe's answer and our commit (Stripe keeps keys 24 hours; the beat retries within minutes).
+A retryable failure (outage, timeout, 5xx) leaves the row ``pending`` with ``last_error`` and a
+``next_attempt_at``; a refusal makes it ``failed`` until an operator retries it (console).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from billing.catalog.models import Meter, Plan, Subscription
+from billing.customers.models import Customer
+from billing.invoicing.models import Invoice
+from billing.payments.gateway import GatewayError, StripeGateway, gateway_get
+from billing.payments.models import (
+    BillingMode,
+    MeterUsageReport,
+    PlanBilling,
+    StripeCustomer,
+    StripeInvoiceItem,
+    StripeInvoiceSync,
+    StripeMeter,
+    SyncRow,
+    SyncState,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=5)
+BACKOFF_SECONDS = (30, 60, 120, 300, 600, 1800, 3600)  # then hourly
+METER_LOOKBACK = timedelta(days=34)  # Stripe takes meter events up to 35 days old
+REPORTED_AGGREGATIONS = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)  # hourly totals that add up
+
+Row = TypeVar("Row", bound=SyncRow)
+
+
+def stripe_enabled() -> bool:
+    return bool(settings.STRIPE_SECRET_KEY)
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS)) - 1] if attempts else 0)
+
+
+def _lease_take(row: SyncRow, *, now: datetime) -> bool:
+    model = type(row)
+    free = Q(leased_until__isnull=True) | Q(leased_until__lt=now)
+    return bool(model._default_manager.filter(pk=row.pk).filter(free).update(leased_until=now + LEASE))
+
+
+def _row_done(row: Row, *, now: datetime, **fields: Any) -> Row:
+    fields.update(state=SyncState.SYNCED, last_error="", next_attempt_at=None, leased_until=None, synced_at=now)
+    return _row_save(row, fields)
+
+
+def _row_error(row: Row, exc: GatewayError, *, now: datetime) -> Row:
+    attempts = row.attempts + 1
+    state = SyncState.PENDING if exc.retryable else SyncState.FAILED
+    log.warning("stripe sync %s failed (attempt %d, %s): %s", row, attempts, state, exc)
+    return _row_save(row, {"state": state, "attempts": attempts, "last_error": str(exc)[:2000],
+                           "next_attempt_at": now + backoff(attempts), "leased_until": None})
+
+
+def _row_save(row: Row, fields: dict[str, Any]) -> Row:
+    for name, value in fields.items():
+        setattr(row, name, value)
+    row.save(update_fields=[*fields, "updated_at"])
+    return row
+
+
+def _row_reset(row: Row) -> Row:
+    """Due now: for a new request (an update to sync, an operator's retry)."""
+    return _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None})
+
+
+# --- plans ----------------------------------------------------------------------------------------------
+def plan_billing_mode(*, plan: Plan | None) -> str:
+    if plan is None:
+        return BillingMode.TOLLGATE_INVOICES
+    found = PlanBilling.objects.filter(plan=plan).values_list("mode", flat=True).first()
+    return found or BillingMode.TOLLGATE_INVOICES
+
+
+def plan_billing_mode_set(*, plan: Plan, mode: str) -> PlanBilling:
+    if mode not in BillingMode.values:
+        raise ValueError(f"mode must be one of {', '.join(BillingMode.values)}")
+    row, _ = PlanBilling.objects.update_or_create(plan=plan, defaults={"mode": mode})
+    return row
+
+
+# --- customers ------------------------------------------------------------------------------------------
+def stripe_customer_sync_schedule(*, customer: Customer) -> StripeCustomer:
+    """Called by customer_create / customer_update inside their transaction: the row records that Stripe
+    must hear of it; the task runs after commit (and the beat task catches anything a lost task missed)."""
+    row, created = StripeCustomer.objects.get_or_create(customer=customer)
+    if not created:
+        _row_reset(row)
+    if stripe_enabled():
+        from billing.payments.tasks import stripe_customer_sync_task
+
+        transaction.on_commit(lambda: stripe_customer_sync_task.delay(customer.pk))
+    return row
+
+
+def _customer_push(row: StripeCustomer, gateway: StripeGateway) -> StripeCustomer:
+    customer = Customer.objects.get(pk=row.customer_id)
+    if not row.stripe_customer_id:
+        row.stripe_customer_id = gateway.customer_create(customer_pk=customer.pk, external_id=customer.external_id,
+                                                         name=customer.name, email=customer.email)
+        row.synced_version = customer.updated_at
+        row.save(update_fields=["stripe_customer_id", "synced_version", "updated_at"])
+    elif row.synced_version != customer.updated_at and row.deleted_at is None:
+        gateway.customer_update(stripe_customer_id=row.stripe_customer_id, customer_pk=customer.pk,
+                                version=f"{customer.updated_at.timestamp():.6f}", name=customer.name, email=customer.email)
+        row.synced_version = customer.updated_at
+        row.save(update_fields=["synced_version", "updated_at"])
+    return row
+
+
+def stripe_customer_sync(*, customer_pk: int, now: datetime | None = None) -> StripeCustomer:
+    now = now or timezone.now()
+    row, _ = StripeCustomer.objects.get_or_create(customer_id=customer_pk)
+    if row.state == SyncState.SYNCED or not _lease_take(row, now=now):
+        return row
+    try:
+        _customer_push(row, gateway_get())
+    except GatewayError as exc:
+        return _row_error(row, exc, now=now)
+    current = Customer.objects.filter(pk=customer_pk).values_list("updated_at", flat=True).first()
+    if row.deleted_at is None and current != row.synced_version:
+        # updated while we pushed (its own task found the lease taken): due again, now
+        return _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None, "leased_until": None})
+    return _row_done(row, now=now)
+
+
+def _stripe_customer_id(*, customer_pk: int, gateway: StripeGateway, now: datetime) -> str:
+    """The customer's Stripe id, onboarding it inline when the onboarding task has not run yet."""
+    row, _ = StripeCustomer.objects.get_or_create(customer_id=customer_pk)
+    if row.deleted_at is not None:
+        raise GatewayError(f"The Stripe customer {row.stripe_customer_id} was deleted in Stripe.", retryable=False)
+    if not row.stripe_customer_id:
+        _customer_push(row, gateway)
+        _row_done(row, now=now)
+    assert row.stripe_customer_id
+    return row.stripe_customer_id
+
+
+# --- invoices (mode tollgate_invoices) --------------------------------------------------------------
+def stripe_invoice_sync_schedule(*, invoice: Invoice) -> StripeInvoiceSync | None:
+    """A finalized invoice of a plan billed with Tollgate invoices: record the push, run it after commit."""
+    if invoice.kind != Invoice.Kind.INVOICE or invoice.status == Invoice.Status.DRAFT:
+        return None
+    if plan_billing_mode(plan=invoice.plan) != BillingMode.TOLLGATE_INVOICES:
+        return None
+    row, _ = StripeInvoiceSync.objects.get_or_create(invoice=invoice)
+    if row.state != SyncState.SYNCED and stripe_enabled():
+        from billing.payments.tasks import stripe_invoice_push_task
+
+        transaction.on_commit(lambda: stripe_invoice_push_task.delay(invoice.pk))
+    return row
+
+
+def stripe_invoice_sync_retry(*, invoice: Invoice) -> StripeInvoiceSync | None:
+    """The operator's retry: due now, pushed after commit."""
+    row = StripeInvoiceSync.objects.filter(invoice=invoice).first()
+    if row is not None and row.state != SyncState.SYNCED:
+        _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None, "leased_until": None})
+    return stripe_invoice_sync_schedule(invoice=invoice)
+
+
+class InvoiceMismatch(GatewayError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False, code="amount_mismatch")
+
+
+def _invoice_items(invoice: Invoice) -> list[tuple[int, int, str]]:
+    """(position, amount in minor units, description) per Stripe invoice item: every line as priced,
+    plus one item for applied prepaid credits when the lines do not already carry them."""
+    lines = list(invoice.lines.order_by("position"))
+    items = [(line.position, line.amount_minor, line.description) for line in lines]
+    lines_total = sum(amount for _, amount, _ in items)
+    if lines_total == invoice.total_minor:
+        return items
+    if invoice.credits_minor and lines_total - invoice.credits_minor == invoice.total_minor:
+        return [*items, (-1, -invoice.credits_minor, "Prepaid credits applied")]
+    raise InvoiceMismatch(f"Invoice {invoice}: lines add up to {lines_total}, total is {invoice.total_minor} (minor units).")
+
+
+STATUS_RANK = {"": 0, "draft": 1, "open": 2, "uncollectible": 3, "paid": 4, "void": 4}
+
+
+def forward_status(current: str, new: str) -> str:
+    """Stripe's invoice status only moves forward: a late ``invoice.finalized`` never undoes ``paid``."""
+    return new if STATUS_RANK.get(new, 0) > STATUS_RANK.get(current, 0) else current
+
+
+def stripe_invoice_push(*, invoice_pk: int, now: datetime | None = None) -> StripeInvoiceSync | None:
+    """Make Stripe hold this invoice: created, every line on it, the same total, finalized; then follow
+    Tollgate's own later status (paid out of band, uncollectible, void)."""
+    now = now or timezone.now()
+    row = StripeInvoiceSync.objects.filter(invoice_id=invoice_pk).first()
+    if row is None or row.state == SyncState.SYNCED or not _lease_take(row, now=now):
+        return row
+    try:
+        invoice = Invoice.objects.select_related("customer").get(pk=invoice_pk)
+        if not row.stripe_invoice_id and invoice.status != Invoice.Status.FINALIZED:
+            # settled in Tollgate (paid elsewhere, void, uncollectible) before it reached Stripe: nothing to collect
+            return _row_done(row, now=now)
+        items = _invoice_items(invoice)
+        gateway = gateway_get()
+        customer_id = _stripe_customer_id(customer_pk=invoice.customer_id, gateway=gateway, now=now)
+        if not row.stripe_invoice_id:
+            remote = gateway.invoice_find(stripe_customer_id=customer_id, invoice_pk=invoice.pk) or gateway.invoice_create(
+                invoice_pk=invoice.pk, stripe_customer_id=customer_id, currency=invoice.currency,
+                number=invoice.number or "", description=f"Tollgate invoice {invoice.number}")
+            _row_save(row, {"stripe_invoice_id": remote.id, "stripe_status": forward_status(row.stripe_status, remote.status)})
+        assert row.stripe_invoice_id
+        pushed = set(row.items.values_list("position", flat=True))
+        for position, amount_minor, description in items:
+            if position in pushed:
+                continue
+            item_id = gateway.invoice_item_create(invoice_pk=invoice.pk, position=position, stripe_customer_id=customer_id,
+                                                  stripe_invoice_id=row.stripe_invoice_id, amount_minor=amount_minor,
+                                                  currency=invoice.currency, description=description)
+            StripeInvoiceItem.objects.create(sync=row, position=position, stripe_item_id=item_id, amount_minor=amount_minor)
+        status = row.stripe_status
+        if STATUS_RANK.get(status, 0) < STATUS_RANK["open"]:  # not finalized by an earlier push yet
+            remote = gateway.invoice_retrieve(stripe_invoice_id=row.stripe_invoice_id)
+            total = remote.total_minor
+            status = forward_status(status, remote.status)
+            if remote.status == "draft":
+                if remote.total_minor != invoice.total_minor:
+                    raise InvoiceMismatch(f"Stripe invoice {remote.id} totals {remote.total_minor}, ours {invoice.total_minor}.")
+                remote = gateway.invoice_finalize(invoice_pk=invoice.pk, stripe_invoice_id=row.stripe_invoice_id,
+                                                  collect=invoice.status == Invoice.Status.FINALIZED)
+                # a finalize Stripe accepted leaves the invoice at least open (paid at once when nothing is due)
+                status = forward_status(forward_status(status, "open"), remote.status)
+            _row_save(row, {"stripe_status": status, "stripe_total_minor": total,
+                            "hosted_invoice_url": remote.hosted_invoice_url or row.hosted_invoice_url})
+        status = _invoice_status_follow(row, invoice, gateway, status)
+    except GatewayError as exc:
+        return _row_error(row, exc, now=now)
+    if Invoice.objects.filter(pk=invoice_pk).values_list("status", flat=True).first() != invoice.status:
+        # settled in Tollgate while we pushed (its own task found the lease taken): due again, now
+        return _row_save(row, {"stripe_status": status, "state": SyncState.PENDING, "next_attempt_at": None,
+                               "leased_until": None})
+    return _row_done(row, now=now, stripe_status=status)
+
+
+def _invoice_status_follow(row: StripeInvoiceSync, invoice: Invoice, gateway: StripeGateway, status: str) -> str:
+    """Tollgate settled the invoice itself (a payment by wire, a write-off, a void): Stripe must stop
+    collecting it. A Stripe invoice already paid or void cannot follow: that is a conflict for a person."""
+    assert row.stripe_invoice_id
+    wanted = invoice.status
+    if wanted == Invoice.Status.FINALIZED or wanted == status:
+        return status
+    if status in ("paid", "void"):
+        raise GatewayError(f"Tollgate marked invoice {invoice} {wanted}, but the Stripe invoice is {status}: "
+                           "settle it by hand (a refund or a credit note).", retryable=False, code="status_conflict")
+    pk, stripe_id = invoice.pk, row.stripe_invoice_id
+    if wanted == Invoice.Status.VOID:
+        gateway.invoice_void(invoice_pk=pk, stripe_invoice_id=stripe_id)
+    elif wanted == Invoice.Status.PAID:
+        gateway.invoice_pay_out_of_band(invoice_pk=pk, stripe_invoice_id=stripe_id)
+    elif wanted == Invoice.Status.UNCOLLECTIBLE and status == "open":
+        gateway.invoice_mark_uncollectible(invoice_pk=pk, stripe_invoice_id=stripe_id)
+    else:
+        return status
+    return forward_status(status, wanted)
+
+
+def stripe_invoice_status_changed(*, invoice: Invoice) -> StripeInvoiceSync | None:
+    """Tollgate changed a pushed invoice's status: unless Stripe told us first (a webhook), push it again."""
+    row = StripeInvoiceSync.objects.filter(invoice=invoice).first()
+    if row is None or row.stripe_status == invoice.status:
+        return row
+    _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None})
+    return stripe_invoice_sync_schedule(invoice=invoice)
+
+
+# --- meter usage (mode stripe_meters) -------------------------------------------------------------------
+def meter_event_identifier(*, customer_pk: int, meter_pk: int, hour: datetime, revision: int) -> str:
+    """The same (customer, meter, hour, revision) always gives the same identifier, so a re-run is
+    deduplicated by Stripe; revision 0 is the first report, later ones the corrections."""
+    base = f"tg-{customer_pk}-{meter_pk}-{hour.astimezone(dt_timezone.utc):%Y%m%d%H}"
+    return base if revision == 0 else f"{base}-r{revision}"
+
+
+def _hour_floor(at: datetime) -> datetime:
+    return at.astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def meter_usage_collect(*, now: datetime | None = None) -> int:
+    """Compare the hourly rollups of customers on stripe_meters plans with what Stripe was told; mark the
+    hours that differ (new or corrected) pending. Complete hours only, within Stripe's 35-day window."""
+    from billing.usage.models import HourlyRollup
+
+    now = now or timezone.now()
+    end = _hour_floor(now)
+    floor = end - METER_LOOKBACK
+    plans = PlanBilling.objects.filter(mode=BillingMode.STRIPE_METERS).values_list("plan_id", flat=True)
+    totals: dict[tuple[int, int, datetime], Decimal] = {}
+    customers: set[int] = set()
+    for sub in Subscription.objects.filter(plan_id__in=list(plans)).exclude(end__lte=floor).filter(start__lt=end):
+        start, stop = max(sub.start, floor), min(sub.end or end, end)
+        customers.add(sub.customer_id)
+        rows = HourlyRollup.objects.filter(customer_id=sub.customer_id, hour__gte=start, hour__lt=stop,
+                                           meter__aggregation__in=REPORTED_AGGREGATIONS)
+        for customer_id, meter_id, hour, total in rows.values_list("customer_id", "meter_id", "hour", "total"):
+            key = (customer_id, meter_id, hour)
+            totals[key] = totals.get(key, Decimal(0)) + Decimal(total)
+    marked = 0
+    existing = {(r.customer_id, r.meter_id, r.hour): r
+                for r in MeterUsageReport.objects.filter(hour__gte=floor, hour__lt=end, customer_id__in=customers)}
+    for key, known in existing.items():  # an hour whose usage was corrected away entirely
+        if key not in totals and known.total != 0:
+            totals[key] = Decimal(0)
+    for key, total in totals.items():
+        report = existing.get(key)
+        if report is None:
+            MeterUsageReport.objects.create(customer_id=key[0], meter_id=key[1], hour=key[2], total=total)
+            marked += 1
+        elif report.total != total:
+            _row_save(report, {"total": total, "state": SyncState.PENDING, "next_attempt_at": None})
+            marked += 1
+    return marked
+
+
+def _stripe_meter(meter: Meter, gateway: StripeGateway) -> StripeMeter:
+    found = StripeMeter.objects.filter(meter=meter).first()
+    if found is not None:
+        return found
+    event_name = f"tollgate_{meter.key}"
+    formula = "sum"  # we send hourly totals (a count meter's total is its count), so Stripe adds them up
+    stripe_id = gateway.meter_create(meter_pk=meter.pk, display_name=meter.name or meter.key, event_name=event_name,
+                                     formula=formula)
+    row, _ = StripeMeter.objects.get_or_create(meter=meter, defaults={"stripe_meter_id": stripe_id, "event_name": event_name})
+    return row
+
+
+def meter_usage_push(*, report_pk: int, now: datetime | None = None) -> MeterUsageReport:
+    """Make Stripe's figure for the hour equal ``total``: an increase is one more event for the difference;
+    a decrease cancels the hour's events (meter event adjustments) and reports the corrected total."""
+    now = now or timezone.now()
+    report = MeterUsageReport.objects.select_related("meter").get(pk=report_pk)
+    if report.state == SyncState.SYNCED or not _lease_take(report, now=now):
+        return report
+    try:
+        gateway = gateway_get()
+        meter = _stripe_meter(report.meter, gateway)
+        customer_id = _stripe_customer_id(customer_pk=report.customer_id, gateway=gateway, now=now)
+        live: list[list[str]] = [list(pair) for pair in report.live_identifiers]
+        if report.total < report.reported_total:
+            while live:
+                gateway.meter_event_cancel(event_name=meter.event_name, identifier=live[0][0])
+                live.pop(0)
+                _row_save(report, {"live_identifiers": live, "reported_total": sum((Decimal(v) for _, v in live), Decimal(0))})
+        delta = report.total - report.reported_total
+        if delta > 0:
+            identifier = meter_event_identifier(customer_pk=report.customer_id, meter_pk=report.meter_id, hour=report.hour,
+                                                revision=report.revision)
+            gateway.meter_event_create(event_name=meter.event_name, identifier=identifier, stripe_customer_id=customer_id,
+                                       value=delta, timestamp=int(report.hour.timestamp()))
+            live.append([identifier, str(delta)])
+            _row_save(report, {"live_identifiers": live, "reported_total": report.total, "revision": report.revision + 1})
+    except GatewayError as exc:
+        return _row_error(report, exc, now=now)
+    current = MeterUsageReport.objects.filter(pk=report.pk).values_list("total", flat=True).first()
+    if current is not None and Decimal(current) != report.reported_total:
+        # corrected again while we pushed: due again, now (total is the collector's, not ours to write)
+        return _row_save(report, {"state": SyncState.PENDING, "next_attempt_at": None, "leased_until": None})
+    return _row_done(report, now=now)
+
+
+# --- the beat task's sweep ---------------------------------------------------------------------------
+def _due(model: type[Row], now: datetime, limit: int) -> list[int]:
+    query = model._default_manager.filter(state=SyncState.PENDING).filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)).filter(
+        Q(leased_until__isnull=True) | Q(leased_until__lt=now))
+    pk_field = model._meta.pk
+    assert pk_field is not None
+    return list(query.order_by("pk").values_list(pk_field.attname, flat=True)[:limit])
+
+
+def stripe_sync_pending(*, now: datetime | None = None, limit: int = 200) -> dict[str, int]:
+    """Push everything that is due: rows that never got their task (a lost message, a crash, Stripe
+    switched on later) and rows waiting for their retry after a retryable failure."""
+    now = now or timezone.now()
+    if not stripe_enabled():
+        return {}
+    for customer in Customer.objects.filter(stripe__isnull=True)[:limit]:
+        StripeCustomer.objects.get_or_create(customer=customer)
+    finalized = Invoice.objects.filter(kind=Invoice.Kind.INVOICE, stripe_sync__isnull=True).exclude(
+        status=Invoice.Status.DRAFT).select_related("plan")
+    for invoice in finalized[:limit]:
+        if plan_billing_mode(plan=invoice.plan) == BillingMode.TOLLGATE_INVOICES:
+            StripeInvoiceSync.objects.get_or_create(invoice=invoice)
+    done = {"customers": 0, "invoices": 0, "meter_reports": 0}
+    for pk in _due(StripeCustomer, now, limit):
+        row = StripeCustomer.objects.get(pk=pk)
+        done["customers"] += stripe_customer_sync(customer_pk=row.customer_id, now=now).state == SyncState.SYNCED
+    for invoice_pk in _due_invoices(now, limit):
+        row2 = stripe_invoice_push(invoice_pk=invoice_pk, now=now)
+        done["invoices"] += bool(row2 and row2.state == SyncState.SYNCED)
+    for pk in _due(MeterUsageReport, now, limit):
+        done["meter_reports"] += meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED
+    return done
+
+
+def _due_invoices(now: datetime, limit: int) -> list[int]:
+    pks = _due(StripeInvoiceSync, now, limit)
+    return list(StripeInvoiceSync.objects.filter(pk__in=pks).order_by("pk").values_list("invoice_id", flat=True))
+
+
+def meter_usage_report(*, now: datetime | None = None) -> dict[str, int]:
+    now = now or timezone.now()
+    marked = meter_usage_collect(now=now)
+    pushed = 0
+    if stripe_enabled():
+        for pk in _due(MeterUsageReport, now, 1000):
+            pushed += meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED
+    return {"marked": marked, "pushed": pushed}

@@ -1,0 +1,152 @@
+"""Stripe webhook events: stored once by their id, processed once by a task through a dispatch table.
+
+Delivery is at least once, late and in any order. So: the event row is unique by Stripe's id (a repeat
+is answered 200 and changes nothing); processing locks the row and skips one already processed; and
+every handler is written against the final state rather than the previous one (an invoice's Stripe
+status only moves forward, the Tollgate transitions are idempotent), so ``invoice.paid`` before
+``invoice.finalized`` ends paid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from billing.invoicing.models import Invoice
+from billing.invoicing.services import invoice_mark_paid, invoice_void
+from billing.payments.gateway import METADATA_INVOICE
+from billing.payments.models import StripeCustomer, StripeEvent, StripeInvoiceSync
+from billing.payments.services import _row_save, forward_status
+
+log = logging.getLogger(__name__)
+
+
+class NotOurs(Exception):
+    """The event is about an object Tollgate did not create: acknowledged, nothing to do."""
+
+
+def stripe_event_receive(*, event: dict[str, Any]) -> tuple[StripeEvent, bool]:
+    """Store a verified event; True when it is new (then its processing is queued after commit)."""
+    try:
+        with transaction.atomic():
+            row = StripeEvent.objects.create(event_id=event["id"], type=event["type"], created=int(event.get("created") or 0),
+                                             payload=event)
+    except IntegrityError:
+        return StripeEvent.objects.get(event_id=event["id"]), False
+    from billing.payments.tasks import stripe_event_process_task
+
+    transaction.on_commit(lambda: stripe_event_process_task.delay(row.pk))
+    return row, True
+
+
+def stripe_event_process(*, event_pk: int) -> StripeEvent:
+    """Run the event's handler once. The row lock serializes two workers given the same event; a row
+    already processed (or ignored) is left alone. A handler's error is recorded on the row (failed) and
+    its changes rolled back; the beat task retries failed events."""
+    with transaction.atomic():
+        row = StripeEvent.objects.select_for_update().get(pk=event_pk)
+        if row.status in (StripeEvent.Status.PROCESSED, StripeEvent.Status.IGNORED):
+            return row
+        handler = HANDLERS.get(row.type)
+        error = ""
+        if handler is None:
+            status = StripeEvent.Status.IGNORED
+        else:
+            try:
+                with transaction.atomic():
+                    handler(row.payload["data"]["object"], row)
+                status = StripeEvent.Status.PROCESSED
+            except NotOurs as exc:
+                status, error = StripeEvent.Status.IGNORED, str(exc)
+            except Exception as exc:  # recorded on the row for the operator, retried by the beat task
+                log.exception("stripe event %s (%s) failed", row.event_id, row.type)
+                status, error = StripeEvent.Status.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
+        row.status, row.error, row.attempts, row.processed_at = status, error, row.attempts + 1, timezone.now()
+        row.save(update_fields=["status", "error", "attempts", "processed_at"])
+    return row
+
+
+def stripe_events_retry_failed(*, max_attempts: int = 5, limit: int = 200, now: datetime | None = None) -> int:
+    """Failed events (up to ``max_attempts``), and events whose processing task never ran (a lost message)."""
+    stale = (now or timezone.now()) - timedelta(minutes=5)
+    pks = StripeEvent.objects.filter(
+        Q(status=StripeEvent.Status.FAILED, attempts__lt=max_attempts) |
+        Q(status=StripeEvent.Status.RECEIVED, received_at__lt=stale)).order_by("pk")
+    return sum(stripe_event_process(event_pk=pk).status == StripeEvent.Status.PROCESSED
+               for pk in list(pks.values_list("pk", flat=True)[:limit]))
+
+
+# --- handlers ----------------------------------------------------------------------------------------------
+def _when(obj: dict[str, Any], transition: str, event: StripeEvent) -> datetime:
+    stamp = (obj.get("status_transitions") or {}).get(transition) or event.created
+    return datetime.fromtimestamp(int(stamp), tz=dt_timezone.utc) if stamp else timezone.now()
+
+
+def _sync_for(obj: dict[str, Any]) -> StripeInvoiceSync:
+    """Our sync row of a Stripe invoice: by its id, or (a webhook overtaking our own push's commit) by the
+    Tollgate invoice id in its metadata."""
+    found = StripeInvoiceSync.objects.select_for_update().filter(stripe_invoice_id=obj.get("id")).first()
+    if found is not None:
+        return found
+    invoice_pk = str((obj.get("metadata") or {}).get(METADATA_INVOICE) or "")
+    if invoice_pk.isdigit() and Invoice.objects.filter(pk=int(invoice_pk)).exists():
+        row, _ = StripeInvoiceSync.objects.select_for_update().get_or_create(invoice_id=int(invoice_pk))
+        if not row.stripe_invoice_id:
+            row.stripe_invoice_id = obj.get("id")
+            row.save(update_fields=["stripe_invoice_id", "updated_at"])
+        return row
+    raise NotOurs(f"Stripe invoice {obj.get('id')} is not a Tollgate invoice")
+
+
+def _status(row: StripeInvoiceSync, status: str) -> None:
+    _row_save(row, {"stripe_status": forward_status(row.stripe_status, status)})
+
+
+def invoice_finalized_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    _status(_sync_for(obj), "open")
+
+
+def invoice_paid_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    row = _sync_for(obj)
+    _status(row, "paid")
+    invoice = Invoice.objects.get(pk=row.invoice_id)
+    invoice_mark_paid(invoice=invoice, at=_when(obj, "paid_at", event))
+
+
+def invoice_payment_failed_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    row = _sync_for(obj)
+    _status(row, "open")
+    error = ((obj.get("last_finalization_error") or {}).get("message") or
+             f"payment attempt {obj.get('attempt_count') or '?'} failed")
+    _row_save(row, {"payment_failures": row.payment_failures + 1, "last_payment_error": str(error)[:2000]})
+
+
+def invoice_voided_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    row = _sync_for(obj)
+    _status(row, "void")
+    invoice = Invoice.objects.get(pk=row.invoice_id)
+    invoice_void(invoice=invoice, at=_when(obj, "voided_at", event), reason="voided in Stripe")
+
+
+def customer_deleted_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    row = StripeCustomer.objects.select_for_update().filter(stripe_customer_id=obj.get("id")).first()
+    if row is None:
+        raise NotOurs(f"Stripe customer {obj.get('id')} is not a Tollgate customer")
+    if row.deleted_at is None:
+        _row_save(row, {"deleted_at": timezone.now()})
+
+
+HANDLERS: dict[str, Callable[[dict[str, Any], StripeEvent], None]] = {
+    "invoice.finalized": invoice_finalized_handle,
+    "invoice.paid": invoice_paid_handle,
+    "invoice.payment_failed": invoice_payment_failed_handle,
+    "invoice.voided": invoice_voided_handle,
+    "customer.deleted": customer_deleted_handle,
+}

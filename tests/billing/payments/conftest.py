@@ -1,0 +1,97 @@
+"""Fixtures of the Stripe tests: localstripe on loopback, the recording HTTP client, eager Celery,
+finalized invoices built directly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from billing.customers.models import Customer
+from billing.invoicing.models import Invoice, InvoiceLine
+from billing.payments import gateway
+from portal.celery import app as celery_app
+from tests.billing.payments.stripe_doubles import LocalStripe, RecordingClient
+
+WEBHOOK_SECRET = "whsec_test_tollgate"
+
+
+@pytest.fixture(scope="session")
+def localstripe_server() -> Iterator[LocalStripe]:
+    server = LocalStripe()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def localstripe(localstripe_server: LocalStripe) -> Iterator[LocalStripe]:
+    localstripe_server.reset()
+    yield localstripe_server
+    localstripe_server.start()  # a test that stopped it (an outage) leaves it running for the next one
+
+
+@pytest.fixture
+def stripe_http(monkeypatch: pytest.MonkeyPatch) -> RecordingClient:
+    client = RecordingClient()
+    monkeypatch.setattr(gateway, "HTTP_CLIENT", client)
+    return client
+
+
+@pytest.fixture
+def stripe_on(settings: Any, localstripe: LocalStripe, stripe_http: RecordingClient) -> RecordingClient:
+    """Stripe configured against localstripe through the recording client."""
+    settings.STRIPE_SECRET_KEY = "sk_test_tollgate"
+    settings.STRIPE_API_BASE = localstripe.url
+    settings.STRIPE_METER_EVENTS_BASE = localstripe.url
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    return stripe_http
+
+
+@pytest.fixture
+def webhook_secret(settings: Any) -> str:
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    return WEBHOOK_SECRET
+
+
+@pytest.fixture
+def celery_eager() -> Iterator[None]:
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = before
+
+
+_numbers = iter(range(1, 10**6))
+
+
+@pytest.fixture
+def make_invoice() -> Callable[..., Invoice]:
+    """A finalized invoice built directly: lines as (amount_minor, description)."""
+
+    def make(customer: Customer, lines: list[tuple[int, str]], *, credits_minor: int = 0, plan: Any = None,
+             month: int = 1, total_minor: int | None = None) -> Invoice:
+        subtotal = sum(amount for amount, _ in lines)
+        invoice = Invoice.objects.create(
+            customer=customer, plan=plan, currency="USD",
+            period_start=datetime(2026, month, 1, tzinfo=timezone.utc),
+            period_end=datetime(2026, month + 1, 1, tzinfo=timezone.utc),
+            subtotal_minor=subtotal, credits_minor=credits_minor,
+            total_minor=subtotal - credits_minor if total_minor is None else total_minor)
+        for position, (amount, description) in enumerate(lines, start=1):
+            InvoiceLine.objects.create(invoice=invoice, position=position, kind=InvoiceLine.Kind.CHARGE,
+                                       description=description, amount_minor=amount)
+        invoice.status = Invoice.Status.FINALIZED
+        invoice.number = f"TG-T{next(_numbers):06d}"
+        invoice.finalized_at = datetime.now(timezone.utc)
+        invoice.save()
+        return invoice
+
+    return make
+
+
+def after_backoff(row: Any) -> datetime:
+    """A moment just after the row's retry is due."""
+    assert row.next_attempt_at is not None
+    return row.next_attempt_at + timedelta(seconds=1)

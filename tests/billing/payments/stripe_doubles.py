@@ -1,0 +1,209 @@
+"""Test doubles for Stripe, both real HTTP:
+
+- ``LocalStripe``: the localstripe server (a stateful Stripe-compatible fake) run in this process on
+  127.0.0.1 (its own launcher listens on every interface), with its site stoppable for outages, and a few
+  patches that teach it the current API this project uses (see ``_patch_localstripe``).
+- ``RecordingClient``: a ``stripe.HTTPClient`` given to ``StripeClient``. It records every request
+  (method, path, form fields, idempotency key); calls localstripe lacks (Billing Meters, meter events,
+  invoice finalize) are answered with Stripe's official example objects (stripe_fixtures.json), the rest
+  go to localstripe over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import stripe
+
+FIXTURES = json.loads((Path(__file__).parent / "stripe_fixtures.json").read_text())["resources"]
+
+# (method, path pattern) -> the fixture resource answering it
+CANNED = [
+    ("post", re.compile(r"^/v1/billing/meters$"), "billing.meter"),
+    ("post", re.compile(r"^/v1/billing/meter_events$"), "billing.meter_event"),
+    ("post", re.compile(r"^/v1/billing/meter_event_adjustments$"), "billing.meter_event_adjustment"),
+    ("post", re.compile(r"^/v1/invoices/(?P<id>[^/]+)/(finalize|void|pay|mark_uncollectible)$"), "invoice"),
+]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    form: dict[str, str]
+    idempotency_key: str | None
+
+
+class RecordingClient(stripe.HTTPClient):
+    name = "recording"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = stripe.RequestsClient(timeout=10)
+        self.requests: list[Recorded] = []
+        self.down = False  # canned calls fail like an outage
+        self.fail_on: list[tuple[str, str]] = []  # (method, path regex): fail like an outage, before sending
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def request(self, method: str, url: str, headers: Any, post_data: Any = None, *, _usage: Any = None) -> Any:
+        parts = urlsplit(url)
+        body = post_data.decode() if isinstance(post_data, bytes) else (post_data or "")
+        form = dict(parse_qsl(body or parts.query, keep_blank_values=True))
+        key = (headers or {}).get("Idempotency-Key")
+        with self._lock:
+            self.requests.append(Recorded(method, parts.path, form, key))
+        if any(method == m and re.fullmatch(p, parts.path) for m, p in self.fail_on):
+            raise stripe.APIConnectionError(f"recording client: {method} {parts.path} timed out")
+        for canned_method, pattern, resource in CANNED:
+            match = pattern.match(parts.path)
+            if canned_method == method and match:
+                if self.down:
+                    raise stripe.APIConnectionError("recording client: Stripe is down")
+                answer = copy.deepcopy(FIXTURES[resource])
+                if "id" in match.groupdict():
+                    answer["id"] = match["id"]
+                elif "id" in answer:
+                    answer["id"] = f"{answer['id']}_{next(self._ids)}"
+                for field, value in form.items():  # reflect the scalar fields sent, as stripe-mock does
+                    if "[" not in field and field in answer and not isinstance(answer[field], dict | list):
+                        answer[field] = value
+                return json.dumps(answer), 200, {"Request-Id": "req_recorded"}
+        return self.inner.request(method, url, headers, post_data)
+
+    def request_stream(self, method: str, url: str, headers: Any, post_data: Any = None, *, _usage: Any = None) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def calls(self, method: str, path_pattern: str) -> list[Recorded]:
+        return [r for r in self.requests if r.method == method and re.fullmatch(path_pattern, r.path)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_patched = False
+
+
+def _patch_localstripe() -> None:
+    """localstripe emulates an older API. Teach it what this project sends, nothing more:
+    - a one-off invoice (no subscription) created with ``currency``, ``auto_advance``,
+      ``collection_method`` and ``pending_invoice_items_behavior=exclude`` (current API; it refuses
+      an invoice without a subscription or pending items, and unknown parameters);
+    - an invoice item created with ``invoice=`` lands on that invoice (current API; it only attaches
+      pending items when an invoice is created);
+    - its store is not pickled to a shared file in /tmp (parallel test runs would share it)."""
+    global _patched
+    if _patched:
+        return
+    from localstripe import resources as r
+
+    r.Store.dump_to_disk = lambda self: None
+    create = r.Invoice._api_create.__func__
+
+    def invoice_create(cls: Any, currency: str | None = None, auto_advance: Any = None, collection_method: Any = None,
+                       pending_invoice_items_behavior: Any = None, **kwargs: Any) -> Any:
+        if kwargs.get("subscription") is None and pending_invoice_items_behavior == "exclude":
+            invoice = r.Invoice(customer=kwargs.get("customer"), metadata=kwargs.get("metadata"),
+                                description=kwargs.get("description"))  # a one-off draft invoice
+        else:
+            invoice = create(cls, pending_invoice_items_behavior=pending_invoice_items_behavior, **kwargs)
+        if currency:
+            invoice.currency = currency
+        return invoice
+
+    item_init = r.InvoiceItem.__init__
+
+    def item_new(self: Any, **kwargs: Any) -> None:
+        item_init(self, **kwargs)
+        if self.invoice is not None:
+            r.Invoice._api_retrieve(self.invoice).lines._list.append(r.InvoiceLineItem(self))
+
+    r.Invoice._api_create = classmethod(invoice_create)
+    r.InvoiceItem.__init__ = item_new
+    _patched = True
+
+
+class LocalStripe:
+    def __init__(self) -> None:
+        _patch_localstripe()
+        from aiohttp import web
+        from localstripe.server import app
+
+        self._web, self._app = web, app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="localstripe", daemon=True)
+        self.thread.start()
+        self._runner: Any = None
+        self._site: Any = None
+        self._call(self._setup())
+        self.start()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+    async def _setup(self) -> None:
+        self._runner = self._web.AppRunner(self._app, access_log=None)
+        await self._runner.setup()
+
+    async def _start(self) -> None:
+        self._site = self._web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await self._site.start()
+
+    def start(self) -> None:
+        if self._site is None:
+            self._call(self._start())
+
+    def stop(self) -> None:
+        """An outage: nothing listens on the port until start()."""
+        if self._site is not None:
+            self._call(self._site.stop())
+            self._site = None
+
+    def reset(self) -> None:
+        from localstripe import resources, webhooks
+
+        async def clear() -> None:
+            resources.store.clear()
+            webhooks._webhooks.clear()
+
+        self._call(clear())
+
+    def objects(self, kind: str) -> list[Any]:
+        from localstripe import resources
+
+        async def collect() -> list[Any]:
+            return [v for k, v in resources.store.items() if k.startswith(kind + ":")]
+
+        return list(self._call(collect()))
+
+    def close(self) -> None:
+        self._call(self._runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """A Stripe-Signature header, computed as Stripe does (HMAC-SHA256 of ``t.payload``)."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{stamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={digest}"
