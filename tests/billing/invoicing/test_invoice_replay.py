@@ -64,6 +64,20 @@ plans:
       - {meter: api_calls, model: flat_overage, flat_price: "1", included: 10, overage_unit_price: "0.07"}
       - {meter: seats, model: per_unit, unit_price: "2.75"}
       - {meter: agents, model: per_unit, unit_price: "1.2"}
+  - key: pro
+    name: Pro
+    currency: USD
+    effective_from: "2026-11-10T00:00:00Z"
+    base_fee: "9.99"
+    charges:
+      - meter: llm_tokens
+        model: graduated
+        tiers:
+          - {up_to: 3000, unit_price: "0.0017"}
+          - {up_to: null, unit_price: "0.0009"}
+      - {meter: api_calls, model: per_unit, unit_price: "0.01"}
+      - {meter: seats, model: per_unit, unit_price: "2.75"}
+      - {meter: agents, model: per_unit, unit_price: "1.2"}
 """
 
 CUT_HOUR = (44 * 24 + 12) * 60  # minutes from START to 2026-10-15T12:00Z (v2 takes effect at 12:30)
@@ -73,7 +87,8 @@ event = st.fixed_dictionaries({
     "minute": st.one_of(  # Sep..Nov, with weight on the hour the rate card changes in and the month edges
         st.integers(min_value=0, max_value=91 * 24 * 60 - 1),
         st.integers(min_value=CUT_HOUR, max_value=CUT_HOUR + 59),
-        st.sampled_from([30 * 24 * 60 - 1, 30 * 24 * 60, 61 * 24 * 60 - 1, 61 * 24 * 60])),
+        st.sampled_from([30 * 24 * 60 - 1, 30 * 24 * 60, 61 * 24 * 60 - 1, 61 * 24 * 60,  # month edges
+                         70 * 24 * 60 - 1, 70 * 24 * 60])),  # around v3, on the hour (2026-11-10T00:00Z)
     "quantity": st.integers(min_value=0, max_value=4000),
     "model": st.sampled_from(["gpt-4o", "claude", "mini"]),
     "agent": st.sampled_from(["a1", "a2", "a3"]),
@@ -97,9 +112,11 @@ def _body(index: int, spec: dict[str, Any], at: datetime) -> dict[str, Any]:
 def test_invoice_verify_all_passes_after_a_randomized_workload(acme: Any, globex: Any, workload: list[dict[str, Any]]) -> None:
     from billing.catalog.models import Plan
     from billing.catalog.services import subscription_set
+    from billing.usage import services as usage_services
 
-    with transaction.atomic():
+    with transaction.atomic():  # each example rolls back, so the process caches of its meters must go too
         periods.forget_cache()
+        usage_services._METERS.clear()
         catalog_import(text=CATALOG, actor="t")
         for customer in Customer.objects.all():
             subscription_set(customer=customer, plan=Plan.objects.get(key="pro"), start=START, now=START, actor="t")
