@@ -57,6 +57,7 @@ class UsageEvent(models.Model):
         ]
         indexes = [
             models.Index(fields=["customer", "meter", "usage_at"], name="usage_event_cust_meter_at"),
+            models.Index(fields=["customer", "usage_at"], condition=~models.Q(corrects=""), name="usage_event_corrections"),
         ]
 
     def __str__(self) -> str:

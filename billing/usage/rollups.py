@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max
 
 from billing.catalog.models import Meter
@@ -32,8 +32,17 @@ CHUNK = 50_000
 Key = tuple[int, int, int, str, datetime]  # customer, project slot, meter, dims_key, hour
 
 
+def canonical_dimensions(dimensions: dict[str, str]) -> str:
+    """The dimensions as PostgreSQL prints a ``jsonb`` object (keys by byte length, then bytes; ``", "`` and
+    ``": "`` separators; the same string escapes), so that ``md5(dimensions::text)`` in SQL and
+    ``dims_key`` here agree and the SQL rebuild and the incremental run key the same rows."""
+    items = sorted((dimensions or {}).items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode()))
+    return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
+                           for k, v in items) + "}"
+
+
 def dims_key(dimensions: dict[str, str]) -> str:
-    return hashlib.blake2b(json.dumps(dimensions or {}, sort_keys=True).encode(), digest_size=16).hexdigest()
+    return hashlib.md5(canonical_dimensions(dimensions).encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass
@@ -46,13 +55,13 @@ class Agg:
     uniques: set[str] = field(default_factory=set)
     latest: tuple[datetime, int, Decimal] | None = None  # (usage_at, event id, value)
 
-    def add(self, quantity: Decimal, usage_at: datetime, event_id: int, unique: str | None) -> None:
+    def add(self, quantity: Decimal, usage_at: datetime, event_id: int, unique: str | None, latest: bool) -> None:
         self.total += quantity
         self.events += 1
         self.maximum = quantity if self.maximum is None else max(self.maximum, quantity)
         if unique is not None:
             self.uniques.add(unique)
-        if self.latest is None or (usage_at, event_id) > self.latest[:2]:
+        if latest and (self.latest is None or (usage_at, event_id) > self.latest[:2]):
             self.latest = (usage_at, event_id, quantity)
 
     def merge(self, other: Agg) -> None:
@@ -68,6 +77,7 @@ class Agg:
 def _aggregate(lo: int, hi: int) -> dict[Key, Agg]:
     """Billable events with lo < id <= hi, aggregated per rollup key."""
     unique_by = dict(Meter.objects.filter(aggregation=Meter.Aggregation.UNIQUE_COUNT).values_list("pk", "unique_by"))
+    latest_meters = set(Meter.objects.filter(aggregation=Meter.Aggregation.LATEST).values_list("pk", flat=True))
     out: dict[Key, Agg] = {}
     rows = (UsageEvent.objects.filter(id__gt=lo, id__lte=hi, billable=True)
             .values_list("id", "customer_id", "project_id", "meter_id", "dimensions", "quantity", "usage_at")
@@ -80,7 +90,7 @@ def _aggregate(lo: int, hi: int) -> dict[Key, Agg]:
         if agg is None:
             agg = out[key] = Agg(project_id, dimensions)
         unique = dimensions.get(unique_by[meter_id]) if meter_id in unique_by else None
-        agg.add(quantity, usage_at, event_id, unique)
+        agg.add(quantity, usage_at, event_id, unique, meter_id in latest_meters)
     return out
 
 
@@ -159,12 +169,48 @@ def rollup_until_current(*, now: datetime) -> int:
 
 
 def rollup_full(*, now: datetime) -> int:
-    """Rebuild every rollup from the raw events, in one transaction."""
+    """Rebuild every rollup from the raw events, in one transaction. On PostgreSQL one
+    ``INSERT ... SELECT ... GROUP BY`` does it in the database (the same aggregates as the incremental run,
+    keyed the same way); elsewhere the incremental run from a zero watermark."""
     with transaction.atomic():
         state, _ = RollupWatermark.objects.get_or_create(name="hourly")
         RollupWatermark.objects.select_for_update().filter(pk=state.pk).update(last_event_id=0)
         HourlyRollup.objects.all().delete()
-        return rollup_until_current(now=now)
+        if connection.vendor != "postgresql":
+            return rollup_until_current(now=now)
+        return _rollup_full_sql(now=now)
+
+
+FULL_SQL = """
+INSERT INTO usage_hourly_rollup (customer_id, project_id, project_slot, meter_id, dims_key, dimensions, hour, total,
+                                 events, maximum, uniques, latest_value, latest_at, latest_event)
+SELECT e.customer_id, e.project_id, COALESCE(e.project_id, 0), e.meter_id, md5(COALESCE(e.dimensions, '{}')::text),
+       COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC'), sum(e.quantity), count(*), max(e.quantity),
+       COALESCE(jsonb_agg(DISTINCT (e.dimensions ->> m.unique_by) COLLATE "C")
+                FILTER (WHERE m.aggregation = 'unique_count' AND e.dimensions ? m.unique_by), '[]'::jsonb),
+       (array_agg(e.quantity ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
+       (array_agg(e.usage_at ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
+       (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
+FROM usage_event e JOIN catalog_meter m ON m.id = e.meter_id
+WHERE e.id <= %s AND e.billable
+GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC')
+"""
+
+
+def _rollup_full_sql(*, now: datetime) -> int:
+    with connection.cursor() as cursor:
+        # Same rule as the incremental run: stop before the first event still inside LAG (BRIN on received_at).
+        cursor.execute("SELECT min(id) FROM usage_event WHERE received_at >= %s", [now - LAG])
+        young = cursor.fetchone()[0]
+        cursor.execute("SELECT max(id) FROM usage_event WHERE id < %s", [young or 2**63 - 1])
+        upto = cursor.fetchone()[0] or 0
+        if not upto:
+            return 0
+        cursor.execute(FULL_SQL, [upto])
+        cursor.execute("SELECT COALESCE(sum(events), 0) FROM usage_hourly_rollup")
+        covered = cursor.fetchone()[0]
+    RollupWatermark.objects.filter(name="hourly").update(last_event_id=upto)
+    return int(covered)
 
 
 def rollup_check() -> list[str]:

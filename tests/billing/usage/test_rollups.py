@@ -38,6 +38,7 @@ def ev(event_id: str, minutes: int, quantity: str, meter: str = "llm_tokens", **
 @pytest.fixture(autouse=True)
 def _catalog(acme, tokens_meter):
     meter_create(key="agents", name="Agents", aggregation="unique_count", unique_by="agent_id")
+    meter_create(key="gpu_temp", name="GPU temperature", aggregation="latest")
 
 
 def test_rollup_aggregates_per_hour_and_dimension_set():
@@ -45,12 +46,16 @@ def test_rollup_aggregates_per_hour_and_dimension_set():
          ev("c", 70, "7", dimensions={"model": "x"}), ev("d", 6, "1", dimensions={"model": "y"}),
          ev("u1", 1, "1", meter="agents", dimensions={"agent_id": "p"}),
          ev("u2", 2, "1", meter="agents", dimensions={"agent_id": "p"}),
-         ev("skip", 3, "99", billable=False))
+         ev("skip", 3, "99", billable=False),
+         ev("t1", 40, "71", meter="gpu_temp"), ev("t2", 20, "65", meter="gpu_temp"))
 
-    assert rollups.rollup_until_current(now=LATER) == 7
+    assert rollups.rollup_until_current(now=LATER) == 9
 
     x10 = HourlyRollup.objects.get(hour=T0, dimensions={"model": "x"})
-    assert (x10.total, x10.events, x10.maximum, x10.latest_value) == (Decimal("10.5"), 2, Decimal(10), Decimal("0.5"))
+    assert (x10.total, x10.events, x10.maximum) == (Decimal("10.5"), 2, Decimal(10))
+    assert x10.latest_value is None  # only a `latest` meter needs its latest value (and keeps it)
+    temp = HourlyRollup.objects.get(meter__key="gpu_temp")
+    assert (temp.latest_value, temp.latest_at) == (Decimal(71), T0 + timedelta(minutes=40))  # by time, not arrival
     assert HourlyRollup.objects.get(hour=T0 + timedelta(hours=1)).total == 7
     agents = HourlyRollup.objects.get(meter__key="agents")
     assert agents.uniques == ["p"] and agents.events == 2
@@ -161,3 +166,93 @@ def test_usage_from_rollups_and_tail_equals_usage_from_raw_events(acme, events, 
 
     assert with_rollups == raw_only
     assert UsageEvent.objects.exists()
+
+
+KILLED_WORKER = """
+import os, sys, time
+import django
+django.setup()
+from datetime import datetime
+from billing.usage import rollups
+
+real_apply = rollups._apply
+
+def apply_then_hang(fresh):
+    real_apply(fresh)  # the rollup rows are written, the transaction is still open
+    print("applied", flush=True)
+    time.sleep(120)
+
+rollups._apply = apply_then_hang
+rollups.rollup_incremental(now=datetime.fromisoformat(sys.argv[1]), chunk=2)
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_rollup_worker_killed_with_sigkill_leaves_nothing_and_the_rerun_equals_a_recomputation():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+    from django.db import connection
+
+    # given: events committed (a transactional test), and a real worker process mid-way through its rollup
+    send(ev("a", 5, "10"), ev("b", 65, "4"), ev("c", 7, "1", dimensions={"model": "x"}))
+    rollups.rollup_until_current(now=LATER)
+    send(ev("d", 8, "2"), ev("e", 130, "5"), ev("f", 131, "6"))
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    worker = subprocess.Popen([sys.executable, "-c", KILLED_WORKER, LATER.isoformat()], env=env,
+                              cwd=django_settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None
+        line = worker.stdout.readline()
+        assert line.strip() == "applied", worker.stderr.read() if worker.stderr else ""
+        before = RollupWatermark.objects.get(name="hourly").last_event_id
+
+        # when: SIGKILL while its transaction holds the watermark lock and uncommitted rollup rows
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    # then: nothing of its work is visible; the rerun (which must get the lock PostgreSQL released) catches up
+    assert RollupWatermark.objects.get(name="hourly").last_event_id == before
+    assert sorted(r.total for r in HourlyRollup.objects.all()) == [1, 4, 10]
+    assert rollups.rollup_until_current(now=LATER) == 3
+    assert sorted(r.total for r in HourlyRollup.objects.all()) == [1, 4, 11, 12]
+    assert rollups.rollup_check() == []
+
+
+TRICKY = [{"model": "x"}, {"model": "é ü 漢字"}, {"model": 'say "hi"', "b": "back\\slash"},
+          {"zz": "1", "a": "2", "mid": "line\nbreak\ttab"}, {"ctl": "\u0001\u001f"}, {}, {"k": "/ slash <tag>"}]
+
+
+@pytest.mark.postgres
+def test_the_sql_rebuild_keys_and_aggregates_rows_exactly_like_the_incremental_run():
+    meter_create(key="gpu_temp", name="GPU temperature", aggregation="latest")
+    events = []
+    for i, dims in enumerate(TRICKY):
+        events += [ev(f"t{i}", i, str(i + 1), dimensions=dims), ev(f"u{i}", 60 + i, "3", dimensions=dims),
+                   ev(f"g{i}", 30 - i, str(50 + i), meter="gpu_temp", dimensions=dims),
+                   ev(f"h{i}", 30 - i, str(70 + i), meter="gpu_temp", dimensions=dims),  # same time: the later id wins
+                   ev(f"a{i}", i, "1", meter="agents", dimensions={**dims, "agent_id": f"p{i % 3}"}),
+                   ev(f"b{i}", i, "1", meter="agents", dimensions={**dims, "agent_id": "Zed é"})]
+    send(*events)
+    fields = ("customer_id", "project_slot", "meter_id", "dims_key", "dimensions", "hour", "total", "events",
+              "maximum", "uniques", "latest_value", "latest_at", "latest_event")
+
+    def rows() -> list[tuple]:
+        return sorted(HourlyRollup.objects.values_list(*fields), key=repr)
+
+    rollups.rollup_until_current(now=LATER)
+    incremental = rows()
+    rollups.rollup_full(now=LATER)  # PostgreSQL: one INSERT ... SELECT ... GROUP BY
+
+    assert len(incremental) == 5 * len(TRICKY) and rows() == incremental
+    assert rollups.rollup_check() == []
+    assert RollupWatermark.objects.get(name="hourly").last_event_id == rollups.latest_event_id()
