@@ -7,12 +7,14 @@ an invoice is replayed (``source="raw"``). Both give the same aggregates, which 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q
 
 from billing.catalog.models import Meter
@@ -48,27 +50,73 @@ def period_rows(*, customer: Customer, start: datetime, end: datetime, cuts: Ite
     rows: list[Row] = []
     raw = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
     watermark = 0
+    queries = []
     if source == "rollups":
         watermark = RollupWatermark.objects.filter(name="hourly").values_list("last_event_id", flat=True).first() or 0
+        cuts = list(cuts)
         cut_hours = sorted({_hour(c) for c in cuts if c != _hour(c) and start <= c < end})
         lo = start if start == _hour(start) else _hour(start) + HOUR  # first whole hour
         hi = max(_hour(end), lo)  # end of the last whole hour
         if watermark and lo < hi:
-            rolled = (HourlyRollup.objects.filter(customer=customer, hour__gte=lo, hour__lt=hi)
-                      .exclude(hour__in=cut_hours).order_by()
-                      .values_list("meter_id", "dimensions", "hour", "total", "maximum", "uniques", "latest_at",
-                                   "latest_event", "latest_value"))
-            for meter_id, dims, hour, total, maximum, uniques, l_at, l_event, l_value in rolled.iterator(chunk_size=5000):
-                latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None
-                rows.append(Row(meters[meter_id].key, dims or {}, hour, total, maximum, frozenset(uniques), latest))
-            tail = Q(id__gt=watermark) | Q(usage_at__lt=lo) | Q(usage_at__gte=hi)
+            on_hour = sorted({c for c in cuts if c == _hour(c) and lo < c < hi})  # a range never spans a price change
+            rows += _rolled(customer, meters, _whole_ranges(lo, hi, cut_hours, on_hour))
+            # raw: the events not rolled up yet, and (rolled up or not) the edge and cut hours; two queries so
+            # that each uses its index (the primary key for the tail, (customer, meter, usage_at) for hours)
+            edges = Q(usage_at__lt=lo) | Q(usage_at__gte=hi)
             for hour in cut_hours:
-                tail |= Q(usage_at__gte=hour, usage_at__lt=hour + HOUR)
-            raw = raw.filter(tail)
-    for event_pk, meter_id, dims, quantity, usage_at in (
-            raw.order_by().values_list("pk", "meter_id", "dimensions", "quantity", "usage_at").iterator(chunk_size=5000)):
-        rows.append(event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk))
+                edges |= Q(usage_at__gte=hour, usage_at__lt=hour + HOUR)
+            queries = [raw.filter(id__gt=watermark), raw.filter(edges, id__lte=watermark)]
+    if not queries:
+        queries = [raw]
+    for query in queries:
+        for event_pk, meter_id, dims, quantity, usage_at in (query.order_by().values_list(
+                "pk", "meter_id", "dimensions", "quantity", "usage_at").iterator(chunk_size=5000)):
+            rows.append(event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk))
     return rows, watermark
+
+
+def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits: list[datetime]
+                  ) -> list[tuple[datetime, datetime]]:
+    """[lo, hi) without the cut hours, as ranges of whole hours, also split at ``splits``."""
+    ranges, at = [], lo
+    for moment, skip in sorted([(h, True) for h in cut_hours if lo <= h < hi] + [(c, False) for c in splits]):
+        if at < moment:
+            ranges.append((at, moment))
+        at = max(at, moment + HOUR if skip else moment)
+    if at < hi:
+        ranges.append((at, hi))
+    return ranges
+
+
+ADDITIVE_SQL = """
+SELECT meter_id, (array_agg(dimensions))[1], sum(total)
+FROM usage_hourly_rollup
+WHERE customer_id = %s AND hour >= %s AND hour < %s AND meter_id = ANY(%s)
+GROUP BY meter_id, dims_key
+"""
+
+
+def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]) -> list[Row]:
+    """Rollup rows over whole-hour ranges. On PostgreSQL, meters that add up are summed per range in the
+    database (pricing needs each range's total, not its hours); the others come hour by hour."""
+    additive = [pk for pk, m in meters.items() if m.aggregation in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)]
+    in_sql = connection.vendor == "postgresql"
+    out: list[Row] = []
+    for a, b in ranges:
+        rolled = HourlyRollup.objects.filter(customer=customer, hour__gte=a, hour__lt=b).order_by()
+        if in_sql:
+            rolled = rolled.exclude(meter_id__in=additive)
+            with connection.cursor() as cursor:
+                cursor.execute(ADDITIVE_SQL, [customer.pk, a, b, additive])
+                for meter_id, dims, total in cursor.fetchall():
+                    dims = json.loads(dims) if isinstance(dims, str) else dims
+                    out.append(Row(meters[meter_id].key, dims or {}, a, total, None, frozenset(), None))
+        for meter_id, dims, hour, total, maximum, uniques, l_at, l_event, l_value in rolled.values_list(
+                "meter_id", "dimensions", "hour", "total", "maximum", "uniques", "latest_at", "latest_event",
+                "latest_value").iterator(chunk_size=5000):
+            latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None
+            out.append(Row(meters[meter_id].key, dims or {}, hour, total, maximum, frozenset(uniques), latest))
+    return out
 
 
 def event_row(meter: Meter, dims: dict[str, str], quantity: Decimal, usage_at: datetime, event_pk: int) -> Row:
