@@ -19,3 +19,12 @@ class UserAddForm(forms.Form):
         password: str = self.cleaned_data["password"]
         validate_password(password)
         return password
+
+
+class ThresholdAddForm(forms.Form):
+    """Parses only; the rules (an existing meter or the spend cap, above 0 and at most 100, two decimals at
+    most, 20 per customer) are the guardrails service's, so the page and the API answer alike."""
+
+    target = forms.CharField(max_length=80, label="Watch")
+    percent = forms.DecimalField(label="At percent of the limit",
+                                 widget=forms.NumberInput(attrs={"min": "0.01", "max": "100", "step": "0.01"}))

@@ -1,11 +1,12 @@
 """Reads behind the customer dashboard. Usage comes from ``usage_aggregate`` (rollups plus the raw tail,
-so an event shows as soon as it is stored), money from the upcoming-invoice estimate, credits from the
-guardrails' balance; nothing here writes."""
+so an event shows as soon as it is stored), money from the upcoming-invoice estimate, credits and the
+soft-limit alerts and thresholds from the guardrails; nothing here writes."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,7 +16,15 @@ from billing.catalog.models import Meter
 from billing.catalog.money import from_minor
 from billing.catalog.selectors import subscription_at, version_in_effect
 from billing.customers.models import Customer, CustomerUser
-from billing.guardrails.selectors import customer_balance
+from billing.guardrails.accounts import period_bounds
+from billing.guardrails.models import Alert, AlertThreshold
+from billing.guardrails.selectors import (
+    EffectiveThreshold,
+    alert_thresholds_effective,
+    alerts_list,
+    customer_balance,
+    limit_figures,
+)
 from billing.invoicing.estimate import Estimate, period_of, upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.usage.models import UsageEvent
@@ -249,3 +258,84 @@ def invoice_list(*, customer: Customer) -> list[dict[str, Any]]:
 
 def dashboard_users(*, customer: Customer) -> list[CustomerUser]:
     return list(CustomerUser.objects.filter(customer=customer).select_related("user").order_by("user__username"))
+
+
+# --- soft-limit alerts and thresholds (billing/guardrails) ---------------------------------------------
+
+ALERT_EMAIL_STATUS: dict[str, str] = {
+    Alert.State.PENDING: "email queued",
+    Alert.State.SENDING: "email being sent",
+    Alert.State.SENT: "emailed",
+    Alert.State.UNKNOWN: "email may not have arrived (not retried)",
+    Alert.State.NO_RECIPIENTS: "not emailed: no address on file (set the invoice contact in Settings)",
+}
+THRESHOLD_SOURCES = {"default": "Default", "rate_card": "Plan's soft limit", "plan": "Plan", "customer": "Yours"}
+
+
+def _target_names(targets: Iterable[str]) -> dict[str, str]:
+    """``meter:llm_tokens`` -> the meter's name ("LLM tokens"), ``spend_cap`` -> "Spend cap"."""
+    targets = set(targets)
+    keys = {t.removeprefix(AlertThreshold.METER_PREFIX) for t in targets if t.startswith(AlertThreshold.METER_PREFIX)}
+    names = dict(Meter.objects.filter(key__in=keys).values_list("key", "name"))
+    return {t: "Spend cap" if t == AlertThreshold.SPEND_CAP
+            else names.get(t.removeprefix(AlertThreshold.METER_PREFIX), t) for t in targets}
+
+
+@dataclass(frozen=True)
+class AlertShown:
+    """One recorded alert of the open period, with its target and email status in words."""
+
+    alert: Alert
+    what: str
+
+    @property
+    def is_money(self) -> bool:  # the spend cap's figures are amounts in ``alert.unit`` (a currency)
+        return self.alert.target == AlertThreshold.SPEND_CAP
+
+    @property
+    def email_status(self) -> str:
+        return ALERT_EMAIL_STATUS.get(self.alert.state, self.alert.state)
+
+
+def alerts_shown(*, customer: Customer, now: datetime) -> list[AlertShown]:
+    """The alerts recorded in the open limits period (the calendar month, UTC), oldest first."""
+    start, _ = period_bounds(now)
+    rows = list(alerts_list(customer=customer, period_start=start))
+    names = _target_names(a.target for a in rows)
+    return [AlertShown(a, names[a.target]) for a in rows]
+
+
+@dataclass(frozen=True)
+class ThresholdShown:
+    threshold: EffectiveThreshold
+    what: str
+
+    @property
+    def source(self) -> str:
+        return THRESHOLD_SOURCES.get(self.threshold.source, self.threshold.source)
+
+    @property
+    def own(self) -> bool:
+        """Only the customer's own thresholds can be deleted from the dashboard."""
+        return self.threshold.source == "customer" and self.threshold.id is not None
+
+    @property
+    def is_money(self) -> bool:
+        return self.threshold.target == AlertThreshold.SPEND_CAP
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    thresholds: list[ThresholdShown]
+    targets: list[tuple[str, str]]  # (target, name): what the customer's plan limits now, for the add form
+
+
+def alert_settings(*, customer: Customer, now: datetime) -> AlertSettings:
+    """The effective thresholds (the plan's or the default, and the customer's own) with where the customer
+    stands against each, and the targets a new threshold can watch: the plan's hard-limited meters and its
+    spend cap, if it has one."""
+    figures = limit_figures(customer=customer, now=now)
+    effective = alert_thresholds_effective(customer=customer, now=now, figures=figures)
+    names = _target_names([*(t.target for t in effective), *(f.target for f in figures)])
+    return AlertSettings([ThresholdShown(t, names[t.target]) for t in effective],
+                         [(f.target, names[f.target]) for f in figures])

@@ -19,10 +19,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django_htmx.http import HttpResponseClientRedirect
 
+from billing.common.errors import ApiError
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_user_customer_pk
+from billing.guardrails.alerts import alert_threshold_create, alert_threshold_delete
 from portal.dashboard import charts, selectors
-from portal.dashboard.forms import ContactEmailForm, UserAddForm
+from portal.dashboard.forms import ContactEmailForm, ThresholdAddForm, UserAddForm
 from portal.dashboard.services import dashboard_user_add, invoice_contact_set
 
 BREAKDOWNS = ("project", "model", "provider", "direction", "region", "agent_id")
@@ -78,8 +80,9 @@ def dashboard_home(request: HttpRequest) -> HttpResponse:
 
 
 def _glance_context(customer: Customer) -> dict[str, Any]:
-    return {"customer": customer, "glance": selectors.glance(customer=customer, now=_now()),
-            "alerts": None}  # the guardrails' soft-limit alerts plug in here (templates/dashboard/_alerts.html)
+    now = _now()
+    return {"customer": customer, "glance": selectors.glance(customer=customer, now=now),
+            "alerts": selectors.alerts_shown(customer=customer, now=now)}
 
 
 def _charts_context(customer: Customer) -> dict[str, Any]:
@@ -156,24 +159,31 @@ def invoices(request: HttpRequest, customer: Customer) -> HttpResponse:
 
 
 def _settings(request: HttpRequest, customer: Customer, contact_form: ContactEmailForm | None = None,
-              user_form: UserAddForm | None = None, status: int = 200) -> HttpResponse:
+              user_form: UserAddForm | None = None, threshold_form: ThresholdAddForm | None = None,
+              status: int = 200) -> HttpResponse:
     return render(request, "dashboard/settings.html", {
         "customer": customer, "tab": "settings", "users": selectors.dashboard_users(customer=customer),
         "contact_form": contact_form or ContactEmailForm(initial={"email": customer.email}),
         "user_form": user_form or UserAddForm(), "saved": request.GET.get("saved", ""),
+        "alert_settings": selectors.alert_settings(customer=customer, now=_now()),
+        "threshold_form": threshold_form or ThresholdAddForm(),
     }, status=status)
+
+
+def _settings_saved(customer: Customer, what: str) -> HttpResponse:
+    return redirect(reverse("dashboard:settings", args=[customer.external_id]) + f"?saved={what}")
 
 
 @customer_view
 def settings_page(request: HttpRequest, customer: Customer) -> HttpResponse:
-    """GET: dashboard users and the invoice contact. POST: change the invoice contact email."""
+    """GET: dashboard users, the invoice contact and the alert thresholds. POST: change the invoice contact email."""
     if request.method != "POST":
         return _settings(request, customer)
     form = ContactEmailForm(request.POST)
     if not form.is_valid():
         return _settings(request, customer, contact_form=form, status=422)
     invoice_contact_set(customer=customer, email=form.cleaned_data["email"])
-    return redirect(reverse("dashboard:settings", args=[customer.external_id]) + "?saved=contact")
+    return _settings_saved(customer, "contact")
 
 
 @customer_view
@@ -189,5 +199,37 @@ def settings_user_add(request: HttpRequest, customer: Customer) -> HttpResponse:
             for name, messages in exc.message_dict.items():
                 form.add_error(name if name in form.fields else None, messages)
         else:
-            return redirect(reverse("dashboard:settings", args=[customer.external_id]) + "?saved=user")
+            return _settings_saved(customer, "user")
     return _settings(request, customer, user_form=form, status=422)
+
+
+@customer_view
+def settings_threshold_add(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """POST: add one of the customer's own alert thresholds (the same threshold again changes nothing)."""
+    if request.method != "POST":
+        return redirect("dashboard:settings", customer_id=customer.external_id)
+    form = ThresholdAddForm(request.POST)
+    if form.is_valid():
+        try:
+            alert_threshold_create(customer=customer, **form.cleaned_data)
+        except ApiError as exc:  # 422 by field, from the one set of rules the API answers with too
+            for name, messages in (exc.fields or {"": [exc.message]}).items():
+                form.add_error(name if name in form.fields else None, messages)
+        else:
+            return _settings_saved(customer, "threshold")
+    return _settings(request, customer, threshold_form=form, status=422)
+
+
+@customer_view
+def settings_threshold_delete(request: HttpRequest, customer: Customer, pk: int) -> HttpResponse:
+    """POST: delete one of the customer's own thresholds. A plan's threshold, the default or another
+    customer's threshold is the same 404 as any foreign id."""
+    if request.method != "POST":
+        return redirect("dashboard:settings", customer_id=customer.external_id)
+    try:
+        alert_threshold_delete(customer=customer, threshold_id=pk)
+    except ApiError as exc:
+        if exc.status_code != 404:
+            raise
+        return render(request, "dashboard/not_found.html", status=404)
+    return _settings_saved(customer, "threshold-deleted")

@@ -18,6 +18,9 @@ from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
 from billing.customers.models import CustomerUser
 from billing.customers.services import customer_user_create
+from billing.guardrails.accounts import period_bounds
+from billing.guardrails.alerts import alert_threshold_create, alerts_check, plan_alert_threshold_set
+from billing.guardrails.models import Alert, AlertThreshold
 from billing.invoicing.estimate import ADDITIVE, upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.usage.services import events_ingest
@@ -58,7 +61,8 @@ def dashboard_urls(customer_id: str) -> list[str]:
 
 
 def dashboard_posts(customer_id: str) -> list[str]:
-    return [f"/dashboard/{customer_id}/settings/", f"/dashboard/{customer_id}/settings/users"]
+    return [f"/dashboard/{customer_id}/settings/", f"/dashboard/{customer_id}/settings/users",
+            f"/dashboard/{customer_id}/settings/thresholds", f"/dashboard/{customer_id}/settings/thresholds/1/delete"]
 
 
 @pytest.fixture
@@ -143,6 +147,7 @@ def test_a_customer_user_gets_404_on_every_url_of_another_customer(ann, now):
     for url in dashboard_urls("acme-co"):
         assert ann.get(url).status_code == 200, url
     assert not CustomerUser.objects.filter(user__username="mallory").exists()
+    assert not AlertThreshold.objects.exists()
 
 
 def test_a_login_without_customer_gets_403(client, plan):
@@ -338,3 +343,114 @@ def test_a_run_id_with_a_slash_and_spaces_opens(ann, now):
 
     assert 'href="/dashboard/acme-co/runs/team/run%204/"' in page
     assert detail.status_code == 200 and 'data-run="team/run 4"' in detail.content.decode()
+
+
+# --- soft-limit alerts and alert thresholds (billing/guardrails) -------------------------------------
+
+PERCENT_RULE = "A percentage above 0 and at most 100, with at most 2 decimal places."
+
+
+def test_a_crossed_threshold_shows_in_the_polled_glance(ann, acme, now):
+    # given: past the plan's soft limit (80% of 10,000 tokens), detected by the guardrails' check
+    acme.email = "ap@acme.example"
+    acme.save()
+    send(now, tokens("a", 8500))
+    before = ann.get("/dashboard/acme-co/glance", HTTP_HX_REQUEST="true").content.decode()
+    alerts_check(customer_pk=acme.pk, now=now)
+    # and a spend-cap alert whose email could not go anywhere, and one of the last period
+    start, end = period_bounds(now)
+    Alert.objects.create(customer=acme, period_start=start, period_end=end, target="spend_cap", percent=Decimal(50),
+                         limit=Decimal(500), used=Decimal("250.5"), unit="USD", crossed_at=now,
+                         state=Alert.State.NO_RECIPIENTS)
+    last_start, _ = period_bounds(start - timedelta(days=1))
+    Alert.objects.create(customer=acme, period_start=last_start, period_end=start, target="meter:api_calls",
+                         percent=Decimal(90), limit=Decimal(10), used=Decimal(9), unit="call", crossed_at=last_start)
+
+    # when
+    page = ann.get("/dashboard/acme-co/glance", HTTP_HX_REQUEST="true").content.decode()
+
+    # then: both of this period, in words, with their figures and email status; not the last period's
+    assert 'data-alerts="none"' in before and "data-alert=" not in before
+    assert "<html" not in page and 'data-alerts="none"' not in page
+    tokens_alert = page[page.index('data-alert="meter:llm_tokens"'):page.index("</li>")]
+    assert 'data-percent="80" data-status="sent"' in tokens_alert
+    assert "LLM tokens: 80% reached" in tokens_alert and "8,500 of 10,000 token</span>" in tokens_alert
+    assert f'when crossed at <time datetime="{now.isoformat()}">{now:%Y-%m-%d %H:%M} UTC</time>' in tokens_alert
+    assert "emailed at" in tokens_alert
+    assert "Spend cap: 50% reached" in page and "250.50 of 500.00 USD</span>" in page
+    assert "not emailed: no address on file" in page
+    assert 'data-alert="meter:api_calls"' not in page
+
+
+def test_settings_list_the_effective_thresholds_and_add_and_delete_own(ann, acme, now):
+    send(now, tokens("a", 6000))
+
+    added = ann.post("/dashboard/acme-co/settings/thresholds", {"target": "meter:llm_tokens", "percent": "50"})
+    page = ann.get(added["Location"]).content.decode()
+    own = AlertThreshold.objects.get(customer=acme)
+
+    assert added.status_code == 302 and added["Location"].endswith("?saved=threshold")
+    assert (own.target, own.percent) == ("meter:llm_tokens", Decimal(50))
+    assert "Alert threshold added." in page
+    assert '<option value="meter:llm_tokens">LLM tokens</option>' in page and 'value="spend_cap"' not in page
+    rows = re.findall(r'<tr data-threshold="([^"]+)" data-percent="([^"]+)" data-source="(\w+)"( data-id="\d+")?', page)
+    assert rows == [("meter:llm_tokens", "50", "customer", f' data-id="{own.pk}"'),
+                    ("meter:llm_tokens", "80", "rate_card", "")]
+    assert "5,000 of 10,000 token" in page and "8,000 of 10,000 token" in page
+    assert page.count('data-crossed="yes"') == 1 and page.count('data-crossed="no"') == 1
+    assert page.count(">Delete</button>") == 1
+
+    deleted = ann.post(f"/dashboard/acme-co/settings/thresholds/{own.pk}/delete")
+    again = ann.post(f"/dashboard/acme-co/settings/thresholds/{own.pk}/delete")
+
+    assert deleted.status_code == 302 and deleted["Location"].endswith("?saved=threshold-deleted")
+    assert again.status_code == 404
+    assert not AlertThreshold.objects.exists()
+    assert f'data-id="{own.pk}"' not in ann.get("/dashboard/acme-co/settings/").content.decode()
+
+
+def test_own_threshold_on_an_unlimited_meter_is_shown_inactive_and_can_be_deleted(ann, acme):
+    own, _ = alert_threshold_create(customer=acme, target="meter:api_calls", percent=Decimal(10))
+
+    page = ann.get("/dashboard/acme-co/settings/").content.decode()
+
+    assert f'data-threshold="meter:api_calls" data-percent="10" data-source="customer" data-id="{own.pk}"' in page
+    assert 'data-crossed="inactive"' in page
+    assert f'action="/dashboard/acme-co/settings/thresholds/{own.pk}/delete"' in page
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"target": "meter:llm_tokens", "percent": "150"}, PERCENT_RULE),
+    ({"target": "meter:llm_tokens", "percent": "0"}, PERCENT_RULE),
+    ({"target": "meter:llm_tokens", "percent": "33.333"}, PERCENT_RULE),
+    ({"target": "meter:llm_tokens", "percent": "lots"}, "Enter a number."),
+    ({"target": "meter:nope", "percent": "50"}, "of an existing meter."),
+])
+def test_an_invalid_threshold_answers_422_with_the_message(ann, body, message):
+    response = ann.post("/dashboard/acme-co/settings/thresholds", body)
+
+    assert response.status_code == 422
+    page = response.content.decode()
+    form = page[page.index('id="threshold-add"'):]
+    assert message in form[form.index('<p class="error" id="id_'):]
+    assert 'id="thresholds"' in page  # the whole settings page again, with the table
+    assert not AlertThreshold.objects.exists()
+
+
+def test_a_customer_user_cannot_change_another_customers_thresholds_nor_the_plans(ann, globex, plan):
+    theirs, _ = alert_threshold_create(customer=globex, target="meter:llm_tokens", percent=Decimal(10))
+    plans, _ = plan_alert_threshold_set(plan=plan, target="meter:llm_tokens", percent=Decimal(60))
+
+    answers = [
+        ann.post("/dashboard/globex/settings/thresholds", {"target": "spend_cap", "percent": "5"}),
+        ann.post(f"/dashboard/globex/settings/thresholds/{theirs.pk}/delete"),
+        ann.post(f"/dashboard/acme-co/settings/thresholds/{theirs.pk}/delete"),  # own page, foreign id
+        ann.post(f"/dashboard/acme-co/settings/thresholds/{plans.pk}/delete"),  # the plan's: the operator's
+    ]
+    page = ann.get("/dashboard/acme-co/settings/").content.decode()
+
+    assert [r.status_code for r in answers] == [404, 404, 404, 404]
+    assert set(AlertThreshold.objects.values_list("pk", flat=True)) == {theirs.pk, plans.pk}
+    # the plan's threshold replaces the rate card's and is listed, without a delete button
+    assert 'data-threshold="meter:llm_tokens" data-percent="60" data-source="plan">' in page
+    assert 'data-source="rate_card"' not in page and ">Delete</button>" not in page
