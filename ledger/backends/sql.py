@@ -11,6 +11,7 @@ snapshot. Then the changed rows are written back.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,14 @@ def _now_ns() -> int:
     global _last_ts
     _last_ts = max(time.time_ns(), _last_ts + 1)
     return _last_ts
+
+
+def _now_ns_block(count: int) -> int:
+    """The first of ``count`` consecutive timestamps, as ``count`` calls of _now_ns would give."""
+    global _last_ts
+    first = max(time.time_ns(), _last_ts + 1)
+    _last_ts = first + count - 1
+    return first
 
 
 @dataclass(slots=True)
@@ -201,6 +210,7 @@ class _Batch:
         ids = [t.id for t in self.transfers if t.id]
         self.existing = _transfers_by_id(ids)
         self.failed = _failed_by_id(ids)
+        self.plain = _plain_batch(self.transfers, self.existing, self.failed)  # before taking any lock
         pending_ids = sorted({t.pending_id for t in self.transfers if t.pending_id})
         self.pendings: dict[int, LedgerTransfer | NewTransfer] = {
             r.id: r for r in _locked(LedgerTransfer.objects.filter(pk__in=pending_ids))} if pending_ids else {}
@@ -242,6 +252,8 @@ class _Batch:
         self.undo = None
 
     def run(self) -> list[Status]:
+        if self.plain is not None and self._run_plain(self.plain):
+            return [Status.CREATED] * len(self.transfers)
         transfers = self.transfers
         count = len(transfers)
         linked = [bool(int(t.flags) & _LINKED) for t in transfers]
@@ -278,6 +290,43 @@ class _Batch:
             index = end + 1
         self._write()
         return [s for s in statuses if s is not None]
+
+    def _run_plain(self, plain: _Plain) -> bool:
+        """Apply a plain batch in aggregate, if every bounded account can take the whole batch: then every
+        transfer would pass its limit check in order too (amounts are >= 0 and, all succeeding, debits
+        and credits only grow), so each is ``created``, and each account is updated once by its total.
+        False (nothing changed) when an account is missing or a limit could bind: the caller then
+        applies the batch transfer by transfer, which decides exactly which event fails."""
+        accounts = self.accounts
+        for debit_id, credit_id, ledger in plain.pairs:
+            dr, cr = accounts.get(debit_id), accounts.get(credit_id)
+            if dr is None or cr is None or dr.ledger != cr.ledger or ledger != dr.ledger:
+                return False
+        for account_id, total in plain.debits.items():
+            acc = accounts[account_id]
+            if acc.flags & _DEBITS_BOUNDED and acc.debits_pending + acc.debits_posted + total > acc.credits_posted:
+                return False
+        for account_id, total in plain.credits.items():
+            acc = accounts[account_id]
+            if acc.flags & _CREDITS_BOUNDED and acc.credits_pending + acc.credits_posted + total > acc.debits_posted:
+                return False
+        for account_id, total in plain.debits.items():
+            accounts[account_id].debits_posted += total
+            accounts[account_id].dirty = True
+        for account_id, total in plain.credits.items():
+            accounts[account_id].credits_posted += total
+            accounts[account_id].dirty = True
+        first = _now_ns_block(len(self.transfers))
+        _save_accounts([acc for acc in accounts.values() if acc.dirty])
+        if plain.heads is not None:
+            _copy_transfers("".join([f"{head}{first + i}{_PLAIN_TAIL}" for i, head in enumerate(plain.heads)]))
+        else:
+            _insert_transfers([
+                NewTransfer(t.id, t.debit_account_id, t.credit_account_id, t.amount, t.amount, 0, t.ledger, t.code,
+                            int(t.flags), 0, t.user_data_128, t.user_data_64, t.user_data_32, first + i, _STATE_POSTED,
+                            None)
+                for i, t in enumerate(self.transfers)])
+        return True
 
     def _write(self) -> None:
         _save_accounts([acc for acc in self.accounts.values() if acc.dirty])
@@ -441,6 +490,46 @@ class _Batch:
         return Status.CREATED
 
 
+@dataclass(slots=True)
+class _Plain:
+    """A batch of fresh single-phase transfers (what limited ingest sends): whatever the balances, each
+    transfer can only be created or fail its account's limit."""
+
+    debits: dict[int, int]  # account id -> total debited by the batch
+    credits: dict[int, int]
+    pairs: set[tuple[int, int, int]]  # (debit account, credit account, ledger)
+    heads: list[str] | None  # PostgreSQL: each row's COPY text up to its timestamp, rendered before the lock
+
+
+def _plain_batch(transfers: list[Transfer], existing: dict, failed: dict) -> _Plain | None:
+    """The batch's totals per account if it is plain: ids non-zero, new and distinct, no flag but linked,
+    the last transfer not linked, no pending id or timeout, non-zero and distinct accounts, a ledger
+    and a code, amounts >= 0. None otherwise (the batch goes transfer by transfer)."""
+    if not transfers or int(transfers[-1].flags) & _LINKED:
+        return None
+    seen: set[int] = set()
+    debits: dict[int, int] = defaultdict(int)
+    credits: dict[int, int] = defaultdict(int)
+    pairs: set[tuple[int, int, int]] = set()
+    for t in transfers:
+        tid, debit_id, credit_id, amount = t.id, t.debit_account_id, t.credit_account_id, t.amount
+        if (not tid or tid in seen or tid in existing or tid in failed or int(t.flags) & ~_LINKED or t.pending_id
+                or t.timeout or not debit_id or not credit_id or debit_id == credit_id or not t.ledger or not t.code
+                or amount < 0):
+            return None
+        seen.add(tid)
+        debits[debit_id] += amount
+        credits[credit_id] += amount
+        pairs.add((debit_id, credit_id, t.ledger))
+    heads = [f"{t.id}\t{t.debit_account_id}\t{t.credit_account_id}\t{t.amount}\t{t.amount}\t0\t{int(t.ledger)}\t{int(t.code)}\t"
+             f"{int(t.flags)}\t0\t{t.user_data_128}\t{t.user_data_64}\t{t.user_data_32}\t"
+             for t in transfers] if connection.vendor == "postgresql" else None
+    return _Plain(debits, credits, pairs, heads)
+
+
+_PLAIN_TAIL = f"\t{_STATE_POSTED}\t\\N\n"  # state posted, no expiry
+
+
 def _check_limits(dr: _Acc, cr: _Acc, amount: int) -> Status | None:
     if dr.flags & _DEBITS_BOUNDED and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
         return Status.EXCEEDS_CREDITS
@@ -522,17 +611,11 @@ def _insert_transfers(rows: list[NewTransfer]) -> None:
     text format needs no escaping), one executemany on SQLite."""
     cols = ", ".join(_TRANSFER_COLUMNS)
     if connection.vendor == "postgresql":
-        import psycopg
-
         data = "".join([
             f"{r.id}\t{r.debit_account_id}\t{r.credit_account_id}\t{r.amount}\t{r.requested_amount}\t{r.pending_id}\t"
             f"{r.ledger}\t{r.code}\t{r.flags}\t{r.timeout}\t{r.user_data_128}\t{r.user_data_64}\t{r.user_data_32}\t"
             f"{r.timestamp}\t{r.state}\t{_NULL if r.expires_at is None else r.expires_at}\n" for r in rows])
-        connection.ensure_connection()
-        # wrap_database_errors: a raw psycopg error becomes Django's IntegrityError, which the caller retries
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as raw, \
-                raw.copy(f"COPY ledger_transfer ({cols}) FROM STDIN") as copy:
-            copy.write(data)
+        _copy_transfers(data)
         return
     placeholders = ", ".join(["%s"] * len(_TRANSFER_COLUMNS))
     with connection.cursor() as cursor:
@@ -544,6 +627,17 @@ def _insert_transfers(rows: list[NewTransfer]) -> None:
 
 
 _NULL = "\\N"
+
+
+def _copy_transfers(data: str) -> None:
+    """COPY rows (text format, _TRANSFER_COLUMNS order) into ledger_transfer on PostgreSQL."""
+    import psycopg
+
+    connection.ensure_connection()
+    # wrap_database_errors: a raw psycopg error becomes Django's IntegrityError, which the caller retries
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as raw, \
+            raw.copy(f"COPY ledger_transfer ({', '.join(_TRANSFER_COLUMNS)}) FROM STDIN") as copy:
+        copy.write(data)
 
 
 def replace_row(pending: LedgerTransfer | NewTransfer, t: Transfer, amount: int) -> NewTransfer:
