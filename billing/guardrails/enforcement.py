@@ -11,7 +11,7 @@ to the ledger in one ``create_transfers`` call.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -23,7 +23,7 @@ from billing.catalog.schema import charge_spec
 from billing.guardrails import accounts as acc
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
-from ledger.ids import derive
+from ledger.ids import deriver
 from ledger.types import Account, Status, Transfer, TransferFlags
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
@@ -209,6 +209,17 @@ class _Terms:
     money_ledger: int = 0
     charges: dict[tuple[tuple[str, str], ...], list[_Charge]] = field(default_factory=dict)
     prices: dict[int, dict[Decimal, Decimal]] = field(default_factory=dict)  # by id() of the charge's definition
+    # the usage transfers' ids: derive("usage-<leg>", customer, event_id[, charge index]), prefix encoded once
+    counter_transfer_id: Callable[..., int] = field(init=False)
+    quota_transfer_id: Callable[..., int] = field(init=False)
+    spend_transfer_id: Callable[..., int] = field(init=False)
+    credits_transfer_id: Callable[..., int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counter_transfer_id = deriver("usage-counter", self.customer_pk)
+        self.quota_transfer_id = deriver("usage-quota", self.customer_pk)
+        self.spend_transfer_id = deriver("usage-spend", self.customer_pk)
+        self.credits_transfer_id = deriver("usage-credits", self.customer_pk)
 
     def matching(self, event: EventUsage, counters_needed: dict[int, Account]) -> list[_Charge]:
         key = tuple(sorted(event.dimensions.items()))
@@ -257,7 +268,7 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> d
     allocations: list[Transfer] = []
     counters_needed: dict[int, Account] = {}
     by_key: dict[tuple[int, int, int, int, int], _Terms | None] = {}
-    plans: list[tuple[EventUsage, _Terms]] = []
+    plans: list[tuple[EventUsage, _Terms, list[_Charge]]] = []
     for event, (sub, version) in in_terms:
         period = acc.period_key(event.usage_at)
         key = (event.customer_pk, sub.pk, version.pk, event.meter.pk, period)
@@ -267,9 +278,7 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> d
             shared = by_key[key] = _terms_of(event, sub, version, period, wallet_ids, wallets, accounts, allocations)
         if shared is None:
             continue
-        if shared.priced:
-            shared.matching(event, counters_needed)
-        plans.append((event, shared))
+        plans.append((event, shared, shared.matching(event, counters_needed) if shared.priced else []))
     if not plans:
         _submit(prefix)
         return {}
@@ -278,7 +287,7 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> d
     acc.ensure(accounts, allocations)
     cumulative = {k: a.debits_posted for k, a in ledger.lookup_accounts(list(counters_needed)).items()}
 
-    chains = [_chain(event, shared, cumulative, counters_needed) for event, shared in plans]
+    chains = [_chain(event, shared, charges, cumulative) for event, shared, charges in plans]
     transfers = prefix + [t for chain in chains for t in chain.transfers]
     statuses = ledger.create_transfers(transfers) if transfers else []
     _check_prefix(prefix, statuses[:len(prefix)])
@@ -330,7 +339,7 @@ def _check_prefix(prefix: list[Transfer], statuses: list[Status]) -> None:
             raise RuntimeError(f"ledger refused closing hold {transfer.pending_id}: {status.value}")
 
 
-def _chain(event: EventUsage, shared: _Terms, cumulative: dict[int, int], counters_needed: dict[int, Account]) -> _Chain:
+def _chain(event: EventUsage, shared: _Terms, charges: list[_Charge], cumulative: dict[int, int]) -> _Chain:
     chain = _Chain(event)
     customer_pk, meter_pk, period = event.customer_pk, event.meter.pk, shared.period
     qty = acc.qty_units(event.quantity)
@@ -340,21 +349,21 @@ def _chain(event: EventUsage, shared: _Terms, cumulative: dict[int, int], counte
     legs: list[tuple[int, int, int, int, int, TransferCode]] = []  # id, debit, credit, amount, ledger, code
     if shared.priced:
         unit = shared.unit_ledger
-        for charge in shared.matching(event, counters_needed):
+        for charge in charges:
             if charge.counter_id is None:
                 cost += charge.marginal(Decimal(0), event.quantity)
                 continue
             counter_id = charge.counter_id
             cost += charge.marginal(acc.units_to_qty(cumulative.get(counter_id, 0)), event.quantity)
             cumulative[counter_id] = cumulative.get(counter_id, 0) + qty
-            legs.append((derive("usage-counter", customer_pk, event.event_id, charge.index), counter_id,
+            legs.append((shared.counter_transfer_id(event.event_id, charge.index), counter_id,
                          acc.operator_account(AccountCode.OPERATOR_COUNTER, unit).id, qty, unit,
                          TransferCode.USAGE_COUNTER))
             chain.legs.append("counter")
     uncovered = acc.qty_units(event.quantity - covered_qty)
     if shared.hard is not None and uncovered:
         unit = shared.unit_ledger
-        legs.append((derive("usage-quota", customer_pk, event.event_id), shared.quota_id,
+        legs.append((shared.quota_transfer_id(event.event_id), shared.quota_id,
                      acc.operator_account(AccountCode.OPERATOR_QUOTA, unit).id, uncovered, unit, TransferCode.USAGE_QUOTA))
         chain.legs.append("quota")
         chain.accounts["quota"] = (shared.quota_id, event.meter.unit)
@@ -363,13 +372,13 @@ def _chain(event: EventUsage, shared: _Terms, cumulative: dict[int, int], counte
     cost_units = acc.money_units_ceil(cost)
     money = shared.money_ledger
     if shared.cap is not None and cost_units:
-        legs.append((derive("usage-spend", customer_pk, event.event_id), shared.spend_id,
+        legs.append((shared.spend_transfer_id(event.event_id), shared.spend_id,
                      acc.operator_account(AccountCode.OPERATOR_SPEND, money).id, cost_units, money,
                      TransferCode.USAGE_SPEND))
         chain.legs.append("spend")
         chain.accounts["spend"] = (shared.spend_id, shared.currency)
     if shared.prepaid and cost_units:
-        legs.append((derive("usage-credits", customer_pk, event.event_id), shared.wallet_id,
+        legs.append((shared.credits_transfer_id(event.event_id), shared.wallet_id,
                      acc.operator_account(AccountCode.OPERATOR_REVENUE, money).id, cost_units, money,
                      TransferCode.USAGE_CREDITS))
         chain.legs.append("credits")

@@ -511,19 +511,21 @@ def _plain_batch(transfers: list[Transfer], existing: dict, failed: dict) -> _Pl
     debits: dict[int, int] = defaultdict(int)
     credits: dict[int, int] = defaultdict(int)
     pairs: set[tuple[int, int, int]] = set()
+    heads: list[str] | None = [] if connection.vendor == "postgresql" else None
     for t in transfers:
-        tid, debit_id, credit_id, amount = t.id, t.debit_account_id, t.credit_account_id, t.amount
-        if (not tid or tid in seen or tid in existing or tid in failed or int(t.flags) & ~_LINKED or t.pending_id
-                or t.timeout or not debit_id or not credit_id or debit_id == credit_id or not t.ledger or not t.code
+        tid, debit_id, credit_id, amount, ledger, flags = (
+            t.id, t.debit_account_id, t.credit_account_id, t.amount, int(t.ledger), int(t.flags))
+        if (not tid or tid in seen or tid in existing or tid in failed or flags & ~_LINKED or t.pending_id
+                or t.timeout or not debit_id or not credit_id or debit_id == credit_id or not ledger or not t.code
                 or amount < 0):
             return None
         seen.add(tid)
         debits[debit_id] += amount
         credits[credit_id] += amount
-        pairs.add((debit_id, credit_id, t.ledger))
-    heads = [f"{t.id}\t{t.debit_account_id}\t{t.credit_account_id}\t{t.amount}\t{t.amount}\t0\t{int(t.ledger)}\t{int(t.code)}\t"
-             f"{int(t.flags)}\t0\t{t.user_data_128}\t{t.user_data_64}\t{t.user_data_32}\t"
-             for t in transfers] if connection.vendor == "postgresql" else None
+        pairs.add((debit_id, credit_id, ledger))
+        if heads is not None:
+            heads.append(f"{tid}\t{debit_id}\t{credit_id}\t{amount}\t{amount}\t0\t{ledger}\t{int(t.code)}\t{flags}\t0\t"
+                         f"{t.user_data_128}\t{t.user_data_64}\t{t.user_data_32}\t")
     return _Plain(debits, credits, pairs, heads)
 
 
