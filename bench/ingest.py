@@ -144,20 +144,55 @@ plans:
 """
 
 
-def ledger_mode(args: argparse.Namespace, port: int, key: str, results: dict) -> None:
-    """Plain batches next to quota- and spend-cap-checked ones, in one run; then reserve+settle."""
+def _tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of ``root`` and its live descendants, plus what its exited children
+    used (cutime/cstime), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+    total = times.get(root, (0, 0))[0] + times.get(root, (0, 0))[1]
+    for pid in times:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != root and ancestor in parents:
+            ancestor = parents[ancestor]
+        if pid != root and ancestor == root:
+            total += times[pid][0]
+    return total / ticks
+
+
+def ledger_mode(args: argparse.Namespace, port: int, key: str, results: dict, server_pids: tuple[int, int]) -> None:
+    """Plain batches next to quota- and spend-cap-checked ones, in one run; then reserve+settle.
+
+    Besides events/s, each mode records the CPU that gunicorn and PostgreSQL spent per 1,000 events.
+    On a machine shared with other work, events/s moves with the neighbours' load; CPU per event
+    hardly does, so ``cpu_ratio`` (plain CPU per event / limited CPU per event) is the steadier estimate
+    of what the check costs on a CPU-bound server."""
     for size in (1000, 100):
         for label, customer in (("plain", f"bench-{size}"), ("limited", f"limited-{size}")):
             per_client = [batches(customer, args.events, size, w, args.clients) for w in range(args.clients)]
+            cpu_before = sum(_tree_cpu(pid) for pid in server_pids)
             elapsed, lat, totals = drive(port, key, per_client, "/api/v1/events/batch")
+            cpu = sum(_tree_cpu(pid) for pid in server_pids) - cpu_before
             sent = sum(len(b) for b in per_client) * size
             results[f"{label}_{size}"] = {"events": sent, "seconds": round(elapsed, 2),
                                           "events_per_s": round(sent / elapsed), "p50_ms": round(pct(lat, 0.5), 1),
                                           "p99_ms": round(pct(lat, 0.99), 1), "accepted": totals.get("accepted"),
-                                          "rejected": totals.get("rejected")}
+                                          "rejected": totals.get("rejected"),
+                                          "server_cpu_ms_per_1000": round(cpu / sent * 1e6, 1)}
             print(f"{label} batch {size}: {results[f'{label}_{size}']}", flush=True)
         results[f"limit_cost_{size}"] = round(
             1 - results[f"limited_{size}"]["events_per_s"] / results[f"plain_{size}"]["events_per_s"], 3)
+        results[f"cpu_ratio_{size}"] = round(results[f"plain_{size}"]["server_cpu_ms_per_1000"]
+                                             / results[f"limited_{size}"]["server_cpu_ms_per_1000"], 3)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     latencies = []
@@ -250,7 +285,8 @@ def main() -> None:
         results: dict = {"mode": args.mode, "events": args.events, "gunicorn_workers": args.workers,
                          "clients": args.clients, "cpus": os.cpu_count()}
         if args.mode == "ledger":
-            ledger_mode(args, http_port, key, results)
+            postmaster = int((pg_dir / "data" / "postmaster.pid").read_text().split()[0])
+            ledger_mode(args, http_port, key, results, (server.pid, postmaster))
             return
 
         for size in (100, 1000):

@@ -118,6 +118,9 @@ def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
             raise RuntimeError(f"ledger refused accounts: {bad}")
     if allocations:
         unique_t = list({t.id: t for t in allocations}.values())
+        found = get_ledger().lookup_transfers([t.id for t in unique_t])
+        if all(_allocated(t, found.get(t.id)) for t in unique_t):
+            return
         statuses = get_ledger().create_transfers(unique_t)
         bad_t = [(t.id, s) for t, s in zip(unique_t, statuses, strict=True) if not s.ok]
         if bad_t:
@@ -125,3 +128,16 @@ def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
             bad_t = [(i, s) for i, s in bad_t if s is not Status.EXISTS_WITH_DIFFERENT_AMOUNT]
         if bad_t:
             raise RuntimeError(f"ledger refused allocations: {bad_t}")
+
+
+def _allocated(wanted: Transfer, stored: Transfer | None) -> bool:
+    """The allocation is already in the ledger and creating it again could only answer ``exists`` or
+    ``exists_with_different_amount`` (a limit changed mid-period: the first allocation stays). A
+    transfer never changes once created, so this needs no lock: after the first batch of a period,
+    ingest skips the allocations' own locking ledger call (it waited for the customer's account rows
+    a second time per batch)."""
+    if stored is None:
+        return False
+    fields = ("debit_account_id", "credit_account_id", "ledger", "code", "flags", "pending_id", "timeout",
+              "user_data_128", "user_data_64", "user_data_32")
+    return all(getattr(wanted, name) == getattr(stored, name) for name in fields)

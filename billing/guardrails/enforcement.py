@@ -11,8 +11,8 @@ to the ledger in one ``create_transfers`` call.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -23,7 +23,7 @@ from billing.catalog.schema import charge_spec
 from billing.guardrails import accounts as acc
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
-from ledger.ids import derive
+from ledger.ids import deriver
 from ledger.types import Account, Status, Transfer, TransferFlags
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
@@ -122,9 +122,11 @@ def _charge_key(charge: dict[str, Any], group: str | None) -> str:
     return f"{filt}|{group or ''}"
 
 
-def marginal_cost(charge: dict[str, Any], group: str | None, before: Decimal, quantity: Decimal) -> Decimal:
-    """What ``quantity`` more costs after ``before`` units this period, markup included (exact)."""
-    spec = charge_spec(charge)
+def marginal_cost(charge: dict[str, Any], group: str | None, before: Decimal, quantity: Decimal,
+                  spec: pricing.ChargeSpec | None = None) -> Decimal:
+    """What ``quantity`` more costs after ``before`` units this period, markup included (exact).
+    ``spec``: the charge's parsed terms, when the caller prices many events with one charge."""
+    spec = spec or charge_spec(charge)
     if charge["model"] in LINEAR:  # the price of a unit does not depend on the period's quantity
         amount = pricing.price(quantity, spec).amount
     else:
@@ -151,6 +153,94 @@ CLOSED = {Status.PENDING_TRANSFER_ALREADY_POSTED, Status.PENDING_TRANSFER_ALREAD
           Status.PENDING_TRANSFER_EXPIRED}
 
 
+@dataclass
+class _Charge:
+    """A charge matching an event: its terms parsed once per batch, and its usage counter (None when the
+    charge is linear and needs no running total)."""
+
+    index: int  # position among the event's matching charges: part of the counter transfer's id
+    charge: dict[str, Any]
+    group: str | None
+    spec: pricing.ChargeSpec
+    counter_id: int | None
+    # F(Q) by Q, shared by every _Charge of the same charge in the batch: an event's F(Q_before) is the
+    # previous event's F(Q_before + q), so each price is computed once instead of twice (the same pure
+    # function of the same value).
+    prices: dict[Decimal, Decimal]
+
+    def marginal(self, before: Decimal, quantity: Decimal) -> Decimal:
+        """marginal_cost(charge, group, before, quantity), with the prices remembered."""
+        if self.counter_id is None:
+            return marginal_cost(self.charge, self.group, before, quantity, self.spec)
+        prices = self.prices
+        after = before + quantity
+        high = prices.get(after)
+        if high is None:
+            high = prices[after] = pricing.price(after, self.spec).amount
+        low = prices.get(before)
+        if low is None:
+            low = prices[before] = pricing.price(before, self.spec).amount
+        amount = high - low
+        markup = self.charge.get("markup")
+        if markup:
+            amount = pricing.with_markup(amount, Decimal(markup["percent"].get(self.group, markup.get("default") or "0")))
+        return amount
+
+
+@dataclass
+class _Terms:
+    """What every event of one (customer, subscription, rate-card version, meter, period) of a batch shares:
+    limits, account ids, and charges by dimensions. Worked out once per batch, not once per event (the
+    ids are blake2b hashes, and per event they cost more than the pricing)."""
+
+    customer_pk: int
+    meter: Meter
+    period: int
+    definition: dict[str, Any]
+    currency: str
+    hard: Decimal | None
+    cap: Decimal | None
+    prepaid: bool
+    priced: bool
+    quota_id: int = 0
+    spend_id: int = 0
+    wallet_id: int = 0
+    unit_ledger: int = 0
+    money_ledger: int = 0
+    charges: dict[tuple[tuple[str, str], ...], list[_Charge]] = field(default_factory=dict)
+    prices: dict[int, dict[Decimal, Decimal]] = field(default_factory=dict)  # by id() of the charge's definition
+    # the usage transfers' ids: derive("usage-<leg>", customer, event_id[, charge index]), prefix encoded once
+    counter_transfer_id: Callable[..., int] = field(init=False)
+    quota_transfer_id: Callable[..., int] = field(init=False)
+    spend_transfer_id: Callable[..., int] = field(init=False)
+    credits_transfer_id: Callable[..., int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counter_transfer_id = deriver("usage-counter", self.customer_pk)
+        self.quota_transfer_id = deriver("usage-quota", self.customer_pk)
+        self.spend_transfer_id = deriver("usage-spend", self.customer_pk)
+        self.credits_transfer_id = deriver("usage-credits", self.customer_pk)
+
+    def matching(self, event: EventUsage, counters_needed: dict[int, Account]) -> list[_Charge]:
+        key = tuple(sorted(event.dimensions.items()))
+        found = self.charges.get(key)
+        if found is None:
+            found = []
+            for index, (charge, group) in enumerate(_matching_charges(self.definition, event)):
+                counter_id = None
+                if charge["model"] not in LINEAR:
+                    account = acc.counter_account(self.customer_pk, self.meter.pk, _charge_key(charge, group), self.period)
+                    counters_needed[account.id] = account
+                    counter_id = account.id
+                found.append(_Charge(index, charge, group, charge_spec(charge), counter_id,
+                                     self.prices.setdefault(id(charge), {})))
+            self.charges[key] = found
+        return found
+
+
+_LINKED = TransferFlags.LINKED
+
+
 def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> dict[Any, Refusal]:
     """Debit the ledger for ``events`` (in order); return the refused ones by key. Events of customers
     without a plan limit, spend cap or credit wallet pass untouched (and cost no ledger call).
@@ -171,41 +261,24 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> d
         return {}
     ledger = get_ledger()
     currencies = {(e.customer_pk, t[0].plan.currency) for e, t in in_terms}
-    wallets = ledger.lookup_accounts([acc.Ids(c).wallet(cur) for c, cur in currencies])
+    wallet_ids = {(c, cur): acc.Ids(c).wallet(cur) for c, cur in currencies}
+    wallets = ledger.lookup_accounts(list(wallet_ids.values()))
 
     accounts: list[Account] = []
     allocations: list[Transfer] = []
-    chains: list[_Chain] = []
     counters_needed: dict[int, Account] = {}
-    plans: list[tuple[EventUsage, Subscription, RateCardVersion, bool, bool, Decimal | None]] = []
+    by_key: dict[tuple[int, int, int, int, int], _Terms | None] = {}
+    plans: list[tuple[EventUsage, _Terms, list[_Charge]]] = []
     for event, (sub, version) in in_terms:
-        definition = version.definition
-        currency = sub.plan.currency
         period = acc.period_key(event.usage_at)
-        hard = next((Decimal(lim["hard"]) for lim in definition.get("limits", [])
-                     if lim["meter"] == event.meter.key and lim.get("hard") is not None), None)
-        cap = Decimal(definition["spend_cap"]) if definition.get("spend_cap") else None
-        prepaid = acc.Ids(event.customer_pk).wallet(currency) in wallets
-        if hard is None and cap is None and not prepaid:
+        key = (event.customer_pk, sub.pk, version.pk, event.meter.pk, period)
+        if key in by_key:
+            shared = by_key[key]
+        else:
+            shared = by_key[key] = _terms_of(event, sub, version, period, wallet_ids, wallets, accounts, allocations)
+        if shared is None:
             continue
-        priced = (cap is not None or prepaid) and event.meter.aggregation in ADDITIVE
-        if priced:
-            for charge, group in _matching_charges(definition, event):
-                if charge["model"] in LINEAR:
-                    continue
-                account = acc.counter_account(event.customer_pk, event.meter.pk, _charge_key(charge, group), period)
-                counters_needed[account.id] = account
-        plans.append((event, sub, version, prepaid, priced, hard))
-        if hard is not None:
-            accounts += [acc.quota_account(event.customer_pk, event.meter.pk, period),
-                         acc.operator_account(AccountCode.OPERATOR_QUOTA, unit_ledger(event.meter.pk))]
-            allocations.append(acc.quota_allocation(event.customer_pk, event.meter.pk, period, hard))
-        if cap is not None:
-            accounts += [acc.spend_account(event.customer_pk, currency, period),
-                         acc.operator_account(AccountCode.OPERATOR_SPEND, currency_ledger(currency))]
-            allocations.append(acc.spend_allocation(event.customer_pk, currency, period, cap))
-        if prepaid:
-            accounts.append(acc.operator_account(AccountCode.OPERATOR_REVENUE, currency_ledger(currency)))
+        plans.append((event, shared, shared.matching(event, counters_needed) if shared.priced else []))
     if not plans:
         _submit(prefix)
         return {}
@@ -214,12 +287,45 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> d
     acc.ensure(accounts, allocations)
     cumulative = {k: a.debits_posted for k, a in ledger.lookup_accounts(list(counters_needed)).items()}
 
-    for event, sub, version, prepaid, priced, hard in plans:
-        chains.append(_chain(event, sub, version, prepaid, priced, hard, cumulative))
+    chains = [_chain(event, shared, charges, cumulative) for event, shared, charges in plans]
     transfers = prefix + [t for chain in chains for t in chain.transfers]
     statuses = ledger.create_transfers(transfers) if transfers else []
     _check_prefix(prefix, statuses[:len(prefix)])
     return _refusals(chains, statuses[len(prefix):], ledger)
+
+
+def _terms_of(event: EventUsage, sub: Subscription, version: RateCardVersion, period: int,
+              wallet_ids: dict[tuple[int, str], int], wallets: dict[int, Account], accounts: list[Account],
+              allocations: list[Transfer]) -> _Terms | None:
+    """The shared terms of the event's (customer, plan version, meter, period), or None when nothing limits
+    it; the accounts and period allocations it needs are appended (in first-seen order)."""
+    definition = version.definition
+    currency = sub.plan.currency
+    customer_pk, meter = event.customer_pk, event.meter
+    hard = next((Decimal(lim["hard"]) for lim in definition.get("limits", [])
+                 if lim["meter"] == meter.key and lim.get("hard") is not None), None)
+    cap = Decimal(definition["spend_cap"]) if definition.get("spend_cap") else None
+    wallet_id = wallet_ids[(customer_pk, currency)]
+    prepaid = wallet_id in wallets
+    if hard is None and cap is None and not prepaid:
+        return None
+    priced = (cap is not None or prepaid) and meter.aggregation in ADDITIVE
+    ids = acc.Ids(customer_pk)
+    shared = _Terms(customer_pk, meter, period, definition, currency, hard, cap, prepaid, priced,
+                    wallet_id=wallet_id, unit_ledger=unit_ledger(meter.pk), money_ledger=currency_ledger(currency))
+    if hard is not None:
+        shared.quota_id = ids.quota(meter.pk, period)
+        accounts += [acc.quota_account(customer_pk, meter.pk, period),
+                     acc.operator_account(AccountCode.OPERATOR_QUOTA, shared.unit_ledger)]
+        allocations.append(acc.quota_allocation(customer_pk, meter.pk, period, hard))
+    if cap is not None:
+        shared.spend_id = ids.spend(currency, period)
+        accounts += [acc.spend_account(customer_pk, currency, period),
+                     acc.operator_account(AccountCode.OPERATOR_SPEND, shared.money_ledger)]
+        allocations.append(acc.spend_allocation(customer_pk, currency, period, cap))
+    if prepaid:
+        accounts.append(acc.operator_account(AccountCode.OPERATOR_REVENUE, shared.money_ledger))
+    return shared
 
 
 def _submit(prefix: list[Transfer]) -> None:
@@ -233,63 +339,57 @@ def _check_prefix(prefix: list[Transfer], statuses: list[Status]) -> None:
             raise RuntimeError(f"ledger refused closing hold {transfer.pending_id}: {status.value}")
 
 
-def _chain(event: EventUsage, sub: Subscription, version: RateCardVersion, prepaid: bool, priced: bool,
-           hard: Decimal | None, cumulative: dict[int, int]) -> _Chain:
+def _chain(event: EventUsage, shared: _Terms, charges: list[_Charge], cumulative: dict[int, int]) -> _Chain:
     chain = _Chain(event)
-    definition = version.definition
-    currency = sub.plan.currency
-    period = acc.period_key(event.usage_at)
-    ids = acc.Ids(event.customer_pk)
+    customer_pk, meter_pk, period = event.customer_pk, event.meter.pk, shared.period
     qty = acc.qty_units(event.quantity)
     covered_qty = event.coverage.take_quantity(event.quantity) if event.coverage else Decimal(0)
     event.covered_quantity = covered_qty
     cost = Decimal(0)
-
-    def usage(transfer_id: int, debit: int, credit: int, amount: int, ledger: int, code: TransferCode) -> Transfer:
-        return Transfer(id=transfer_id, debit_account_id=debit, credit_account_id=credit, amount=amount, ledger=ledger,
-                        code=code, user_data_128=event.customer_pk, user_data_64=event.meter.pk, user_data_32=period)
-    if priced:
-        for index, (charge, group) in enumerate(_matching_charges(definition, event)):
-            if charge["model"] in LINEAR:
-                cost += marginal_cost(charge, group, Decimal(0), event.quantity)
+    legs: list[tuple[int, int, int, int, int, TransferCode]] = []  # id, debit, credit, amount, ledger, code
+    if shared.priced:
+        unit = shared.unit_ledger
+        for charge in charges:
+            if charge.counter_id is None:
+                cost += charge.marginal(Decimal(0), event.quantity)
                 continue
-            counter_id = ids.counter(event.meter.pk, _charge_key(charge, group), period)
-            cost += marginal_cost(charge, group, acc.units_to_qty(cumulative.get(counter_id, 0)), event.quantity)
+            counter_id = charge.counter_id
+            cost += charge.marginal(acc.units_to_qty(cumulative.get(counter_id, 0)), event.quantity)
             cumulative[counter_id] = cumulative.get(counter_id, 0) + qty
-            ledger = unit_ledger(event.meter.pk)
-            chain.transfers.append(usage(
-                derive("usage-counter", event.customer_pk, event.event_id, index), counter_id,
-                acc.operator_account(AccountCode.OPERATOR_COUNTER, ledger).id, qty, ledger, TransferCode.USAGE_COUNTER))
+            legs.append((shared.counter_transfer_id(event.event_id, charge.index), counter_id,
+                         acc.operator_account(AccountCode.OPERATOR_COUNTER, unit).id, qty, unit,
+                         TransferCode.USAGE_COUNTER))
             chain.legs.append("counter")
     uncovered = acc.qty_units(event.quantity - covered_qty)
-    if hard is not None and uncovered:
-        ledger = unit_ledger(event.meter.pk)
-        chain.transfers.append(usage(
-            derive("usage-quota", event.customer_pk, event.event_id), ids.quota(event.meter.pk, period),
-            acc.operator_account(AccountCode.OPERATOR_QUOTA, ledger).id, uncovered, ledger, TransferCode.USAGE_QUOTA))
+    if shared.hard is not None and uncovered:
+        unit = shared.unit_ledger
+        legs.append((shared.quota_transfer_id(event.event_id), shared.quota_id,
+                     acc.operator_account(AccountCode.OPERATOR_QUOTA, unit).id, uncovered, unit, TransferCode.USAGE_QUOTA))
         chain.legs.append("quota")
-        chain.accounts["quota"] = (ids.quota(event.meter.pk, period), event.meter.unit)
+        chain.accounts["quota"] = (shared.quota_id, event.meter.unit)
     if event.coverage:
         cost -= event.coverage.take_cost(cost)
     cost_units = acc.money_units_ceil(cost)
-    money_ledger = currency_ledger(currency)
-    if definition.get("spend_cap") and cost_units:
-        chain.transfers.append(usage(
-            derive("usage-spend", event.customer_pk, event.event_id), ids.spend(currency, period),
-            acc.operator_account(AccountCode.OPERATOR_SPEND, money_ledger).id, cost_units, money_ledger,
-            TransferCode.USAGE_SPEND))
+    money = shared.money_ledger
+    if shared.cap is not None and cost_units:
+        legs.append((shared.spend_transfer_id(event.event_id), shared.spend_id,
+                     acc.operator_account(AccountCode.OPERATOR_SPEND, money).id, cost_units, money,
+                     TransferCode.USAGE_SPEND))
         chain.legs.append("spend")
-        chain.accounts["spend"] = (ids.spend(currency, period), currency)
-    if prepaid and cost_units:
-        chain.transfers.append(usage(
-            derive("usage-credits", event.customer_pk, event.event_id), ids.wallet(currency),
-            acc.operator_account(AccountCode.OPERATOR_REVENUE, money_ledger).id, cost_units, money_ledger,
-            TransferCode.USAGE_CREDITS))
+        chain.accounts["spend"] = (shared.spend_id, shared.currency)
+    if shared.prepaid and cost_units:
+        legs.append((shared.credits_transfer_id(event.event_id), shared.wallet_id,
+                     acc.operator_account(AccountCode.OPERATOR_REVENUE, money).id, cost_units, money,
+                     TransferCode.USAGE_CREDITS))
         chain.legs.append("credits")
-        chain.accounts["credits"] = (ids.wallet(currency), currency)
+        chain.accounts["credits"] = (shared.wallet_id, shared.currency)
     # link every transfer of the event's chain but the last: all or nothing
-    chain.transfers = [replace(t, flags=t.flags | TransferFlags.LINKED) if i < len(chain.transfers) - 1 else t
-                       for i, t in enumerate(chain.transfers)]
+    last = len(legs) - 1
+    chain.transfers = [
+        Transfer(id=tid, debit_account_id=debit, credit_account_id=credit, amount=amount, ledger=ledger, code=code,
+                 flags=_LINKED if i < last else TransferFlags.NONE, user_data_128=customer_pk, user_data_64=meter_pk,
+                 user_data_32=period)
+        for i, (tid, debit, credit, amount, ledger, code) in enumerate(legs)]
     return chain
 
 

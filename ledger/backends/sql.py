@@ -11,6 +11,7 @@ snapshot. Then the changed rows are written back.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,14 @@ def _now_ns() -> int:
     global _last_ts
     _last_ts = max(time.time_ns(), _last_ts + 1)
     return _last_ts
+
+
+def _now_ns_block(count: int) -> int:
+    """The first of ``count`` consecutive timestamps, as ``count`` calls of _now_ns would give."""
+    global _last_ts
+    first = max(time.time_ns(), _last_ts + 1)
+    _last_ts = first + count - 1
+    return first
 
 
 @dataclass(slots=True)
@@ -53,12 +62,6 @@ class NewTransfer:
     timestamp: int
     state: int
     expires_at: int | None
-
-
-@dataclass
-class _Acc:
-    row: LedgerAccount
-    dirty: bool = False
 
 
 def _account(row: LedgerAccount) -> Account:
@@ -176,20 +179,51 @@ class SqlLedger(LedgerBackend):
             return _Batch(transfers).run()
 
 
+@dataclass(slots=True)
+class _Acc:
+    """An account row locked by the batch, as plain ints (balances change per transfer in the loop)."""
+
+    id: int
+    ledger: int
+    flags: int
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    dirty: bool = False
+
+
+_LINKED, _PENDING, _POST, _VOID = int(F.LINKED), int(F.PENDING), int(F.POST_PENDING_TRANSFER), int(F.VOID_PENDING_TRANSFER)
+_TWO_PHASE = _POST | _VOID
+_STATE_PENDING, _STATE_POSTED = int(State.PENDING), int(State.POSTED)
+_DEBITS_BOUNDED = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CREDITS_BOUNDED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+
+
 class _Batch:
+    """One create_transfers call inside its transaction: load, lock, apply in order, write.
+
+    Cost matters here: every batch of limited ingest comes through, and one customer's batches
+    serialise on its account rows, so the time between the account lock and the commit bounds that
+    customer's throughput. The loop therefore works on plain ints (no IntFlag arithmetic, no model
+    instances), the lookups by 2,000-3,000 ids are one plain statement each, and new transfers are
+    written with one COPY on PostgreSQL.
+    """
+
     def __init__(self, transfers: Sequence[Transfer]) -> None:
         self.transfers = list(transfers)
         ids = [t.id for t in self.transfers if t.id]
-        self.existing = {r.id: r for r in LedgerTransfer.objects.filter(pk__in=ids)}
-        self.failed = dict(LedgerFailedTransfer.objects.filter(pk__in=ids).values_list("pk", "status"))
+        self.existing = _transfers_by_id(ids)
+        self.failed = _failed_by_id(ids)
+        self.plain = _plain_batch(self.transfers, self.existing, self.failed)  # before taking any lock
         pending_ids = sorted({t.pending_id for t in self.transfers if t.pending_id})
         self.pendings: dict[int, LedgerTransfer | NewTransfer] = {
-            r.id: r for r in _locked(LedgerTransfer.objects.filter(pk__in=pending_ids))}
+            r.id: r for r in _locked(LedgerTransfer.objects.filter(pk__in=pending_ids))} if pending_ids else {}
         account_ids = {t.debit_account_id for t in self.transfers} | {t.credit_account_id for t in self.transfers}
         for p in self.pendings.values():
             account_ids |= {p.debit_account_id, p.credit_account_id}
         account_ids.discard(0)
-        self.accounts = {r.id: _Acc(r) for r in _locked(LedgerAccount.objects.filter(pk__in=sorted(account_ids)))}
+        self.accounts = _lock_accounts(sorted(account_ids))
         self.new_rows: list[NewTransfer] = []
         self.new_failed: dict[int, str] = {}
         self.pending_dirty: set[int] = set()
@@ -223,24 +257,31 @@ class _Batch:
         self.undo = None
 
     def run(self) -> list[Status]:
-        statuses: list[Status | None] = [None] * len(self.transfers)
+        if self.plain is not None and self._run_plain(self.plain):
+            return [Status.CREATED] * len(self.transfers)
+        transfers = self.transfers
+        count = len(transfers)
+        linked = [bool(int(t.flags) & _LINKED) for t in transfers]
+        statuses: list[Status | None] = [None] * count
         index = 0
-        while index < len(self.transfers):
+        while index < count:
             end = index
-            while end < len(self.transfers) and self.transfers[end].flags & F.LINKED:
+            while end < count and linked[end]:
                 end += 1
-            if end == len(self.transfers):  # the last event of the batch is linked: the chain is open
+            if end == count:  # the last event of the batch is linked: the chain is open
                 for i in range(index, end):
                     statuses[i] = Status.LINKED_EVENT_CHAIN_OPEN
                 break
-            chained = end > index
-            if chained:
-                self._begin_chain()
+            if end == index:  # not part of a chain
+                statuses[index] = self._apply(transfers[index])
+                index += 1
+                continue
+            self._begin_chain()
             chain_failed = None
             for i in range(index, end + 1):
-                status = self._apply(self.transfers[i])
+                status = self._apply(transfers[i])
                 statuses[i] = status
-                if not status.ok and end > index:
+                if status is not Status.CREATED and status is not Status.EXISTS:
                     chain_failed = i
                     break
             if chain_failed is not None:
@@ -249,16 +290,51 @@ class _Batch:
                 for i in range(index, end + 1):
                     statuses[i] = own if i == chain_failed else Status.LINKED_EVENT_FAILED
                 if own in TRANSIENT:
-                    self.new_failed[self.transfers[chain_failed].id] = own.value
+                    self.new_failed[transfers[chain_failed].id] = own.value
             self.undo = None
             index = end + 1
         self._write()
         return [s for s in statuses if s is not None]
 
+    def _run_plain(self, plain: _Plain) -> bool:
+        """Apply a plain batch in aggregate, if every bounded account can take the whole batch: then every
+        transfer would pass its limit check in order too (amounts are >= 0 and, all succeeding, debits
+        and credits only grow), so each is ``created``, and each account is updated once by its total.
+        False (nothing changed) when an account is missing or a limit could bind: the caller then
+        applies the batch transfer by transfer, which decides exactly which event fails."""
+        accounts = self.accounts
+        for debit_id, credit_id, ledger in plain.pairs:
+            dr, cr = accounts.get(debit_id), accounts.get(credit_id)
+            if dr is None or cr is None or dr.ledger != cr.ledger or ledger != dr.ledger:
+                return False
+        for account_id, total in plain.debits.items():
+            acc = accounts[account_id]
+            if acc.flags & _DEBITS_BOUNDED and acc.debits_pending + acc.debits_posted + total > acc.credits_posted:
+                return False
+        for account_id, total in plain.credits.items():
+            acc = accounts[account_id]
+            if acc.flags & _CREDITS_BOUNDED and acc.credits_pending + acc.credits_posted + total > acc.debits_posted:
+                return False
+        for account_id, total in plain.debits.items():
+            accounts[account_id].debits_posted += total
+            accounts[account_id].dirty = True
+        for account_id, total in plain.credits.items():
+            accounts[account_id].credits_posted += total
+            accounts[account_id].dirty = True
+        first = _now_ns_block(len(self.transfers))
+        _save_accounts([acc for acc in accounts.values() if acc.dirty])
+        if plain.heads is not None:
+            _copy_transfers("".join([f"{head}{first + i}{_PLAIN_TAIL}" for i, head in enumerate(plain.heads)]))
+        else:
+            _insert_transfers([
+                NewTransfer(t.id, t.debit_account_id, t.credit_account_id, t.amount, t.amount, 0, t.ledger, t.code,
+                            int(t.flags), 0, t.user_data_128, t.user_data_64, t.user_data_32, first + i, _STATE_POSTED,
+                            None)
+                for i, t in enumerate(self.transfers)])
+        return True
+
     def _write(self) -> None:
-        for acc in self.accounts.values():
-            if acc.dirty:
-                acc.row.save(update_fields=["debits_pending", "debits_posted", "credits_pending", "credits_posted"])
+        _save_accounts([acc for acc in self.accounts.values() if acc.dirty])
         for pending_id in self.pending_dirty:  # only pendings loaded from the database are marked dirty
             stored = self.pendings[pending_id]
             if isinstance(stored, LedgerTransfer):
@@ -274,23 +350,24 @@ class _Batch:
         self.new_by_id[row.id] = row
 
     def _fail(self, t: Transfer, status: Status) -> Status:
-        if status in TRANSIENT and not t.flags & F.LINKED:
+        if status in TRANSIENT and not int(t.flags) & _LINKED:
             self.new_failed[t.id] = status.value
             if self.undo is not None:
                 self.undo_failed.append(t.id)
         return status
 
     def _exists(self, t: Transfer, row: LedgerTransfer | NewTransfer) -> Status:
+        flags = int(t.flags)
         checks = [
-            (int(t.flags), row.flags, Status.EXISTS_WITH_DIFFERENT_FLAGS),
+            (flags, row.flags, Status.EXISTS_WITH_DIFFERENT_FLAGS),
             (t.pending_id, row.pending_id, Status.EXISTS_WITH_DIFFERENT_PENDING_ID),
             (t.timeout, row.timeout, Status.EXISTS_WITH_DIFFERENT_TIMEOUT),
         ]
-        if not t.flags & (F.POST_PENDING_TRANSFER | F.VOID_PENDING_TRANSFER):
+        if not flags & _TWO_PHASE:
             checks += [(t.debit_account_id, row.debit_account_id, Status.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID),
                        (t.credit_account_id, row.credit_account_id, Status.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID)]
         checks.append((t.amount, row.requested_amount, Status.EXISTS_WITH_DIFFERENT_AMOUNT))
-        inherits = bool(t.flags & (F.POST_PENDING_TRANSFER | F.VOID_PENDING_TRANSFER))  # 0 = the pending's value
+        inherits = bool(flags & _TWO_PHASE)  # 0 = the pending's value
         for given, stored, status in ((t.user_data_128, row.user_data_128, Status.EXISTS_WITH_DIFFERENT_USER_DATA_128),
                                       (t.user_data_64, row.user_data_64, Status.EXISTS_WITH_DIFFERENT_USER_DATA_64),
                                       (t.user_data_32, row.user_data_32, Status.EXISTS_WITH_DIFFERENT_USER_DATA_32)):
@@ -306,15 +383,17 @@ class _Batch:
         return Status.EXISTS
 
     def _apply(self, t: Transfer) -> Status:
-        if t.id == 0:
+        tid = t.id
+        if tid == 0:
             return Status.ID_MUST_NOT_BE_ZERO
-        row = self.existing.get(t.id) or self.new_by_id.get(t.id)
+        row = self.existing.get(tid) or self.new_by_id.get(tid)
         if row is not None:
             return self._exists(t, row)
-        if t.id in self.failed or t.id in self.new_failed:
+        if tid in self.failed or tid in self.new_failed:
             return Status.ID_ALREADY_FAILED
-        two_phase = t.flags & (F.POST_PENDING_TRANSFER | F.VOID_PENDING_TRANSFER)
-        if (t.flags & F.PENDING and two_phase) or (t.flags & F.POST_PENDING_TRANSFER and t.flags & F.VOID_PENDING_TRANSFER):
+        flags = int(t.flags)
+        two_phase = flags & _TWO_PHASE
+        if (flags & _PENDING and two_phase) or two_phase == _TWO_PHASE:
             return Status.FLAGS_ARE_MUTUALLY_EXCLUSIVE
         if two_phase:
             return self._post_or_void(t)
@@ -326,7 +405,8 @@ class _Batch:
             return Status.ACCOUNTS_MUST_BE_DIFFERENT
         if t.pending_id != 0:
             return Status.PENDING_ID_MUST_BE_ZERO
-        if t.timeout and not t.flags & F.PENDING:
+        pending = flags & _PENDING
+        if t.timeout and not pending:
             return Status.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
         if t.ledger == 0:
             return Status.LEDGER_MUST_NOT_BE_ZERO
@@ -337,39 +417,34 @@ class _Batch:
             return self._fail(t, Status.DEBIT_ACCOUNT_NOT_FOUND)
         if cr is None:
             return self._fail(t, Status.CREDIT_ACCOUNT_NOT_FOUND)
-        if dr.row.ledger != cr.row.ledger:
+        if dr.ledger != cr.ledger:
             return Status.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
-        if t.ledger != dr.row.ledger:
+        if t.ledger != dr.ledger:
             return Status.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
-        status = self._check_limits(dr.row, cr.row, t.amount)
+        amount = t.amount
+        status = _check_limits(dr, cr, amount)
         if status is not None:
             return self._fail(t, status)
-        pending = bool(t.flags & F.PENDING)
+        undo = self.undo
         if pending:
-            self._change(dr.row, "debits_pending", dr.row.debits_pending + t.amount)
-            self._change(cr.row, "credits_pending", cr.row.credits_pending + t.amount)
+            if undo is not None:
+                undo.append((dr, "debits_pending", dr.debits_pending))
+                undo.append((cr, "credits_pending", cr.credits_pending))
+            dr.debits_pending += amount
+            cr.credits_pending += amount
         else:
-            self._change(dr.row, "debits_posted", dr.row.debits_posted + t.amount)
-            self._change(cr.row, "credits_posted", cr.row.credits_posted + t.amount)
+            if undo is not None:
+                undo.append((dr, "debits_posted", dr.debits_posted))
+                undo.append((cr, "credits_posted", cr.credits_posted))
+            dr.debits_posted += amount
+            cr.credits_posted += amount
         dr.dirty = cr.dirty = True
         ts = _now_ns()
         self._add_row(NewTransfer(
-            id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id, amount=t.amount,
-            requested_amount=t.amount, pending_id=0, ledger=t.ledger, code=t.code, flags=int(t.flags), timeout=t.timeout,
-            user_data_128=t.user_data_128, user_data_64=t.user_data_64, user_data_32=t.user_data_32, timestamp=ts,
-            state=State.PENDING if pending else State.POSTED,
-            expires_at=ts + t.timeout * 1_000_000_000 if pending and t.timeout else None))
+            tid, t.debit_account_id, t.credit_account_id, amount, amount, 0, t.ledger, t.code, flags, t.timeout,
+            t.user_data_128, t.user_data_64, t.user_data_32, ts, _STATE_PENDING if pending else _STATE_POSTED,
+            ts + t.timeout * 1_000_000_000 if pending and t.timeout else None))
         return Status.CREATED
-
-    @staticmethod
-    def _check_limits(dr: LedgerAccount, cr: LedgerAccount, amount: int) -> Status | None:
-        if dr.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and \
-                dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
-            return Status.EXCEEDS_CREDITS
-        if cr.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and \
-                cr.credits_pending + cr.credits_posted + amount > cr.debits_posted:
-            return Status.EXCEEDS_DEBITS
-        return None
 
     def _post_or_void(self, t: Transfer) -> Status:
         if t.pending_id == 0:
@@ -384,7 +459,7 @@ class _Batch:
             pending = self.pendings[t.pending_id] = in_batch
             if self.undo is not None:
                 self.undo_pendings.append(t.pending_id)
-        if not pending.flags & F.PENDING:
+        if not pending.flags & _PENDING:
             return Status.PENDING_TRANSFER_NOT_PENDING
         if t.debit_account_id and t.debit_account_id != pending.debit_account_id:
             return Status.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
@@ -394,7 +469,7 @@ class _Batch:
             return Status.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
         if t.code and t.code != pending.code:
             return Status.PENDING_TRANSFER_HAS_DIFFERENT_CODE
-        posting = bool(t.flags & F.POST_PENDING_TRANSFER)
+        posting = bool(int(t.flags) & _POST)
         amount = pending.amount if (posting and t.amount == AMOUNT_MAX) else t.amount
         if posting and amount > pending.amount:
             return Status.EXCEEDS_PENDING_TRANSFER_AMOUNT
@@ -407,11 +482,11 @@ class _Batch:
         if pending.state == State.PENDING_EXPIRED or (pending.expires_at is not None and pending.expires_at <= time.time_ns()):
             return Status.PENDING_TRANSFER_EXPIRED
         dr, cr = self.accounts[pending.debit_account_id], self.accounts[pending.credit_account_id]
-        self._change(dr.row, "debits_pending", dr.row.debits_pending - pending.amount)
-        self._change(cr.row, "credits_pending", cr.row.credits_pending - pending.amount)
+        self._change(dr, "debits_pending", dr.debits_pending - pending.amount)
+        self._change(cr, "credits_pending", cr.credits_pending - pending.amount)
         if posting:
-            self._change(dr.row, "debits_posted", dr.row.debits_posted + amount)
-            self._change(cr.row, "credits_posted", cr.row.credits_posted + amount)
+            self._change(dr, "debits_posted", dr.debits_posted + amount)
+            self._change(cr, "credits_posted", cr.credits_posted + amount)
         dr.dirty = cr.dirty = True
         self._change(pending, "state", State.PENDING_POSTED if posting else State.PENDING_VOIDED)
         if pending.id in self.pendings and pending not in self.new_rows:
@@ -420,28 +495,134 @@ class _Batch:
         return Status.CREATED
 
 
+@dataclass(slots=True)
+class _Plain:
+    """A batch of fresh single-phase transfers (what limited ingest sends): whatever the balances, each
+    transfer can only be created or fail its account's limit."""
+
+    debits: dict[int, int]  # account id -> total debited by the batch
+    credits: dict[int, int]
+    pairs: set[tuple[int, int, int]]  # (debit account, credit account, ledger)
+    heads: list[str] | None  # PostgreSQL: each row's COPY text up to its timestamp, rendered before the lock
+
+
+def _plain_batch(transfers: list[Transfer], existing: dict, failed: dict) -> _Plain | None:
+    """The batch's totals per account if it is plain: ids non-zero, new and distinct, no flag but linked,
+    the last transfer not linked, no pending id or timeout, non-zero and distinct accounts, a ledger
+    and a code, amounts >= 0. None otherwise (the batch goes transfer by transfer)."""
+    if not transfers or int(transfers[-1].flags) & _LINKED:
+        return None
+    seen: set[int] = set()
+    debits: dict[int, int] = defaultdict(int)
+    credits: dict[int, int] = defaultdict(int)
+    pairs: set[tuple[int, int, int]] = set()
+    heads: list[str] | None = [] if connection.vendor == "postgresql" else None
+    for t in transfers:
+        tid, debit_id, credit_id, amount, ledger, flags = (
+            t.id, t.debit_account_id, t.credit_account_id, t.amount, int(t.ledger), int(t.flags))
+        if (not tid or tid in seen or tid in existing or tid in failed or flags & ~_LINKED or t.pending_id
+                or t.timeout or not debit_id or not credit_id or debit_id == credit_id or not ledger or not t.code
+                or amount < 0):
+            return None
+        seen.add(tid)
+        debits[debit_id] += amount
+        credits[credit_id] += amount
+        pairs.add((debit_id, credit_id, ledger))
+        if heads is not None:
+            heads.append(f"{tid}\t{debit_id}\t{credit_id}\t{amount}\t{amount}\t0\t{ledger}\t{int(t.code)}\t{flags}\t0\t"
+                         f"{t.user_data_128}\t{t.user_data_64}\t{t.user_data_32}\t")
+    return _Plain(debits, credits, pairs, heads)
+
+
+_PLAIN_TAIL = f"\t{_STATE_POSTED}\t\\N\n"  # state posted, no expiry
+
+
+def _check_limits(dr: _Acc, cr: _Acc, amount: int) -> Status | None:
+    if dr.flags & _DEBITS_BOUNDED and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
+        return Status.EXCEEDS_CREDITS
+    if cr.flags & _CREDITS_BOUNDED and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted:
+        return Status.EXCEEDS_DEBITS
+    return None
+
+
+# --- reading and writing the tables ------------------------------------------------------------------
+# On PostgreSQL a list of u128 ids goes as one comma-separated text parameter cast to numeric[]: the
+# ORM's `pk__in` compiled one placeholder per id (≈40 ms for 2,700 ids) and psycopg's list dumper
+# costs about as much again.
+_ANY_IDS = "= ANY(string_to_array(%s, ',')::numeric[])"
 _TRANSFER_COLUMNS = ("id", "debit_account_id", "credit_account_id", "amount", "requested_amount", "pending_id", "ledger",
                      "code", "flags", "timeout", "user_data_128", "user_data_64", "user_data_32", "timestamp", "state",
                      "expires_at")
 _U128 = {"id", "debit_account_id", "credit_account_id", "amount", "requested_amount", "pending_id", "user_data_128",
          "user_data_64"}
+_BALANCES = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+
+
+def _joined(ids: Sequence[int]) -> str:
+    return ",".join(map(str, ids))
+
+
+def _transfers_by_id(ids: list[int]) -> dict[int, LedgerTransfer | NewTransfer]:
+    if not ids:
+        return {}
+    if connection.vendor != "postgresql":
+        return {r.id: r for r in LedgerTransfer.objects.filter(pk__in=ids)}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(_TRANSFER_COLUMNS)} FROM ledger_transfer WHERE id {_ANY_IDS}",  # noqa: S608
+                       [_joined(ids)])
+        found: dict[int, LedgerTransfer | NewTransfer] = {}
+        for values in cursor.fetchall():
+            row = NewTransfer(*(int(v) if v is not None else None for v in values))  # type: ignore[arg-type]
+            found[row.id] = row
+        return found
+
+
+def _failed_by_id(ids: list[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    if connection.vendor != "postgresql":
+        return dict(LedgerFailedTransfer.objects.filter(pk__in=ids).values_list("pk", "status"))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, status FROM ledger_failed_transfer WHERE id {_ANY_IDS}", [_joined(ids)])  # noqa: S608
+        return {int(pk): status for pk, status in cursor.fetchall()}
+
+
+def _lock_accounts(ids: list[int]) -> dict[int, _Acc]:
+    """The accounts, locked FOR UPDATE in ascending id order (PostgreSQL); SQLite's IMMEDIATE
+    transaction already holds the database write lock."""
+    if not ids:
+        return {}
+    rows = _locked(LedgerAccount.objects.filter(pk__in=ids)).values_list("id", "ledger", "flags", *_BALANCES)
+    return {row[0]: _Acc(*row) for row in rows}
+
+
+def _save_accounts(accounts: list[_Acc]) -> None:
+    """One UPDATE for the batch's changed accounts: a balance is written once per batch, however many
+    transfers moved it."""
+    if not accounts:
+        return
+    if connection.vendor != "postgresql":
+        for acc in accounts:
+            LedgerAccount.objects.filter(pk=acc.id).update(**{name: getattr(acc, name) for name in _BALANCES})
+        return
+    values = ", ".join(["(%s::numeric, %s::numeric, %s::numeric, %s::numeric, %s::numeric)"] * len(accounts))
+    params = [v for acc in accounts for v in (acc.id, *(getattr(acc, name) for name in _BALANCES))]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE ledger_account AS a SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, "  # noqa: S608
+            f"credits_posted = v.cpo FROM (VALUES {values}) AS v(id, dp, dpo, cp, cpo) WHERE a.id = v.id", params)
 
 
 def _insert_transfers(rows: list[NewTransfer]) -> None:
-    """Write new transfers in one statement. The ORM's bulk_create spent ~0.3 ms per row compiling
-    sixteen prepared values; here PostgreSQL gets one array per column (binary parameters) and SQLite
-    one executemany."""
+    """Write new transfers in one statement: a COPY on PostgreSQL (the rows are integers only, so the
+    text format needs no escaping), one executemany on SQLite."""
     cols = ", ".join(_TRANSFER_COLUMNS)
     if connection.vendor == "postgresql":
-        import psycopg
-
-        casts = ", ".join("%b::text[]::numeric[]" if c in _U128 else f"%b::{_PG_TYPES[c]}[]" for c in _TRANSFER_COLUMNS)
-        values = [[str(getattr(r, c)) for r in rows] if c in _U128 else [getattr(r, c) for r in rows]
-                  for c in _TRANSFER_COLUMNS]
-        connection.ensure_connection()
-        # wrap_database_errors: a raw psycopg error becomes Django's IntegrityError, which the caller retries
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(f"INSERT INTO ledger_transfer ({cols}) SELECT * FROM unnest({casts})", values)  # noqa: S608
+        data = "".join([
+            f"{r.id}\t{r.debit_account_id}\t{r.credit_account_id}\t{r.amount}\t{r.requested_amount}\t{r.pending_id}\t"
+            f"{r.ledger}\t{r.code}\t{r.flags}\t{r.timeout}\t{r.user_data_128}\t{r.user_data_64}\t{r.user_data_32}\t"
+            f"{r.timestamp}\t{r.state}\t{_NULL if r.expires_at is None else r.expires_at}\n" for r in rows])
+        _copy_transfers(data)
         return
     placeholders = ", ".join(["%s"] * len(_TRANSFER_COLUMNS))
     with connection.cursor() as cursor:
@@ -452,8 +633,18 @@ def _insert_transfers(rows: list[NewTransfer]) -> None:
         )
 
 
-_PG_TYPES = {"ledger": "integer", "code": "integer", "flags": "integer", "timeout": "integer", "user_data_32": "bigint",
-             "timestamp": "bigint", "state": "smallint", "expires_at": "bigint"}
+_NULL = "\\N"
+
+
+def _copy_transfers(data: str) -> None:
+    """COPY rows (text format, _TRANSFER_COLUMNS order) into ledger_transfer on PostgreSQL."""
+    import psycopg
+
+    connection.ensure_connection()
+    # wrap_database_errors: a raw psycopg error becomes Django's IntegrityError, which the caller retries
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as raw, \
+            raw.copy(f"COPY ledger_transfer ({', '.join(_TRANSFER_COLUMNS)}) FROM STDIN") as copy:
+        copy.write(data)
 
 
 def replace_row(pending: LedgerTransfer | NewTransfer, t: Transfer, amount: int) -> NewTransfer:
@@ -461,7 +652,7 @@ def replace_row(pending: LedgerTransfer | NewTransfer, t: Transfer, amount: int)
         id=t.id, debit_account_id=pending.debit_account_id, credit_account_id=pending.credit_account_id, amount=amount,
         requested_amount=t.amount, pending_id=t.pending_id, ledger=pending.ledger, code=pending.code, flags=int(t.flags),
         timeout=0, user_data_128=t.user_data_128 or pending.user_data_128, user_data_64=t.user_data_64 or pending.user_data_64,
-        user_data_32=t.user_data_32 or pending.user_data_32, timestamp=_now_ns(), state=State.POSTED, expires_at=None)
+        user_data_32=t.user_data_32 or pending.user_data_32, timestamp=_now_ns(), state=_STATE_POSTED, expires_at=None)
 
 
 __all__ = ["SqlLedger"]

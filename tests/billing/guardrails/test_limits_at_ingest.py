@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
-from billing.catalog.models import Plan
+from billing.catalog.models import Meter, Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
 from billing.guardrails.services import credits_grant
@@ -197,3 +197,62 @@ def test_a_retry_never_touches_the_ledger_again_even_after_a_plan_change(acme, t
 
     assert first.status_code == 201 and retry.status_code == 200
     assert admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]["used"] == "0"
+
+
+GRADUATED = """
+meters:
+  - {key: llm_tokens, name: LLM tokens, unit: token, aggregation: sum}
+plans:
+  - key: metered
+    name: Metered
+    currency: USD
+    effective_from: "2026-01-01T00:00:00Z"
+    charges:
+      - {meter: llm_tokens, model: graduated, tiers: [{up_to: 100, unit_price: "0.01"}, {up_to: null, unit_price: "0.001"}]}
+    limits:
+      - {meter: llm_tokens, hard: 1000}
+    spend_cap: "100"
+"""
+
+
+@pytest.mark.django_db
+def test_each_event_debits_one_linked_chain_with_ids_derived_from_the_event(acme):
+    # given a graduated price, a hard limit, a spend cap and prepaid credits
+    from billing.guardrails import accounts as acc
+    from ledger.backends import get_ledger
+    from ledger.codes import AccountCode, currency_ledger, unit_ledger
+    from ledger.ids import derive
+    from ledger.types import TransferFlags
+
+    subscribe(acme, GRADUATED)
+    credits_grant(customer=acme, amount=Decimal("50"), currency="USD", idempotency_key="k")
+    meter = Meter.objects.get(key="llm_tokens")
+
+    # when two events cross the first tier's end (90 at 0.01, then 10 at 0.01 + 20 at 0.001)
+    results = events_ingest(principal=ADMIN, raw_events=[body("a", "90"), body("b", "30")])
+
+    # then each event's transfers are where its ids say, with its marginal cost, linked but the last
+    assert [r.status for r in results] == ["accepted", "accepted"]
+    period = acc.period_key(AT)
+    ids = acc.Ids(acme.pk)
+    counter = ids.counter(meter.pk, "|", period)
+    usd, units = currency_ledger("USD"), unit_ledger(meter.pk)
+    for event_id, quantity, cost in (("a", "90", "0.9"), ("b", "30", "0.12")):
+        wanted = {
+            derive("usage-counter", acme.pk, event_id, 0): (counter, AccountCode.OPERATOR_COUNTER, units,
+                                                            acc.qty_units(Decimal(quantity))),
+            derive("usage-quota", acme.pk, event_id): (ids.quota(meter.pk, period), AccountCode.OPERATOR_QUOTA, units,
+                                                       acc.qty_units(Decimal(quantity))),
+            derive("usage-spend", acme.pk, event_id): (ids.spend("USD", period), AccountCode.OPERATOR_SPEND, usd,
+                                                       acc.money_units_ceil(Decimal(cost))),
+            derive("usage-credits", acme.pk, event_id): (ids.wallet("USD"), AccountCode.OPERATOR_REVENUE, usd,
+                                                         acc.money_units_ceil(Decimal(cost))),
+        }
+        found = get_ledger().lookup_transfers(list(wanted))
+        assert found.keys() == wanted.keys()
+        for position, (transfer_id, (debit, operator, ledger, amount)) in enumerate(wanted.items()):
+            transfer = found[transfer_id]
+            assert (transfer.debit_account_id, transfer.credit_account_id, transfer.ledger, transfer.amount) == (
+                debit, acc.operator_account(operator, ledger).id, ledger, amount)
+            assert (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32) == (acme.pk, meter.pk, period)
+            assert bool(transfer.flags & TransferFlags.LINKED) == (position < 3)

@@ -1,0 +1,156 @@
+"""The SQL backend's two ways of applying a batch give the same answers.
+
+A batch of fresh single-phase transfers is applied in aggregate (one check of each bounded account's
+headroom against the batch's total, one update per account) when every bounded account can take the
+whole batch; otherwise it goes transfer by transfer. These tests pin that the shortcut never changes
+an outcome: not which event is refused, not a balance, not the order of the history.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+
+import pytest
+
+from ledger.backends import sql
+from ledger.backends.sql import SqlLedger
+from ledger.types import Account, AccountFlags, Status, Transfer, TransferFlags
+
+pytestmark = [pytest.mark.ledger_contract, pytest.mark.django_db(transaction=True)]
+LEDGER, CODE = 7, 1
+BOUNDED = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+
+
+def new_id() -> int:
+    return secrets.randbits(127) + 1
+
+
+class Spy:
+    """Counts how batches were applied (in aggregate or transfer by transfer)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, aggregate: bool = True) -> None:
+        self.aggregate = 0
+        original = sql._Batch._run_plain
+        spy = self
+
+        def run_plain(batch: sql._Batch, plain: sql._Plain) -> bool:
+            done = aggregate and original(batch, plain)
+            spy.aggregate += done
+            return done
+
+        monkeypatch.setattr(sql._Batch, "_run_plain", run_plain)
+
+
+def make_books(ledger: SqlLedger, funds: list[int]) -> tuple[int, list[int]]:
+    """An unbounded operator account and one bounded account per amount in ``funds``, funded from it."""
+    operator = new_id()
+    bounded = [new_id() for _ in funds]
+    assert ledger.create_accounts([Account(id=operator, ledger=LEDGER, code=CODE)]
+                                  + [Account(id=b, ledger=LEDGER, code=CODE, flags=BOUNDED) for b in bounded]) == [
+        Status.CREATED] * (1 + len(bounded))
+    assert ledger.create_transfers([Transfer(id=new_id(), debit_account_id=operator, credit_account_id=b, amount=f,
+                                             ledger=LEDGER, code=CODE) for b, f in zip(bounded, funds, strict=True)]
+                                   ) == [Status.CREATED] * len(bounded)
+    return operator, bounded
+
+
+def chains(rng: random.Random, operator: int, bounded: list[int], events: int) -> list[Transfer]:
+    """Per event a linked chain debiting one to all of the bounded accounts (as ingest does)."""
+    out: list[Transfer] = []
+    for _ in range(events):
+        legs = rng.sample(bounded, rng.randint(1, len(bounded)))
+        for i, account in enumerate(legs):
+            out.append(Transfer(id=new_id(), debit_account_id=account, credit_account_id=operator,
+                                amount=rng.randint(0, 30), ledger=LEDGER, code=CODE,
+                                flags=TransferFlags.LINKED if i < len(legs) - 1 else TransferFlags.NONE))
+    return out
+
+
+def renamed(transfers: list[Transfer], names: dict[int, int]) -> list[Transfer]:
+    return [Transfer(id=new_id(), debit_account_id=names[t.debit_account_id], credit_account_id=names[t.credit_account_id],
+                     amount=t.amount, ledger=t.ledger, code=t.code, flags=t.flags) for t in transfers]
+
+
+def test_aggregate_and_transfer_by_transfer_give_the_same_outcomes(monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = [compare_paths(seed, monkeypatch) for seed in range(12)]
+
+    # the comparison is not vacuous: both paths ran, and within several seeds
+    assert set().union(*paths) == {"aggregate", "in order"}
+    assert sum(len(p) == 2 for p in paths) >= 3
+
+
+def compare_paths(seed: int, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Random batches on two identical books, one applying batches in aggregate when it may, one always
+    in order: the same statuses and balances after each batch. Returns the paths the first one took."""
+    rng = random.Random(seed)
+    ledger = SqlLedger()
+    funds = [rng.randint(0, 600) for _ in range(3)]
+    op_a, fast_books = make_books(ledger, funds)
+    op_b, slow_books = make_books(ledger, funds)
+    names = {op_a: op_b, **dict(zip(fast_books, slow_books, strict=True))}
+    paths: set[str] = set()
+
+    for _round in range(4):
+        batch = chains(rng, op_a, fast_books, rng.randint(1, 40))
+        twin = renamed(batch, names)
+        spy = Spy(monkeypatch)
+        fast = ledger.create_transfers(batch)
+        monkeypatch.undo()
+        slow_spy = Spy(monkeypatch, aggregate=False)
+        slow = ledger.create_transfers(twin)
+        monkeypatch.undo()
+        assert fast == slow
+        assert slow_spy.aggregate == 0
+        if spy.aggregate:
+            assert all(s is Status.CREATED for s in fast)
+        paths.add("aggregate" if spy.aggregate else "in order")
+        accounts = ledger.lookup_accounts([op_a, op_b, *fast_books, *slow_books])
+        for a, b in names.items():
+            assert (accounts[a].debits_posted, accounts[a].credits_posted) == (
+                accounts[b].debits_posted, accounts[b].credits_posted)
+    return paths
+
+
+def test_a_batch_that_fits_is_applied_in_aggregate_with_its_history_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a quota of 100 and a batch of 10 two-leg chains of 10 that exactly uses it
+    ledger = SqlLedger()
+    operator, (quota, counter) = make_books(ledger, [100, 1000])
+    batch = []
+    for _ in range(10):
+        batch += [Transfer(id=new_id(), debit_account_id=counter, credit_account_id=operator, amount=10, ledger=LEDGER,
+                           code=CODE, flags=TransferFlags.LINKED),
+                  Transfer(id=new_id(), debit_account_id=quota, credit_account_id=operator, amount=10, ledger=LEDGER,
+                           code=CODE)]
+    spy = Spy(monkeypatch)
+
+    # when
+    statuses = ledger.create_transfers(batch)
+
+    # then
+    assert statuses == [Status.CREATED] * 20
+    assert spy.aggregate == 1
+    assert ledger.lookup_accounts([quota])[quota].available == 0
+    history = ledger.account_transfers(quota)
+    assert [t.id for t in history[1:]] == [t.id for t in batch[1::2]]  # after the funding, in batch order
+    stamps = [t.timestamp for t in ledger.account_transfers(operator, limit=1000)]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert ledger.create_transfers(batch[:2]) == [Status.EXISTS, Status.EXISTS]
+
+
+def test_when_a_limit_binds_the_exact_event_that_exceeds_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a quota of 25 and three events of 10
+    ledger = SqlLedger()
+    operator, (quota,) = make_books(ledger, [25])
+    batch = [Transfer(id=new_id(), debit_account_id=quota, credit_account_id=operator, amount=10, ledger=LEDGER,
+                      code=CODE) for _ in range(3)]
+    spy = Spy(monkeypatch)
+
+    # when
+    statuses = ledger.create_transfers(batch)
+
+    # then: the third is refused, the first two are in
+    assert statuses == [Status.CREATED, Status.CREATED, Status.EXCEEDS_CREDITS]
+    assert spy.aggregate == 0
+    assert ledger.lookup_accounts([quota])[quota].available == 5
+    assert ledger.create_transfers([batch[2]]) == [Status.ID_ALREADY_FAILED]
