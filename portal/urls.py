@@ -18,6 +18,8 @@ from billing.invoicing.apis import (
     CustomerUpcomingInvoiceApi,
     InvoiceDetailApi,
     InvoiceFinalizeApi,
+    InvoiceMarkPaidApi,
+    InvoiceMarkUncollectibleApi,
     InvoicesApi,
     InvoiceVoidApi,
 )
@@ -52,6 +54,9 @@ api = [
     path("invoices/<str:invoice_id>", InvoiceDetailApi.as_view(), name="invoice"),
     path("invoices/<str:invoice_id>/finalize", InvoiceFinalizeApi.as_view(), name="invoice-finalize"),
     path("invoices/<str:invoice_id>/void", InvoiceVoidApi.as_view(), name="invoice-void"),
+    path("invoices/<str:invoice_id>/mark_paid", InvoiceMarkPaidApi.as_view(), name="invoice-mark-paid"),
+    path("invoices/<str:invoice_id>/mark_uncollectible", InvoiceMarkUncollectibleApi.as_view(),
+         name="invoice-mark-uncollectible"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
 ]
 

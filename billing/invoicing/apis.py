@@ -83,6 +83,31 @@ class InvoiceVoidApi(APIView):
         return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
 
 
+class InvoiceMarkPaidApi(APIView):
+    """Record a payment collected outside Stripe (a bank transfer): finalized or uncollectible becomes paid.
+    Stripe-collected invoices become paid through the ``invoice.paid`` webhook."""
+
+    required_scope = "admin"
+
+    @extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_paid")
+    def post(self, request: Request, invoice_id: str) -> Response:
+        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
+        services.invoice_mark_paid(invoice=invoice, at=datetime.now(timezone.utc), actor=_actor(request))
+        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+
+
+class InvoiceMarkUncollectibleApi(APIView):
+    """Give up collecting a finalized invoice (it can still be paid or voided later)."""
+
+    required_scope = "admin"
+
+    @extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_uncollectible")
+    def post(self, request: Request, invoice_id: str) -> Response:
+        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
+        services.invoice_mark_uncollectible(invoice=invoice, at=datetime.now(timezone.utc), actor=_actor(request))
+        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+
+
 def _actor(request: Request) -> str:
     principal = principal_of(request)
     return f"api_key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"

@@ -292,6 +292,26 @@ def test_invoices_api_lists_details_and_keeps_tenants_apart(pro: Any, globex: An
 
 
 @pytest.mark.django_db
+def test_operator_marks_uncollectible_then_paid_through_the_api(pro: Any, make_client: Any, admin: Any) -> None:
+    accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    invoice = invoice_of(pro, OCT)
+    own = make_client("read", customer=pro)
+
+    assert own.post(f"/api/v1/invoices/{invoice.pk}/mark_paid", {}, format="json").status_code == 403
+    given_up = admin.post(f"/api/v1/invoices/{invoice.pk}/mark_uncollectible", {}, format="json")
+    paid = admin.post(f"/api/v1/invoices/{invoice.pk}/mark_paid", {}, format="json")
+    again = admin.post(f"/api/v1/invoices/{invoice.pk}/mark_paid", {}, format="json")
+    back = admin.post(f"/api/v1/invoices/{invoice.pk}/mark_uncollectible", {}, format="json")
+
+    assert (given_up.status_code, given_up.json()["status"]) == (200, "uncollectible")
+    assert (paid.status_code, paid.json()["status"]) == (200, "paid") and paid.json()["paid_at"]
+    assert (again.status_code, again.json()["status"]) == (200, "paid")  # idempotent
+    assert back.status_code == 409 and back.json()["error"]["code"] == "invalid_invoice_state"
+    assert invoice_of(pro, OCT).total_minor == invoice.total_minor  # figures untouched
+
+
+@pytest.mark.django_db
 def test_invoice_document_for_staff_and_own_customer_only(pro: Any, globex: Any, client: Any,
                                                           django_user_model: Any) -> None:
     from billing.customers.models import CustomerUser
