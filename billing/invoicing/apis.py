@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -57,55 +57,53 @@ class InvoiceDetailApi(APIView):
         return Response(invoice_as_dict(invoice_get(pk=invoice_id, principal=principal_of(request))))
 
 
-class InvoiceFinalizeApi(APIView):
+class _InvoiceMoveApi(APIView):
+    """POST moves one invoice through its lifecycle (admin); the answer is the invoice as it now is."""
+
+    required_scope = "admin"
+
+    def move(self, request: Request, invoice: Invoice, now: datetime, actor: str) -> None:
+        raise NotImplementedError
+
+    def post(self, request: Request, invoice_id: str) -> Response:
+        principal = principal_of(request)
+        invoice = invoice_get(pk=invoice_id, principal=principal)
+        self.move(request, invoice, datetime.now(timezone.utc), _actor(request))
+        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal)))
+
+
+@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_finalize"))
+class InvoiceFinalizeApi(_InvoiceMoveApi):
     """Finalize now (the period must be closed; beat does this on its own after the grace time)."""
 
-    required_scope = "admin"
-
-    @extend_schema(request=None, responses={200: None}, operation_id="invoice_finalize")
-    def post(self, request: Request, invoice_id: str) -> Response:
-        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
-        invoice = services.invoice_finalize(invoice=invoice, now=datetime.now(timezone.utc), actor=_actor(request))
-        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+    def move(self, request: Request, invoice: Invoice, now: datetime, actor: str) -> None:
+        services.invoice_finalize(invoice=invoice, now=now, actor=actor)
 
 
-class InvoiceVoidApi(APIView):
+@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_void"))
+class InvoiceVoidApi(_InvoiceMoveApi):
     """Void a finalized invoice: it keeps its figures, becomes void, and a credit note cancels it."""
 
-    required_scope = "admin"
-
-    @extend_schema(request=None, responses={200: None}, operation_id="invoice_void")
-    def post(self, request: Request, invoice_id: str) -> Response:
-        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
+    def move(self, request: Request, invoice: Invoice, now: datetime, actor: str) -> None:
         reason = str(request.data.get("reason", "")) if isinstance(request.data, dict) else ""
-        invoice = services.invoice_void(invoice=invoice, at=datetime.now(timezone.utc), reason=reason,
-                                        actor=_actor(request))
-        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+        services.invoice_void(invoice=invoice, at=now, reason=reason, actor=actor)
 
 
-class InvoiceMarkPaidApi(APIView):
+@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_paid"))
+class InvoiceMarkPaidApi(_InvoiceMoveApi):
     """Record a payment collected outside Stripe (a bank transfer): finalized or uncollectible becomes paid.
     Stripe-collected invoices become paid through the ``invoice.paid`` webhook."""
 
-    required_scope = "admin"
-
-    @extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_paid")
-    def post(self, request: Request, invoice_id: str) -> Response:
-        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
-        services.invoice_mark_paid(invoice=invoice, at=datetime.now(timezone.utc), actor=_actor(request))
-        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+    def move(self, request: Request, invoice: Invoice, now: datetime, actor: str) -> None:
+        services.invoice_mark_paid(invoice=invoice, at=now, actor=actor)
 
 
-class InvoiceMarkUncollectibleApi(APIView):
+@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_uncollectible"))
+class InvoiceMarkUncollectibleApi(_InvoiceMoveApi):
     """Give up collecting a finalized invoice (it can still be paid or voided later)."""
 
-    required_scope = "admin"
-
-    @extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_uncollectible")
-    def post(self, request: Request, invoice_id: str) -> Response:
-        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
-        services.invoice_mark_uncollectible(invoice=invoice, at=datetime.now(timezone.utc), actor=_actor(request))
-        return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal_of(request))))
+    def move(self, request: Request, invoice: Invoice, now: datetime, actor: str) -> None:
+        services.invoice_mark_uncollectible(invoice=invoice, at=now, actor=actor)
 
 
 def _actor(request: Request) -> str:
