@@ -23,6 +23,7 @@ from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.customers.models import Customer
 from billing.customers.services import api_key_create, customer_create, customer_user_create
+from billing.guardrails.alerts import alerts_check
 from tests.conftest import CHROMIUM
 from tests.portal.test_dashboard import CATALOG, dashboard_urls
 
@@ -178,6 +179,13 @@ def test_new_events_show_without_a_reload(page, live_server, tenant, shots):
     # the charts follow too (polled every 3 s): the hourly chart's table holds the new total
     page.wait_for_function("document.querySelector('#hourly-llm_tokens title').textContent.includes('8,100')",
                            timeout=8000)
+    # and the soft-limit alert the worker records a few seconds after ingest shows on the same page
+    tenant.acme.email = "ap@acme.example"
+    tenant.acme.save(update_fields=["email"])
+    alerts_check(customer_pk=tenant.acme.pk, now=datetime.now(timezone.utc))
+    page.wait_for_selector('[data-alert="meter:llm_tokens"][data-percent="80"][data-status="sent"]', timeout=6000)
+    assert "LLM tokens: 80% reached" in page.inner_text(".alerts")
+    assert page.evaluate("window.__same_page") is True
     page.screenshot(path=str(shots / "dashboard-live-soft-limit.png"), full_page=True)
 
 
@@ -232,6 +240,11 @@ def test_settings_page(page, live_server, tenant, shots):
     page.click("text=Add user")
     page.wait_for_selector("text=User added.")
     assert "bob@acme.example" in page.inner_text("#users")
+    page.select_option("select[name=target]", "meter:llm_tokens")
+    page.fill("input[name=percent]", "50")
+    page.click("text=Add threshold")
+    page.wait_for_selector("text=Alert threshold added.")
+    assert page.get_attribute('#thresholds tr[data-source="customer"]', "data-percent") == "50"
     tenant.acme.refresh_from_db()
     assert tenant.acme.email == "ap@acme.example"
     page.screenshot(path=str(shots / "dashboard-settings.png"), full_page=True)
