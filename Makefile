@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test lint typecheck pytest bench bench-ingest bench-ledger clean
+.PHONY: install run test lint typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ bench-ingest: install
 bench-ledger: install
 	$(PY) bench/ingest.py --mode ledger $(BENCH_ARGS)
 
-bench: bench-ingest bench-ledger
+## bench-rollup: 10,000,000 events for 1,000 customers over a month: full rollup vs a plain GROUP BY, an hourly
+## incremental run, and invoice drafts from rollups for every customer (BENCH_ARGS="--events 200000" for a quick run)
+bench-rollup: install
+	$(PY) bench/rollup.py $(BENCH_ARGS)
+
+bench: bench-ingest bench-ledger bench-rollup
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,6 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,33 +24,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from _pg import free_port, pg_start, pg_stop, run
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 T0 = datetime.now(timezone.utc) - timedelta(hours=1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run(cmd: list[str], **kw: object) -> None:
-    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
-
-
-def as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    if not candidates:
-        raise SystemExit(f"{name} not found: PostgreSQL server binaries are needed")
-    return str(candidates[-1])
 
 
 def event(customer: str, n: int) -> dict:
@@ -233,19 +210,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     os.chmod(work, 0o755)
     pg_dir = work / "pg"
-    pg_dir.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(pg_dir, "postgres", "postgres")
     pg_port, http_port = free_port(), free_port()
     server = None
     try:
-        run(as_postgres([pg_bin("initdb"), "-D", str(pg_dir / "data"), "-U", "postgres", "-A", "trust"]),
-            stdout=subprocess.DEVNULL)
-        run(as_postgres([pg_bin("pg_ctl"), "-D", str(pg_dir / "data"), "-l", str(pg_dir / "log"), "-w", "-o",
-                         f"-p {pg_port} -k {pg_dir} -c listen_addresses=127.0.0.1 -c max_connections=100 "
-                         "-c shared_buffers=512MB", "start"]), stdout=subprocess.DEVNULL)
-        run(as_postgres([pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "tollgate"]))
-        env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pg_port}/tollgate",
+        database_url = pg_start(pg_dir, pg_port, "tollgate")
+        env = {**os.environ, "DATABASE_URL": database_url,
                "TOLLGATE_DATA_DIR": str(work / "var"), "TOLLGATE_RATE_LIMIT_PER_SECOND": "0", "LOG_LEVEL": "WARNING"}
         env.pop("REDIS_URL", None)
         env.pop("DJANGO_DEBUG", None)
@@ -315,7 +284,7 @@ def main() -> None:
         # baseline: COPY of the same rows into a bare table, in the same run, same server
         import psycopg
 
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/tollgate", autocommit=True) as db:
+        with psycopg.connect(database_url, autocommit=True) as db:
             db.execute("CREATE TABLE bare_events (customer_id bigint, event_id text, quantity numeric, "
                          "ts timestamptz, dimensions jsonb)")
             rows = [(1, f"e-{n}", str(100 + n % 900), (T0 + timedelta(microseconds=n)).isoformat(),
@@ -343,8 +312,7 @@ def main() -> None:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
-        subprocess.run(as_postgres([pg_bin("pg_ctl"), "-D", str(pg_dir / "data"), "-m", "fast", "stop"]),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        pg_stop(pg_dir)
         shutil.rmtree(work, ignore_errors=True)
 
 
