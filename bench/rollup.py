@@ -219,11 +219,11 @@ def explain(now: datetime) -> dict[str, str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the baseline and of the rebuild's INSERT, each rolled back."""
     from django.db import connection, transaction
 
-    from billing.usage.rollups import FULL_SQL
+    from billing.usage.rollups import FULL_SQL_PLAIN
 
     plans = {}
     upto = sql_one("SELECT max(id) FROM usage_event")
-    for name, sql, params in (("baseline", BASELINE_SQL, None), ("full_rollup_insert", FULL_SQL, [upto])):
+    for name, sql, params in (("baseline", BASELINE_SQL, None), ("full_rollup_insert", FULL_SQL_PLAIN, [upto])):
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 if name != "baseline":

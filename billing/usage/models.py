@@ -78,10 +78,17 @@ class HourlyRollup(models.Model):
     aggregation needs: sum (sum and count meters), event count, max, the distinct ``unique_by`` values,
     and the latest value with its time and event id."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False)
-    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # No database FK constraints and no per-column FK indexes: every row is derived from usage_event rows,
+    # whose own constraints hold these ids; per-row constraint triggers and two more indexes to maintain
+    # would cost the rollup writes more than the aggregation. Reads go by the unique key and
+    # (customer, meter, hour).
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False,
+                                 db_constraint=False)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                db_constraint=False, db_index=False)
     project_slot = models.PositiveBigIntegerField(default=0)  # project id or 0: part of the unique key
-    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_constraint=False,
+                              db_index=False)
     dims_key = models.CharField(max_length=32)  # digest of the canonical dimensions
     dimensions = models.JSONField(default=dict)
     hour = models.DateTimeField()

@@ -175,29 +175,52 @@ def rollup_full(*, now: datetime) -> int:
     with transaction.atomic():
         state, _ = RollupWatermark.objects.get_or_create(name="hourly")
         RollupWatermark.objects.select_for_update().filter(pk=state.pk).update(last_event_id=0)
-        HourlyRollup.objects.all().delete()
         if connection.vendor != "postgresql":
+            HourlyRollup.objects.all().delete()
             return rollup_until_current(now=now)
+        with connection.cursor() as cursor:
+            # TRUNCATE (transactional in PostgreSQL) instead of a DELETE of millions of rows; readers of the
+            # rollups wait for the rebuild's commit instead of seeing it half done.
+            cursor.execute("TRUNCATE usage_hourly_rollup")
         return _rollup_full_sql(now=now)
 
 
-FULL_SQL = """
+_INSERT = """
+WITH inserted AS (
 INSERT INTO usage_hourly_rollup (customer_id, project_id, project_slot, meter_id, dims_key, dimensions, hour, total,
                                  events, maximum, uniques, latest_value, latest_at, latest_event)
 SELECT e.customer_id, e.project_id, COALESCE(e.project_id, 0), e.meter_id, md5(COALESCE(e.dimensions, '{}')::text),
        COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC'), sum(e.quantity), count(*), max(e.quantity),
-       COALESCE(jsonb_agg(DISTINCT (e.dimensions ->> m.unique_by) COLLATE "C")
+       %s
+FROM usage_event e JOIN catalog_meter m ON m.id = e.meter_id
+WHERE e.id <= %%s AND e.billable AND m.aggregation %s
+GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC')
+RETURNING events)
+SELECT COALESCE(sum(events), 0) FROM inserted
+"""
+# Meters that only add up or take a maximum (tokens, calls, GPU seconds: nearly every event) need no
+# ordered or distinct aggregate; those cost a sort per group even when filtered out, so they get their
+# own statement.
+FULL_SQL_PLAIN = _INSERT % ("'[]'::jsonb, NULL, NULL, NULL", "IN ('sum', 'count', 'max')")
+FULL_SQL_RICH = _INSERT % ("""COALESCE(jsonb_agg(DISTINCT (e.dimensions ->> m.unique_by) COLLATE "C")
                 FILTER (WHERE m.aggregation = 'unique_count' AND e.dimensions ? m.unique_by), '[]'::jsonb),
        (array_agg(e.quantity ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
        (array_agg(e.usage_at ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
-       (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
-FROM usage_event e JOIN catalog_meter m ON m.id = e.meter_id
-WHERE e.id <= %s AND e.billable
-GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC')
+       (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]""",
+                           "NOT IN ('sum', 'count', 'max')")
+
+SECONDARY_INDEXES = """
+SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)
+FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+WHERE i.indrelid = 'usage_hourly_rollup'::regclass AND NOT i.indisprimary
 """
 
 
 def _rollup_full_sql(*, now: datetime) -> int:
+    """The rebuild on PostgreSQL, inside ``rollup_full``'s transaction, on the table it truncated: the
+    secondary indexes and the unique key are dropped, the rows inserted, and both rebuilt from their own
+    definitions (one sorted build each is much cheaper than maintaining them row by row); all of it
+    commits or rolls back as one."""
     with connection.cursor() as cursor:
         # Same rule as the incremental run: stop before the first event still inside LAG (BRIN on received_at).
         cursor.execute("SELECT min(id) FROM usage_event WHERE received_at >= %s", [now - LAG])
@@ -206,9 +229,22 @@ def _rollup_full_sql(*, now: datetime) -> int:
         upto = cursor.fetchone()[0] or 0
         if not upto:
             return 0
-        cursor.execute(FULL_SQL, [upto])
-        cursor.execute("SELECT COALESCE(sum(events), 0) FROM usage_hourly_rollup")
-        covered = cursor.fetchone()[0]
+        # memory for this transaction only: the aggregation hashes in memory instead of spilling to disk,
+        # and each index is rebuilt with one in-memory sort
+        cursor.execute("SET LOCAL work_mem = '256MB'")
+        cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        cursor.execute(SECONDARY_INDEXES)
+        indexes = cursor.fetchall()
+        for index, _, constraint, _ in indexes:
+            cursor.execute(f'ALTER TABLE usage_hourly_rollup DROP CONSTRAINT "{constraint}"' if constraint
+                           else f"DROP INDEX {index}")
+        covered = 0
+        for sql in (FULL_SQL_PLAIN, FULL_SQL_RICH):
+            cursor.execute(sql, [upto])
+            covered += cursor.fetchone()[0]
+        for _, index_def, constraint, constraint_def in indexes:
+            cursor.execute(f'ALTER TABLE usage_hourly_rollup ADD CONSTRAINT "{constraint}" {constraint_def}'
+                           if constraint else index_def)
     RollupWatermark.objects.filter(name="hourly").update(last_event_id=upto)
     return int(covered)
 
