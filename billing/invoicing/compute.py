@@ -74,7 +74,9 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
     lo = max(start, subscription.start)
     hi = min(end, subscription.end) if subscription.end else end
     segments = [Segment(s, e, v.definition, v.number) for s, e, v in versions_over(plan=plan, start=lo, end=hi)]
-    cuts = [seg.start for seg in segments[1:]]
+    # every boundary is a cut: rate-card changes, and where the subscription starts or ends inside the period
+    # (a rollup range spanning one would be priced, or dropped, as a whole)
+    cuts = [seg.start for seg in segments] + [segments[-1].end] if segments else []
     rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=cuts, source=source)
     corrections = correction_rows(customer=customer, start=start, end=end)
 

@@ -369,3 +369,39 @@ def test_concurrent_finalization_yields_one_invoice_and_one_number(pro: Any) -> 
     assert errors == []
     assert Invoice.objects.filter(customer=pro, period_start=OCT).count() == 1
     assert list(Invoice.objects.exclude(number=None).values_list("number", flat=True)) == ["INV-000001"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("source", ["rollups", "raw"])
+def test_a_subscription_starting_or_ending_inside_the_period_bills_exactly_its_own_usage(
+        acme: Any, globex: Any, source: str) -> None:
+    """Where the subscription starts or ends mid-period is a cut like a rate-card change: a rollup range
+    that spans it would otherwise be priced (or dropped) as a whole. Off the hour (10:30) and on it."""
+    from billing.catalog.models import Subscription
+
+    catalog_import(text=CATALOG, actor="t")
+    subscribe(acme, datetime(2026, 10, 10, 10, 30, tzinfo=UTC))
+    subscribe(globex, datetime(2026, 10, 12, tzinfo=UTC))
+    Subscription.objects.filter(customer=globex).update(end=datetime(2026, 10, 20, 6, tzinfo=UTC))
+    usage = [  # (customer, time, tokens, billed)
+        ("acme-co", datetime(2026, 10, 5, 9, tzinfo=UTC), "1", False),
+        ("acme-co", datetime(2026, 10, 10, 10, 15, tzinfo=UTC), "2", False),  # same hour, before the start
+        ("acme-co", datetime(2026, 10, 10, 10, 30, tzinfo=UTC), "4", True),  # exactly at the start
+        ("acme-co", datetime(2026, 10, 10, 10, 45, tzinfo=UTC), "8", True),
+        ("acme-co", datetime(2026, 10, 10, 11, 5, tzinfo=UTC), "16", True),
+        ("acme-co", datetime(2026, 10, 28, 3, tzinfo=UTC), "32", True),
+        ("globex", datetime(2026, 10, 11, 23, 59, tzinfo=UTC), "64", False),
+        ("globex", datetime(2026, 10, 12, 0, 0, tzinfo=UTC), "128", True),
+        ("globex", datetime(2026, 10, 15, 7, tzinfo=UTC), "256", True),
+        ("globex", datetime(2026, 10, 20, 5, 59, tzinfo=UTC), "512", True),
+        ("globex", datetime(2026, 10, 20, 6, 0, tzinfo=UTC), "1024", False),  # the end is exclusive
+        ("globex", datetime(2026, 10, 25, tzinfo=UTC), "2048", False),
+    ]
+    accepted(send(*[dict(ev(f"u{i}", at, tokens), customer=who) for i, (who, at, tokens, _) in enumerate(usage)],
+                  now=datetime(2026, 10, 29, tzinfo=UTC)))
+    rollup_until_current(now=datetime(2026, 10, 30, tzinfo=UTC))
+    for customer in (acme, globex):
+        computed = invoice_compute(customer=customer, start=OCT, end=NOV, source=source)
+        assert computed is not None
+        tokens = next(line.quantity for line in computed.lines if line.meter == "llm_tokens")
+        assert tokens == sum(Decimal(q) for who, _, q, billed in usage if who == customer.external_id and billed)
