@@ -216,18 +216,22 @@ def baseline() -> int:
 
 
 def explain(now: datetime) -> dict[str, str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the baseline and of the rebuild's INSERT, each rolled back."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the baseline and of the rebuild's INSERTs as the rebuild runs them
+    (truncated table, its memory settings, indexes dropped), each rolled back."""
     from django.db import connection, transaction
 
-    from billing.usage.rollups import FULL_SQL_PLAIN
+    from billing.usage.rollups import bulk_load_begin, full_statements
 
     plans = {}
     upto = sql_one("SELECT max(id) FROM usage_event")
-    for name, sql, params in (("baseline", BASELINE_SQL, None), ("full_rollup_insert", FULL_SQL_PLAIN, [upto])):
+    statements = [("baseline", BASELINE_SQL, None)] + [(f"full_rollup_insert_{n}", sql, params)
+                                                      for n, (sql, params) in enumerate(full_statements(upto), 1)]
+    for name, sql, params in statements:
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 if name != "baseline":
-                    cursor.execute("DELETE FROM usage_hourly_rollup")
+                    cursor.execute("TRUNCATE usage_hourly_rollup")
+                    bulk_load_begin(cursor)
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                 plans[name] = "\n".join(row[0] for row in cursor.fetchall())
                 raise _Rollback

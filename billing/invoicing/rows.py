@@ -95,28 +95,54 @@ WHERE customer_id = %s AND hour >= %s AND hour < %s AND meter_id = ANY(%s)
 GROUP BY meter_id, dims_key
 """
 
+# max, unique_count and latest meters over a range: the largest maximum, the union of the distinct values
+# and the latest (time, event id, value), as the hour rows would give them; the total counts each rollup
+# row once (its first unique value, or its only row when it has none)
+NON_ADDITIVE_SQL = """
+SELECT r.meter_id, (array_agg(r.dimensions))[1], sum(r.total) FILTER (WHERE u.n IS NULL OR u.n = 1), max(r.maximum),
+       COALESCE(array_agg(DISTINCT u.value) FILTER (WHERE u.value IS NOT NULL), '{}'),
+       (array_agg(r.latest_at ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
+                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
+       (array_agg(r.latest_event ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
+                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
+       (array_agg(r.latest_value ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
+                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]
+FROM usage_hourly_rollup r LEFT JOIN LATERAL jsonb_array_elements_text(r.uniques) WITH ORDINALITY u(value, n) ON true
+WHERE r.customer_id = %s AND r.hour >= %s AND r.hour < %s AND r.meter_id = ANY(%s)
+GROUP BY r.meter_id, r.dims_key
+"""
+
 
 def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]) -> list[Row]:
-    """Rollup rows over whole-hour ranges. On PostgreSQL, meters that add up are summed per range in the
-    database (pricing needs each range's total, not its hours); the others come hour by hour."""
-    additive = [pk for pk, m in meters.items() if m.aggregation in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)]
-    in_sql = connection.vendor == "postgresql"
+    """Rollup rows over whole-hour ranges. On PostgreSQL each range is aggregated in the database, one row
+    per meter and dimension set (pricing needs a range's total, maximum, distinct values or latest value,
+    not its hours: a range never spans a price change); elsewhere the rows come hour by hour."""
     out: list[Row] = []
-    for a, b in ranges:
-        rolled = HourlyRollup.objects.filter(customer=customer, hour__gte=a, hour__lt=b).order_by()
-        if in_sql:
-            rolled = rolled.exclude(meter_id__in=additive)
-            with connection.cursor() as cursor:
+    if connection.vendor == "postgresql":
+        additive = [pk for pk, m in meters.items() if m.aggregation in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)]
+        others = [pk for pk in meters if pk not in additive]
+        with connection.cursor() as cursor:
+            for a, b in ranges:
                 cursor.execute(ADDITIVE_SQL, [customer.pk, a, b, additive])
                 for meter_id, dims, total in cursor.fetchall():
-                    dims = json.loads(dims) if isinstance(dims, str) else dims
-                    out.append(Row(meters[meter_id].key, dims or {}, a, total, None, frozenset(), None))
+                    out.append(Row(meters[meter_id].key, _json(dims) or {}, a, total, None, frozenset(), None))
+                cursor.execute(NON_ADDITIVE_SQL, [customer.pk, a, b, others])
+                for meter_id, dims, total, maximum, uniques, l_at, l_event, l_value in cursor.fetchall():
+                    latest = (l_at, l_event, l_value) if l_at is not None else None
+                    out.append(Row(meters[meter_id].key, _json(dims) or {}, a, total, maximum, frozenset(uniques), latest))
+        return out
+    for a, b in ranges:
+        rolled = HourlyRollup.objects.filter(customer=customer, hour__gte=a, hour__lt=b).order_by()
         for meter_id, dims, hour, total, maximum, uniques, l_at, l_event, l_value in rolled.values_list(
                 "meter_id", "dimensions", "hour", "total", "maximum", "uniques", "latest_at", "latest_event",
                 "latest_value").iterator(chunk_size=5000):
             latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None
             out.append(Row(meters[meter_id].key, dims or {}, hour, total, maximum, frozenset(uniques), latest))
     return out
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def event_row(meter: Meter, dims: dict[str, str], quantity: Decimal, usage_at: datetime, event_pk: int) -> Row:

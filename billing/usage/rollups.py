@@ -20,8 +20,10 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Max
 
 from billing.catalog.models import Meter
@@ -186,41 +188,63 @@ def rollup_full(*, now: datetime) -> int:
 
 
 _INSERT = """
-WITH inserted AS (
 INSERT INTO usage_hourly_rollup (customer_id, project_id, project_slot, meter_id, dims_key, dimensions, hour, total,
                                  events, maximum, uniques, latest_value, latest_at, latest_event)
 SELECT e.customer_id, e.project_id, COALESCE(e.project_id, 0), e.meter_id, md5(COALESCE(e.dimensions, '{}')::text),
        COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC'), sum(e.quantity), count(*), max(e.quantity),
        %s
-FROM usage_event e JOIN catalog_meter m ON m.id = e.meter_id
-WHERE e.id <= %%s AND e.billable AND m.aggregation %s
+FROM usage_event e%s
+WHERE e.id <= %%s AND e.billable AND e.meter_id = ANY(%%s)
 GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC')
-RETURNING events)
-SELECT COALESCE(sum(events), 0) FROM inserted
 """
 # Meters that only add up or take a maximum (tokens, calls, GPU seconds: nearly every event) need no
 # ordered or distinct aggregate; those cost a sort per group even when filtered out, so they get their
-# own statement.
-FULL_SQL_PLAIN = _INSERT % ("'[]'::jsonb, NULL, NULL, NULL", "IN ('sum', 'count', 'max')")
+# own statement. Each statement takes its meters as an array of ids (``e.meter_id = ANY(%s)``), not as a
+# condition on the joined meter's aggregation: PostgreSQL estimates the former from the column's
+# statistics, and the latter (a guess of a few per cent of the rows) made it sort instead of hash.
+PLAIN = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT, Meter.Aggregation.MAX)
+FULL_SQL_PLAIN = _INSERT % ("'[]'::jsonb, NULL, NULL, NULL", "")  # no join: nothing needs the meter's row
 FULL_SQL_RICH = _INSERT % ("""COALESCE(jsonb_agg(DISTINCT (e.dimensions ->> m.unique_by) COLLATE "C")
                 FILTER (WHERE m.aggregation = 'unique_count' AND e.dimensions ? m.unique_by), '[]'::jsonb),
        (array_agg(e.quantity ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
        (array_agg(e.usage_at ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
        (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]""",
-                           "NOT IN ('sum', 'count', 'max')")
+                           " JOIN catalog_meter m ON m.id = e.meter_id")
 
-SECONDARY_INDEXES = """
+INDEXES = """
 SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)
 FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
-WHERE i.indrelid = 'usage_hourly_rollup'::regclass AND NOT i.indisprimary
+WHERE i.indrelid = 'usage_hourly_rollup'::regclass
 """
+
+
+def full_statements(upto: int) -> list[tuple[str, list[Any]]]:
+    """The rebuild's INSERTs for events with ``id <= upto``: plain meters, then the others (if any)."""
+    plain: list[int] = []
+    rich: list[int] = []
+    for pk, aggregation in Meter.objects.values_list("pk", "aggregation"):
+        (plain if aggregation in PLAIN else rich).append(pk)
+    return [(sql, [upto, ids]) for sql, ids in ((FULL_SQL_PLAIN, plain), (FULL_SQL_RICH, rich)) if ids]
+
+
+def bulk_load_begin(cursor: CursorWrapper) -> list[tuple[str, str, str | None, str | None]]:
+    """Inside the rebuild's transaction: every index of the table dropped (primary key and unique key
+    included), and memory for this transaction alone to rebuild each with one in-memory sort. Returns
+    their definitions, for the rebuild to restore. The aggregation keeps the server's ``work_mem``: a
+    larger one (256 MB) made it slower here, one big hash table missing the CPU caches."""
+    cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+    cursor.execute(INDEXES)
+    indexes = cursor.fetchall()
+    for index, _, constraint, _ in indexes:
+        cursor.execute(f'ALTER TABLE usage_hourly_rollup DROP CONSTRAINT "{constraint}"' if constraint
+                       else f"DROP INDEX {index}")
+    return indexes
 
 
 def _rollup_full_sql(*, now: datetime) -> int:
     """The rebuild on PostgreSQL, inside ``rollup_full``'s transaction, on the table it truncated: the
-    secondary indexes and the unique key are dropped, the rows inserted, and both rebuilt from their own
-    definitions (one sorted build each is much cheaper than maintaining them row by row); all of it
-    commits or rolls back as one."""
+    indexes are dropped, the rows inserted, and the indexes rebuilt from their own definitions (one sorted
+    build each is much cheaper than maintaining them row by row); all of it commits or rolls back as one."""
     with connection.cursor() as cursor:
         # Same rule as the incremental run: stop before the first event still inside LAG (BRIN on received_at).
         cursor.execute("SELECT min(id) FROM usage_event WHERE received_at >= %s", [now - LAG])
@@ -229,20 +253,12 @@ def _rollup_full_sql(*, now: datetime) -> int:
         upto = cursor.fetchone()[0] or 0
         if not upto:
             return 0
-        # memory for this transaction only: the aggregation hashes in memory instead of spilling to disk,
-        # and each index is rebuilt with one in-memory sort
-        cursor.execute("SET LOCAL work_mem = '256MB'")
-        cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
-        cursor.execute(SECONDARY_INDEXES)
-        indexes = cursor.fetchall()
-        for index, _, constraint, _ in indexes:
-            cursor.execute(f'ALTER TABLE usage_hourly_rollup DROP CONSTRAINT "{constraint}"' if constraint
-                           else f"DROP INDEX {index}")
-        covered = 0
-        for sql in (FULL_SQL_PLAIN, FULL_SQL_RICH):
-            cursor.execute(sql, [upto])
-            covered += cursor.fetchone()[0]
-        for _, index_def, constraint, constraint_def in indexes:
+        indexes = bulk_load_begin(cursor)
+        for sql, params in full_statements(upto):
+            cursor.execute(sql, params)
+        cursor.execute("SELECT COALESCE(sum(events), 0) FROM usage_hourly_rollup")  # cheaper than RETURNING
+        covered = cursor.fetchone()[0]
+        for _, index_def, constraint, constraint_def in sorted(indexes, key=lambda i: i[3] is None):  # keys first
             cursor.execute(f'ALTER TABLE usage_hourly_rollup ADD CONSTRAINT "{constraint}" {constraint_def}'
                            if constraint else index_def)
     RollupWatermark.objects.filter(name="hourly").update(last_event_id=upto)

@@ -405,3 +405,56 @@ def test_a_subscription_starting_or_ending_inside_the_period_bills_exactly_its_o
         assert computed is not None
         tokens = next(line.quantity for line in computed.lines if line.meter == "llm_tokens")
         assert tokens == sum(Decimal(q) for who, _, q, billed in usage if who == customer.external_id and billed)
+
+
+RICH_CATALOG = """
+meters:
+  - {key: seats, name: Seats, unit: seat, aggregation: max}
+  - {key: agents, name: Agents, unit: agent, aggregation: unique_count, unique_by: agent}
+  - {key: storage, name: Storage, unit: GB, aggregation: latest}
+plans:
+  - key: rich
+    name: Rich
+    currency: USD
+    effective_from: "2024-01-01T00:00:00Z"
+    charges:
+      - {meter: seats, model: per_unit, unit_price: "3"}
+      - {meter: agents, model: per_unit, unit_price: "1.5", markup: {dimension: team, percent: {red: "10"}, default: "0"}}
+      - {meter: storage, model: per_unit, unit_price: "0.25"}
+  - key: rich
+    name: Rich
+    currency: USD
+    effective_from: "2026-10-20T07:30:00Z"
+    charges:
+      - {meter: seats, model: per_unit, unit_price: "4"}
+      - {meter: agents, model: per_unit, unit_price: "2", markup: {dimension: team, percent: {red: "10"}, default: "0"}}
+      - {meter: storage, model: per_unit, unit_price: "0.5"}
+"""
+
+
+@pytest.mark.django_db
+def test_max_unique_and_latest_meters_priced_from_rollup_ranges_match_the_raw_events(acme: Any) -> None:
+    """On PostgreSQL whole-hour ranges of rollups are aggregated in SQL (largest maximum, union of distinct
+    values, latest by time then event id); the invoice must equal the one priced from raw events."""
+    catalog_import(text=RICH_CATALOG, actor="t")
+    subscription_set(customer=acme, plan=Plan.objects.get(key="rich"), start=OCT, now=OCT, actor="t")
+    tie = datetime(2026, 10, 28, 9, 15, tzinfo=UTC)
+    events = []
+    for i, (hour, seats, agent, team, storage) in enumerate([
+            (3, "7", "a1", "red", "10"), (3, "2", "a2", "red", "11"), (50, "9", "a1", "blue", "12"),
+            (200, "4", "a3", "blue", "5"), (200, "12", "a4", "red", "6"), (455, "1", "a2", "blue", "8"),
+            (560, "3", "a5", "red", "13"), (600, "5", "a1", "red", "14")]):
+        at = OCT + timedelta(hours=hour, minutes=i)
+        events += [ev(f"s{i}", at, seats, meter="seats"), ev(f"a{i}", at, "1", meter="agents",
+                                                              dimensions={"agent": agent, "team": team}),
+                   ev(f"g{i}", at, storage, meter="storage")]
+    events += [ev("tie1", tie, "20", meter="storage"), ev("tie2", tie, "21", meter="storage")]  # same time: later id wins
+    accepted(send(*events, now=datetime(2026, 10, 30, tzinfo=UTC)))
+    rollup_until_current(now=datetime(2026, 10, 31, tzinfo=UTC))
+    rolled = invoice_compute(customer=acme, start=OCT, end=NOV, source="rollups")
+    raw = invoice_compute(customer=acme, start=OCT, end=NOV, source="raw")
+    assert rolled is not None and raw is not None
+    assert [line.key() for line in rolled.lines] == [line.key() for line in raw.lines]
+    quantities = sorted((line.meter or "", line.quantity) for line in rolled.lines)
+    # seats: the largest; agents per team (blue: a1 a2 a3, red: a1 a2 a4 a5); storage: the later of the tie
+    assert quantities == [("agents", 3), ("agents", 4), ("seats", 12), ("storage", 21)]
