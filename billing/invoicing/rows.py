@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
 
 from billing.catalog.models import Meter
 from billing.customers.models import Customer
@@ -60,19 +59,34 @@ def period_rows(*, customer: Customer, start: datetime, end: datetime, cuts: Ite
         if watermark and lo < hi:
             on_hour = sorted({c for c in cuts if c == _hour(c) and lo < c < hi})  # a range never spans a price change
             rows += _rolled(customer, meters, _whole_ranges(lo, hi, cut_hours, on_hour))
-            # raw: the events not rolled up yet, and (rolled up or not) the edge and cut hours; two queries so
-            # that each uses its index (the primary key for the tail, (customer, meter, usage_at) for hours)
-            edges = Q(usage_at__lt=lo) | Q(usage_at__gte=hi)
-            for hour in cut_hours:
-                edges |= Q(usage_at__gte=hour, usage_at__lt=hour + HOUR)
-            queries = [raw.filter(id__gt=watermark), raw.filter(edges, id__lte=watermark)]
+            # raw: the events not rolled up yet (by the primary key), and (rolled up or not) the partial hours
+            # at the edges and the cut hours, one query per stretch, each an index range scan of
+            # (customer, meter, usage_at) (an OR of stretches, or no meter, would read every event of the period)
+            queries = [raw.filter(id__gt=watermark)]
+            stretches = _union([(start, lo), (hi, end)] + [(max(h, start), min(h + HOUR, end)) for h in cut_hours])
+            queries += [raw.filter(meter_id__in=list(meters), usage_at__gte=a, usage_at__lt=b, id__lte=watermark)
+                        for a, b in stretches]
     if not queries:
         queries = [raw]
     for query in queries:
-        for event_pk, meter_id, dims, quantity, usage_at in (query.order_by().values_list(
-                "pk", "meter_id", "dimensions", "quantity", "usage_at").iterator(chunk_size=5000)):
+        values = query.order_by().values_list("pk", "meter_id", "dimensions", "quantity", "usage_at")
+        # A replay reads a whole period: chunks. The tail and the edge hours are few rows: one plain query,
+        # not a server-side cursor (which costs round trips, and PostgreSQL plans it for a fast first row).
+        for event_pk, meter_id, dims, quantity, usage_at in (values.iterator(chunk_size=5000) if source == "raw"
+                                                             else values):
             rows.append(event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk))
     return rows, watermark
+
+
+def _union(stretches: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Non-empty half-open stretches merged where they overlap or touch: each instant in exactly one."""
+    merged: list[tuple[datetime, datetime]] = []
+    for a, b in sorted(s for s in stretches if s[0] < s[1]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits: list[datetime]
@@ -88,11 +102,18 @@ def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits:
     return ranges
 
 
+# sum and count meters over a range: totals per dimension set from the covering index (customer, meter,
+# hour) INCLUDE (dims_key, total) alone, then each set's dimensions from one of its rows
 ADDITIVE_SQL = """
-SELECT meter_id, (array_agg(dimensions))[1], sum(total)
-FROM usage_hourly_rollup
-WHERE customer_id = %s AND hour >= %s AND hour < %s AND meter_id = ANY(%s)
-GROUP BY meter_id, dims_key
+WITH sums AS (
+  SELECT meter_id, dims_key, sum(total) AS total
+  FROM usage_hourly_rollup
+  WHERE customer_id = %(customer)s AND hour >= %(a)s AND hour < %(b)s AND meter_id = ANY(%(meters)s)
+  GROUP BY meter_id, dims_key)
+SELECT s.meter_id, (SELECT r.dimensions FROM usage_hourly_rollup r
+                    WHERE r.customer_id = %(customer)s AND r.meter_id = s.meter_id AND r.hour >= %(a)s
+                      AND r.hour < %(b)s AND r.dims_key = s.dims_key LIMIT 1), s.total
+FROM sums s
 """
 
 # max, unique_count and latest meters over a range: the largest maximum, the union of the distinct values
@@ -123,7 +144,7 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
         others = [pk for pk in meters if pk not in additive]
         with connection.cursor() as cursor:
             for a, b in ranges:
-                cursor.execute(ADDITIVE_SQL, [customer.pk, a, b, additive])
+                cursor.execute(ADDITIVE_SQL, {"customer": customer.pk, "a": a, "b": b, "meters": additive})
                 for meter_id, dims, total in cursor.fetchall():
                     out.append(Row(meters[meter_id].key, _json(dims) or {}, a, total, None, frozenset(), None))
                 cursor.execute(NON_ADDITIVE_SQL, [customer.pk, a, b, others])

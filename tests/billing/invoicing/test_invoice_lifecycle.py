@@ -458,3 +458,25 @@ def test_max_unique_and_latest_meters_priced_from_rollup_ranges_match_the_raw_ev
     quantities = sorted((line.meter or "", line.quantity) for line in rolled.lines)
     # seats: the largest; agents per team (blue: a1 a2 a3, red: a1 a2 a4 a5); storage: the later of the tie
     assert quantities == [("agents", 3), ("agents", 4), ("seats", 12), ("storage", 21)]
+
+
+@pytest.mark.django_db
+def test_a_start_and_a_price_change_in_the_same_hour_count_each_event_once(acme: Any) -> None:
+    """The upcoming invoice reads from the subscription's start (10:30): its partial first hour and the hour
+    of the price change (10:45) overlap, and are read once."""
+    from billing.invoicing.estimate import upcoming_invoice
+
+    catalog_import(text=CATALOG + CATALOG.split("plans:\n")[1].replace("2024-01-01T00:00:00Z", "2026-10-10T10:45:00Z")
+                   .replace('"0.01"', '"0.02"'), actor="t")
+    subscribe(acme, datetime(2026, 10, 10, 10, 30, tzinfo=UTC))
+    times = [(10, 20, "1"), (10, 35, "2"), (10, 50, "4"), (11, 10, "8"), (23, 0, "16")]
+    accepted(send(*[ev(f"x{i}", datetime(2026, 10, 10, h, m, tzinfo=UTC), q) for i, (h, m, q) in enumerate(times)],
+                  now=datetime(2026, 10, 11, tzinfo=UTC)))
+    rollup_until_current(now=datetime(2026, 10, 12, tzinfo=UTC))
+    upcoming = upcoming_invoice(customer=acme, now=datetime(2026, 10, 20, tzinfo=UTC))
+    raw = invoice_compute(customer=acme, start=OCT, end=NOV, source="raw")
+    assert upcoming is not None and raw is not None
+    tokens = [line for line in upcoming.lines if line.meter == "llm_tokens"]
+    assert [line.quantity for line in tokens] == [2 + 4 + 8 + 16]
+    # 2 tokens at 0.01 before the change, 4 + 8 + 16 at 0.02 after; the raw replay agrees
+    assert tokens[0].amount == Decimal("0.58") == next(line.amount for line in raw.lines if line.meter == "llm_tokens")
