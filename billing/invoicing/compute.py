@@ -18,10 +18,9 @@ from typing import Any
 
 from billing.catalog import money
 from billing.catalog.models import Plan, Subscription
-from billing.catalog.selectors import versions_over
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.invoicing.estimate import Estimate, Line, Segment, price_period
+from billing.invoicing.estimate import Estimate, Line, price_period, segment_cuts, subscription_segments
 from billing.invoicing.rows import Row, correction_rows, period_rows
 
 
@@ -71,13 +70,8 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
     if subscription is None:
         return None
     plan = subscription.plan
-    lo = max(start, subscription.start)
-    hi = min(end, subscription.end) if subscription.end else end
-    segments = [Segment(s, e, v.definition, v.number) for s, e, v in versions_over(plan=plan, start=lo, end=hi)]
-    # every boundary is a cut: rate-card changes, and where the subscription starts or ends inside the period
-    # (a rollup range spanning one would be priced, or dropped, as a whole)
-    cuts = [seg.start for seg in segments] + [segments[-1].end] if segments else []
-    rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=cuts, source=source)
+    segments = subscription_segments(subscription=subscription, start=start, end=end)
+    rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=segment_cuts(segments), source=source)
     corrections = correction_rows(customer=customer, start=start, end=end)
 
     def priced(excluded: list[dict[str, Any]]) -> Estimate:

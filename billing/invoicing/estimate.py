@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.catalog import money, pricing
-from billing.catalog.models import Meter, Plan
+from billing.catalog.models import Meter, Plan, Subscription
 from billing.catalog.schema import charge_spec
 from billing.catalog.selectors import subscription_at, versions_over
 from billing.common.fields import decimal_to_text
@@ -99,14 +99,25 @@ def period_of(moment: datetime) -> tuple[datetime, datetime]:
     return bucket_bounds(moment, "month")
 
 
+def subscription_segments(*, subscription: Subscription, start: datetime, end: datetime) -> list[Segment]:
+    """The rate-card versions of ``subscription``'s plan over the part of [start, end) it covers."""
+    lo = max(start, subscription.start)
+    hi = min(end, subscription.end) if subscription.end else end
+    return [Segment(s, e, v.definition, v.number) for s, e, v in versions_over(plan=subscription.plan, start=lo, end=hi)]
+
+
+def segment_cuts(segments: list[Segment]) -> list[datetime]:
+    """Every boundary of ``segments``: rate-card changes, and where the subscription starts or ends inside
+    the period. A rollup range spanning one would be priced (or dropped) as a whole."""
+    return [seg.start for seg in segments] + [segments[-1].end] if segments else []
+
+
 def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
     subscription = subscription_at(customer=customer, at=now)
     if subscription is None:
         return None
     start, end = period_of(now)
-    lo = max(start, subscription.start)
-    hi = min(end, subscription.end) if subscription.end else end
-    segments = [Segment(s, e, v.definition, v.number) for s, e, v in versions_over(plan=subscription.plan, start=lo, end=hi)]
+    segments = subscription_segments(subscription=subscription, start=start, end=end)
     return price_period(customer=customer, plan=subscription.plan, start=start, end=end, segments=segments)
 
 
@@ -131,7 +142,7 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
     meters = {m.key: m for m in Meter.objects.all()}
     if rows is None:
         rows, _ = period_rows(customer=customer, start=segments[0].start, end=segments[-1].end,
-                              cuts=[seg.start for seg in segments[1:]])
+                              cuts=segment_cuts(segments))
     rows = sorted(rows, key=lambda r: r.at)
     # charge identity across versions: (meter, filter)
     order: list[tuple[str, str]] = []

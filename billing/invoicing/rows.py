@@ -144,9 +144,12 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
         others = [pk for pk in meters if pk not in additive]
         with connection.cursor() as cursor:
             for a, b in ranges:
-                cursor.execute(ADDITIVE_SQL, {"customer": customer.pk, "a": a, "b": b, "meters": additive})
-                for meter_id, dims, total in cursor.fetchall():
-                    out.append(Row(meters[meter_id].key, _json(dims) or {}, a, total, None, frozenset(), None))
+                if additive:
+                    cursor.execute(ADDITIVE_SQL, {"customer": customer.pk, "a": a, "b": b, "meters": additive})
+                    for meter_id, dims, total in cursor.fetchall():
+                        out.append(Row(meters[meter_id].key, _json(dims) or {}, a, total, None, frozenset(), None))
+                if not others:
+                    continue
                 cursor.execute(NON_ADDITIVE_SQL, [customer.pk, a, b, others])
                 for meter_id, dims, total, maximum, uniques, l_at, l_event, l_value in cursor.fetchall():
                     latest = (l_at, l_event, l_value) if l_at is not None else None

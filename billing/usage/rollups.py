@@ -241,6 +241,13 @@ def bulk_load_begin(cursor: CursorWrapper) -> list[tuple[str, str, str | None, s
     return indexes
 
 
+def bulk_load_end(cursor: CursorWrapper, indexes: list[tuple[str, str, str | None, str | None]]) -> None:
+    """Rebuild what ``bulk_load_begin`` dropped: the keys first, then the plain indexes."""
+    for _, index_def, constraint, constraint_def in sorted(indexes, key=lambda i: i[3] is None):
+        cursor.execute(f'ALTER TABLE usage_hourly_rollup ADD CONSTRAINT "{constraint}" {constraint_def}'
+                       if constraint else index_def)
+
+
 def _rollup_full_sql(*, now: datetime) -> int:
     """The rebuild on PostgreSQL, inside ``rollup_full``'s transaction, on the table it truncated: the
     indexes are dropped, the rows inserted, and the indexes rebuilt from their own definitions (one sorted
@@ -258,9 +265,7 @@ def _rollup_full_sql(*, now: datetime) -> int:
             cursor.execute(sql, params)
         cursor.execute("SELECT COALESCE(sum(events), 0) FROM usage_hourly_rollup")  # cheaper than RETURNING
         covered = cursor.fetchone()[0]
-        for _, index_def, constraint, constraint_def in sorted(indexes, key=lambda i: i[3] is None):  # keys first
-            cursor.execute(f'ALTER TABLE usage_hourly_rollup ADD CONSTRAINT "{constraint}" {constraint_def}'
-                           if constraint else index_def)
+        bulk_load_end(cursor, indexes)
     RollupWatermark.objects.filter(name="hourly").update(last_event_id=upto)
     return int(covered)
 
