@@ -26,6 +26,7 @@ from billing.invoicing.apis import (
 from billing.payments.views import stripe_webhook
 from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi
 from portal.health import healthz, readyz
+from portal.home import home
 from portal.invoices import invoice_document
 
 api = [
@@ -64,6 +65,7 @@ handler404 = "portal.health.not_found"
 handler500 = "portal.health.server_error"
 
 urlpatterns = [
+    path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),

@@ -67,3 +67,15 @@ def test_api_docs_page_is_served_without_a_cdn(client):
 
     assert response.status_code == 200
     assert b"cdn." not in response.content and b"jsdelivr" not in response.content
+
+
+def test_the_root_address_leads_staff_to_the_console_and_everyone_else_to_a_login_or_dashboard(client):
+    from django.contrib.auth import get_user_model
+
+    anonymous = client.get("/", follow=True)
+    assert anonymous.redirect_chain[0] == ("/dashboard/", 302)
+    assert anonymous.redirect_chain[-1][0].startswith("/accounts/login/")
+
+    get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True)
+    client.login(username="ops", password="pw-123456")
+    assert client.get("/")["Location"] == "/console/"
