@@ -21,7 +21,7 @@ from billing.catalog.models import Plan, Subscription
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.invoicing.estimate import Estimate, Line, price_period, segment_cuts, subscription_segments
-from billing.invoicing.rows import Row, correction_rows, period_rows
+from billing.invoicing.rows import Row, correction_rows, meters_by_pk, period_rows
 
 
 @dataclass
@@ -71,13 +71,16 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
         return None
     plan = subscription.plan
     segments = subscription_segments(subscription=subscription, start=start, end=end)
-    rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=segment_cuts(segments), source=source)
-    corrections = correction_rows(customer=customer, start=start, end=end)
+    meters = meters_by_pk()
+    rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=segment_cuts(segments), source=source,
+                                  meters=meters)
+    corrections = correction_rows(customer=customer, start=start, end=end, meters=meters)
 
     def priced(excluded: list[dict[str, Any]]) -> Estimate:
         # usage without the excluded corrections: add them back with the opposite sign (sum meters only)
         extra = [Row(c["meter"], c["dimensions"], c["at"], -c["quantity"], None, frozenset(), None) for c in excluded]
-        return price_period(customer=customer, plan=plan, start=start, end=end, segments=segments, rows=rows + extra)
+        return price_period(customer=customer, plan=plan, start=start, end=end, segments=segments, rows=rows + extra,
+                            meters=meters)
 
     full = priced([])
     lines: list[LineData] = []
@@ -151,9 +154,7 @@ def credits_consumed(*, customer: Customer, currency: str, start: datetime) -> i
     from ledger.codes import TransferCode
 
     ledger = get_ledger()
-    wallet = acc.Ids(customer.pk).wallet(currency)
-    if not ledger.lookup_accounts([wallet]):
-        return 0
+    wallet = acc.Ids(customer.pk).wallet(currency)  # no wallet: no transfers
     period = acc.period_key(start + timedelta(days=1))
     return sum(t.amount for t in ledger.account_transfers(wallet, limit=1_000_000, code=int(TransferCode.USAGE_CREDITS),
                                                           user_data_32=period)

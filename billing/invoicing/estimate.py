@@ -22,7 +22,7 @@ from billing.catalog.schema import charge_spec
 from billing.catalog.selectors import subscription_at, versions_over
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.invoicing.rows import Row, period_rows
+from billing.invoicing.rows import Row, meters_by_pk, period_rows
 from billing.usage.selectors import bucket_bounds
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
@@ -129,7 +129,7 @@ def simulate(*, customer: Customer, plan: Plan, definition: dict[str, Any], now:
 
 
 def price_period(*, customer: Customer, plan: Plan, start: datetime, end: datetime, segments: list[Segment],
-                 rows: list[Row] | None = None) -> Estimate:
+                 rows: list[Row] | None = None, meters: dict[int, Meter] | None = None) -> Estimate:
     """Lines for [start, end) priced segment by segment. ``rows`` default to the period's rollups plus the
     raw events the rollups do not cover (billing/invoicing/rows.py)."""
     currency = plan.currency
@@ -139,10 +139,11 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
     base_fee = Decimal(segments[0].definition.get("base_fee") or "0")
     if base_fee:
         lines.append(Line("base_fee", f"{plan.name} base fee", base_fee, currency, versions=[segments[0].version]))
-    meters = {m.key: m for m in Meter.objects.all()}
+    by_pk = meters if meters is not None else meters_by_pk()
     if rows is None:
         rows, _ = period_rows(customer=customer, start=segments[0].start, end=segments[-1].end,
-                              cuts=segment_cuts(segments))
+                              cuts=segment_cuts(segments), meters=by_pk)
+    by_key = {m.key: m for m in by_pk.values()}
     rows = sorted(rows, key=lambda r: r.at)
     # charge identity across versions: (meter, filter)
     order: list[tuple[str, str]] = []
@@ -150,7 +151,7 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
     for segment in segments:
         seg_rows = [r for r in rows if segment.start <= r.at < segment.end]
         for charge in segment.definition.get("charges", []):
-            meter = meters.get(charge["meter"])
+            meter = by_key.get(charge["meter"])
             if meter is None:
                 continue
             key = (charge["meter"], repr(sorted((charge.get("filter") or {}).items())))

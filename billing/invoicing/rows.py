@@ -40,12 +40,16 @@ def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+def meters_by_pk() -> dict[int, Meter]:
+    return {m.pk: m for m in Meter.objects.all()}
+
+
 def period_rows(*, customer: Customer, start: datetime, end: datetime, cuts: Iterable[datetime] = (),
-                source: str = "rollups") -> tuple[list[Row], int]:
+                source: str = "rollups", meters: dict[int, Meter] | None = None) -> tuple[list[Row], int]:
     """Billable usage of ``customer`` with ``usage_at`` in [start, end). ``cuts`` are instants where the
     price changes: an hour holding one off the hour is read from raw events. Returns the rows and the
-    rollup watermark they were read at (0 for raw)."""
-    meters = {m.pk: m for m in Meter.objects.all()}
+    rollup watermark they were read at (0 for raw). ``meters`` (by pk) saves reading them."""
+    meters = meters if meters is not None else meters_by_pk()
     rows: list[Row] = []
     raw = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
     watermark = 0
@@ -66,15 +70,16 @@ def period_rows(*, customer: Customer, start: datetime, end: datetime, cuts: Ite
             stretches = _union([(start, lo), (hi, end)] + [(max(h, start), min(h + HOUR, end)) for h in cut_hours])
             queries += [raw.filter(meter_id__in=list(meters), usage_at__gte=a, usage_at__lt=b, id__lte=watermark)
                         for a, b in stretches]
-    if not queries:
-        queries = [raw]
-    for query in queries:
-        values = query.order_by().values_list("pk", "meter_id", "dimensions", "quantity", "usage_at")
-        # A replay reads a whole period: chunks. The tail and the edge hours are few rows: one plain query,
-        # not a server-side cursor (which costs round trips, and PostgreSQL plans it for a fast first row).
-        for event_pk, meter_id, dims, quantity, usage_at in (values.iterator(chunk_size=5000) if source == "raw"
-                                                             else values):
-            rows.append(event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk))
+    fields = ("pk", "meter_id", "dimensions", "quantity", "usage_at")
+    if queries:
+        # the tail and the edge hours are few rows: one statement (each part keeps its own index range), not
+        # a server-side cursor (which costs round trips, and PostgreSQL plans it for a fast first row)
+        parts = [query.order_by().values_list(*fields) for query in queries]
+        values: Iterable[tuple[Any, ...]] = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+    else:
+        values = raw.order_by().values_list(*fields).iterator(chunk_size=5000)  # a replay reads a whole period
+    for event_pk, meter_id, dims, quantity, usage_at in values:
+        rows.append(event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk))
     return rows, watermark
 
 
@@ -102,25 +107,21 @@ def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits:
     return ranges
 
 
-# sum and count meters over a range: totals per dimension set from the covering index (customer, meter,
-# hour) INCLUDE (dims_key, total) alone, then each set's dimensions from one of its rows
+# sum and count meters over whole-hour ranges (numbered 1..n), in one statement: totals per range, meter and
+# dimension set from the covering index (customer, meter, hour) INCLUDE (dims_key, total) alone
 ADDITIVE_SQL = """
-WITH sums AS (
-  SELECT meter_id, dims_key, sum(total) AS total
-  FROM usage_hourly_rollup
-  WHERE customer_id = %(customer)s AND hour >= %(a)s AND hour < %(b)s AND meter_id = ANY(%(meters)s)
-  GROUP BY meter_id, dims_key)
-SELECT s.meter_id, (SELECT r.dimensions FROM usage_hourly_rollup r
-                    WHERE r.customer_id = %(customer)s AND r.meter_id = s.meter_id AND r.hour >= %(a)s
-                      AND r.hour < %(b)s AND r.dims_key = s.dims_key LIMIT 1), s.total
-FROM sums s
+SELECT g.n, r.meter_id, r.dims_key, sum(r.total)
+FROM unnest(%(a)s::timestamptz[], %(b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
+JOIN usage_hourly_rollup r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%(meters)s) AND r.hour >= g.a
+                              AND r.hour < g.b
+GROUP BY g.n, r.meter_id, r.dims_key
 """
 
-# max, unique_count and latest meters over a range: the largest maximum, the union of the distinct values
-# and the latest (time, event id, value), as the hour rows would give them; the total counts each rollup
-# row once (its first unique value, or its only row when it has none)
+# max, unique_count and latest meters over whole-hour ranges: the largest maximum, the union of the distinct
+# values and the latest (time, event id, value), as the hour rows would give them; the total counts each
+# rollup row once (its first unique value, or its only row when it has none)
 NON_ADDITIVE_SQL = """
-SELECT r.meter_id, (array_agg(r.dimensions))[1], sum(r.total) FILTER (WHERE u.n IS NULL OR u.n = 1), max(r.maximum),
+SELECT g.n, r.meter_id, r.dims_key, sum(r.total) FILTER (WHERE u.n IS NULL OR u.n = 1), max(r.maximum),
        COALESCE(array_agg(DISTINCT u.value) FILTER (WHERE u.value IS NOT NULL), '{}'),
        (array_agg(r.latest_at ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
                   AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
@@ -128,32 +129,62 @@ SELECT r.meter_id, (array_agg(r.dimensions))[1], sum(r.total) FILTER (WHERE u.n 
                   AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
        (array_agg(r.latest_value ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
                   AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]
-FROM usage_hourly_rollup r LEFT JOIN LATERAL jsonb_array_elements_text(r.uniques) WITH ORDINALITY u(value, n) ON true
-WHERE r.customer_id = %s AND r.hour >= %s AND r.hour < %s AND r.meter_id = ANY(%s)
-GROUP BY r.meter_id, r.dims_key
+FROM unnest(%(a)s::timestamptz[], %(b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
+JOIN usage_hourly_rollup r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%(meters)s) AND r.hour >= g.a
+                              AND r.hour < g.b
+LEFT JOIN LATERAL jsonb_array_elements_text(r.uniques) WITH ORDINALITY u(value, n) ON true
+GROUP BY g.n, r.meter_id, r.dims_key
 """
+
+# The dimensions behind a dims_key. The key is a digest of the canonical dimensions (rollups.dims_key), so
+# this mapping never changes: the dimension sets already seen are kept per process (bounded).
+_DIMENSIONS: dict[str, dict[str, str]] = {}
+_DIMENSIONS_MAX = 100_000
+
+
+def _dimensions(cursor: Any, customer: Customer, found: list[tuple[Any, ...]]) -> dict[str, dict[str, str]]:
+    """The dimensions of the dims_keys in ``found`` rows ((n, meter_id, dims_key, ...)): from this process's
+    cache, else one of the customer's rollup rows each (an index lookup per key)."""
+    missing = sorted({(row[1], row[2]) for row in found if row[2] not in _DIMENSIONS})
+    if missing and len(_DIMENSIONS) + len(missing) > _DIMENSIONS_MAX:
+        _DIMENSIONS.clear()
+        missing = sorted({(row[1], row[2]) for row in found})
+    if missing:
+        cursor.execute(
+            "SELECT k.key, (SELECT r.dimensions FROM usage_hourly_rollup r WHERE r.customer_id = %s"
+            " AND r.meter_id = k.meter AND r.dims_key = k.key LIMIT 1)"
+            " FROM unnest(%s::int[], %s::text[]) AS k(meter, key)",
+            [customer.pk, [m for m, _ in missing], [k for _, k in missing]])
+        for key, dims in cursor.fetchall():
+            _DIMENSIONS[key] = _json(dims) or {}
+    return _DIMENSIONS
 
 
 def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]) -> list[Row]:
-    """Rollup rows over whole-hour ranges. On PostgreSQL each range is aggregated in the database, one row
-    per meter and dimension set (pricing needs a range's total, maximum, distinct values or latest value,
-    not its hours: a range never spans a price change); elsewhere the rows come hour by hour."""
+    """Rollup rows over whole-hour ranges. On PostgreSQL the ranges are aggregated in the database, one row
+    per range, meter and dimension set (pricing needs a range's total, maximum, distinct values or latest
+    value, not its hours: a range never spans a price change); elsewhere the rows come hour by hour."""
     out: list[Row] = []
     if connection.vendor == "postgresql":
+        if not ranges:
+            return out
         additive = [pk for pk, m in meters.items() if m.aggregation in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)]
         others = [pk for pk in meters if pk not in additive]
+        params: dict[str, Any] = {"customer": customer.pk, "a": [a for a, _ in ranges], "b": [b for _, b in ranges]}
+        found: list[tuple[Any, ...]] = []
         with connection.cursor() as cursor:
-            for a, b in ranges:
-                if additive:
-                    cursor.execute(ADDITIVE_SQL, {"customer": customer.pk, "a": a, "b": b, "meters": additive})
-                    for meter_id, dims, total in cursor.fetchall():
-                        out.append(Row(meters[meter_id].key, _json(dims) or {}, a, total, None, frozenset(), None))
-                if not others:
-                    continue
-                cursor.execute(NON_ADDITIVE_SQL, [customer.pk, a, b, others])
-                for meter_id, dims, total, maximum, uniques, l_at, l_event, l_value in cursor.fetchall():
-                    latest = (l_at, l_event, l_value) if l_at is not None else None
-                    out.append(Row(meters[meter_id].key, _json(dims) or {}, a, total, maximum, frozenset(uniques), latest))
+            if additive:
+                cursor.execute(ADDITIVE_SQL, {**params, "meters": additive})
+                found += [(n, meter_id, key, total, None, (), None, None, None)
+                          for n, meter_id, key, total in cursor.fetchall()]
+            if others:
+                cursor.execute(NON_ADDITIVE_SQL, {**params, "meters": others})
+                found += cursor.fetchall()
+            dimensions = _dimensions(cursor, customer, found)
+        for n, meter_id, key, total, maximum, uniques, l_at, l_event, l_value in found:
+            latest = (l_at, l_event, l_value) if l_at is not None else None
+            out.append(Row(meters[meter_id].key, dimensions[key], ranges[n - 1][0], total, maximum,
+                           frozenset(uniques), latest))
         return out
     for a, b in ranges:
         rolled = HourlyRollup.objects.filter(customer=customer, hour__gte=a, hour__lt=b).order_by()
@@ -175,14 +206,15 @@ def event_row(meter: Meter, dims: dict[str, str], quantity: Decimal, usage_at: d
                (usage_at, event_pk, quantity))
 
 
-def correction_rows(*, customer: Customer, start: datetime, end: datetime) -> list[dict[str, Any]]:
+def correction_rows(*, customer: Customer, start: datetime, end: datetime,
+                    meters: dict[int, Meter] | None = None) -> list[dict[str, Any]]:
     """The period's billable corrections (few): each with its meter, dimensions, quantity and what it corrects.
     ``adjustment`` marks a correction whose original lies in an earlier, closed period."""
-    meters = {m.pk: m.key for m in Meter.objects.all()}
+    meters = meters if meters is not None else meters_by_pk()
     rows = (UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
             .exclude(corrects="").order_by("usage_at", "pk")
             .values_list("pk", "event_id", "meter_id", "dimensions", "quantity", "usage_at", "corrects", "reason"))
-    return [{"pk": pk, "event_id": event_id, "meter": meters[meter_id], "dimensions": dims or {}, "quantity": quantity,
+    return [{"pk": pk, "event_id": event_id, "meter": meters[meter_id].key, "dimensions": dims or {}, "quantity": quantity,
              "at": usage_at, "corrects": corrects, "adjustment": reason == "adjustment"}
             for pk, event_id, meter_id, dims, quantity, usage_at, corrects, reason in rows]
 

@@ -38,16 +38,20 @@ def _locked(pk: int) -> Invoice:
     return Invoice.objects.select_for_update().get(pk=pk)
 
 
-def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str) -> Invoice:
-    """The period's invoice, created as an empty draft if missing (one per customer and period)."""
-    existing = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).first()
+def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str, lock: bool = False) -> Invoice:
+    """The period's invoice, created as an empty draft if missing (one per customer and period); ``lock``
+    (inside a transaction) returns it locked (a row this transaction created is its own)."""
+    invoices = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).order_by()
+    if lock:
+        invoices = invoices.select_for_update()
+    existing = invoices.first()
     if existing is not None:
         return existing
     try:
         with transaction.atomic():
             return Invoice.objects.create(customer=customer, period_start=start, period_end=end, currency=currency)
     except IntegrityError:  # a concurrent caller created it first
-        return Invoice.objects.get(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE)
+        return invoices.get()
 
 
 def _write(invoice: Invoice, computed: Computed) -> None:
@@ -76,7 +80,7 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
     computed = invoice_compute(customer=customer, start=start, end=end)
     if computed is None:
         return None
-    invoice = _locked(_draft_for(customer=customer, start=start, end=end, currency=computed.currency).pk)
+    invoice = _draft_for(customer=customer, start=start, end=end, currency=computed.currency, lock=True)
     if invoice.status != Invoice.Status.DRAFT:
         return invoice
     _write(invoice, computed)
