@@ -201,6 +201,13 @@ def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: 
     if any(r.start >= start and r.start <= now for r in rows):
         raise ApiError(422, "validation_error", "The request is not valid.",
                        {"start": ["A subscription already started at or after this time; periods cannot be rewritten."]})
+    if covering is not None and covering.plan.currency != plan.currency:
+        from billing.usage.selectors import bucket_bounds
+
+        if bucket_bounds(start, "month")[0] != start:  # one invoice per period, in one currency
+            raise ApiError(422, "validation_error", "The request is not valid.",
+                           {"start": [f"A change from {covering.plan.currency} to {plan.currency} takes effect at the "
+                                      "start of a billing period (omit start for the next one)."]})
     Subscription.objects.filter(customer=customer, start__gte=start).delete()  # not started yet: replaced
     if covering is not None and covering.plan_id == plan.pk:
         covering.end = None

@@ -20,7 +20,7 @@ from billing.catalog import money
 from billing.catalog.models import Plan, Subscription
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.invoicing.estimate import Estimate, Line, price_period, segment_cuts, subscription_segments
+from billing.invoicing.estimate import Line, period_cuts, period_parts, price_parts
 from billing.invoicing.rows import Row, correction_rows, meters_by_pk, period_rows
 
 
@@ -66,21 +66,20 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
                     credits: int | None = None) -> Computed | None:
     """The invoice for [start, end) from rollups (``source="rollups"``) or raw events only (``"raw"``,
     the replay). ``credits`` (ledger units) overrides the wallet lookup (replays use the stored figure)."""
-    subscription = subscription_for_period(customer=customer, start=start, end=end)
-    if subscription is None:
+    parts = period_parts(customer=customer, start=start, end=end)
+    if not parts:
         return None
-    plan = subscription.plan
-    segments = subscription_segments(subscription=subscription, start=start, end=end)
+    plan = parts[-1].plan
     meters = meters_by_pk()
-    rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=segment_cuts(segments), source=source,
+    rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts), source=source,
                                   meters=meters)
     corrections = correction_rows(customer=customer, start=start, end=end, meters=meters)
 
-    def priced(excluded: list[dict[str, Any]]) -> Estimate:
+    def priced(excluded: list[dict[str, Any]]) -> list[list[Line]]:
         # usage without the excluded corrections: add them back with the opposite sign (sum meters only)
         extra = [Row(c["meter"], c["dimensions"], c["at"], -c["quantity"], None, frozenset(), None) for c in excluded]
-        return price_period(customer=customer, plan=plan, start=start, end=end, segments=segments, rows=rows + extra,
-                            meters=meters)
+        return [estimate.lines for estimate in price_parts(customer=customer, parts=parts, start=start, end=end,
+                                                           rows=rows + extra, meters=meters)]
 
     full = priced([])
     lines: list[LineData] = []
@@ -89,15 +88,21 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
     if corrections:
         base = priced(corrections)
         with_same = priced(adjustments) if adjustments else full
-        lines = _lines(base.lines, plan.currency)
-        lines += _delta_lines("correction", base.lines, with_same.lines, same, plan.currency)
-        lines += _delta_lines("adjustment", with_same.lines, full.lines, adjustments, plan.currency)
+        for part_lines in base:
+            lines += _lines(part_lines, plan.currency)
+        for index, part in enumerate(parts):
+            lines += _delta_lines("correction", base[index], with_same[index],
+                                  [c for c in same if part.covers(c["at"])], plan.currency)
+        for index, part in enumerate(parts):
+            lines += _delta_lines("adjustment", with_same[index], full[index],
+                                  [c for c in adjustments if part.covers(c["at"])], plan.currency)
     else:
-        lines = _lines(full.lines, plan.currency)
+        for part_lines in full:
+            lines += _lines(part_lines, plan.currency)
     subtotal = sum(line.amount_minor for line in lines)
     available = credits if credits is not None else credits_consumed(customer=customer, currency=plan.currency, start=start)
     credits_minor = max(0, min(subtotal, money.to_minor(Decimal(available).scaleb(-money.LEDGER_SCALE), plan.currency)))
-    versions = sorted({v for v in (seg.version for seg in segments) if v is not None})
+    versions = sorted({seg.version for part in parts for seg in part.segments if seg.version is not None})
     return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor, versions, watermark)
 
 

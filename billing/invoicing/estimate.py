@@ -112,13 +112,65 @@ def segment_cuts(segments: list[Segment]) -> list[datetime]:
     return [seg.start for seg in segments] + [segments[-1].end] if segments else []
 
 
+@dataclass
+class Part:
+    """One subscription's stretch of a period: its plan and that plan's rate-card versions over it."""
+
+    plan: Plan
+    segments: list[Segment]
+
+    def covers(self, moment: datetime) -> bool:
+        return bool(self.segments) and self.segments[0].start <= moment < self.segments[-1].end
+
+
+def period_parts(*, customer: Customer, start: datetime, end: datetime) -> list[Part]:
+    """The subscriptions that cover part of [start, end), oldest first, each with its segments. A plan
+    changed mid-period bills both stretches, each priced by its own plan (tiers count within a stretch).
+    All in the currency of the last one (a mid-period change to another currency is refused when it is
+    made: billing/catalog/services.py)."""
+    from django.db.models import Q
+
+    subscriptions = list(Subscription.objects.select_related("plan")
+                         .filter(Q(end__isnull=True) | Q(end__gt=start), customer=customer, start__lt=end)
+                         .order_by("start"))
+    if not subscriptions:
+        return []
+    currency = subscriptions[-1].plan.currency
+    parts = [Part(s.plan, subscription_segments(subscription=s, start=start, end=end)) for s in subscriptions
+             if s.plan.currency == currency]
+    return [part for part in parts if part.segments]
+
+
+def period_cuts(parts: list[Part]) -> list[datetime]:
+    return sorted({cut for part in parts for cut in segment_cuts(part.segments)})
+
+
+def price_parts(*, customer: Customer, parts: list[Part], start: datetime, end: datetime, rows: list[Row],
+                meters: dict[int, Meter] | None = None) -> list[Estimate]:
+    """Each part priced on its own; with more than one plan in the period, charge lines name their plan."""
+    estimates = [price_period(customer=customer, plan=part.plan, start=start, end=end, segments=part.segments,
+                              rows=rows, meters=meters) for part in parts]
+    if len({part.plan.pk for part in parts}) > 1:
+        for part, estimate in zip(parts, estimates, strict=True):
+            for line in estimate.lines:
+                if line.kind == "charge":
+                    line.description = f"{part.plan.name}: {line.description}"
+    return estimates
+
+
 def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
     subscription = subscription_at(customer=customer, at=now)
     if subscription is None:
         return None
     start, end = period_of(now)
-    segments = subscription_segments(subscription=subscription, start=start, end=end)
-    return price_period(customer=customer, plan=subscription.plan, start=start, end=end, segments=segments)
+    parts = period_parts(customer=customer, start=start, end=end)
+    if len(parts) <= 1:
+        segments = subscription_segments(subscription=subscription, start=start, end=end)
+        return price_period(customer=customer, plan=subscription.plan, start=start, end=end, segments=segments)
+    rows, _ = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts))
+    estimates = price_parts(customer=customer, parts=parts, start=start, end=end, rows=rows)
+    return Estimate(customer.external_id, subscription.plan.key, subscription.plan.currency, start, end,
+                    [line for estimate in estimates for line in estimate.lines])
 
 
 def simulate(*, customer: Customer, plan: Plan, definition: dict[str, Any], now: datetime) -> Estimate:

@@ -480,3 +480,57 @@ def test_a_start_and_a_price_change_in_the_same_hour_count_each_event_once(acme:
     assert [line.quantity for line in tokens] == [2 + 4 + 8 + 16]
     # 2 tokens at 0.01 before the change, 4 + 8 + 16 at 0.02 after; the raw replay agrees
     assert tokens[0].amount == Decimal("0.58") == next(line.amount for line in raw.lines if line.meter == "llm_tokens")
+
+
+TWO_PLANS = CATALOG + """
+  - key: team
+    name: Team
+    currency: USD
+    effective_from: "2024-01-01T00:00:00Z"
+    base_fee: "30.00"
+    charges:
+      - {meter: llm_tokens, model: per_unit, unit_price: "0.002"}
+  - key: euro
+    name: Euro
+    currency: EUR
+    effective_from: "2024-01-01T00:00:00Z"
+    charges:
+      - {meter: llm_tokens, model: per_unit, unit_price: "0.002"}
+"""
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("source", ["rollups", "raw"])
+def test_a_plan_changed_mid_period_bills_each_stretch_with_its_own_plan(acme: Any, source: str) -> None:
+    """Pro until 15 October 10:30, then Team: the invoice holds both plans' lines, each stretch priced by
+    its own plan (Pro's tiers count Pro's tokens only), and both base fees. Before, the usage under the
+    first plan was not billed at all. The upcoming invoice and the replay agree; another currency mid-period
+    is refused."""
+    from billing.invoicing.estimate import upcoming_invoice
+
+    catalog_import(text=TWO_PLANS, actor="t")
+    subscribe(acme, OCT)
+    switch = datetime(2026, 10, 15, 10, 30, tzinfo=UTC)
+    accepted(send(ev("a", datetime(2026, 10, 5, tzinfo=UTC), "600"), ev("b", datetime(2026, 10, 15, 10, 15, tzinfo=UTC), "500"),
+                  ev("c", switch, "700"), now=datetime(2026, 10, 15, 10, 40, tzinfo=UTC)))
+    subscription_set(customer=acme, plan=Plan.objects.get(key="team"), start=switch, now=switch, actor="t")
+    accepted(send(ev("d", datetime(2026, 10, 20, tzinfo=UTC), "300"), now=datetime(2026, 10, 20, 1, tzinfo=UTC)))
+    with pytest.raises(ApiError) as refused:
+        subscription_set(customer=acme, plan=Plan.objects.get(key="euro"), start=datetime(2026, 10, 20, tzinfo=UTC),
+                         now=datetime(2026, 10, 19, tzinfo=UTC), actor="t")
+    assert refused.value.status_code == 422 and "EUR" in str(refused.value.fields)
+    rollup_until_current(now=datetime(2026, 10, 30, tzinfo=UTC))
+
+    computed = invoice_compute(customer=acme, start=OCT, end=NOV, source=source)
+    assert computed is not None and computed.plan.key == "team"
+    got = [(line.description, line.quantity, line.amount_minor) for line in computed.lines]
+    assert got == [("Pro base fee", 0, 1000), ("Pro: LLM tokens", 1100, 1010), ("Pro: API calls", 0, 0),
+                   ("Team base fee", 0, 3000), ("Team: LLM tokens", 1000, 200)]
+    assert computed.total_minor == 5210 and computed.versions == [1]
+    upcoming = upcoming_invoice(customer=acme, now=datetime(2026, 10, 29, tzinfo=UTC))
+    assert upcoming is not None and upcoming.subtotal_minor == 5210
+    assert [line.description for line in upcoming.lines] == [g[0] for g in got]
+
+    (invoice,) = close(NOV + timedelta(hours=2))
+    assert invoice.status == Invoice.Status.FINALIZED and invoice.total_minor == 5210
+    assert invoice_verify(invoice=invoice) == []
