@@ -229,8 +229,9 @@ def explain(now: datetime) -> dict[str, str]:
     for name, sql, params in statements:
         try:
             with transaction.atomic(), connection.cursor() as cursor:
-                if name != "baseline":
-                    cursor.execute("TRUNCATE usage_hourly_rollup")
+                if name != "baseline":  # the daily rows are made from the hourly ones: those stay
+                    cursor.execute("TRUNCATE usage_daily_rollup" if "INTO usage_daily_rollup" in sql
+                                   else "TRUNCATE usage_hourly_rollup, usage_daily_rollup")
                     bulk_load_begin(cursor)
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                 plans[name] = "\n".join(row[0] for row in cursor.fetchall())
@@ -293,7 +294,7 @@ def main() -> None:
 def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]) -> None:
     from billing.customers.models import Customer
     from billing.invoicing.services import invoice_draft_refresh
-    from billing.usage.models import HourlyRollup
+    from billing.usage.models import DailyRollup, HourlyRollup
     from billing.usage.rollups import rollup_check, rollup_full, rollup_until_current
 
     def say(text: str) -> None:
@@ -332,7 +333,9 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
                                     "runs_s": [round(s, 2) for s in base_runs], "groups": groups}
     results["full_rollup"] = {"median_s": round(statistics.median(full_runs), 2),
                               "runs_s": [round(s, 2) for s in full_runs], "rollup_rows": rollups,
-                              "rollup_mb": round(sql_one("SELECT pg_total_relation_size('usage_hourly_rollup')") / 2**20)}
+                              "rollup_mb": round(sql_one("SELECT pg_total_relation_size('usage_hourly_rollup')") / 2**20),
+                              "daily_rows": DailyRollup.objects.count(),
+                              "daily_mb": round(sql_one("SELECT pg_total_relation_size('usage_daily_rollup')") / 2**20)}
     results["full_over_baseline"] = round(statistics.median(full_runs) / statistics.median(base_runs), 2)
     say(f"full/baseline: {results['full_over_baseline']}")
     if args.explain:

@@ -18,9 +18,10 @@ from django.db import connection
 
 from billing.catalog.models import Meter
 from billing.customers.models import Customer
-from billing.usage.models import HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
 
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Row:
 
 def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def meters_by_pk() -> dict[int, Meter]:
@@ -107,34 +112,38 @@ def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits:
     return ranges
 
 
-# sum and count meters over whole-hour ranges (numbered 1..n), in one statement: totals per range, meter and
-# dimension set from the covering index (customer, meter, hour) INCLUDE (dims_key, total) alone
-ADDITIVE_SQL = """
-SELECT g.n, r.meter_id, r.dims_key, sum(r.total)
-FROM unnest(%(a)s::timestamptz[], %(b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
-JOIN usage_hourly_rollup r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%(meters)s) AND r.hour >= g.a
-                              AND r.hour < g.b
-GROUP BY g.n, r.meter_id, r.dims_key
-"""
+# sum and count meters over whole-hour ranges, in one statement: totals per range, meter and dimension set
+# from a covering index (customer, meter, hour|day) INCLUDE (dims_key, total) alone. The ranges of whole
+# days are read from the daily rollups, the other ranges from the hourly ones; they are numbered 1..n in
+# that order (the hourly first: ``n`` of a daily one is offset by the number of hourly ones).
+ADDITIVE_SELECT = "SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total)"
 
-# max, unique_count and latest meters over whole-hour ranges: the largest maximum, the union of the distinct
-# values and the latest (time, event id, value), as the hour rows would give them; the total counts each
-# rollup row once (its first unique value, or its only row when it has none)
-NON_ADDITIVE_SQL = """
-SELECT g.n, r.meter_id, r.dims_key, sum(r.total) FILTER (WHERE u.n IS NULL OR u.n = 1), max(r.maximum),
-       COALESCE(array_agg(DISTINCT u.value) FILTER (WHERE u.value IS NOT NULL), '{}'),
+# max, unique_count and latest meters: the largest maximum, the distinct sets of distinct values (their union is
+# taken in Python: a lateral unnest made PostgreSQL expect 100 rows per rollup row and plan parallel workers)
+# and the latest (time, event id, value), as the hour rows would give them
+NON_ADDITIVE_SELECT = """
+SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum),
+       array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb),
        (array_agg(r.latest_at ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
                   AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
        (array_agg(r.latest_event ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
                   AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
        (array_agg(r.latest_value ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
-                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]
-FROM unnest(%(a)s::timestamptz[], %(b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
-JOIN usage_hourly_rollup r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%(meters)s) AND r.hour >= g.a
-                              AND r.hour < g.b
-LEFT JOIN LATERAL jsonb_array_elements_text(r.uniques) WITH ORDINALITY u(value, n) ON true
-GROUP BY g.n, r.meter_id, r.dims_key
-"""
+                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]"""
+_RANGES = """
+FROM unnest(%({p}a)s::timestamptz[], %({p}b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
+JOIN {table} r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%(meters)s) AND r.{time} >= g.a AND r.{time} < g.b
+GROUP BY g.n, r.meter_id, r.dims_key"""
+
+
+def _ranges_sql(select: str) -> str:
+    hourly = select.format(offset="") + _RANGES.format(p="h", table="usage_hourly_rollup", time="hour")
+    daily = select.format(offset=" + %(offset)s") + _RANGES.format(p="d", table="usage_daily_rollup", time="day")
+    return f"{hourly}\nUNION ALL\n{daily}\n"
+
+
+ADDITIVE_SQL = _ranges_sql(ADDITIVE_SELECT)
+NON_ADDITIVE_SQL = _ranges_sql(NON_ADDITIVE_SELECT)
 
 # The dimensions behind a dims_key. The key is a digest of the canonical dimensions (rollups.dims_key), so
 # this mapping never changes: the dimension sets already seen are kept per process (bounded).
@@ -142,36 +151,60 @@ _DIMENSIONS: dict[str, dict[str, str]] = {}
 _DIMENSIONS_MAX = 100_000
 
 
-def _dimensions(cursor: Any, customer: Customer, found: list[tuple[Any, ...]]) -> dict[str, dict[str, str]]:
-    """The dimensions of the dims_keys in ``found`` rows ((n, meter_id, dims_key, ...)): from this process's
-    cache, else one of the customer's rollup rows each (an index lookup per key)."""
-    missing = sorted({(row[1], row[2]) for row in found if row[2] not in _DIMENSIONS})
+def _dimensions(customer: Customer, wanted: set[tuple[int, str]]) -> dict[str, dict[str, str]]:
+    """The dimensions of the (meter id, dims_key) pairs ``wanted``: from this process's cache, else from
+    one of the customer's hourly rollup rows each (an index lookup per key)."""
+    missing = sorted(pair for pair in wanted if pair[1] not in _DIMENSIONS)
     if missing and len(_DIMENSIONS) + len(missing) > _DIMENSIONS_MAX:
         _DIMENSIONS.clear()
-        missing = sorted({(row[1], row[2]) for row in found})
-    if missing:
-        cursor.execute(
-            "SELECT k.key, (SELECT r.dimensions FROM usage_hourly_rollup r WHERE r.customer_id = %s"
-            " AND r.meter_id = k.meter AND r.dims_key = k.key LIMIT 1)"
-            " FROM unnest(%s::int[], %s::text[]) AS k(meter, key)",
-            [customer.pk, [m for m, _ in missing], [k for _, k in missing]])
-        for key, dims in cursor.fetchall():
-            _DIMENSIONS[key] = _json(dims) or {}
+        missing = sorted(wanted)
+    found: list[tuple[str, Any]] = []
+    if missing and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT k.key, (SELECT r.dimensions FROM usage_hourly_rollup r WHERE r.customer_id = %s"
+                " AND r.meter_id = k.meter AND r.dims_key = k.key LIMIT 1)"
+                " FROM unnest(%s::int[], %s::text[]) AS k(meter, key)",
+                [customer.pk, [m for m, _ in missing], [k for _, k in missing]])
+            found = cursor.fetchall()
+    elif missing:
+        found = list(HourlyRollup.objects.filter(customer=customer, dims_key__in={k for _, k in missing})
+                     .values_list("dims_key", "dimensions").distinct())
+    for key, dims in found:
+        _DIMENSIONS[key] = _json(dims) or {}
     return _DIMENSIONS
 
 
+def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[datetime, datetime]],
+                                                                   list[tuple[datetime, datetime]]]:
+    """Whole-hour ranges as (hour ranges, whole-day ranges): each range's whole UTC days go to the second."""
+    hours, days = [], []
+    for a, b in ranges:
+        first = a if a == _day(a) else _day(a) + DAY
+        last = _day(b)
+        if first < last:
+            days.append((first, last))
+            hours += [(x, y) for x, y in ((a, first), (last, b)) if x < y]
+        else:
+            hours.append((a, b))
+    return hours, days
+
+
 def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]) -> list[Row]:
-    """Rollup rows over whole-hour ranges. On PostgreSQL the ranges are aggregated in the database, one row
-    per range, meter and dimension set (pricing needs a range's total, maximum, distinct values or latest
-    value, not its hours: a range never spans a price change); elsewhere the rows come hour by hour."""
-    out: list[Row] = []
+    """Rollup rows over whole-hour ranges (whole days from the daily rollups). On PostgreSQL the ranges are
+    aggregated in the database, one row per range, meter and dimension set (pricing needs a range's total,
+    maximum, distinct values or latest value, not its hours: a range never spans a price change);
+    elsewhere the rows come hour by hour and day by day."""
+    hours, days = _split_days(ranges)
+    ranges = hours + days
+    if not ranges:
+        return []
+    found: list[tuple[Any, ...]] = []
     if connection.vendor == "postgresql":
-        if not ranges:
-            return out
         additive = [pk for pk, m in meters.items() if m.aggregation in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)]
         others = [pk for pk in meters if pk not in additive]
-        params: dict[str, Any] = {"customer": customer.pk, "a": [a for a, _ in ranges], "b": [b for _, b in ranges]}
-        found: list[tuple[Any, ...]] = []
+        params: dict[str, Any] = {"customer": customer.pk, "offset": len(hours), "ha": [a for a, _ in hours],
+                                  "hb": [b for _, b in hours], "da": [a for a, _ in days], "db": [b for _, b in days]}
         with connection.cursor() as cursor:
             if additive:
                 cursor.execute(ADDITIVE_SQL, {**params, "meters": additive})
@@ -179,20 +212,21 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
                           for n, meter_id, key, total in cursor.fetchall()]
             if others:
                 cursor.execute(NON_ADDITIVE_SQL, {**params, "meters": others})
-                found += cursor.fetchall()
-            dimensions = _dimensions(cursor, customer, found)
-        for n, meter_id, key, total, maximum, uniques, l_at, l_event, l_value in found:
-            latest = (l_at, l_event, l_value) if l_at is not None else None
-            out.append(Row(meters[meter_id].key, dimensions[key], ranges[n - 1][0], total, maximum,
-                           frozenset(uniques), latest))
-        return out
-    for a, b in ranges:
-        rolled = HourlyRollup.objects.filter(customer=customer, hour__gte=a, hour__lt=b).order_by()
-        for meter_id, dims, hour, total, maximum, uniques, l_at, l_event, l_value in rolled.values_list(
-                "meter_id", "dimensions", "hour", "total", "maximum", "uniques", "latest_at", "latest_event",
-                "latest_value").iterator(chunk_size=5000):
-            latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None
-            out.append(Row(meters[meter_id].key, dims or {}, hour, total, maximum, frozenset(uniques), latest))
+                found += [(*row[:5], [value for values in row[5] or () for value in _json(values)], *row[6:])
+                          for row in cursor.fetchall()]
+        starts = [a for a, _ in ranges]
+        found = [(starts[row[0] - 1], *row[1:]) for row in found]
+    else:
+        fields = ("meter_id", "dims_key", "total", "maximum", "uniques", "latest_at", "latest_event", "latest_value")
+        for model, time_field, spans in ((HourlyRollup, "hour", hours), (DailyRollup, "day", days)):
+            for a, b in spans:
+                rolled = model.objects.filter(customer=customer, **{f"{time_field}__gte": a, f"{time_field}__lt": b})
+                found += list(rolled.order_by().values_list(time_field, *fields))
+    dimensions = _dimensions(customer, {(row[1], row[2]) for row in found})
+    out = []
+    for at, meter_id, key, total, maximum, uniques, l_at, l_event, l_value in found:
+        latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None
+        out.append(Row(meters[meter_id].key, dimensions[key], at, total, maximum, frozenset(uniques), latest))
     return out
 
 

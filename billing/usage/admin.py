@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from billing.common.admin import ReadOnlyAdmin
-from billing.usage.models import HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
 
 
 @admin.register(UsageEvent)
@@ -20,6 +20,15 @@ class HourlyRollupAdmin(ReadOnlyAdmin):
     """Derived from raw events (manage.py rollup --full rebuilds them): never edited by hand."""
 
     list_display = ("customer", "meter", "hour", "total", "events", "dimensions")
+    list_filter = ("meter",)
+    list_select_related = ("customer", "meter")
+
+
+@admin.register(DailyRollup)
+class DailyRollupAdmin(ReadOnlyAdmin):
+    """The hourly rollups summed per UTC day (what invoices read for whole days): derived, never edited."""
+
+    list_display = ("customer", "meter", "day", "total", "events", "dims_key")
     list_filter = ("meter",)
     list_select_related = ("customer", "meter")
 

@@ -114,6 +114,38 @@ class HourlyRollup(models.Model):
         return f"{self.customer_id}/{self.meter_id}/{self.hour:%Y-%m-%d %H}h"
 
 
+class DailyRollup(models.Model):
+    """The hourly rollups summed per (customer, meter, dimension set, UTC day), across projects: what an
+    invoice reads for its whole days (a month is ~30 rows per dimension set instead of ~720). Maintained
+    with the hourly rows in the same transactions, recomputable and checked the same way; the dimension
+    set behind ``dims_key`` is on the hourly rows."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False,
+                                 db_constraint=False)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_constraint=False,
+                              db_index=False)
+    dims_key = models.CharField(max_length=32)
+    day = models.DateTimeField()  # 00:00 UTC
+    total = ExactDecimalField()
+    events = models.PositiveIntegerField()
+    maximum = ExactDecimalField(null=True)
+    uniques = models.JSONField(default=list)
+    latest_value = ExactDecimalField(null=True)
+    latest_at = models.DateTimeField(null=True)
+    latest_event = models.BigIntegerField(null=True)
+
+    class Meta:
+        db_table = "usage_daily_rollup"
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "meter", "dims_key", "day"], name="daily_rollup_key"),
+        ]
+        indexes = [models.Index(fields=["customer", "meter", "day"], include=["dims_key", "total"],
+                                name="daily_cust_meter_day_cov")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.meter_id}/{self.day:%Y-%m-%d}"
+
+
 class RollupWatermark(models.Model):
     """How far the incremental rollup has read the raw events (by id)."""
 

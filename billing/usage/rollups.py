@@ -27,11 +27,12 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import Max
 
 from billing.catalog.models import Meter
-from billing.usage.models import HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
 
 LAG = timedelta(seconds=30)
 CHUNK = 50_000
 Key = tuple[int, int, int, str, datetime]  # customer, project slot, meter, dims_key, hour
+DayKey = tuple[int, int, str, datetime]  # customer, meter, dims_key, day
 
 
 def canonical_dimensions(dimensions: dict[str, str]) -> str:
@@ -106,8 +107,9 @@ def _stored(keys: set[Key]) -> dict[Key, HourlyRollup]:
             if (r.customer_id, r.project_slot, r.meter_id, r.dims_key, r.hour) in keys}
 
 
-def _as_agg(row: HourlyRollup) -> Agg:
-    return Agg(row.project_id, row.dimensions, row.total, row.events, row.maximum, set(row.uniques),
+def _as_agg(row: HourlyRollup | DailyRollup) -> Agg:
+    project_id, dimensions = (row.project_id, row.dimensions) if isinstance(row, HourlyRollup) else (None, {})
+    return Agg(project_id, dimensions, row.total, row.events, row.maximum, set(row.uniques),
                (row.latest_at, row.latest_event, row.latest_value)
                if row.latest_at is not None and row.latest_event is not None and row.latest_value is not None else None)
 
@@ -133,8 +135,53 @@ def _apply(fresh: dict[Key, Agg]) -> None:
         else:
             creates.append(_write(agg, key, None))
     HourlyRollup.objects.bulk_create(creates, batch_size=2000)
-    HourlyRollup.objects.bulk_update(updates, ["total", "events", "maximum", "uniques", "latest_value", "latest_at",
-                                               "latest_event"], batch_size=2000)
+    HourlyRollup.objects.bulk_update(updates, AGG_FIELDS, batch_size=2000)
+    _apply_daily(_daily(fresh))
+
+
+AGG_FIELDS = ["total", "events", "maximum", "uniques", "latest_value", "latest_at", "latest_event"]
+
+
+def _day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _daily(hourly: dict[Key, Agg]) -> dict[DayKey, Agg]:
+    """Hourly aggregates summed per (customer, meter, dims_key, UTC day), across projects."""
+    out: dict[DayKey, Agg] = {}
+    for (customer_id, _slot, meter_id, key, hour), agg in hourly.items():
+        day_key = (customer_id, meter_id, key, _day(hour))
+        if day_key not in out:
+            out[day_key] = Agg(None, agg.dimensions)
+        out[day_key].merge(agg)
+    return out
+
+
+def _write_daily(agg: Agg, key: DayKey, row: DailyRollup | None) -> DailyRollup:
+    row = row or DailyRollup(customer_id=key[0], meter_id=key[1], dims_key=key[2], day=key[3])
+    row.total, row.events, row.maximum, row.uniques = agg.total, agg.events, agg.maximum, sorted(agg.uniques)
+    if agg.latest is not None:
+        row.latest_at, row.latest_event, row.latest_value = agg.latest
+    return row
+
+
+def _apply_daily(fresh: dict[DayKey, Agg]) -> None:
+    if not fresh:
+        return
+    days = {k[3] for k in fresh}
+    stored = {(r.customer_id, r.meter_id, r.dims_key, r.day): r for r in DailyRollup.objects.filter(
+        customer_id__in={k[0] for k in fresh}, day__gte=min(days), day__lte=max(days))}
+    creates, updates = [], []
+    for key, agg in fresh.items():
+        row = stored.get(key)
+        if row is not None:
+            merged = _as_agg(row)
+            merged.merge(agg)
+            updates.append(_write_daily(merged, key, row))
+        else:
+            creates.append(_write_daily(agg, key, None))
+    DailyRollup.objects.bulk_create(creates, batch_size=2000)
+    DailyRollup.objects.bulk_update(updates, AGG_FIELDS, batch_size=2000)
 
 
 def rollup_incremental(*, now: datetime, chunk: int = CHUNK) -> int:
@@ -179,11 +226,12 @@ def rollup_full(*, now: datetime) -> int:
         RollupWatermark.objects.select_for_update().filter(pk=state.pk).update(last_event_id=0)
         if connection.vendor != "postgresql":
             HourlyRollup.objects.all().delete()
+            DailyRollup.objects.all().delete()
             return rollup_until_current(now=now)
         with connection.cursor() as cursor:
             # TRUNCATE (transactional in PostgreSQL) instead of a DELETE of millions of rows; readers of the
             # rollups wait for the rebuild's commit instead of seeing it half done.
-            cursor.execute("TRUNCATE usage_hourly_rollup")
+            cursor.execute("TRUNCATE usage_hourly_rollup, usage_daily_rollup")
         return _rollup_full_sql(now=now)
 
 
@@ -211,41 +259,66 @@ FULL_SQL_RICH = _INSERT % ("""COALESCE(jsonb_agg(DISTINCT (e.dimensions ->> m.un
        (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]""",
                            " JOIN catalog_meter m ON m.id = e.meter_id")
 
+# The daily rows from the hourly ones, the same two kinds of statement (uniques are merged from the hours'
+# distinct values; a rollup row's total and event count are counted once, on its first value).
+_DAILY = """
+INSERT INTO usage_daily_rollup (customer_id, meter_id, dims_key, day, total, events, maximum, uniques, latest_value,
+                                latest_at, latest_event)
+SELECT r.customer_id, r.meter_id, r.dims_key, date_trunc('day', r.hour, 'UTC'), %s
+FROM usage_hourly_rollup r%s
+WHERE r.meter_id = ANY(%%s)
+GROUP BY r.customer_id, r.meter_id, r.dims_key, date_trunc('day', r.hour, 'UTC')
+"""
+DAILY_SQL_PLAIN = _DAILY % ("sum(r.total), sum(r.events), max(r.maximum), '[]'::jsonb, NULL, NULL, NULL", "")
+_ONCE = "FILTER (WHERE u.n IS NULL OR u.n = 1)"
+_LATEST = "ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL)"
+DAILY_SQL_RICH = _DAILY % (f"""sum(r.total) {_ONCE}, sum(r.events) {_ONCE}, max(r.maximum),
+       COALESCE(jsonb_agg(DISTINCT u.value COLLATE "C") FILTER (WHERE u.value IS NOT NULL), '[]'::jsonb),
+       (array_agg(r.latest_value {_LATEST})[1], (array_agg(r.latest_at {_LATEST})[1],
+       (array_agg(r.latest_event {_LATEST})[1]""",
+                           " LEFT JOIN LATERAL jsonb_array_elements_text(r.uniques) WITH ORDINALITY u(value, n) ON true")
+
 INDEXES = """
 SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)
 FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
-WHERE i.indrelid = 'usage_hourly_rollup'::regclass
+WHERE i.indrelid = %s::regclass
 """
+TABLES = ("usage_hourly_rollup", "usage_daily_rollup")
 
 
 def full_statements(upto: int) -> list[tuple[str, list[Any]]]:
-    """The rebuild's INSERTs for events with ``id <= upto``: plain meters, then the others (if any)."""
+    """The rebuild's INSERTs for events with ``id <= upto``: plain meters, then the others (if any); then
+    the daily rows from the hourly ones, the same way."""
     plain: list[int] = []
     rich: list[int] = []
     for pk, aggregation in Meter.objects.values_list("pk", "aggregation"):
         (plain if aggregation in PLAIN else rich).append(pk)
-    return [(sql, [upto, ids]) for sql, ids in ((FULL_SQL_PLAIN, plain), (FULL_SQL_RICH, rich)) if ids]
+    hourly = [(sql, [upto, ids]) for sql, ids in ((FULL_SQL_PLAIN, plain), (FULL_SQL_RICH, rich)) if ids]
+    return hourly + [(sql, [ids]) for sql, ids in ((DAILY_SQL_PLAIN, plain), (DAILY_SQL_RICH, rich)) if ids]
 
 
-def bulk_load_begin(cursor: CursorWrapper) -> list[tuple[str, str, str | None, str | None]]:
-    """Inside the rebuild's transaction: every index of the table dropped (primary key and unique key
+Indexes = list[tuple[str, str, str, str | None, str | None]]  # table, index, definition, constraint, its definition
+
+
+def bulk_load_begin(cursor: CursorWrapper) -> Indexes:
+    """Inside the rebuild's transaction: every index of the rollup tables dropped (primary and unique keys
     included), and memory for this transaction alone to rebuild each with one in-memory sort. Returns
     their definitions, for the rebuild to restore. The aggregation keeps the server's ``work_mem``: a
     larger one (256 MB) made it slower here, one big hash table missing the CPU caches."""
     cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
-    cursor.execute(INDEXES)
-    indexes = cursor.fetchall()
-    for index, _, constraint, _ in indexes:
-        cursor.execute(f'ALTER TABLE usage_hourly_rollup DROP CONSTRAINT "{constraint}"' if constraint
-                       else f"DROP INDEX {index}")
+    indexes: Indexes = []
+    for table in TABLES:
+        cursor.execute(INDEXES, [table])
+        indexes += [(table, *row) for row in cursor.fetchall()]
+    for table, index, _, constraint, _ in indexes:
+        cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"' if constraint else f"DROP INDEX {index}")
     return indexes
 
 
-def bulk_load_end(cursor: CursorWrapper, indexes: list[tuple[str, str, str | None, str | None]]) -> None:
+def bulk_load_end(cursor: CursorWrapper, indexes: Indexes) -> None:
     """Rebuild what ``bulk_load_begin`` dropped: the keys first, then the plain indexes."""
-    for _, index_def, constraint, constraint_def in sorted(indexes, key=lambda i: i[3] is None):
-        cursor.execute(f'ALTER TABLE usage_hourly_rollup ADD CONSTRAINT "{constraint}" {constraint_def}'
-                       if constraint else index_def)
+    for table, _, index_def, constraint, constraint_def in sorted(indexes, key=lambda i: i[4] is None):
+        cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {constraint_def}' if constraint else index_def)
 
 
 def _rollup_full_sql(*, now: datetime) -> int:
@@ -263,7 +336,7 @@ def _rollup_full_sql(*, now: datetime) -> int:
         indexes = bulk_load_begin(cursor)
         for sql, params in full_statements(upto):
             cursor.execute(sql, params)
-        cursor.execute("SELECT COALESCE(sum(events), 0) FROM usage_hourly_rollup")  # cheaper than RETURNING
+        cursor.execute("SELECT COALESCE(sum(events), 0) FROM usage_daily_rollup")  # cheaper than RETURNING
         covered = cursor.fetchone()[0]
         bulk_load_end(cursor, indexes)
     RollupWatermark.objects.filter(name="hourly").update(last_event_id=upto)
@@ -276,16 +349,22 @@ def rollup_check() -> list[str]:
     upto = state.last_event_id if state else 0
     expected = _aggregate(0, upto)
     stored = {(r.customer_id, r.project_slot, r.meter_id, r.dims_key, r.hour): r for r in HourlyRollup.objects.all()}
+    drift = _compare({key: _write(agg, key, None) for key, agg in expected.items()}, stored, "")
+    daily = {(r.customer_id, r.meter_id, r.dims_key, r.day): r for r in DailyRollup.objects.all()}
+    return drift + _compare({key: _write_daily(agg, key, None) for key, agg in _daily(expected).items()}, daily,
+                            "daily ")
+
+
+def _compare(expected: dict[Any, Any], stored: dict[Any, Any], label: str) -> list[str]:
     drift = []
     for key in sorted(set(expected) | set(stored), key=str):
-        want = _write(expected[key], key, None) if key in expected else None
-        have = stored.get(key)
+        want, have = expected.get(key), stored.get(key)
         if want is None or have is None:
-            drift.append(f"{key}: {'missing' if have is None else 'unexpected'} rollup")
+            drift.append(f"{key}: {'missing' if have is None else 'unexpected'} {label}rollup")
             continue
-        for name in ("total", "events", "maximum", "uniques", "latest_value", "latest_at", "latest_event"):
+        for name in AGG_FIELDS:
             if getattr(want, name) != getattr(have, name):
-                drift.append(f"{key}: {name} is {getattr(have, name)!r}, raw events say {getattr(want, name)!r}")
+                drift.append(f"{key}: {label}{name} is {getattr(have, name)!r}, raw events say {getattr(want, name)!r}")
     return drift
 
 

@@ -20,7 +20,7 @@ from billing.customers.models import Customer
 from billing.invoicing import periods, services
 from billing.invoicing.models import Invoice
 from billing.invoicing.selectors import invoice_verify
-from billing.usage.models import HourlyRollup
+from billing.usage.models import DailyRollup, HourlyRollup
 from billing.usage.rollups import rollup_until_current
 from billing.usage.services import events_ingest
 
@@ -156,7 +156,8 @@ def test_verify_catches_an_invoice_computed_from_drifted_rollups(acme: Any) -> N
     body = {"event_id": "x", "customer": "acme-co", "meter": "llm_tokens", "quantity": "2500", "timestamp": at.isoformat()}
     assert events_ingest(principal=ADMIN, raw_events=[json.dumps(body).encode()], now=at)[0].status == "accepted"
     rollup_until_current(now=at + timedelta(hours=1))
-    HourlyRollup.objects.filter(customer=acme).update(total=2400)  # drift: the rollup lost 100 tokens
+    for rollups_of in (HourlyRollup, DailyRollup):  # drift: the rollups lost 100 tokens
+        rollups_of.objects.filter(customer=acme).update(total=2400)
     services.periods_close(now=datetime(2026, 10, 1, 1, tzinfo=UTC))
     services.periods_finalize(now=datetime(2026, 10, 2, tzinfo=UTC))
     invoice = Invoice.objects.get(customer=acme, period_start=START)
