@@ -11,6 +11,8 @@ Each line is then rounded once (billing/catalog/money.py).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -50,6 +52,15 @@ class Computed:
     total_minor: int
     versions: list[int]
     watermark: int
+
+    def digest(self) -> str:
+        """SHA-256 of everything an invoice stores from this computation but the watermark."""
+        lines = [[line.kind, line.description, line.meter, line.model, decimal_to_text(line.quantity),
+                  None if line.unit_price is None else decimal_to_text(line.unit_price), decimal_to_text(line.amount),
+                  line.amount_minor, line.detail] for line in self.lines]
+        body = [self.plan.pk, self.currency, self.subtotal_minor, self.credits_minor, self.total_minor, self.versions,
+                lines]
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def subscription_for_period(*, customer: Customer, start: datetime, end: datetime) -> Subscription | None:

@@ -63,7 +63,7 @@ class Invoice(models.Model):
 
     # Fields that are frozen once the invoice leaves draft; only status and its timestamps move.
     FROZEN = ("customer_id", "plan_id", "kind", "period_start", "period_end", "currency", "number",
-              "subtotal_minor", "credits_minor", "total_minor", "versions", "events_hash", "events_count",
+              "subtotal_minor", "credits_minor", "total_minor", "versions", "events_hash", "events_count", "lines_digest",
               "rollup_watermark", "corrects_id", "finalized_at")
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="invoices")
@@ -79,6 +79,9 @@ class Invoice(models.Model):
     total_minor = models.BigIntegerField(default=0)
     versions = models.JSONField(default=list)  # rate-card version numbers the lines were priced with
     events_hash = models.CharField(max_length=64, blank=True, default="")
+    # digest of the plan, lines and figures last written: a refresh that computes the same skips the write.
+    # Nullable: SQLite adds such a column in place (a rebuilt table would trip the frozen-line triggers).
+    lines_digest = models.CharField(max_length=64, null=True, blank=True)
     events_count = models.BigIntegerField(default=0)
     rollup_watermark = models.BigIntegerField(default=0)
     corrects = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="credit_notes")

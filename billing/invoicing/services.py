@@ -70,6 +70,7 @@ def _write(invoice: Invoice, computed: Computed) -> None:
     invoice.total_minor = computed.total_minor
     invoice.versions = computed.versions
     invoice.rollup_watermark = computed.watermark
+    invoice.lines_digest = computed.digest()
 
 
 @transaction.atomic
@@ -81,8 +82,8 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
     if computed is None:
         return None
     invoice = _draft_for(customer=customer, start=start, end=end, currency=computed.currency, lock=True)
-    if invoice.status != Invoice.Status.DRAFT:
-        return invoice
+    if invoice.status != Invoice.Status.DRAFT or invoice.lines_digest == computed.digest():
+        return invoice  # final, or nothing changed since the last refresh: no write
     _write(invoice, computed)
     invoice.save()
     return invoice

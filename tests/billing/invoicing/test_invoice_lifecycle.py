@@ -123,6 +123,15 @@ def test_draft_follows_usage_late_event_inside_grace_lands_and_after_close_gets_
     assert draft is not None and draft.status == "draft" and draft.number is None
     assert draft.subtotal_minor == 1000 + 500  # base fee 10.00 + 500 tokens at 0.01
 
+    # nothing new: the refresh computes the same invoice and writes nothing (no line or invoice write)
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        same = services.invoice_draft_refresh(customer=pro, period_start=OCT)
+    assert same is not None and same.pk == draft.pk and same.updated_at == draft.updated_at
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE")]
+    assert writes == []
+
     # 30 minutes after the period's end: still inside the one-hour grace time
     inside_grace = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
     assert OCT not in [start for start, _ in services.periods_close(now=inside_grace)]  # earlier months close
