@@ -10,6 +10,7 @@ the period's last instant. Charges are matched across versions by (meter, filter
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from billing.invoicing.rows import Row, meters_by_pk, period_rows
 from billing.usage.selectors import bucket_bounds
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,6 +138,9 @@ def period_parts(*, customer: Customer, start: datetime, end: datetime) -> list[
     if not subscriptions:
         return []
     currency = subscriptions[-1].plan.currency
+    for other in (s for s in subscriptions if s.plan.currency != currency):  # made before the change was refused
+        log.warning("customer %s: plan %s (%s) from %s is not billed on the %s invoice of %s", customer.external_id,
+                    other.plan.key, other.plan.currency, other.start.isoformat(), currency, start.date())
     parts = [Part(s.plan, subscription_segments(subscription=s, start=start, end=end)) for s in subscriptions
              if s.plan.currency == currency]
     return [part for part in parts if part.segments]

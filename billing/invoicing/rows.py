@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 from billing.catalog.models import Meter
 from billing.customers.models import Customer
@@ -55,37 +55,38 @@ def period_rows(*, customer: Customer, start: datetime, end: datetime, cuts: Ite
     price changes: an hour holding one off the hour is read from raw events. Returns the rows and the
     rollup watermark they were read at (0 for raw). ``meters`` (by pk) saves reading them."""
     meters = meters if meters is not None else meters_by_pk()
-    rows: list[Row] = []
     raw = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
-    watermark = 0
-    queries = []
-    if source == "rollups":
-        watermark = RollupWatermark.objects.filter(name="hourly").values_list("last_event_id", flat=True).first() or 0
-        cuts = list(cuts)
-        cut_hours = sorted({_hour(c) for c in cuts if c != _hour(c) and start <= c < end})
-        lo = start if start == _hour(start) else _hour(start) + HOUR  # first whole hour
-        hi = max(_hour(end), lo)  # end of the last whole hour
-        if watermark and lo < hi:
-            on_hour = sorted({c for c in cuts if c == _hour(c) and lo < c < hi})  # a range never spans a price change
-            rows += _rolled(customer, meters, _whole_ranges(lo, hi, cut_hours, on_hour))
-            # raw: the events not rolled up yet (by the primary key), and (rolled up or not) the partial hours
-            # at the edges and the cut hours, one query per stretch, each an index range scan of
-            # (customer, meter, usage_at) (an OR of stretches, or no meter, would read every event of the period)
-            queries = [raw.filter(id__gt=watermark)]
-            stretches = _union([(start, lo), (hi, end)] + [(max(h, start), min(h + HOUR, end)) for h in cut_hours])
-            queries += [raw.filter(meter_id__in=list(meters), usage_at__gte=a, usage_at__lt=b, id__lte=watermark)
-                        for a, b in stretches]
-    fields = ("pk", "meter_id", "dimensions", "quantity", "usage_at")
-    if queries:
-        # the tail and the edge hours are few rows: one statement (each part keeps its own index range), not
-        # a server-side cursor (which costs round trips, and PostgreSQL plans it for a fast first row)
-        parts = [query.order_by().values_list(*fields) for query in queries]
-        values: Iterable[tuple[Any, ...]] = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
-    else:
-        values = raw.order_by().values_list(*fields).iterator(chunk_size=5000)  # a replay reads a whole period
-    for event_pk, meter_id, dims, quantity, usage_at in values:
-        rows.append(event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk))
-    return rows, watermark
+    if source != "rollups":
+        return _event_rows(meters, raw.order_by().values_list(*EVENT_FIELDS).iterator(chunk_size=5000)), 0
+    cuts = list(cuts)
+    cut_hours = sorted({_hour(c) for c in cuts if c != _hour(c) and start <= c < end})
+    lo = start if start == _hour(start) else _hour(start) + HOUR  # first whole hour
+    hi = max(_hour(end), lo)  # end of the last whole hour
+    on_hour = sorted({c for c in cuts if c == _hour(c) and lo < c < hi})  # a range never spans a price change
+    # SQLite: one transaction reads one snapshot. PostgreSQL: one statement reads the watermark and the rollups.
+    with transaction.atomic(savepoint=False):
+        rows, watermark = _rolled(customer, meters, _whole_ranges(lo, hi, cut_hours, on_hour) if lo < hi else [])
+        if not watermark:
+            return _event_rows(meters, raw.order_by().values_list(*EVENT_FIELDS).iterator(chunk_size=5000)), 0
+        # raw: the events above the watermark the rollups were read at (not in them, whenever they are rolled
+        # up), and (rolled up or not) the partial hours at the edges and the cut hours, one part per stretch,
+        # each an index range scan of (customer, meter, usage_at) (an OR of stretches, or no meter, would read
+        # every event of the period); all in one statement, not a server-side cursor (round trips, and
+        # PostgreSQL plans a cursor for a fast first row)
+        stretches = _union([(start, lo), (hi, end)] + [(max(h, start), min(h + HOUR, end)) for h in cut_hours])
+        parts = [raw.filter(id__gt=watermark)] + [
+            raw.filter(meter_id__in=list(meters), usage_at__gte=a, usage_at__lt=b, id__lte=watermark)
+            for a, b in stretches]
+        values = [query.order_by().values_list(*EVENT_FIELDS) for query in parts]
+        return rows + _event_rows(meters, values[0].union(*values[1:], all=True)), watermark
+
+
+EVENT_FIELDS = ("pk", "meter_id", "dimensions", "quantity", "usage_at")
+
+
+def _event_rows(meters: dict[int, Meter], values: Iterable[tuple[Any, ...]]) -> list[Row]:
+    return [event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk)
+            for event_pk, meter_id, dims, quantity, usage_at in values]
 
 
 def _union(stretches: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -112,38 +113,33 @@ def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits:
     return ranges
 
 
-# sum and count meters over whole-hour ranges, in one statement: totals per range, meter and dimension set
-# from a covering index (customer, meter, hour|day) INCLUDE (dims_key, total) alone. The ranges of whole
-# days are read from the daily rollups, the other ranges from the hourly ones; they are numbered 1..n in
-# that order (the hourly first: ``n`` of a daily one is offset by the number of hourly ones).
-ADDITIVE_SELECT = "SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total)"
-
-# max, unique_count and latest meters: the largest maximum, the distinct sets of distinct values (their union is
-# taken in Python: a lateral unnest made PostgreSQL expect 100 rows per rollup row and plan parallel workers)
-# and the latest (time, event id, value), as the hour rows would give them
-NON_ADDITIVE_SELECT = """
-SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum),
-       array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb),
-       (array_agg(r.latest_at ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
-                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
-       (array_agg(r.latest_event ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
-                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1],
-       (array_agg(r.latest_value ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL
-                  AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]"""
+# One statement (one snapshot): the watermark, then per range, meter and dimension set the rollups' aggregate.
+# Sum and count meters: totals from a covering index (customer, meter, hour|day) INCLUDE (dims_key, total)
+# alone. Max, unique_count and latest meters: the largest maximum, the distinct sets of distinct values
+# (their union is taken in Python: a lateral unnest made PostgreSQL expect 100 rows per rollup row and plan
+# parallel workers) and the latest (time, event id, value), as the hour rows would give them. The ranges of
+# whole days are read from the daily rollups, the others from the hourly ones, numbered 1..n in that order
+# (a daily range's number is offset by the number of hourly ones); the watermark is row 0.
+_ADDITIVE = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), NULL::numeric, NULL::jsonb[], "
+             "NULL::timestamptz, NULL::bigint, NULL::numeric")
+_LATEST = ("ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL "
+           "AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]")
+_NON_ADDITIVE = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum), "
+                 "array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb), "
+                 f"(array_agg(r.latest_at {_LATEST}, (array_agg(r.latest_event {_LATEST}, "
+                 f"(array_agg(r.latest_value {_LATEST}")
 _RANGES = """
 FROM unnest(%({p}a)s::timestamptz[], %({p}b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
-JOIN {table} r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%(meters)s) AND r.{time} >= g.a AND r.{time} < g.b
+JOIN {table} r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%({meters})s) AND r.{time} >= g.a
+                  AND r.{time} < g.b
 GROUP BY g.n, r.meter_id, r.dims_key"""
-
-
-def _ranges_sql(select: str) -> str:
-    hourly = select.format(offset="") + _RANGES.format(p="h", table="usage_hourly_rollup", time="hour")
-    daily = select.format(offset=" + %(offset)s") + _RANGES.format(p="d", table="usage_daily_rollup", time="day")
-    return f"{hourly}\nUNION ALL\n{daily}\n"
-
-
-ADDITIVE_SQL = _ranges_sql(ADDITIVE_SELECT)
-NON_ADDITIVE_SQL = _ranges_sql(NON_ADDITIVE_SELECT)
+ROLLUPS_SQL = "\nUNION ALL\n".join(
+    ["SELECT 0::bigint, NULL::bigint, NULL::text, COALESCE((SELECT last_event_id FROM usage_rollupwatermark "
+     "WHERE name = 'hourly'), 0)::numeric, NULL::numeric, NULL::jsonb[], NULL::timestamptz, NULL::bigint, NULL::numeric"]
+    + [select.format(offset=offset) + _RANGES.format(p=p, table=table, time=time, meters=meters)
+       for select, meters in ((_ADDITIVE, "additive"), (_NON_ADDITIVE, "others"))
+       for offset, p, table, time in (("", "h", "usage_hourly_rollup", "hour"),
+                                      (" + %(offset)s", "d", "usage_daily_rollup", "day"))])
 
 # The dimensions behind a dims_key. The key is a digest of the canonical dimensions (rollups.dims_key), so
 # this mapping never changes: the dimension sets already seen are kept per process (bounded).
@@ -151,15 +147,22 @@ _DIMENSIONS: dict[str, dict[str, str]] = {}
 _DIMENSIONS_MAX = 100_000
 
 
+class RollupDriftError(RuntimeError):
+    """A rollup row whose dimension set has no hourly row: the rollups need ``manage.py rollup --full``."""
+
+
 def _dimensions(customer: Customer, wanted: set[tuple[int, str]]) -> dict[str, dict[str, str]]:
     """The dimensions of the (meter id, dims_key) pairs ``wanted``: from this process's cache, else from
     one of the customer's hourly rollup rows each (an index lookup per key)."""
-    missing = sorted(pair for pair in wanted if pair[1] not in _DIMENSIONS)
-    if missing and len(_DIMENSIONS) + len(missing) > _DIMENSIONS_MAX:
-        _DIMENSIONS.clear()
-        missing = sorted(wanted)
-    found: list[tuple[str, Any]] = []
-    if missing and connection.vendor == "postgresql":
+    out: dict[str, dict[str, str]] = {}
+    for _, key in wanted:
+        cached = _DIMENSIONS.get(key)
+        if cached is not None:
+            out[key] = cached
+    missing = sorted(pair for pair in wanted if pair[1] not in out)
+    if not missing:
+        return out
+    if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT k.key, (SELECT r.dimensions FROM usage_hourly_rollup r WHERE r.customer_id = %s"
@@ -167,12 +170,18 @@ def _dimensions(customer: Customer, wanted: set[tuple[int, str]]) -> dict[str, d
                 " FROM unnest(%s::int[], %s::text[]) AS k(meter, key)",
                 [customer.pk, [m for m, _ in missing], [k for _, k in missing]])
             found = cursor.fetchall()
-    elif missing:
+    else:
         found = list(HourlyRollup.objects.filter(customer=customer, dims_key__in={k for _, k in missing})
                      .values_list("dims_key", "dimensions").distinct())
-    for key, dims in found:
-        _DIMENSIONS[key] = _json(dims) or {}
-    return _DIMENSIONS
+    loaded = {key: _json(dims) or {} for key, dims in found if dims is not None}
+    lost = {key for _, key in missing} - loaded.keys()
+    if lost:
+        raise RollupDriftError(f"customer {customer.pk}: rollups hold dimension sets {sorted(lost)[:5]} that no hourly "
+                               "rollup row has; run manage.py rollup --check, then --full")
+    if len(_DIMENSIONS) + len(loaded) > _DIMENSIONS_MAX:
+        _DIMENSIONS.clear()
+    _DIMENSIONS.update(loaded)
+    return {**out, **loaded}
 
 
 def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[datetime, datetime]],
@@ -190,33 +199,31 @@ def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[dat
     return hours, days
 
 
-def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]) -> list[Row]:
-    """Rollup rows over whole-hour ranges (whole days from the daily rollups). On PostgreSQL the ranges are
-    aggregated in the database, one row per range, meter and dimension set (pricing needs a range's total,
-    maximum, distinct values or latest value, not its hours: a range never spans a price change);
-    elsewhere the rows come hour by hour and day by day."""
+def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]
+            ) -> tuple[list[Row], int]:
+    """Rollup rows over whole-hour ranges (whole days from the daily rollups), and the watermark they hold
+    the events up to. On PostgreSQL the ranges are aggregated in the database, one row per range, meter and
+    dimension set (pricing needs a range's total, maximum, distinct values or latest value, not its hours:
+    a range never spans a price change); elsewhere the rows come hour by hour and day by day (the caller
+    holds a transaction: one snapshot)."""
     hours, days = _split_days(ranges)
     ranges = hours + days
-    if not ranges:
-        return []
     found: list[tuple[Any, ...]] = []
     if connection.vendor == "postgresql":
         additive = [pk for pk, m in meters.items() if m.aggregation in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)]
-        others = [pk for pk in meters if pk not in additive]
-        params: dict[str, Any] = {"customer": customer.pk, "offset": len(hours), "ha": [a for a, _ in hours],
-                                  "hb": [b for _, b in hours], "da": [a for a, _ in days], "db": [b for _, b in days]}
         with connection.cursor() as cursor:
-            if additive:
-                cursor.execute(ADDITIVE_SQL, {**params, "meters": additive})
-                found += [(n, meter_id, key, total, None, (), None, None, None)
-                          for n, meter_id, key, total in cursor.fetchall()]
-            if others:
-                cursor.execute(NON_ADDITIVE_SQL, {**params, "meters": others})
-                found += [(*row[:5], [value for values in row[5] or () for value in _json(values)], *row[6:])
-                          for row in cursor.fetchall()]
+            cursor.execute(ROLLUPS_SQL, {
+                "customer": customer.pk, "offset": len(hours), "additive": additive,
+                "others": [pk for pk in meters if pk not in additive], "ha": [a for a, _ in hours],
+                "hb": [b for _, b in hours], "da": [a for a, _ in days], "db": [b for _, b in days]})
+            fetched = cursor.fetchall()
+        watermark = int(next(row[3] for row in fetched if row[0] == 0))
         starts = [a for a, _ in ranges]
-        found = [(starts[row[0] - 1], *row[1:]) for row in found]
+        found = [(starts[n - 1], meter_id, key, total, maximum,
+                  [value for values in uniques or () for value in _json(values)], *latest)
+                 for n, meter_id, key, total, maximum, uniques, *latest in fetched if n != 0]
     else:
+        watermark = RollupWatermark.objects.filter(name="hourly").values_list("last_event_id", flat=True).first() or 0
         fields = ("meter_id", "dims_key", "total", "maximum", "uniques", "latest_at", "latest_event", "latest_value")
         for model, time_field, spans in ((HourlyRollup, "hour", hours), (DailyRollup, "day", days)):
             for a, b in spans:
@@ -227,7 +234,7 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
     for at, meter_id, key, total, maximum, uniques, l_at, l_event, l_value in found:
         latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None
         out.append(Row(meters[meter_id].key, dimensions[key], at, total, maximum, frozenset(uniques), latest))
-    return out
+    return out, watermark
 
 
 def _json(value: Any) -> Any:

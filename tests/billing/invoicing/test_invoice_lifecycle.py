@@ -543,3 +543,78 @@ def test_a_plan_changed_mid_period_bills_each_stretch_with_its_own_plan(acme: An
     (invoice,) = close(NOV + timedelta(hours=2))
     assert invoice.status == Invoice.Status.FINALIZED and invoice.total_minor == 5210
     assert invoice_verify(invoice=invoice) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_rollup_committing_while_an_invoice_reads_counts_each_event_once(pro: Any) -> None:
+    """The watermark and the rollups are read in one statement, the events above the watermark after it. A
+    rollup run that commits in between (simulated right after that statement) moves events into the
+    rollups already read past: they are still read once, as raw events above the watermark read."""
+    from billing.invoicing import rows as invoice_rows
+
+    accepted(send(ev("a", "2026-10-10T05:00:00Z", "300"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    rollup_until_current(now=datetime(2026, 10, 13, tzinfo=UTC))
+    accepted(send(ev("b", "2026-10-11T05:00:00Z", "200"), now=datetime(2026, 10, 12, tzinfo=UTC)))  # not rolled up
+    fired: list[int] = []
+
+    def roll_up_elsewhere(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if "usage_rollupwatermark" in sql and not fired:
+            def other() -> None:
+                try:
+                    fired.append(rollup_until_current(now=datetime(2026, 10, 13, tzinfo=UTC)))
+                finally:
+                    connection.close()
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join(timeout=30)
+        return result
+
+    with connection.execute_wrapper(roll_up_elsewhere):
+        rows, watermark = invoice_rows.period_rows(customer=pro, start=OCT, end=NOV)
+    assert fired == [1]  # the other run rolled "b" up and committed before the raw events were read
+    from billing.usage.models import UsageEvent
+
+    assert watermark == UsageEvent.objects.get(event_id="a").pk  # read with the rollups, before "b" was rolled up
+    assert sum(r.total for r in rows) == 500
+    computed = invoice_compute(customer=pro, start=OCT, end=NOV)
+    assert computed is not None and next(line.quantity for line in computed.lines if line.meter == "llm_tokens") == 500
+
+
+@pytest.mark.django_db
+def test_daily_rollups_are_backfilled_from_hourly_ones_and_drift_is_refused(pro: Any) -> None:
+    """Migration usage.0008 fills the daily rollups of a database that had hourly ones only (an empty daily
+    table would drop whole days from invoices). A daily row whose dimension set no hourly row has is an
+    error, never a line without dimensions."""
+    import importlib
+
+    from django.apps import apps
+
+    from billing.invoicing import rows as invoice_rows
+    from billing.usage.models import DailyRollup, HourlyRollup
+    from billing.usage.rollups import rollup_check
+
+    backfill = importlib.import_module("billing.usage.migrations.0008_backfill_daily_rollup").backfill
+    accepted(send(ev("a", "2026-10-10T05:00:00Z", "300", dimensions={"model": "x"}),
+                  ev("b", "2026-10-10T07:00:00Z", "200", dimensions={"model": "x"}),
+                  ev("c", "2026-10-11T05:00:00Z", "100", meter="api_calls"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    rollup_until_current(now=datetime(2026, 10, 13, tzinfo=UTC))
+    fields = ("customer_id", "meter_id", "dims_key", "day", "total", "events", "maximum", "uniques", "latest_value")
+    maintained = sorted(DailyRollup.objects.values_list(*fields), key=repr)
+    before = invoice_compute(customer=pro, start=OCT, end=NOV)
+    DailyRollup.objects.all().delete()
+
+    class Editor:
+        connection = connection
+
+    backfill(apps, Editor())
+    assert sorted(DailyRollup.objects.values_list(*fields), key=repr) == maintained and len(maintained) == 2
+    assert rollup_check() == []
+    after = invoice_compute(customer=pro, start=OCT, end=NOV)
+    assert before is not None and after is not None and after.digest() == before.digest()
+
+    HourlyRollup.objects.filter(meter__key="llm_tokens").delete()  # drift: daily rows without their hours
+    invoice_rows._DIMENSIONS.clear()
+    with pytest.raises(invoice_rows.RollupDriftError), transaction.atomic():
+        invoice_compute(customer=pro, start=OCT, end=NOV)
