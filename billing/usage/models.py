@@ -72,7 +72,23 @@ class UsageEvent(models.Model):
         raise AppendOnlyError("Usage events are append-only: they are never deleted.")
 
 
-class HourlyRollup(models.Model):
+class Aggregates(models.Model):
+    """What every aggregation needs, as a rollup row holds it: sum (sum and count meters), event count,
+    max, the distinct ``unique_by`` values, and the latest value with its time and event id."""
+
+    total = ExactDecimalField()
+    events = models.PositiveIntegerField()
+    maximum = ExactDecimalField(null=True)
+    uniques = models.JSONField(default=list)
+    latest_value = ExactDecimalField(null=True)
+    latest_at = models.DateTimeField(null=True)
+    latest_event = models.BigIntegerField(null=True)
+
+    class Meta:
+        abstract = True
+
+
+class HourlyRollup(Aggregates):
     """Billable usage per (customer, project, meter, dimension set, hour), derived from raw events and
     always recomputable from them (``manage.py rollup --full``, ``--check``). Holds what every
     aggregation needs: sum (sum and count meters), event count, max, the distinct ``unique_by`` values,
@@ -92,13 +108,6 @@ class HourlyRollup(models.Model):
     dims_key = models.CharField(max_length=32)  # digest of the canonical dimensions
     dimensions = models.JSONField(default=dict)
     hour = models.DateTimeField()
-    total = ExactDecimalField()
-    events = models.PositiveIntegerField()
-    maximum = ExactDecimalField(null=True)
-    uniques = models.JSONField(default=list)
-    latest_value = ExactDecimalField(null=True)
-    latest_at = models.DateTimeField(null=True)
-    latest_event = models.BigIntegerField(null=True)
 
     class Meta:
         db_table = "usage_hourly_rollup"
@@ -114,7 +123,7 @@ class HourlyRollup(models.Model):
         return f"{self.customer_id}/{self.meter_id}/{self.hour:%Y-%m-%d %H}h"
 
 
-class DailyRollup(models.Model):
+class DailyRollup(Aggregates):
     """The hourly rollups summed per (customer, meter, dimension set, UTC day), across projects: what an
     invoice reads for its whole days (a month is ~30 rows per dimension set instead of ~720). Maintained
     with the hourly rows in the same transactions, recomputable and checked the same way; the dimension
@@ -126,13 +135,6 @@ class DailyRollup(models.Model):
                               db_index=False)
     dims_key = models.CharField(max_length=32)
     day = models.DateTimeField()  # 00:00 UTC
-    total = ExactDecimalField()
-    events = models.PositiveIntegerField()
-    maximum = ExactDecimalField(null=True)
-    uniques = models.JSONField(default=list)
-    latest_value = ExactDecimalField(null=True)
-    latest_at = models.DateTimeField(null=True)
-    latest_event = models.BigIntegerField(null=True)
 
     class Meta:
         db_table = "usage_daily_rollup"

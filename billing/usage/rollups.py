@@ -124,22 +124,55 @@ def _write(agg: Agg, key: Key, row: HourlyRollup | None) -> HourlyRollup:
 
 
 def _apply(fresh: dict[Key, Agg]) -> None:
-    stored = _stored(set(fresh))
+    _merge_into(HourlyRollup, fresh, _stored(set(fresh)), _write)
+    daily = _daily(fresh)
+    if daily:
+        days = {k[3] for k in daily}
+        stored = {(r.customer_id, r.meter_id, r.dims_key, r.day): r for r in DailyRollup.objects.filter(
+            customer_id__in={k[0] for k in daily}, day__gte=min(days), day__lte=max(days))}
+        _merge_into(DailyRollup, daily, stored, _write_daily)
+
+
+def _merge_into(model: type[Any], fresh: dict[Any, Agg], stored: dict[Any, Any], write: Any) -> None:
+    """Merge ``fresh`` aggregates into the ``stored`` rows of their keys (new rows for the others)."""
     creates, updates = [], []
     for key, agg in fresh.items():
         row = stored.get(key)
         if row is not None:
             merged = _as_agg(row)
             merged.merge(agg)
-            updates.append(_write(merged, key, row))
+            updates.append(write(merged, key, row))
         else:
-            creates.append(_write(agg, key, None))
-    HourlyRollup.objects.bulk_create(creates, batch_size=2000)
-    HourlyRollup.objects.bulk_update(updates, AGG_FIELDS, batch_size=2000)
-    _apply_daily(_daily(fresh))
+            creates.append(write(agg, key, None))
+    model.objects.bulk_create(creates, batch_size=2000)
+    _update_aggregates(model, updates)
 
 
 AGG_FIELDS = ["total", "events", "maximum", "uniques", "latest_value", "latest_at", "latest_event"]
+
+# On PostgreSQL one UPDATE ... FROM unnest(arrays) per batch: Django's bulk_update writes a CASE WHEN per
+# column with a branch per row (each row evaluates up to all of them), 24 s for the ~10,000 daily rows an
+# hour of 13,495 events touches across 1,000 customers
+UPDATE_SQL = """
+UPDATE {table} t SET total = v.total, events = v.events, maximum = v.maximum, uniques = v.uniques::jsonb,
+       latest_value = v.latest_value, latest_at = v.latest_at, latest_event = v.latest_event
+FROM unnest(%s::bigint[], %s::numeric[], %s::bigint[], %s::numeric[], %s::text[], %s::numeric[], %s::timestamptz[],
+            %s::bigint[]) AS v(id, total, events, maximum, uniques, latest_value, latest_at, latest_event)
+WHERE t.id = v.id
+"""
+
+
+def _update_aggregates(model: type[Any], rows: list[Any]) -> None:
+    if connection.vendor != "postgresql":
+        model.objects.bulk_update(rows, AGG_FIELDS, batch_size=2000)
+        return
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), 10_000):
+            batch = rows[start:start + 10_000]
+            cursor.execute(UPDATE_SQL.format(table=model._meta.db_table), [
+                [r.pk for r in batch], [r.total for r in batch], [r.events for r in batch], [r.maximum for r in batch],
+                [json.dumps(r.uniques) for r in batch], [r.latest_value for r in batch], [r.latest_at for r in batch],
+                [r.latest_event for r in batch]])
 
 
 def _day(moment: datetime) -> datetime:
@@ -163,25 +196,6 @@ def _write_daily(agg: Agg, key: DayKey, row: DailyRollup | None) -> DailyRollup:
     if agg.latest is not None:
         row.latest_at, row.latest_event, row.latest_value = agg.latest
     return row
-
-
-def _apply_daily(fresh: dict[DayKey, Agg]) -> None:
-    if not fresh:
-        return
-    days = {k[3] for k in fresh}
-    stored = {(r.customer_id, r.meter_id, r.dims_key, r.day): r for r in DailyRollup.objects.filter(
-        customer_id__in={k[0] for k in fresh}, day__gte=min(days), day__lte=max(days))}
-    creates, updates = [], []
-    for key, agg in fresh.items():
-        row = stored.get(key)
-        if row is not None:
-            merged = _as_agg(row)
-            merged.merge(agg)
-            updates.append(_write_daily(merged, key, row))
-        else:
-            creates.append(_write_daily(agg, key, None))
-    DailyRollup.objects.bulk_create(creates, batch_size=2000)
-    DailyRollup.objects.bulk_update(updates, AGG_FIELDS, batch_size=2000)
 
 
 def rollup_incremental(*, now: datetime, chunk: int = CHUNK) -> int:
