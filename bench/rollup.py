@@ -13,7 +13,8 @@ Measured in the same run, alternating, ``--repeat`` times each:
   - ``rollup_full(now=...)``: the production rebuild (one ``INSERT ... SELECT ... GROUP BY``).
 Then ``--hours`` times: COPY one more hour of events (N / hours-in-the-load; 1 in 20 of them late, with
 usage in the hour before) and time ``rollup_until_current(now=...)``. Then ``invoice_draft_refresh`` for
-every customer, twice (the first pass creates the drafts, the second refreshes them), timed per call.
+every customer, twice (the first pass creates the drafts; the second finds nothing new, so it computes
+each invoice and writes nothing), timed per call.
 
 Prints a JSON summary and writes it to bench/results/rollup-<UTC timestamp>.json. Every loop is
 bounded; PostgreSQL is stopped and its files removed at the end, also on error or SIGTERM.
