@@ -169,9 +169,6 @@ def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
         return None
     start, end = period_of(now)
     parts = period_parts(customer=customer, start=start, end=end)
-    if len(parts) <= 1:
-        segments = subscription_segments(subscription=subscription, start=start, end=end)
-        return price_period(customer=customer, plan=subscription.plan, start=start, end=end, segments=segments)
     rows, _ = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts))
     estimates = price_parts(customer=customer, parts=parts, start=start, end=end, rows=rows)
     return Estimate(customer.external_id, subscription.plan.key, subscription.plan.currency, start, end,

@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from billing.catalog.models import Meter
 from billing.customers.models import Customer
 from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.rollups import day_of
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -39,10 +40,6 @@ class Row:
 
 def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def _day(moment: datetime) -> datetime:
-    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def meters_by_pk() -> dict[int, Meter]:
@@ -189,8 +186,8 @@ def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[dat
     """Whole-hour ranges as (hour ranges, whole-day ranges): each range's whole UTC days go to the second."""
     hours, days = [], []
     for a, b in ranges:
-        first = a if a == _day(a) else _day(a) + DAY
-        last = _day(b)
+        first = a if a == day_of(a) else day_of(a) + DAY
+        last = day_of(b)
         if first < last:
             days.append((first, last))
             hours += [(x, y) for x, y in ((a, first), (last, b)) if x < y]

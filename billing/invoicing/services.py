@@ -54,7 +54,7 @@ def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: 
         return invoices.get()
 
 
-def _write(invoice: Invoice, computed: Computed) -> None:
+def _write(invoice: Invoice, computed: Computed, digest: str | None = None) -> None:
     """Replace a draft's lines and figures with ``computed`` (the invoice row is locked by the caller)."""
     InvoiceLine.objects.filter(invoice=invoice).delete()
     InvoiceLine.objects.bulk_create([
@@ -70,7 +70,7 @@ def _write(invoice: Invoice, computed: Computed) -> None:
     invoice.total_minor = computed.total_minor
     invoice.versions = computed.versions
     invoice.rollup_watermark = computed.watermark
-    invoice.lines_digest = computed.digest()
+    invoice.lines_digest = digest or computed.digest()
 
 
 @transaction.atomic
@@ -82,9 +82,10 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
     if computed is None:
         return None
     invoice = _draft_for(customer=customer, start=start, end=end, currency=computed.currency, lock=True)
-    if invoice.status != Invoice.Status.DRAFT or invoice.lines_digest == computed.digest():
+    digest = computed.digest()
+    if invoice.status != Invoice.Status.DRAFT or invoice.lines_digest == digest:
         return invoice  # final, or nothing changed since the last refresh: no write
-    _write(invoice, computed)
+    _write(invoice, computed, digest)
     invoice.save()
     return invoice
 

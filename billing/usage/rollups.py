@@ -175,7 +175,8 @@ def _update_aggregates(model: type[Any], rows: list[Any]) -> None:
                 [r.latest_event for r in batch]])
 
 
-def _day(moment: datetime) -> datetime:
+def day_of(moment: datetime) -> datetime:
+    """The UTC day (00:00) holding ``moment`` (a UTC datetime): the daily rollups' key."""
     return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
@@ -183,7 +184,7 @@ def _daily(hourly: dict[Key, Agg]) -> dict[DayKey, Agg]:
     """Hourly aggregates summed per (customer, meter, dims_key, UTC day), across projects."""
     out: dict[DayKey, Agg] = {}
     for (customer_id, _slot, meter_id, key, hour), agg in hourly.items():
-        day_key = (customer_id, meter_id, key, _day(hour))
+        day_key = (customer_id, meter_id, key, day_of(hour))
         if day_key not in out:
             out[day_key] = Agg(None, agg.dimensions)
         out[day_key].merge(agg)
