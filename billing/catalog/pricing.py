@@ -17,7 +17,7 @@ Results are exact Decimals; nothing here rounds (billing.catalog.money does, onc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal, localcontext
+from decimal import ROUND_CEILING, Context, Decimal, localcontext
 
 ZERO = Decimal(0)
 MODELS = ("per_unit", "graduated", "volume", "package", "flat_overage")
@@ -59,6 +59,29 @@ def price(quantity: Decimal, spec: ChargeSpec) -> Priced:
     # plus a markup; 80 keeps every product and quotient here exact.
     with localcontext(prec=80):
         return _price(quantity, spec)
+
+
+_EXACT = Context(prec=80)
+
+
+def marginal(before: Decimal, quantity: Decimal, spec: ChargeSpec) -> Decimal:
+    """``price(before + quantity) - price(before)``, exactly: what ``quantity`` more costs after ``before``
+    units this period. Per unit, and graduated within the tier ``before`` is already in, it is one
+    multiplication (limited ingest prices every event this way); otherwise the difference of prices."""
+    if quantity > ZERO:
+        if spec.model == "per_unit":
+            return _EXACT.multiply(quantity, spec.unit_price)
+        if spec.model == "graduated" and before > ZERO:
+            lower = ZERO
+            for tier in spec.tiers:
+                if tier.up_to is None or before <= tier.up_to:
+                    # ``before`` is in this tier, past its lower bound: the tier (and its flat price) is reached
+                    if before > lower and (tier.up_to is None or before + quantity <= tier.up_to):
+                        return _EXACT.multiply(quantity, tier.unit_price)
+                    break
+                lower = tier.up_to
+    with localcontext(prec=80):
+        return _price(before + quantity, spec).amount - _price(before, spec).amount
 
 
 def _price(quantity: Decimal, spec: ChargeSpec) -> Priced:

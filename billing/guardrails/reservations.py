@@ -60,7 +60,7 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
     if found is None:
         return [], [], []
     sub, version = found
-    definition, currency, period = version.definition, sub.plan.currency, acc.period_key(now)
+    definition, currency, period = version.definition, sub.currency, acc.period_key(now)
     ids = acc.Ids(customer.pk)
     ledger = get_ledger()
     hard = next((Decimal(lim["hard"]) for lim in definition.get("limits", [])

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from billing.catalog.models import Meter, Subscription
@@ -27,6 +27,7 @@ from billing.customers.models import Customer, Project
 from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event, fingerprint
 from billing.usage.models import UsageEvent
+from ledger.backends import get_ledger
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
 
@@ -115,22 +116,31 @@ def events_ingest(
         rows.append(row)
 
     if late:
-        stored = _stored_fingerprints(late)
+        stored = _stored_rows(late)
         for row in late:
             key = (row.customer_pk, row.event.event_id)
-            results[row.index] = _compare(row.event.event_id, stored[key], row.fingerprint) if key in stored else (
+            results[row.index] = _compare(row.event.event_id, stored[key][0], row.fingerprint) if key in stored else (
                 IngestResult(row.event.event_id, REJECTED, EventError(
                     422, "period_closed",
                     f"The billing period holding {row.usage_at.isoformat()} is closed and invoiced; "
                     "send a correction dated in the open period instead.", {"timestamp": ["Period closed."]})))
     subscribed = {c.pk for c in lookups.customers.values() if c.subscribed}
-    if reservation is not None or any(r.customer_pk in subscribed for r in rows):
-        _enforce_limits([r for r in rows if r.customer_pk in subscribed], reservation, now)
+    limited = [r for r in rows if r.customer_pk in subscribed]
+    # A ledger in the same database is debited in the insert's own transaction (one transfer per account
+    # and batch); any other ledger, or the settling of a reservation, first and per event (ids from events).
+    together = bool(limited) and reservation is None and get_ledger().shares_database
+    if not together and (reservation is not None or limited):
+        _enforce_limits(limited, reservation, now)
     if rows:
-        # One INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
-        inserted = _insert_rows(rows, received_at=now)
+        # Otherwise one INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
+        inserted = _insert_debited(rows, limited, now) if together else _insert_rows(rows, received_at=now)
         # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
-        winner = _stored_fingerprints([r for r in rows if (r.customer_pk, r.event.event_id) not in inserted])
+        winner: dict[tuple[int, str], str] = {}
+        for key, (fp, billable, reason) in _stored_rows([r for r in rows if (r.customer_pk, r.event.event_id)
+                                                          not in inserted]).items():
+            winner[key] = fp
+            if together and not billable and reason.startswith("rejected_") and key in in_batch:
+                in_batch[key].refusal = _refused_before(reason)  # a retry of a refused event stays refused
         for row in rows:
             key = (row.customer_pk, row.event.event_id)
             if key in inserted:
@@ -161,7 +171,7 @@ def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
     round trip); mark refused events not billable, with reason ``rejected_<code>``. When the batch
     settles a reservation, its holds are closed first in the same ledger batch and the events' quota is
     debited only beyond what the reservation held (billing.guardrails.reservations)."""
-    from billing.guardrails.enforcement import Coverage, EventUsage, enforce
+    from billing.guardrails.enforcement import Coverage, enforce
 
     prefix: list[Any] = []
     coverage = None
@@ -178,13 +188,10 @@ def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
     for row in rows:
         outcome = stored.get((row.customer_pk, row.event.event_id))
         if outcome is not None and outcome.startswith("rejected_"):
-            code = outcome.removeprefix("rejected_")
-            row.refusal = EventError(402, code, "This event was refused when first sent; a retry stays refused.")
+            row.refusal = _refused_before(outcome)
     usages = [
-        EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
-                   quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions,
-                   coverage=coverage if reservation is not None and r.customer_pk == reservation.customer_id
-                   and r.meter_pk == reservation.meter_id else None)
+        _usage(r, coverage if reservation is not None and r.customer_pk == reservation.customer_id
+               and r.meter_pk == reservation.meter_id else None)
         for r in rows if r.event.billable and (r.customer_pk, r.event.event_id) not in stored
     ]
     refusals = enforce(usages, prefix=prefix)
@@ -192,6 +199,75 @@ def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
         from billing.guardrails.reservations import refund_refused_coverage
 
         refund_refused_coverage(reservation, sum((u.covered_quantity for u in usages if u.key in refusals), Decimal(0)))
+    _apply_refusals(rows, refusals)
+
+
+class _Refused(Exception):
+    """The optimistic pass of _insert_debited found an event over a limit: roll back and decide first."""
+
+
+def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime) -> set[tuple[int, str]]:
+    """Insert the batch and debit its limited events in one transaction (a ledger that shares the
+    database: billing.guardrails.enforcement.BatchDebit). Returns the keys inserted.
+
+    First optimistically: insert, then lock the customer's accounts and decide for the events actually
+    inserted, so that one customer's concurrent batches serialise only on the decision and the few
+    ledger rows, not on the insert. Raw events are append-only, so a refused event cannot be marked
+    after its insert: when an event is refused the transaction is rolled back and the batch runs again
+    deciding first: lock, read which ids are stored (a retry is never debited again), decide, insert
+    the refused events as not billable, debit what was inserted. A deadlock (two batches inserting the
+    same new ids in another order, or one waiting on the other's id while holding the accounts) is
+    retried: PostgreSQL rolls one back, and nothing of it was kept."""
+    from billing.guardrails.enforcement import BatchDebit
+
+    before = [(r.billable, r.reason) for r in limited]
+    for attempt in range(4):
+        try:
+            return _insert_debited_once(rows, limited, now, BatchDebit)
+        except OperationalError as error:
+            if attempt == 3 or getattr(error.__cause__, "sqlstate", None) != "40P01":
+                raise
+            for row, (billable, reason) in zip(limited, before, strict=True):  # decided again
+                row.billable, row.reason, row.refusal = billable, reason, None
+    raise AssertionError("unreachable")
+
+
+def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, batch_debit: Any) -> set[tuple[int, str]]:
+    try:
+        with transaction.atomic():
+            inserted = _insert_rows(rows, received_at=now)
+            debit = batch_debit([_usage(r) for r in limited if r.event.billable
+                                 and (r.customer_pk, r.event.event_id) in inserted])
+            if debit.decide():
+                raise _Refused
+            debit.write()
+            return inserted
+    except _Refused:
+        pass
+    with transaction.atomic():
+        debit = batch_debit([_usage(r) for r in limited if r.event.billable])
+        stored = set(_stored_rows(limited))
+        _apply_refusals(limited, debit.decide(skip={r.index for r in limited
+                                                    if (r.customer_pk, r.event.event_id) in stored}))
+        inserted = _insert_rows(rows, received_at=now)
+        by_index = {r.index: (r.customer_pk, r.event.event_id) for r in limited}
+        debit.write(stored=lambda index: by_index[index] in inserted)
+        return inserted
+
+
+def _usage(r: _Row, coverage: Any = None) -> Any:
+    from billing.guardrails.enforcement import EventUsage
+
+    return EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
+                      quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions, coverage=coverage)
+
+
+def _refused_before(reason: str) -> EventError:
+    return EventError(402, reason.removeprefix("rejected_"), "This event was refused when first sent; a retry stays refused.")
+
+
+def _apply_refusals(rows: list[_Row], refusals: dict[Any, Any]) -> None:
+    """Mark refused rows not billable (reason ``rejected_<code>``), with their 402 (or 409) answer."""
     for row in rows:
         refusal = refusals.get(row.index)
         if refusal is None:
@@ -433,14 +509,13 @@ def _stored_columns(customer_pk: int, event_ids: list[str], columns: str) -> lis
         return cursor.fetchall()
 
 
-def _stored_fingerprints(rows: list[_Row]) -> dict[tuple[int, str], str]:
+def _stored_rows(rows: list[_Row]) -> dict[tuple[int, str], tuple[str, bool, str]]:
+    """(customer, event_id) -> stored (fingerprint, billable, reason) for the rows already in the table."""
     by_customer: dict[int, list[str]] = {}
     for r in rows:
         by_customer.setdefault(r.customer_pk, []).append(r.event.event_id)
-    stored: dict[tuple[int, str], str] = {}
+    stored: dict[tuple[int, str], tuple[str, bool, str]] = {}
     for customer_pk, event_ids in by_customer.items():
-        for event_id, fp in UsageEvent.objects.filter(customer_id=customer_pk, event_id__in=event_ids).values_list(
-            "event_id", "fingerprint"
-        ):
-            stored[(customer_pk, event_id)] = fp
+        for event_id, fp, billable, reason in _stored_columns(customer_pk, event_ids, "fingerprint, billable, reason"):
+            stored[(customer_pk, event_id)] = (fp, billable, reason)
     return stored

@@ -15,6 +15,9 @@ class LedgerUnavailable(Exception):
 
 class LedgerBackend(ABC):
     name: str = ""
+    # True when the ledger lives in the Django database, so that a caller can debit it in the same
+    # transaction as its own writes (lock_accounts, then create_transfers, then commit both or neither).
+    shares_database: bool = False
 
     @abstractmethod
     def create_accounts(self, accounts: Sequence[Account]) -> list[Status]:
@@ -37,6 +40,12 @@ class LedgerBackend(ABC):
                           user_data_32: int = 0) -> list[Transfer]:
         """The account's transfers, oldest first (its history); ``code``/``user_data_32`` filter when non-zero
         (TigerBeetle's AccountFilter semantics)."""
+
+    def lock_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
+        """Found accounts by id, locked until the caller's database transaction ends (expired pending
+        transfers released first). Only for a backend that ``shares_database``; call it inside
+        ``transaction.atomic()``."""
+        raise NotImplementedError(f"the {self.name} ledger does not share the database")
 
     def expire_pending(self) -> int:
         """Release pending transfers whose timeout has passed; returns how many. TigerBeetle does this

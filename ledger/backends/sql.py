@@ -71,7 +71,7 @@ def _account(row: LedgerAccount) -> Account:
                    credits_pending=row.credits_pending, credits_posted=row.credits_posted, timestamp=row.timestamp)
 
 
-def _transfer(row: LedgerTransfer) -> Transfer:
+def _transfer(row: LedgerTransfer | NewTransfer) -> Transfer:
     return Transfer(id=row.id, debit_account_id=row.debit_account_id, credit_account_id=row.credit_account_id,
                     amount=row.amount, ledger=row.ledger, code=row.code, flags=TransferFlags(row.flags),
                     pending_id=row.pending_id, timeout=row.timeout, user_data_128=row.user_data_128,
@@ -84,9 +84,15 @@ def _locked(qs):
 
 class SqlLedger(LedgerBackend):
     name = "sql"
+    shares_database = True
 
     # --- accounts ---------------------------------------------------------------------------------
     def create_accounts(self, accounts: Sequence[Account]) -> list[Status]:
+        if connection.vendor == "postgresql" and accounts and all(a.id and a.ledger and a.code for a in accounts):
+            # the common case, every account already there: one plain read, no transaction
+            stored = {a.id: a for a in self._accounts([a.id for a in accounts], lock=False)}
+            if all(_same_account(stored.get(a.id), a) for a in accounts):
+                return [Status.EXISTS] * len(accounts)
         with transaction.atomic():
             existing = {a.id: a for a in LedgerAccount.objects.filter(pk__in=[a.id for a in accounts])}
             statuses: list[Status] = []
@@ -125,9 +131,33 @@ class SqlLedger(LedgerBackend):
 
     def lookup_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
         self.expire_pending()
-        return {row.id: _account(row) for row in LedgerAccount.objects.filter(pk__in=list(ids))}
+        return {a.id: a for a in self._accounts(ids, lock=False)}
+
+    def lock_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
+        if not connection.in_atomic_block:
+            raise RuntimeError("lock_accounts holds its locks until the caller's transaction ends: call it in one")
+        self.expire_pending()
+        return {a.id: a for a in self._accounts(ids, lock=True)}
+
+    @staticmethod
+    def _accounts(ids: Sequence[int], *, lock: bool) -> list[Account]:
+        """The accounts found, in ascending id order; locked FOR UPDATE when ``lock`` (PostgreSQL: one plain
+        statement, as every limited ingest batch reads its customer's accounts)."""
+        ids = sorted(set(ids))
+        if not ids:
+            return []
+        if connection.vendor != "postgresql":
+            rows = LedgerAccount.objects.filter(pk__in=ids).order_by("pk")
+            return [_account(row) for row in (_locked(rows) if lock else rows)]
+        return [Account(id=pk, ledger=ledger, code=code, flags=AccountFlags(flags), user_data_128=ud128,
+                        user_data_64=ud64, user_data_32=ud32, debits_pending=dp, debits_posted=dpo,
+                        credits_pending=cp, credits_posted=cpo, timestamp=ts)
+                for (pk, ledger, code, flags, ud128, ud64, ud32, dp, dpo, cp, cpo, ts)
+                in _account_rows(ids, _ACCOUNT_COLUMNS, lock=lock)]
 
     def lookup_transfers(self, ids: Sequence[int]) -> dict[int, Transfer]:
+        if connection.vendor == "postgresql":
+            return {row.id: _transfer(row) for row in _transfers_by_id(list(ids)).values()}
         return {row.id: _transfer(row) for row in LedgerTransfer.objects.filter(pk__in=list(ids))}
 
     def account_transfers(self, account_id: int, limit: int = 100, *, code: int = 0,
@@ -148,7 +178,10 @@ class SqlLedger(LedgerBackend):
     # --- expiry -------------------------------------------------------------------------------------
     def expire_pending(self) -> int:
         now = time.time_ns()
-        due = list(LedgerTransfer.objects.filter(state=State.PENDING, expires_at__lte=now).values_list("pk", flat=True))
+        with connection.cursor() as cursor:  # a plain statement: every write and lookup runs it first
+            cursor.execute("SELECT id FROM ledger_transfer WHERE state = %s AND expires_at <= %s",
+                           [int(State.PENDING), now])
+            due = [int(pk) for (pk,) in cursor.fetchall()]
         if not due:
             return 0
         expired = 0
@@ -592,8 +625,29 @@ def _lock_accounts(ids: list[int]) -> dict[int, _Acc]:
     transaction already holds the database write lock."""
     if not ids:
         return {}
-    rows = _locked(LedgerAccount.objects.filter(pk__in=ids)).values_list("id", "ledger", "flags", *_BALANCES)
-    return {row[0]: _Acc(*row) for row in rows}
+    if connection.vendor != "postgresql":
+        rows = _locked(LedgerAccount.objects.filter(pk__in=ids)).values_list("id", "ledger", "flags", *_BALANCES)
+        return {row[0]: _Acc(*row) for row in rows}
+    return {pk: _Acc(pk, ledger, flags, dp, dpo, cp, cpo) for pk, ledger, flags, dp, dpo, cp, cpo
+            in _account_rows(ids, ("id", "ledger", "flags", *_BALANCES), lock=True)}
+
+
+_ACCOUNT_COLUMNS = ("id", "ledger", "code", "flags", "user_data_128", "user_data_64", "user_data_32", *_BALANCES, "timestamp")
+
+
+def _account_rows(ids: Sequence[int], columns: Sequence[str], *, lock: bool) -> list[tuple[int, ...]]:
+    """PostgreSQL: ``columns`` of the accounts in ascending id order, as ints; locked FOR UPDATE in that
+    order when ``lock``."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(columns)} FROM ledger_account WHERE id {_ANY_IDS} ORDER BY id"  # noqa: S608
+                       + (" FOR UPDATE" if lock else ""), [_joined(sorted(ids))])
+        return [tuple(int(v) for v in row) for row in cursor.fetchall()]
+
+
+def _same_account(stored: Account | None, wanted: Account) -> bool:
+    return stored is not None and (stored.flags, stored.ledger, stored.code, stored.user_data_128, stored.user_data_64,
+                                   stored.user_data_32) == (wanted.flags, wanted.ledger, wanted.code,
+                                                            wanted.user_data_128, wanted.user_data_64, wanted.user_data_32)
 
 
 def _save_accounts(accounts: list[_Acc]) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.catalog import money
-from billing.catalog.pricing import ChargeSpec, Tier, price, with_markup
+from billing.catalog.pricing import ChargeSpec, Tier, marginal, price, with_markup
 
 TIERS = (Tier(D(10000), D("0.002"), D(0)), Tier(D(100000), D("0.0015"), D(5)), Tier(None, D("0.001")))
 GRADUATED = ChargeSpec("graduated", tiers=TIERS)
@@ -131,3 +131,21 @@ def test_graduated_equals_the_sum_of_its_tiers(tiers, q):
 
     assert priced.amount == sum((amount for _, _, amount in priced.tiers_used), D(0))
     assert sum((units for _, units, _ in priced.tiers_used), D(0)) == q
+
+
+small = st.decimals(min_value=0, max_value=2 * 10**9, places=6, allow_nan=False, allow_infinity=False)
+
+
+@given(tiers=tier_tables(), before=small, more=small, model=st.sampled_from(["graduated", "per_unit", "volume"]))
+def test_marginal_is_exactly_the_difference_of_prices(tiers, before, more, model):
+    # the fast paths (per unit; graduated inside the tier already reached) and the general one agree
+    spec = ChargeSpec(model, unit_price=tiers[0].unit_price, tiers=tiers)
+
+    assert marginal(before, more, spec) == price(before + more, spec).amount - price(before, spec).amount
+
+
+def test_marginal_inside_a_tier_and_across_its_end():
+    spec = ChargeSpec("graduated", tiers=(Tier(D(100), D("0.01"), D(5)), Tier(None, D("0.001"))))
+    assert marginal(D(0), D(10), spec) == D("5.10")  # the first unit reaches the tier: its flat price too
+    assert marginal(D(10), D(90), spec) == D("0.90")  # inside the tier, up to its inclusive end
+    assert marginal(D(90), D(30), spec) == D("0.10") + D("0.020")  # across the end

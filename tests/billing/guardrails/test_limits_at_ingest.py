@@ -24,6 +24,19 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 AT = datetime.now(timezone.utc) - timedelta(seconds=5)  # one instant: a retried body is the same body
 
 
+@pytest.fixture(autouse=True, params=["together", "per_event"])
+def debit_mode(request, monkeypatch) -> str:
+    """Every test in both ways ingest debits the ledger: in the event insert's transaction, one transfer per
+    account and batch (a ledger sharing the database: the SQL backend), and before the insert, one linked
+    chain per event with ids derived from the event (TigerBeetle; here the SQL backend made to look
+    separate)."""
+    from ledger.backends.sql import SqlLedger
+
+    if request.param == "per_event":
+        monkeypatch.setattr(SqlLedger, "shares_database", False)
+    return request.param
+
+
 def catalog(hard: str | None = None, cap: str | None = None, price: str = "0.01") -> str:
     limits = f"\n    limits:\n      - {{meter: llm_tokens, soft: \"80%\", hard: {hard}}}" if hard else ""
     spend = f"\n    spend_cap: \"{cap}\"" if cap else ""
@@ -216,7 +229,8 @@ plans:
 
 
 @pytest.mark.django_db
-def test_each_event_debits_one_linked_chain_with_ids_derived_from_the_event(acme):
+@pytest.mark.parametrize("debit_mode", ["per_event"], indirect=True)
+def test_each_event_debits_one_linked_chain_with_ids_derived_from_the_event(acme, debit_mode):
     # given a graduated price, a hard limit, a spend cap and prepaid credits
     from billing.guardrails import accounts as acc
     from ledger.backends import get_ledger
@@ -256,3 +270,76 @@ def test_each_event_debits_one_linked_chain_with_ids_derived_from_the_event(acme
                 debit, acc.operator_account(operator, ledger).id, ledger, amount)
             assert (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32) == (acme.pk, meter.pk, period)
             assert bool(transfer.flags & TransferFlags.LINKED) == (position < 3)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
+def test_a_batch_debits_one_transfer_per_account_in_the_insert_transaction(acme, debit_mode, admin):
+    # given a graduated price, a hard limit, a spend cap and prepaid credits, on the SQL ledger
+    from billing.guardrails import accounts as acc
+    from ledger.backends import get_ledger
+    from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
+    from ledger.ids import derive
+
+    subscribe(acme, GRADUATED)
+    credits_grant(customer=acme, amount=Decimal("50"), currency="USD", idempotency_key="k")
+    meter = Meter.objects.get(key="llm_tokens")
+
+    # when two events cross the first tier's end (90 at 0.01 = 0.9, then 10 at 0.01 + 20 at 0.001 = 0.12),
+    # and the same batch is sent again
+    batch = [body("a", "90"), body("b", "30")]
+    first = events_ingest(principal=ADMIN, raw_events=batch)
+    again = events_ingest(principal=ADMIN, raw_events=batch)
+
+    # then one transfer per account holds the batch, its id derived from the batch's first event
+    assert [r.status for r in first] == ["accepted", "accepted"] and [r.status for r in again] == ["duplicate"] * 2
+    period = acc.period_key(AT)
+    ids = acc.Ids(acme.pk)
+    usd, units = currency_ledger("USD"), unit_ledger(meter.pk)
+    cost = acc.money_units_ceil(Decimal("0.9")) + acc.money_units_ceil(Decimal("0.12"))
+    wanted = {
+        (ids.counter(meter.pk, "|", period), TransferCode.USAGE_COUNTER): (AccountCode.OPERATOR_COUNTER, units,
+                                                                           acc.qty_units(Decimal(120))),
+        (ids.quota(meter.pk, period), TransferCode.USAGE_QUOTA): (AccountCode.OPERATOR_QUOTA, units,
+                                                                  acc.qty_units(Decimal(120))),
+        (ids.spend("USD", period), TransferCode.USAGE_SPEND): (AccountCode.OPERATOR_SPEND, usd, cost),
+        (ids.wallet("USD"), TransferCode.USAGE_CREDITS): (AccountCode.OPERATOR_REVENUE, usd, cost),
+    }
+    for (debit, code), (operator, ledger, amount) in wanted.items():
+        history = [t for t in get_ledger().account_transfers(debit) if t.code == code]
+        assert len(history) == 1, (code, history)
+        transfer = history[0]
+        assert transfer.id == derive("usage-batch", int(code), debit, acme.pk, "a")
+        assert (transfer.credit_account_id, transfer.ledger, transfer.amount) == (
+            acc.operator_account(operator, ledger).id, ledger, amount)
+        assert (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32) == (acme.pk, meter.pk, period)
+    # and no per-event transfer exists
+    assert not get_ledger().lookup_transfers([derive("usage-quota", acme.pk, "a"), derive("usage-quota", acme.pk, "b")])
+    balance = admin.get("/api/v1/customers/acme-co/balance").json()
+    assert balance["quotas"][0]["used"] == "120"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
+def test_a_failed_insert_rolls_the_batch_debit_back(acme, debit_mode, monkeypatch):
+    # given a hard limit of 10
+    from billing.guardrails.enforcement import BatchDebit
+
+    subscribe(acme, catalog(hard="10"))
+    real_write = BatchDebit.write
+
+    def write_then_fail(self, *args, **kwargs):
+        real_write(self, *args, **kwargs)
+        raise RuntimeError("connection lost before the commit")
+
+    # when the first attempt dies after its insert and its ledger debit, before the commit, and is retried
+    monkeypatch.setattr(BatchDebit, "write", write_then_fail)
+    with pytest.raises(RuntimeError):
+        events_ingest(principal=ADMIN, raw_events=[body("a", "6")])
+    monkeypatch.setattr(BatchDebit, "write", real_write)
+    retry = events_ingest(principal=ADMIN, raw_events=[body("a", "6"), body("b", "6")])
+
+    # then nothing of the failed attempt was kept: a is accepted once, b does not fit in what is left
+    assert [r.status for r in retry] == ["accepted", "rejected"]
+    assert retry[1].error.code == "quota_exceeded" and retry[1].error.extra["remaining"] == "4"
+    assert UsageEvent.objects.filter(event_id="a", billable=True).count() == 1
