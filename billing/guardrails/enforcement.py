@@ -415,15 +415,16 @@ class BatchDebit:
         self.available = {i: locked[i].available for i in self.bounded}
         self.cumulative = {i: locked[i].debits_posted for i in self.prepared.counters}
 
-    def decide(self, skip: set[Any] | frozenset[Any] = frozenset()) -> dict[Any, Refusal]:
+    def decide(self, skip: set[Any] | None = None) -> dict[Any, Refusal]:
         """Decide every event in order (but those whose key is in ``skip``); return the refused ones.
 
-        Amounts are never negative, so when the whole batch fits every account, every event fits in
-        turn: the events are priced in order and summed, and only a batch that does not fit (or one
-        whose events may not all be stored) is decided event by event."""
+        Without ``skip`` the caller has stored every event already (the optimistic pass): amounts are
+        never negative, so when the whole batch fits every account, every event fits in turn, and the
+        events are only priced in order and summed. Otherwise (a batch that does not fit, or events that
+        may yet turn out stored by another request) they are decided one by one."""
         if self.prepared is None:
             return {}
-        if not skip:
+        if skip is None:
             sums = self._sums()
             needed: dict[int, int] = defaultdict(int)
             for (account_id, code, *_), (amount, _first) in sums.items():
@@ -432,7 +433,7 @@ class BatchDebit:
             if all(amount <= self.available[account_id] for account_id, amount in needed.items()):
                 self.sums = sums
                 return {}
-        return self._one_by_one(skip)
+        return self._one_by_one(skip or set())
 
     def _sums(self) -> dict[tuple[int, int, int, int, int], list[Any]]:
         """The batch's amounts per (account, code, ledger, meter, period), all events accepted."""
@@ -471,7 +472,7 @@ class BatchDebit:
                                 [0, first])[0] += cost_total
         return sums
 
-    def _one_by_one(self, skip: set[Any] | frozenset[Any]) -> dict[Any, Refusal]:
+    def _one_by_one(self, skip: set[Any]) -> dict[Any, Refusal]:
         assert self.prepared is not None
         available, cumulative = self.available, self.cumulative
         refused: dict[Any, tuple[str, int, str, str]] = {}  # key -> (leg, account id, unit, meter key)

@@ -10,11 +10,11 @@ interleaving. The insert is committed before the caller answers (durable before 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from django.conf import settings
@@ -30,6 +30,7 @@ from billing.usage.models import UsageEvent
 from ledger.backends import get_ledger
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -133,7 +134,8 @@ def events_ingest(
         _enforce_limits(limited, reservation, now)
     if rows:
         # Otherwise one INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
-        inserted = _insert_debited(rows, limited, now) if together else _insert_rows(rows, received_at=now)
+        inserted = _insert_debited(rows, limited, now) if together else _retrying_deadlocks(
+            lambda: _insert_rows(rows, received_at=now))
         # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
         winner: dict[tuple[int, str], str] = {}
         for key, (fp, billable, reason) in _stored_rows([r for r in rows if (r.customer_pk, r.event.event_id)
@@ -221,14 +223,26 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime) -> set
     from billing.guardrails.enforcement import BatchDebit
 
     before = [(r.billable, r.reason) for r in limited]
+
+    def attempt() -> set[tuple[int, str]]:
+        for row, (billable, reason) in zip(limited, before, strict=True):  # decided afresh each time
+            row.billable, row.reason, row.refusal = billable, reason, None
+        return _insert_debited_once(rows, limited, now, BatchDebit)
+
+    return _retrying_deadlocks(attempt)
+
+
+def _retrying_deadlocks(write: Callable[[], T]) -> T:
+    """``write()``, again when PostgreSQL rolled it back to break a deadlock. Two batches that insert
+    some of the same new ids in different orders wait on each other's unique-index entries (a client
+    retrying a batch while the first attempt is still in flight); one of them is rolled back whole, so
+    running it again is safe, and its ON CONFLICT then sees the other's rows."""
     for attempt in range(4):
         try:
-            return _insert_debited_once(rows, limited, now, BatchDebit)
+            return write()
         except OperationalError as error:
             if attempt == 3 or getattr(error.__cause__, "sqlstate", None) != "40P01":
                 raise
-            for row, (billable, reason) in zip(limited, before, strict=True):  # decided again
-                row.billable, row.reason, row.refusal = billable, reason, None
     raise AssertionError("unreachable")
 
 

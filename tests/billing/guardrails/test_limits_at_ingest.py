@@ -343,3 +343,32 @@ def test_a_failed_insert_rolls_the_batch_debit_back(acme, debit_mode, monkeypatc
     assert [r.status for r in retry] == ["accepted", "rejected"]
     assert retry[1].error.code == "quota_exceeded" and retry[1].error.extra["remaining"] == "4"
     assert UsageEvent.objects.filter(event_id="a", billable=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, monkeypatch):
+    # given a hard limit, and an insert that PostgreSQL picks as the deadlock victim once
+    from django.db import OperationalError
+
+    import billing.usage.services as ingest_services
+
+    subscribe(acme, catalog(hard="10"))
+    real_insert, calls = ingest_services._insert_rows, []
+
+    class DeadlockDetected(Exception):
+        sqlstate = "40P01"
+
+    def victim_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("deadlock detected") from DeadlockDetected()
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_services, "_insert_rows", victim_once)
+
+    # when a batch is sent
+    results = events_ingest(principal=ADMIN, raw_events=[body("a", "4"), body("b", "4")])
+
+    # then it was run again, whole, and counted once
+    assert [r.status for r in results] == ["accepted", "accepted"] and len(calls) == 2
+    assert UsageEvent.objects.filter(billable=True).count() == 2
