@@ -55,6 +55,10 @@ def _clear_cache() -> None:
 
     cache.clear()
     services._METERS.clear()  # tests roll the database back; production never deletes a meter
+    from billing.guardrails import accounts
+
+    accounts.KNOWN_ACCOUNTS.clear()  # the same for ledger accounts and allocations
+    accounts.KNOWN_ALLOCATIONS.clear()
     from billing.invoicing import periods
 
     periods.forget_cache()

@@ -7,6 +7,9 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from django.db import transaction
 
 from billing.catalog.money import LEDGER_SCALE
 from ledger.backends import get_ledger
@@ -108,18 +111,27 @@ def spend_allocation(customer_pk: int, currency: str, period: int, cap: Decimal)
                     ledger=ledger, code=TransferCode.SPEND_CAP_ALLOCATION, user_data_128=customer_pk, user_data_32=period)
 
 
+# What this process has seen in the ledger: accounts (as created) and allocations. Neither is ever
+# deleted nor changed, so a batch of limited ingest need not ask again (two statements per batch).
+# Tests, whose database is rolled back, clear them (tests/conftest.py).
+KNOWN_ACCOUNTS: set[Account] = set()
+KNOWN_ALLOCATIONS: set[Transfer] = set()
+
+
 def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
     """Create accounts and their allocations if missing; a no-op (EXISTS) when they are there."""
-    if accounts:
-        unique = list({a.id: a for a in accounts}.values())
+    unique = [a for a in {a.id: a for a in accounts}.values() if a not in KNOWN_ACCOUNTS]
+    if unique:
         statuses = get_ledger().create_accounts(unique)
         bad = [(a.id, s) for a, s in zip(unique, statuses, strict=True) if not s.ok]
         if bad:
             raise RuntimeError(f"ledger refused accounts: {bad}")
-    if allocations:
-        unique_t = list({t.id: t for t in allocations}.values())
+        _remember(KNOWN_ACCOUNTS, unique)
+    unique_t = [t for t in {t.id: t for t in allocations}.values() if t not in KNOWN_ALLOCATIONS]
+    if unique_t:
         found = get_ledger().lookup_transfers([t.id for t in unique_t])
         if all(_allocated(t, found.get(t.id)) for t in unique_t):
+            _remember(KNOWN_ALLOCATIONS, unique_t)
             return
         statuses = get_ledger().create_transfers(unique_t)
         bad_t = [(t.id, s) for t, s in zip(unique_t, statuses, strict=True) if not s.ok]
@@ -128,6 +140,13 @@ def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
             bad_t = [(i, s) for i, s in bad_t if s is not Status.EXISTS_WITH_DIFFERENT_AMOUNT]
         if bad_t:
             raise RuntimeError(f"ledger refused allocations: {bad_t}")
+        _remember(KNOWN_ALLOCATIONS, unique_t)
+
+
+def _remember(known: set[Any], seen: list[Any]) -> None:
+    """Remember ``seen`` once the transaction that saw (or created) it commits: what a rolled-back
+    transaction created is gone again."""
+    transaction.on_commit(lambda: known.update(seen))
 
 
 def _allocated(wanted: Transfer, stored: Transfer | None) -> bool:

@@ -1,11 +1,16 @@
 """Hard limits at ingest: every billable event of a customer under a limit debits the ledger before it is
 accepted, in the same request (docs/ledger.md).
 
-Per event, one linked chain (all or nothing): usage counters (the period's cumulative quantity per
-charge, for marginal pricing), the meter's quota account, the spend-cap account and the prepaid
-credit wallet. Transfer ids derive from (customer, event_id, leg), so a retried event never debits
-twice and a retried rejected event stays rejected (``id_already_failed``). All chains of a batch go
-to the ledger in one ``create_transfers`` call.
+Per event, all or nothing: usage counters (the period's cumulative quantity per charge, for marginal
+pricing), the meter's quota account, the spend-cap account and the prepaid credit wallet. Two ways
+of writing it:
+
+- ``enforce`` (a ledger outside the database, and settling reservations): one linked chain per event,
+  ids derived from (customer, event_id, leg), so a retried event never debits twice and a retried
+  rejected event stays rejected (``id_already_failed``); all chains of a batch in one
+  ``create_transfers`` call, before the events are stored.
+- ``BatchDebit`` (a ledger in the same database): the same decisions on locked accounts, written as one
+  transfer per account and batch in the transaction that stores the events.
 """
 
 from __future__ import annotations
