@@ -341,7 +341,8 @@ def test_a_failed_insert_rolls_the_batch_debit_back(acme, debit_mode, monkeypatc
 
     # then nothing of the failed attempt was kept: a is accepted once, b does not fit in what is left
     assert [r.status for r in retry] == ["accepted", "rejected"]
-    assert retry[1].error.code == "quota_exceeded" and retry[1].error.extra["remaining"] == "4"
+    error = retry[1].error
+    assert error is not None and error.code == "quota_exceeded" and error.extra["remaining"] == "4"
     assert UsageEvent.objects.filter(event_id="a", billable=True).count() == 1
 
 
