@@ -82,3 +82,19 @@ class ExactDecimalField(models.Field):
         from django import forms
 
         return super().formfield(**{"form_class": forms.DecimalField, **kwargs})
+
+
+def aware_utc(value: Any) -> Any:
+    """A datetime column read with a plain cursor, as an aware UTC datetime: PostgreSQL hands back aware
+    ones, SQLite naive UTC datetimes (or text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from django.utils.dateparse import parse_datetime
+
+        value = parse_datetime(value)
+    if value is not None and value.tzinfo is None:
+        from datetime import timezone
+
+        value = value.replace(tzinfo=timezone.utc)
+    return value

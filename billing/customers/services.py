@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
-from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -16,6 +15,7 @@ from django.utils import timezone
 
 from billing.common.auth import Principal
 from billing.common.errors import ApiError, validation_error
+from billing.common.fields import aware_utc
 from billing.customers.models import ApiKey, Customer, CustomerUser, Project
 from billing.payments.services import stripe_customer_sync_schedule
 
@@ -42,19 +42,6 @@ def api_key_create(*, name: str, scope: str, customer: Customer | None = None) -
     return key, raw
 
 
-def _aware(value: Any) -> Any:
-    """SQLite returns naive UTC datetimes (or text) from a raw query; PostgreSQL aware ones."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        from django.utils.dateparse import parse_datetime
-
-        value = parse_datetime(value)
-    if value is not None and timezone.is_naive(value):
-        value = timezone.make_aware(value, dt_timezone.utc)
-    return value
-
-
 def api_key_revoke(*, key: ApiKey) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
@@ -78,7 +65,7 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
     if found is None or not hmac.compare_digest(found[1], _digest(raw_key)):
         return None
     row = {"pk": found[0], "scope": found[2], "customer_id": found[3],
-           "last_used_at": _aware(found[4])}
+           "last_used_at": aware_utc(found[4])}
     now = timezone.now()
     # last_used_at at one-minute resolution: one write a minute per key, not one per request.
     if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_RESOLUTION:

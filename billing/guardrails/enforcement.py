@@ -18,16 +18,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.utils.dateparse import parse_datetime
 
 from billing.catalog import pricing
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.catalog.schema import charge_spec
+from billing.common.fields import aware_utc
 from billing.guardrails import accounts as acc
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
@@ -147,7 +147,7 @@ class Terms:
             f"WHERE s.customer_id IN ({', '.join(['%s'] * len(pks))}) ORDER BY s.id, v.effective_from")
         with connection.cursor() as cursor:
             cursor.execute(sql, pks)
-            rows = [(sid, cid, plan, _dt(start), _dt(end), cur, vid, _dt(eff), _dt(created))
+            rows = [(sid, cid, plan, aware_utc(start), aware_utc(end), cur, vid, aware_utc(eff), aware_utc(created))
                     for sid, cid, plan, start, end, cur, vid, eff, created in cursor.fetchall()]
         missing = {vid for *_, vid, _eff, created in rows if (vid, created) not in _DEFINITIONS}
         if missing:
@@ -192,15 +192,6 @@ class Terms:
         if later:
             hi = min(hi, min(later))
         return sub, version, lo, hi
-
-
-def _dt(value: Any) -> Any:
-    """A datetime column read with a plain cursor: aware UTC (SQLite hands back naive datetimes or text)."""
-    if value is None:
-        return value
-    parsed = value if isinstance(value, datetime) else parse_datetime(value)
-    assert parsed is not None, value
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
 
 
 def _charge_key(charge: dict[str, Any], group: str | None) -> str:
@@ -445,21 +436,14 @@ class BatchDebit:
         assert self.prepared is not None
         cumulative = dict(self.cumulative)
         sums: dict[tuple[int, int, int, int, int], list[Any]] = {}
-        qty_units, units_to_qty, ceil = acc.qty_units, acc.units_to_qty, acc.money_units_ceil
+        ceil = acc.money_units_ceil
         totals: dict[int, list[Any]] = {}  # id(shared) -> [quantity units, cost units, first event, shared]
         for event, shared, charges in self.prepared.plans:
-            quantity = event.quantity
-            qty = qty_units(quantity)
-            cost = _ZERO
-            for charge in charges:
-                counter_id = charge.counter_id
-                if counter_id is None:
-                    cost += charge.marginal(_ZERO, quantity)
-                else:
-                    cost += charge.marginal(units_to_qty(cumulative[counter_id]), quantity)
-                    cumulative[counter_id] += qty
-                    key = (counter_id, _COUNTER, shared.unit_ledger, event.meter.pk, shared.period)
-                    sums.setdefault(key, [0, event])[0] += qty
+            qty, cost, counters = _priced(event, charges, cumulative)
+            for counter_id in counters:
+                cumulative[counter_id] += qty
+                key = (counter_id, _COUNTER, shared.unit_ledger, event.meter.pk, shared.period)
+                sums.setdefault(key, [0, event])[0] += qty
             total = totals.get(id(shared))
             if total is None:
                 total = totals[id(shared)] = [0, 0, event, shared]
@@ -484,15 +468,7 @@ class BatchDebit:
         for event, shared, charges in self.prepared.plans:
             if event.key in skip:
                 continue
-            qty = acc.qty_units(event.quantity)
-            cost = _ZERO
-            counters: list[int] = []
-            for charge in charges:
-                if charge.counter_id is None:
-                    cost += charge.marginal(_ZERO, event.quantity)
-                else:
-                    cost += charge.marginal(acc.units_to_qty(cumulative[charge.counter_id]), event.quantity)
-                    counters.append(charge.counter_id)
+            qty, cost, counters = _priced(event, charges, cumulative)
             cost_units = acc.money_units_ceil(cost) if shared.priced else 0
             legs: list[tuple[str, int, int, int]] = []
             if shared.hard is not None and qty:
@@ -545,6 +521,22 @@ class BatchDebit:
 
 
 _ZERO = Decimal(0)
+
+
+def _priced(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int]) -> tuple[int, Decimal, list[int]]:
+    """The event's quantity in ledger units, its marginal cost after the counters' ``cumulative`` usage,
+    and the counters it moves (the caller advances them if the event is taken)."""
+    quantity = event.quantity
+    cost = _ZERO
+    counters: list[int] = []
+    for charge in charges:
+        counter_id = charge.counter_id
+        if counter_id is None:
+            cost += charge.marginal(_ZERO, quantity)
+        else:
+            cost += charge.marginal(acc.units_to_qty(cumulative[counter_id]), quantity)
+            counters.append(counter_id)
+    return acc.qty_units(quantity), cost, counters
 _QUOTA, _SPEND, _CREDITS, _COUNTER = (int(TransferCode.USAGE_QUOTA), int(TransferCode.USAGE_SPEND),
                                       int(TransferCode.USAGE_CREDITS), int(TransferCode.USAGE_COUNTER))
 OPERATOR_OF = {int(TransferCode.USAGE_QUOTA): AccountCode.OPERATOR_QUOTA,

@@ -496,14 +496,7 @@ def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str,
 
 def _stored_outcomes(rows: list[_Row]) -> dict[tuple[int, str], str]:
     """(customer, event_id) -> stored reason ("" when accepted) for the rows already in the event table."""
-    by_customer: dict[int, list[str]] = {}
-    for r in rows:
-        by_customer.setdefault(r.customer_pk, []).append(r.event.event_id)
-    out: dict[tuple[int, str], str] = {}
-    for customer_pk, event_ids in by_customer.items():
-        for event_id, billable, reason in _stored_columns(customer_pk, event_ids, "billable, reason"):
-            out[(customer_pk, event_id)] = "" if billable else reason
-    return out
+    return {key: "" if billable else reason for key, (_fp, billable, reason) in _stored_rows(rows).items()}
 
 
 def _stored_columns(customer_pk: int, event_ids: list[str], columns: str) -> list[tuple[Any, ...]]:

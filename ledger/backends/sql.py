@@ -110,9 +110,7 @@ class SqlLedger(LedgerBackend):
                     continue
                 old = existing.get(account.id)
                 if old is not None:
-                    same = (old.flags, old.ledger, old.code, old.user_data_128, old.user_data_64, old.user_data_32) == (
-                        int(account.flags), account.ledger, account.code, account.user_data_128, account.user_data_64,
-                        account.user_data_32)
+                    same = _same_account(_account(old), account)
                     statuses.append(Status.EXISTS if same else Status.EXISTS_WITH_DIFFERENT_ACCOUNT)
                     continue
                 row = LedgerAccount(id=account.id, ledger=account.ledger, code=account.code, flags=int(account.flags),
