@@ -28,6 +28,7 @@ from billing.catalog import pricing
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.catalog.schema import charge_spec
 from billing.common.fields import aware_utc
+from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
@@ -128,27 +129,55 @@ class Version:
 _DEFINITIONS: dict[tuple[int, datetime], dict[str, Any]] = {}
 
 
+_TERMS_COLUMNS = 's.id, s.plan_id, s.start, s."end", p.currency, v.id, v.effective_from, v.created_at'
+_TERMS_JOINS = (f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
+                f"JOIN {RateCardVersion._meta.db_table} v ON v.plan_id = s.plan_id")
+
+
 class Terms:
     """Subscriptions and rate-card versions of a batch's customers, loaded once: one plain statement
-    (every limited ingest batch asks; the ORM's two querysets cost about 4 ms), definitions from the
-    process cache."""
+    (every limited ingest batch asks; the ORM's two querysets cost about 4 ms), or none when ingest read
+    them with its customers (``of_customers``); definitions from the process cache."""
 
-    def __init__(self, customer_pks: Iterable[int]) -> None:
+    def __init__(self, customer_pks: Iterable[int], rows: list[tuple[Any, ...]] | None = None) -> None:
+        """``rows``: (customer, subscription, plan, start, end, currency, version, effective_from,
+        created_at) as ``of_customers`` read them; read here when not given."""
         self.subscriptions: dict[int, list[Sub]] = defaultdict(list)
         self.versions: dict[int, list[Version]] = defaultdict(list)
         pks = sorted(set(customer_pks))
-        if not pks:
-            return
-        sql = (
-            "SELECT s.id, s.customer_id, s.plan_id, s.start, s.\"end\", p.currency, v.id, v.effective_from, "  # noqa: S608
-            "v.created_at "
-            f"FROM {Subscription._meta.db_table} s JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
-            f"JOIN {RateCardVersion._meta.db_table} v ON v.plan_id = s.plan_id "
-            f"WHERE s.customer_id IN ({', '.join(['%s'] * len(pks))}) ORDER BY s.id, v.effective_from")
+        if rows is None and pks:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT s.customer_id, {_TERMS_COLUMNS} FROM {Subscription._meta.db_table} s {_TERMS_JOINS} "  # noqa: S608
+                    f"WHERE s.customer_id IN ({', '.join(['%s'] * len(pks))})", pks)
+                rows = cursor.fetchall()
+        self._load(rows or [])
+
+    @classmethod
+    def of_customers(cls, external_ids: Iterable[str]) -> tuple[dict[str, tuple[int, bool]], Terms]:
+        """The customers by external id, each as (pk, has any subscription), and the terms of all of them,
+        in one statement (ingest's first read of every batch)."""
+        ids = sorted(set(external_ids))
+        if not ids:
+            return {}, cls([])
+        customers: dict[str, tuple[int, bool]] = {}
+        rows: list[tuple[Any, ...]] = []
         with connection.cursor() as cursor:
-            cursor.execute(sql, pks)
-            rows = [(sid, cid, plan, aware_utc(start), aware_utc(end), cur, vid, aware_utc(eff), aware_utc(created))
-                    for sid, cid, plan, start, end, cur, vid, eff, created in cursor.fetchall()]
+            cursor.execute(
+                f"SELECT c.id, c.external_id, EXISTS (SELECT 1 FROM {Subscription._meta.db_table} x "  # noqa: S608
+                f"WHERE x.customer_id = c.id), {_TERMS_COLUMNS} FROM {Customer._meta.db_table} c "
+                f"LEFT JOIN ({Subscription._meta.db_table} s {_TERMS_JOINS}) ON s.customer_id = c.id "
+                f"WHERE c.external_id IN ({', '.join(['%s'] * len(ids))})", ids)
+            for pk, external_id, subscribed, *terms in cursor.fetchall():
+                customers[external_id] = (pk, bool(subscribed))
+                if terms[0] is not None:
+                    rows.append((pk, *terms))
+        return customers, cls([pk for pk, _ in customers.values()], rows)
+
+    def _load(self, rows: list[tuple[Any, ...]]) -> None:
+        rows = sorted(((cid, sid, plan, aware_utc(start), aware_utc(end), cur, vid, aware_utc(eff), aware_utc(created))
+                       for cid, sid, plan, start, end, cur, vid, eff, created in rows),
+                      key=lambda row: (row[1], row[7]))  # subscription, then effective_from
         missing = {vid for *_, vid, _eff, created in rows if (vid, created) not in _DEFINITIONS}
         if missing:
             for vid, created, definition in RateCardVersion.objects.filter(pk__in=missing).values_list(
@@ -156,7 +185,7 @@ class Terms:
                 _DEFINITIONS[(vid, created)] = definition
         seen_subs: set[int] = set()
         seen_versions: set[int] = set()
-        for sid, cid, plan, start, end, cur, vid, eff, created in rows:
+        for cid, sid, plan, start, end, cur, vid, eff, created in rows:
             if sid not in seen_subs:
                 seen_subs.add(sid)
                 self.subscriptions[cid].append(Sub(sid, cid, plan, start, end, cur))
@@ -311,10 +340,11 @@ class _Prepared:
     counters: list[int]
 
 
-def _prepare(events: list[EventUsage]) -> _Prepared | None:
-    """Work out, once per batch, which events a limit applies to and with which terms; create the
-    accounts and period allocations they need. None when no event is limited."""
-    terms = Terms(e.customer_pk for e in events)
+def _prepare(events: list[EventUsage], terms: Terms | None = None) -> _Prepared | None:
+    """Work out, once per batch, which events a limit applies to and with which terms (read unless the
+    caller has them); create the accounts and period allocations they need. None when no event is
+    limited."""
+    terms = terms or Terms(e.customer_pk for e in events)
     # Pass 1: each event's (customer, subscription, rate-card version, meter, period), found once per
     # stretch of time in which it cannot change, not once per event.
     spans: dict[tuple[int, int], tuple[datetime, datetime, tuple[int, int, int, int, int]]] = {}
@@ -357,7 +387,8 @@ def _prepare(events: list[EventUsage]) -> _Prepared | None:
     return _Prepared(plans, list(counters_needed))
 
 
-def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> dict[Any, Refusal]:
+def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None,
+            terms: Terms | None = None) -> dict[Any, Refusal]:
     """Debit the ledger for ``events`` (in order), one linked chain per event with ids derived from the
     event; return the refused ones by key. Events of customers without a plan limit, spend cap or credit
     wallet pass untouched (and cost no ledger call). ``prefix`` (a reservation's post/void) runs first in
@@ -365,7 +396,7 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None) -> d
     by their ids (``exists``) and debits nothing twice."""
     prefix = prefix or []
     events = [e for e in events if e.quantity > 0]
-    prepared = _prepare(events) if events else None
+    prepared = _prepare(events, terms) if events else None
     if prepared is None:
         _submit(prefix)
         return {}
@@ -394,9 +425,9 @@ class BatchDebit:
     Construction locks the accounts (call it inside ``transaction.atomic()``); ``decide`` takes the
     decisions; ``write`` books the accepted events that were stored."""
 
-    def __init__(self, events: list[EventUsage]) -> None:
+    def __init__(self, events: list[EventUsage], terms: Terms | None = None) -> None:
         events = [e for e in events if e.quantity > 0 and e.coverage is None]
-        self.prepared = _prepare(events) if events else None
+        self.prepared = _prepare(events, terms) if events else None
         # (account, code, ledger, meter, period) -> [amount, first event]; per accepted event when some
         # events may not be stored (the careful pass), else the batch's sums
         self.accepted: list[tuple[EventUsage, list[tuple[int, int, int, int, int, int]]]] = []
@@ -512,12 +543,10 @@ class BatchDebit:
                      ledger=ledger_id, code=code, user_data_128=first.customer_pk, user_data_64=meter_pk,
                      user_data_32=period)
             for (debit, code, ledger_id, meter_pk, period), (amount, first) in batch.items()]
-        if not transfers:
-            return
-        statuses = self.ledger.create_transfers(transfers)
-        bad = [(t.id, s.value) for t, s in zip(transfers, statuses, strict=True) if s is not Status.CREATED]
-        if bad:  # cannot happen under the locks: fail the whole batch (events included) rather than guess
-            raise RuntimeError(f"ledger refused a batch debit it was checked against: {bad}")
+        # One statement; under the locks it cannot be refused, and if it were, the whole batch (events
+        # included) would roll back rather than be guessed at (LedgerRefused, a 500).
+        if transfers:
+            self.ledger.book_locked(transfers)
 
 
 _ZERO = Decimal(0)

@@ -21,9 +21,9 @@ from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
-from billing.catalog.models import Meter, Subscription
+from billing.catalog.models import Meter
 from billing.common.auth import Principal
-from billing.customers.models import Customer, Project
+from billing.customers.models import Project
 from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event, fingerprint
 from billing.usage.models import UsageEvent
@@ -77,6 +77,7 @@ class _Lookups:
     projects: dict[tuple[int, str], int] = field(default_factory=dict)
     originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
     closed_until: datetime = EPOCH  # usage before this instant belongs to a closed period
+    terms: Any = None  # the customers' subscriptions and rate cards (billing.guardrails.enforcement.Terms)
 
 
 def events_ingest(
@@ -131,10 +132,10 @@ def events_ingest(
     # and batch); any other ledger, or the settling of a reservation, first and per event (ids from events).
     together = bool(limited) and reservation is None and get_ledger().shares_database
     if not together and (reservation is not None or limited):
-        _enforce_limits(limited, reservation, now)
+        _enforce_limits(limited, reservation, now, lookups.terms)
     if rows:
         # Otherwise one INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
-        inserted = _insert_debited(rows, limited, now) if together else _retrying_deadlocks(
+        inserted = _insert_debited(rows, limited, now, lookups.terms) if together else _retrying_deadlocks(
             lambda: _insert_rows(rows, received_at=now))
         # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
         winner: dict[tuple[int, str], str] = {}
@@ -168,7 +169,7 @@ def _refused_or(row: _Row, result: IngestResult) -> IngestResult:
     return IngestResult(row.event.event_id, REJECTED, row.refusal)
 
 
-def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
+def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime, terms: Any) -> None:
     """Debit quotas, spend caps and credits in the ledger for the batch's billable events (one ledger
     round trip); mark refused events not billable, with reason ``rejected_<code>``. When the batch
     settles a reservation, its holds are closed first in the same ledger batch and the events' quota is
@@ -196,7 +197,7 @@ def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime) -> None:
                and r.meter_pk == reservation.meter_id else None)
         for r in rows if r.event.billable and (r.customer_pk, r.event.event_id) not in stored
     ]
-    refusals = enforce(usages, prefix=prefix)
+    refusals = enforce(usages, prefix=prefix, terms=terms)
     if reservation is not None:
         from billing.guardrails.reservations import refund_refused_coverage
 
@@ -208,7 +209,7 @@ class _Refused(Exception):
     """The optimistic pass of _insert_debited found an event over a limit: roll back and decide first."""
 
 
-def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime) -> set[tuple[int, str]]:
+def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms: Any) -> set[tuple[int, str]]:
     """Insert the batch and debit its limited events in one transaction (a ledger that shares the
     database: billing.guardrails.enforcement.BatchDebit). Returns the keys inserted.
 
@@ -227,7 +228,7 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime) -> set
     def attempt() -> set[tuple[int, str]]:
         for row, (billable, reason) in zip(limited, before, strict=True):  # decided afresh each time
             row.billable, row.reason, row.refusal = billable, reason, None
-        return _insert_debited_once(rows, limited, now, BatchDebit)
+        return _insert_debited_once(rows, limited, now, lambda usages: BatchDebit(usages, terms))
 
     return _retrying_deadlocks(attempt)
 
@@ -334,15 +335,12 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
         return lookups
     lookups.closed_until = closed_until_cached()
     customer_ids = {e.customer for _, e in cleaned}
-    # One round trip for the customers and whether each has a subscription (the ingest hot path).
-    table, subs = Customer._meta.db_table, Subscription._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT c.id, c.external_id, EXISTS (SELECT 1 FROM {subs} s WHERE s.customer_id = c.id) "  # noqa: S608
-            f"FROM {table} c WHERE c.external_id IN ({', '.join(['%s'] * len(customer_ids))})",
-            list(customer_ids),
-        )
-        lookups.customers = {external_id: _Cust(pk, bool(has)) for pk, external_id, has in cursor.fetchall()}
+    # One round trip for the customers, whether each has a subscription (only then can a limit apply),
+    # and the terms the limits are read from (the ingest hot path).
+    from billing.guardrails.enforcement import Terms
+
+    customers, lookups.terms = Terms.of_customers(customer_ids)
+    lookups.customers = {external_id: _Cust(pk, subscribed) for external_id, (pk, subscribed) in customers.items()}
     lookups.meters = meters_cached({e.meter for _, e in cleaned})
     project_keys = {e.project for _, e in cleaned if e.project}
     if project_keys:

@@ -13,6 +13,10 @@ class LedgerUnavailable(Exception):
     retry with the same ids: every id is idempotent."""
 
 
+class LedgerRefused(Exception):
+    """``book_locked`` found a transfer it cannot book as given: nothing was booked."""
+
+
 class LedgerBackend(ABC):
     name: str = ""
     # True when the ledger lives in the Django database, so that a caller can debit it in the same
@@ -45,6 +49,15 @@ class LedgerBackend(ABC):
         """Found accounts by id, locked until the caller's database transaction ends (expired pending
         transfers released first). Only for a backend that ``shares_database``; call it inside
         ``transaction.atomic()``."""
+        raise NotImplementedError(f"the {self.name} ledger does not share the database")
+
+    def book_locked(self, transfers: Sequence[Transfer]) -> None:
+        """Create fresh, single-phase, posted transfers in the caller's open database transaction, for a
+        caller that holds their debit accounts with ``lock_accounts`` and has checked their limits (the
+        batch debit of limited ingest). Every check ``create_transfers`` would make still holds; if any
+        fails (an id that exists or failed before, an account missing, on another ledger or over its
+        limit), nothing is booked, the caller's transaction is marked for rollback and
+        ``LedgerRefused`` is raised. Only for a backend that ``shares_database``."""
         raise NotImplementedError(f"the {self.name} ledger does not share the database")
 
     def expire_pending(self) -> int:

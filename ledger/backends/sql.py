@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
 
-from ledger.backends.base import LedgerBackend
+from ledger.backends.base import LedgerBackend, LedgerRefused
 from ledger.models import U128_DIGITS, LedgerAccount, LedgerFailedTransfer, LedgerTransfer
 from ledger.types import AMOUNT_MAX, TRANSIENT, Account, AccountFlags, Status, Transfer, TransferFlags
 
@@ -222,6 +222,40 @@ class SqlLedger(LedgerBackend):
                 continue
         with transaction.atomic():
             return _Batch(transfers).run()
+
+    def book_locked(self, transfers: Sequence[Transfer]) -> None:
+        if not connection.in_atomic_block:
+            raise RuntimeError("book_locked writes in the caller's transaction: call it in one")
+        transfers = list(transfers)
+        if not transfers:
+            return
+        malformed = [t.id for t in transfers if not t.id or int(t.flags) or t.pending_id or t.timeout or not t.ledger
+                     or not t.code or not t.debit_account_id or not t.credit_account_id
+                     or t.debit_account_id == t.credit_account_id or t.amount < 0]
+        if malformed or len({t.id for t in transfers}) != len(transfers):
+            transaction.set_rollback(True)
+            raise LedgerRefused(f"not fresh single-phase transfers with distinct ids: {malformed or 'repeated ids'}")
+        if connection.vendor != "postgresql":  # SQLite: in process, a statement costs little
+            statuses = self.create_transfers(transfers)
+            refused = [(t.id, s.value) for t, s in zip(transfers, statuses, strict=True) if s is not Status.CREATED]
+            if refused:
+                transaction.set_rollback(True)
+                raise LedgerRefused(f"transfers refused: {refused}")
+            return
+        first = _now_ns_block(len(transfers))
+        columns = [[t.id for t in transfers], [t.debit_account_id for t in transfers],
+                   [t.credit_account_id for t in transfers], [t.amount for t in transfers],
+                   [int(t.ledger) for t in transfers], [int(t.code) for t in transfers],
+                   [t.user_data_128 for t in transfers], [t.user_data_64 for t in transfers],
+                   [t.user_data_32 for t in transfers], [first + i for i in range(len(transfers))]]
+        with connection.cursor() as cursor:
+            cursor.execute(_BOOK_LOCKED, [_joined(column) for column in columns])
+            moves, updated, inserted, failed_before = cursor.fetchone()
+        if (updated, inserted, failed_before) != (moves, len(transfers), 0):
+            transaction.set_rollback(True)
+            raise LedgerRefused(
+                f"{len(transfers)} transfers: {len(transfers) - inserted} ids exist, {failed_before} failed before, "
+                f"{moves - updated} of {moves} account moves missing, on another ledger or over a limit")
 
 
 @dataclass(slots=True)
@@ -719,6 +753,41 @@ def replace_row(pending: LedgerTransfer | NewTransfer, t: Transfer, amount: int)
         requested_amount=t.amount, pending_id=t.pending_id, ledger=pending.ledger, code=pending.code, flags=int(t.flags),
         timeout=0, user_data_128=t.user_data_128 or pending.user_data_128, user_data_64=t.user_data_64 or pending.user_data_64,
         user_data_32=t.user_data_32 or pending.user_data_32, timestamp=_now_ns(), state=_STATE_POSTED, expires_at=None)
+
+
+# One statement for book_locked (PostgreSQL). The accounts it moves are locked in ascending id order
+# first (the debit accounts are the caller's already); an account is moved only if it exists on the
+# transfer's ledger and stays within its limit flags, so the caller compares the counts.
+_BOOK_LOCKED = f"""
+WITH v AS (
+  SELECT * FROM unnest(string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
+                       string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
+                       string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[],
+                       string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
+                       string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[])
+    AS v(id, dr, cr, amount, ledger, code, u128, u64, u32, ts)
+), moves AS (
+  SELECT account, ledger, sum(d) AS d, sum(c) AS c
+  FROM (SELECT dr AS account, ledger, amount AS d, 0 AS c FROM v UNION ALL SELECT cr, ledger, 0, amount FROM v) AS m
+  GROUP BY account, ledger
+), locked AS (
+  SELECT id FROM ledger_account WHERE id IN (SELECT account FROM moves) ORDER BY id FOR UPDATE
+), updated AS (
+  UPDATE ledger_account AS a
+  SET debits_posted = a.debits_posted + moves.d, credits_posted = a.credits_posted + moves.c
+  FROM moves JOIN locked ON locked.id = moves.account
+  WHERE a.id = moves.account AND a.ledger = moves.ledger
+    AND (a.flags & {_DEBITS_BOUNDED} = 0 OR a.debits_pending + a.debits_posted + moves.d <= a.credits_posted)
+    AND (a.flags & {_CREDITS_BOUNDED} = 0 OR a.credits_pending + a.credits_posted + moves.c <= a.debits_posted)
+  RETURNING a.id
+), inserted AS (
+  INSERT INTO ledger_transfer ({", ".join(_TRANSFER_COLUMNS)})
+  SELECT id, dr, cr, amount, amount, 0, ledger, code, 0, 0, u128, u64, u32, ts, {_STATE_POSTED}, NULL FROM v
+  ON CONFLICT (id) DO NOTHING RETURNING id
+)
+SELECT (SELECT count(*) FROM moves), (SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),
+       (SELECT count(*) FROM ledger_failed_transfer WHERE id IN (SELECT id FROM v))
+"""  # noqa: S608 - constants only
 
 
 __all__ = ["SqlLedger"]

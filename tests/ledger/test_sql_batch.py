@@ -154,3 +154,78 @@ def test_when_a_limit_binds_the_exact_event_that_exceeds_is_refused(monkeypatch:
     assert spy.aggregate == 0
     assert ledger.lookup_accounts([quota])[quota].available == 5
     assert ledger.create_transfers([batch[2]]) == [Status.ID_ALREADY_FAILED]
+
+
+# --- book_locked: the batch debit's one statement ---------------------------------------------------------
+
+def test_book_locked_books_fresh_transfers_in_the_callers_transaction() -> None:
+    # given two funded bounded accounts
+    from django.db import transaction
+
+    ledger = SqlLedger()
+    operator, (a, b) = make_books(ledger, [50, 50])
+    batch = [Transfer(id=new_id(), debit_account_id=a, credit_account_id=operator, amount=30, ledger=LEDGER, code=CODE,
+                      user_data_128=5, user_data_64=6, user_data_32=7),
+             Transfer(id=new_id(), debit_account_id=b, credit_account_id=operator, amount=50, ledger=LEDGER, code=CODE)]
+
+    # when the caller locks, then books, in one transaction
+    with transaction.atomic():
+        ledger.lock_accounts([a, b])
+        ledger.book_locked(batch)
+
+    # then the balances moved on both sides and the transfers read back as create_transfers would store them
+    accounts = ledger.lookup_accounts([a, b, operator])
+    assert (accounts[a].available, accounts[b].available) == (20, 0)
+    assert accounts[operator].credits_posted == 80 and accounts[operator].debits_posted == 100
+    stored = ledger.lookup_transfers([t.id for t in batch])
+    assert stored[batch[0].id].amount == 30
+    assert (stored[batch[0].id].user_data_128, stored[batch[0].id].user_data_64, stored[batch[0].id].user_data_32) == (5, 6, 7)
+    assert [t.id for t in ledger.account_transfers(a)][-1] == batch[0].id
+    # and a retry of the same ids through create_transfers finds them
+    assert ledger.create_transfers(batch) == [Status.EXISTS, Status.EXISTS]
+
+
+@pytest.mark.parametrize("case", ["over_limit", "id_exists", "id_failed", "missing_account", "other_ledger", "linked"])
+def test_book_locked_refuses_the_whole_batch_and_rolls_the_caller_back(case: str) -> None:
+    # given a bounded account holding 10, and a row the caller wrote in the same transaction
+    from django.db import transaction
+
+    from ledger.backends.base import LedgerRefused
+    from ledger.models import LedgerAccount
+
+    ledger = SqlLedger()
+    operator, (quota,) = make_books(ledger, [10])
+    good = Transfer(id=new_id(), debit_account_id=quota, credit_account_id=operator, amount=4, ledger=LEDGER, code=CODE)
+    bad = Transfer(id=new_id(), debit_account_id=quota, credit_account_id=operator, amount=4, ledger=LEDGER, code=CODE)
+    if case == "over_limit":
+        bad = Transfer(id=bad.id, debit_account_id=quota, credit_account_id=operator, amount=7, ledger=LEDGER, code=CODE)
+    elif case == "id_exists":
+        assert ledger.create_transfers([bad]) == [Status.CREATED]
+    elif case == "id_failed":
+        too_much = Transfer(id=bad.id, debit_account_id=quota, credit_account_id=operator, amount=99, ledger=LEDGER, code=CODE)
+        assert ledger.create_transfers([too_much]) == [Status.EXCEEDS_CREDITS]
+    elif case == "missing_account":
+        bad = Transfer(id=bad.id, debit_account_id=quota, credit_account_id=new_id(), amount=1, ledger=LEDGER, code=CODE)
+    elif case == "other_ledger":
+        bad = Transfer(id=bad.id, debit_account_id=quota, credit_account_id=operator, amount=1, ledger=LEDGER + 1, code=CODE)
+    elif case == "linked":
+        bad = Transfer(id=bad.id, debit_account_id=quota, credit_account_id=operator, amount=1, ledger=LEDGER, code=CODE,
+                       flags=TransferFlags.LINKED)
+    before = ledger.lookup_accounts([quota, operator])
+    marker = new_id()
+
+    # when the caller books the batch after writing a row of its own
+    with pytest.raises(LedgerRefused), transaction.atomic():
+        LedgerAccount.objects.create(id=marker, ledger=LEDGER, code=CODE, timestamp=1)
+        ledger.lock_accounts([quota])
+        ledger.book_locked([good, bad])
+
+    # then nothing of the transaction is left: no transfer, no balance, not the caller's row
+    assert ledger.lookup_accounts([quota, operator]) == before
+    assert good.id not in ledger.lookup_transfers([good.id])
+    assert not LedgerAccount.objects.filter(pk=marker).exists()
+
+
+def test_book_locked_needs_the_callers_transaction() -> None:
+    with pytest.raises(RuntimeError, match="transaction"):
+        SqlLedger().book_locked([])
