@@ -59,6 +59,7 @@ def _clear_cache() -> None:
 
     accounts.KNOWN_ACCOUNTS.clear()  # the same for ledger accounts and allocations
     accounts.KNOWN_ALLOCATIONS.clear()
+    accounts.KNOWN_WALLETS.clear()
     from billing.invoicing import periods
 
     periods.forget_cache()

@@ -116,6 +116,15 @@ def spend_allocation(customer_pk: int, currency: str, period: int, cap: Decimal)
 # Tests, whose database is rolled back, clear them (tests/conftest.py).
 KNOWN_ACCOUNTS: set[Account] = set()
 KNOWN_ALLOCATIONS: set[Transfer] = set()
+KNOWN_WALLETS: set[int] = set()  # credit wallets seen in the ledger (created by grants, never deleted)
+
+
+def known_wallets(ids: list[int]) -> set[int]:
+    return {i for i in ids if i in KNOWN_WALLETS}
+
+
+def remember_wallets(ids: set[int]) -> None:
+    _remember(KNOWN_WALLETS, list(ids))
 
 
 def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:

@@ -242,20 +242,26 @@ class SqlLedger(LedgerBackend):
                 transaction.set_rollback(True)
                 raise LedgerRefused(f"transfers refused: {refused}")
             return
+        moves: dict[tuple[int, int], list[int]] = {}  # (account, ledger) -> [debited, credited]
+        for t in transfers:
+            moves.setdefault((t.debit_account_id, int(t.ledger)), [0, 0])[0] += t.amount
+            moves.setdefault((t.credit_account_id, int(t.ledger)), [0, 0])[1] += t.amount
+        keys = sorted(moves)
         first = _now_ns_block(len(transfers))
-        columns = [[t.id for t in transfers], [t.debit_account_id for t in transfers],
+        columns = [[k[0] for k in keys], [k[1] for k in keys], [moves[k][0] for k in keys], [moves[k][1] for k in keys],
+                   [t.id for t in transfers], [t.debit_account_id for t in transfers],
                    [t.credit_account_id for t in transfers], [t.amount for t in transfers],
                    [int(t.ledger) for t in transfers], [int(t.code) for t in transfers],
                    [t.user_data_128 for t in transfers], [t.user_data_64 for t in transfers],
                    [t.user_data_32 for t in transfers], [first + i for i in range(len(transfers))]]
         with connection.cursor() as cursor:
             cursor.execute(_BOOK_LOCKED, [_joined(column) for column in columns])
-            moves, updated, inserted, failed_before = cursor.fetchone()
-        if (updated, inserted, failed_before) != (moves, len(transfers), 0):
+            updated, inserted, failed_before = cursor.fetchone()
+        if (updated, inserted, failed_before) != (len(keys), len(transfers), 0):
             transaction.set_rollback(True)
             raise LedgerRefused(
                 f"{len(transfers)} transfers: {len(transfers) - inserted} ids exist, {failed_before} failed before, "
-                f"{moves - updated} of {moves} account moves missing, on another ledger or over a limit")
+                f"{len(keys) - updated} of {len(keys)} account moves missing, on another ledger or over a limit")
 
 
 @dataclass(slots=True)
@@ -755,37 +761,36 @@ def replace_row(pending: LedgerTransfer | NewTransfer, t: Transfer, amount: int)
         user_data_32=t.user_data_32 or pending.user_data_32, timestamp=_now_ns(), state=_STATE_POSTED, expires_at=None)
 
 
-# One statement for book_locked (PostgreSQL). The accounts it moves are locked in ascending id order
-# first (the debit accounts are the caller's already); an account is moved only if it exists on the
-# transfer's ledger and stays within its limit flags, so the caller compares the counts.
+# One statement for book_locked (PostgreSQL): the moves per (account, ledger) summed by the caller, the
+# transfers. The accounts are locked in ascending id order first (the debit accounts are the caller's
+# already); an account moves only if it exists on that ledger and stays within its limit flags, so the
+# caller compares the counts.
 _BOOK_LOCKED = f"""
-WITH v AS (
+WITH m AS (
+  SELECT * FROM unnest(string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::bigint[],
+                       string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[]) AS m(id, ledger, d, c)
+), locked AS (
+  SELECT id FROM ledger_account WHERE id IN (SELECT id FROM m) ORDER BY id FOR UPDATE
+), updated AS (
+  UPDATE ledger_account AS a SET debits_posted = a.debits_posted + m.d, credits_posted = a.credits_posted + m.c
+  FROM m JOIN locked ON locked.id = m.id
+  WHERE a.id = m.id AND a.ledger = m.ledger
+    AND (a.flags & {_DEBITS_BOUNDED} = 0 OR a.debits_pending + a.debits_posted + m.d <= a.credits_posted)
+    AND (a.flags & {_CREDITS_BOUNDED} = 0 OR a.credits_pending + a.credits_posted + m.c <= a.debits_posted)
+  RETURNING a.id
+), v AS (
   SELECT * FROM unnest(string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
                        string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
                        string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[],
                        string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
                        string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[])
     AS v(id, dr, cr, amount, ledger, code, u128, u64, u32, ts)
-), moves AS (
-  SELECT account, ledger, sum(d) AS d, sum(c) AS c
-  FROM (SELECT dr AS account, ledger, amount AS d, 0 AS c FROM v UNION ALL SELECT cr, ledger, 0, amount FROM v) AS m
-  GROUP BY account, ledger
-), locked AS (
-  SELECT id FROM ledger_account WHERE id IN (SELECT account FROM moves) ORDER BY id FOR UPDATE
-), updated AS (
-  UPDATE ledger_account AS a
-  SET debits_posted = a.debits_posted + moves.d, credits_posted = a.credits_posted + moves.c
-  FROM moves JOIN locked ON locked.id = moves.account
-  WHERE a.id = moves.account AND a.ledger = moves.ledger
-    AND (a.flags & {_DEBITS_BOUNDED} = 0 OR a.debits_pending + a.debits_posted + moves.d <= a.credits_posted)
-    AND (a.flags & {_CREDITS_BOUNDED} = 0 OR a.credits_pending + a.credits_posted + moves.c <= a.debits_posted)
-  RETURNING a.id
 ), inserted AS (
   INSERT INTO ledger_transfer ({", ".join(_TRANSFER_COLUMNS)})
   SELECT id, dr, cr, amount, amount, 0, ledger, code, 0, 0, u128, u64, u32, ts, {_STATE_POSTED}, NULL FROM v
   ON CONFLICT (id) DO NOTHING RETURNING id
 )
-SELECT (SELECT count(*) FROM moves), (SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),
+SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),
        (SELECT count(*) FROM ledger_failed_transfer WHERE id IN (SELECT id FROM v))
 """  # noqa: S608 - constants only
 

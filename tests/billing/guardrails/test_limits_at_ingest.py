@@ -157,6 +157,30 @@ def test_prepaid_credits_are_drawn_down_and_refused_when_short(acme, ingest, adm
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("model", ["per_unit", "graduated"])
+def test_credits_granted_after_earlier_events_are_drawn_from_the_next_one(acme, ingest, admin, model):
+    # given a plan without limits (ingest takes the customer to have no wallet), events already sent
+    text = catalog(price="0.001")
+    if model == "graduated":  # priced with a usage counter, created when the wallet shows up
+        text = text.replace('model: per_unit, unit_price: "0.001"',
+                            'model: graduated, tiers: [{up_to: 1000, unit_price: "0.001"}, {up_to: null, unit_price: "0.0005"}]')
+    subscribe(acme, text)
+    assert post_json(ingest, "/api/v1/events", json.loads(body("a", "4"))).status_code == 201
+
+    # when credits are granted, then more events come
+    assert admin.post("/api/v1/customers/acme-co/credits", {"amount": "0.005", "idempotency_key": "g"},
+                      format="json").status_code == 201
+    drawn = post_json(ingest, "/api/v1/events", json.loads(body("b", "4")))
+    short = post_json(ingest, "/api/v1/events", json.loads(body("c", "2")))
+
+    # then the wallet is found and drawn down at once, and refuses what it cannot pay
+    assert drawn.status_code == 201
+    assert short.status_code == 402 and short.json()["error"]["code"] == "insufficient_credits"
+    credits = admin.get("/api/v1/customers/acme-co/balance").json()["credits"][0]
+    assert credits["available"] == "0.001"
+
+
+@pytest.mark.django_db
 def test_customers_without_limits_are_not_touched(acme, ingest):
     subscribe(acme, catalog())
 

@@ -1,0 +1,56 @@
+"""Limited ingest prices each event in integers when the terms allow it (enforcement._priced_units); it must
+give exactly the ledger amount the exact Decimal path gives, rounding up included."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from billing.catalog.pricing import ChargeSpec, Tier
+from billing.guardrails import accounts as acc
+from billing.guardrails.enforcement import EventUsage, _Charge, _fast_terms, _priced, _priced_units
+
+prices = st.decimals(min_value=0, max_value=100, places=14, allow_nan=False, allow_infinity=False)
+quantities = st.decimals(min_value=D("0.000000000000000001"), max_value=10**9, places=18, allow_nan=False,
+                         allow_infinity=False)
+befores = st.decimals(min_value=0, max_value=2 * 10**9, places=6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def specs(draw):
+    if draw(st.booleans()):
+        return ChargeSpec("per_unit", unit_price=draw(prices))
+    bounds = sorted(set(draw(st.lists(st.integers(1, 10**9), min_size=0, max_size=4))))
+    tiers = [Tier(D(b), draw(prices), draw(prices)) for b in bounds]
+    return ChargeSpec("graduated", tiers=(*tiers, Tier(None, draw(prices), draw(prices))))
+
+
+@given(charges=st.lists(specs(), min_size=1, max_size=3), quantity=quantities, befores=st.lists(befores, min_size=3,
+                                                                                                 max_size=3))
+def test_integer_pricing_gives_the_decimal_paths_ledger_amount(charges, quantity, befores):
+    # given an event under one to three charges, each graduated one after some usage this period
+    built, cumulative = [], {}
+    for index, spec in enumerate(charges):
+        counter = None if spec.model == "per_unit" else 100 + index
+        if counter is not None:
+            cumulative[counter] = acc.qty_units(befores[index])
+        built.append(_Charge(index, {}, None, spec, counter, None, _fast_terms(spec)))
+    event = EventUsage(key=0, customer_pk=1, event_id="e", meter=None, quantity=quantity,  # type: ignore[arg-type]
+                       usage_at=None, dimensions={})  # type: ignore[arg-type]
+
+    # when priced both ways
+    qty, cost, counters = _priced(event, built, dict(cumulative))
+    fast = _priced_units(event, built, dict(cumulative))
+
+    # then the same quantity, ledger amount and counters
+    assert fast == (qty, acc.money_units_ceil(cost), counters)
+
+
+def test_terms_the_integers_cannot_hold_go_the_decimal_way():
+    assert _fast_terms(ChargeSpec("per_unit", unit_price=D("0.000002"))) == ((0, None, 2 * 10**18),)
+    assert _fast_terms(ChargeSpec("per_unit", unit_price=D("1E-30"))) is None  # beyond 24 decimals
+    assert _fast_terms(ChargeSpec("volume", tiers=(Tier(None, D(1)),))) is None
+    assert _fast_terms(ChargeSpec("graduated", tiers=(Tier(D(10), D(1)), Tier(None, D("0.5"))))) == (
+        (0, 10 * 10**18, 10**24), (10 * 10**18, None, 5 * 10**23))
