@@ -271,6 +271,7 @@ class _Charge:
     spec: pricing.ChargeSpec
     counter_id: int | None
     markup: Decimal | None = None  # percent for the event's group, parsed once
+    counter: Account | None = None  # the usage counter's account (to create if missing)
     # the terms in integers, when they allow it (_fast_terms): (lower, upper or None, price) per tier, in
     # quantity units and price units; one open tier for per_unit
     fast: tuple[tuple[int, int | None, int], ...] | None = None
@@ -316,22 +317,22 @@ class _Terms:
         self.spend_transfer_id = deriver("usage-spend", self.customer_pk)
         self.credits_transfer_id = deriver("usage-credits", self.customer_pk)
 
-    def matching(self, event: EventUsage, counters_needed: dict[int, Account]) -> list[_Charge]:
+    def matching(self, event: EventUsage) -> list[_Charge]:
+        """The charges the event's dimensions match, worked out once per set of dimensions (the same list
+        object for every event with those dimensions)."""
         key = tuple(event.dimensions.items())  # the same dimensions in another order: a second entry, as right
         found = self.charges.get(key)
         if found is None:
             found = []
             for index, (charge, group) in enumerate(_matching_charges(self.definition, event)):
-                counter_id = None
+                counter = None
                 if charge["model"] not in LINEAR:
-                    account = acc.counter_account(self.customer_pk, self.meter.pk, _charge_key(charge, group), self.period)
-                    counters_needed[account.id] = account
-                    counter_id = account.id
+                    counter = acc.counter_account(self.customer_pk, self.meter.pk, _charge_key(charge, group), self.period)
                 markup = charge.get("markup")
                 percent = Decimal(markup["percent"].get(group, markup.get("default") or "0")) if markup else None
                 spec = charge_spec(charge)
-                found.append(_Charge(index, charge, group, spec, counter_id, percent,
-                                     None if percent is not None else _fast_terms(spec)))
+                found.append(_Charge(index, charge, group, spec, counter.id if counter else None, percent,
+                                     counter=counter, fast=None if percent is not None else _fast_terms(spec)))
             self.charges[key] = found
         return found
 
@@ -390,14 +391,18 @@ def _prepare(events: list[EventUsage], terms: Terms | None = None,
 
     accounts: list[Account] = []
     allocations: list[Transfer] = []
-    counters_needed: dict[int, Account] = {}
-    by_key = {key: _terms_of(event, sub, version, period, wallet_ids, existing, accounts, allocations)
+    by_key = {key: _shared_terms(event, sub, version, period, wallet_ids, existing, accounts, allocations)
               for key, (event, sub, version, period) in firsts.items()}
     plans: list[tuple[EventUsage, _Terms, list[_Charge]]] = []
+    lists: dict[int, list[_Charge]] = {}  # the distinct charge lists of the batch, for their counters
     for event, key in keyed:
         shared = by_key[key]
         if shared is not None:
-            plans.append((event, shared, shared.matching(event, counters_needed) if shared.priced else []))
+            charges = shared.matching(event) if shared.priced else []
+            if charges:
+                lists[id(charges)] = charges
+            plans.append((event, shared, charges))
+    counters_needed = {c.counter.id: c.counter for charges in lists.values() for c in charges if c.counter}
     if plans:
         for counter in counters_needed.values():
             accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
@@ -685,6 +690,32 @@ def _refusal(leg: str, meter_key: str, available: int, unit: str) -> Refusal:
     remaining = acc.units_to_qty(available) if leg == "quota" else acc.units_to_money(available)
     return Refusal(CODES[leg], MESSAGES[leg].format(meter=meter_key),
                    Decimal(format(remaining.normalize(), "f")) if remaining else Decimal(0), unit)
+
+
+# _Terms of recent batches, reused by later ones: they depend only on the key (a version's definition is
+# never edited; ids derive from stable keys) and keep their charges by dimensions, so a customer's next
+# batch neither derives ids nor parses charges again. Bounded: emptied when full.
+_SHARED: dict[tuple[Any, ...], tuple[_Terms | None, list[Account], list[Transfer]]] = {}
+_SHARED_MAX = 10_000
+
+
+def _shared_terms(event: EventUsage, sub: Sub, version: Version, period: int,
+                  wallet_ids: dict[tuple[int, str], int], wallets: set[int], accounts: list[Account],
+                  allocations: list[Transfer]) -> _Terms | None:
+    """``_terms_of``, from _SHARED when a batch has worked it out before in this process."""
+    prepaid = wallet_ids[(event.customer_pk, sub.currency)] in wallets
+    key = (event.customer_pk, event.meter.pk, period, version.pk, id(version.definition), sub.currency, prepaid)
+    found = _SHARED.get(key)
+    if found is None:
+        needs: list[Account] = []
+        allocated: list[Transfer] = []
+        found = (_terms_of(event, sub, version, period, wallet_ids, wallets, needs, allocated), needs, allocated)
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[key] = found
+    accounts += found[1]
+    allocations += found[2]
+    return found[0]
 
 
 def _terms_of(event: EventUsage, sub: Sub, version: Version, period: int,

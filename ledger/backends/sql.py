@@ -10,7 +10,6 @@ snapshot. Then the changed rows are written back.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from ledger.models import U128_DIGITS, LedgerAccount, LedgerFailedTransfer, Ledg
 from ledger.types import AMOUNT_MAX, TRANSIENT, Account, AccountFlags, Status, Transfer, TransferFlags
 
 F = TransferFlags
-_sweeps = threading.local()
+_last_sweep = -1e9  # time.monotonic() of the process's last implicit sweep (SqlLedger._expire_due)
 State = LedgerTransfer.State
 _last_ts = 0
 
@@ -176,17 +175,20 @@ class SqlLedger(LedgerBackend):
             cursor.execute("SELECT 1")
 
     # --- expiry -------------------------------------------------------------------------------------
-    SWEEP_INTERVAL = 0.1  # seconds between the implicit sweeps of one thread
+    SWEEP_INTERVAL = 0.1  # seconds between the implicit sweeps of one process
 
     def _expire_due(self) -> None:
-        """The sweep run before each write and lookup, at most once per SWEEP_INTERVAL per thread: a
-        limited ingest batch makes three or four ledger calls within milliseconds, and each sweep is a
-        statement. A hold can thus outlive its timeout by up to that interval (TigerBeetle, too, expires
-        holds in periodic pulses, not at the nanosecond)."""
+        """The sweep run before each write and lookup, at most once per SWEEP_INTERVAL per process: a
+        limited ingest batch makes two or three ledger calls within milliseconds, a web process serves
+        many batches at once on its threads, and each sweep is a statement. A hold can thus outlive its
+        timeout by up to that interval, or until the next sweep when the one that ran is rolled back
+        with its caller's transaction (TigerBeetle, too, expires holds in periodic pulses, not at the
+        nanosecond). Threads race on the timestamp harmlessly: at worst two sweep at once."""
+        global _last_sweep
         now = time.monotonic()
-        if now - getattr(_sweeps, "last", -1e9) >= self.SWEEP_INTERVAL:
+        if now - _last_sweep >= self.SWEEP_INTERVAL:
+            _last_sweep = now
             self.expire_pending()
-            _sweeps.last = now
 
     def expire_pending(self) -> int:
         now = time.time_ns()

@@ -36,7 +36,7 @@ def test_integer_pricing_gives_the_decimal_paths_ledger_amount(charges, quantity
         counter = None if spec.model == "per_unit" else 100 + index
         if counter is not None:
             cumulative[counter] = acc.qty_units(befores[index])
-        built.append(_Charge(index, {}, None, spec, counter, None, _fast_terms(spec)))
+        built.append(_Charge(index, {}, None, spec, counter, None, fast=_fast_terms(spec)))
     event = EventUsage(key=0, customer_pk=1, event_id="e", meter=None, quantity=quantity,  # type: ignore[arg-type]
                        usage_at=None, dimensions={})  # type: ignore[arg-type]
 
