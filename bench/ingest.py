@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,20 +155,32 @@ def ledger_mode(args: argparse.Namespace, port: int, key: str, results: dict, se
     hardly does, so ``cpu_ratio`` (plain CPU per event / limited CPU per event) is the steadier estimate
     of what the check costs on a CPU-bound server."""
     for size in (1000, 100):
-        for label, customer in (("plain", f"bench-{size}"), ("limited", f"limited-{size}")):
-            per_client = [batches(customer, args.events, size, w, args.clients) for w in range(args.clients)]
-            cpu_before = sum(_tree_cpu(pid) for pid in server_pids)
-            elapsed, lat, totals = drive(port, key, per_client, "/api/v1/events/batch")
-            cpu = sum(_tree_cpu(pid) for pid in server_pids) - cpu_before
-            sent = sum(len(b) for b in per_client) * size
-            results[f"{label}_{size}"] = {"events": sent, "seconds": round(elapsed, 2),
-                                          "events_per_s": round(sent / elapsed), "p50_ms": round(pct(lat, 0.5), 1),
-                                          "p99_ms": round(pct(lat, 0.99), 1), "accepted": totals.get("accepted"),
-                                          "rejected": totals.get("rejected"),
-                                          "server_cpu_ms_per_1000": round(cpu / sent * 1e6, 1)}
-            print(f"{label} batch {size}: {results[f'{label}_{size}']}", flush=True)
+        runs: dict[str, list[dict]] = {"plain": [], "limited": []}
+        for round_ in range(args.rounds):  # alternating, the order swapped every round: drift hits both alike
+            order = ("plain", "limited") if round_ % 2 == 0 else ("limited", "plain")
+            for label in order:
+                customer = f"{'bench' if label == 'plain' else 'limited'}-{size}-r{round_}"
+                per_client = [batches(customer, args.events, size, w, args.clients) for w in range(args.clients)]
+                cpu_before = sum(_tree_cpu(pid) for pid in server_pids)
+                elapsed, lat, totals = drive(port, key, per_client, "/api/v1/events/batch")
+                cpu = sum(_tree_cpu(pid) for pid in server_pids) - cpu_before
+                sent = sum(len(b) for b in per_client) * size
+                run_ = {"events": sent, "seconds": round(elapsed, 2), "events_per_s": round(sent / elapsed),
+                        "p50_ms": round(pct(lat, 0.5), 1), "p99_ms": round(pct(lat, 0.99), 1),
+                        "accepted": totals.get("accepted"), "rejected": totals.get("rejected"),
+                        "server_cpu_ms_per_1000": round(cpu / sent * 1e6, 1)}
+                runs[label].append(run_)
+                print(f"{label} batch {size} round {round_ + 1}: {run_}", flush=True)
+        for label, done in runs.items():
+            results[f"{label}_{size}"] = {
+                **done[-1], "rounds": done,
+                "events_per_s": round(statistics.median(r["events_per_s"] for r in done)),
+                "server_cpu_ms_per_1000": round(statistics.median(r["server_cpu_ms_per_1000"] for r in done), 1)}
         results[f"limit_cost_{size}"] = round(
             1 - results[f"limited_{size}"]["events_per_s"] / results[f"plain_{size}"]["events_per_s"], 3)
+        results[f"limit_cost_{size}_per_round"] = [
+            round(1 - lim["events_per_s"] / pla["events_per_s"], 3)
+            for pla, lim in zip(runs["plain"], runs["limited"], strict=True)]
         results[f"cpu_ratio_{size}"] = round(results[f"plain_{size}"]["server_cpu_ms_per_1000"]
                                              / results[f"limited_{size}"]["server_cpu_ms_per_1000"], 3)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -205,6 +218,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["ingest", "ledger"], default="ingest",
                         help="ledger: plain vs quota+spend-cap-checked batches, and reserve-then-settle round trips")
     parser.add_argument("--round-trips", type=int, default=1000, help="reserve+settle pairs (ledger mode)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="ledger mode: plain and limited phases per batch size, alternated; medians reported")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
@@ -223,8 +238,10 @@ def main() -> None:
             "from billing.catalog.services import meter_create\n"
             "from billing.customers.services import customer_create, api_key_create\n"
             "meter_create(key='llm_tokens', name='LLM tokens', aggregation='sum')\n"
-            "[customer_create(external_id=c, name=c) for c in ('bench-100', 'bench-1000', 'bench-single')]\n"
-            "[customer_create(external_id=c, name=c) for c in ('limited-100', 'limited-1000', 'limited-rt')]\n"
+            f"runs = [f'{{s}}-r{{r}}' for s in (100, 1000) for r in range({args.rounds})]\n"
+            "plain = ['bench-100', 'bench-1000', 'bench-single'] + [f'bench-{run}' for run in runs]\n"
+            "limited = ['limited-rt'] + [f'limited-{run}' for run in runs]\n"
+            "[customer_create(external_id=c, name=c) for c in plain + limited]\n"
             "from datetime import datetime, timezone\n"
             "from billing.catalog.models import Plan\n"
             "from billing.catalog.services import catalog_import, subscription_set\n"
@@ -233,7 +250,7 @@ def main() -> None:
             "now = datetime.now(timezone.utc)\n"
             "[subscription_set(customer=Customer.objects.get(external_id=c), plan=Plan.objects.get(key='limited'),"
             " start=datetime(2020, 1, 1, tzinfo=timezone.utc), now=now, actor='bench')"
-            " for c in ('limited-100', 'limited-1000', 'limited-rt')]\n"
+            " for c in limited]\n"
             "print(api_key_create(name='bench', scope='ingest')[1])\n"
         )
         key = subprocess.run([PY, "manage.py", "shell", "-c", setup], cwd=ROOT, env=env, check=True,

@@ -445,16 +445,24 @@ class BatchDebit:
     commits or rolls back with them. Each batch transfer's id derives from its first event's id
     (docs/ledger.md).
 
-    Construction locks the accounts (call it inside ``transaction.atomic()``); ``decide`` takes the
-    decisions; ``write`` books the accepted events that were stored."""
+    Construction reads the accounts (call it inside ``transaction.atomic()``), locked until the caller's
+    transaction ends, or with ``lock=False`` not locked: then the decisions hold only if the accounts are
+    still as read when the batch is booked, which ``write`` states to the ledger (``book_checked``: the
+    bounded accounts must still hold the batch, each usage counter must still be in the tier the events
+    were priced in); if they are not, the ledger refuses (``LedgerRefused``) and the caller runs the batch
+    again with locks. ``decide`` takes the decisions; ``write`` books the accepted events that were
+    stored."""
 
-    def __init__(self, events: list[EventUsage], terms: Terms | None = None) -> None:
+    def __init__(self, events: list[EventUsage], terms: Terms | None = None, *, lock: bool = True) -> None:
         events = [e for e in events if e.quantity > 0 and e.coverage is None]
         # (account, code, ledger, meter, period) -> [amount, first event]; per accepted event when some
         # events may not be stored (the careful pass), else the batch's sums
         self.accepted: list[tuple[EventUsage, list[tuple[int, int, int, int, int, int]]]] = []
         self.sums: dict[tuple[int, int, int, int, int], list[Any]] | None = None
+        self.locked = lock
+        self.expect: dict[int, list[Any]] = {}  # counter -> [low, high] its value may have when booked
         self.ledger = get_ledger()
+        read = self.ledger.lock_accounts if lock else self.ledger.lookup_accounts
         # Which credit wallets exist is first taken from what this process has seen (a wallet is never
         # deleted), and checked by the lock itself: the candidate wallets are locked with the accounts
         # (one statement). Only a wallet this process had not seen yet makes the work be done again.
@@ -462,7 +470,7 @@ class BatchDebit:
         self.prepared = None
         if prepared is None:
             return
-        locked = self.ledger.lock_accounts(sorted(prepared.locks() | set(prepared.wallet_ids)))
+        locked = read(sorted(prepared.locks() | set(prepared.wallet_ids)))
         found = {i for i in prepared.wallet_ids if i in locked}
         if found != prepared.wallets:
             acc.remember_wallets(found)
@@ -470,7 +478,7 @@ class BatchDebit:
             assert prepared is not None
             missing = prepared.locks() - locked.keys()
             if missing:  # accounts just created for the wallet's prepaid pricing (usage counters)
-                locked.update(self.ledger.lock_accounts(sorted(missing)))
+                locked.update(read(sorted(missing)))
         if not prepared.plans:
             return
         self.prepared = prepared
@@ -478,6 +486,7 @@ class BatchDebit:
                         for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i}
         self.available = {i: locked[i].available for i in self.bounded}
         self.cumulative = {i: locked[i].debits_posted for i in prepared.counters}
+        self.start = dict(self.cumulative)
 
     def decide(self, skip: set[Any] | None = None) -> dict[Any, Refusal]:
         """Decide every event in order (but those whose key is in ``skip``); return the refused ones.
@@ -506,8 +515,9 @@ class BatchDebit:
         sums: dict[tuple[int, int, int, int, int], list[Any]] = {}
         totals: dict[int, list[Any]] = {}  # id(shared) -> [quantity units, cost units, first event, shared]
         counted: dict[int, list[Any]] = {}  # counter -> [quantity units, first event, shared]
+        expect = None if self.locked else self.expect
         for event, shared, charges in self.prepared.plans:
-            qty, cost, counters = _priced_units(event, charges, cumulative)
+            qty, cost, counters = _priced_units(event, charges, cumulative, expect, self.start)
             for counter_id in counters:
                 cumulative[counter_id] += qty
                 count = counted.get(counter_id)
@@ -585,10 +595,17 @@ class BatchDebit:
                      ledger=ledger_id, code=code, user_data_128=first.customer_pk, user_data_64=meter_pk,
                      user_data_32=period)
             for (debit, code, ledger_id, meter_pk, period), (amount, first) in batch.items()]
-        # One statement; under the locks it cannot be refused, and if it were, the whole batch (events
-        # included) would roll back rather than be guessed at (LedgerRefused, a 500).
-        if transfers:
-            self.ledger.book_locked(transfers)
+        # One statement. Under the locks it cannot be refused (if it were, the whole batch, events included,
+        # would roll back rather than be guessed at: LedgerRefused, a 500); without them, it is refused when
+        # the accounts moved in a way that changes a decision, and the caller decides again under locks.
+        if not transfers:
+            return
+        expect: dict[int, tuple[int | None, int | None]] | None = None
+        if not self.locked:
+            debited = {t.debit_account_id for t in transfers}
+            expect = ({i: (low, high) for i, (low, high) in self.expect.items() if i in debited} if self.sums is not None
+                      else {i: (value, value) for i, value in self.start.items() if i in debited})
+        self.ledger.book_checked(transfers, expect)
 
 
 _ZERO = Decimal(0)
@@ -645,10 +662,14 @@ def _fast_terms(spec: pricing.ChargeSpec) -> tuple[tuple[int, int | None, int], 
     return tuple(tiers)
 
 
-def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int]) -> tuple[int, int, list[int]]:
+def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int],
+                  expect: dict[int, list[Any]] | None = None, start: dict[int, int] | None = None
+                  ) -> tuple[int, int, list[int]]:
     """``_priced`` with the cost as ledger money units, rounded up: in integers when every charge allows it
     (per unit; graduated with the period's usage already inside a tier the event does not leave), else
-    from the exact Decimal cost."""
+    from the exact Decimal cost. With ``expect``, narrows each usage counter's [low, high] to the values
+    it may have had at ``start`` for this price to stay the same: inside the same tier, or, priced the
+    Decimal way, exactly the value read."""
     qty = acc.qty_units(event.quantity)
     num = 0
     counters: list[int] = []
@@ -666,6 +687,9 @@ def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[in
                 if before > lower and (upper is None or before + qty <= upper):
                     num += qty * price
                     counters.append(counter_id)
+                    if expect is not None and start is not None:
+                        shift = before - start[counter_id]  # what this batch counted before the event
+                        _narrow(expect, counter_id, lower + 1 - shift, None if upper is None else upper - qty - shift)
                     tiers = ()
                 break
         if tiers:
@@ -673,7 +697,20 @@ def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[in
     else:
         return qty, -(-num // _COST_DIVISOR), counters
     qty, cost, counters = _priced(event, charges, cumulative)
+    if expect is not None and start is not None:
+        for counter_id in counters:
+            _narrow(expect, counter_id, start[counter_id], start[counter_id])
     return qty, acc.money_units_ceil(cost), counters
+
+
+def _narrow(expect: dict[int, list[Any]], counter_id: int, low: int, high: int | None) -> None:
+    bounds = expect.get(counter_id)
+    if bounds is None:
+        expect[counter_id] = [low, high]
+        return
+    bounds[0] = max(bounds[0], low)
+    if high is not None:
+        bounds[1] = high if bounds[1] is None else min(bounds[1], high)
 
 
 _QUOTA, _SPEND, _CREDITS, _COUNTER = (int(TransferCode.USAGE_QUOTA), int(TransferCode.USAGE_SPEND),

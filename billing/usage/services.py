@@ -28,6 +28,7 @@ from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event, fingerprint
 from billing.usage.models import UsageEvent
 from ledger.backends import get_ledger
+from ledger.backends.base import LedgerRefused
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
 T = TypeVar("T")
@@ -213,12 +214,16 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms:
     """Insert the batch and debit its limited events in one transaction (a ledger that shares the
     database: billing.guardrails.enforcement.BatchDebit). Returns the keys inserted.
 
-    First optimistically: insert, then lock the customer's accounts and decide for the events actually
-    inserted, so that one customer's concurrent batches serialise only on the decision and the few
-    ledger rows, not on the insert. Raw events are append-only, so a refused event cannot be marked
-    after its insert: when an event is refused the transaction is rolled back and the batch runs again
-    deciding first: lock, read which ids are stored (a retry is never debited again), decide, insert
-    the refused events as not billable, debit what was inserted. A deadlock (two batches inserting the
+    First optimistically: insert, read the customer's accounts without locking them, decide for the
+    events actually inserted, and book the batch with one statement that takes the account locks and
+    holds the ledger to what the decision assumed (every bounded account still holds the batch, every
+    usage counter is still in the tier the events were priced in). One customer's concurrent batches
+    then serialise only on that statement and the commit, not on the insert nor the decision. Raw
+    events are append-only, so a refused event cannot be marked after its insert: when an event is
+    refused, or the ledger refuses the booking (accounts moved meanwhile), the transaction is rolled
+    back and the batch runs again deciding first under locks: lock, read which ids are stored (a retry
+    is never debited again), decide, insert the refused events as not billable, debit what was
+    inserted. A deadlock (two batches inserting the
     same new ids in another order, or one waiting on the other's id while holding the accounts) is
     retried: PostgreSQL rolls one back, and nothing of it was kept."""
     from billing.guardrails.enforcement import BatchDebit
@@ -228,7 +233,7 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms:
     def attempt() -> set[tuple[int, str]]:
         for row, (billable, reason) in zip(limited, before, strict=True):  # decided afresh each time
             row.billable, row.reason, row.refusal = billable, reason, None
-        return _insert_debited_once(rows, limited, now, lambda usages: BatchDebit(usages, terms))
+        return _insert_debited_once(rows, limited, now, lambda usages, lock: BatchDebit(usages, terms, lock=lock))
 
     return _retrying_deadlocks(attempt)
 
@@ -252,15 +257,15 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, b
         with transaction.atomic():
             inserted = _insert_rows(rows, received_at=now)
             debit = batch_debit([_usage(r) for r in limited if r.event.billable
-                                 and (r.customer_pk, r.event.event_id) in inserted])
+                                 and (r.customer_pk, r.event.event_id) in inserted], False)
             if debit.decide():
                 raise _Refused
-            debit.write()
+            debit.write()  # LedgerRefused if an account moved since it was read in a way that matters
             return inserted
-    except _Refused:
+    except (_Refused, LedgerRefused):
         pass
     with transaction.atomic():
-        debit = batch_debit([_usage(r) for r in limited if r.event.billable])
+        debit = batch_debit([_usage(r) for r in limited if r.event.billable], True)
         stored = set(_stored_rows(limited))
         _apply_refusals(limited, debit.decide(skip={r.index for r in limited
                                                     if (r.customer_pk, r.event.event_id) in stored}))

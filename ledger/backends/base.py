@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ledger.types import Account, Status, Transfer
 
@@ -14,7 +14,8 @@ class LedgerUnavailable(Exception):
 
 
 class LedgerRefused(Exception):
-    """``book_locked`` found a transfer it cannot book as given: nothing was booked."""
+    """``book_checked`` found a transfer it cannot book as given, or an expectation that does not hold:
+    nothing was booked."""
 
 
 class LedgerBackend(ABC):
@@ -51,13 +52,16 @@ class LedgerBackend(ABC):
         ``transaction.atomic()``."""
         raise NotImplementedError(f"the {self.name} ledger does not share the database")
 
-    def book_locked(self, transfers: Sequence[Transfer]) -> None:
+    def book_checked(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
+                     ) -> None:
         """Create fresh, single-phase, posted transfers in the caller's open database transaction, for a
-        caller that holds their debit accounts with ``lock_accounts`` and has checked their limits (the
-        batch debit of limited ingest). Every check ``create_transfers`` would make still holds; if any
-        fails (an id that exists or failed before, an account missing, on another ledger or over its
-        limit), nothing is booked, the caller's transaction is marked for rollback and
-        ``LedgerRefused`` is raised. Only for a backend that ``shares_database``."""
+        caller that has checked their limits: on accounts it holds (``lock_accounts``), or on balances it
+        read without a lock, stating with ``expect`` what its decision assumed of accounts other than the
+        bounded ones (account id -> inclusive (low, high) bounds of the account's ``debits_posted`` before
+        this booking; None: unbounded). Every check ``create_transfers`` would make still holds; if any
+        fails, or an expectation does not (another transaction moved the account meanwhile), nothing is
+        booked, the caller's transaction is marked for rollback and ``LedgerRefused`` is raised. Only for a
+        backend that ``shares_database``."""
         raise NotImplementedError(f"the {self.name} ledger does not share the database")
 
     def expire_pending(self) -> int:

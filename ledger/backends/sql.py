@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
@@ -225,10 +225,14 @@ class SqlLedger(LedgerBackend):
         with transaction.atomic():
             return _Batch(transfers).run()
 
-    def book_locked(self, transfers: Sequence[Transfer]) -> None:
+    def book_checked(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
+                     ) -> None:
         if not connection.in_atomic_block:
-            raise RuntimeError("book_locked writes in the caller's transaction: call it in one")
+            raise RuntimeError("book_checked writes in the caller's transaction: call it in one")
+        expect = expect or {}
         transfers = list(transfers)
+        if set(expect) - {t.debit_account_id for t in transfers} - {t.credit_account_id for t in transfers}:
+            raise ValueError("an expectation names an account none of the transfers moves")
         if not transfers:
             return
         malformed = [t.id for t in transfers if not t.id or int(t.flags) or t.pending_id or t.timeout or not t.ledger
@@ -238,6 +242,13 @@ class SqlLedger(LedgerBackend):
             transaction.set_rollback(True)
             raise LedgerRefused(f"not fresh single-phase transfers with distinct ids: {malformed or 'repeated ids'}")
         if connection.vendor != "postgresql":  # SQLite: in process, a statement costs little
+            found = self.lookup_accounts(list(expect))  # the write lock is held since BEGIN IMMEDIATE
+            missed = [i for i, (low, high) in expect.items() if i not in found
+                      or (low is not None and found[i].debits_posted < low)
+                      or (high is not None and found[i].debits_posted > high)]
+            if missed:
+                transaction.set_rollback(True)
+                raise LedgerRefused(f"accounts moved since they were read: {missed}")
             statuses = self.create_transfers(transfers)
             refused = [(t.id, s.value) for t, s in zip(transfers, statuses, strict=True) if s is not Status.CREATED]
             if refused:
@@ -249,21 +260,25 @@ class SqlLedger(LedgerBackend):
             moves.setdefault((t.debit_account_id, int(t.ledger)), [0, 0])[0] += t.amount
             moves.setdefault((t.credit_account_id, int(t.ledger)), [0, 0])[1] += t.amount
         keys = sorted(moves)
+        bounds = [expect.get(k[0], (None, None)) for k in keys]
         first = _now_ns_block(len(transfers))
-        columns = [[k[0] for k in keys], [k[1] for k in keys], [moves[k][0] for k in keys], [moves[k][1] for k in keys],
+        columns: list[list[object]] = [
+                   [k[0] for k in keys], [k[1] for k in keys], [moves[k][0] for k in keys], [moves[k][1] for k in keys],
+                   ["" if b[0] is None else b[0] for b in bounds], ["" if b[1] is None else b[1] for b in bounds],
                    [t.id for t in transfers], [t.debit_account_id for t in transfers],
                    [t.credit_account_id for t in transfers], [t.amount for t in transfers],
                    [int(t.ledger) for t in transfers], [int(t.code) for t in transfers],
                    [t.user_data_128 for t in transfers], [t.user_data_64 for t in transfers],
                    [t.user_data_32 for t in transfers], [first + i for i in range(len(transfers))]]
         with connection.cursor() as cursor:
-            cursor.execute(_BOOK_LOCKED, [_joined(column) for column in columns])
+            cursor.execute(_BOOK, [_joined(column) for column in columns])
             updated, inserted, failed_before = cursor.fetchone()
         if (updated, inserted, failed_before) != (len(keys), len(transfers), 0):
             transaction.set_rollback(True)
             raise LedgerRefused(
                 f"{len(transfers)} transfers: {len(transfers) - inserted} ids exist, {failed_before} failed before, "
-                f"{len(keys) - updated} of {len(keys)} account moves missing, on another ledger or over a limit")
+                f"{len(keys) - updated} of {len(keys)} account moves missing, on another ledger, over a limit or "
+                "not as expected")
 
 
 @dataclass(slots=True)
@@ -645,7 +660,7 @@ _U128 = {"id", "debit_account_id", "credit_account_id", "amount", "requested_amo
 _BALANCES = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
 
-def _joined(ids: Sequence[int]) -> str:
+def _joined(ids: Sequence[object]) -> str:
     return ",".join(map(str, ids))
 
 
@@ -763,14 +778,16 @@ def replace_row(pending: LedgerTransfer | NewTransfer, t: Transfer, amount: int)
         user_data_32=t.user_data_32 or pending.user_data_32, timestamp=_now_ns(), state=_STATE_POSTED, expires_at=None)
 
 
-# One statement for book_locked (PostgreSQL): the moves per (account, ledger) summed by the caller, the
-# transfers. The accounts are locked in ascending id order first (the debit accounts are the caller's
-# already); an account moves only if it exists on that ledger and stays within its limit flags, so the
-# caller compares the counts.
-_BOOK_LOCKED = f"""
+# One statement for book_checked (PostgreSQL): the moves per (account, ledger) summed by the caller, with
+# the bounds expected of each account's debits_posted, then the transfers. The accounts are locked in
+# ascending id order first (those the caller locked are its already); an account moves only if it exists
+# on that ledger, stays within its limit flags and is as expected, so the caller compares the counts.
+_BOOK = f"""
 WITH m AS (
   SELECT * FROM unnest(string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::bigint[],
-                       string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[]) AS m(id, ledger, d, c)
+                       string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
+                       string_to_array(%s, ',', '')::numeric[], string_to_array(%s, ',', '')::numeric[])
+    AS m(id, ledger, d, c, low, high)
 ), locked AS (
   SELECT id FROM ledger_account WHERE id IN (SELECT id FROM m) ORDER BY id FOR UPDATE
 ), updated AS (
@@ -779,6 +796,7 @@ WITH m AS (
   WHERE a.id = m.id AND a.ledger = m.ledger
     AND (a.flags & {_DEBITS_BOUNDED} = 0 OR a.debits_pending + a.debits_posted + m.d <= a.credits_posted)
     AND (a.flags & {_CREDITS_BOUNDED} = 0 OR a.credits_pending + a.credits_posted + m.c <= a.debits_posted)
+    AND (m.low IS NULL OR a.debits_posted >= m.low) AND (m.high IS NULL OR a.debits_posted <= m.high)
   RETURNING a.id
 ), v AS (
   SELECT * FROM unnest(string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],

@@ -156,9 +156,9 @@ def test_when_a_limit_binds_the_exact_event_that_exceeds_is_refused(monkeypatch:
     assert ledger.create_transfers([batch[2]]) == [Status.ID_ALREADY_FAILED]
 
 
-# --- book_locked: the batch debit's one statement ---------------------------------------------------------
+# --- book_checked: the batch debit's one statement ---------------------------------------------------------
 
-def test_book_locked_books_fresh_transfers_in_the_callers_transaction() -> None:
+def test_book_checked_books_fresh_transfers_in_the_callers_transaction() -> None:
     # given two funded bounded accounts
     from django.db import transaction
 
@@ -171,7 +171,7 @@ def test_book_locked_books_fresh_transfers_in_the_callers_transaction() -> None:
     # when the caller locks, then books, in one transaction
     with transaction.atomic():
         ledger.lock_accounts([a, b])
-        ledger.book_locked(batch)
+        ledger.book_checked(batch)
 
     # then the balances moved on both sides and the transfers read back as create_transfers would store them
     accounts = ledger.lookup_accounts([a, b, operator])
@@ -186,7 +186,7 @@ def test_book_locked_books_fresh_transfers_in_the_callers_transaction() -> None:
 
 
 @pytest.mark.parametrize("case", ["over_limit", "id_exists", "id_failed", "missing_account", "other_ledger", "linked"])
-def test_book_locked_refuses_the_whole_batch_and_rolls_the_caller_back(case: str) -> None:
+def test_book_checked_refuses_the_whole_batch_and_rolls_the_caller_back(case: str) -> None:
     # given a bounded account holding 10, and a row the caller wrote in the same transaction
     from django.db import transaction
 
@@ -218,7 +218,7 @@ def test_book_locked_refuses_the_whole_batch_and_rolls_the_caller_back(case: str
     with pytest.raises(LedgerRefused), transaction.atomic():
         LedgerAccount.objects.create(id=marker, ledger=LEDGER, code=CODE, timestamp=1)
         ledger.lock_accounts([quota])
-        ledger.book_locked([good, bad])
+        ledger.book_checked([good, bad])
 
     # then nothing of the transaction is left: no transfer, no balance, not the caller's row
     assert ledger.lookup_accounts([quota, operator]) == before
@@ -226,6 +226,36 @@ def test_book_locked_refuses_the_whole_batch_and_rolls_the_caller_back(case: str
     assert not LedgerAccount.objects.filter(pk=marker).exists()
 
 
-def test_book_locked_needs_the_callers_transaction() -> None:
+def test_book_checked_holds_the_ledger_to_what_the_caller_expected() -> None:
+    # given a counter-like account debited 5 so far
+    from django.db import transaction
+
+    from ledger.backends.base import LedgerRefused
+
+    ledger = SqlLedger()
+    operator, (counter,) = make_books(ledger, [100])
+    assert ledger.create_transfers([Transfer(id=new_id(), debit_account_id=counter, credit_account_id=operator,
+                                             amount=5, ledger=LEDGER, code=CODE)]) == [Status.CREATED]
+
+    def book(low: int | None, high: int | None) -> None:
+        with transaction.atomic():
+            ledger.book_checked([Transfer(id=new_id(), debit_account_id=counter, credit_account_id=operator, amount=1,
+                                          ledger=LEDGER, code=CODE)], {counter: (low, high)})
+
+    # when a booking expects its debits to lie where they are, or not
+    book(5, 5)
+    book(0, None)
+    with pytest.raises(LedgerRefused):
+        book(0, 6)  # it is 7 by now
+    with pytest.raises(LedgerRefused):
+        book(8, None)
+    with pytest.raises(ValueError, match="none of the transfers"), transaction.atomic():
+        ledger.book_checked([], {counter: (0, None)})
+
+    # then only the two that held were booked
+    assert ledger.lookup_accounts([counter])[counter].debits_posted == 7
+
+
+def test_book_checked_needs_the_callers_transaction() -> None:
     with pytest.raises(RuntimeError, match="transaction"):
-        SqlLedger().book_locked([])
+        SqlLedger().book_checked([])

@@ -397,3 +397,82 @@ def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, 
     # then it was run again, whole, and counted once
     assert [r.status for r in results] == ["accepted", "accepted"] and len(calls) == 2
     assert UsageEvent.objects.filter(billable=True).count() == 2
+
+
+def _overtaken_once(monkeypatch, interloper) -> list[int]:
+    """Make the first unlocked (optimistic) decision be overtaken: right after it, ``interloper`` runs in
+    another thread and connection and commits, before the batch is booked."""
+    from billing.guardrails.enforcement import BatchDebit
+
+    real_decide = BatchDebit.decide
+    runs: list[int] = []
+
+    def decide_then_overtaken(self, *args, **kwargs):
+        refusals = real_decide(self, *args, **kwargs)
+        if not self.locked and not runs:
+            runs.append(1)
+
+            def other() -> None:
+                try:
+                    interloper()
+                finally:
+                    connection.close()
+
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+        return refusals
+
+    monkeypatch.setattr(BatchDebit, "decide", decide_then_overtaken)
+    return runs
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
+def test_a_batch_overtaken_between_its_decision_and_its_booking_is_decided_again(acme, debit_mode, monkeypatch):
+    # given a hard limit of 11 with one unit used (the period's accounts exist), and a batch of six units
+    # decided on an unlocked read of 10 left
+    subscribe(acme, catalog(hard="11"))
+    assert events_ingest(principal=ADMIN, raw_events=[body("first")])[0].status == "accepted"
+    other = []
+    runs = _overtaken_once(monkeypatch, lambda: other.extend(
+        events_ingest(principal=ADMIN, raw_events=[body(f"o{i}") for i in range(6)])))
+
+    # when another request takes six units before the batch is booked
+    results = events_ingest(principal=ADMIN, raw_events=[body(f"m{i}") for i in range(6)])
+
+    # then the ledger refused the stale booking and the batch was decided again under locks: exactly 10
+    assert runs == [1] and [r.status for r in other] == ["accepted"] * 6
+    assert [r.status for r in results] == ["accepted"] * 4 + ["rejected"] * 2
+    assert {r.error.code for r in results[4:] if r.error} == {"quota_exceeded"}
+    assert UsageEvent.objects.filter(billable=True).count() == 11
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
+def test_a_batch_priced_in_a_tier_another_request_left_is_priced_again(acme, debit_mode, monkeypatch):
+    # given a graduated price (10 units at 1.00, then 0.10) under a spend cap, and a batch of five units
+    # priced at 1.00 each on an unlocked read of the usage counter at 0
+    from billing.catalog import pricing
+    from billing.catalog.schema import charge_spec
+    from ledger.codes import TransferCode
+    from ledger.models import LedgerTransfer
+
+    tiers = '[{up_to: 10, unit_price: "1"}, {up_to: null, unit_price: "0.1"}]'
+    text = catalog(cap="1000").replace('model: per_unit, unit_price: "0.01"', f"model: graduated, tiers: {tiers}")
+    subscribe(acme, text)
+    assert events_ingest(principal=ADMIN, raw_events=[body("first")])[0].status == "accepted"
+    runs = _overtaken_once(monkeypatch, lambda: events_ingest(principal=ADMIN, raw_events=[body("o", "8")]))
+
+    # when another request moves the counter to 9 before the batch is booked
+    results = events_ingest(principal=ADMIN, raw_events=[body(f"m{i}") for i in range(5)])
+
+    # then the batch was priced again from 9: one unit at 1.00, four at 0.10; 14 units cost what the rate
+    # card says 14 units cost
+    assert runs == [1] and [r.status for r in results] == ["accepted"] * 5
+    spent = sum(t.amount for t in LedgerTransfer.objects.filter(code=TransferCode.USAGE_SPEND))
+    spec = charge_spec({"model": "graduated", "tiers": [{"up_to": "10", "unit_price": "1"},
+                                                        {"up_to": None, "unit_price": "0.1"}]})
+    assert spent == int(pricing.price(Decimal(14), spec).amount.scaleb(12))
