@@ -37,16 +37,16 @@ def pg_bin(name: str) -> str:
     return str(candidates[-1])
 
 
-def pg_start(pg_dir: Path, port: int, database: str) -> str:
-    """initdb in ``pg_dir`` (created, owned by postgres when root), start, create ``database``; returns its URL.
-    Call ``pg_stop(pg_dir)`` in a ``finally`` whatever happens."""
+def pg_start(pg_dir: Path, port: int, database: str, extra: str = "") -> str:
+    """initdb in ``pg_dir`` (created, owned by postgres when root), start with SETTINGS and ``extra`` server
+    options, create ``database``; returns its URL. Call ``pg_stop(pg_dir)`` in a ``finally`` whatever happens."""
     pg_dir.mkdir(exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(pg_dir, "postgres", "postgres")
     run(as_postgres([pg_bin("initdb"), "-D", str(pg_dir / "data"), "-U", "postgres", "-A", "trust"]),
         stdout=subprocess.DEVNULL)
     run(as_postgres([pg_bin("pg_ctl"), "-D", str(pg_dir / "data"), "-l", str(pg_dir / "log"), "-w", "-o",
-                     f"-p {port} -k {pg_dir} {SETTINGS}", "start"]), stdout=subprocess.DEVNULL)
+                     f"-p {port} -k {pg_dir} {SETTINGS} {extra}", "start"]), stdout=subprocess.DEVNULL)
     run(as_postgres([pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database]))
     return f"postgres://postgres@127.0.0.1:{port}/{database}"
 
