@@ -333,6 +333,8 @@ class _Terms:
                 spec = charge_spec(charge)
                 found.append(_Charge(index, charge, group, spec, counter.id if counter else None, percent,
                                      counter=counter, fast=None if percent is not None else _fast_terms(spec)))
+            if len(self.charges) >= _CHARGES_MAX:  # kept across batches (_SHARED): bounded, whatever the dimensions
+                self.charges.clear()
             self.charges[key] = found
         return found
 
@@ -734,6 +736,7 @@ def _refusal(leg: str, meter_key: str, available: int, unit: str) -> Refusal:
 # batch neither derives ids nor parses charges again. Bounded: emptied when full.
 _SHARED: dict[tuple[Any, ...], tuple[_Terms | None, list[Account], list[Transfer]]] = {}
 _SHARED_MAX = 10_000
+_CHARGES_MAX = 1_000  # sets of dimensions whose charges one _Terms keeps (a dimension may be an id)
 
 
 def _shared_terms(event: EventUsage, sub: Sub, version: Version, period: int,

@@ -54,3 +54,24 @@ def test_terms_the_integers_cannot_hold_go_the_decimal_way():
     assert _fast_terms(ChargeSpec("volume", tiers=(Tier(None, D(1)),))) is None
     assert _fast_terms(ChargeSpec("graduated", tiers=(Tier(D(10), D(1)), Tier(None, D("0.5"))))) == (
         (0, 10 * 10**18, 10**24), (10 * 10**18, None, 5 * 10**23))
+
+
+def test_charges_kept_across_batches_stay_bounded_whatever_the_dimensions(monkeypatch):
+    # given terms kept across batches, and events whose dimensions are all different (an id as dimension)
+    from types import SimpleNamespace
+
+    from billing.guardrails import enforcement
+
+    monkeypatch.setattr(enforcement, "_CHARGES_MAX", 3)
+    meter = SimpleNamespace(pk=1, key="calls")
+    definition = {"charges": [{"meter": "calls", "model": "per_unit", "unit_price": "0.5"}]}
+    terms = enforcement._Terms(1, meter, 202612, definition, "USD", None, D(10), False, True)  # type: ignore[arg-type]
+
+    # when ten of them are priced
+    for n in range(10):
+        event = EventUsage(key=n, customer_pk=1, event_id=f"e{n}", meter=meter, quantity=D(1),  # type: ignore[arg-type]
+                           usage_at=None, dimensions={"request": f"r{n}"})  # type: ignore[arg-type]
+        assert [c.fast for c in terms.matching(event)] == [((0, None, 5 * 10**23),)]
+
+    # then at most three sets of dimensions are kept
+    assert len(terms.charges) <= 3
