@@ -351,11 +351,14 @@ class _Prepared:
     wallet_ids: list[int]  # the credit wallets the events' customers would have in their plans' currencies
     wallets: set[int]  # those taken to exist
 
-    def locks(self) -> set[int]:
-        """The accounts a batch debit holds: bounded ones (quota, spend cap, credits) and usage counters."""
+    def bounded(self) -> set[int]:
+        """The balance-bounded accounts the events debit: quotas, spend caps, credit wallets."""
         return {i for _, shared, _ in self.plans
-                for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i
-                } | set(self.counters)
+                for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i}
+
+    def locks(self) -> set[int]:
+        """The accounts a batch debit reads (and, deciding under locks, holds): bounded ones and usage counters."""
+        return self.bounded() | set(self.counters)
 
 
 def _wallets_in_ledger(ids: list[int]) -> set[int]:
@@ -440,7 +443,7 @@ class BatchDebit:
 
     The same decisions as ``enforce`` (events in order; an event is accepted only if every leg of its
     chain fits: quota, spend cap, credits; marginal prices from the period's usage counters), taken in
-    Python on the accounts locked until the caller commits, and written as one transfer per (account,
+    Python on the accounts as read (see below), and written as one transfer per (account,
     meter, period) for the whole batch instead of one per event and leg: a 1,000-event batch writes a
     handful of ledger rows, not 3,000. Exactly once comes from the event table: only events the caller's
     ``INSERT ... ON CONFLICT DO NOTHING`` inserted in the same transaction are debited, and the debit
@@ -484,9 +487,7 @@ class BatchDebit:
         if not prepared.plans:
             return
         self.prepared = prepared
-        self.bounded = {i for _, shared, _ in prepared.plans
-                        for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i}
-        self.available = {i: locked[i].available for i in self.bounded}
+        self.available = {i: locked[i].available for i in prepared.bounded()}
         self.cumulative = {i: locked[i].debits_posted for i in prepared.counters}
         self.start = dict(self.cumulative)
 

@@ -24,6 +24,7 @@ from django.utils import timezone
 from billing.catalog.models import Meter
 from billing.common.auth import Principal
 from billing.customers.models import Project
+from billing.guardrails.enforcement import BatchDebit, Coverage, EventUsage, Terms, enforce
 from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event, fingerprint
 from billing.usage.models import UsageEvent
@@ -78,7 +79,7 @@ class _Lookups:
     projects: dict[tuple[int, str], int] = field(default_factory=dict)
     originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
     closed_until: datetime = EPOCH  # usage before this instant belongs to a closed period
-    terms: Any = None  # the customers' subscriptions and rate cards (billing.guardrails.enforcement.Terms)
+    terms: Terms | None = None  # the customers' subscriptions and rate cards, read with them
 
 
 def events_ingest(
@@ -175,8 +176,6 @@ def _enforce_limits(rows: list[_Row], reservation: Any, now: datetime, terms: An
     round trip); mark refused events not billable, with reason ``rejected_<code>``. When the batch
     settles a reservation, its holds are closed first in the same ledger batch and the events' quota is
     debited only beyond what the reservation held (billing.guardrails.reservations)."""
-    from billing.guardrails.enforcement import Coverage, enforce
-
     prefix: list[Any] = []
     coverage = None
     if reservation is not None:
@@ -223,17 +222,15 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms:
     refused, or the ledger refuses the booking (accounts moved meanwhile), the transaction is rolled
     back and the batch runs again deciding first under locks: lock, read which ids are stored (a retry
     is never debited again), decide, insert the refused events as not billable, debit what was
-    inserted. A deadlock (two batches inserting the
-    same new ids in another order, or one waiting on the other's id while holding the accounts) is
-    retried: PostgreSQL rolls one back, and nothing of it was kept."""
-    from billing.guardrails.enforcement import BatchDebit
-
+    inserted. A deadlock (two batches inserting the same new ids in another order, or one waiting on the
+    other's id while holding the accounts) is retried: PostgreSQL rolls one back, and nothing of it was
+    kept."""
     before = [(r.billable, r.reason) for r in limited]
 
     def attempt() -> set[tuple[int, str]]:
         for row, (billable, reason) in zip(limited, before, strict=True):  # decided afresh each time
             row.billable, row.reason, row.refusal = billable, reason, None
-        return _insert_debited_once(rows, limited, now, lambda usages, lock: BatchDebit(usages, terms, lock=lock))
+        return _insert_debited_once(rows, limited, now, terms)
 
     return _retrying_deadlocks(attempt)
 
@@ -252,12 +249,12 @@ def _retrying_deadlocks(write: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, batch_debit: Any) -> set[tuple[int, str]]:
+def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms) -> set[tuple[int, str]]:
     try:
         with transaction.atomic():
             inserted = _insert_rows(rows, received_at=now)
-            debit = batch_debit([_usage(r) for r in limited if r.event.billable
-                                 and (r.customer_pk, r.event.event_id) in inserted], False)
+            debit = BatchDebit([_usage(r) for r in limited if r.event.billable
+                                and (r.customer_pk, r.event.event_id) in inserted], terms, lock=False)
             if debit.decide():
                 raise _Refused
             debit.write()  # LedgerRefused if an account moved since it was read in a way that matters
@@ -265,7 +262,7 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, b
     except (_Refused, LedgerRefused):
         pass
     with transaction.atomic():
-        debit = batch_debit([_usage(r) for r in limited if r.event.billable], True)
+        debit = BatchDebit([_usage(r) for r in limited if r.event.billable], terms, lock=True)
         stored = set(_stored_rows(limited))
         _apply_refusals(limited, debit.decide(skip={r.index for r in limited
                                                     if (r.customer_pk, r.event.event_id) in stored}))
@@ -275,9 +272,7 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, b
         return inserted
 
 
-def _usage(r: _Row, coverage: Any = None) -> Any:
-    from billing.guardrails.enforcement import EventUsage
-
+def _usage(r: _Row, coverage: Coverage | None = None) -> EventUsage:
     return EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
                       quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions, coverage=coverage)
 
@@ -342,8 +337,6 @@ def _load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> _Lookups:
     customer_ids = {e.customer for _, e in cleaned}
     # One round trip for the customers, whether each has a subscription (only then can a limit apply),
     # and the terms the limits are read from (the ingest hot path).
-    from billing.guardrails.enforcement import Terms
-
     customers, lookups.terms = Terms.of_customers(customer_ids)
     lookups.customers = {external_id: _Cust(pk, subscribed) for external_id, (pk, subscribed) in customers.items()}
     lookups.meters = meters_cached({e.meter for _, e in cleaned})
