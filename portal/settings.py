@@ -114,6 +114,11 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    # Ingest's few fixed statements (server-side binding: billing.usage.services) are prepared once per
+    # connection and reused; Django's own queries bind client-side and are never prepared. 0 disables it
+    # (a pooler in transaction mode older than PgBouncer 1.21).
+    _prepare = int(os.environ.get("DATABASE_PREPARE_THRESHOLD", "2"))
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = _prepare or None
 else:
     DATABASES = {
         "default": {

@@ -580,10 +580,14 @@ class BatchDebit:
         return {key: _refusal(leg, meter_key, available[account_id], unit)
                 for key, (leg, account_id, unit, meter_key) in refused.items()}
 
-    def write(self, stored: Callable[[Any], bool] = lambda key: True) -> None:
+    def write(self, stored: Callable[[Any], bool] = lambda key: True,
+              book: Callable[[list[Transfer], dict[int, tuple[int | None, int | None]] | None], None] | None = None
+              ) -> None:
         """Book the accepted events for which ``stored(key)`` (the caller's insert took them): one transfer
         per (account, code, ledger, meter, period). An accepted event that was not stored (another
-        request stored its id first) is left out: its share of the limit stays free."""
+        request stored its id first) is left out: its share of the limit stays free. ``book(transfers,
+        expect)`` books them (the ledger's ``book_checked`` unless the caller books them together with
+        its insert, in one statement), possibly none."""
         batch = self.sums
         if batch is None:
             batch = {}
@@ -601,14 +605,12 @@ class BatchDebit:
         # One statement. Under the locks it cannot be refused (if it were, the whole batch, events included,
         # would roll back rather than be guessed at: LedgerRefused, a 500); without them, it is refused when
         # the accounts moved in a way that changes a decision, and the caller decides again under locks.
-        if not transfers:
-            return
         expect: dict[int, tuple[int | None, int | None]] | None = None
-        if not self.locked:
+        if not self.locked and transfers:
             debited = {t.debit_account_id for t in transfers}
             expect = ({i: (low, high) for i, (low, high) in self.expect.items() if i in debited} if self.sums is not None
                       else {i: (value, value) for i, value in self.start.items() if i in debited})
-        self.ledger.book_checked(transfers, expect)
+        (book or self.ledger.book_checked)(transfers, expect)
 
 
 _ZERO = Decimal(0)

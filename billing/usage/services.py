@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -30,6 +31,7 @@ from billing.usage.contract import CleanEvent, EventError, clean_event, decode_e
 from billing.usage.models import UsageEvent
 from ledger.backends import get_ledger
 from ledger.backends.base import LedgerRefused
+from ledger.backends.sql import Booking
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
 T = TypeVar("T")
@@ -137,12 +139,14 @@ def events_ingest(
         _enforce_limits(limited, reservation, now, lookups.terms)
     if rows:
         # Otherwise one INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
-        inserted = _insert_debited(rows, limited, now, lookups.terms) if together else _retrying_deadlocks(
-            lambda: _insert_rows(rows, received_at=now))
-        # What the database holds for each id now: ours where we inserted, the earlier row otherwise.
+        inserted, known = _insert_debited(rows, limited, now, lookups.terms) if together else (
+            _retrying_deadlocks(lambda: _insert_rows(rows, received_at=now)), {})
+        # What the database holds for each id now: ours where we inserted, the earlier row otherwise (read
+        # before the insert for the ids the debit had to leave out, after it for the rest).
         winner: dict[tuple[int, str], str] = {}
-        for key, (fp, billable, reason) in _stored_rows([r for r in rows if (r.customer_pk, r.event.event_id)
-                                                          not in inserted]).items():
+        known.update(_stored_rows([r for r in rows if (r.customer_pk, r.event.event_id) not in inserted
+                                   and (r.customer_pk, r.event.event_id) not in known]))
+        for key, (fp, billable, reason) in known.items():
             winner[key] = fp
             if together and not billable and reason.startswith("rejected_") and key in in_batch:
                 in_batch[key].refusal = _refused_before(reason)  # a retry of a refused event stays refused
@@ -209,30 +213,37 @@ class _Refused(Exception):
     """The optimistic pass of _insert_debited found an event over a limit: roll back and decide first."""
 
 
-def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms: Any) -> set[tuple[int, str]]:
+def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms: Any
+                    ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]]:
     """Insert the batch and debit its limited events in one transaction (a ledger that shares the
-    database: billing.guardrails.enforcement.BatchDebit). Returns the keys inserted.
+    database: billing.guardrails.enforcement.BatchDebit). Returns the keys inserted, and the stored rows
+    (fingerprint, billable, reason) read on the way, by key.
 
-    First optimistically: insert, read the customer's accounts without locking them, decide for the
-    events actually inserted, and book the batch with one statement that takes the account locks and
-    holds the ledger to what the decision assumed (every bounded account still holds the batch, every
-    usage counter is still in the tier the events were priced in). One customer's concurrent batches
-    then serialise only on that statement and the commit, not on the insert nor the decision. Raw
-    events are append-only, so a refused event cannot be marked after its insert: when an event is
-    refused, or the ledger refuses the booking (accounts moved meanwhile), the transaction is rolled
-    back and the batch runs again deciding first under locks: lock, read which ids are stored (a retry
-    is never debited again), decide, insert the refused events as not billable, debit what was
-    inserted. A deadlock (two batches inserting the same new ids in another order, or one waiting on the
-    other's id while holding the accounts) is retried: PostgreSQL rolls one back, and nothing of it was
-    kept."""
+    First optimistically, on PostgreSQL: read which of the limited events are stored already (a retry is
+    never debited again) and the customer's accounts, without locking anything; decide for the others;
+    then insert the batch and book the debit in one statement, which takes the account locks and holds
+    the ledger to what the decision assumed (every bounded account still holds the batch, every usage
+    counter is still in the tier the events were priced in) and fails whole unless every debited event
+    was inserted by it and the booking went as expected (``tollgate_refuse_unless``). Autocommitted, it
+    is the batch's only write and its commit: one customer's concurrent batches serialise only on that
+    statement. (SQLite inserts, reads the accounts, decides and books in one transaction, which holds
+    the database's write lock throughout.) Raw events are append-only, so a refused event cannot be
+    marked after its insert: when an event is refused, or the ledger refuses the booking (accounts moved
+    meanwhile, or an id was stored by another request meanwhile), nothing was kept and the batch runs
+    again deciding first under locks: lock, read which ids are stored, decide, insert the refused events
+    as not billable, debit what was inserted. A deadlock (two batches inserting the same new ids in
+    another order, or one waiting on the other's id while holding the accounts) is retried: PostgreSQL
+    rolls one back, and nothing of it was kept."""
     before = [(r.billable, r.reason) for r in limited]
+    known: dict[tuple[int, str], tuple[str, bool, str]] = {}
 
     def attempt() -> set[tuple[int, str]]:
         for row, (billable, reason) in zip(limited, before, strict=True):  # decided afresh each time
             row.billable, row.reason, row.refusal = billable, reason, None
-        return _insert_debited_once(rows, limited, now, terms)
+        known.clear()
+        return _insert_debited_once(rows, limited, now, terms, known)
 
-    return _retrying_deadlocks(attempt)
+    return _retrying_deadlocks(attempt), known
 
 
 def _retrying_deadlocks(write: Callable[[], T]) -> T:
@@ -249,8 +260,11 @@ def _retrying_deadlocks(write: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms) -> set[tuple[int, str]]:
+def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms,
+                         known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
     try:
+        if connection.vendor == "postgresql":
+            return _insert_booked(rows, limited, now, terms, known)
         with transaction.atomic():
             inserted = _insert_rows(rows, received_at=now)
             debit = BatchDebit([_usage(r) for r in limited if r.event.billable
@@ -260,7 +274,7 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, t
             debit.write()  # LedgerRefused if an account moved since it was read in a way that matters
             return inserted
     except (_Refused, LedgerRefused):
-        pass
+        known.clear()
     with transaction.atomic():
         debit = BatchDebit([_usage(r) for r in limited if r.event.billable], terms, lock=True)
         stored = set(_stored_rows(limited))
@@ -270,6 +284,27 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, t
         by_index = {r.index: (r.customer_pk, r.event.event_id) for r in limited}
         debit.write(stored=lambda index: by_index[index] in inserted)
         return inserted
+
+
+def _insert_booked(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms,
+                   known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
+    """The optimistic pass on PostgreSQL (see _insert_debited): _Refused or LedgerRefused, with nothing
+    kept, when it cannot be taken."""
+    known.update(_stored_rows(limited))
+    debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
+    debit = BatchDebit([_usage(r) for r in debited], terms, lock=False)
+    if debit.decide():
+        raise _Refused
+    inserted: set[tuple[int, str]] = set()
+
+    def insert_and_book(transfers: list[Any], expect: Any) -> None:
+        booking = get_ledger().booking(transfers, expect)  # type: ignore[attr-defined]  # shares_database: SQL
+        inserted.update(_insert_rows(rows, received_at=now, booking=booking, debited=debited))
+
+    # In a caller's transaction (tests, a management command), a savepoint stands for the autocommit.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        debit.write(book=insert_and_book)
+    return inserted
 
 
 def _usage(r: _Row, coverage: Coverage | None = None) -> EventUsage:
@@ -428,13 +463,18 @@ _COLUMNS = (
 )
 
 
-def _insert_rows(rows: list[_Row], *, received_at: datetime) -> set[tuple[int, str]]:
-    """Insert what is new; return the (customer_pk, event_id) actually inserted by this call."""
+def _insert_rows(rows: list[_Row], *, received_at: datetime, booking: Booking | None = None,
+                 debited: Sequence[_Row] = ()) -> set[tuple[int, str]]:
+    """Insert what is new; return the (customer_pk, event_id) actually inserted by this call. With a
+    ledger ``booking`` (PostgreSQL), book it in the same statement, which fails whole (LedgerRefused)
+    unless the booking went as expected and every ``debited`` row was inserted by it."""
     table = UsageEvent._meta.db_table
     cols = ", ".join(_COLUMNS)
     conflict = "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id"
     if connection.vendor == "postgresql":
-        return _insert_rows_postgresql(rows, received_at, table, cols, conflict)
+        return _insert_rows_postgresql(rows, received_at, table, cols, conflict, booking, debited)
+    if booking is not None:
+        raise ValueError("an insert books the ledger in its own statement on PostgreSQL only")
     with connection.cursor() as cursor:  # SQLite: one multi-row VALUES (16,000 parameters at most)
         ops = connection.ops
         received = ops.adapt_datetimefield_value(received_at)
@@ -451,43 +491,64 @@ def _insert_rows(rows: list[_Row], *, received_at: datetime) -> set[tuple[int, s
         return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
 
 
-def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str, cols: str, conflict: str
-                            ) -> set[tuple[int, str]]:
+def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str, cols: str, conflict: str,
+                            booking: Booking | None, debited: Sequence[_Row]) -> set[tuple[int, str]]:
     """One statement with one array per column: a 1,000-event batch is one round trip and a short
     query text. It runs on a server-side-binding psycopg cursor over Django's connection (same
     transaction): arrays are sent as binary parameters (%b) instead of being quoted into the SQL text,
-    which cost about 40 ms per 1,000 events with Django's client-side binding."""
+    which cost about 40 ms per 1,000 events with Django's client-side binding. With a ``booking``, the
+    insert is one of the statement's common table expressions and the ledger's are the others; the
+    statement returns the inserted keys as two arrays, and ``tollgate_refuse_unless`` makes it fail
+    (SQLSTATE TG001, nothing kept) unless the booking's counts and the debited rows' insert are right."""
     import psycopg
 
+    insert = (
+        f"INSERT INTO {table} ({cols}) "  # noqa: S608 - table and columns are constants
+        "SELECT c, p, m, e, q, t, u, %b, d, tr, r, b, rs, sv, co, f FROM unnest("
+        "%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::numeric[], %b::timestamptz[], "
+        "%b::timestamptz[], %b::text[]::jsonb[], %b::text[]::jsonb[], %b::text[], %b::boolean[], %b::text[], "
+        "%b::smallint[], %b::text[], %b::text[]) AS x(c, p, m, e, q, t, u, d, tr, r, b, rs, sv, co, f) "
+        + conflict)
+    params: list[Any] = [
+        received_at,
+        [r.customer_pk for r in rows],
+        [r.project_pk for r in rows],
+        [r.meter_pk for r in rows],
+        [r.event.event_id for r in rows],
+        [r.quantity for r in rows],
+        [r.event.timestamp for r in rows],
+        [r.usage_at for r in rows],
+        [json.dumps(r.event.dimensions) for r in rows],
+        [json.dumps(r.event.trace) if r.event.trace is not None else None for r in rows],
+        [r.run_id for r in rows],
+        [r.billable for r in rows],
+        [r.reason for r in rows],
+        [r.event.schema_version for r in rows],
+        [r.event.corrects or "" for r in rows],
+        [r.fingerprint for r in rows],
+    ]
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({cols}) "  # noqa: S608 - table and columns are constants
-            "SELECT c, p, m, e, q, t, u, %b, d, tr, r, b, rs, sv, co, f FROM unnest("
-            "%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::numeric[], %b::timestamptz[], "
-            "%b::timestamptz[], %b::text[]::jsonb[], %b::text[]::jsonb[], %b::text[], %b::boolean[], %b::text[], "
-            "%b::smallint[], %b::text[], %b::text[]) AS x(c, p, m, e, q, t, u, d, tr, r, b, rs, sv, co, f) "
-            + conflict,
-            [
-                received_at,
-                [r.customer_pk for r in rows],
-                [r.project_pk for r in rows],
-                [r.meter_pk for r in rows],
-                [r.event.event_id for r in rows],
-                [r.quantity for r in rows],
-                [r.event.timestamp for r in rows],
-                [r.usage_at for r in rows],
-                [json.dumps(r.event.dimensions) for r in rows],
-                [json.dumps(r.event.trace) if r.event.trace is not None else None for r in rows],
-                [r.run_id for r in rows],
-                [r.billable for r in rows],
-                [r.reason for r in rows],
-                [r.event.schema_version for r in rows],
-                [r.event.corrects or "" for r in rows],
-                [r.fingerprint for r in rows],
-            ],
-        )
-        return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
+        if booking is None:
+            cursor.execute(insert, params)
+            return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
+        try:
+            cursor.execute(
+                f"WITH ins AS ({insert}), {booking.ctes} "  # noqa: S608 - constants
+                "SELECT tollgate_refuse_unless((SELECT count(*) FROM ins JOIN unnest(%b::bigint[], %b::text[]) "
+                f"AS d(c, e) ON ins.customer_id = d.c AND ins.event_id = d.e) = %b AND {booking.ok}, "
+                "'the ledger refused the batch''s booking, or another request stored one of its events first'), "
+                "array_agg(customer_id), array_agg(event_id) FROM ins",
+                [*params, *booking.params, [r.customer_pk for r in debited], [r.event.event_id for r in debited],
+                 len(debited), *booking.ok_params], prepare=True)
+        except psycopg.Error as error:
+            if error.sqlstate == "TG001":
+                raise LedgerRefused(str(error)) from error
+            raise
+        row = cursor.fetchone()
+        assert row is not None  # an aggregate: always one row
+        _ok, customer_pks, event_ids = row
+        return set(zip(map(int, customer_pks or ()), event_ids or (), strict=True))
 
 
 def _stored_outcomes(rows: list[_Row]) -> dict[tuple[int, str], str]:

@@ -229,32 +229,52 @@ class SqlLedger(LedgerBackend):
                      ) -> None:
         if not connection.in_atomic_block:
             raise RuntimeError("book_checked writes in the caller's transaction: call it in one")
-        expect = expect or {}
-        transfers = list(transfers)
-        if set(expect) - {t.debit_account_id for t in transfers} - {t.credit_account_id for t in transfers}:
-            raise ValueError("an expectation names an account none of the transfers moves")
-        if not transfers:
-            return
-        malformed = [t.id for t in transfers if not t.id or int(t.flags) or t.pending_id or t.timeout or not t.ledger
-                     or not t.code or not t.debit_account_id or not t.credit_account_id
-                     or t.debit_account_id == t.credit_account_id or t.amount < 0]
-        if malformed or len({t.id for t in transfers}) != len(transfers):
+        try:
+            booking = self.booking(transfers, expect)
+        except LedgerRefused:
             transaction.set_rollback(True)
-            raise LedgerRefused(f"not fresh single-phase transfers with distinct ids: {malformed or 'repeated ids'}")
+            raise
+        if booking is None:
+            return
         if connection.vendor != "postgresql":  # SQLite: in process, a statement costs little
-            found = self.lookup_accounts(list(expect))  # the write lock is held since BEGIN IMMEDIATE
-            missed = [i for i, (low, high) in expect.items() if i not in found
+            found = self.lookup_accounts(list(booking.expect))  # the write lock is held since BEGIN IMMEDIATE
+            missed = [i for i, (low, high) in booking.expect.items() if i not in found
                       or (low is not None and found[i].debits_posted < low)
                       or (high is not None and found[i].debits_posted > high)]
             if missed:
                 transaction.set_rollback(True)
                 raise LedgerRefused(f"accounts moved since they were read: {missed}")
-            statuses = self.create_transfers(transfers)
-            refused = [(t.id, s.value) for t, s in zip(transfers, statuses, strict=True) if s is not Status.CREATED]
+            statuses = self.create_transfers(booking.transfers)
+            refused = [(t.id, s.value) for t, s in zip(booking.transfers, statuses, strict=True) if s is not Status.CREATED]
             if refused:
                 transaction.set_rollback(True)
                 raise LedgerRefused(f"transfers refused: {refused}")
             return
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH {booking.ctes} SELECT {booking.counts}", booking.params)
+            counts = cursor.fetchone()
+        if tuple(counts) != booking.expected:
+            transaction.set_rollback(True)
+            raise LedgerRefused(booking.refusal(counts))
+
+    def booking(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
+                ) -> Booking | None:
+        """``book_checked``'s statement, for a caller that runs it as part of its own (PostgreSQL): the
+        common table expressions to append to its ``WITH``, their parameters (``%s``), and ``ok``, a
+        condition true exactly when the booking went as expected. The caller must make the statement fail
+        unless ``ok`` (``tollgate_refuse_unless``, ledger migration 0003), so that nothing of it is kept.
+        None when there is nothing to book; ``LedgerRefused`` for transfers it cannot book at all."""
+        expect = expect or {}
+        transfers = list(transfers)
+        if set(expect) - {t.debit_account_id for t in transfers} - {t.credit_account_id for t in transfers}:
+            raise ValueError("an expectation names an account none of the transfers moves")
+        if not transfers:
+            return None
+        malformed = [t.id for t in transfers if not t.id or int(t.flags) or t.pending_id or t.timeout or not t.ledger
+                     or not t.code or not t.debit_account_id or not t.credit_account_id
+                     or t.debit_account_id == t.credit_account_id or t.amount < 0]
+        if malformed or len({t.id for t in transfers}) != len(transfers):
+            raise LedgerRefused(f"not fresh single-phase transfers with distinct ids: {malformed or 'repeated ids'}")
         moves: dict[tuple[int, int], list[int]] = {}  # (account, ledger) -> [debited, credited]
         for t in transfers:
             moves.setdefault((t.debit_account_id, int(t.ledger)), [0, 0])[0] += t.amount
@@ -270,15 +290,45 @@ class SqlLedger(LedgerBackend):
                    [int(t.ledger) for t in transfers], [int(t.code) for t in transfers],
                    [t.user_data_128 for t in transfers], [t.user_data_64 for t in transfers],
                    [t.user_data_32 for t in transfers], [first + i for i in range(len(transfers))]]
-        with connection.cursor() as cursor:
-            cursor.execute(_BOOK, [_joined(column) for column in columns])
-            updated, inserted, failed_before = cursor.fetchone()
-        if (updated, inserted, failed_before) != (len(keys), len(transfers), 0):
-            transaction.set_rollback(True)
-            raise LedgerRefused(
-                f"{len(transfers)} transfers: {len(transfers) - inserted} ids exist, {failed_before} failed before, "
-                f"{len(keys) - updated} of {len(keys)} account moves missing, on another ledger, over a limit or "
-                "not as expected")
+        return Booking(transfers, dict(expect), [_joined(column) for column in columns], (len(keys), len(transfers), 0))
+
+
+@dataclass(slots=True)
+class Booking:
+    """Fresh posted transfers as one set of common table expressions (``_BOOK``): the accounts' moves are
+    summed per (account, ledger), the accounts locked in ascending id order, every limit flag, ledger and
+    expectation (``expect``: account -> low/high bounds of its debits_posted) checked in the UPDATE, and
+    the transfers inserted. It went as expected when ``counts`` equals ``expected``: every account moved,
+    every transfer inserted (none existed), none failed before."""
+
+    transfers: list[Transfer]
+    expect: dict[int, tuple[int | None, int | None]]
+    params: list[str]
+    expected: tuple[int, int, int]
+
+    @property
+    def ctes(self) -> str:
+        return _BOOK
+
+    @property
+    def counts(self) -> str:
+        return _BOOK_COUNTS
+
+    @property
+    def ok(self) -> str:
+        """The condition, its parameters (``ok_params``) following the ctes' (a constant text: it can be
+        prepared once per connection)."""
+        return f"({self.counts}) = (%s::int8, %s::int8, %s::int8)"
+
+    @property
+    def ok_params(self) -> list[int]:
+        return list(self.expected)
+
+    def refusal(self, counts: Sequence[int]) -> str:
+        updated, inserted, failed_before = counts
+        return (f"{len(self.transfers)} transfers: {len(self.transfers) - inserted} ids exist, {failed_before} failed "
+                f"before, {self.expected[0] - updated} of {self.expected[0]} account moves missing, on another ledger, "
+                "over a limit or not as expected")
 
 
 @dataclass(slots=True)
@@ -783,7 +833,7 @@ def replace_row(pending: LedgerTransfer | NewTransfer, t: Transfer, amount: int)
 # ascending id order first (those the caller locked are its already); an account moves only if it exists
 # on that ledger, stays within its limit flags and is as expected, so the caller compares the counts.
 _BOOK = f"""
-WITH m AS (
+m AS (
   SELECT * FROM unnest(string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::bigint[],
                        string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
                        string_to_array(%s, ',', '')::numeric[], string_to_array(%s, ',', '')::numeric[])
@@ -809,10 +859,9 @@ WITH m AS (
   INSERT INTO ledger_transfer ({", ".join(_TRANSFER_COLUMNS)})
   SELECT id, dr, cr, amount, amount, 0, ledger, code, 0, 0, u128, u64, u32, ts, {_STATE_POSTED}, NULL FROM v
   ON CONFLICT (id) DO NOTHING RETURNING id
-)
-SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),
-       (SELECT count(*) FROM ledger_failed_transfer WHERE id IN (SELECT id FROM v))
-"""  # noqa: S608 - constants only
+)"""  # noqa: S608 - constants only
+_BOOK_COUNTS = """(SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),
+       (SELECT count(*) FROM ledger_failed_transfer WHERE id IN (SELECT id FROM v))"""
 
 
-__all__ = ["SqlLedger"]
+__all__ = ["Booking", "SqlLedger"]

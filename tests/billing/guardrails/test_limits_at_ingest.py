@@ -452,6 +452,36 @@ def test_a_batch_overtaken_between_its_decision_and_its_booking_is_decided_again
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
+def test_a_batch_whose_event_another_request_stored_first_keeps_nothing_of_its_booking(acme, admin, debit_mode,
+                                                                                     monkeypatch):
+    # given a hard limit of 10, and a batch of three events decided as all new on an unlocked read
+    from billing.guardrails import accounts as acc
+    from ledger.codes import TransferCode
+    from ledger.models import LedgerTransfer
+
+    subscribe(acme, catalog(hard="10"))
+    assert events_ingest(principal=ADMIN, raw_events=[body("first")])[0].status == "accepted"
+    other = []
+    runs = _overtaken_once(monkeypatch, lambda: other.extend(
+        events_ingest(principal=ADMIN, raw_events=[body("m1", "2")])))
+
+    # when another request stores one of its events (the same body: a client's retry) before the batch
+    # inserts and books in its one statement
+    results = events_ingest(principal=ADMIN, raw_events=[body("m0", "2"), body("m1", "2"), body("m2", "2")])
+
+    # then that statement kept nothing (it would have debited m1 a second time) and the batch was decided
+    # again: m1 is a duplicate, debited once, by the request that stored it
+    assert runs == [1] and [r.status for r in other] == ["accepted"]
+    assert [r.status for r in results] == ["accepted", "duplicate", "accepted"]
+    assert UsageEvent.objects.filter(event_id="m1").count() == 1
+    quota = sum(t.amount for t in LedgerTransfer.objects.filter(code=TransferCode.USAGE_QUOTA))
+    assert quota == acc.qty_units(Decimal(7))  # first (1) + m0, m1, m2 (2 each)
+    assert admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]["used"] == "7"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
 def test_a_batch_priced_in_a_tier_another_request_left_is_priced_again(acme, debit_mode, monkeypatch):
     # given a graduated price (10 units at 1.00, then 0.10) under a spend cap, and a batch of five units
     # priced at 1.00 each on an unlocked read of the usage counter at 0
