@@ -306,6 +306,25 @@ def test_batch_with_a_restricted_key_rejects_only_foreign_events(make_client, ev
 
 # --- append-only ------------------------------------------------------------------------------------
 
+def test_the_customer_project_and_meter_of_stored_events_cannot_be_deleted(ingest, event, acme, tokens_meter):
+    # given a stored event of acme's project (the event table keeps no foreign-key constraints in the
+    # database: the ORM's PROTECT guards what they guarded)
+    from django.db.models import ProtectedError
+
+    from billing.customers.models import Project
+
+    project = Project.objects.create(customer=acme, key="chat", name="Chat")
+    assert post_json(ingest, EVENTS, event(project="chat")).status_code == 201
+
+    # when the customer, the project or the meter is deleted, then it is refused and the event keeps them
+    for row in (project, acme, tokens_meter):
+        with pytest.raises(ProtectedError) as refused:
+            row.delete()
+        assert any(isinstance(o, UsageEvent) for o in refused.value.protected_objects), row
+    stored = UsageEvent.objects.select_related("customer", "project", "meter").get()
+    assert (stored.customer.external_id, stored.project.key, stored.meter.key) == ("acme-co", "chat", tokens_meter.key)
+
+
 def test_stored_events_cannot_be_edited_or_deleted_through_the_orm(ingest, event):
     post_json(ingest, EVENTS, event())
     stored = UsageEvent.objects.get()
