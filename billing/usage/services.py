@@ -286,10 +286,31 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, t
         return inserted
 
 
+# (SQL string literals in _insert_rows_postgresql: no quotes in them)
+_BOOKING_REFUSED = "the ledger refused the booking of the batch: its accounts moved since they were read"
+_STORED_MEANWHILE = "another request stored one of the events of the batch since it read which are stored"
+
+
+class _StoredMeanwhile(LedgerRefused):
+    """The one statement of _insert_booked kept nothing: an event it was to debit was stored by another
+    request after the batch read which are stored (a client's retry in flight). Worth one more optimistic
+    pass, which will see it stored: the careful pass would wait for the account locks first."""
+
+
 def _insert_booked(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms,
                    known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
     """The optimistic pass on PostgreSQL (see _insert_debited): _Refused or LedgerRefused, with nothing
     kept, when it cannot be taken."""
+    for _attempt in range(2):
+        try:
+            return _insert_booked_once(rows, limited, now, terms, known)
+        except _StoredMeanwhile:
+            known.clear()
+    return _insert_booked_once(rows, limited, now, terms, known)
+
+
+def _insert_booked_once(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms,
+                        known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
     known.update(_stored_rows(limited))
     debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
     debit = BatchDebit([_usage(r) for r in debited], terms, lock=False)
@@ -532,18 +553,19 @@ def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str,
         if booking is None:
             cursor.execute(insert, params)
             return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
+        stored_all = ("(SELECT count(*) FROM ins JOIN d ON ins.customer_id = d.c AND ins.event_id = d.e) "
+                      "= (SELECT count(*) FROM d)")
         try:
             cursor.execute(
-                f"WITH ins AS ({insert}), {booking.ctes} "  # noqa: S608 - constants
-                "SELECT tollgate_refuse_unless((SELECT count(*) FROM ins JOIN unnest(%b::bigint[], %b::text[]) "
-                f"AS d(c, e) ON ins.customer_id = d.c AND ins.event_id = d.e) = %b AND {booking.ok}, "
-                "'the ledger refused the batch''s booking, or another request stored one of its events first'), "
-                "array_agg(customer_id), array_agg(event_id) FROM ins",
-                [*params, *booking.params, [r.customer_pk for r in debited], [r.event.event_id for r in debited],
-                 len(debited), *booking.ok_params], prepare=True)
+                f"WITH ins AS ({insert}), d AS (SELECT * FROM unnest(%b::bigint[], %b::text[]) AS d(c, e)), "  # noqa: S608
+                f"{booking.ctes} SELECT tollgate_refuse_unless({stored_all} AND {booking.ok}, CASE WHEN {stored_all} "
+                f"THEN '{_BOOKING_REFUSED}' ELSE '{_STORED_MEANWHILE}' END), array_agg(customer_id), array_agg(event_id) "
+                "FROM ins",
+                [*params, [r.customer_pk for r in debited], [r.event.event_id for r in debited], *booking.params,
+                 *booking.ok_params], prepare=True)
         except psycopg.Error as error:
             if error.sqlstate == "TG001":
-                raise LedgerRefused(str(error)) from error
+                raise (_StoredMeanwhile if _STORED_MEANWHILE in str(error) else LedgerRefused)(str(error)) from error
             raise
         row = cursor.fetchone()
         assert row is not None  # an aggregate: always one row

@@ -470,7 +470,8 @@ def test_a_batch_whose_event_another_request_stored_first_keeps_nothing_of_its_b
     results = events_ingest(principal=ADMIN, raw_events=[body("m0", "2"), body("m1", "2"), body("m2", "2")])
 
     # then that statement kept nothing (it would have debited m1 a second time) and the batch was decided
-    # again: m1 is a duplicate, debited once, by the request that stored it
+    # again (one more optimistic pass, which reads m1 as stored): m1 is a duplicate, debited once, by the
+    # request that stored it
     assert runs == [1] and [r.status for r in other] == ["accepted"]
     assert [r.status for r in results] == ["accepted", "duplicate", "accepted"]
     assert UsageEvent.objects.filter(event_id="m1").count() == 1
