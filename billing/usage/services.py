@@ -478,6 +478,7 @@ def _resolve(
     )
 
 
+_ID_SEQUENCE = f"{UsageEvent._meta.db_table}_id_seq"  # the identity column's sequence (PostgreSQL)
 _COLUMNS = (
     "customer_id", "project_id", "meter_id", "event_id", "quantity", "timestamp", "usage_at", "received_at",
     "dimensions", "trace", "run_id", "billable", "reason", "schema_version", "corrects", "fingerprint",
@@ -523,12 +524,19 @@ def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str,
     (SQLSTATE TG001, nothing kept) unless the booking's counts and the debited rows' insert are right."""
     import psycopg
 
+    # Rows go in in (customer, event_id) order, so that two batches sharing new ids (a client's retry in
+    # flight) wait on each other's unique-index entries in one order and never deadlock (PostgreSQL
+    # broke such cycles after deadlock_timeout: 1 s stalls). Their ids still follow the batch's order
+    # (taken in the inner, ordinality-sorted query, whose output PostgreSQL computes after its sort):
+    # among events at the same instant, a ``latest`` meter keeps the one sent last.
     insert = (
-        f"INSERT INTO {table} ({cols}) "  # noqa: S608 - table and columns are constants
-        "SELECT c, p, m, e, q, t, u, %b, d, tr, r, b, rs, sv, co, f FROM unnest("
+        f"INSERT INTO {table} (id, {cols}) "  # noqa: S608 - table and columns are constants
+        "SELECT i, c, p, m, e, q, t, u, %b, d, tr, r, b, rs, sv, co, f FROM ("
+        f"SELECT nextval('{_ID_SEQUENCE}') AS i, x.* FROM unnest("
         "%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::numeric[], %b::timestamptz[], "
         "%b::timestamptz[], %b::text[]::jsonb[], %b::text[]::jsonb[], %b::text[], %b::boolean[], %b::text[], "
-        "%b::smallint[], %b::text[], %b::text[]) AS x(c, p, m, e, q, t, u, d, tr, r, b, rs, sv, co, f) "
+        "%b::smallint[], %b::text[], %b::text[]) WITH ORDINALITY AS x(c, p, m, e, q, t, u, d, tr, r, b, rs, sv, co, f, n) "
+        "ORDER BY n) AS s ORDER BY c, e "
         + conflict)
     params: list[Any] = [
         received_at,

@@ -71,6 +71,51 @@ def test_concurrent_batches_with_overlapping_ids_store_each_event_once(acme, tok
 
 
 @pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_batches_sending_the_same_new_ids_in_opposite_orders_never_deadlock(acme, tokens_meter, event, monkeypatch):
+    # given pairs of batches of the same 1,000 new ids, one of each pair in reverse order, inserted at
+    # the same moment (a barrier right before each insert), and no retry after a deadlock
+    import billing.usage.services as ingest_services
+
+    monkeypatch.setattr(ingest_services, "_retrying_deadlocks", lambda write: write())
+    real_insert = ingest_services._insert_rows
+    barrier = threading.Barrier(2)
+
+    def insert_together(*args, **kwargs):
+        barrier.wait(timeout=30)
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_services, "_insert_rows", insert_together)
+
+    def run(batch: list[bytes]) -> list[str]:
+        try:
+            return [r.status for r in events_ingest(principal=ADMIN, raw_events=batch)]
+        finally:
+            connection.close()
+
+    # when they are sent, then none was rolled back to break a deadlock (that would raise here): rows go
+    # in in (customer, event_id) order whatever the batch's order
+    for round_ in range(5):
+        events = [json.dumps(event(f"r{round_}-{i:04}")).encode() for i in range(1000)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = [status for statuses in pool.map(run, [events, events[::-1]]) for status in statuses]
+        assert sorted(set(results)) == ["accepted", "duplicate"] and results.count("accepted") == 1000
+    assert UsageEvent.objects.count() == 5000
+
+
+@pytest.mark.django_db
+def test_stored_ids_follow_the_batch_order(acme, tokens_meter, event):
+    # given a batch whose event ids are not in sorted order
+    order = ["zeta", "alpha", "mu", "beta"]
+
+    # when it is stored
+    events_ingest(principal=ADMIN, raw_events=[json.dumps(event(name)).encode() for name in order])
+
+    # then the row ids follow the batch (a ``latest`` meter breaks ties of one instant by them)
+    assert list(UsageEvent.objects.order_by("id").values_list("event_id", flat=True)) == order
+
+
+@pytest.mark.postgres
 @pytest.mark.django_db
 def test_postgresql_itself_refuses_update_and_delete_of_raw_events(acme, tokens_meter, event):
     events_ingest(principal=ADMIN, raw_events=[json.dumps(event()).encode()])
