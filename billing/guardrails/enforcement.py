@@ -317,6 +317,18 @@ class _Terms:
         self.spend_transfer_id = deriver("usage-spend", self.customer_pk)
         self.credits_transfer_id = deriver("usage-credits", self.customer_pk)
 
+    def operator_ids(self, counted: bool) -> set[int]:
+        """The operator accounts the terms' transfers may credit (``counted``: some charge has a usage
+        counter)."""
+        legs = [(_COUNTER, self.unit_ledger)] if counted else []
+        if self.hard is not None:
+            legs.append((_QUOTA, self.unit_ledger))
+        if self.cap is not None:
+            legs.append((_SPEND, self.money_ledger))
+        if self.prepaid:
+            legs.append((_CREDITS, self.money_ledger))
+        return {_operator_id(code, ledger) for code, ledger in legs}
+
     def matching(self, event: EventUsage) -> list[_Charge]:
         """The charges the event's dimensions match, worked out once per set of dimensions (the same list
         object for every event with those dimensions)."""
@@ -357,8 +369,19 @@ class _Prepared:
                 for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i}
 
     def locks(self) -> set[int]:
-        """The accounts a batch debit reads (and, deciding under locks, holds): bounded ones and usage counters."""
-        return self.bounded() | set(self.counters)
+        """The accounts a batch debit reads (and, deciding under locks, holds): bounded ones, usage counters,
+        and the operator accounts its transfers credit. All of them: the careful pass locks them in one
+        ascending order before it books, so that it never waits for an operator account while holding the
+        customer's, which a concurrent booking (ascending order too) may hold the other way round."""
+        terms: dict[int, tuple[_Terms, bool]] = {}  # id(shared) -> (shared, does one of its charges count)
+        for _, shared, charges in self.plans:
+            known = terms.get(id(shared))
+            if known is None or (not known[1] and charges):
+                terms[id(shared)] = (shared, any(c.counter_id for c in charges) or (known is not None and known[1]))
+        operators: set[int] = set()
+        for shared, counted in terms.values():
+            operators |= shared.operator_ids(counted)
+        return self.bounded() | set(self.counters) | operators
 
 
 def _wallets_in_ledger(ids: list[int]) -> set[int]:
@@ -598,7 +621,7 @@ class BatchDebit:
                     batch.setdefault((account_id, code, ledger_id, meter_pk, period), [0, event])[0] += amount
         transfers = [
             Transfer(id=derive("usage-batch", code, debit, first.customer_pk, first.event_id), debit_account_id=debit,
-                     credit_account_id=acc.operator_account(OPERATOR_OF[code], ledger_id).id, amount=amount,
+                     credit_account_id=_operator_id(code, ledger_id), amount=amount,
                      ledger=ledger_id, code=code, user_data_128=first.customer_pk, user_data_64=meter_pk,
                      user_data_32=period)
             for (debit, code, ledger_id, meter_pk, period), (amount, first) in batch.items()]
@@ -724,6 +747,17 @@ OPERATOR_OF = {int(TransferCode.USAGE_QUOTA): AccountCode.OPERATOR_QUOTA,
                int(TransferCode.USAGE_SPEND): AccountCode.OPERATOR_SPEND,
                int(TransferCode.USAGE_CREDITS): AccountCode.OPERATOR_REVENUE,
                int(TransferCode.USAGE_COUNTER): AccountCode.OPERATOR_COUNTER}
+
+
+_OPERATOR_IDS: dict[tuple[int, int], int] = {}
+
+
+def _operator_id(code: int, ledger: int) -> int:
+    """The id of the operator account a usage transfer of ``code`` credits on ``ledger`` (derived once)."""
+    found = _OPERATOR_IDS.get((code, ledger))
+    if found is None:
+        found = _OPERATOR_IDS[(code, ledger)] = acc.operator_account(OPERATOR_OF[code], ledger).id
+    return found
 
 
 def _refusal(leg: str, meter_key: str, available: int, unit: str) -> Refusal:

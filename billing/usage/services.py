@@ -246,16 +246,20 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms:
     return _retrying_deadlocks(attempt), known
 
 
+_CAREFUL_LOCK_TIMEOUT_MS = 200
+_RETRIED = {"40P01", "55P03"}  # deadlock_detected; lock_not_available (the careful pass's lock_timeout)
+
+
 def _retrying_deadlocks(write: Callable[[], T]) -> T:
-    """``write()``, again when PostgreSQL rolled it back to break a deadlock. Two batches that insert
-    some of the same new ids in different orders wait on each other's unique-index entries (a client
-    retrying a batch while the first attempt is still in flight); one of them is rolled back whole, so
-    running it again is safe, and its ON CONFLICT then sees the other's rows."""
+    """``write()``, again when PostgreSQL rolled it back to break a deadlock, or when the careful pass of
+    a limited batch gave up waiting for a lock (see _insert_debited_once). Rows go in in one order, so
+    two inserts no longer deadlock each other, but the careful pass may still meet an optimistic batch
+    the other way round. Whatever was rolled back was rolled back whole, so running it again is safe."""
     for attempt in range(4):
         try:
             return write()
         except OperationalError as error:
-            if attempt == 3 or getattr(error.__cause__, "sqlstate", None) != "40P01":
+            if attempt == 3 or getattr(error.__cause__, "sqlstate", None) not in _RETRIED:
                 raise
     raise AssertionError("unreachable")
 
@@ -276,6 +280,12 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, t
     except (_Refused, LedgerRefused):
         known.clear()
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # This pass takes the accounts before it inserts; a batch of the optimistic pass inserts before
+            # it takes them. When one of ours is one of its ids in flight, each waits for the other: give up
+            # soon (and run the batch again) rather than after PostgreSQL's deadlock_timeout.
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{_CAREFUL_LOCK_TIMEOUT_MS}ms'")
         debit = BatchDebit([_usage(r) for r in limited if r.event.billable], terms, lock=True)
         stored = set(_stored_rows(limited))
         _apply_refusals(limited, debit.decide(skip={r.index for r in limited

@@ -371,8 +371,10 @@ def test_a_failed_insert_rolls_the_batch_debit_back(acme, debit_mode, monkeypatc
 
 
 @pytest.mark.django_db
-def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, monkeypatch):
-    # given a hard limit, and an insert that PostgreSQL picks as the deadlock victim once
+@pytest.mark.parametrize("sqlstate", ["40P01", "55P03"])  # deadlock_detected; lock_not_available (lock_timeout)
+def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, monkeypatch, sqlstate):
+    # given a hard limit, and an insert that PostgreSQL picks as the deadlock victim once (or that gives up
+    # waiting for a lock: the careful pass's lock_timeout)
     from django.db import OperationalError
 
     import billing.usage.services as ingest_services
@@ -381,7 +383,9 @@ def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, 
     real_insert, calls = ingest_services._insert_rows, []
 
     class DeadlockDetected(Exception):
-        sqlstate = "40P01"
+        pass
+
+    DeadlockDetected.sqlstate = sqlstate  # type: ignore[attr-defined]
 
     def victim_once(*args, **kwargs):
         calls.append(1)
@@ -397,6 +401,41 @@ def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, 
     # then it was run again, whole, and counted once
     assert [r.status for r in results] == ["accepted", "accepted"] and len(calls) == 2
     assert UsageEvent.objects.filter(billable=True).count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
+def test_the_careful_pass_holds_every_account_it_books_before_it_books(acme, debit_mode, monkeypatch):
+    # given a graduated price (a usage counter) under a hard limit and a spend cap, and a batch with an
+    # event over the limit, which sends it to the careful pass (decide under locks, then book)
+    from ledger.backends.sql import SqlLedger
+
+    tiers = '[{up_to: 10, unit_price: "1"}, {up_to: null, unit_price: "0.1"}]'
+    subscribe(acme, catalog(hard="10", cap="1000").replace('model: per_unit, unit_price: "0.01"',
+                                                            f"model: graduated, tiers: {tiers}"))
+    locked: list[set[int]] = []
+    booked: list[set[int]] = []
+    real_lock, real_book = SqlLedger.lock_accounts, SqlLedger.book_checked
+
+    def lock(self, ids):
+        locked.append(set(ids))
+        return real_lock(self, ids)
+
+    def book(self, transfers, expect=None):
+        booked.append({t.debit_account_id for t in transfers} | {t.credit_account_id for t in transfers})
+        return real_book(self, transfers, expect)
+
+    monkeypatch.setattr(SqlLedger, "lock_accounts", lock)
+    monkeypatch.setattr(SqlLedger, "book_checked", book)
+
+    # when it is ingested
+    results = events_ingest(principal=ADMIN, raw_events=[body("a", "4"), body("b", "9")])
+
+    # then every account the booking moved (the customer's and the operator's it credits) was locked
+    # first, in the one ascending-order statement: the pass never waits for an account while holding others
+    assert [r.status for r in results] == ["accepted", "rejected"]
+    assert len(locked) == 1 and len(booked) == 1
+    assert booked[0] <= locked[0], booked[0] - locked[0]
 
 
 def _overtaken_once(monkeypatch, interloper) -> list[int]:
