@@ -542,8 +542,52 @@ class BatchDebit:
         totals: dict[int, list[Any]] = {}  # id(shared) -> [quantity units, cost units, first event, shared]
         counted: dict[int, list[Any]] = {}  # counter -> [quantity units, first event, shared]
         expect = None if self.locked else self.expect
+        start = self.start
+        # The common case inline: one charge in integers (per unit, or graduated with the counter inside
+        # a tier the event does not leave), the same tier as the counter's previous event of the batch.
+        # Then the price is the tier's and the expectation only tightens the tier's upper end: kept per
+        # counter (``highs``) and applied once when the counter leaves the run, not per event. Anything
+        # else goes through _priced_units, which gives the same amounts (a hypothesis test compares them).
+        runs: dict[int, tuple[int, int | None, int]] = {}  # counter -> the tier (lower, upper, price) of its run
+        highs: dict[int, int] = {}  # counter -> the run's bound on its value at start, not yet applied
+        scale = _QTY_SCALE
         for event, shared, charges in self.prepared.plans:
-            qty, cost, counters = _priced_units(event, charges, cumulative, expect, self.start)
+            fast = charges[0].fast if _FAST_SUMS and len(charges) == 1 else None
+            counters: Iterable[int] = ()
+            if fast is not None:
+                qty = int(event.quantity.scaleb(scale))
+                counter_id = charges[0].counter_id
+                if counter_id is None:  # per unit
+                    cost = -(-(qty * fast[0][2]) // _COST_DIVISOR)
+                else:
+                    before = cumulative[counter_id]
+                    run = runs.get(counter_id)
+                    if run is not None and run[0] < before and (run[1] is None or before + qty <= run[1]):
+                        cost = -(-(qty * run[2]) // _COST_DIVISOR)
+                        if expect is not None and run[1] is not None:
+                            highs[counter_id] = run[1] - qty - (before - start[counter_id])
+                        counters = (counter_id,)
+                    else:
+                        fast = None
+            if fast is None:
+                befores = {}
+                for charge in charges:
+                    counter_id = charge.counter_id
+                    if counter_id is not None:
+                        befores[counter_id] = cumulative[counter_id]
+                        runs.pop(counter_id, None)
+                        high = highs.pop(counter_id, None)
+                        if high is not None and expect is not None:
+                            _narrow(expect, counter_id, expect[counter_id][0], high)
+                qty, cost, counters = _priced_units(event, charges, cumulative, expect, start)
+                tiers = charges[0].fast if _FAST_SUMS and len(charges) == 1 else None
+                if tiers is not None and counters:  # a run starts at the event's tier, if it stayed inside one
+                    counter_id = counters[0]
+                    before = befores[counter_id]
+                    for lower, upper, price in tiers:
+                        if lower < before and (upper is None or before + qty <= upper):
+                            runs[counter_id] = (lower, upper, price)
+                            break
             for counter_id in counters:
                 cumulative[counter_id] += qty
                 count = counted.get(counter_id)
@@ -556,6 +600,9 @@ class BatchDebit:
             total[0] += qty
             if shared.priced:
                 total[1] += cost
+        if expect is not None:
+            for counter_id, high in highs.items():
+                _narrow(expect, counter_id, expect[counter_id][0], high)
         for counter_id, (qty_total, first, shared) in counted.items():
             sums[(counter_id, _COUNTER, shared.unit_ledger, first.meter.pk, shared.period)] = [qty_total, first]
         for qty_total, cost_total, first, shared in totals.values():
@@ -660,6 +707,8 @@ def _priced(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int
 # _PRICE_SCALE) and its ledger amount (10^-12, rounded up) one ceiling division away. It gives exactly what
 # the Decimal path gives (a hypothesis test pins it) at a fraction of its cost, per event of every batch.
 _PRICE_SCALE = 24
+_QTY_SCALE = acc.QTY_SCALE
+_FAST_SUMS = True  # BatchDebit._sums' inline path for one integer charge (off: every event via _priced_units)
 _COST_DIVISOR = 10 ** (acc.QTY_SCALE + _PRICE_SCALE - LEDGER_SCALE)
 _EXACT = DecimalContext(prec=80)
 

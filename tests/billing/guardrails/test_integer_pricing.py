@@ -75,3 +75,43 @@ def test_charges_kept_across_batches_stay_bounded_whatever_the_dimensions(monkey
 
     # then at most three sets of dimensions are kept
     assert len(terms.charges) <= 3
+
+
+@given(charges=st.lists(specs(), min_size=1, max_size=3), data=st.data())
+def test_a_batchs_sums_and_expectations_are_the_same_inline_and_event_by_event(charges, data):
+    # given a batch of events under one-charge and several-charge lists (graduated charges share their usage
+    # counter across the lists they are in), each counter starting somewhere this period
+    from types import SimpleNamespace
+
+    from billing.guardrails import enforcement
+
+    built = []
+    start: dict[int, int] = {}
+    for index, spec in enumerate(charges):
+        counter = None if spec.model == "per_unit" else 100 + index
+        if counter is not None:
+            start[counter] = acc.qty_units(data.draw(befores))
+        built.append(_Charge(index, {}, None, spec, counter, None, fast=_fast_terms(spec)))
+    lists = [[c] for c in built] + [built]
+    shared = SimpleNamespace(priced=True, hard=D(1), cap=D(1), prepaid=True, quota_id=1, spend_id=2, wallet_id=3,
+                             unit_ledger=7, money_ledger=8, period=1)
+    meter = SimpleNamespace(pk=5)
+    plans = [(EventUsage(key=i, customer_pk=1, event_id=f"e{i}", meter=meter,  # type: ignore[arg-type]
+                         quantity=data.draw(st.decimals(min_value=D("0.000001"), max_value=10**6, places=6)),
+                         usage_at=None, dimensions={}),  # type: ignore[arg-type]
+              shared, data.draw(st.sampled_from(lists)))
+             for i in range(data.draw(st.integers(1, 30)))]
+
+    def sums(inline: bool):
+        enforcement._FAST_SUMS = inline
+        try:
+            debit = enforcement.BatchDebit.__new__(enforcement.BatchDebit)
+            debit.prepared = SimpleNamespace(plans=plans)  # type: ignore[assignment]
+            debit.locked, debit.expect, debit.cumulative, debit.start = False, {}, dict(start), dict(start)
+            got = debit._sums()
+            return {k: (v[0], v[1].key) for k, v in got.items()}, debit.expect
+        finally:
+            enforcement._FAST_SUMS = True
+
+    # when the batch is summed inline and event by event, then the amounts and the expectations agree
+    assert sums(True) == sums(False)
