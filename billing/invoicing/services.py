@@ -38,12 +38,9 @@ def _locked(pk: int) -> Invoice:
     return Invoice.objects.select_for_update().get(pk=pk)
 
 
-def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str, lock: bool = False) -> Invoice:
-    """The period's invoice, created as an empty draft if missing (one per customer and period); ``lock``
-    (inside a transaction) returns it locked (a row this transaction created is its own)."""
+def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str) -> Invoice:
+    """The period's invoice, created as an empty draft if missing (one per customer and period)."""
     invoices = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).order_by()
-    if lock:
-        invoices = invoices.select_for_update()
     existing = invoices.first()
     if existing is not None:
         return existing
@@ -57,12 +54,20 @@ def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: 
 def _write(invoice: Invoice, computed: Computed, digest: str | None = None) -> None:
     """Replace a draft's lines and figures with ``computed`` (the invoice row is locked by the caller)."""
     InvoiceLine.objects.filter(invoice=invoice).delete()
+    _add_lines(invoice, computed)
+    _set_figures(invoice, computed, digest)
+
+
+def _add_lines(invoice: Invoice, computed: Computed) -> None:
     InvoiceLine.objects.bulk_create([
         InvoiceLine(invoice=invoice, position=index, kind=line.kind, description=line.description[:300],
                     meter=line.meter, model=line.model, quantity=line.quantity, unit_price=line.unit_price,
                     amount=line.amount, amount_minor=line.amount_minor, detail=line.detail)
         for index, line in enumerate(computed.lines, start=1)
     ])
+
+
+def _set_figures(invoice: Invoice, computed: Computed, digest: str | None = None) -> None:
     invoice.plan = computed.plan
     invoice.currency = computed.currency
     invoice.subtotal_minor = computed.subtotal_minor
@@ -81,8 +86,19 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
     computed = invoice_compute(customer=customer, start=start, end=end)
     if computed is None:
         return None
-    invoice = _draft_for(customer=customer, start=start, end=end, currency=computed.currency, lock=True)
     digest = computed.digest()
+    invoices = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).order_by()
+    invoice = invoices.select_for_update().first()
+    if invoice is None:  # the period's first draft: inserted whole, figures and lines, not created then updated
+        try:
+            with transaction.atomic():
+                invoice = Invoice(customer=customer, period_start=start, period_end=end)
+                _set_figures(invoice, computed, digest)
+                invoice.save()
+                _add_lines(invoice, computed)
+                return invoice
+        except IntegrityError:  # a concurrent caller created it first: refresh that one
+            invoice = invoices.select_for_update().get()
     if invoice.status != Invoice.Status.DRAFT or invoice.lines_digest == digest:
         return invoice  # final, or nothing changed since the last refresh: no write
     _write(invoice, computed, digest)

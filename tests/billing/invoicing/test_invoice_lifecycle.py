@@ -350,6 +350,39 @@ def test_invoice_document_for_staff_and_own_customer_only(pro: Any, globex: Any,
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+def test_concurrent_first_refreshes_of_a_period_create_one_draft_with_its_lines_once(pro: Any) -> None:
+    # given usage in an open period and no draft yet
+    accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
+    rollup_until_current(now=datetime(2026, 10, 13, tzinfo=UTC))
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            services.invoice_draft_refresh(customer=pro, period_start=OCT)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when six refreshes create it at once (each inserts the whole draft; the losers refresh the winner's)
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then one draft, its lines once, and the figures a refresh computes
+    assert errors == []
+    draft = Invoice.objects.get(customer=pro, period_start=OCT)
+    computed = invoice_compute(customer=pro, start=OCT, end=NOV)
+    assert computed is not None and draft.total_minor == computed.total_minor and draft.lines_digest == computed.digest()
+    assert InvoiceLine.objects.filter(invoice=draft).count() == len(computed.lines)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_finalization_yields_one_invoice_and_one_number(pro: Any) -> None:
     accepted(send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=UTC)))
     services.periods_close(now=datetime(2026, 11, 1, 1, tzinfo=UTC))
