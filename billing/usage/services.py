@@ -231,9 +231,10 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms:
     marked after its insert: when an event is refused, or the ledger refuses the booking (accounts moved
     meanwhile, or an id was stored by another request meanwhile), nothing was kept and the batch runs
     again deciding first under locks: lock, read which ids are stored, decide, insert the refused events
-    as not billable, debit what was inserted. A deadlock (two batches inserting the same new ids in
-    another order, or one waiting on the other's id while holding the accounts) is retried: PostgreSQL
-    rolls one back, and nothing of it was kept."""
+    as not billable, debit what was inserted. That pass locks before it inserts; when one of its ids is
+    in flight in an optimistic statement (which inserts before it locks), each would wait for the other:
+    the pass gives up after ``lock_timeout`` and the batch is run again, as after a deadlock (_RETRIED);
+    nothing of a rolled-back attempt was kept."""
     before = [(r.billable, r.reason) for r in limited]
     known: dict[tuple[int, str], tuple[str, bool, str]] = {}
 
