@@ -281,17 +281,22 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, t
     except (_Refused, LedgerRefused):
         known.clear()
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # This pass takes the accounts before it inserts; a batch of the optimistic pass inserts before
-            # it takes them. When one of ours is one of its ids in flight, each waits for the other: give up
-            # soon (and run the batch again) rather than after PostgreSQL's deadlock_timeout.
-            with connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL lock_timeout = '{_CAREFUL_LOCK_TIMEOUT_MS}ms'")
-        debit = BatchDebit([_usage(r) for r in limited if r.event.billable], terms, lock=True)
+        debit = BatchDebit([_usage(r) for r in limited if r.event.billable], terms, lock=True)  # waits its turn
         stored = set(_stored_rows(limited))
         _apply_refusals(limited, debit.decide(skip={r.index for r in limited
                                                     if (r.customer_pk, r.event.event_id) in stored}))
+        postgresql = connection.vendor == "postgresql"
+        if postgresql:
+            # This pass takes the accounts before it inserts; an optimistic statement inserts before it
+            # takes them. When one of our ids is in flight in such a statement, each waits for the other:
+            # the insert gives up soon (and the batch runs again) rather than after deadlock_timeout. Only
+            # the insert: waiting for the accounts behind other bookings is this pass's normal queue.
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{_CAREFUL_LOCK_TIMEOUT_MS}ms'")
         inserted = _insert_rows(rows, received_at=now)
+        if postgresql:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
         by_index = {r.index: (r.customer_pk, r.event.event_id) for r in limited}
         debit.write(stored=lambda index: by_index[index] in inserted)
         return inserted
