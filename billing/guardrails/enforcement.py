@@ -327,7 +327,7 @@ class _Terms:
             legs.append((_SPEND, self.money_ledger))
         if self.prepaid:
             legs.append((_CREDITS, self.money_ledger))
-        return {_operator_id(code, ledger) for code, ledger in legs}
+        return {acc.operator_account(OPERATOR_OF[code], ledger).id for code, ledger in legs}
 
     def matching(self, event: EventUsage) -> list[_Charge]:
         """The charges the event's dimensions match, worked out once per set of dimensions (the same list
@@ -373,14 +373,9 @@ class _Prepared:
         and the operator accounts its transfers credit. All of them: the careful pass locks them in one
         ascending order before it books, so that it never waits for an operator account while holding the
         customer's, which a concurrent booking (ascending order too) may hold the other way round."""
-        terms: dict[int, tuple[_Terms, bool]] = {}  # id(shared) -> (shared, does one of its charges count)
-        for _, shared, charges in self.plans:
-            known = terms.get(id(shared))
-            if known is None or (not known[1] and charges):
-                terms[id(shared)] = (shared, any(c.counter_id for c in charges) or (known is not None and known[1]))
-        operators: set[int] = set()
-        for shared, counted in terms.values():
-            operators |= shared.operator_ids(counted)
+        shared_terms = {id(shared): shared for _, shared, _ in self.plans}
+        counted = {id(shared) for _, shared, charges in self.plans if any(c.counter_id for c in charges)}
+        operators = {i for key, shared in shared_terms.items() for i in shared.operator_ids(key in counted)}
         return self.bounded() | set(self.counters) | operators
 
 
@@ -570,24 +565,16 @@ class BatchDebit:
                     else:
                         fast = None
             if fast is None:
-                befores = {}
                 for charge in charges:
                     counter_id = charge.counter_id
                     if counter_id is not None:
-                        befores[counter_id] = cumulative[counter_id]
                         runs.pop(counter_id, None)
                         high = highs.pop(counter_id, None)
                         if high is not None and expect is not None:
                             _narrow(expect, counter_id, expect[counter_id][0], high)
-                qty, cost, counters = _priced_units(event, charges, cumulative, expect, start)
-                tiers = charges[0].fast if _FAST_SUMS and len(charges) == 1 else None
-                if tiers is not None and counters:  # a run starts at the event's tier, if it stayed inside one
-                    counter_id = counters[0]
-                    before = befores[counter_id]
-                    for lower, upper, price in tiers:
-                        if lower < before and (upper is None or before + qty <= upper):
-                            runs[counter_id] = (lower, upper, price)
-                            break
+                # a one-charge event priced inside a tier starts its counter's run there
+                qty, cost, counters = _priced_units(event, charges, cumulative, expect, start,
+                                                    runs if _FAST_SUMS and len(charges) == 1 else None)
             for counter_id in counters:
                 cumulative[counter_id] += qty
                 count = counted.get(counter_id)
@@ -668,7 +655,7 @@ class BatchDebit:
                     batch.setdefault((account_id, code, ledger_id, meter_pk, period), [0, event])[0] += amount
         transfers = [
             Transfer(id=derive("usage-batch", code, debit, first.customer_pk, first.event_id), debit_account_id=debit,
-                     credit_account_id=_operator_id(code, ledger_id), amount=amount,
+                     credit_account_id=acc.operator_account(OPERATOR_OF[code], ledger_id).id, amount=amount,
                      ledger=ledger_id, code=code, user_data_128=first.customer_pk, user_data_64=meter_pk,
                      user_data_32=period)
             for (debit, code, ledger_id, meter_pk, period), (amount, first) in batch.items()]
@@ -740,13 +727,14 @@ def _fast_terms(spec: pricing.ChargeSpec) -> tuple[tuple[int, int | None, int], 
 
 
 def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int],
-                  expect: dict[int, list[Any]] | None = None, start: dict[int, int] | None = None
-                  ) -> tuple[int, int, list[int]]:
+                  expect: dict[int, list[Any]] | None = None, start: dict[int, int] | None = None,
+                  tiers_used: dict[int, tuple[int, int | None, int]] | None = None) -> tuple[int, int, list[int]]:
     """``_priced`` with the cost as ledger money units, rounded up: in integers when every charge allows it
     (per unit; graduated with the period's usage already inside a tier the event does not leave), else
     from the exact Decimal cost. With ``expect``, narrows each usage counter's [low, high] to the values
     it may have had at ``start`` for this price to stay the same: inside the same tier, or, priced the
-    Decimal way, exactly the value read."""
+    Decimal way, exactly the value read. ``tiers_used``: counter -> the tier (lower, upper, price) an
+    integer-priced counter was priced in."""
     qty = acc.qty_units(event.quantity)
     num = 0
     counters: list[int] = []
@@ -764,6 +752,8 @@ def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[in
                 if before > lower and (upper is None or before + qty <= upper):
                     num += qty * price
                     counters.append(counter_id)
+                    if tiers_used is not None:
+                        tiers_used[counter_id] = (lower, upper, price)
                     if expect is not None and start is not None:
                         shift = before - start[counter_id]  # what this batch counted before the event
                         _narrow(expect, counter_id, lower + 1 - shift, None if upper is None else upper - qty - shift)
@@ -796,17 +786,6 @@ OPERATOR_OF = {int(TransferCode.USAGE_QUOTA): AccountCode.OPERATOR_QUOTA,
                int(TransferCode.USAGE_SPEND): AccountCode.OPERATOR_SPEND,
                int(TransferCode.USAGE_CREDITS): AccountCode.OPERATOR_REVENUE,
                int(TransferCode.USAGE_COUNTER): AccountCode.OPERATOR_COUNTER}
-
-
-_OPERATOR_IDS: dict[tuple[int, int], int] = {}
-
-
-def _operator_id(code: int, ledger: int) -> int:
-    """The id of the operator account a usage transfer of ``code`` credits on ``ledger`` (derived once)."""
-    found = _OPERATOR_IDS.get((code, ledger))
-    if found is None:
-        found = _OPERATOR_IDS[(code, ledger)] = acc.operator_account(OPERATOR_OF[code], ledger).id
-    return found
 
 
 def _refusal(leg: str, meter_key: str, available: int, unit: str) -> Refusal:

@@ -38,15 +38,26 @@ def _locked(pk: int) -> Invoice:
     return Invoice.objects.select_for_update().get(pk=pk)
 
 
-def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str) -> Invoice:
-    """The period's invoice, created as an empty draft if missing (one per customer and period)."""
+def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str, lock: bool = False,
+               computed: Computed | None = None, digest: str | None = None) -> Invoice:
+    """The period's invoice, created as a draft if missing (one per customer and period): empty, or with
+    ``computed``'s figures and lines inserted whole; ``lock`` (inside a transaction) returns an existing
+    one locked."""
     invoices = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).order_by()
+    if lock:
+        invoices = invoices.select_for_update()
     existing = invoices.first()
     if existing is not None:
         return existing
     try:
         with transaction.atomic():
-            return Invoice.objects.create(customer=customer, period_start=start, period_end=end, currency=currency)
+            invoice = Invoice(customer=customer, period_start=start, period_end=end, currency=currency)
+            if computed is not None:
+                _set_figures(invoice, computed, digest)
+            invoice.save()
+            if computed is not None:
+                _add_lines(invoice, computed)
+            return invoice
     except IntegrityError:  # a concurrent caller created it first
         return invoices.get()
 
@@ -87,18 +98,10 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
     if computed is None:
         return None
     digest = computed.digest()
-    invoices = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).order_by()
-    invoice = invoices.select_for_update().first()
-    if invoice is None:  # the period's first draft: inserted whole, figures and lines, not created then updated
-        try:
-            with transaction.atomic():
-                invoice = Invoice(customer=customer, period_start=start, period_end=end)
-                _set_figures(invoice, computed, digest)
-                invoice.save()
-                _add_lines(invoice, computed)
-                return invoice
-        except IntegrityError:  # a concurrent caller created it first: refresh that one
-            invoice = invoices.select_for_update().get()
+    # the period's first draft is inserted whole (figures and lines, so its digest is current), not created
+    # empty and then rewritten
+    invoice = _draft_for(customer=customer, start=start, end=end, currency=computed.currency, lock=True,
+                         computed=computed, digest=digest)
     if invoice.status != Invoice.Status.DRAFT or invoice.lines_digest == digest:
         return invoice  # final, or nothing changed since the last refresh: no write
     _write(invoice, computed, digest)
