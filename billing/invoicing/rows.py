@@ -20,6 +20,7 @@ from billing.catalog.models import Meter
 from billing.customers.models import Customer
 from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
 from billing.usage.rollups import day_of
+from billing.usage.selectors import dimension_sets
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -138,49 +139,6 @@ ROLLUPS_SQL = "\nUNION ALL\n".join(
        for offset, p, table, time in (("", "h", "usage_hourly_rollup", "hour"),
                                       (" + %(offset)s", "d", "usage_daily_rollup", "day"))])
 
-# The dimensions behind a dims_key. The key is a digest of the canonical dimensions (rollups.dims_key), so
-# this mapping never changes: the dimension sets already seen are kept per process (bounded).
-_DIMENSIONS: dict[str, dict[str, str]] = {}
-_DIMENSIONS_MAX = 100_000
-
-
-class RollupDriftError(RuntimeError):
-    """A rollup row whose dimension set has no hourly row: the rollups need ``manage.py rollup --full``."""
-
-
-def _dimensions(customer: Customer, wanted: set[tuple[int, str]]) -> dict[str, dict[str, str]]:
-    """The dimensions of the (meter id, dims_key) pairs ``wanted``: from this process's cache, else from
-    one of the customer's hourly rollup rows each (an index lookup per key)."""
-    out: dict[str, dict[str, str]] = {}
-    for _, key in wanted:
-        cached = _DIMENSIONS.get(key)
-        if cached is not None:
-            out[key] = cached
-    missing = sorted(pair for pair in wanted if pair[1] not in out)
-    if not missing:
-        return out
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT k.key, (SELECT r.dimensions FROM usage_hourly_rollup r WHERE r.customer_id = %s"
-                " AND r.meter_id = k.meter AND r.dims_key = k.key LIMIT 1)"
-                " FROM unnest(%s::int[], %s::text[]) AS k(meter, key)",
-                [customer.pk, [m for m, _ in missing], [k for _, k in missing]])
-            found = cursor.fetchall()
-    else:
-        found = list(HourlyRollup.objects.filter(customer=customer, dims_key__in={k for _, k in missing})
-                     .values_list("dims_key", "dimensions").distinct())
-    loaded = {key: _json(dims) or {} for key, dims in found if dims is not None}
-    lost = {key for _, key in missing} - loaded.keys()
-    if lost:
-        raise RollupDriftError(f"customer {customer.pk}: rollups hold dimension sets {sorted(lost)[:5]} that no hourly "
-                               "rollup row has; run manage.py rollup --check, then --full")
-    if len(_DIMENSIONS) + len(loaded) > _DIMENSIONS_MAX:
-        _DIMENSIONS.clear()
-    _DIMENSIONS.update(loaded)
-    return {**out, **loaded}
-
-
 def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[datetime, datetime]],
                                                                    list[tuple[datetime, datetime]]]:
     """Whole-hour ranges as (hour ranges, whole-day ranges): each range's whole UTC days go to the second."""
@@ -226,7 +184,7 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
             for a, b in spans:
                 rolled = model.objects.filter(customer=customer, **{f"{time_field}__gte": a, f"{time_field}__lt": b})
                 found += list(rolled.order_by().values_list(time_field, *fields))
-    dimensions = _dimensions(customer, {(row[1], row[2]) for row in found})
+    dimensions = dimension_sets({row[2] for row in found})
     out = []
     for at, meter_id, key, total, maximum, uniques, l_at, l_event, l_value in found:
         latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None

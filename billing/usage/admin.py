@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from billing.common.admin import ReadOnlyAdmin
-from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.models import DailyRollup, DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
 
 
 @admin.register(UsageEvent)
@@ -19,7 +19,7 @@ class UsageEventAdmin(ReadOnlyAdmin):
 class HourlyRollupAdmin(ReadOnlyAdmin):
     """Derived from raw events (manage.py rollup --full rebuilds them): never edited by hand."""
 
-    list_display = ("customer", "meter", "hour", "total", "events", "dimensions")
+    list_display = ("customer", "meter", "hour", "total", "events", "dims_key")
     list_filter = ("meter",)
     list_select_related = ("customer", "meter")
 
@@ -31,6 +31,14 @@ class DailyRollupAdmin(ReadOnlyAdmin):
     list_display = ("customer", "meter", "day", "total", "events", "dims_key")
     list_filter = ("meter",)
     list_select_related = ("customer", "meter")
+
+
+@admin.register(DimensionSet)
+class DimensionSetAdmin(ReadOnlyAdmin):
+    """The dimension sets behind the rollups' ``dims_key``: added by the rollup runs, never edited."""
+
+    list_display = ("key", "dimensions")
+    search_fields = ("key",)
 
 
 @admin.register(RollupWatermark)

@@ -103,8 +103,8 @@ class HourlyRollup(Aggregates):
 
     # No database FK constraints and no per-column FK indexes: every row is derived from usage_event rows,
     # whose own constraints hold these ids; per-row constraint triggers and two more indexes to maintain
-    # would cost the rollup writes more than the aggregation. Reads go by the unique key and
-    # (customer, meter, hour).
+    # would cost the rollup writes more than the aggregation. Every read goes by the unique key, which
+    # starts with (customer, meter, hour) for the invoices' range reads.
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False,
                                  db_constraint=False)
     project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
@@ -112,19 +112,19 @@ class HourlyRollup(Aggregates):
     project_slot = models.PositiveBigIntegerField(default=0)  # project id or 0: part of the unique key
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_constraint=False,
                               db_index=False)
-    dims_key = models.CharField(max_length=32)  # digest of the canonical dimensions
-    dimensions = models.JSONField(default=dict)
+    dims_key = models.CharField(max_length=32)  # digest of the canonical dimensions: a DimensionSet's key
     hour = models.DateTimeField()
 
     class Meta:
         db_table = "usage_hourly_rollup"
+        # The only index besides the primary key. On PostgreSQL it also carries ``total`` (INCLUDE, made by
+        # migration 0010, kept by the rebuild, which restores indexes from their own definitions), so an
+        # invoice sums a customer's hours per dimension set from the index alone. Not declared here: Django
+        # would then skip the constraint on SQLite, which has no such indexes.
         constraints = [
-            models.UniqueConstraint(fields=["customer", "project_slot", "meter", "dims_key", "hour"],
+            models.UniqueConstraint(fields=["customer", "meter", "hour", "project_slot", "dims_key"],
                                     name="rollup_unique_key"),
         ]
-        # covering on PostgreSQL: an invoice sums a customer's hours per dimension set from the index alone
-        indexes = [models.Index(fields=["customer", "meter", "hour"], include=["dims_key", "total"],
-                                name="rollup_cust_meter_hour_cov")]
 
     def __str__(self) -> str:
         return f"{self.customer_id}/{self.meter_id}/{self.hour:%Y-%m-%d %H}h"
@@ -133,8 +133,7 @@ class HourlyRollup(Aggregates):
 class DailyRollup(Aggregates):
     """The hourly rollups summed per (customer, meter, dimension set, UTC day), across projects: what an
     invoice reads for its whole days (a month is ~30 rows per dimension set instead of ~720). Maintained
-    with the hourly rows in the same transactions, recomputable and checked the same way; the dimension
-    set behind ``dims_key`` is on the hourly rows."""
+    with the hourly rows in the same transactions, recomputable and checked the same way."""
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False,
                                  db_constraint=False)
@@ -145,14 +144,28 @@ class DailyRollup(Aggregates):
 
     class Meta:
         db_table = "usage_daily_rollup"
-        constraints = [
-            models.UniqueConstraint(fields=["customer", "meter", "dims_key", "day"], name="daily_rollup_key"),
+        constraints = [  # with INCLUDE (total) on PostgreSQL, as the hourly key
+            models.UniqueConstraint(fields=["customer", "meter", "day", "dims_key"], name="daily_rollup_key"),
         ]
-        indexes = [models.Index(fields=["customer", "meter", "day"], include=["dims_key", "total"],
-                                name="daily_cust_meter_day_cov")]
 
     def __str__(self) -> str:
         return f"{self.customer_id}/{self.meter_id}/{self.day:%Y-%m-%d}"
+
+
+class DimensionSet(models.Model):
+    """A dimension set of the rollups, once: its key is the digest of the canonical dimensions
+    (``rollups.dims_key``), so a key always names the same set and rows are only ever added. The rollup
+    rows hold the 32-character key alone (a rebuild then neither stores nor digests a ``jsonb`` per row).
+    Written by the rollup runs before the rows that use a key, in the same transaction."""
+
+    key = models.CharField(max_length=32, primary_key=True)
+    dimensions = models.JSONField()
+
+    class Meta:
+        db_table = "usage_dimension_set"
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.dimensions}"
 
 
 class RollupWatermark(models.Model):

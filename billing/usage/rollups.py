@@ -27,7 +27,7 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import Max
 
 from billing.catalog.models import Meter
-from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.models import DailyRollup, DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
 
 LAG = timedelta(seconds=30)
 CHUNK = 50_000
@@ -100,36 +100,46 @@ def _aggregate(lo: int, hi: int) -> dict[Key, Agg]:
 def _stored(keys: set[Key]) -> dict[Key, HourlyRollup]:
     if not keys:
         return {}
-    customers = {k[0] for k in keys}
     hours = {k[4] for k in keys}
-    rows = HourlyRollup.objects.filter(customer_id__in=customers, hour__gte=min(hours), hour__lte=max(hours))
+    rows = HourlyRollup.objects.filter(customer_id__in={k[0] for k in keys}, meter_id__in={k[2] for k in keys},
+                                       hour__gte=min(hours), hour__lte=max(hours))  # ranges of the unique key
     return {(r.customer_id, r.project_slot, r.meter_id, r.dims_key, r.hour): r for r in rows
             if (r.customer_id, r.project_slot, r.meter_id, r.dims_key, r.hour) in keys}
 
 
 def _as_agg(row: HourlyRollup | DailyRollup) -> Agg:
-    project_id, dimensions = (row.project_id, row.dimensions) if isinstance(row, HourlyRollup) else (None, {})
-    return Agg(project_id, dimensions, row.total, row.events, row.maximum, set(row.uniques),
+    project_id = row.project_id if isinstance(row, HourlyRollup) else None
+    return Agg(project_id, {}, row.total, row.events, row.maximum, set(row.uniques),
                (row.latest_at, row.latest_event, row.latest_value)
                if row.latest_at is not None and row.latest_event is not None and row.latest_value is not None else None)
 
 
 def _write(agg: Agg, key: Key, row: HourlyRollup | None) -> HourlyRollup:
     row = row or HourlyRollup(customer_id=key[0], project_id=agg.project_id, project_slot=key[1], meter_id=key[2],
-                              dims_key=key[3], dimensions=agg.dimensions, hour=key[4])
+                              dims_key=key[3], hour=key[4])
     row.total, row.events, row.maximum, row.uniques = agg.total, agg.events, agg.maximum, sorted(agg.uniques)
     if agg.latest is not None:
         row.latest_at, row.latest_event, row.latest_value = agg.latest
     return row
 
 
+def _store_sets(fresh: dict[Key, Agg]) -> None:
+    """The dimension sets of ``fresh`` that the table does not hold yet (a set is written once, ever)."""
+    sets = {key[3]: agg.dimensions for key, agg in fresh.items()}
+    known = set(DimensionSet.objects.filter(key__in=sets).values_list("key", flat=True))
+    DimensionSet.objects.bulk_create([DimensionSet(key=k, dimensions=d) for k, d in sets.items() if k not in known],
+                                     ignore_conflicts=True)
+
+
 def _apply(fresh: dict[Key, Agg]) -> None:
+    _store_sets(fresh)
     _merge_into(HourlyRollup, fresh, _stored(set(fresh)), _write)
     daily = _daily(fresh)
     if daily:
         days = {k[3] for k in daily}
         stored = {(r.customer_id, r.meter_id, r.dims_key, r.day): r for r in DailyRollup.objects.filter(
-            customer_id__in={k[0] for k in daily}, day__gte=min(days), day__lte=max(days))}
+            customer_id__in={k[0] for k in daily}, meter_id__in={k[1] for k in daily}, day__gte=min(days),
+            day__lte=max(days))}
         _merge_into(DailyRollup, daily, stored, _write_daily)
 
 
@@ -238,7 +248,8 @@ def rollup_full(*, now: datetime) -> int:
     keyed the same way); elsewhere the incremental run from a zero watermark."""
     with transaction.atomic():
         state, _ = RollupWatermark.objects.get_or_create(name="hourly")
-        RollupWatermark.objects.select_for_update().filter(pk=state.pk).update(last_event_id=0)
+        read = RollupWatermark.objects.select_for_update().values_list("last_event_id", flat=True).get(pk=state.pk)
+        RollupWatermark.objects.filter(pk=state.pk).update(last_event_id=0)
         if connection.vendor != "postgresql":
             HourlyRollup.objects.all().delete()
             DailyRollup.objects.all().delete()
@@ -247,18 +258,36 @@ def rollup_full(*, now: datetime) -> int:
             # TRUNCATE (transactional in PostgreSQL) instead of a DELETE of millions of rows; readers of the
             # rollups wait for the rebuild's commit instead of seeing it half done.
             cursor.execute("TRUNCATE usage_hourly_rollup, usage_daily_rollup")
-        return _rollup_full_sql(now=now)
+        return _rollup_full_sql(now=now, read=read)
 
 
+# The rollup's key without digesting each group: the groups' dimensions are looked up in the (small) table of
+# dimension sets, the rebuild having added the sets of the events the incremental run has not read yet
+# (SETS_SQL); md5 only for a set still missing (the check after the rebuild adds those).
 _INSERT = """
-INSERT INTO usage_hourly_rollup (customer_id, project_id, project_slot, meter_id, dims_key, dimensions, hour, total,
-                                 events, maximum, uniques, latest_value, latest_at, latest_event)
-SELECT e.customer_id, e.project_id, COALESCE(e.project_id, 0), e.meter_id, md5(COALESCE(e.dimensions, '{}')::text),
-       COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC'), sum(e.quantity), count(*), max(e.quantity),
-       %s
-FROM usage_event e%s
-WHERE e.id <= %%s AND e.billable AND e.meter_id = ANY(%%s)
-GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC')
+INSERT INTO usage_hourly_rollup (customer_id, project_id, project_slot, meter_id, dims_key, hour, total, events,
+                                 maximum, uniques, latest_value, latest_at, latest_event)
+SELECT g.customer_id, g.project_id, COALESCE(g.project_id, 0), g.meter_id, COALESCE(s.key, md5(g.dimensions::text)),
+       g.hour, g.total, g.events, g.maximum, g.uniques, g.latest_value, g.latest_at, g.latest_event
+FROM (SELECT e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}') AS dimensions,
+             date_trunc('hour', e.usage_at, 'UTC') AS hour, sum(e.quantity) AS total, count(*) AS events,
+             max(e.quantity) AS maximum, %s
+      FROM usage_event e%s
+      WHERE e.id <= %%s AND e.billable AND e.meter_id = ANY(%%s)
+      GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'),
+               date_trunc('hour', e.usage_at, 'UTC')) g
+LEFT JOIN usage_dimension_set s ON s.dimensions = g.dimensions
+"""
+SETS_SQL = """
+INSERT INTO usage_dimension_set (key, dimensions)
+SELECT md5(d::text), d FROM (SELECT DISTINCT COALESCE(dimensions, '{}') AS d FROM usage_event
+                             WHERE id > %s AND id <= %s AND billable) x
+ON CONFLICT (key) DO NOTHING
+"""
+# Every set the rollups use is in the table; the daily rows name each one the hourly rows do, in fewer rows.
+SETS_MISSING_SQL = """
+SELECT 1 FROM usage_daily_rollup r WHERE NOT EXISTS (SELECT 1 FROM usage_dimension_set s WHERE s.key = r.dims_key)
+LIMIT 1
 """
 # Meters that only add up or take a maximum (tokens, calls, GPU seconds: nearly every event) need no
 # ordered or distinct aggregate; those cost a sort per group even when filtered out, so they get their
@@ -266,12 +295,16 @@ GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'), 
 # condition on the joined meter's aggregation: PostgreSQL estimates the former from the column's
 # statistics, and the latter (a guess of a few per cent of the rows) made it sort instead of hash.
 PLAIN = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT, Meter.Aggregation.MAX)
-FULL_SQL_PLAIN = _INSERT % ("'[]'::jsonb, NULL, NULL, NULL", "")  # no join: nothing needs the meter's row
+FULL_SQL_PLAIN = _INSERT % ("'[]'::jsonb AS uniques, NULL::numeric AS latest_value, NULL::timestamptz AS latest_at, "
+                             "NULL::bigint AS latest_event", "")  # no join: nothing needs the meter's row
 FULL_SQL_RICH = _INSERT % ("""COALESCE(jsonb_agg(DISTINCT (e.dimensions ->> m.unique_by) COLLATE "C")
-                FILTER (WHERE m.aggregation = 'unique_count' AND e.dimensions ? m.unique_by), '[]'::jsonb),
-       (array_agg(e.quantity ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
-       (array_agg(e.usage_at ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1],
-       (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]""",
+                FILTER (WHERE m.aggregation = 'unique_count' AND e.dimensions ? m.unique_by), '[]'::jsonb) AS uniques,
+       (array_agg(e.quantity ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
+         AS latest_value,
+       (array_agg(e.usage_at ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
+         AS latest_at,
+       (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
+         AS latest_event""",
                            " JOIN catalog_meter m ON m.id = e.meter_id")
 
 # The daily rows from the hourly ones, the same two kinds of statement (uniques are merged from the hours'
@@ -336,10 +369,11 @@ def bulk_load_end(cursor: CursorWrapper, indexes: Indexes) -> None:
         cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {constraint_def}' if constraint else index_def)
 
 
-def _rollup_full_sql(*, now: datetime) -> int:
+def _rollup_full_sql(*, now: datetime, read: int) -> int:
     """The rebuild on PostgreSQL, inside ``rollup_full``'s transaction, on the table it truncated: the
     indexes are dropped, the rows inserted, and the indexes rebuilt from their own definitions (one sorted
-    build each is much cheaper than maintaining them row by row); all of it commits or rolls back as one."""
+    build each is much cheaper than maintaining them row by row); all of it commits or rolls back as one.
+    ``read``: the watermark before the rebuild (the dimension sets of the events up to it are stored)."""
     with connection.cursor() as cursor:
         # Same rule as the incremental run: stop before the first event still inside LAG (BRIN on received_at).
         cursor.execute("SELECT min(id) FROM usage_event WHERE received_at >= %s", [now - LAG])
@@ -348,9 +382,13 @@ def _rollup_full_sql(*, now: datetime) -> int:
         upto = cursor.fetchone()[0] or 0
         if not upto:
             return 0
+        cursor.execute(SETS_SQL, [min(read, upto), upto])
         indexes = bulk_load_begin(cursor)
         for sql, params in full_statements(upto):
             cursor.execute(sql, params)
+        cursor.execute(SETS_MISSING_SQL)
+        if cursor.fetchone():  # a set lost from the table: digested above; stored again here from every event
+            cursor.execute(SETS_SQL, [0, upto])
         cursor.execute("SELECT COALESCE(sum(events), 0) FROM usage_daily_rollup")  # cheaper than RETURNING
         covered = cursor.fetchone()[0]
         bulk_load_end(cursor, indexes)
@@ -366,8 +404,14 @@ def rollup_check() -> list[str]:
     stored = {(r.customer_id, r.project_slot, r.meter_id, r.dims_key, r.hour): r for r in HourlyRollup.objects.all()}
     drift = _compare({key: _write(agg, key, None) for key, agg in expected.items()}, stored, "")
     daily = {(r.customer_id, r.meter_id, r.dims_key, r.day): r for r in DailyRollup.objects.all()}
-    return drift + _compare({key: _write_daily(agg, key, None) for key, agg in _daily(expected).items()}, daily,
-                            "daily ")
+    drift += _compare({key: _write_daily(agg, key, None) for key, agg in _daily(expected).items()}, daily, "daily ")
+    sets = dict(DimensionSet.objects.filter(key__in={key[3] for key in stored}).values_list("key", "dimensions"))
+    for key in sorted({key[3] for key in stored}):
+        if key not in sets:
+            drift.append(f"dimension set {key}: missing")
+        elif dims_key(sets[key]) != key:
+            drift.append(f"dimension set {key}: holds {sets[key]!r}, whose key is {dims_key(sets[key])}")
+    return drift
 
 
 def _compare(expected: dict[Any, Any], stored: dict[Any, Any], label: str) -> list[str]:

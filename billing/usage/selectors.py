@@ -17,9 +17,35 @@ from django.db.models import Q, QuerySet
 
 from billing.catalog.models import Meter
 from billing.customers.models import Customer, Project
-from billing.usage.models import HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.models import DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
 
 GRANULARITIES = ("hour", "day", "month")
+
+# The dimension sets by their key. A key is the digest of the canonical dimensions (rollups.dims_key), so a
+# key never changes its set: the sets already seen are kept per process (bounded).
+_DIMENSIONS: dict[str, dict[str, str]] = {}
+_DIMENSIONS_MAX = 100_000
+
+
+class RollupDriftError(RuntimeError):
+    """A rollup row whose dimension set is not stored: the rollups need ``manage.py rollup --full``."""
+
+
+def dimension_sets(keys: set[str]) -> dict[str, dict[str, str]]:
+    """The dimensions behind each of the rollup rows' ``keys``: from this process's cache, else one query."""
+    out = {key: _DIMENSIONS[key] for key in keys if key in _DIMENSIONS}
+    missing = keys - out.keys()
+    if not missing:
+        return out
+    loaded = dict(DimensionSet.objects.filter(key__in=missing).values_list("key", "dimensions"))
+    lost = missing - loaded.keys()
+    if lost:
+        raise RollupDriftError(f"rollups hold dimension sets {sorted(lost)[:5]} that are not stored; run "
+                               "manage.py rollup --check, then --full")
+    if len(_DIMENSIONS) + len(loaded) > _DIMENSIONS_MAX:
+        _DIMENSIONS.clear()
+    _DIMENSIONS.update(loaded)
+    return {**out, **loaded}
 
 
 def events_list(
@@ -153,8 +179,10 @@ def usage_aggregate(
         if meter is not None:
             rolled = rolled.filter(meter=meter)
         projects = dict(Project.objects.filter(customer=customer).values_list("pk", "key"))
-        for row in rolled.iterator(chunk_size=5000):
-            group = tuple(projects.get(row.project_id or 0) if name == "project" else (row.dimensions or {}).get(name)
+        hours = list(rolled.iterator(chunk_size=5000))
+        sets = dimension_sets({row.dims_key for row in hours}) if any(name != "project" for name in group_by) else {}
+        for row in hours:
+            group = tuple(projects.get(row.project_id or 0) if name == "project" else sets[row.dims_key].get(name)
                           for name in group_by)
             acc_for(row.meter_id, row.hour, group).add_rollup(row)
     qs = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)

@@ -618,14 +618,14 @@ def test_a_rollup_committing_while_an_invoice_reads_counts_each_event_once(pro: 
 @pytest.mark.django_db
 def test_daily_rollups_are_backfilled_from_hourly_ones_and_drift_is_refused(pro: Any) -> None:
     """Migration usage.0008 fills the daily rollups of a database that had hourly ones only (an empty daily
-    table would drop whole days from invoices). A daily row whose dimension set no hourly row has is an
-    error, never a line without dimensions."""
+    table would drop whole days from invoices). A rollup row whose dimension set is not stored is drift the
+    check reports and an error for the invoice, never a line without dimensions."""
     import importlib
 
     from django.apps import apps
 
-    from billing.invoicing import rows as invoice_rows
-    from billing.usage.models import DailyRollup, HourlyRollup
+    from billing.usage import selectors as usage_selectors
+    from billing.usage.models import DailyRollup, DimensionSet
     from billing.usage.rollups import rollup_check
 
     backfill = importlib.import_module("billing.usage.migrations.0008_backfill_daily_rollup").backfill
@@ -647,7 +647,8 @@ def test_daily_rollups_are_backfilled_from_hourly_ones_and_drift_is_refused(pro:
     after = invoice_compute(customer=pro, start=OCT, end=NOV)
     assert before is not None and after is not None and after.digest() == before.digest()
 
-    HourlyRollup.objects.filter(meter__key="llm_tokens").delete()  # drift: daily rows without their hours
-    invoice_rows._DIMENSIONS.clear()
-    with pytest.raises(invoice_rows.RollupDriftError), transaction.atomic():
+    DimensionSet.objects.all().delete()  # drift: rollup rows whose dimension sets are lost
+    usage_selectors._DIMENSIONS.clear()
+    assert rollup_check()[-1].startswith("dimension set ") and rollup_check()[-1].endswith(": missing")
+    with pytest.raises(usage_selectors.RollupDriftError), transaction.atomic():
         invoice_compute(customer=pro, start=OCT, end=NOV)

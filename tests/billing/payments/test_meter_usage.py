@@ -32,7 +32,7 @@ def metered(acme, tokens_meter):
 def rollup(customer, meter, hour, total, dims="d0"):
     row, _ = HourlyRollup.objects.update_or_create(
         customer=customer, project_slot=0, meter=meter, dims_key=dims, hour=hour,
-        defaults={"dimensions": {"k": dims}, "total": Decimal(total), "events": 1})
+        defaults={"total": Decimal(total), "events": 1})
     return row
 
 

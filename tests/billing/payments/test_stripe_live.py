@@ -63,7 +63,7 @@ def test_customer_invoice_and_meter_usage_against_stripe_test_mode(live, make_in
     now = datetime.now(timezone.utc)
     hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     Subscription.objects.create(customer=customer, plan=plan, start=hour - timedelta(days=1))
-    HourlyRollup.objects.create(customer=customer, project_slot=0, meter=tokens_meter, dims_key="d", dimensions={},
+    HourlyRollup.objects.create(customer=customer, project_slot=0, meter=tokens_meter, dims_key="d",
                                 hour=hour, total=Decimal(1500), events=3)
     tokens_meter.key = f"live_{run}"  # a fresh Stripe meter event name per run
     tokens_meter.save()
