@@ -261,21 +261,32 @@ def rollup_full(*, now: datetime) -> int:
         return _rollup_full_sql(now=now, read=read)
 
 
-# The rollup's key without digesting each group: the groups' dimensions are looked up in the (small) table of
-# dimension sets, the rebuild having added the sets of the events the incremental run has not read yet
-# (SETS_SQL); md5 only for a set still missing (the check after the rebuild adds those).
+# One scan of the events for every meter but ``latest`` ones, and no ordered or distinct aggregate: a
+# ``unique_count`` meter's distinct values need none, since its ``unique_by`` is one of the dimensions a
+# group is keyed by, so a group holds one value (or none), read from its dimensions. ``latest`` meters (an
+# ordered aggregate: a sort per group) get a statement of their own. Each statement takes its meters as an
+# array of ids (``e.meter_id = ANY(%s)``), not as a condition on the joined meter's aggregation:
+# PostgreSQL estimates the former from the column's statistics, and the latter (a guess of a few per cent
+# of the rows) made it sort instead of hash. The rollup's key without digesting each group: the groups'
+# dimensions are looked up in the (small) table of dimension sets, the rebuild having added the sets of the
+# events the incremental run has not read yet (SETS_SQL); md5 only for a set still missing (the check
+# after the rebuild stores those).
 _INSERT = """
 INSERT INTO usage_hourly_rollup (customer_id, project_id, project_slot, meter_id, dims_key, hour, total, events,
                                  maximum, uniques, latest_value, latest_at, latest_event)
 SELECT g.customer_id, g.project_id, COALESCE(g.project_id, 0), g.meter_id, COALESCE(s.key, md5(g.dimensions::text)),
-       g.hour, g.total, g.events, g.maximum, g.uniques, g.latest_value, g.latest_at, g.latest_event
+       g.hour, g.total, g.events, g.maximum,
+       CASE WHEN m.aggregation = 'unique_count' AND g.dimensions ? m.unique_by
+            THEN jsonb_build_array(g.dimensions ->> m.unique_by) ELSE '[]'::jsonb END,
+       %s
 FROM (SELECT e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}') AS dimensions,
              date_trunc('hour', e.usage_at, 'UTC') AS hour, sum(e.quantity) AS total, count(*) AS events,
-             max(e.quantity) AS maximum, %s
-      FROM usage_event e%s
+             max(e.quantity) AS maximum%s
+      FROM usage_event e
       WHERE e.id <= %%s AND e.billable AND e.meter_id = ANY(%%s)
       GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'),
                date_trunc('hour', e.usage_at, 'UTC')) g
+JOIN catalog_meter m ON m.id = g.meter_id
 LEFT JOIN usage_dimension_set s ON s.dimensions = g.dimensions
 """
 SETS_SQL = """
@@ -289,42 +300,27 @@ SETS_MISSING_SQL = """
 SELECT 1 FROM usage_daily_rollup r WHERE NOT EXISTS (SELECT 1 FROM usage_dimension_set s WHERE s.key = r.dims_key)
 LIMIT 1
 """
-# Meters that only add up or take a maximum (tokens, calls, GPU seconds: nearly every event) need no
-# ordered or distinct aggregate; those cost a sort per group even when filtered out, so they get their
-# own statement. Each statement takes its meters as an array of ids (``e.meter_id = ANY(%s)``), not as a
-# condition on the joined meter's aggregation: PostgreSQL estimates the former from the column's
-# statistics, and the latter (a guess of a few per cent of the rows) made it sort instead of hash.
-PLAIN = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT, Meter.Aggregation.MAX)
-FULL_SQL_PLAIN = _INSERT % ("'[]'::jsonb AS uniques, NULL::numeric AS latest_value, NULL::timestamptz AS latest_at, "
-                             "NULL::bigint AS latest_event", "")  # no join: nothing needs the meter's row
-FULL_SQL_RICH = _INSERT % ("""COALESCE(jsonb_agg(DISTINCT (e.dimensions ->> m.unique_by) COLLATE "C")
-                FILTER (WHERE m.aggregation = 'unique_count' AND e.dimensions ? m.unique_by), '[]'::jsonb) AS uniques,
-       (array_agg(e.quantity ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
-         AS latest_value,
-       (array_agg(e.usage_at ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
-         AS latest_at,
-       (array_agg(e.id ORDER BY e.usage_at DESC, e.id DESC) FILTER (WHERE m.aggregation = 'latest'))[1]
-         AS latest_event""",
-                           " JOIN catalog_meter m ON m.id = e.meter_id")
+FULL_SQL_PLAIN = _INSERT % ("NULL, NULL, NULL", "")
+_BY_TIME = "ORDER BY e.usage_at DESC, e.id DESC))[1]"
+FULL_SQL_LATEST = _INSERT % ("g.latest_value, g.latest_at, g.latest_event", f""",
+             (array_agg(e.quantity {_BY_TIME} AS latest_value, (array_agg(e.usage_at {_BY_TIME} AS latest_at,
+             (array_agg(e.id {_BY_TIME} AS latest_event""")
 
-# The daily rows from the hourly ones, the same two kinds of statement (uniques are merged from the hours'
-# distinct values; a rollup row's total and event count are counted once, on its first value).
+# The daily rows from the hourly ones, the same two kinds of statement (a dimension set's hours hold the
+# same distinct values, as above: any one of them is the day's).
 _DAILY = """
 INSERT INTO usage_daily_rollup (customer_id, meter_id, dims_key, day, total, events, maximum, uniques, latest_value,
                                 latest_at, latest_event)
-SELECT r.customer_id, r.meter_id, r.dims_key, date_trunc('day', r.hour, 'UTC'), %s
-FROM usage_hourly_rollup r%s
+SELECT r.customer_id, r.meter_id, r.dims_key, date_trunc('day', r.hour, 'UTC'), sum(r.total), sum(r.events),
+       max(r.maximum), %s
+FROM usage_hourly_rollup r
 WHERE r.meter_id = ANY(%%s)
 GROUP BY r.customer_id, r.meter_id, r.dims_key, date_trunc('day', r.hour, 'UTC')
 """
-DAILY_SQL_PLAIN = _DAILY % ("sum(r.total), sum(r.events), max(r.maximum), '[]'::jsonb, NULL, NULL, NULL", "")
-_ONCE = "FILTER (WHERE u.n IS NULL OR u.n = 1)"
-_LATEST = "ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL)"
-DAILY_SQL_RICH = _DAILY % (f"""sum(r.total) {_ONCE}, sum(r.events) {_ONCE}, max(r.maximum),
-       COALESCE(jsonb_agg(DISTINCT u.value COLLATE "C") FILTER (WHERE u.value IS NOT NULL), '[]'::jsonb),
-       (array_agg(r.latest_value {_LATEST})[1], (array_agg(r.latest_at {_LATEST})[1],
-       (array_agg(r.latest_event {_LATEST})[1]""",
-                           " LEFT JOIN LATERAL jsonb_array_elements_text(r.uniques) WITH ORDINALITY u(value, n) ON true")
+DAILY_SQL_PLAIN = _DAILY % "(array_agg(r.uniques))[1], NULL, NULL, NULL"
+_LATEST = "ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL))[1]"
+DAILY_SQL_LATEST = _DAILY % (f"'[]'::jsonb, (array_agg(r.latest_value {_LATEST}, (array_agg(r.latest_at {_LATEST}, "
+                             f"(array_agg(r.latest_event {_LATEST}")
 
 INDEXES = """
 SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)
@@ -335,14 +331,14 @@ TABLES = ("usage_hourly_rollup", "usage_daily_rollup")
 
 
 def full_statements(upto: int) -> list[tuple[str, list[Any]]]:
-    """The rebuild's INSERTs for events with ``id <= upto``: plain meters, then the others (if any); then
-    the daily rows from the hourly ones, the same way."""
+    """The rebuild's INSERTs for events with ``id <= upto``: every meter but the ``latest`` ones, then those
+    (if any); then the daily rows from the hourly ones, the same way."""
     plain: list[int] = []
-    rich: list[int] = []
+    latest: list[int] = []
     for pk, aggregation in Meter.objects.values_list("pk", "aggregation"):
-        (plain if aggregation in PLAIN else rich).append(pk)
-    hourly = [(sql, [upto, ids]) for sql, ids in ((FULL_SQL_PLAIN, plain), (FULL_SQL_RICH, rich)) if ids]
-    return hourly + [(sql, [ids]) for sql, ids in ((DAILY_SQL_PLAIN, plain), (DAILY_SQL_RICH, rich)) if ids]
+        (latest if aggregation == Meter.Aggregation.LATEST else plain).append(pk)
+    hourly = [(sql, [upto, ids]) for sql, ids in ((FULL_SQL_PLAIN, plain), (FULL_SQL_LATEST, latest)) if ids]
+    return hourly + [(sql, [ids]) for sql, ids in ((DAILY_SQL_PLAIN, plain), (DAILY_SQL_LATEST, latest)) if ids]
 
 
 Indexes = list[tuple[str, str, str, str | None, str | None]]  # table, index, definition, constraint, its definition

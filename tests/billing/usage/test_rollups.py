@@ -243,7 +243,8 @@ def test_the_sql_rebuild_keys_and_aggregates_rows_exactly_like_the_incremental_r
                    ev(f"g{i}", 30 - i, str(50 + i), meter="gpu_temp", dimensions=dims),
                    ev(f"h{i}", 30 - i, str(70 + i), meter="gpu_temp", dimensions=dims),  # same time: the later id wins
                    ev(f"a{i}", i, "1", meter="agents", dimensions={**dims, "agent_id": f"p{i % 3}"}),
-                   ev(f"b{i}", i, "1", meter="agents", dimensions={**dims, "agent_id": "Zed é"})]
+                   ev(f"b{i}", i, "1", meter="agents", dimensions={**dims, "agent_id": "Zed é"}),
+                   ev(f"n{i}", i, "1", meter="agents", dimensions=dims)]  # no agent_id: no distinct value
     send(*events)
     fields = ("customer_id", "project_slot", "meter_id", "dims_key", "hour", "total", "events",
               "maximum", "uniques", "latest_value", "latest_at", "latest_event")
@@ -278,9 +279,9 @@ def test_the_sql_rebuild_keys_and_aggregates_rows_exactly_like_the_incremental_r
     rollups.rollup_full(now=LATER)  # PostgreSQL: indexes (primary key too) off, INSERT ... SELECT ... GROUP BY, indexes back
     assert sets() == incremental_sets
 
-    assert len(incremental) == 5 * len(TRICKY) and rows() == incremental
+    assert len(incremental) == 6 * len(TRICKY) and rows() == incremental
     # the daily rows from the hourly ones in SQL, as the incremental run merges them in Python
-    assert len(incremental_daily) == 4 * len(TRICKY) and daily() == incremental_daily
+    assert len(incremental_daily) == 5 * len(TRICKY) and daily() == incremental_daily
     assert indexes() == indexes_before and any("UNIQUE" in (i[3] or "") for i in indexes_before)
     assert any("PRIMARY KEY" in (i[3] or "") for i in indexes_before)
     assert rollups.rollup_check() == []
