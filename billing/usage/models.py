@@ -119,8 +119,8 @@ class HourlyRollup(Aggregates):
         db_table = "usage_hourly_rollup"
         # The only index besides the primary key. On PostgreSQL it also carries ``total`` (INCLUDE, made by
         # migration 0010, kept by the rebuild, which restores indexes from their own definitions), so an
-        # invoice sums a customer's hours per dimension set from the index alone. Not declared here: Django
-        # would then skip the constraint on SQLite, which has no such indexes.
+        # invoice sums a customer's hours per dimension set from the index alone. The INCLUDE is not
+        # declared here: declared, Django would skip the whole constraint on SQLite (no covering indexes).
         constraints = [
             models.UniqueConstraint(fields=["customer", "meter", "hour", "project_slot", "dims_key"],
                                     name="rollup_unique_key"),

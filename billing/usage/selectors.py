@@ -1,6 +1,5 @@
-"""Reads of raw usage events: the event list and usage aggregated per meter, bucket and group.
-
-Usage is computed from raw events for now; the hourly rollups (issue 5) will replace the scan.
+"""Reads of usage: the raw event list, usage aggregated per meter, bucket and group (whole hours from the
+hourly rollups, the rest from raw events), and the dimension sets behind the rollups' keys.
 Aggregation runs in Python on exact Decimals, so it is exact on SQLite too.
 """
 
