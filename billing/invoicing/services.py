@@ -39,14 +39,15 @@ def _locked(pk: int) -> Invoice:
 
 
 def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str, lock: bool = False,
-               computed: Computed | None = None, digest: str | None = None) -> Invoice:
+               computed: Computed | None = None, digest: str | None = None, look: bool = True) -> Invoice:
     """The period's invoice, created as a draft if missing (one per customer and period): empty, or with
     ``computed``'s figures and lines inserted whole; ``lock`` (inside a transaction) returns an existing
-    one locked."""
+    one locked. ``look=False``: the caller has just found none, so the insert is tried at once (a
+    concurrent one that won is then returned, locked as asked)."""
     invoices = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).order_by()
     if lock:
         invoices = invoices.select_for_update()
-    existing = invoices.first()
+    existing = invoices.first() if look else None
     if existing is not None:
         return existing
     try:
@@ -98,10 +99,18 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
     if computed is None:
         return None
     digest = computed.digest()
+    # Nothing new (most refreshes of a period: the beat refreshes every draft every ten minutes): found
+    # without a lock, so the transaction writes nothing at all, not even a row lock (which PostgreSQL logs,
+    # and the commit then waits for the log's flush). A refresh that computed something else takes the lock.
+    stored = (Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE)
+              .order_by().first())
+    if stored is not None and (stored.status != Invoice.Status.DRAFT or stored.lines_digest == digest):
+        return stored
     # the period's first draft is inserted whole (figures and lines, so its digest is current), not created
     # empty and then rewritten
-    invoice = _draft_for(customer=customer, start=start, end=end, currency=computed.currency, lock=True,
-                         computed=computed, digest=digest)
+    invoice = _locked(stored.pk) if stored is not None else _draft_for(
+        customer=customer, start=start, end=end, currency=computed.currency, lock=True, computed=computed,
+        digest=digest, look=False)
     if invoice.status != Invoice.Status.DRAFT or invoice.lines_digest == digest:
         return invoice  # final, or nothing changed since the last refresh: no write
     _write(invoice, computed, digest)

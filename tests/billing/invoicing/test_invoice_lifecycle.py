@@ -131,6 +131,7 @@ def test_draft_follows_usage_late_event_inside_grace_lands_and_after_close_gets_
     assert same is not None and same.pk == draft.pk and same.updated_at == draft.updated_at
     writes = [q["sql"] for q in queries.captured_queries if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE")]
     assert writes == []
+    assert not [q["sql"] for q in queries.captured_queries if "FOR UPDATE" in q["sql"]]  # not even a row lock
 
     # 30 minutes after the period's end: still inside the one-hour grace time
     inside_grace = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
