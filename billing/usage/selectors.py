@@ -15,6 +15,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from billing.catalog.models import Meter
+from billing.common.errors import ApiError
 from billing.customers.models import Customer, Project
 from billing.usage.models import DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
 
@@ -26,8 +27,12 @@ _DIMENSIONS: dict[str, dict[str, str]] = {}
 _DIMENSIONS_MAX = 100_000
 
 
-class RollupDriftError(RuntimeError):
-    """A rollup row whose dimension set is not stored: the rollups need ``manage.py rollup --full``."""
+class RollupDriftError(ApiError):
+    """A rollup row whose dimension set is not stored: the rollups need ``manage.py rollup --full``. The
+    API answers 503 ``rollups_drift`` (never usage without its dimensions); a task fails with it, logged."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "rollups_drift", message)
 
 
 def dimension_sets(keys: set[str]) -> dict[str, dict[str, str]]:

@@ -170,6 +170,25 @@ def test_usage_from_rollups_and_tail_equals_usage_from_raw_events(acme, events, 
     assert UsageEvent.objects.exists()
 
 
+def test_usage_by_dimension_with_a_lost_dimension_set_is_a_503_never_usage_without_dimensions(admin):
+    from billing.usage import selectors
+
+    send(ev("a", 5, "10", dimensions={"model": "x"}), ev("b", 6, "5", dimensions={"model": "y"}))
+    rollups.rollup_until_current(now=LATER)
+    url = "/api/v1/customers/acme-co/usage"
+    params = {"start": T0.isoformat(), "end": (T0 + timedelta(hours=1)).isoformat(), "granularity": "hour"}
+    by_model = admin.get(url, {**params, "group_by": "model"})
+    assert by_model.status_code == 200
+    assert {r["group"]["model"]: r["quantity"] for r in by_model.json()["data"]} == {"x": "10", "y": "5"}
+
+    DimensionSet.objects.filter(key=rollups.dims_key({"model": "y"})).delete()
+    selectors._DIMENSIONS.clear()
+    lost = admin.get(url, {**params, "group_by": "model"})
+    assert lost.status_code == 503 and lost.json()["error"]["code"] == "rollups_drift"
+    assert admin.get(url, {**params, "group_by": "project"}).status_code == 200  # needs no dimension set
+    assert any(line.endswith(": missing") for line in rollups.rollup_check())
+
+
 KILLED_WORKER = """
 import os, sys, time
 import django
