@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from billing.catalog import money
 from billing.catalog.models import AuditEntry, Subscription
@@ -38,18 +38,23 @@ def _locked(pk: int) -> Invoice:
     return Invoice.objects.select_for_update().get(pk=pk)
 
 
-def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str, lock: bool = False,
-               computed: Computed | None = None, digest: str | None = None, look: bool = True) -> Invoice:
-    """The period's invoice, created as a draft if missing (one per customer and period): empty, or with
-    ``computed``'s figures and lines inserted whole; ``lock`` (inside a transaction) returns an existing
-    one locked. ``look=False``: the caller has just found none, so the insert is tried at once (a
-    concurrent one that won is then returned, locked as asked)."""
+def _period_invoices(customer: Customer, start: datetime, *, lock: bool = False) -> QuerySet[Invoice]:
+    """The period's invoice (one per customer and period), as a queryset; ``lock``: FOR UPDATE."""
     invoices = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).order_by()
-    if lock:
-        invoices = invoices.select_for_update()
-    existing = invoices.first() if look else None
-    if existing is not None:
-        return existing
+    return invoices.select_for_update() if lock else invoices
+
+
+def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: str) -> Invoice:
+    """The period's invoice, created as an empty draft if missing."""
+    existing = _period_invoices(customer, start).first()
+    return existing if existing is not None else _draft_insert(customer=customer, start=start, end=end,
+                                                               currency=currency)
+
+
+def _draft_insert(*, customer: Customer, start: datetime, end: datetime, currency: str, lock: bool = False,
+                  computed: Computed | None = None, digest: str | None = None) -> Invoice:
+    """The period's first draft: empty, or with ``computed``'s figures and lines inserted whole. A
+    concurrent caller that created it first wins: its draft is returned (locked, with ``lock``)."""
     try:
         with transaction.atomic():
             invoice = Invoice(customer=customer, period_start=start, period_end=end, currency=currency)
@@ -59,8 +64,8 @@ def _draft_for(*, customer: Customer, start: datetime, end: datetime, currency: 
             if computed is not None:
                 _add_lines(invoice, computed)
             return invoice
-    except IntegrityError:  # a concurrent caller created it first
-        return invoices.get()
+    except IntegrityError:
+        return _period_invoices(customer, start, lock=lock).get()
 
 
 def _write(invoice: Invoice, computed: Computed, digest: str | None = None) -> None:
@@ -102,15 +107,14 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
     # Nothing new (most refreshes of a period: the beat refreshes every draft every ten minutes): found
     # without a lock, so the transaction writes nothing at all, not even a row lock (which PostgreSQL logs,
     # and the commit then waits for the log's flush). A refresh that computed something else takes the lock.
-    stored = (Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE)
-              .order_by().first())
+    stored = _period_invoices(customer, start).first()
     if stored is not None and (stored.status != Invoice.Status.DRAFT or stored.lines_digest == digest):
         return stored
     # the period's first draft is inserted whole (figures and lines, so its digest is current), not created
     # empty and then rewritten
-    invoice = _locked(stored.pk) if stored is not None else _draft_for(
+    invoice = _locked(stored.pk) if stored is not None else _draft_insert(
         customer=customer, start=start, end=end, currency=computed.currency, lock=True, computed=computed,
-        digest=digest, look=False)
+        digest=digest)
     if invoice.status != Invoice.Status.DRAFT or invoice.lines_digest == digest:
         return invoice  # final, or nothing changed since the last refresh: no write
     _write(invoice, computed, digest)

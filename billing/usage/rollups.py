@@ -124,11 +124,10 @@ def _write(agg: Agg, key: Key, row: HourlyRollup | None) -> HourlyRollup:
 
 
 def _store_sets(fresh: dict[Key, Agg]) -> None:
-    """The dimension sets of ``fresh`` that the table does not hold yet (a set is written once, ever)."""
+    """The dimension sets of ``fresh``, in one statement that skips those the table holds already (a set is
+    written once, ever: ON CONFLICT DO NOTHING)."""
     sets = {key[3]: agg.dimensions for key, agg in fresh.items()}
-    known = set(DimensionSet.objects.filter(key__in=sets).values_list("key", flat=True))
-    DimensionSet.objects.bulk_create([DimensionSet(key=k, dimensions=d) for k, d in sets.items() if k not in known],
-                                     ignore_conflicts=True)
+    DimensionSet.objects.bulk_create([DimensionSet(key=k, dimensions=d) for k, d in sets.items()], ignore_conflicts=True)
 
 
 def _apply(fresh: dict[Key, Agg]) -> None:
@@ -401,8 +400,9 @@ def rollup_check() -> list[str]:
     drift = _compare({key: _write(agg, key, None) for key, agg in expected.items()}, stored, "")
     daily = {(r.customer_id, r.meter_id, r.dims_key, r.day): r for r in DailyRollup.objects.all()}
     drift += _compare({key: _write_daily(agg, key, None) for key, agg in _daily(expected).items()}, daily, "daily ")
-    sets = dict(DimensionSet.objects.filter(key__in={key[3] for key in stored}).values_list("key", "dimensions"))
-    for key in sorted({key[3] for key in stored}):
+    used = {key[3] for key in stored}
+    sets = dict(DimensionSet.objects.filter(key__in=used).values_list("key", "dimensions"))
+    for key in sorted(used):
         if key not in sets:
             drift.append(f"dimension set {key}: missing")
         elif dims_key(sets[key]) != key:
