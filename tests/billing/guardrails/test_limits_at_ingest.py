@@ -119,6 +119,33 @@ def test_retried_rejected_event_stays_rejected_and_retried_accepted_event_debits
 
 
 @pytest.mark.django_db
+def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, admin, debit_mode, monkeypatch):
+    """A fresh batch is decided without reading which of its events are stored; a retry of it, with one
+    event more, is refused by the ledger statement on that first attempt, keeps nothing of it, and is
+    then decided on what is stored: the stored events are duplicates and debit nothing again."""
+    from billing.usage import services
+
+    subscribe(acme, catalog(hard="100"))
+    reads: list[list[str]] = []
+    real = services._stored_columns
+    monkeypatch.setattr(services, "_stored_columns", lambda customer, ids, columns: reads.append(ids) or real(
+        customer, ids, columns))
+
+    def send(*events: tuple[str, str]) -> list[str]:
+        response = post_json(ingest, "/api/v1/events/batch", {"events": [json.loads(body(e, q)) for e, q in events]})
+        return [r["status"] for r in response.json()["results"]]
+
+    assert send(("a", "10"), ("b", "20")) == ["accepted", "accepted"]
+    if debit_mode == "together" and connection.vendor == "postgresql":
+        assert reads == []
+    assert send(("a", "10"), ("b", "20"), ("c", "30")) == ["duplicate", "duplicate", "accepted"]
+    assert any({"a", "b"} <= set(ids) for ids in reads)  # on PostgreSQL, once the first attempt kept nothing
+    quota = admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]
+    assert (quota["used"], quota["remaining"]) == ("60", "40")
+    assert UsageEvent.objects.filter(customer=acme).count() == 3
+
+
+@pytest.mark.django_db
 def test_batch_applies_limits_in_order_and_one_refusal_sinks_nothing_else(acme, ingest):
     subscribe(acme, catalog(hard="5"))
 
