@@ -219,8 +219,8 @@ def _insert_debited(rows: list[_Row], limited: list[_Row], now: datetime, terms:
     database: billing.guardrails.enforcement.BatchDebit). Returns the keys inserted, and the stored rows
     (fingerprint, billable, reason) read on the way, by key.
 
-    First optimistically, on PostgreSQL: take the limited events for new (a retry is never debited again:
-    see _insert_booked), read the customer's accounts without locking anything, and decide;
+    First optimistically, on PostgreSQL: read which of the limited events are stored already (a retry is
+    never debited again) and the customer's accounts, without locking anything; decide for the others;
     then insert the batch and book the debit in one statement, which takes the account locks and holds
     the ledger to what the decision assumed (every bounded account still holds the batch, every usage
     counter is still in the tier the events were priced in) and fails whole unless every debited event
@@ -316,25 +316,18 @@ class _StoredMeanwhile(LedgerRefused):
 def _insert_booked(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms,
                    known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
     """The optimistic pass on PostgreSQL (see _insert_debited): _Refused or LedgerRefused, with nothing
-    kept, when it cannot be taken.
-
-    The first attempt takes every limited event for new, without reading which are stored: a batch is
-    almost always sent once, and the read cost about an eighth of a limited batch. A retried batch makes
-    that attempt's statement keep nothing (an event it debits turns out stored: _StoredMeanwhile), and
-    the next attempts read the stored ones first, as the statement holds every attempt to."""
-    for read_stored in (False, True):
+    kept, when it cannot be taken."""
+    for _attempt in range(2):
         try:
-            return _insert_booked_once(rows, limited, now, terms, known, read_stored=read_stored)
+            return _insert_booked_once(rows, limited, now, terms, known)
         except _StoredMeanwhile:
             known.clear()
-    return _insert_booked_once(rows, limited, now, terms, known, read_stored=True)
+    return _insert_booked_once(rows, limited, now, terms, known)
 
 
 def _insert_booked_once(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms,
-                        known: dict[tuple[int, str], tuple[str, bool, str]], *, read_stored: bool
-                        ) -> set[tuple[int, str]]:
-    if read_stored:
-        known.update(_stored_rows(limited))
+                        known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
+    known.update(_stored_rows(limited))
     debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
     debit = BatchDebit([_usage(r) for r in debited], terms, lock=False)
     if debit.decide():
