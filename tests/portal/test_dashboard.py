@@ -454,3 +454,22 @@ def test_a_customer_user_cannot_change_another_customers_thresholds_nor_the_plan
     # the plan's threshold replaces the rate card's and is listed, without a delete button
     assert 'data-threshold="meter:llm_tokens" data-percent="60" data-source="plan">' in page
     assert 'data-source="rate_card"' not in page and ">Delete</button>" not in page
+
+
+@pytest.mark.django_db(transaction=True)  # autocommit, as a request runs: the reads' atomic block is the outermost
+def test_a_lost_dimension_set_is_a_503_page_not_a_server_error(ann, now):
+    from billing.usage import rollups
+    from billing.usage import selectors as usage_selectors
+    from billing.usage.models import DimensionSet
+
+    send(now, tokens("a", 10), tokens("b", 20, model="mini"))
+    rollups.rollup_until_current(now=now + timedelta(minutes=5))
+    assert ann.get("/dashboard/acme-co/usage/", {"by": "model"}).status_code == 200
+    DimensionSet.objects.filter(key=rollups.dims_key({"model": "mini"})).delete()
+    usage_selectors._DIMENSIONS.clear()
+
+    page = ann.get("/dashboard/acme-co/usage/", {"by": "model"})
+
+    assert page.status_code == 503 and page["Retry-After"] == "60"
+    assert page["Content-Type"].startswith("text/html")
+    assert "Temporarily unavailable" in page.content.decode() and "rollups_drift" in page.content.decode()
