@@ -335,7 +335,7 @@ def _insert_booked_once(rows: list[_Row], limited: list[_Row], now: datetime, te
     inserted: set[tuple[int, str]] = set()
 
     def insert_and_book(transfers: list[Any], expect: Any) -> None:
-        booking = get_ledger().booking(transfers, expect)  # type: ignore[attr-defined]  # shares_database: SQL
+        booking = get_ledger().booking(transfers, expect)
         inserted.update(_insert_rows(rows, received_at=now, booking=booking, debited=debited))
 
     # In a caller's transaction (tests, a management command), a savepoint stands for the autocommit.

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ledger.types import Account, Status, Transfer
+
+if TYPE_CHECKING:
+    from ledger.backends.sql import Booking
 
 
 class LedgerUnavailable(Exception):
@@ -62,6 +66,13 @@ class LedgerBackend(ABC):
         fails, or an expectation does not (another transaction moved the account meanwhile), nothing is
         booked, the caller's transaction is marked for rollback and ``LedgerRefused`` is raised. Only for a
         backend that ``shares_database``."""
+        raise NotImplementedError(f"the {self.name} ledger does not share the database")
+
+    def booking(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
+                ) -> Booking | None:
+        """``book_checked``'s booking as parts of one SQL statement, for a caller that runs it together with
+        its own writes (billing.usage.services: the event insert and its debit in one statement). Only for
+        a backend that ``shares_database`` on PostgreSQL."""
         raise NotImplementedError(f"the {self.name} ledger does not share the database")
 
     def expire_pending(self) -> int:

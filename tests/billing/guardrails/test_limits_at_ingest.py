@@ -127,8 +127,12 @@ def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, 
     subscribe(acme, catalog(hard="100"))
     reads: list[list[str]] = []
     real = services._stored_columns
-    monkeypatch.setattr(services, "_stored_columns", lambda customer, ids, columns: reads.append(ids) or real(
-        customer, ids, columns))
+
+    def spy(customer: int, ids: list[str], columns: str) -> list:
+        reads.append(ids)
+        return real(customer, ids, columns)
+
+    monkeypatch.setattr(services, "_stored_columns", spy)
 
     def send(*events: tuple[str, str]) -> list[str]:
         response = post_json(ingest, "/api/v1/events/batch", {"events": [json.loads(body(e, q)) for e, q in events]})
