@@ -36,7 +36,7 @@ pytest: install
 bench-ingest: install
 	$(PY) bench/ingest.py $(BENCH_ARGS)
 
-## bench-ledger: plain vs quota/spend-cap-checked batch ingest in one run (3 alternating rounds, medians), and reserve+settle round trips
+## bench-ledger: plain vs quota/spend-cap-checked batch ingest in one run (5 alternating rounds, medians), and reserve+settle round trips
 bench-ledger: install
 	$(PY) bench/ingest.py --mode ledger $(BENCH_ARGS)
 

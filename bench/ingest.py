@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["ingest", "ledger"], default="ingest",
                         help="ledger: plain vs quota+spend-cap-checked batches, and reserve-then-settle round trips")
     parser.add_argument("--round-trips", type=int, default=1000, help="reserve+settle pairs (ledger mode)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="ledger mode: plain and limited phases per batch size, alternated; medians reported")
     args = parser.parse_args()
 
