@@ -123,7 +123,10 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invo
 
 
 def drafts_refresh(*, now: datetime) -> int:
-    """Refresh the draft of every subscribed customer for each period still open at ``now``."""
+    """Refresh the draft of every subscribed customer for each period still open at ``now``. A customer
+    whose refresh fails (a lost dimension set, a bug in one plan's pricing) is logged and skipped, as in
+    ``periods_finalize``: the others' drafts stay current, and the next run tries it again. Returns how
+    many drafts were refreshed."""
     count = 0
     open_starts = [periods.period_bounds(now)[0]]
     previous_start, previous_end = periods.previous_period(open_starts[0])
@@ -135,8 +138,11 @@ def drafts_refresh(*, now: datetime) -> int:
             pk__in=Subscription.objects.filter(Q(end__isnull=True) | Q(end__gt=start), start__lt=end)
             .values("customer_id")).order_by("pk")
         for customer in customers:
-            if invoice_draft_refresh(customer=customer, period_start=start) is not None:
-                count += 1
+            try:
+                if invoice_draft_refresh(customer=customer, period_start=start) is not None:
+                    count += 1
+            except Exception:  # its own transaction rolled back; the next run retries
+                log.exception("refreshing the %s draft of %s failed", start.date(), customer.external_id)
     return count
 
 

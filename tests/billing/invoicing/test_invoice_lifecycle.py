@@ -155,6 +155,35 @@ def test_draft_follows_usage_late_event_inside_grace_lands_and_after_close_gets_
 
 
 @pytest.mark.django_db
+def test_the_beat_refreshes_every_open_draft_and_one_failing_customer_stops_no_other(
+        pro: Any, globex: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    subscribe(globex, OCT)
+    accepted(send(ev("a", "2026-10-15T10:00:00Z", "500"), ev("g", "2026-10-15T10:00:00Z", "200", customer="globex"),
+                  now=datetime(2026, 10, 15, 11, tzinfo=UTC)))
+    assert services.drafts_refresh(now=datetime(2026, 10, 20, tzinfo=UTC)) == 2
+    assert (invoice_of(pro, OCT).subtotal_minor, invoice_of(globex, OCT).subtotal_minor) == (1500, 1200)
+
+    # November, inside October's grace time: both periods are open, October's drafts follow a late event
+    inside_grace = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+    accepted(send(ev("late", "2026-10-31T23:00:00Z", "100", customer="globex"), now=inside_grace))
+    real = services.invoice_compute
+
+    def failing_for_acme(*, customer: Any, **kwargs: Any) -> Any:
+        if customer.pk == pro.pk:
+            raise RuntimeError("pricing bug for one plan")
+        return real(customer=customer, **kwargs)
+
+    monkeypatch.setattr(services, "invoice_compute", failing_for_acme)
+    assert services.drafts_refresh(now=inside_grace) == 2  # globex's October and November drafts
+    assert invoice_of(globex, OCT).subtotal_minor == 1300 and invoice_of(pro, OCT).subtotal_minor == 1500
+    assert Invoice.objects.filter(customer=globex, period_start=NOV).exists()
+    assert not Invoice.objects.filter(customer=pro, period_start=NOV).exists()
+    failures = [r for r in caplog.records if r.levelname == "ERROR" and "acme-co" in r.getMessage()]
+    assert len(failures) == 2  # one per open period, each with its traceback
+    assert all(r.exc_info and "pricing bug" in str(r.exc_info[1]) for r in failures)
+
+
+@pytest.mark.django_db
 def test_period_closed_is_a_422_through_the_api(pro: Any, ingest: Any) -> None:
     services.periods_close(now=datetime(2026, 11, 1, 1, tzinfo=UTC))
     response = ingest.post("/api/v1/events", ev("x", "2026-10-20T00:00:00Z"), format="json")
