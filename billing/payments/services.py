@@ -12,6 +12,7 @@ A retryable failure (outage, timeout, 5xx) leaves the row ``pending`` with ``las
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -409,16 +410,32 @@ def stripe_sync_pending(*, now: datetime | None = None, limit: int = 200) -> dic
     for invoice in finalized[:limit]:
         if plan_billing_mode(plan=invoice.plan) == BillingMode.TOLLGATE_INVOICES:
             StripeInvoiceSync.objects.get_or_create(invoice=invoice)
-    done = {"customers": 0, "invoices": 0, "meter_reports": 0}
-    for pk in _due(StripeCustomer, now, limit):
+
+    def sync_customer(pk: int) -> bool:
         row = StripeCustomer.objects.get(pk=pk)
-        done["customers"] += stripe_customer_sync(customer_pk=row.customer_id, now=now).state == SyncState.SYNCED
-    for invoice_pk in _due_invoices(now, limit):
-        row2 = stripe_invoice_push(invoice_pk=invoice_pk, now=now)
-        done["invoices"] += bool(row2 and row2.state == SyncState.SYNCED)
-    for pk in _due(MeterUsageReport, now, limit):
-        done["meter_reports"] += meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED
-    return done
+        return stripe_customer_sync(customer_pk=row.customer_id, now=now).state == SyncState.SYNCED
+
+    def push_invoice(invoice_pk: int) -> bool:
+        row = stripe_invoice_push(invoice_pk=invoice_pk, now=now)
+        return bool(row and row.state == SyncState.SYNCED)
+
+    return {"customers": _each("customer sync, row", _due(StripeCustomer, now, limit), sync_customer),
+            "invoices": _each("invoice push, invoice", _due_invoices(now, limit), push_invoice),
+            "meter_reports": _each("meter usage push, report", _due(MeterUsageReport, now, limit),
+                                   lambda pk: meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED)}
+
+
+def _each(what: str, pks: list[int], push: Callable[[int], bool]) -> int:
+    """``push(pk)`` for each row, oldest first; how many synced. Stripe's failures are the rows' own state
+    (GatewayError, retried with backoff); anything else a row raises is logged and the sweep goes on, so
+    one row that fails the same way every time never holds back the rows after it."""
+    synced = 0
+    for pk in pks:
+        try:
+            synced += push(pk)
+        except Exception:
+            log.exception("stripe %s %s failed", what, pk)
+    return synced
 
 
 def _due_invoices(now: datetime, limit: int) -> list[int]:
@@ -431,6 +448,6 @@ def meter_usage_report(*, now: datetime | None = None) -> dict[str, int]:
     marked = meter_usage_collect(now=now)
     pushed = 0
     if stripe_enabled():
-        for pk in _due(MeterUsageReport, now, 1000):
-            pushed += meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED
+        pushed = _each("meter usage push, report", _due(MeterUsageReport, now, 1000),
+                       lambda pk: meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED)
     return {"marked": marked, "pushed": pushed}

@@ -99,3 +99,27 @@ def test_an_update_made_while_the_customer_was_being_pushed_is_not_lost(stripe_o
     assert stripe_customer_sync(customer_pk=customer.pk).state == SyncState.SYNCED
     [remote] = localstripe.objects("customer")
     assert remote.name == "Racy 2"
+
+
+def test_the_sweep_goes_past_a_row_that_fails_unexpectedly(settings, acme, globex, monkeypatch, caplog):
+    """A row whose sync raises something other than Stripe's errors (a bug, bad data) is logged, and the
+    rows after it are still pushed: it cannot hold back the whole sweep, run after run."""
+    from types import SimpleNamespace
+
+    from billing.payments import services
+
+    settings.STRIPE_SECRET_KEY = "sk_test_tollgate"
+    pushed: list[int] = []
+
+    def sync(*, customer_pk: int, now: object) -> SimpleNamespace:
+        if customer_pk == acme.pk:
+            raise ValueError("bad data in this customer's row")
+        pushed.append(customer_pk)
+        return SimpleNamespace(state=SyncState.SYNCED)
+
+    monkeypatch.setattr(services, "stripe_customer_sync", sync)
+
+    assert stripe_sync_pending()["customers"] == 1
+    assert pushed == [globex.pk]
+    failed = [r for r in caplog.records if r.levelname == "ERROR" and "customer sync" in r.getMessage()]
+    assert len(failed) == 1 and "bad data" in str(failed[0].exc_info[1])
