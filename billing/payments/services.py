@@ -421,8 +421,7 @@ def stripe_sync_pending(*, now: datetime | None = None, limit: int = 200) -> dic
 
     return {"customers": _each("customer sync, row", _due(StripeCustomer, now, limit), sync_customer),
             "invoices": _each("invoice push, invoice", _due_invoices(now, limit), push_invoice),
-            "meter_reports": _each("meter usage push, report", _due(MeterUsageReport, now, limit),
-                                   lambda pk: meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED)}
+            "meter_reports": _each("meter usage push, report", _due(MeterUsageReport, now, limit), _report_pusher(now))}
 
 
 def _each(what: str, pks: list[int], push: Callable[[int], bool]) -> int:
@@ -438,6 +437,10 @@ def _each(what: str, pks: list[int], push: Callable[[int], bool]) -> int:
     return synced
 
 
+def _report_pusher(now: datetime) -> Callable[[int], bool]:
+    return lambda pk: meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED
+
+
 def _due_invoices(now: datetime, limit: int) -> list[int]:
     pks = _due(StripeInvoiceSync, now, limit)
     return list(StripeInvoiceSync.objects.filter(pk__in=pks).order_by("pk").values_list("invoice_id", flat=True))
@@ -448,6 +451,5 @@ def meter_usage_report(*, now: datetime | None = None) -> dict[str, int]:
     marked = meter_usage_collect(now=now)
     pushed = 0
     if stripe_enabled():
-        pushed = _each("meter usage push, report", _due(MeterUsageReport, now, 1000),
-                       lambda pk: meter_usage_push(report_pk=pk, now=now).state == SyncState.SYNCED)
+        pushed = _each("meter usage push, report", _due(MeterUsageReport, now, 1000), _report_pusher(now))
     return {"marked": marked, "pushed": pushed}
