@@ -577,15 +577,19 @@ def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str,
         if booking is None:
             cursor.execute(insert, params)
             return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
-        stored_all = ("(SELECT count(*) FROM ins JOIN d ON ins.customer_id = d.c AND ins.event_id = d.e) "
-                      "= (SELECT count(*) FROM d)")
+        # Every debited row was inserted by this statement: counted, not matched key by key. The debited rows
+        # are the batch's billable rows of their customers but those read as stored before, which exist
+        # (events are never deleted) and so are never inserted: the count is reached exactly when each
+        # debited row is inserted. (Two small parameters instead of the debited keys as two arrays.)
+        debited_customers = sorted({r.customer_pk for r in debited})
         try:
             cursor.execute(
-                f"WITH ins AS ({insert}), d AS (SELECT * FROM unnest(%b::bigint[], %b::text[]) AS d(c, e)), "  # noqa: S608
-                f"{booking.ctes} SELECT tollgate_refuse_unless({stored_all} AND {booking.ok}, CASE WHEN {stored_all} "
-                f"THEN '{_BOOKING_REFUSED}' ELSE '{_STORED_MEANWHILE}' END), array_agg(customer_id), array_agg(event_id) "
-                "FROM ins",
-                [*params, [r.customer_pk for r in debited], [r.event.event_id for r in debited], *booking.params,
+                f"WITH ins AS ({insert}, billable), "  # noqa: S608
+                "stored AS (SELECT count(*) FILTER (WHERE billable AND customer_id = ANY(%b::int8[])) = %b::int8 AS all_debited "
+                f"FROM ins), {booking.ctes} SELECT tollgate_refuse_unless(stored.all_debited AND {booking.ok}, "
+                f"CASE WHEN stored.all_debited THEN '{_BOOKING_REFUSED}' ELSE '{_STORED_MEANWHILE}' END), "
+                "(SELECT array_agg(customer_id) FROM ins), (SELECT array_agg(event_id) FROM ins) FROM stored",
+                [*params, debited_customers, sum(1 for r in debited if r.billable), *booking.params,
                  *booking.ok_params], prepare=True)
         except psycopg.Error as error:
             if error.sqlstate == "TG001":

@@ -146,6 +146,38 @@ def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, 
     assert UsageEvent.objects.filter(customer=acme).count() == 3
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_an_event_stored_after_the_batch_read_its_ids_is_not_debited_twice(acme, admin, debit_mode, monkeypatch):
+    """The race the one-statement debit must catch: another request stores one of the batch's events after
+    the batch read which of them are stored (here: that read misses it once). The statement keeps nothing
+    and the batch runs again; the event is a duplicate and is debited once, the new one once."""
+    from billing.usage import services
+
+    subscribe(acme, catalog(hard="100"))
+    assert [r.status for r in events_ingest(principal=ADMIN, raw_events=[body("a", "10")])] == ["accepted"]
+    real = services._stored_rows
+    missed: list[int] = []
+
+    def stale(rows: list) -> dict:
+        found = real(rows)
+        if found and not missed and debit_mode == "together":
+            missed.append(len(found))
+            return {}  # as if "a" were stored just after this read
+        return found
+
+    monkeypatch.setattr(services, "_stored_rows", stale)
+    # "b" first: the batch's transfers take their ids from it, so only the check of what was inserted
+    # (not the ledger's idempotent ids) can see that "a" is not new
+    results = events_ingest(principal=ADMIN, raw_events=[body("b", "20"), body("a", "10")])
+
+    assert [r.status for r in results] == ["accepted", "duplicate"]
+    assert missed == ([1] if debit_mode == "together" else [])  # the race was played where it can happen
+    quota = admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]
+    assert (quota["used"], quota["remaining"]) == ("30", "70")
+    assert UsageEvent.objects.filter(customer=acme).count() == 2
+
+
 @pytest.mark.django_db
 def test_batch_applies_limits_in_order_and_one_refusal_sinks_nothing_else(acme, ingest):
     subscribe(acme, catalog(hard="5"))
