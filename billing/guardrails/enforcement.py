@@ -362,10 +362,13 @@ class _Prepared:
     counters: list[int]
     wallet_ids: list[int]  # the credit wallets the events' customers would have in their plans' currencies
     wallets: set[int]  # those taken to exist
+    # the distinct terms of the plans, each with whether one of its events' charges has a usage counter
+    # (a batch's events mostly share one: the accounts are worked out per terms, not per event)
+    terms: dict[int, tuple[_Terms, bool]] = field(default_factory=dict)
 
     def bounded(self) -> set[int]:
         """The balance-bounded accounts the events debit: quotas, spend caps, credit wallets."""
-        return {i for _, shared, _ in self.plans
+        return {i for shared, _ in self.terms.values()
                 for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i}
 
     def locks(self) -> set[int]:
@@ -373,9 +376,7 @@ class _Prepared:
         and the operator accounts its transfers credit. All of them: the careful pass locks them in one
         ascending order before it books, so that it never waits for an operator account while holding the
         customer's, which a concurrent booking (ascending order too) may hold the other way round."""
-        shared_terms = {id(shared): shared for _, shared, _ in self.plans}
-        counted = {id(shared) for _, shared, charges in self.plans if any(c.counter_id for c in charges)}
-        operators = {i for key, shared in shared_terms.items() for i in shared.operator_ids(key in counted)}
+        operators = {i for shared, counted in self.terms.values() for i in shared.operator_ids(counted)}
         return self.bounded() | set(self.counters) | operators
 
 
@@ -418,19 +419,24 @@ def _prepare(events: list[EventUsage], terms: Terms | None = None,
               for key, (event, sub, version, period) in firsts.items()}
     plans: list[tuple[EventUsage, _Terms, list[_Charge]]] = []
     lists: dict[int, list[_Charge]] = {}  # the distinct charge lists of the batch, for their counters
+    terms_of: dict[int, tuple[_Terms, bool]] = {}
     for event, key in keyed:
         shared = by_key[key]
         if shared is not None:
             charges = shared.matching(event) if shared.priced else []
-            if charges:
+            if charges and id(charges) not in lists:
                 lists[id(charges)] = charges
+                if any(c.counter_id for c in charges):
+                    terms_of[id(shared)] = (shared, True)
+            if id(shared) not in terms_of:
+                terms_of[id(shared)] = (shared, False)
             plans.append((event, shared, charges))
     counters_needed = {c.counter.id: c.counter for charges in lists.values() for c in charges if c.counter}
     if plans:
         for counter in counters_needed.values():
             accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
         acc.ensure(accounts, allocations)
-    return _Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing)
+    return _Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, terms_of)
 
 
 def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None,
