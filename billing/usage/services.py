@@ -585,10 +585,10 @@ def _insert_rows_postgresql(rows: list[_Row], received_at: datetime, table: str,
         try:
             cursor.execute(
                 f"WITH ins AS ({insert}, billable), "  # noqa: S608
-                "stored AS (SELECT count(*) FILTER (WHERE billable AND customer_id = ANY(%b::int8[])) = %b::int8 AS all_debited "
-                f"FROM ins), {booking.ctes} SELECT tollgate_refuse_unless(stored.all_debited AND {booking.ok}, "
-                f"CASE WHEN stored.all_debited THEN '{_BOOKING_REFUSED}' ELSE '{_STORED_MEANWHILE}' END), "
-                "(SELECT array_agg(customer_id) FROM ins), (SELECT array_agg(event_id) FROM ins) FROM stored",
+                "checked AS (SELECT count(*) FILTER (WHERE billable AND customer_id = ANY(%b::int8[])) = %b::int8 "
+                f"AS all_debited FROM ins), {booking.ctes} SELECT tollgate_refuse_unless(checked.all_debited AND "
+                f"{booking.ok}, CASE WHEN checked.all_debited THEN '{_BOOKING_REFUSED}' ELSE '{_STORED_MEANWHILE}' END), "
+                "(SELECT array_agg(customer_id) FROM ins), (SELECT array_agg(event_id) FROM ins) FROM checked",
                 [*params, debited_customers, sum(1 for r in debited if r.billable), *booking.params,
                  *booking.ok_params], prepare=True)
         except psycopg.Error as error:
