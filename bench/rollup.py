@@ -9,9 +9,13 @@ after its usage time, long before the rollup lag), then ``VACUUM (ANALYZE)``.
 
 Measured in the same run, alternating, ``--repeat`` times each:
   - baseline: ``CREATE TEMP TABLE ... AS SELECT <key>, sum, count, max FROM usage_event GROUP BY <key>``
-    (the rollup's key: customer, project, meter, dimensions, UTC hour), so the result is materialised;
+    (the rollup's key: customer, project, meter, dimensions, UTC hour), so the result is materialised,
+    with the plan PostgreSQL chooses (at 10M events: a parallel sort);
+  - hashed baseline: the same statement with the plan the rebuild uses (a hash aggregate over one
+    sequential scan), the fastest plain ``GROUP BY`` measured here: a second, stricter reference;
   - floor: the baseline's rows written to an ordinary, logged table plus one index on (customer, meter,
-    hour), in one transaction: what any durable rollup that invoices can range-read costs at least;
+    hour), in one transaction, with the rebuild's plan: what any durable rollup that invoices can
+    range-read costs at least;
   - ``rollup_full(now=...)``: the production rebuild (one ``INSERT ... SELECT ... GROUP BY``).
 Then ``--hours`` times: COPY one more hour of events (N / hours-in-the-load; 1 in 20 of them late, with
 usage in the hour before) and time ``rollup_until_current(now=...)``. Then ``invoice_draft_refresh`` for
@@ -97,8 +101,8 @@ GROUP BY customer_id, project_id, meter_id, dimensions, date_trunc('hour', usage
 BASELINE_SQL = "CREATE TEMP TABLE bench_baseline AS" + BASELINE_SELECT
 # The floor of any rollup that is durable and range-readable: the baseline's rows written to an ordinary
 # (logged) table and one index on (customer, meter, hour) built after them, in one transaction, with the
-# rebuild's memory for the index. What the rebuild costs beyond it is its own work: the dimension-set
-# keys, the daily rows, a wider unique key, the primary key.
+# rebuild's plan (rollups.HASH_AGGREGATION) and its memory for the index. What the rebuild costs beyond it
+# is its own work: the dimension-set keys, the daily rows, a wider unique key, the primary key.
 FLOOR_SQL = (
     "CREATE TABLE bench_floor AS" + BASELINE_SELECT + "WITH NO DATA",
     "INSERT INTO bench_floor" + BASELINE_SELECT,
@@ -216,11 +220,15 @@ def sql_one(sql: str, params: list[Any] | None = None) -> Any:
     return row[0] if row else None
 
 
-def baseline() -> int:
-    from django.db import connection
+def baseline(*, hashed: bool = False) -> int:
+    from django.db import connection, transaction
 
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS bench_baseline")
+        if hashed:
+            from billing.usage.rollups import HASH_AGGREGATION
+
+            cursor.execute(HASH_AGGREGATION)
         cursor.execute(BASELINE_SQL)
         cursor.execute("SELECT count(*) FROM bench_baseline")
         row = cursor.fetchone()
@@ -231,19 +239,21 @@ def baseline() -> int:
 def floor() -> None:
     from django.db import connection, transaction
 
+    from billing.usage.rollups import HASH_AGGREGATION
+
     sql_one("DROP TABLE IF EXISTS bench_floor")
     with transaction.atomic(), connection.cursor() as cursor:
-        for sql in FLOOR_SQL:
+        for sql in (HASH_AGGREGATION, *FLOOR_SQL):
             cursor.execute(sql)
     sql_one("DROP TABLE bench_floor")
 
 
 def explain(now: datetime) -> dict[str, str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the baseline and of the rebuild's INSERTs as the rebuild runs them
-    (truncated table, its memory settings, indexes dropped), each rolled back."""
+    (truncated table, its memory and plan settings, indexes dropped), each rolled back."""
     from django.db import connection, transaction
 
-    from billing.usage.rollups import bulk_load_begin, full_statements
+    from billing.usage.rollups import HASH_AGGREGATION, bulk_load_begin, full_statements
 
     plans = {}
     upto = sql_one("SELECT max(id) FROM usage_event")
@@ -256,6 +266,7 @@ def explain(now: datetime) -> dict[str, str]:
                     cursor.execute("TRUNCATE usage_daily_rollup" if "INTO usage_daily_rollup" in sql
                                    else "TRUNCATE usage_hourly_rollup, usage_daily_rollup")
                     bulk_load_begin(cursor)
+                    cursor.execute(HASH_AGGREGATION)
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                 plans[name] = "\n".join(row[0] for row in cursor.fetchall())
                 raise _Rollback
@@ -339,7 +350,7 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
     say(f"load: {results['load']}")
 
     now = main_end + DELAY + timedelta(minutes=1)  # every event received more than LAG before
-    base_runs, floor_runs, full_runs, groups = [], [], [], 0
+    base_runs, hashed_runs, floor_runs, full_runs, groups = [], [], [], [], 0
     for run in range(args.repeat):
         # Each timed step starts after a CHECKPOINT (untimed): the floor and the rebuild write gigabytes of
         # WAL, and the checkpoint they leave pending would otherwise be paid by the step after them.
@@ -347,6 +358,10 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
         seconds, groups = timed(baseline)
         base_runs.append(seconds)
         say(f"baseline {run + 1}: {seconds:.1f} s, {groups} groups")
+        sql_one("CHECKPOINT")
+        seconds, _ = timed(lambda: baseline(hashed=True))
+        hashed_runs.append(seconds)
+        say(f"hashed baseline {run + 1}: {seconds:.1f} s")
         sql_one("CHECKPOINT")
         seconds, _ = timed(floor)
         floor_runs.append(seconds)
@@ -367,11 +382,15 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
                               "rollup_mb": round(sql_one("SELECT pg_total_relation_size('usage_hourly_rollup')") / 2**20),
                               "daily_rows": DailyRollup.objects.count(),
                               "daily_mb": round(sql_one("SELECT pg_total_relation_size('usage_daily_rollup')") / 2**20)}
+    results["baseline_hashed"] = {"median_s": round(statistics.median(hashed_runs), 2),
+                                  "runs_s": [round(s, 2) for s in hashed_runs]}
     results["floor"] = {"median_s": round(statistics.median(floor_runs), 2), "runs_s": [round(s, 2) for s in floor_runs]}
     results["full_over_baseline"] = round(statistics.median(full_runs) / statistics.median(base_runs), 2)
+    results["full_over_hashed_baseline"] = round(statistics.median(full_runs) / statistics.median(hashed_runs), 2)
     results["floor_over_baseline"] = round(statistics.median(floor_runs) / statistics.median(base_runs), 2)
     results["full_over_floor"] = round(statistics.median(full_runs) / statistics.median(floor_runs), 2)
-    say(f"full/baseline: {results['full_over_baseline']}, floor/baseline: {results['floor_over_baseline']}, "
+    say(f"full/baseline: {results['full_over_baseline']}, full/hashed baseline: "
+        f"{results['full_over_hashed_baseline']}, floor/baseline: {results['floor_over_baseline']}, "
         f"full/floor: {results['full_over_floor']}")
     if args.explain:
         results["explain"] = explain(now)
