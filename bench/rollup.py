@@ -253,7 +253,7 @@ def explain(now: datetime) -> dict[str, str]:
     (truncated table, its memory and plan settings, indexes dropped), each rolled back."""
     from django.db import connection, transaction
 
-    from billing.usage.rollups import HASH_AGGREGATION, bulk_load_begin, full_statements
+    from billing.usage.rollups import bulk_load_begin, full_statements
 
     plans = {}
     upto = sql_one("SELECT max(id) FROM usage_event")
@@ -266,7 +266,6 @@ def explain(now: datetime) -> dict[str, str]:
                     cursor.execute("TRUNCATE usage_daily_rollup" if "INTO usage_daily_rollup" in sql
                                    else "TRUNCATE usage_hourly_rollup, usage_daily_rollup")
                     bulk_load_begin(cursor)
-                    cursor.execute(HASH_AGGREGATION)
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                 plans[name] = "\n".join(row[0] for row in cursor.fetchall())
                 raise _Rollback

@@ -330,7 +330,7 @@ TABLES = ("usage_hourly_rollup", "usage_daily_rollup")
 # The rebuild's aggregations as hash aggregates over one sequential scan, for the rest of its transaction.
 # Left to itself, at 10M events PostgreSQL read the events through an index in customer order and sorted
 # each customer's rows (its estimate of a spilling hash aggregate is pessimistic), and sorted the hourly rows
-# on disk for the daily ones: the rebuild took 195 s, 110-122 s with this (docs/performance.md).
+# on disk for the daily ones: the rebuild took 195 s, 83-122 s with this (docs/performance.md).
 HASH_AGGREGATION = "SELECT set_config('enable_sort', 'off', true), set_config('enable_indexscan', 'off', true)"
 
 
@@ -350,10 +350,11 @@ Indexes = list[tuple[str, str, str, str | None, str | None]]  # table, index, de
 
 def bulk_load_begin(cursor: CursorWrapper) -> Indexes:
     """Inside the rebuild's transaction: every index of the rollup tables dropped (primary and unique keys
-    included), and memory for this transaction alone to rebuild each with one in-memory sort. Returns
-    their definitions, for the rebuild to restore. The aggregation keeps the server's ``work_mem``: a
+    included), memory for this transaction alone to rebuild each with one in-memory sort, and its
+    aggregations hashed (HASH_AGGREGATION). Returns their definitions, for the rebuild to restore. The aggregation keeps the server's ``work_mem``: a
     larger one (256 MB) made it slower here, one big hash table missing the CPU caches."""
     cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+    cursor.execute(HASH_AGGREGATION)
     indexes: Indexes = []
     for table in TABLES:
         cursor.execute(INDEXES, [table])
@@ -386,7 +387,6 @@ def _rollup_full_sql(*, now: datetime, read: int) -> int:
             return 0
         cursor.execute(SETS_SQL, [min(read, upto), upto])
         indexes = bulk_load_begin(cursor)
-        cursor.execute(HASH_AGGREGATION)
         for sql, params in full_statements(upto):
             cursor.execute(sql, params)
         cursor.execute(SETS_MISSING_SQL)
