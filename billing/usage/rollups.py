@@ -351,8 +351,9 @@ Indexes = list[tuple[str, str, str, str | None, str | None]]  # table, index, de
 def bulk_load_begin(cursor: CursorWrapper) -> Indexes:
     """Inside the rebuild's transaction: every index of the rollup tables dropped (primary and unique keys
     included), memory for this transaction alone to rebuild each with one in-memory sort, and its
-    aggregations hashed (HASH_AGGREGATION). Returns their definitions, for the rebuild to restore. The aggregation keeps the server's ``work_mem``: a
-    larger one (256 MB) made it slower here, one big hash table missing the CPU caches."""
+    aggregations hashed (HASH_AGGREGATION). Returns their definitions, for the rebuild to restore. The
+    aggregation keeps the server's ``work_mem``: a larger one (256 MB) made it slower here, one big hash
+    table missing the CPU caches."""
     cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
     cursor.execute(HASH_AGGREGATION)
     indexes: Indexes = []
