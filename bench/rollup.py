@@ -18,9 +18,10 @@ Measured in the same run, alternating, ``--repeat`` times each:
     range-read costs at least;
   - ``rollup_full(now=...)``: the production rebuild (one ``INSERT ... SELECT ... GROUP BY``).
 Then ``--hours`` times: COPY one more hour of events (N / hours-in-the-load; 1 in 20 of them late, with
-usage in the hour before) and time ``rollup_until_current(now=...)``. Then ``invoice_draft_refresh`` for
-every customer, twice (the first pass creates the drafts; the second finds nothing new, so it computes
-each invoice and writes nothing), timed per call.
+usage in the hour before) and time ``rollup_until_current(now=...)``. Then every customer's draft
+refreshed as the beat does it (``drafts_refresh``: one ``period_snapshot`` of the period's shared reads,
+timed, then ``invoice_draft_refresh`` per customer, timed per call), twice (the first pass creates the
+drafts; the second finds nothing new, so it computes each invoice and writes nothing).
 
 Prints a JSON summary and writes it to bench/results/rollup-<UTC timestamp>.json. Every loop is
 bounded; PostgreSQL is stopped and its files removed at the end, also on error or SIGTERM.
@@ -327,6 +328,7 @@ def main() -> None:
 def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]) -> None:
     from billing.customers.models import Customer
     from billing.invoicing.services import invoice_draft_refresh
+    from billing.invoicing.snapshot import period_snapshot
     from billing.usage.models import DailyRollup, HourlyRollup
     from billing.usage.rollups import rollup_check, rollup_full, rollup_until_current
 
@@ -420,19 +422,24 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
         if drift:
             raise SystemExit(f"rollup drift: {drift[:5]}")
 
-    everyone = list(Customer.objects.order_by("pk"))
+    everyone = Customer.objects.count()
     for name in ("invoices_first_pass", "invoices_second_pass"):
         latencies, totals = [], 0
         start = time.perf_counter()
-        for customer in everyone:
+        snapshot = period_snapshot(start=MONTH, end=MONTH_END)  # what drafts_refresh reads once per period
+        snapshot_s = time.perf_counter() - start
+        if len(snapshot.customers) != everyone:
+            raise SystemExit(f"{len(snapshot.customers)} subscribed customers of {everyone}")
+        for customer in snapshot.customers:
             t = time.perf_counter()
-            invoice = invoice_draft_refresh(customer=customer, period_start=MONTH)
+            invoice = invoice_draft_refresh(customer=customer, period_start=MONTH, snapshot=snapshot)
             latencies.append(time.perf_counter() - t)
             if invoice is None:
                 raise SystemExit(f"no invoice for {customer.external_id}")
             totals += invoice.total_minor
         total_s = time.perf_counter() - start
-        results[name] = {"customers": len(everyone), "p50_ms": round(pct(latencies, 0.5) * 1000, 1),
+        results[name] = {"customers": everyone, "snapshot_ms": round(snapshot_s * 1000, 1),
+                         "p50_ms": round(pct(latencies, 0.5) * 1000, 1),
                          "p99_ms": round(pct(latencies, 0.99) * 1000, 1), "max_ms": round(max(latencies) * 1000, 1),
                          "total_s": round(total_s, 1), "sum_of_totals_minor": totals}
         say(f"{name}: {results[name]}")

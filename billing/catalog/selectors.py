@@ -25,9 +25,11 @@ def version_in_effect(*, plan: Plan, at: datetime) -> RateCardVersion | None:
     return plan.versions.filter(effective_from__lte=at).order_by("-effective_from").first()
 
 
-def versions_over(*, plan: Plan, start: datetime, end: datetime) -> list[tuple[datetime, datetime, RateCardVersion]]:
-    """The versions in effect over [start, end), each with the sub-interval it governs."""
-    versions = list(plan.versions.order_by("effective_from"))
+def versions_over(*, plan: Plan, start: datetime, end: datetime, versions: list[RateCardVersion] | None = None
+                  ) -> list[tuple[datetime, datetime, RateCardVersion]]:
+    """The versions in effect over [start, end), each with the sub-interval it governs. ``versions``: the
+    plan's versions, oldest first, when the caller has read them already."""
+    versions = list(plan.versions.order_by("effective_from")) if versions is None else versions
     out = []
     for index, version in enumerate(versions):
         v_start = version.effective_from

@@ -24,6 +24,7 @@ from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.invoicing.estimate import Line, period_cuts, period_parts, price_parts
 from billing.invoicing.rows import Row, correction_rows, meters_by_pk, period_rows
+from billing.invoicing.snapshot import PeriodSnapshot
 
 
 @dataclass
@@ -74,14 +75,15 @@ def subscription_for_period(*, customer: Customer, start: datetime, end: datetim
 
 
 def invoice_compute(*, customer: Customer, start: datetime, end: datetime, source: str = "rollups",
-                    credits: int | None = None) -> Computed | None:
+                    credits: int | None = None, snapshot: PeriodSnapshot | None = None) -> Computed | None:
     """The invoice for [start, end) from rollups (``source="rollups"``) or raw events only (``"raw"``,
-    the replay). ``credits`` (ledger units) overrides the wallet lookup (replays use the stored figure)."""
-    parts = period_parts(customer=customer, start=start, end=end)
+    the replay). ``credits`` (ledger units) overrides the wallet lookup (replays use the stored figure).
+    ``snapshot``: the period's catalog reads, shared by a batch of drafts (billing/invoicing/snapshot.py)."""
+    parts = period_parts(customer=customer, start=start, end=end, snapshot=snapshot)
     if not parts:
         return None
     plan = parts[-1].plan
-    meters = meters_by_pk()
+    meters = meters_by_pk() if snapshot is None else snapshot.meters
     rows, watermark = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts), source=source,
                                   meters=meters)
     corrections = correction_rows(customer=customer, start=start, end=end, meters=meters)

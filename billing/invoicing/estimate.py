@@ -18,12 +18,13 @@ from decimal import Decimal
 from typing import Any
 
 from billing.catalog import money, pricing
-from billing.catalog.models import Meter, Plan, Subscription
+from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.catalog.schema import charge_spec
 from billing.catalog.selectors import subscription_at, versions_over
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.invoicing.rows import Row, meters_by_pk, period_rows
+from billing.invoicing.snapshot import PeriodSnapshot
 from billing.usage.selectors import bucket_bounds
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
@@ -101,11 +102,14 @@ def period_of(moment: datetime) -> tuple[datetime, datetime]:
     return bucket_bounds(moment, "month")
 
 
-def subscription_segments(*, subscription: Subscription, start: datetime, end: datetime) -> list[Segment]:
-    """The rate-card versions of ``subscription``'s plan over the part of [start, end) it covers."""
+def subscription_segments(*, subscription: Subscription, start: datetime, end: datetime,
+                          versions: list[RateCardVersion] | None = None) -> list[Segment]:
+    """The rate-card versions of ``subscription``'s plan over the part of [start, end) it covers (``versions``:
+    the plan's, oldest first, if already read)."""
     lo = max(start, subscription.start)
     hi = min(end, subscription.end) if subscription.end else end
-    return [Segment(s, e, v.definition, v.number) for s, e, v in versions_over(plan=subscription.plan, start=lo, end=hi)]
+    return [Segment(s, e, v.definition, v.number)
+            for s, e, v in versions_over(plan=subscription.plan, start=lo, end=hi, versions=versions)]
 
 
 def segment_cuts(segments: list[Segment]) -> list[datetime]:
@@ -125,24 +129,30 @@ class Part:
         return bool(self.segments) and self.segments[0].start <= moment < self.segments[-1].end
 
 
-def period_parts(*, customer: Customer, start: datetime, end: datetime) -> list[Part]:
+def period_parts(*, customer: Customer, start: datetime, end: datetime, snapshot: PeriodSnapshot | None = None
+                 ) -> list[Part]:
     """The subscriptions that cover part of [start, end), oldest first, each with its segments. A plan
     changed mid-period bills both stretches, each priced by its own plan (tiers count within a stretch).
     All in the currency of the last one (a mid-period change to another currency is refused when it is
-    made: billing/catalog/services.py)."""
+    made: billing/catalog/services.py). ``snapshot``: the period's subscriptions and versions, read once
+    for a batch of customers (billing/invoicing/snapshot.py)."""
     from django.db.models import Q
 
-    subscriptions = list(Subscription.objects.select_related("plan")
-                         .filter(Q(end__isnull=True) | Q(end__gt=start), customer=customer, start__lt=end)
-                         .order_by("start"))
+    if snapshot is not None:
+        subscriptions = snapshot.subscriptions.get(customer.pk, [])
+    else:
+        subscriptions = list(Subscription.objects.select_related("plan")
+                             .filter(Q(end__isnull=True) | Q(end__gt=start), customer=customer, start__lt=end)
+                             .order_by("start"))
     if not subscriptions:
         return []
     currency = subscriptions[-1].plan.currency
     for other in (s for s in subscriptions if s.plan.currency != currency):  # made before the change was refused
         log.warning("customer %s: plan %s (%s) from %s is not billed on the %s invoice of %s", customer.external_id,
                     other.plan.key, other.plan.currency, other.start.isoformat(), currency, start.date())
-    parts = [Part(s.plan, subscription_segments(subscription=s, start=start, end=end)) for s in subscriptions
-             if s.plan.currency == currency]
+    parts = [Part(s.plan, subscription_segments(subscription=s, start=start, end=end,
+                                                versions=None if snapshot is None else snapshot.versions.get(s.plan_id, [])))
+             for s in subscriptions if s.plan.currency == currency]
     return [part for part in parts if part.segments]
 
 

@@ -25,6 +25,7 @@ from billing.invoicing.compute import Computed, invoice_compute, subscription_fo
 from billing.invoicing.models import Invoice, InvoiceLine, InvoiceSequence, PeriodClose
 from billing.invoicing.rows import events_digest
 from billing.invoicing.signals import invoice_finalized, invoice_status_changed
+from billing.invoicing.snapshot import PeriodSnapshot, period_snapshot
 
 log = logging.getLogger(__name__)
 PREFIXES = {"invoice": "INV-", "credit_note": "CN-"}
@@ -96,18 +97,22 @@ def _set_figures(invoice: Invoice, computed: Computed, digest: str | None = None
 
 
 @transaction.atomic
-def invoice_draft_refresh(*, customer: Customer, period_start: datetime) -> Invoice | None:
+def invoice_draft_refresh(*, customer: Customer, period_start: datetime, snapshot: PeriodSnapshot | None = None
+                          ) -> Invoice | None:
     """Bring the period's draft up to date with the usage so far (no-op once finalized). None when the
-    customer has no plan for the period."""
+    customer has no plan for the period. ``snapshot``: the period's shared reads, for a batch of customers
+    (``drafts_refresh``; billing/invoicing/snapshot.py)."""
     start, end = periods.period_bounds(period_start)
-    computed = invoice_compute(customer=customer, start=start, end=end)
+    if snapshot is not None and snapshot.start != start:
+        raise ValueError(f"a snapshot of the period from {snapshot.start} cannot refresh the one from {start}")
+    computed = invoice_compute(customer=customer, start=start, end=end, snapshot=snapshot)
     if computed is None:
         return None
     digest = computed.digest()
     # Nothing new (most refreshes of a period: the beat refreshes every draft every ten minutes): found
     # without a lock, so the transaction writes nothing at all, not even a row lock (which PostgreSQL logs,
     # and the commit then waits for the log's flush). A refresh that computed something else takes the lock.
-    stored = _period_invoices(customer, start).first()
+    stored = _period_invoices(customer, start).first() if snapshot is None else snapshot.invoices.get(customer.pk)
     if stored is not None and (stored.status != Invoice.Status.DRAFT or stored.lines_digest == digest):
         return stored
     # the period's first draft is inserted whole (figures and lines, so its digest is current), not created
@@ -133,13 +138,10 @@ def drafts_refresh(*, now: datetime) -> int:
     if previous_end > periods.closed_until() and now < previous_end + periods.grace():
         open_starts.insert(0, previous_start)  # last month, still in its grace time
     for start in open_starts:
-        _, end = periods.period_bounds(start)
-        customers = Customer.objects.filter(
-            pk__in=Subscription.objects.filter(Q(end__isnull=True) | Q(end__gt=start), start__lt=end)
-            .values("customer_id")).order_by("pk")
-        for customer in customers:
+        snapshot = period_snapshot(start=start, end=periods.period_bounds(start)[1])
+        for customer in snapshot.customers:
             try:
-                if invoice_draft_refresh(customer=customer, period_start=start) is not None:
+                if invoice_draft_refresh(customer=customer, period_start=start, snapshot=snapshot) is not None:
                     count += 1
             except Exception:  # its own transaction rolled back; the next run retries
                 log.exception("refreshing the %s draft of %s failed", start.date(), customer.external_id)
