@@ -79,6 +79,8 @@ def period_rows(*, customer: Customer, start: datetime, end: datetime, cuts: Ite
         return rows + _event_rows(meters, values[0].union(*values[1:], all=True)), watermark
 
 
+# Meters whose rollup rows are read as (dimension set, total) alone
+KEYED = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT, Meter.Aggregation.UNIQUE_COUNT)
 EVENT_FIELDS = ("pk", "meter_id", "dimensions", "quantity", "usage_at")
 
 
@@ -112,17 +114,19 @@ def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits:
 
 
 # One statement (one snapshot): the watermark, then per range, meter and dimension set the rollups' aggregate.
-# Sum and count meters: totals from a covering index (customer, meter, hour|day) INCLUDE (dims_key, total)
-# alone. Max, unique_count and latest meters: the largest maximum, the distinct sets of distinct values
+# Sum, count and unique_count meters: totals from a covering index (customer, meter, hour|day) INCLUDE
+# (dims_key, total) alone (a unique_count meter's distinct values are its dimension sets' values of its
+# ``unique_by``, one per set, which is how every rollup stores them: they are taken from the set, in
+# Python, not read from the rows). Max and latest meters: the largest maximum, the distinct sets of distinct values
 # (their union is taken in Python: a lateral unnest made PostgreSQL expect 100 rows per rollup row and plan
 # parallel workers) and the latest (time, event id, value), as the hour rows would give them. The ranges of
 # whole days are read from the daily rollups, the others from the hourly ones, numbered 1..n in that order
 # (a daily range's number is offset by the number of hourly ones); the watermark is row 0.
-_ADDITIVE = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), NULL::numeric, NULL::jsonb[], "
+_KEYED_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), NULL::numeric, NULL::jsonb[], "
              "NULL::timestamptz, NULL::bigint, NULL::numeric")
 _LATEST = ("ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL "
            "AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]")
-_NON_ADDITIVE = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum), "
+_ROWS_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum), "
                  "array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb), "
                  f"(array_agg(r.latest_at {_LATEST}, (array_agg(r.latest_event {_LATEST}, "
                  f"(array_agg(r.latest_value {_LATEST}")
@@ -135,7 +139,7 @@ ROLLUPS_SQL = "\nUNION ALL\n".join(
     ["SELECT 0::bigint, NULL::bigint, NULL::text, COALESCE((SELECT last_event_id FROM usage_rollupwatermark "
      "WHERE name = 'hourly'), 0)::numeric, NULL::numeric, NULL::jsonb[], NULL::timestamptz, NULL::bigint, NULL::numeric"]
     + [select.format(offset=offset) + _RANGES.format(p=p, table=table, time=time, meters=meters)
-       for select, meters in ((_ADDITIVE, "additive"), (_NON_ADDITIVE, "others"))
+       for select, meters in ((_KEYED_SELECT, "keyed"), (_ROWS_SELECT, "others"))
        for offset, p, table, time in (("", "h", "usage_hourly_rollup", "hour"),
                                       (" + %(offset)s", "d", "usage_daily_rollup", "day"))])
 
@@ -165,11 +169,11 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
     ranges = hours + days
     found: list[tuple[Any, ...]] = []
     if connection.vendor == "postgresql":
-        additive = [pk for pk, m in meters.items() if m.aggregation in (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)]
+        keyed = [pk for pk, m in meters.items() if m.aggregation in KEYED]
         with connection.cursor() as cursor:
             cursor.execute(ROLLUPS_SQL, {
-                "customer": customer.pk, "offset": len(hours), "additive": additive,
-                "others": [pk for pk in meters if pk not in additive], "ha": [a for a, _ in hours],
+                "customer": customer.pk, "offset": len(hours), "keyed": keyed,
+                "others": [pk for pk in meters if pk not in keyed], "ha": [a for a, _ in hours],
                 "hb": [b for _, b in hours], "da": [a for a, _ in days], "db": [b for _, b in days]})
             fetched = cursor.fetchall()
         watermark = int(next(row[3] for row in fetched if row[0] == 0))
@@ -188,7 +192,10 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
     out = []
     for at, meter_id, key, total, maximum, uniques, l_at, l_event, l_value in found:
         latest = (l_at, l_event, l_value) if l_at is not None and l_event is not None and l_value is not None else None
-        out.append(Row(meters[meter_id].key, dimensions[key], at, total, maximum, frozenset(uniques), latest))
+        meter, dims = meters[meter_id], dimensions[key]
+        if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
+            uniques = [dims[meter.unique_by]] if meter.unique_by in dims else []
+        out.append(Row(meter.key, dims, at, total, maximum, frozenset(uniques), latest))
     return out, watermark
 
 
