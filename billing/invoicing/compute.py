@@ -113,7 +113,8 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
         for part_lines in full:
             lines += _lines(part_lines, plan.currency)
     subtotal = sum(line.amount_minor for line in lines)
-    available = credits if credits is not None else credits_consumed(customer=customer, currency=plan.currency, start=start)
+    available = credits if credits is not None else credits_consumed(
+        customer=customer, currency=plan.currency, start=start, wallets=None if snapshot is None else snapshot.wallets)
     credits_minor = max(0, min(subtotal, money.to_minor(Decimal(available).scaleb(-money.LEDGER_SCALE), plan.currency)))
     versions = sorted({seg.version for part in parts for seg in part.segments if seg.version is not None})
     return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor, versions, watermark)
@@ -165,14 +166,17 @@ def _delta_lines(kind: str, before: list[Line], after: list[Line], events: list[
     return out
 
 
-def credits_consumed(*, customer: Customer, currency: str, start: datetime) -> int:
-    """Prepaid credits the period's usage took from the customer's wallet at ingest (ledger units)."""
+def credits_consumed(*, customer: Customer, currency: str, start: datetime, wallets: set[int] | None = None) -> int:
+    """Prepaid credits the period's usage took from the customer's wallet at ingest (ledger units).
+    ``wallets``: the wallets known to exist (a snapshot's): any other has no transfers to read."""
     from billing.guardrails import accounts as acc
     from ledger.backends import get_ledger
     from ledger.codes import TransferCode
 
     ledger = get_ledger()
     wallet = acc.Ids(customer.pk).wallet(currency)  # no wallet: no transfers
+    if wallets is not None and wallet not in wallets:
+        return 0
     period = acc.period_key(start + timedelta(days=1))
     return sum(t.amount for t in ledger.account_transfers(wallet, limit=1_000_000, code=int(TransferCode.USAGE_CREDITS),
                                                           user_data_32=period)

@@ -9,6 +9,8 @@ A snapshot is as of when it was read: a subscription or a rate-card version chan
 reaches a draft at the next refresh. It is for drafts only: finalization reads everything afresh, in the
 transaction that freezes the invoice. A stored invoice in the snapshot only spares the refresh a lookup
 when nothing changed; whatever it writes, it writes under the invoice's row lock, after checking again.
+The ledger wallets that exist spare the customers without prepaid credits (most) a read of the ledger's
+transfers: a wallet opened during the batch (a first credit grant) reaches the draft at the next refresh.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class PeriodSnapshot:
     subscriptions: dict[int, list[Subscription]]  # by customer pk: those overlapping the period, oldest first
     versions: dict[int, list[RateCardVersion]]  # by plan pk: every version, oldest first
     invoices: dict[int, Invoice]  # by customer pk: the period's invoice (not credit notes)
+    wallets: set[int]  # the ledger ids of the customers' prepaid-credit wallets that exist
 
 
 def period_snapshot(*, start: datetime, end: datetime) -> PeriodSnapshot:
@@ -49,4 +52,19 @@ def period_snapshot(*, start: datetime, end: datetime) -> PeriodSnapshot:
     invoices = {invoice.customer_id: invoice for invoice in
                 Invoice.objects.filter(period_start=start, kind=Invoice.Kind.INVOICE, customer_id__in=list(subscriptions))}
     meters = {meter.pk: meter for meter in Meter.objects.all()}
-    return PeriodSnapshot(start, end, customers, meters, dict(subscriptions), dict(versions), invoices)
+    return PeriodSnapshot(start, end, customers, meters, dict(subscriptions), dict(versions), invoices,
+                          _wallets(subscriptions))
+
+
+def _wallets(subscriptions: dict[int, list[Subscription]]) -> set[int]:
+    from billing.guardrails import accounts
+    from ledger.backends import get_ledger
+
+    ids = sorted({accounts.Ids(customer).wallet(s.plan.currency) for customer, subs in subscriptions.items() for s in subs})
+    ledger, found = get_ledger(), set()
+    for at in range(0, len(ids), LOOKUP_BATCH):
+        found |= set(ledger.lookup_accounts(ids[at:at + LOOKUP_BATCH]))
+    return found
+
+
+LOOKUP_BATCH = 8000  # accounts per lookup (TigerBeetle takes at most 8189 per request)

@@ -5,7 +5,9 @@ with the number of customers."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,12 +18,14 @@ from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
 from billing.customers.services import customer_create
+from billing.guardrails.services import credits_grant
 from billing.invoicing import services
 from billing.invoicing.compute import invoice_compute
 from billing.invoicing.models import Invoice
 from billing.invoicing.snapshot import period_snapshot
 from billing.usage.rollups import rollup_until_current
 from billing.usage.services import events_ingest
+from ledger.backends import get_ledger
 
 UTC = timezone.utc
 OCT = datetime(2026, 10, 1, tzinfo=UTC)
@@ -75,7 +79,8 @@ def _usage(customers: list[Any]) -> None:
                         "quantity": "1", "timestamp": at.isoformat(), "dimensions": {"agent": f"agent-{day % 7}"}}]
     results = events_ingest(principal=ADMIN, raw_events=[json.dumps(e).encode() for e in events],
                             now=datetime(2026, 10, 20, 13, tzinfo=UTC))
-    assert all(r.as_dict()["status"] == "accepted" for r in results)
+    refused = [r.as_dict() for r in results if r.as_dict()["status"] != "accepted"]
+    assert not refused, refused
 
 
 def _customers(count: int) -> list[Any]:
@@ -87,6 +92,8 @@ def _customers(count: int) -> list[Any]:
     # the first customer moves to Team mid-period: two subscriptions, each priced by its own plan
     switch = datetime(2026, 10, 18, tzinfo=UTC)
     subscription_set(customer=customers[0], plan=team, start=switch, now=switch, actor="t")
+    # the second has prepaid credits, which its usage draws on at ingest: the only wallet
+    credits_grant(customer=customers[1], amount=Decimal("100.00"), currency="USD", idempotency_key="prepaid")
     return customers
 
 
@@ -104,12 +111,20 @@ def test_a_snapshot_prices_every_customer_as_a_read_of_its_own() -> None:
         assert alone is not None and shared is not None
         assert shared.digest() == alone.digest() and shared.total_minor == alone.total_minor > 0
         assert shared.versions == alone.versions == [1, 2]  # Pro's two versions, both used
+        assert shared.credits_minor == alone.credits_minor and (shared.credits_minor > 0) == (customer == customers[1])
     with pytest.raises(ValueError, match="cannot refresh"):
         services.invoice_draft_refresh(customer=customers[1], period_start=NOV, snapshot=snapshot)
 
 
 @pytest.mark.django_db
-def test_the_beats_refresh_reads_the_shared_catalog_once_per_period_whatever_the_customers() -> None:
+def test_the_beats_refresh_reads_the_shared_catalog_once_per_period_whatever_the_customers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger_calls: list[str] = []  # whichever ledger backend is configured
+    backend = type(get_ledger())
+    for name in ("lookup_accounts", "account_transfers"):
+        real = getattr(backend, name)
+        monkeypatch.setattr(backend, name, lambda self, *a, _real=real, _name=name, **k: (
+            ledger_calls.append(_name), _real(self, *a, **k))[1])
     customers = _customers(4)
     _usage(customers)
     rollup_until_current(now=datetime(2026, 10, 20, 14, tzinfo=UTC))
@@ -120,10 +135,13 @@ def test_the_beats_refresh_reads_the_shared_catalog_once_per_period_whatever_the
         expected[customer.pk] = (computed.digest(), computed.total_minor)
 
     for run in ("creates", "finds nothing new"):
+        ledger_calls.clear()
         with CaptureQueriesContext(connection) as queries:
             assert services.drafts_refresh(now=datetime(2026, 10, 20, 15, tzinfo=UTC)) == 4
-        shared = {table: sum(f'"{table}"' in q["sql"] and q["sql"].startswith("SELECT") for q in queries.captured_queries)
-                  for table in SHARED_TABLES}
+        reads = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("SELECT")]
+        shared = {table: sum(bool(re.search(rf'\bFROM "?{table}"?\b', sql)) for sql in reads) for table in SHARED_TABLES}
         assert shared == dict.fromkeys(SHARED_TABLES, 1), (run, shared)
+        # one lookup of every wallet; transfers read for the one customer that has one
+        assert sorted(ledger_calls) == ["account_transfers", "lookup_accounts"], (run, ledger_calls)
         got = {i.customer_id: (i.lines_digest, i.total_minor) for i in Invoice.objects.filter(period_start=OCT)}
         assert got == expected, run
