@@ -121,10 +121,15 @@ def test_the_beats_refresh_reads_the_shared_catalog_once_per_period_whatever_the
         monkeypatch: pytest.MonkeyPatch) -> None:
     ledger_calls: list[str] = []  # whichever ledger backend is configured
     backend = type(get_ledger())
-    for name in ("lookup_accounts", "account_transfers"):
+    def spy(name: str) -> Any:
         real = getattr(backend, name)
-        monkeypatch.setattr(backend, name, lambda self, *a, _real=real, _name=name, **k: (
-            ledger_calls.append(_name), _real(self, *a, **k))[1])
+
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            ledger_calls.append(name)
+            return real(self, *args, **kwargs)
+        return call
+    for name in ("lookup_accounts", "account_transfers"):
+        monkeypatch.setattr(backend, name, spy(name))
     customers = _customers(4)
     _usage(customers)
     rollup_until_current(now=datetime(2026, 10, 20, 14, tzinfo=UTC))
