@@ -115,21 +115,21 @@ def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits:
 
 # One statement (one snapshot): the watermark, then per range, meter and dimension set the rollups' aggregate.
 # Sum, count and unique_count meters: totals from a covering index (customer, meter, hour|day) INCLUDE
-# (dims_key, total) alone (a unique_count meter's distinct values are its dimension sets' values of its
-# ``unique_by``, one per set, which is how every rollup stores them: they are taken from the set, in
-# Python, not read from the rows). Max and latest meters: the largest maximum, the distinct sets of distinct values
+# (dims_key, total) alone. (A unique_count meter's distinct values are its dimension sets' values of its
+# ``unique_by``, one per set, which is how every rollup stores them: they are taken from the set, in Python,
+# not read from the rows.) Max and latest meters: the largest maximum, the distinct sets of distinct values
 # (their union is taken in Python: a lateral unnest made PostgreSQL expect 100 rows per rollup row and plan
 # parallel workers) and the latest (time, event id, value), as the hour rows would give them. The ranges of
 # whole days are read from the daily rollups, the others from the hourly ones, numbered 1..n in that order
 # (a daily range's number is offset by the number of hourly ones); the watermark is row 0.
 _KEYED_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), NULL::numeric, NULL::jsonb[], "
-             "NULL::timestamptz, NULL::bigint, NULL::numeric")
+                 "NULL::timestamptz, NULL::bigint, NULL::numeric")
 _LATEST = ("ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL "
            "AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]")
 _ROWS_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum), "
-                 "array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb), "
-                 f"(array_agg(r.latest_at {_LATEST}, (array_agg(r.latest_event {_LATEST}, "
-                 f"(array_agg(r.latest_value {_LATEST}")
+                "array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb), "
+                f"(array_agg(r.latest_at {_LATEST}, (array_agg(r.latest_event {_LATEST}, "
+                f"(array_agg(r.latest_value {_LATEST}")
 _RANGES = """
 FROM unnest(%({p}a)s::timestamptz[], %({p}b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
 JOIN {table} r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%({meters})s) AND r.{time} >= g.a
