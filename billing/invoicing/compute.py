@@ -173,11 +173,10 @@ def credits_consumed(*, customer: Customer, currency: str, start: datetime, wall
     from ledger.backends import get_ledger
     from ledger.codes import TransferCode
 
-    ledger = get_ledger()
     wallet = acc.Ids(customer.pk).wallet(currency)  # no wallet: no transfers
     if wallets is not None and wallet not in wallets:
         return 0
     period = acc.period_key(start + timedelta(days=1))
-    return sum(t.amount for t in ledger.account_transfers(wallet, limit=1_000_000, code=int(TransferCode.USAGE_CREDITS),
-                                                          user_data_32=period)
-               if t.debit_account_id == wallet)
+    transfers = get_ledger().account_transfers(wallet, limit=1_000_000, code=int(TransferCode.USAGE_CREDITS),
+                                               user_data_32=period)
+    return sum(t.amount for t in transfers if t.debit_account_id == wallet)
