@@ -111,3 +111,38 @@ class LedgerFailedTransfer(models.Model):
 
     def __str__(self) -> str:
         return f"failed transfer {self.id:x}: {self.status}"
+
+
+class Installation(models.Model):
+    """This installation's ledger namespace: one row, made by the migration that added it. A new
+    installation gets a random one, so that another installation (or this one's database recreated)
+    on the same TigerBeetle cluster starts from empty accounts; one that already held usage keeps ''
+    (the ids it has always had). ``TOLLGATE_LEDGER_NAMESPACE`` overrides it (a restore onto a fresh
+    database that must reach the ledger state it had)."""
+
+    namespace = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "ledger_installation"
+
+    def __str__(self) -> str:
+        return f"installation {self.namespace or '(legacy)'}"
+
+    @classmethod
+    def current_namespace(cls) -> str:
+        from django.conf import settings
+
+        override = getattr(settings, "TOLLGATE_LEDGER_NAMESPACE", None)
+        if override is not None:
+            return str(override)
+        row = cls.objects.order_by("pk").first()
+        if row is None:  # only before migrations ran: make it as the migration would
+            row, _ = cls.objects.get_or_create(pk=1, defaults={"namespace": new_namespace()})
+        return row.namespace
+
+
+def new_namespace() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:16]

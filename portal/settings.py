@@ -132,8 +132,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
-            # a file, not shared memory, for tests too: threads and the live server see one database
-            "TEST": {"NAME": str(DATA_DIR / "test_tollgate.sqlite3")},
+            # a file, not shared memory, for tests too: threads and the live server see one database; one
+            # per test process, so that two test runs side by side never share (and corrupt) it
+            "TEST": {"NAME": str(DATA_DIR / f"test_tollgate_{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -178,6 +179,9 @@ TIGERBEETLE_ADDRESSES = os.environ.get("TIGERBEETLE_ADDRESSES", "")
 TIGERBEETLE_CLUSTER_ID = int(os.environ.get("TIGERBEETLE_CLUSTER_ID", "0"))
 LEDGER_BACKEND = os.environ.get("LEDGER_BACKEND") or ("tigerbeetle" if TIGERBEETLE_ADDRESSES else "sql")
 LEDGER_TIMEOUT_SECONDS = float(os.environ.get("LEDGER_TIMEOUT_SECONDS", "2"))
+# The ledger id namespace of this installation is stored in the database (ledger.models.Installation);
+# set this only to reach the ledger state of another database (a restore onto a fresh one).
+TOLLGATE_LEDGER_NAMESPACE = os.environ.get("TOLLGATE_LEDGER_NAMESPACE")
 
 # --- Tollgate ------------------------------------------------------------------------------------
 # Requests per second per API key; 0 switches the limiter off. Shared across processes with Redis.

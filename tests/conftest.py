@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -45,6 +46,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(autouse=True)
 def _no_rate_limit(settings: Any) -> None:
     settings.TOLLGATE_RATE_LIMIT_PER_SECOND = 0
+
+
+@pytest.fixture(autouse=True)
+def _ledger_namespace() -> Any:
+    """Every test derives its ledger ids in a namespace of its own: on a shared TigerBeetle replica, whose
+    accounts and transfers outlive the test's database, no test meets another's (or an earlier run's)."""
+    from ledger.ids import use_namespace
+
+    with use_namespace(f"test-{secrets.token_hex(8)}"):
+        yield
 
 
 @pytest.fixture(autouse=True)

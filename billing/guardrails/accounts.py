@@ -14,7 +14,7 @@ from django.db import transaction
 from billing.catalog.money import LEDGER_SCALE
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
-from ledger.ids import derive, period_code
+from ledger.ids import derive, namespace, period_code
 from ledger.types import Account, AccountFlags, Status, Transfer
 
 QTY_SCALE = 18  # quantities in unit ledgers: 10^-18 of a unit, as exact as an event's quantity
@@ -69,8 +69,12 @@ class Ids:
         return derive("counter", self.customer_pk, meter_pk, charge_key, period)
 
 
-@functools.lru_cache(maxsize=4096)
 def operator_account(code: AccountCode, ledger: int) -> Account:
+    return _operator_account(code, ledger, namespace())
+
+
+@functools.lru_cache(maxsize=4096)
+def _operator_account(code: AccountCode, ledger: int, ns: str) -> Account:
     return Account(id=derive("operator", int(code), ledger), ledger=ledger, code=int(code))
 
 
