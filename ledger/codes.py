@@ -27,8 +27,9 @@ class AccountCode(enum.IntEnum):
     QUOTA = 2  # customer: one meter's hard limit for one period (units); bounded
     SPEND_CAP = 3  # customer: the period's spend cap (money); bounded
     USAGE_COUNTER = 4  # customer: a charge's cumulative quantity this period (units), for marginal pricing
+    CREDITS_CONSUMED = 5  # customer: prepaid credits the period's usage consumed (money; credited by usage, net of credit-backs)
     OPERATOR_GRANTS = 101  # operator: source of credit grants and top-ups
-    OPERATOR_REVENUE = 102  # operator: usage paid from credits
+    OPERATOR_REVENUE = 102  # operator: usage paid from credits, until CREDITS_CONSUMED took its place (no longer credited)
     OPERATOR_QUOTA = 103  # operator: source of quota allocations, sink of quota usage (per unit ledger)
     OPERATOR_SPEND = 104  # operator: source of spend-cap allocations, sink of capped spend
     OPERATOR_COUNTER = 105  # operator: the other side of usage counters
@@ -42,6 +43,8 @@ class TransferCode(enum.IntEnum):
     USAGE_SPEND = 11
     USAGE_CREDITS = 12
     USAGE_COUNTER = 13
+    USAGE_SPEND_REFUND = 14  # an event whose marginal cost is negative (a cheaper volume tier): spend given back
+    USAGE_CREDITS_REFUND = 15  # the same, credits given back to the wallet
     RESERVATION_QUOTA = 20
     RESERVATION_SPEND = 21
     RESERVATION_CREDITS = 22

@@ -68,6 +68,10 @@ class Ids:
     def counter(self, meter_pk: int, charge_key: str, period: int) -> int:
         return derive("counter", self.customer_pk, meter_pk, charge_key, period)
 
+    def consumed(self, currency: str, period: int) -> int:
+        """The period's credits-consumed account: the other side of every credits leg of its usage."""
+        return derive("credits-consumed", self.customer_pk, currency, period)
+
 
 def operator_account(code: AccountCode, ledger: int) -> Account:
     return _operator_account(code, ledger, namespace())
@@ -96,6 +100,14 @@ def spend_account(customer_pk: int, currency: str, period: int) -> Account:
 def counter_account(customer_pk: int, meter_pk: int, charge_key: str, period: int) -> Account:
     return Account(id=Ids(customer_pk).counter(meter_pk, charge_key, period), ledger=unit_ledger(meter_pk),
                    code=AccountCode.USAGE_COUNTER, user_data_128=customer_pk, user_data_64=meter_pk, user_data_32=period)
+
+
+def consumed_account(customer_pk: int, currency: str, period: int) -> Account:
+    """Prepaid credits the period's usage consumed: credited by usage (and by reservation holds while they
+    are pending), debited by credit-backs; its net balance (credits - debits posted) is what an invoice
+    deducts. Unbounded: a credit-back is never refused."""
+    return Account(id=Ids(customer_pk).consumed(currency, period), ledger=currency_ledger(currency),
+                   code=AccountCode.CREDITS_CONSUMED, user_data_128=customer_pk, user_data_32=period)
 
 
 def quota_allocation(customer_pk: int, meter_pk: int, period: int, hard: Decimal) -> Transfer:
