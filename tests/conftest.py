@@ -32,6 +32,8 @@ def _missing(reason: str) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("postgres") and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         _missing("this test needs PostgreSQL (set DATABASE_URL)")
+    if item.get_closest_marker("tigerbeetle") and not os.environ.get("TIGERBEETLE_ADDRESSES"):
+        _missing("this test needs a TigerBeetle replica (set TIGERBEETLE_ADDRESSES)")
     if item.get_closest_marker("redis") and not settings.REDIS_URL:
         _missing("this test needs Redis (set REDIS_URL)")
     if item.get_closest_marker("browser"):

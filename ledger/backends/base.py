@@ -83,3 +83,7 @@ class LedgerBackend(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise if the ledger cannot answer."""
+
+    def close(self) -> None:
+        """Release connections (a TigerBeetle client); the backend may be used again afterwards."""
+        return None

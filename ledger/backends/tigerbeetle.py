@@ -2,54 +2,78 @@
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import tigerbeetle as tb
+from tigerbeetle import bindings
+from tigerbeetle.client import CompletionContextSync, InitError
 
 from ledger.backends.base import LedgerBackend, LedgerUnavailable
 from ledger.types import Account, AccountFlags, Status, Transfer, TransferFlags
 
 T = TypeVar("T")
 
+# What a client raises when it cannot get an answer: the cluster is away, or it has dropped this client
+# (evicted: a replica admits a fixed number of clients), or the client was closed under the call. Each
+# means "outcome unknown, retry with the same ids" and the client is replaced.
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError, tb.ClientEvictedError, tb.ClientClosedError, tb.ClientReleaseTooLowError,
+    tb.ClientReleaseTooHighError, InitError, OSError)
 
-def call_with_timeout(client: Any, call: Callable[[], T], timeout: float) -> T:
-    """Run one client call under our own deadline. The client retries for ever on its own; when the
-    deadline passes, the client is closed, which completes the pending request with an error and
-    stops its retry loop (a hung client must not keep a thread and sockets alive)."""
-    outcome: dict[str, Any] = {}
 
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
+class _Client(tb.ClientSync):
+    """``tb.ClientSync`` whose calls wait at most ``timeout`` seconds. The client retries for ever on its
+    own; a call that times out leaves its request in flight until the client is closed (``shutdown``),
+    which completes it. Safe to share between threads: every call has its own packet and event."""
 
-    worker = threading.Thread(target=run, name="tigerbeetle-call", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        with contextlib.suppress(Exception, AssertionError):
-            client.close()
-        worker.join(1.0)
-        raise TimeoutError(f"TigerBeetle did not answer within {timeout}s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    def __init__(self, cluster_id: int, replica_addresses: str, timeout: float) -> None:
+        super().__init__(cluster_id, replica_addresses)
+        self.timeout = timeout
+        self.closed = False
+        self._closing = threading.Lock()
+
+    def _submit(self, operation: Any, operations: list[Any], c_event_type: Any, c_result_type: Any) -> Any:
+        packet = self._acquire_packet(operation, operations, c_event_type, c_result_type)
+        key = packet.packet.user_data
+        self._inflight_packets[key] = packet
+        packet.on_completion = self._on_completion
+        packet.on_completion_context = done = CompletionContextSync(event=threading.Event())
+        state = bindings.tb_client_submit(ctypes.byref(self._client), ctypes.byref(packet.packet))
+        if state == bindings.ClientStatus.OK and not done.event.wait(self.timeout):
+            # still in flight: the packet stays registered for the completion that shutdown() delivers
+            raise TimeoutError(f"TigerBeetle did not answer within {self.timeout}s")
+        self._inflight_packets.pop(key, None)
+        if state == bindings.ClientStatus.INVALID:
+            raise tb.ClientClosedError()
+        if isinstance(packet.response, Exception):
+            raise packet.response
+        return packet.response
+
+    def shutdown(self) -> None:
+        """Close, completing whatever is in flight (their callers get ClientClosedError); idempotent."""
+        with self._closing:
+            if self.closed:
+                return
+            self.closed = True
+            bindings.tb_client_deinit(ctypes.byref(self._client))
+            self._inflight_packets.clear()
+            tb.ClientSync._clients.pop(self._client_key, None)
+
+    def close(self) -> None:
+        self.shutdown()
 
 
 def ping_once(addresses: str, cluster_id: int, timeout: float) -> None:
-    """Look up a non-existent account: proves the cluster answers."""
-    client = tb.ClientSync(cluster_id=cluster_id, replica_addresses=addresses)
+    """Look up a non-existent account with a client of its own: proves the cluster answers."""
+    client = _Client(cluster_id, addresses, timeout)
     try:
-        call_with_timeout(client, lambda: client.lookup_accounts([1]), timeout)
-    except TimeoutError:
-        raise
-    else:
-        client.close()
+        client.lookup_accounts([1])
+    finally:
+        client.shutdown()
 
 
 # --- the backend ------------------------------------------------------------------------------------
@@ -69,24 +93,68 @@ def _status(name: str, *, account: bool = False) -> Status:
         raise RuntimeError(f"TigerBeetle answered {name}, which Tollgate never expects") from None
 
 
+def chain_batches(flags: Sequence[int], limit: int = BATCH_MAX) -> list[tuple[int, int]]:
+    """[start, end) slices of at most ``limit`` events that never cut a linked chain (events whose
+    LINKED flag is set belong with the next one). A chain longer than ``limit`` cannot be sent at all."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    chain_start = 0  # where the chain the current event belongs to began
+    linked = int(TransferFlags.LINKED)
+    for i, flag in enumerate(flags):
+        if i - start == limit:  # full: cut before the open chain
+            if chain_start == start:
+                raise ValueError(f"a linked chain of more than {limit} events cannot be sent in one request")
+            out.append((start, chain_start))
+            start = chain_start
+        if not flag & linked:
+            chain_start = i + 1
+    if start < len(flags):
+        out.append((start, len(flags)))
+    return out
+
+
 class TigerBeetleLedger(LedgerBackend):
-    """The real ledger: one ClientSync per thread, every call under our own timeout."""
+    """The real ledger: one client (shared by the process's threads, see ledger.backends.get_ledger), every
+    call under our own timeout; a client that fails is closed and replaced at the next call."""
 
     name = "tigerbeetle"
 
     def __init__(self, *, addresses: str, cluster_id: int, timeout: float) -> None:
         self.addresses, self.cluster_id, self.timeout = addresses, cluster_id, timeout
-        self._client: Any = None
+        self._client: _Client | None = None
+        self._lock = threading.Lock()
+
+    def _connected(self) -> _Client:
+        client = self._client
+        if client is None:
+            with self._lock:
+                client = self._client
+                if client is None:
+                    try:
+                        client = self._client = _Client(self.cluster_id, self.addresses, self.timeout)
+                    except CLIENT_ERRORS as exc:
+                        raise LedgerUnavailable(f"TigerBeetle client: {type(exc).__name__}: {exc}") from exc
+        return client
+
+    def _discard(self, client: _Client) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        client.shutdown()
+
+    def close(self) -> None:
+        """Close the client (at exit, and in tests); a later call opens a new one."""
+        client = self._client
+        if client is not None:
+            self._discard(client)
 
     def _call(self, fn: Callable[[Any], T]) -> T:
-        if self._client is None:
-            self._client = tb.ClientSync(cluster_id=self.cluster_id, replica_addresses=self.addresses)
-        client = self._client
+        client = self._connected()
         try:
-            return call_with_timeout(client, lambda: fn(client), self.timeout)
-        except TimeoutError as exc:
-            self._client = None  # closed by call_with_timeout; the next call reconnects
-            raise LedgerUnavailable(str(exc)) from exc
+            return fn(client)
+        except CLIENT_ERRORS as exc:
+            self._discard(client)  # whatever it was doing is over; the next call starts a new client
+            raise LedgerUnavailable(f"TigerBeetle: {type(exc).__name__}: {exc}") from exc
 
     def create_accounts(self, accounts: Sequence[Account]) -> list[Status]:
         batch = [tb.Account(id=a.id, ledger=a.ledger, code=a.code, flags=tb.AccountFlags(int(a.flags)),
@@ -97,12 +165,12 @@ class TigerBeetleLedger(LedgerBackend):
 
     def create_transfers(self, transfers: Sequence[Transfer]) -> list[Status]:
         out: list[Status] = []
-        for start in range(0, len(transfers), BATCH_MAX):
+        for start, end in chain_batches([int(t.flags) for t in transfers]):
             batch = [tb.Transfer(id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id,
                                  amount=t.amount, pending_id=t.pending_id, user_data_128=t.user_data_128,
                                  user_data_64=t.user_data_64, user_data_32=t.user_data_32, timeout=t.timeout,
                                  ledger=t.ledger, code=t.code, flags=tb.TransferFlags(int(t.flags)))
-                     for t in transfers[start:start + BATCH_MAX]]
+                     for t in transfers[start:end]]
             results = self._call(lambda c, b=batch: c.create_transfers(b))  # type: ignore[misc]
             out += [_status(r.status.name) for r in results]
         return out
