@@ -1,6 +1,7 @@
 """HTML pages answer an ``ApiError`` raised below them (a service's 503 ``rollups_drift``, say) with its
 status and message in a page, as the API answers it with the contract's error body; only what nothing
-handles is a 500. The ledger's ``LedgerUnavailable`` is a 503 with Retry-After, as in the API. API paths are left to DRF's handler (``billing.common.errors``)."""
+handles is a 500. The ledger's ``LedgerUnavailable`` is a 503 with Retry-After, as in the API. API paths
+are left to DRF's handler (``billing.common.errors``)."""
 
 from __future__ import annotations
 
