@@ -146,3 +146,18 @@ def new_namespace() -> str:
     import uuid
 
     return uuid.uuid4().hex[:16]
+
+
+class HeldPost(models.Model):
+    """The outbox of a booking in two phases on a ledger outside the database (ledger.holds): the posts of
+    pending holds whose business rows this database committed. Written in the same transaction as those
+    rows; a sweep posts what the writer did not live to post, then deletes the row."""
+
+    transfers = models.JSONField()  # [[id, pending_id, ledger, code], ...] as decimal strings
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        db_table = "ledger_held_post"
+
+    def __str__(self) -> str:
+        return f"held post {self.pk} ({len(self.transfers)} transfers)"

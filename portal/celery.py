@@ -29,6 +29,10 @@ app.conf.beat_schedule = {
     # timed-out holds are released every 15 s (TigerBeetle expires them itself; the sweep then only
     # marks the reservations expired). Each write and lookup also releases what is due first.
     "expire-reservations": {"task": "guardrails.expire_reservations", "schedule": 15.0},
+    # A limited batch on TigerBeetle holds its debit, commits its events with the holds' posts (an outbox
+    # row) and posts them (ledger.holds); a writer that died in between leaves the row: posted here, well
+    # inside the holds' 5-minute timeout.
+    "post-held-debits": {"task": "guardrails.post_held_debits", "schedule": 30.0},
     # Soft-limit alerts are checked a few seconds after ingest (billing.guardrails.alerts); this sweep is the
     # safety net for a check lost with the broker or a mail server that was down: every subscribed customer
     # is looked at every 5 minutes (one ledger lookup each), and claims never recorded as sent are reported.

@@ -22,3 +22,12 @@ def alerts_check_task(customer_pk: int) -> int:
 @shared_task(name="guardrails.alerts_sweep", acks_late=True)
 def alerts_sweep_task() -> int:
     return alerts_sweep()
+
+
+@shared_task(name="guardrails.post_held_debits", acks_late=True)
+def post_held_debits() -> int:
+    """Posts the held debits of ingest batches whose writer died between its commit and its post
+    (ledger.holds); idempotent: a post already made answers ``exists``."""
+    from ledger.holds import sweep
+
+    return sweep()

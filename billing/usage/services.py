@@ -9,6 +9,8 @@ interleaving. The insert is committed before the caller answers (durable before 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -29,8 +31,9 @@ from billing.guardrails.enforcement import BatchDebit, Coverage, EventUsage, Ter
 from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event, fingerprint
 from billing.usage.models import UsageEvent
+from ledger import holds
 from ledger.backends import get_ledger
-from ledger.backends.base import LedgerRefused
+from ledger.backends.base import LedgerRefused, LedgerUnavailable
 from ledger.backends.sql import Booking
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
@@ -134,12 +137,21 @@ def events_ingest(
     limited = [r for r in rows if r.customer_pk in subscribed]
     # A ledger in the same database is debited in the insert's own transaction (one transfer per account
     # and batch); any other ledger, or the settling of a reservation, first and per event (ids from events).
-    together = bool(limited) and reservation is None and get_ledger().shares_database
-    if not together and (reservation is not None or limited):
+    # A ledger in the same database is debited in the insert's own transaction (one transfer per account
+    # and batch); one outside it (TigerBeetle) holds the batch's debit first and posts it once the insert
+    # committed (ledger.holds); the settling of a reservation, or a batch those cannot take as a whole,
+    # goes first and per event (ids from events).
+    ledger = get_ledger()
+    together = bool(limited) and reservation is None and ledger.shares_database
+    held = bool(limited) and reservation is None and not ledger.shares_database and settings.LEDGER_HELD_BATCHES
+    inserted_held: tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]] | None = None
+    if held:
+        inserted_held = _insert_held(rows, limited, now, lookups.terms)
+    if not together and inserted_held is None and (reservation is not None or limited):
         _enforce_limits(limited, reservation, now, lookups.terms)
     if rows:
         # Otherwise one INSERT statement: atomic and, in autocommit, committed (durable) before it returns.
-        inserted, known = _insert_debited(rows, limited, now, lookups.terms) if together else (
+        inserted, known = _insert_debited(rows, limited, now, lookups.terms) if together else inserted_held or (
             _retrying_deadlocks(lambda: _insert_rows(rows, received_at=now)), {})
         # What the database holds for each id now: ours where we inserted, the earlier row otherwise (read
         # before the insert for the ids the debit had to leave out, after it for the rest).
@@ -148,7 +160,7 @@ def events_ingest(
                                    and (r.customer_pk, r.event.event_id) not in known]))
         for key, (fp, billable, reason) in known.items():
             winner[key] = fp
-            if together and not billable and reason.startswith("rejected_") and key in in_batch:
+            if (together or held) and not billable and reason.startswith("rejected_") and key in in_batch:
                 in_batch[key].refusal = _refused_before(reason)  # a retry of a refused event stays refused
         for row in rows:
             key = (row.customer_pk, row.event.event_id)
@@ -300,6 +312,58 @@ def _insert_debited_once(rows: list[_Row], limited: list[_Row], now: datetime, t
         by_index = {r.index: (r.customer_pk, r.event.event_id) for r in limited}
         debit.write(stored=lambda index: by_index[index] in inserted)
         return inserted
+
+
+def _insert_held(rows: list[_Row], limited: list[_Row], now: datetime, terms: Terms | None
+                 ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]] | None:
+    """A ledger outside the database (ledger.holds): decide the batch on the balances as read
+    (BatchDebit, no locks), hold its debit in the ledger as one chain of pending transfers (the ledger
+    checks the bounds, atomically), insert the events together with the outbox row of the holds' posts,
+    then post them. None, with nothing held or stored, when the batch cannot go as a whole (an event
+    over a limit, a bound taken by a concurrent batch, an id stored meanwhile): the caller then decides
+    event by event. Returns what ``_insert_debited`` does."""
+    known = _stored_rows(limited)
+    debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
+    debit = BatchDebit([_usage(r) for r in debited], terms, lock=False)
+    if debit.decide():
+        return None
+    transfers: list[Any] = []
+    debit.write(book=lambda booked, _expect: transfers.extend(booked))
+    attempt = fingerprint_of(sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
+    held = holds.holds_of(transfers, attempt)
+    if not holds.place(held):
+        return None
+    posts = holds.posts_of(held)
+
+    def insert_recorded() -> set[tuple[int, str]]:
+        with transaction.atomic():
+            inserted = _insert_rows(rows, received_at=now)
+            if any((r.customer_pk, r.event.event_id) not in inserted for r in debited):
+                raise _StoredMeanwhile(_STORED_MEANWHILE)
+            if posts:
+                holds.record(posts)
+            return inserted
+
+    try:
+        inserted = _retrying_deadlocks(insert_recorded)
+    except _StoredMeanwhile:
+        holds.void(held)
+        return None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            holds.void(held)  # nothing was stored: free the room now rather than at the holds' timeout
+        raise
+    with contextlib.suppress(LedgerUnavailable):  # stored and recorded: the sweep posts them (ledger.holds.sweep)
+        holds.post(posts)
+    return inserted, known
+
+
+def fingerprint_of(keys: list[tuple[int, str, str]]) -> str:
+    """One digest of a batch's debited events (the holds' attempt key)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for customer_pk, event_id, fp in keys:
+        digest.update(f"{customer_pk}\x1f{event_id}\x1f{fp}\x1e".encode())
+    return digest.hexdigest()
 
 
 # (SQL string literals in _insert_rows_postgresql: no quotes in them)

@@ -24,16 +24,20 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 AT = datetime.now(timezone.utc) - timedelta(seconds=5)  # one instant: a retried body is the same body
 
 
-@pytest.fixture(autouse=True, params=["together", "per_event"])
-def debit_mode(request, monkeypatch) -> str:
-    """Every test in both ways ingest debits the ledger: in the event insert's transaction, one transfer per
-    account and batch (a ledger sharing the database: the SQL backend), and before the insert, one linked
-    chain per event with ids derived from the event (TigerBeetle; here the SQL backend made to look
-    separate)."""
+@pytest.fixture(autouse=True, params=["together", "held", "per_event"])
+def debit_mode(request, monkeypatch, settings) -> str:
+    """Every test in the three ways ingest debits the ledger: in the event insert's transaction, one
+    transfer per account and batch (a ledger sharing the database: the SQL backend); held in the ledger per
+    account and batch before the insert and posted after it (ledger.holds: TigerBeetle); before the insert,
+    one linked chain per event with ids derived from the event (TigerBeetle's fallback). On the SQL backend
+    the last two run with it made to look separate; on TigerBeetle ``together`` is not a way it has."""
     from ledger.backends.sql import SqlLedger
 
-    if request.param == "per_event":
+    if request.param == "together" and settings.LEDGER_BACKEND != "sql":
+        pytest.skip("the SQL ledger's own way (run on the SQL backend)")
+    if request.param != "together":
         monkeypatch.setattr(SqlLedger, "shares_database", False)
+    settings.LEDGER_HELD_BATCHES = request.param == "held"
     return request.param
 
 
@@ -86,6 +90,7 @@ def hammer(threads: int = 16, per_thread: int = 500, batch: int = 50) -> list[st
     return statuses
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_event_over_the_hard_limit_is_402_with_remaining_and_kept_as_not_billable(acme, ingest):
     subscribe(acme, catalog(hard="100"))
@@ -102,6 +107,7 @@ def test_event_over_the_hard_limit_is_402_with_remaining_and_kept_as_not_billabl
     assert (kept.billable, kept.reason) == (False, "rejected_quota_exceeded")
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_retried_rejected_event_stays_rejected_and_retried_accepted_event_debits_once(acme, ingest, admin):
     subscribe(acme, catalog(hard="10"))
@@ -118,6 +124,7 @@ def test_retried_rejected_event_stays_rejected_and_retried_accepted_event_debits
     assert post_json(ingest, "/api/v1/events", json.loads(body("last", "4"))).status_code == 201
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, admin, debit_mode, monkeypatch):
     """A retry of a batch with one event more: the stored events are duplicates and debit nothing again,
@@ -146,6 +153,7 @@ def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, 
     assert UsageEvent.objects.filter(customer=acme).count() == 3
 
 
+@pytest.mark.ledger
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_an_event_stored_after_the_batch_read_its_ids_is_not_debited_twice(acme, admin, debit_mode, monkeypatch):
@@ -178,6 +186,7 @@ def test_an_event_stored_after_the_batch_read_its_ids_is_not_debited_twice(acme,
     assert UsageEvent.objects.filter(customer=acme).count() == 2
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_batch_applies_limits_in_order_and_one_refusal_sinks_nothing_else(acme, ingest):
     subscribe(acme, catalog(hard="5"))
@@ -189,6 +198,7 @@ def test_batch_applies_limits_in_order_and_one_refusal_sinks_nothing_else(acme, 
     assert response.json()["results"][1]["error"]["code"] == "quota_exceeded"
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_spend_cap_prices_each_event_with_the_rate_card(acme, ingest):
     subscribe(acme, catalog(cap="1.00", price="0.25"))
@@ -200,6 +210,7 @@ def test_spend_cap_prices_each_event_with_the_rate_card(acme, ingest):
     assert refused["code"] == "spend_cap_exceeded" and refused["remaining"] == "0"
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_prepaid_credits_are_drawn_down_and_refused_when_short(acme, ingest, admin):
     subscribe(acme, catalog(price="0.001"))
@@ -216,6 +227,7 @@ def test_prepaid_credits_are_drawn_down_and_refused_when_short(acme, ingest, adm
     assert credits == {"currency": "USD", "posted": "0.001", "pending": "0", "available": "0.001"}
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 @pytest.mark.parametrize("model", ["per_unit", "graduated"])
 def test_credits_granted_after_earlier_events_are_drawn_from_the_next_one(acme, ingest, admin, model):
@@ -240,6 +252,7 @@ def test_credits_granted_after_earlier_events_are_drawn_from_the_next_one(acme, 
     assert credits["available"] == "0.001"
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_customers_without_limits_are_not_touched(acme, ingest):
     subscribe(acme, catalog())
@@ -250,6 +263,7 @@ def test_customers_without_limits_are_not_touched(acme, ingest):
     assert not LedgerTransfer.objects.exists()
 
 
+@pytest.mark.ledger
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_sixteen_threads_never_exceed_a_hard_limit(acme):
@@ -262,6 +276,7 @@ def test_sixteen_threads_never_exceed_a_hard_limit(acme):
     assert sum(e.quantity for e in UsageEvent.objects.filter(billable=True)) == 1000
 
 
+@pytest.mark.ledger
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_sixteen_threads_never_exceed_a_spend_cap(acme):
@@ -273,6 +288,7 @@ def test_sixteen_threads_never_exceed_a_spend_cap(acme):
     assert set(statuses) == {"accepted", "spend_cap_exceeded"}
 
 
+@pytest.mark.ledger
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_sixteen_threads_never_overdraw_prepaid_credits(acme):
@@ -285,6 +301,7 @@ def test_sixteen_threads_never_overdraw_prepaid_credits(acme):
     assert set(statuses) == {"accepted", "insufficient_credits"}
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 def test_a_retry_never_touches_the_ledger_again_even_after_a_plan_change(acme, tokens_meter, ingest, admin):
     first = post_json(ingest, "/api/v1/events", json.loads(body("early", "50")))  # no plan yet: not limited
@@ -312,6 +329,7 @@ plans:
 """
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 @pytest.mark.parametrize("debit_mode", ["per_event"], indirect=True)
 def test_each_event_debits_one_linked_chain_with_ids_derived_from_the_event(acme, debit_mode):
@@ -430,6 +448,7 @@ def test_a_failed_insert_rolls_the_batch_debit_back(acme, debit_mode, monkeypatc
     assert UsageEvent.objects.filter(event_id="a", billable=True).count() == 1
 
 
+@pytest.mark.ledger
 @pytest.mark.django_db
 @pytest.mark.parametrize("sqlstate", ["40P01", "55P03"])  # deadlock_detected; lock_not_available (lock_timeout)
 def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, monkeypatch, sqlstate):
