@@ -19,8 +19,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
 from decimal import Context as DecimalContext
-from decimal import Decimal
 from typing import Any
 
 from django.db import connection
@@ -61,6 +61,8 @@ class Coverage:
         return taken
 
     def take_cost(self, wanted: Decimal) -> Decimal:
+        if wanted <= 0:  # a credit-back (negative marginal cost) takes nothing from what is held
+            return Decimal(0)
         taken = min(wanted, self.cost)
         self.cost -= taken
         return taken
@@ -283,6 +285,23 @@ class _Charge:
             amount = pricing.with_markup(amount, self.markup)
         return amount
 
+    def ledger_units(self, before: int, quantity: Decimal) -> int:
+        """What ``quantity`` more costs after ``before`` quantity units this period, in ledger money units,
+        telescoping (docs/ledger.md, "Rounding"): ``ceil(F(after)) - ceil(F(before))`` with ``F`` the charge's
+        price of the period's quantity (markup included) and ``ceil`` up to the ledger scale, so that a
+        period's amounts add up to ``ceil(F(period's quantity))``. Negative when the event takes the period
+        into a cheaper volume tier. When the exact marginal cost is a whole number of units it is the
+        amount, whatever ``F(before)``: one multiplication (the common case)."""
+        start = acc.units_to_qty(before)
+        exact = _EXACT.scaleb(self.marginal(start, quantity), LEDGER_SCALE)
+        if exact == exact.to_integral_value():
+            return int(exact)
+        price = pricing.price(start, self.spec).amount
+        if self.markup is not None:
+            price = pricing.with_markup(price, self.markup)
+        base = _EXACT.scaleb(price, LEDGER_SCALE)
+        return _ceil(_EXACT.add(base, exact)) - _ceil(base)
+
 
 @dataclass
 class _Terms:
@@ -302,6 +321,7 @@ class _Terms:
     quota_id: int = 0
     spend_id: int = 0
     wallet_id: int = 0
+    consumed_id: int = 0  # the period's credits-consumed account (the credits legs' other side), when prepaid
     unit_ledger: int = 0
     money_ledger: int = 0
     charges: dict[tuple[tuple[str, str], ...], list[_Charge]] = field(default_factory=dict)
@@ -318,16 +338,18 @@ class _Terms:
         self.credits_transfer_id = deriver("usage-credits", self.customer_pk)
 
     def operator_ids(self, counted: bool) -> set[int]:
-        """The operator accounts the terms' transfers may credit (``counted``: some charge has a usage
-        counter)."""
+        """The accounts on the other side of the terms' transfers (the operator accounts, and the period's
+        credits-consumed account), credited by usage and debited by credit-backs (``counted``: some charge
+        has a usage counter)."""
         legs = [(_COUNTER, self.unit_ledger)] if counted else []
         if self.hard is not None:
             legs.append((_QUOTA, self.unit_ledger))
         if self.cap is not None:
             legs.append((_SPEND, self.money_ledger))
+        operators = {acc.operator_account(OPERATOR_OF[code], ledger).id for code, ledger in legs}
         if self.prepaid:
-            legs.append((_CREDITS, self.money_ledger))
-        return {acc.operator_account(OPERATOR_OF[code], ledger).id for code, ledger in legs}
+            operators.add(self.consumed_id)
+        return operators
 
     def matching(self, event: EventUsage) -> list[_Charge]:
         """The charges the event's dimensions match, worked out once per set of dimensions (the same list
@@ -484,9 +506,9 @@ class BatchDebit:
 
     def __init__(self, events: list[EventUsage], terms: Terms | None = None, *, lock: bool = True) -> None:
         events = [e for e in events if e.quantity > 0 and e.coverage is None]
-        # (account, code, ledger, meter, period) -> [amount, first event]; per accepted event when some
-        # events may not be stored (the careful pass), else the batch's sums
-        self.accepted: list[tuple[EventUsage, list[tuple[int, int, int, int, int, int]]]] = []
+        # (account, code, ledger, meter, period) -> [amount, first event, terms]; per accepted event when
+        # some events may not be stored (the careful pass), else the batch's sums
+        self.accepted: list[tuple[EventUsage, list[tuple[int, int, int, int, int, int, _Terms]]]] = []
         self.sums: dict[tuple[int, int, int, int, int], list[Any]] | None = None
         self.locked = lock
         self.expect: dict[int, list[Any]] = {}  # counter -> [low, high] its value may have when booked
@@ -518,25 +540,29 @@ class BatchDebit:
     def decide(self, skip: set[Any] | None = None) -> dict[Any, Refusal]:
         """Decide every event in order (but those whose key is in ``skip``); return the refused ones.
 
-        Without ``skip`` the caller has stored every event already (the optimistic pass): amounts are
-        never negative, so when the whole batch fits every account, every event fits in turn, and the
-        events are only priced in order and summed. Otherwise (a batch that does not fit, or events that
-        may yet turn out stored by another request) they are decided one by one."""
+        Without ``skip`` the caller has stored every event already (the optimistic pass): when no event's
+        cost is negative, amounts only grow the accounts' debits, so when the whole batch fits every
+        account, every event fits in turn, and the events are only priced in order and summed. Otherwise
+        (a batch that does not fit, an event whose marginal cost is negative, which can make a prefix of
+        the batch exceed an account that its whole total fits, or events that may yet turn out stored by
+        another request) they are decided one by one."""
         if self.prepared is None:
             return {}
         if skip is None:
             sums = self._sums()
-            needed: dict[int, int] = defaultdict(int)
-            for (account_id, code, *_), (amount, _first) in sums.items():
-                if code != _COUNTER:
-                    needed[account_id] += amount
-            if all(amount <= self.available[account_id] for account_id, amount in needed.items()):
-                self.sums = sums
-                return {}
+            if sums is not None:
+                needed: dict[int, int] = defaultdict(int)
+                for (account_id, code, *_), (amount, *_rest) in sums.items():
+                    if code != _COUNTER:
+                        needed[account_id] += amount
+                if all(amount <= self.available[account_id] for account_id, amount in needed.items()):
+                    self.sums = sums
+                    return {}
         return self._one_by_one(skip or set())
 
-    def _sums(self) -> dict[tuple[int, int, int, int, int], list[Any]]:
-        """The batch's amounts per (account, code, ledger, meter, period), all events accepted."""
+    def _sums(self) -> dict[tuple[int, int, int, int, int], list[Any]] | None:
+        """The batch's amounts per (account, code, ledger, meter, period), each with its first event and its
+        terms, all events accepted; None as soon as an event's cost is negative (decided one by one)."""
         assert self.prepared is not None
         cumulative = dict(self.cumulative)
         sums: dict[tuple[int, int, int, int, int], list[Any]] = {}
@@ -563,13 +589,16 @@ class BatchDebit:
                 else:
                     before = cumulative[counter_id]
                     run = runs.get(counter_id)
+                    inexact = 1
                     if run is not None and run[0] < before and (run[1] is None or before + qty <= run[1]):
-                        cost = -(-(qty * run[2]) // _COST_DIVISOR)
-                        if expect is not None and run[1] is not None:
+                        # telescoping needs a whole number of ledger units (else the Decimal way)
+                        cost, inexact = divmod(qty * run[2], _COST_DIVISOR)
+                    if inexact:
+                        fast = None
+                    else:
+                        if expect is not None and run is not None and run[1] is not None:
                             highs[counter_id] = run[1] - qty - (before - start[counter_id])
                         counters = (counter_id,)
-                    else:
-                        fast = None
             if fast is None:
                 for charge in charges:
                     counter_id = charge.counter_id
@@ -581,6 +610,8 @@ class BatchDebit:
                 # a one-charge event priced inside a tier starts its counter's run there
                 qty, cost, counters = _priced_units(event, charges, cumulative, expect, start,
                                                     runs if _FAST_SUMS and len(charges) == 1 else None)
+                if cost < 0 and shared.priced:
+                    return None
             for counter_id in counters:
                 cumulative[counter_id] += qty
                 count = counted.get(counter_id)
@@ -597,16 +628,18 @@ class BatchDebit:
             for counter_id, high in highs.items():
                 _narrow(expect, counter_id, expect[counter_id][0], high)
         for counter_id, (qty_total, first, shared) in counted.items():
-            sums[(counter_id, _COUNTER, shared.unit_ledger, first.meter.pk, shared.period)] = [qty_total, first]
+            sums[(counter_id, _COUNTER, shared.unit_ledger, first.meter.pk, shared.period)] = [qty_total, first, shared]
         for qty_total, cost_total, first, shared in totals.values():
             meter_pk, period = first.meter.pk, shared.period
             if shared.hard is not None and qty_total:
-                sums.setdefault((shared.quota_id, _QUOTA, shared.unit_ledger, meter_pk, period), [0, first])[0] += qty_total
+                sums.setdefault((shared.quota_id, _QUOTA, shared.unit_ledger, meter_pk, period),
+                                [0, first, shared])[0] += qty_total
             if shared.cap is not None and cost_total:
-                sums.setdefault((shared.spend_id, _SPEND, shared.money_ledger, meter_pk, period), [0, first])[0] += cost_total
+                sums.setdefault((shared.spend_id, _SPEND, shared.money_ledger, meter_pk, period),
+                                [0, first, shared])[0] += cost_total
             if shared.prepaid and cost_total:
                 sums.setdefault((shared.wallet_id, _CREDITS, shared.money_ledger, meter_pk, period),
-                                [0, first])[0] += cost_total
+                                [0, first, shared])[0] += cost_total
         return sums
 
     def _one_by_one(self, skip: set[Any]) -> dict[Any, Refusal]:
@@ -619,26 +652,27 @@ class BatchDebit:
             qty, cost_units, counters = _priced_units(event, charges, cumulative)
             if not shared.priced:
                 cost_units = 0
-            legs: list[tuple[str, int, int, int]] = []
+            legs: list[tuple[str, int, int, int]] = []  # (leg, account, amount, code)
             if shared.hard is not None and qty:
                 legs.append(("quota", shared.quota_id, qty, _QUOTA))
             if shared.cap is not None and cost_units:
                 legs.append(("spend", shared.spend_id, cost_units, _SPEND))
             if shared.prepaid and cost_units:
                 legs.append(("credits", shared.wallet_id, cost_units, _CREDITS))
-            short = next((leg for leg in legs if available[leg[1]] < leg[2]), None)
+            # a negative cost (a credit-back) always fits: only what an event takes can be refused
+            short = next((leg for leg in legs if leg[2] > 0 and available[leg[1]] < leg[2]), None)
             if short is not None:
                 unit = event.meter.unit if short[0] == "quota" else shared.currency
                 refused[event.key] = (short[0], short[1], unit, event.meter.key)
                 continue
-            moves = []  # (account, code, ledger, meter, period, amount)
+            moves = []  # (account, code, ledger, meter, period, amount, terms)
             for _leg, account_id, amount, code in legs:
                 available[account_id] -= amount
                 ledger_id = shared.unit_ledger if code == _QUOTA else shared.money_ledger
-                moves.append((account_id, code, ledger_id, event.meter.pk, shared.period, amount))
+                moves.append((account_id, code, ledger_id, event.meter.pk, shared.period, amount, shared))
             for counter_id in counters:
                 cumulative[counter_id] += qty
-                moves.append((counter_id, _COUNTER, shared.unit_ledger, event.meter.pk, shared.period, qty))
+                moves.append((counter_id, _COUNTER, shared.unit_ledger, event.meter.pk, shared.period, qty, shared))
             self.accepted.append((event, moves))
         return {key: _refusal(leg, meter_key, available[account_id], unit)
                 for key, (leg, account_id, unit, meter_key) in refused.items()}
@@ -647,32 +681,52 @@ class BatchDebit:
               book: Callable[[list[Transfer], dict[int, tuple[int | None, int | None]] | None], None] | None = None
               ) -> None:
         """Book the accepted events for which ``stored(key)`` (the caller's insert took them): one transfer
-        per (account, code, ledger, meter, period). An accepted event that was not stored (another
-        request stored its id first) is left out: its share of the limit stays free. ``book(transfers,
-        expect)`` books them (the ledger's ``book_checked`` unless the caller books them together with
-        its insert, in one statement), possibly none."""
-        batch = self.sums
+        per (account, code, ledger, meter, period) from the account, by the batch's net. Events whose marginal
+        cost is negative give money back (credit-backs): an account that the batch's events, in order, never
+        took more of than the net (with credit-backs last, say) gets the net, from it, or to it with the
+        refund code when negative; otherwise (a credit-back before more usage) two: the most the batch's
+        events had taken of it at any point (its peak), and the refund of the peak less the net. Every
+        booking checks each account's debits against its credits before the booking's own credits, so it then
+        checks exactly what the decisions assumed: the account can take the peak (a net would not say so).
+        An accepted event that was not stored (another request stored its id first) is left out: its share
+        of the limit stays free. ``book(transfers, expect)`` books them (the ledger's ``book_checked`` unless
+        the caller books them together with its insert, in one statement), possibly none."""
+        batch = self.sums  # no credit-backs: the net is the peak
         if batch is None:
             batch = {}
             for event, moves in self.accepted:
                 if not stored(event.key):
                     continue
-                for account_id, code, ledger_id, meter_pk, period, amount in moves:
-                    batch.setdefault((account_id, code, ledger_id, meter_pk, period), [0, event])[0] += amount
-        transfers = [
-            Transfer(id=derive("usage-batch", code, debit, first.customer_pk, first.event_id), debit_account_id=debit,
-                     credit_account_id=acc.operator_account(OPERATOR_OF[code], ledger_id).id, amount=amount,
-                     ledger=ledger_id, code=code, user_data_128=first.customer_pk, user_data_64=meter_pk,
-                     user_data_32=period)
-            for (debit, code, ledger_id, meter_pk, period), (amount, first) in batch.items()]
+                for account_id, code, ledger_id, meter_pk, period, amount, shared in moves:
+                    entry = batch.setdefault((account_id, code, ledger_id, meter_pk, period), [0, event, shared, 0])
+                    entry[0] += amount
+                    if entry[0] > entry[3]:
+                        entry[3] = entry[0]
+        transfers = []
+        for (account_id, code, ledger_id, meter_pk, period), (net, first, terms, *peak) in batch.items():
+            taken = max(peak[0] if peak else net, net, 0)
+            if not (taken or net):
+                continue
+            other = terms.consumed_id if code == _CREDITS else acc.operator_account(OPERATOR_OF[code], ledger_id).id
+            customer_pk, common = first.customer_pk, {"ledger": ledger_id, "user_data_128": first.customer_pk,
+                                                      "user_data_64": meter_pk, "user_data_32": period}
+            if taken:
+                transfers.append(Transfer(id=derive("usage-batch", code, account_id, customer_pk, first.event_id),
+                                          debit_account_id=account_id, credit_account_id=other, amount=taken, code=code,
+                                          **common))
+            if taken > net:
+                refund = REFUND_OF[code]
+                transfers.append(Transfer(id=derive("usage-batch", refund, account_id, customer_pk, first.event_id),
+                                          debit_account_id=other, credit_account_id=account_id, amount=taken - net,
+                                          code=refund, **common))
         # One statement. Under the locks it cannot be refused (if it were, the whole batch, events included,
         # would roll back rather than be guessed at: LedgerRefused, a 500); without them, it is refused when
         # the accounts moved in a way that changes a decision, and the caller decides again under locks.
         expect: dict[int, tuple[int | None, int | None]] | None = None
         if not self.locked and transfers:
-            debited = {t.debit_account_id for t in transfers}
-            expect = ({i: (low, high) for i, (low, high) in self.expect.items() if i in debited} if self.sums is not None
-                      else {i: (value, value) for i, value in self.start.items() if i in debited})
+            moved = {t.debit_account_id for t in transfers}
+            expect = ({i: (low, high) for i, (low, high) in self.expect.items() if i in moved} if self.sums is not None
+                      else {i: (value, value) for i, value in self.start.items() if i in moved})
         (book or self.ledger.book_checked)(transfers, expect)
 
 
@@ -680,19 +734,32 @@ _ZERO = Decimal(0)
 
 
 def _priced(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int]) -> tuple[int, Decimal, list[int]]:
-    """The event's quantity in ledger units, its marginal cost after the counters' ``cumulative`` usage,
-    and the counters it moves (the caller advances them if the event is taken)."""
+    """The event's quantity in ledger units, its ledger cost after the counters' ``cumulative`` usage (a
+    Decimal, exact at the ledger scale; negative when the event takes the period into a cheaper volume
+    tier), and the counters it moves (the caller advances them if the event is taken).
+
+    The rounding rule (docs/ledger.md, "Rounding"): each charge with a usage counter telescopes
+    (``_Charge.ledger_units``: ``ceil(F(after)) - ceil(F(before))``); the linear charges' exact cost (per
+    unit: no running total) is summed and rounded up once per event."""
     quantity = event.quantity
-    cost = _ZERO
+    linear = _ZERO
+    units = 0
     counters: list[int] = []
     for charge in charges:
         counter_id = charge.counter_id
         if counter_id is None:
-            cost += charge.marginal(_ZERO, quantity)
+            linear += charge.marginal(_ZERO, quantity)
         else:
-            cost += charge.marginal(acc.units_to_qty(cumulative[counter_id]), quantity)
+            units += charge.ledger_units(cumulative[counter_id], quantity)
             counters.append(counter_id)
-    return acc.qty_units(quantity), cost, counters
+    if linear:
+        units += _ceil(_EXACT.scaleb(linear, LEDGER_SCALE))
+    return acc.qty_units(quantity), acc.units_to_money(units), counters
+
+
+def _ceil(scaled: Decimal) -> int:
+    """An amount already scaled to ledger units, rounded up to a whole unit (exact)."""
+    return int(scaled.to_integral_value(rounding=ROUND_CEILING))
 
 
 # Integer pricing for the common terms: a price with at most _PRICE_SCALE decimals is an integer of price
@@ -735,9 +802,10 @@ def _fast_terms(spec: pricing.ChargeSpec) -> tuple[tuple[int, int | None, int], 
 def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int],
                   expect: dict[int, list[Any]] | None = None, start: dict[int, int] | None = None,
                   tiers_used: dict[int, tuple[int, int | None, int]] | None = None) -> tuple[int, int, list[int]]:
-    """``_priced`` with the cost as ledger money units, rounded up: in integers when every charge allows it
-    (per unit; graduated with the period's usage already inside a tier the event does not leave), else
-    from the exact Decimal cost. With ``expect``, narrows each usage counter's [low, high] to the values
+    """``_priced`` with the cost as ledger money units: in integers when every charge allows it (per unit;
+    graduated with the period's usage already inside a tier the event does not leave, and the event's cost
+    in it a whole number of ledger units, so that it telescopes whatever the counter's value), else the
+    Decimal way. With ``expect``, narrows each usage counter's [low, high] to the values
     it may have had at ``start`` for this price to stay the same: inside the same tier, or, priced the
     Decimal way, exactly the value read. ``tiers_used``: counter -> the tier (lower, upper, price) an
     integer-priced counter was priced in."""
@@ -755,7 +823,7 @@ def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[in
         before = cumulative[counter_id]
         for lower, upper, price in tiers:  # pricing.marginal's own shortcut, in integers
             if upper is None or before <= upper:
-                if before > lower and (upper is None or before + qty <= upper):
+                if before > lower and (upper is None or before + qty <= upper) and not qty * price % _COST_DIVISOR:
                     num += qty * price
                     counters.append(counter_id)
                     if tiers_used is not None:
@@ -773,7 +841,7 @@ def _priced_units(event: EventUsage, charges: list[_Charge], cumulative: dict[in
     if expect is not None and start is not None:
         for counter_id in counters:
             _narrow(expect, counter_id, start[counter_id], start[counter_id])
-    return qty, acc.money_units_ceil(cost), counters
+    return qty, int(_EXACT.scaleb(cost, LEDGER_SCALE)), counters
 
 
 def _narrow(expect: dict[int, list[Any]], counter_id: int, low: int, high: int | None) -> None:
@@ -788,10 +856,13 @@ def _narrow(expect: dict[int, list[Any]], counter_id: int, low: int, high: int |
 
 _QUOTA, _SPEND, _CREDITS, _COUNTER = (int(TransferCode.USAGE_QUOTA), int(TransferCode.USAGE_SPEND),
                                       int(TransferCode.USAGE_CREDITS), int(TransferCode.USAGE_COUNTER))
+# The operator account on the other side of each usage code (credits: the customer's credits-consumed account)
 OPERATOR_OF = {int(TransferCode.USAGE_QUOTA): AccountCode.OPERATOR_QUOTA,
                int(TransferCode.USAGE_SPEND): AccountCode.OPERATOR_SPEND,
-               int(TransferCode.USAGE_CREDITS): AccountCode.OPERATOR_REVENUE,
                int(TransferCode.USAGE_COUNTER): AccountCode.OPERATOR_COUNTER}
+# A batch whose net on a money account is negative gives it back with the refund code
+REFUND_OF = {int(TransferCode.USAGE_SPEND): int(TransferCode.USAGE_SPEND_REFUND),
+             int(TransferCode.USAGE_CREDITS): int(TransferCode.USAGE_CREDITS_REFUND)}
 
 
 def _refusal(leg: str, meter_key: str, available: int, unit: str) -> Refusal:
@@ -859,7 +930,8 @@ def _terms_of(event: EventUsage, sub: Sub, version: Version, period: int,
                      acc.operator_account(AccountCode.OPERATOR_SPEND, shared.money_ledger)]
         allocations.append(acc.spend_allocation(customer_pk, currency, period, cap))
     if prepaid:
-        accounts.append(acc.operator_account(AccountCode.OPERATOR_REVENUE, shared.money_ledger))
+        shared.consumed_id = ids.consumed(currency, period)
+        accounts.append(acc.consumed_account(customer_pk, currency, period))
     return shared
 
 
@@ -880,16 +952,17 @@ def _chain(event: EventUsage, shared: _Terms, charges: list[_Charge], cumulative
     qty = acc.qty_units(event.quantity)
     covered_qty = event.coverage.take_quantity(event.quantity) if event.coverage else Decimal(0)
     event.covered_quantity = covered_qty
-    cost = Decimal(0)
+    linear = Decimal(0)
+    cost_units = 0  # the event's ledger cost (_priced's rounding rule)
     legs: list[tuple[int, int, int, int, int, TransferCode]] = []  # id, debit, credit, amount, ledger, code
     if shared.priced:
         unit = shared.unit_ledger
         for charge in charges:
             if charge.counter_id is None:
-                cost += charge.marginal(Decimal(0), event.quantity)
+                linear += charge.marginal(Decimal(0), event.quantity)
                 continue
             counter_id = charge.counter_id
-            cost += charge.marginal(acc.units_to_qty(cumulative.get(counter_id, 0)), event.quantity)
+            cost_units += charge.ledger_units(cumulative.get(counter_id, 0), event.quantity)
             cumulative[counter_id] = cumulative.get(counter_id, 0) + qty
             legs.append((shared.counter_transfer_id(event.event_id, charge.index), counter_id,
                          acc.operator_account(AccountCode.OPERATOR_COUNTER, unit).id, qty, unit,
@@ -902,22 +975,32 @@ def _chain(event: EventUsage, shared: _Terms, charges: list[_Charge], cumulative
                      acc.operator_account(AccountCode.OPERATOR_QUOTA, unit).id, uncovered, unit, TransferCode.USAGE_QUOTA))
         chain.legs.append("quota")
         chain.accounts["quota"] = (shared.quota_id, event.meter.unit)
-    if event.coverage:
-        cost -= event.coverage.take_cost(cost)
-    cost_units = acc.money_units_ceil(cost)
+    if linear:
+        cost_units += _ceil(_EXACT.scaleb(linear, LEDGER_SCALE))
+    if event.coverage and cost_units > 0:
+        cost_units -= acc.money_units_ceil(event.coverage.take_cost(acc.units_to_money(cost_units)))
     money = shared.money_ledger
-    if shared.cap is not None and cost_units:
+    # A negative cost (the event takes the period into a cheaper volume tier) debits nothing: the same legs
+    # (same ids: an event has one spend and one credits leg, whichever way) give it back to the customer.
+    if shared.cap is not None and cost_units > 0:
         legs.append((shared.spend_transfer_id(event.event_id), shared.spend_id,
                      acc.operator_account(AccountCode.OPERATOR_SPEND, money).id, cost_units, money,
                      TransferCode.USAGE_SPEND))
         chain.legs.append("spend")
         chain.accounts["spend"] = (shared.spend_id, shared.currency)
-    if shared.prepaid and cost_units:
-        legs.append((shared.credits_transfer_id(event.event_id), shared.wallet_id,
-                     acc.operator_account(AccountCode.OPERATOR_REVENUE, money).id, cost_units, money,
+    elif shared.cap is not None and cost_units < 0:
+        legs.append((shared.spend_transfer_id(event.event_id), acc.operator_account(AccountCode.OPERATOR_SPEND, money).id,
+                     shared.spend_id, -cost_units, money, TransferCode.USAGE_SPEND_REFUND))
+        chain.legs.append("spend_refund")
+    if shared.prepaid and cost_units > 0:
+        legs.append((shared.credits_transfer_id(event.event_id), shared.wallet_id, shared.consumed_id, cost_units, money,
                      TransferCode.USAGE_CREDITS))
         chain.legs.append("credits")
         chain.accounts["credits"] = (shared.wallet_id, shared.currency)
+    elif shared.prepaid and cost_units < 0:
+        legs.append((shared.credits_transfer_id(event.event_id), shared.consumed_id, shared.wallet_id, -cost_units,
+                     money, TransferCode.USAGE_CREDITS_REFUND))
+        chain.legs.append("credits_refund")
     # link every transfer of the event's chain but the last: all or nothing
     last = len(legs) - 1
     chain.transfers = [

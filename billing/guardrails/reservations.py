@@ -91,7 +91,10 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
         for (charge, group), counter_id in zip(charges, counter_ids, strict=True):
             before = acc.units_to_qty(counters[counter_id].debits_posted) if counter_id in counters else Decimal(0)
             cost += marginal_cost(charge, group, before, quantity)
-        units = acc.money_units_ceil(cost)
+        # A hold is never smaller than what the events can cost (ceil of the exact marginal cost: at least
+        # their telescoped amount); an estimate that lowers the period's price (a cheaper volume tier)
+        # holds nothing.
+        units = max(acc.money_units_ceil(cost), 0)
         money = currency_ledger(currency)
         if cap is not None and units:
             accounts += [acc.spend_account(customer.pk, currency, period),
@@ -102,10 +105,10 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
                 credit_account_id=acc.operator_account(AccountCode.OPERATOR_SPEND, money).id, amount=units, ledger=money,
                 code=TransferCode.RESERVATION_SPEND, **common)))  # type: ignore[arg-type]
         if prepaid and units:
-            accounts.append(acc.operator_account(AccountCode.OPERATOR_REVENUE, money))
+            accounts.append(acc.consumed_account(customer.pk, currency, period))
             holds.append(Hold("credits", Transfer(
                 id=derive("reserve-credits", customer.pk, reservation_id), debit_account_id=ids.wallet(currency),
-                credit_account_id=acc.operator_account(AccountCode.OPERATOR_REVENUE, money).id, amount=units,
+                credit_account_id=ids.consumed(currency, period), amount=units,
                 ledger=money, code=TransferCode.RESERVATION_CREDITS, **common)))  # type: ignore[arg-type]
     return holds, accounts, allocations
 

@@ -70,12 +70,24 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
     if subscription and definition.get("spend_cap"):
         cap = Decimal(definition["spend_cap"])
         account = found.get(ids.spend(subscription.plan.currency, period))
-        spent = account.debits_posted if account else 0
+        spent = _net_spent(account, customer.pk, subscription.plan.currency, period, cap) if account else 0
         reserved = account.debits_pending if account else 0
         left = max(cap - acc.units_to_money(spent + reserved), Decimal(0))
         spend = {"currency": subscription.plan.currency, "cap": decimal_to_text(cap), "spent": _m(spent),
                  "reserved": _m(reserved), "remaining": decimal_to_text(left)}
     return {"customer": customer.external_id, "period": period, "credits": credits, "quotas": quotas, "spend_cap": spend}
+
+
+def _net_spent(account: Any, customer_pk: int, currency: str, period: int, cap: Decimal) -> int:
+    """The period's spend on its spend-cap account, net of credit-backs (events whose marginal cost is
+    negative credit it back): its debits less every credit but the period's allocation. The allocation is
+    the cap's, unless the cap changed mid-period (the first allocation stays): then it is read."""
+    allocated = acc.money_units_ceil(cap)
+    if account.credits_posted != allocated:
+        allocation = acc.spend_allocation(customer_pk, currency, period, cap)
+        stored = get_ledger().lookup_transfers([allocation.id]).get(allocation.id)
+        allocated = stored.amount if stored is not None else 0
+    return max(account.debits_posted - (account.credits_posted - allocated), 0)
 
 
 # --- Soft-limit alerts --------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
             lines += _lines(part_lines, plan.currency)
     subtotal = sum(line.amount_minor for line in lines)
     available = credits if credits is not None else credits_consumed(
-        customer=customer, currency=plan.currency, start=start, wallets=None if snapshot is None else snapshot.wallets)
+        customer=customer, currency=plan.currency, start=start, consumed=None if snapshot is None else snapshot.consumed)
     credits_minor = max(0, min(subtotal, money.to_minor(Decimal(available).scaleb(-money.LEDGER_SCALE), plan.currency)))
     versions = sorted({seg.version for part in parts for seg in part.segments if seg.version is not None})
     return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor, versions, watermark)
@@ -166,17 +166,25 @@ def _delta_lines(kind: str, before: list[Line], after: list[Line], events: list[
     return out
 
 
-def credits_consumed(*, customer: Customer, currency: str, start: datetime, wallets: set[int] | None = None) -> int:
-    """Prepaid credits the period's usage took from the customer's wallet at ingest (ledger units).
-    ``wallets``: the wallets known to exist (a snapshot's): any other has no transfers to read."""
+def credits_consumed(*, customer: Customer, currency: str, start: datetime,
+                     consumed: dict[int, int] | None = None) -> int:
+    """Prepaid credits the period's usage took from the customer's wallet at ingest, net of credit-backs
+    (ledger units): the balance of the period's credits-consumed account (docs/ledger.md), credited by
+    every credits leg of the period's usage (``USAGE_CREDITS``; reservation holds only while pending, and
+    they are voided when settled) and debited by its credit-backs (``USAGE_CREDITS_REFUND``). One account
+    lookup, whatever the usage. ``consumed``: the period's balances read for a batch of bills
+    (``PeriodSnapshot.consumed``: account id -> balance; an account missing there has consumed nothing)."""
     from billing.guardrails import accounts as acc
     from ledger.backends import get_ledger
-    from ledger.codes import TransferCode
 
-    wallet = acc.Ids(customer.pk).wallet(currency)  # no wallet: no transfers
-    if wallets is not None and wallet not in wallets:
-        return 0
     period = acc.period_key(start + timedelta(days=1))
-    transfers = get_ledger().account_transfers(wallet, limit=1_000_000, code=int(TransferCode.USAGE_CREDITS),
-                                               user_data_32=period)
-    return sum(t.amount for t in transfers if t.debit_account_id == wallet)
+    account_id = acc.Ids(customer.pk).consumed(currency, period)
+    if consumed is not None:
+        return consumed.get(account_id, 0)
+    account = get_ledger().lookup_accounts([account_id]).get(account_id)
+    return consumed_balance(account) if account is not None else 0
+
+
+def consumed_balance(account: Any) -> int:
+    """What a credits-consumed account says the period consumed: posted credits less posted debits."""
+    return max(account.credits_posted - account.debits_posted, 0)

@@ -9,15 +9,16 @@ A snapshot is as of when it was read: a subscription or a rate-card version chan
 reaches a draft at the next refresh. It is for drafts only: finalization reads everything afresh, in the
 transaction that freezes the invoice. A stored invoice in the snapshot only spares the refresh a lookup
 when nothing changed; whatever it writes, it writes under the invoice's row lock, after checking again.
-The ledger wallets that exist spare the customers without prepaid credits (most) a read of the ledger's
-transfers: a wallet opened during the batch (a first credit grant) reaches the draft at the next refresh.
+The period's credits-consumed accounts (docs/ledger.md) are read with the wallets, for every customer in
+one ledger lookup (batches of ``LOOKUP_BATCH``): what an invoice deducts for prepaid credits is their
+balance, as of the snapshot (usage ingested during the batch reaches the draft at the next refresh).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import Q
 
@@ -36,6 +37,7 @@ class PeriodSnapshot:
     versions: dict[int, list[RateCardVersion]]  # by plan pk: every version, oldest first
     invoices: dict[int, Invoice]  # by customer pk: the period's invoice (not credit notes)
     wallets: set[int]  # the ledger ids of the customers' prepaid-credit wallets that exist
+    consumed: dict[int, int]  # the period's credits-consumed accounts that exist: id -> credits consumed (units)
 
 
 def period_snapshot(*, start: datetime, end: datetime) -> PeriodSnapshot:
@@ -52,19 +54,29 @@ def period_snapshot(*, start: datetime, end: datetime) -> PeriodSnapshot:
     invoices = {invoice.customer_id: invoice for invoice in
                 Invoice.objects.filter(period_start=start, kind=Invoice.Kind.INVOICE, customer_id__in=list(subscriptions))}
     meters = {meter.pk: meter for meter in Meter.objects.all()}
-    return PeriodSnapshot(start, end, customers, meters, dict(subscriptions), dict(versions), invoices,
-                          _wallets(subscriptions))
+    wallets, consumed = _ledger_reads(subscriptions, start)
+    return PeriodSnapshot(start, end, customers, meters, dict(subscriptions), dict(versions), invoices, wallets, consumed)
 
 
-def _wallets(subscriptions: dict[int, list[Subscription]]) -> set[int]:
+def _ledger_reads(subscriptions: dict[int, list[Subscription]], start: datetime) -> tuple[set[int], dict[int, int]]:
+    """The customers' wallets that exist, and the period's credits-consumed balances, in one lookup."""
     from billing.guardrails import accounts
+    from billing.invoicing.compute import consumed_balance
     from ledger.backends import get_ledger
 
-    ids = sorted({accounts.Ids(customer).wallet(s.plan.currency) for customer, subs in subscriptions.items() for s in subs})
-    ledger, found = get_ledger(), set()
-    for at in range(0, len(ids), LOOKUP_BATCH):
-        found |= set(ledger.lookup_accounts(ids[at:at + LOOKUP_BATCH]))
-    return found
+    period = accounts.period_key(start + timedelta(days=1))  # as credits_consumed
+    wallet_ids, consumed_ids = set(), set()
+    for customer, subs in subscriptions.items():
+        ids = accounts.Ids(customer)
+        for s in subs:
+            wallet_ids.add(ids.wallet(s.plan.currency))
+            consumed_ids.add(ids.consumed(s.plan.currency, period))
+    wanted = sorted(wallet_ids | consumed_ids)
+    ledger, found = get_ledger(), {}
+    for at in range(0, len(wanted), LOOKUP_BATCH):
+        found.update(ledger.lookup_accounts(wanted[at:at + LOOKUP_BATCH]))
+    return ({i for i in found if i in wallet_ids},
+            {i: consumed_balance(a) for i, a in found.items() if i in consumed_ids})
 
 
 LOOKUP_BATCH = 8000  # accounts per lookup (TigerBeetle takes at most 8189 per request)

@@ -361,15 +361,17 @@ def test_each_event_debits_one_linked_chain_with_ids_derived_from_the_event(acme
                                                        acc.qty_units(Decimal(quantity))),
             derive("usage-spend", acme.pk, event_id): (ids.spend("USD", period), AccountCode.OPERATOR_SPEND, usd,
                                                        acc.money_units_ceil(Decimal(cost))),
-            derive("usage-credits", acme.pk, event_id): (ids.wallet("USD"), AccountCode.OPERATOR_REVENUE, usd,
+            derive("usage-credits", acme.pk, event_id): (ids.wallet("USD"), AccountCode.CREDITS_CONSUMED, usd,
                                                          acc.money_units_ceil(Decimal(cost))),
         }
         found = get_ledger().lookup_transfers(list(wanted))
         assert found.keys() == wanted.keys()
         for position, (transfer_id, (debit, operator, ledger, amount)) in enumerate(wanted.items()):
             transfer = found[transfer_id]
+            credit = (ids.consumed("USD", period) if operator is AccountCode.CREDITS_CONSUMED  # the period's, per customer
+                      else acc.operator_account(operator, ledger).id)
             assert (transfer.debit_account_id, transfer.credit_account_id, transfer.ledger, transfer.amount) == (
-                debit, acc.operator_account(operator, ledger).id, ledger, amount)
+                debit, credit, ledger, amount)
             assert (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32) == (acme.pk, meter.pk, period)
             assert bool(transfer.flags & TransferFlags.LINKED) == (position < 3)
 
@@ -405,15 +407,16 @@ def test_a_batch_debits_one_transfer_per_account_in_the_insert_transaction(acme,
         (ids.quota(meter.pk, period), TransferCode.USAGE_QUOTA): (AccountCode.OPERATOR_QUOTA, units,
                                                                   acc.qty_units(Decimal(120))),
         (ids.spend("USD", period), TransferCode.USAGE_SPEND): (AccountCode.OPERATOR_SPEND, usd, cost),
-        (ids.wallet("USD"), TransferCode.USAGE_CREDITS): (AccountCode.OPERATOR_REVENUE, usd, cost),
+        (ids.wallet("USD"), TransferCode.USAGE_CREDITS): (AccountCode.CREDITS_CONSUMED, usd, cost),
     }
     for (debit, code), (operator, ledger, amount) in wanted.items():
         history = [t for t in get_ledger().account_transfers(debit) if t.code == code]
         assert len(history) == 1, (code, history)
         transfer = history[0]
         assert transfer.id == derive("usage-batch", int(code), debit, acme.pk, "a")
-        assert (transfer.credit_account_id, transfer.ledger, transfer.amount) == (
-            acc.operator_account(operator, ledger).id, ledger, amount)
+        credit = (ids.consumed("USD", period) if operator is AccountCode.CREDITS_CONSUMED  # the period's, per customer
+                  else acc.operator_account(operator, ledger).id)
+        assert (transfer.credit_account_id, transfer.ledger, transfer.amount) == (credit, ledger, amount)
         assert (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32) == (acme.pk, meter.pk, period)
     # and no per-event transfer exists
     assert not get_ledger().lookup_transfers([derive("usage-quota", acme.pk, "a"), derive("usage-quota", acme.pk, "b")])

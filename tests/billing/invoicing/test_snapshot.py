@@ -146,7 +146,7 @@ def test_the_beats_refresh_reads_the_shared_catalog_once_per_period_whatever_the
         reads = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("SELECT")]
         shared = {table: sum(bool(re.search(rf'\bFROM "?{table}"?\b', sql)) for sql in reads) for table in SHARED_TABLES}
         assert shared == dict.fromkeys(SHARED_TABLES, 1), (run, shared)
-        # one lookup of every wallet; transfers read for the one customer that has one
-        assert sorted(ledger_calls) == ["account_transfers", "lookup_accounts"], (run, ledger_calls)
+        # one lookup of every wallet and credits-consumed account; no transfers read
+        assert sorted(ledger_calls) == ["lookup_accounts"], (run, ledger_calls)
         got = {i.customer_id: (i.lines_digest, i.total_minor) for i in Invoice.objects.filter(period_start=OCT)}
         assert got == expected, run
