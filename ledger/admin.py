@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from billing.common.admin import ReadOnlyAdmin
-from ledger.models import LedgerAccount, LedgerFailedTransfer, LedgerTransfer
+from ledger.models import HeldPost, Installation, LedgerAccount, LedgerFailedTransfer, LedgerTransfer
 
 
 @admin.register(LedgerAccount)
@@ -19,3 +19,13 @@ class LedgerTransferAdmin(ReadOnlyAdmin):
 @admin.register(LedgerFailedTransfer)
 class LedgerFailedTransferAdmin(ReadOnlyAdmin):
     list_display = ("id", "status")
+
+
+@admin.register(Installation)
+class InstallationAdmin(ReadOnlyAdmin):
+    list_display = ("namespace", "created_at")
+
+
+@admin.register(HeldPost)
+class HeldPostAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at")
