@@ -33,8 +33,7 @@ from billing.usage.contract import CleanEvent, EventError, clean_event, decode_e
 from billing.usage.models import UsageEvent
 from ledger import holds
 from ledger.backends import get_ledger
-from ledger.backends.base import LedgerRefused, LedgerUnavailable
-from ledger.backends.sql import Booking
+from ledger.backends.base import Booking, LedgerRefused, LedgerUnavailable
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
 T = TypeVar("T")

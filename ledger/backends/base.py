@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ledger.types import Account, Status, Transfer
 
-if TYPE_CHECKING:
-    from ledger.backends.sql import Booking
+
+class Booking(Protocol):
+    """A booking as parts of one SQL statement (``LedgerBackend.booking``): common table expressions and
+    their parameters, and a condition (with its own parameters) that holds when it went as expected."""
+
+    params: list[str]
+
+    @property
+    def ctes(self) -> str: ...
+
+    @property
+    def ok(self) -> str: ...
+
+    @property
+    def ok_params(self) -> list[Any]: ...
 
 
 class LedgerUnavailable(Exception):
