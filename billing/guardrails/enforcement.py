@@ -232,6 +232,19 @@ def _charge_key(charge: dict[str, Any], group: str | None) -> str:
     return f"{filt}|{group or ''}"
 
 
+def counter_keys(matching: list[tuple[dict[str, Any], str | None]]) -> list[str]:
+    """The usage counters' keys of an event's matching charges: ``_charge_key``, and for a charge whose key
+    an earlier one of them has (two charges of a meter with the same filter), that key with ``#<n>``, so
+    that each charge counts its own quantity (a shared counter would be moved once per charge)."""
+    keys: list[str] = []
+    seen: dict[str, int] = {}
+    for charge, group in matching:
+        key = _charge_key(charge, group)
+        count = seen[key] = seen.get(key, 0) + 1
+        keys.append(f"{key}#{count - 1}" if count > 1 else key)
+    return keys
+
+
 def marginal_cost(charge: dict[str, Any], group: str | None, before: Decimal, quantity: Decimal,
                   spec: pricing.ChargeSpec | None = None) -> Decimal:
     """What ``quantity`` more costs after ``before`` units this period, markup included (exact).
@@ -358,10 +371,11 @@ class _Terms:
         found = self.charges.get(key)
         if found is None:
             found = []
-            for index, (charge, group) in enumerate(_matching_charges(self.definition, event)):
+            matching = _matching_charges(self.definition, event)
+            for index, ((charge, group), counter_key) in enumerate(zip(matching, counter_keys(matching), strict=True)):
                 counter = None
                 if charge["model"] not in LINEAR:
-                    counter = acc.counter_account(self.customer_pk, self.meter.pk, _charge_key(charge, group), self.period)
+                    counter = acc.counter_account(self.customer_pk, self.meter.pk, counter_key, self.period)
                 markup = charge.get("markup")
                 percent = Decimal(markup["percent"].get(group, markup.get("default") or "0")) if markup else None
                 spec = charge_spec(charge)
@@ -549,7 +563,10 @@ class BatchDebit:
         if self.prepared is None:
             return {}
         if skip is None:
-            sums = self._sums()
+            try:
+                sums: dict[tuple[int, int, int, int, int], list[Any]] | None = self._sums()
+            except _NegativeCost:
+                sums = None
             if sums is not None:
                 needed: dict[int, int] = defaultdict(int)
                 for (account_id, code, *_), (amount, *_rest) in sums.items():
@@ -560,9 +577,10 @@ class BatchDebit:
                     return {}
         return self._one_by_one(skip or set())
 
-    def _sums(self) -> dict[tuple[int, int, int, int, int], list[Any]] | None:
+    def _sums(self) -> dict[tuple[int, int, int, int, int], list[Any]]:
         """The batch's amounts per (account, code, ledger, meter, period), each with its first event and its
-        terms, all events accepted; None as soon as an event's cost is negative (decided one by one)."""
+        terms, all events accepted; ``_NegativeCost`` as soon as an event's cost is negative (the batch is
+        then decided one by one)."""
         assert self.prepared is not None
         cumulative = dict(self.cumulative)
         sums: dict[tuple[int, int, int, int, int], list[Any]] = {}
@@ -611,7 +629,7 @@ class BatchDebit:
                 qty, cost, counters = _priced_units(event, charges, cumulative, expect, start,
                                                     runs if _FAST_SUMS and len(charges) == 1 else None)
                 if cost < 0 and shared.priced:
-                    return None
+                    raise _NegativeCost
             for counter_id in counters:
                 cumulative[counter_id] += qty
                 count = counted.get(counter_id)
@@ -731,6 +749,10 @@ class BatchDebit:
 
 
 _ZERO = Decimal(0)
+
+
+class _NegativeCost(Exception):
+    """BatchDebit._sums met an event whose marginal cost is negative: decide the batch one by one."""
 
 
 def _priced(event: EventUsage, charges: list[_Charge], cumulative: dict[int, int]) -> tuple[int, Decimal, list[int]]:

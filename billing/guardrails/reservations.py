@@ -33,8 +33,8 @@ from billing.guardrails.enforcement import (
     EventUsage,
     Refusal,
     Terms,
-    _charge_key,
     _matching_charges,
+    counter_keys,
     marginal_cost,
 )
 from billing.guardrails.models import Reservation
@@ -85,7 +85,7 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
         event = EventUsage(key=None, customer_pk=customer.pk, event_id="", meter=meter, quantity=quantity, usage_at=now,
                            dimensions=dimensions)
         charges = _matching_charges(definition, event)
-        counter_ids = [ids.counter(meter.pk, _charge_key(c, g), period) for c, g in charges]
+        counter_ids = [ids.counter(meter.pk, key, period) for key in counter_keys(charges)]
         counters = ledger.lookup_accounts(counter_ids)
         cost = Decimal(0)
         for (charge, group), counter_id in zip(charges, counter_ids, strict=True):
