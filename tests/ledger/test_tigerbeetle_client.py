@@ -50,6 +50,7 @@ def test_one_client_per_process_whatever_the_threads(tigerbeetle: TigerBeetleLed
         try:
             ledger = backends.get_ledger()
             ledger.ping()
+            assert isinstance(ledger, TigerBeetleLedger)
             seen.add(id(ledger._client))
         except BaseException as exc:
             errors.append(exc)
