@@ -15,7 +15,7 @@ from billing.customers.services import customer_user_create
 from billing.usage.services import events_ingest
 from portal.console.forms import add_tier, definition_from_form, remove_tier
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.ledger]
 CATALOG = """
 meters:
   - {key: llm_tokens, name: LLM tokens, unit: token, aggregation: sum}

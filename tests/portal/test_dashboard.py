@@ -27,7 +27,7 @@ from billing.usage.services import events_ingest
 from portal.dashboard import selectors
 from portal.dashboard.costs import unit_costs
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.ledger]
 ADMIN = Principal(scopes=frozenset({"admin"}))
 CATALOG = """
 meters:

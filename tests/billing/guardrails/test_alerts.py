@@ -31,6 +31,7 @@ from billing.usage.services import events_ingest
 from portal.email_url import email_settings_from_url
 from tests.conftest import post_json
 
+pytestmark = pytest.mark.ledger
 ADMIN = Principal(scopes=frozenset({"admin"}))
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -14,7 +14,7 @@ from billing.usage.models import UsageEvent
 from tests.billing.guardrails.test_limits_at_ingest import body, catalog, subscribe
 from tests.conftest import post_json
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.ledger]
 AT = datetime.now(timezone.utc) - timedelta(seconds=5)
 
 

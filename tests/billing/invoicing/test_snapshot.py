@@ -27,6 +27,7 @@ from billing.usage.rollups import rollup_until_current
 from billing.usage.services import events_ingest
 from ledger.backends import get_ledger
 
+pytestmark = pytest.mark.ledger
 UTC = timezone.utc
 OCT = datetime(2026, 10, 1, tzinfo=UTC)
 NOV = datetime(2026, 11, 1, tzinfo=UTC)

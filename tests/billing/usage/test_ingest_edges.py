@@ -12,7 +12,7 @@ from billing.customers.services import api_key_authenticate, api_key_create
 from tests.billing.guardrails.test_limits_at_ingest import body, catalog, subscribe
 from tests.conftest import post_json
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.ledger]
 
 
 @pytest.mark.parametrize("raw", [b"[]", b'{"events": [], "x": 1}', b'{"events": 5}'])
