@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test lint typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
+.PHONY: install run test test-tigerbeetle lint typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ typecheck: install
 
 pytest: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## test-tigerbeetle: the tests marked `ledger` again on a running TigerBeetle replica (TIGERBEETLE_ADDRESSES=127.0.0.1:3000 make test-tigerbeetle)
+test-tigerbeetle: install
+	@test -n "$$TIGERBEETLE_ADDRESSES" || { echo "test-tigerbeetle: set TIGERBEETLE_ADDRESSES to a running replica (127.0.0.1:3000)" >&2; exit 2; }
+	LEDGER_BACKEND=tigerbeetle $(VENV)/bin/pytest -m ledger $(PYTEST_ARGS)
 
 ## bench-ingest: real HTTP server on a throwaway PostgreSQL, 1,000,000 events; figures in docs/performance.md
 bench-ingest: install

@@ -1,6 +1,9 @@
 """``make run``: seed the demo, then run web + Celery worker + Celery beat together.
 
-Ctrl-C (or SIGTERM) stops all three; if one of them dies, the others are stopped too.
+With a ``tigerbeetle`` binary on PATH (or named by ``TIGERBEETLE_BIN``) and no ``TIGERBEETLE_ADDRESSES``,
+it also runs a single TigerBeetle replica (data in ``$TOLLGATE_DATA_DIR/tigerbeetle/``, port
+``TIGERBEETLE_PORT``, default 3000) and points the app at it; ``TIGERBEETLE_BIN=`` (empty) keeps the SQL
+ledger. Ctrl-C (or SIGTERM) stops everything; if one process dies, the others are stopped too.
 """
 
 from __future__ import annotations
@@ -8,77 +11,115 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
+TIGERBEETLE_CACHE_GRID = "256MiB"
+TIGERBEETLE_START_SECONDS = 60  # a production replica allocates its memory and opens its journal first
+# One lookup of a non-existent account: the replica answers requests. The client retries for ever and
+# logs every refused connection, so the caller bounds it and discards stderr.
+_PING = ("import sys, tigerbeetle as tb\n"
+         "c = tb.ClientSync(cluster_id=int(sys.argv[1]), replica_addresses=sys.argv[2])\n"
+         "c.lookup_accounts([1])\n"
+         "c.close()\n")
 
 
-def _spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+class LaunchError(Exception):
+    """A clear reason ``make run`` cannot start; printed without a traceback."""
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
     # Own session: the terminal's Ctrl-C reaches only us, and we stop the children in order.
-    return subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdout=log,
+                            stderr=subprocess.STDOUT if log else None)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--no-seed", action="store_true")
-    args = parser.parse_args()
-    python = sys.executable
+def tigerbeetle_binary() -> str | None:
+    """``TIGERBEETLE_BIN`` (empty: none, keep the SQL ledger), else ``tigerbeetle`` on PATH, else None."""
+    named = os.environ.get("TIGERBEETLE_BIN")
+    if named is None:
+        return shutil.which("tigerbeetle")
+    if not named.strip():
+        return None
+    found = shutil.which(named)
+    if not found:
+        raise LaunchError(f"TIGERBEETLE_BIN={named} is not an executable file")
+    return str(Path(found).resolve())
 
-    info = {}
-    if not args.no_seed:
-        out = subprocess.run([python, "manage.py", "seed_demo", "--json"], cwd=ROOT, check=True,
-                             capture_output=True, text=True)
-        info = json.loads(out.stdout.strip().splitlines()[-1])
 
-    celery = [python, "-m", "celery", "-A", "portal"]
-    children = {
-        "web": _spawn("web", [python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"]),
-        "worker": _spawn("worker", [*celery, "worker", "-l", "info", "--concurrency", "2", "--without-heartbeat",
-                                    "--without-mingle", "--without-gossip"]),
-        "beat": _spawn("beat", [*celery, "beat", "-l", "info"]),
-    }
-    url = f"http://{args.host}:{args.port}"
-    operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}" if info else ""
-    customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}" if info else ""
-    if info:
-        print(f"""
-  Tollgate is starting on {url}   (web + Celery worker + beat; Ctrl-C stops all three)
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
-  pricing console          : {url}/console/   login {operator}  (admin: {url}/admin/)
-  customer dashboard       : {url}/dashboard/   login {customer}  (customer acme-co)
-  ingest API key           : {info['ingest_api_key']}
-  read API key (acme-co)   : {info['read_api_key']}
-  API docs                 : {url}/api/docs
 
-  curl -X POST {url}/api/v1/events -H 'Authorization: Bearer {info['ingest_api_key']}' \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"event_id": "hello-1", "customer": "acme-co", "meter": "llm_tokens", "quantity": 1200,
-            "timestamp": "'$(date -u +%Y-%m-%dT%H:%M:%SZ)'", "dimensions": {{"model": "gpt-4o"}}}}'
-""", flush=True)
+def _wait_until_answers(replica: subprocess.Popen[bytes], python: str, cluster_id: str, address: str,
+                        log: Path) -> None:
+    deadline = time.monotonic() + TIGERBEETLE_START_SECONDS
+    ping = subprocess.Popen([python, "-c", _PING, cluster_id, address], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while ping.poll() is None:
+            if replica.poll() is not None:
+                raise LaunchError(f"tigerbeetle exited with {replica.returncode} while starting; see {log}")
+            if time.monotonic() > deadline:
+                raise LaunchError(f"tigerbeetle did not answer on {address} within {TIGERBEETLE_START_SECONDS}s; see {log}")
+            time.sleep(0.1)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    if ping.returncode != 0:
+        raise LaunchError(f"tigerbeetle on {address} refused a lookup (exit {ping.returncode}); see {log}")
 
-    stopping = False
 
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+def start_tigerbeetle(binary: str, env: dict[str, str], python: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Format ``$TOLLGATE_DATA_DIR/tigerbeetle/0_0.tigerbeetle`` once, start a production-mode replica on
+    127.0.0.1:$TIGERBEETLE_PORT and wait until it answers. Returns the process, its address and data file."""
+    port = int(env.get("TIGERBEETLE_PORT") or 3000)
+    cluster_id = env.get("TIGERBEETLE_CLUSTER_ID") or "0"
+    address = f"127.0.0.1:{port}"
+    if _port_taken(port):
+        raise LaunchError(f"port {port} for TigerBeetle is taken (another replica or `make run`?): stop it, or set "
+                          "TIGERBEETLE_PORT to a free port, or TIGERBEETLE_ADDRESSES to use a running replica")
+    data_dir = Path(env.get("TOLLGATE_DATA_DIR") or ROOT / "var") / "tigerbeetle"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_file, log = data_dir / "0_0.tigerbeetle", data_dir / "tigerbeetle.log"
+    if not data_file.exists():
+        # Formatted beside it, renamed when complete: an interrupted format never leaves a half file.
+        partial = data_dir / "0_0.tigerbeetle.formatting"
+        partial.unlink(missing_ok=True)
+        with log.open("ab") as out:
+            done = subprocess.run([binary, "format", f"--cluster={cluster_id}", "--replica=0", "--replica-count=1",
+                                   str(partial)], stdout=out, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise LaunchError(f"`tigerbeetle format` failed (exit {done.returncode}); see {log}")
+        os.replace(partial, data_file)
+    with log.open("ab") as out:
+        # Production mode (no --development): 32 clients and full-size requests.
+        replica = _spawn([binary, "start", f"--addresses={address}", f"--cache-grid={TIGERBEETLE_CACHE_GRID}",
+                          str(data_file)], env, out)
+    try:
+        _wait_until_answers(replica, python, cluster_id, address, log)
+    except BaseException:
+        _stop({"tigerbeetle": replica})
+        raise
+    return replica, address, data_file
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    exit_code = 0
-    while not stopping:
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                print(f"{name} exited with {proc.returncode}; stopping the others", file=sys.stderr, flush=True)
-                stopping, exit_code = True, 1
-                break
-        time.sleep(0.2)
 
+def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
     for proc in children.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -89,7 +130,108 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    print("stopped web, worker and beat", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--no-seed", action="store_true")
+    args = parser.parse_args()
+    python = sys.executable
+    env = dict(os.environ)
+
+    stopping, starting = False, True
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if starting:  # formatting, waiting for the replica, seeding: abandon it, then stop what runs
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    ledger: dict[str, subprocess.Popen[bytes]] = {}  # the replica we run, stopped after the app
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    exit_code = 0
+    try:
+        wants_tigerbeetle = env.get("LEDGER_BACKEND", "tigerbeetle") in ("", "tigerbeetle")
+        binary = tigerbeetle_binary() if wants_tigerbeetle and not env.get("TIGERBEETLE_ADDRESSES") else None
+        if binary:
+            replica, address, data_file = start_tigerbeetle(binary, env, python)
+            ledger["tigerbeetle"] = replica
+            env["TIGERBEETLE_ADDRESSES"] = address
+            ledger_line = f"tigerbeetle {address}, replica started here (data {data_file})"
+        elif env.get("TIGERBEETLE_ADDRESSES") and env.get("LEDGER_BACKEND", "tigerbeetle") in ("", "tigerbeetle"):
+            ledger_line = f"tigerbeetle {env['TIGERBEETLE_ADDRESSES']} (TIGERBEETLE_ADDRESSES)"
+        else:
+            backend = env.get("LEDGER_BACKEND") or "sql"
+            ledger_line = (f"{backend} (tables in the database; a tigerbeetle binary on PATH or in TIGERBEETLE_BIN "
+                           "would run TigerBeetle)") if backend == "sql" else backend
+
+        info = {}
+        if not args.no_seed:
+            out = subprocess.run([python, "manage.py", "seed_demo", "--json"], cwd=ROOT, env=env, check=True,
+                                 capture_output=True, text=True)
+            info = json.loads(out.stdout.strip().splitlines()[-1])
+
+        celery = [python, "-m", "celery", "-A", "portal"]
+        children["web"] = _spawn([python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"], env)
+        children["worker"] = _spawn([*celery, "worker", "-l", "info", "--concurrency", "2", "--without-heartbeat",
+                                     "--without-mingle", "--without-gossip"], env)
+        children["beat"] = _spawn([*celery, "beat", "-l", "info"], env)
+        url = f"http://{args.host}:{args.port}"
+        operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}" if info else ""
+        customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}" if info else ""
+        running = "web + Celery worker + beat" + (" + TigerBeetle" if ledger else "")
+        if info:
+            print(f"""
+  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)
+
+  pricing console          : {url}/console/   login {operator}  (admin: {url}/admin/)
+  customer dashboard       : {url}/dashboard/   login {customer}  (customer acme-co)
+  ingest API key           : {info['ingest_api_key']}
+  read API key (acme-co)   : {info['read_api_key']}
+  API docs                 : {url}/api/docs
+  ledger                   : {ledger_line}
+
+  curl -X POST {url}/api/v1/events -H 'Authorization: Bearer {info['ingest_api_key']}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"event_id": "hello-1", "customer": "acme-co", "meter": "llm_tokens", "quantity": 1200,
+            "timestamp": "'$(date -u +%Y-%m-%dT%H:%M:%SZ)'", "dimensions": {{"model": "gpt-4o"}}}}'
+""", flush=True)
+        else:
+            print(f"\n  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)\n"
+                  f"  ledger                   : {ledger_line}\n", flush=True)
+
+        starting = False
+        while not stopping:
+            for name, proc in {**children, **ledger}.items():
+                if proc.poll() is not None:
+                    where = f" (its log: {data_file.parent / 'tigerbeetle.log'})" if name == "tigerbeetle" else ""
+                    print(f"{name} exited with {proc.returncode}{where}; stopping the others", file=sys.stderr, flush=True)
+                    stopping, exit_code = True, 1
+                    break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    except LaunchError as exc:
+        print(f"make run: {exc}", file=sys.stderr, flush=True)
+        exit_code = 1
+    except subprocess.CalledProcessError as exc:
+        print(f"make run: {' '.join(map(str, exc.cmd[1:3]))} failed (exit {exc.returncode}):\n{exc.stderr or ''}",
+              file=sys.stderr, flush=True)
+        exit_code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave orphans behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if children:
+            _stop(children)  # the app first: requests in flight still reach the ledger
+            print("stopped web, worker and beat", flush=True)
+        if ledger:
+            _stop(ledger)
+            print("stopped tigerbeetle", flush=True)
     return exit_code
 
 

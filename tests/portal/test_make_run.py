@@ -42,8 +42,10 @@ def test_make_run_serves_accepts_an_event_runs_beat_and_stops_on_ctrl_c(tmp_path
     port = _free_port()
     data_dir = str(tmp_path / "var")
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "TIGERBEETLE_ADDRESSES",
-                                                              "DJANGO_SETTINGS_MODULE", "REQUIRE_SERVICES"}}
-    env.update({"TOLLGATE_DATA_DIR": data_dir, "TOLLGATE_HEARTBEAT_SECONDS": "1", "PYTHONUNBUFFERED": "1"})
+                                                              "LEDGER_BACKEND", "DJANGO_SETTINGS_MODULE", "REQUIRE_SERVICES"}}
+    # TIGERBEETLE_BIN empty: no replica even with a tigerbeetle on PATH (test_make_run_tigerbeetle.py runs one)
+    env.update({"TOLLGATE_DATA_DIR": data_dir, "TOLLGATE_HEARTBEAT_SECONDS": "1", "PYTHONUNBUFFERED": "1",
+                "TIGERBEETLE_BIN": ""})
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, env=env,
@@ -67,6 +69,7 @@ def test_make_run_serves_accepts_an_event_runs_beat_and_stops_on_ctrl_c(tmp_path
             pytest.fail(f"make run did not come up:\n{log.read_text()}")
         text = log.read_text()
         assert "operator" in text and "acme" in text  # the demo logins are printed
+        assert re.search(r"ledger\s*:\s*sql ", text), text
 
         stamp = datetime.now(timezone.utc).isoformat()
         response = httpx.post(f"{base}/api/v1/events", headers={"Authorization": f"Bearer {key}"}, json={
