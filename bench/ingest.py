@@ -1,10 +1,17 @@
-"""make bench-ingest: end-to-end ingest throughput on a real HTTP server and PostgreSQL.
+"""make bench-ingest / make bench-ledger: ingest throughput on a real HTTP server and PostgreSQL.
 
 Starts a throwaway PostgreSQL (durable defaults: fsync and synchronous_commit on) and gunicorn
 (portal.wsgi), then drives it from separate client processes over keep-alive HTTP on 127.0.0.1:
 N events in batches of 100 and of 1,000 with 10% duplicates, then single-event POSTs at 1 and 16
 concurrent clients. In the same run it measures a plain PostgreSQL COPY of the same rows into a bare
 table, and prints the ratio. Every loop is bounded; everything is stopped at the end.
+
+``--mode ledger`` (make bench-ledger) measures both ledger backends in one run: it also starts a
+throwaway production-mode TigerBeetle replica (bench/_tb.py) and one gunicorn per backend, then
+alternates plain batches, limited batches on the SQL ledger and limited batches on TigerBeetle,
+round after round (medians), with each phase's CPU of the app, PostgreSQL and the replica; then
+reserve+settle round trips on each backend and a micro-benchmark of the TigerBeetle client from this
+process. Without a TigerBeetle binary it says so and measures the SQL rows only.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import queue as queue_mod
 import shutil
 import signal
 import statistics
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from _pg import free_port, pg_start, pg_stop, run
+from _tb import Replica, micro_bench, tb_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -55,11 +64,22 @@ def batches(customer: str, total: int, size: int, worker: int, workers: int) -> 
     return out
 
 
-def client(port: int, key: str, bodies: list[bytes], path: str, queue: mp.Queue) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+class BenchFailure(RuntimeError):
+    """A phase that did not complete: a client error, a timeout, or non-200 answers."""
+
+
+def client(port: int, key: str, bodies: list[bytes], path: str, queue: mp.Queue, timeout: float = 60) -> None:
+    try:
+        queue.put(_client(port, key, bodies, path, timeout))
+    except BaseException as exc:  # reported, never a silent hang of the parent
+        queue.put(([], {"client_error": f"{type(exc).__name__}: {exc}"}))
+
+
+def _client(port: int, key: str, bodies: list[bytes], path: str, timeout: float) -> tuple[list[float], dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     latencies: list[float] = []
-    statuses: dict[Any, int] = {}
+    statuses: dict[Any, Any] = {}
     for body in bodies:
         start = time.perf_counter()
         for _attempt in range(3):
@@ -70,34 +90,54 @@ def client(port: int, key: str, bodies: list[bytes], path: str, queue: mp.Queue)
                 break
             except (ConnectionError, http.client.HTTPException):
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         else:
             raise RuntimeError("no answer after 3 attempts")
         latencies.append(time.perf_counter() - start)
         statuses[response.status] = statuses.get(response.status, 0) + 1
+        if response.status >= 300 and "first_error" not in statuses:
+            statuses["first_error"] = f"HTTP {response.status}: {data[:300].decode(errors='replace')}"
         if path.endswith("batch") and response.status == 200:
             result = json.loads(data)
             statuses["accepted"] = statuses.get("accepted", 0) + result["accepted"]
             statuses["duplicates"] = statuses.get("duplicates", 0) + result["duplicates"]
             statuses["rejected"] = statuses.get("rejected", 0) + result["rejected"]
-    queue.put((latencies, statuses))
+    return latencies, statuses
 
 
-def drive(port: int, key: str, per_client: list[list[bytes]], path: str) -> tuple[float, list[float], dict]:
+def drive(port: int, key: str, per_client: list[list[bytes]], path: str, *, deadline_s: float = 1800,
+          request_timeout: float = 60) -> tuple[float, list[float], dict]:
+    """Run the client processes; raise BenchFailure if one fails or all do not finish within ``deadline_s``."""
     queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=client, args=(port, key, bodies, path, queue)) for bodies in per_client]
+    procs = [mp.Process(target=client, args=(port, key, bodies, path, queue, request_timeout)) for bodies in per_client]
     start = time.perf_counter()
     for p in procs:
         p.start()
-    results = [queue.get(timeout=1800) for _ in procs]
+    results = []
+    try:
+        for _ in procs:
+            remaining = deadline_s - (time.perf_counter() - start)
+            try:
+                results.append(queue.get(timeout=max(0.1, remaining)))
+            except queue_mod.Empty:
+                raise BenchFailure(f"the clients did not finish within {deadline_s:.0f} s") from None
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
     elapsed = time.perf_counter() - start
-    for p in procs:
-        p.join(timeout=30)
     latencies = [lat for lats, _ in results for lat in lats]
     totals: dict = {}
     for _, statuses in results:
         for k, v in statuses.items():
-            totals[k] = totals.get(k, 0) + v
+            if k in ("client_error", "first_error"):
+                totals.setdefault(k, v)
+            else:
+                totals[k] = totals.get(k, 0) + v
+    if "client_error" in totals:
+        raise BenchFailure(f"a client failed: {totals['client_error']}; {totals.get('first_error', '')}")
     return elapsed, latencies, totals
 
 
@@ -122,9 +162,9 @@ plans:
 """
 
 
-def _tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and its live descendants, plus what its exited children
-    used (cutime/cstime), from /proc."""
+def _tree_cpus(*roots: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each root process and its live descendants, plus what its exited
+    children used (cutime/cstime), from one pass over /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     times: dict[int, tuple[int, int]] = {}
@@ -137,90 +177,373 @@ def _tree_cpu(root: int) -> float:
             continue
         parents[int(entry)] = int(fields[1])
         times[int(entry)] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
-    total = times.get(root, (0, 0))[0] + times.get(root, (0, 0))[1]
+    totals = {root: sum(times.get(root, (0, 0))) for root in roots}
     for pid in times:
+        if pid in totals:
+            continue
         ancestor = parents.get(pid)
-        while ancestor and ancestor != root and ancestor in parents:
+        while ancestor and ancestor not in totals and ancestor in parents:
             ancestor = parents[ancestor]
-        if pid != root and ancestor == root:
-            total += times[pid][0]
-    return total / ticks
+        if ancestor in totals:
+            totals[ancestor] += times[pid][0]
+    return {root: total / ticks for root, total in totals.items()}
 
 
-def ledger_mode(args: argparse.Namespace, port: int, key: str, results: dict, server_pids: tuple[int, int]) -> None:
-    """Plain batches next to quota- and spend-cap-checked ones, in one run; then reserve+settle.
+def _tree_cpu(root: int) -> float:
+    return _tree_cpus(root)[root]
 
-    Besides events/s, each mode records the CPU that gunicorn and PostgreSQL spent per 1,000 events.
-    On a machine shared with other work, events/s moves with the neighbours' load; CPU per event
-    hardly does, so ``cpu_ratio`` (plain CPU per event / limited CPU per event) is the steadier estimate
-    of what the check costs on a CPU-bound server."""
-    for size in (1000, 100):
-        runs: dict[str, list[dict]] = {"plain": [], "limited": []}
-        for round_ in range(args.rounds):  # alternating, the order swapped every round: drift hits both alike
-            order = ("plain", "limited") if round_ % 2 == 0 else ("limited", "plain")
-            for label in order:
-                customer = f"{'bench' if label == 'plain' else 'limited'}-{size}-r{round_}"
-                per_client = [batches(customer, args.events, size, w, args.clients) for w in range(args.clients)]
-                cpu_before = sum(_tree_cpu(pid) for pid in server_pids)
-                elapsed, lat, totals = drive(port, key, per_client, "/api/v1/events/batch")
-                cpu = sum(_tree_cpu(pid) for pid in server_pids) - cpu_before
-                sent = sum(len(b) for b in per_client) * size
-                run_ = {"events": sent, "seconds": round(elapsed, 2), "events_per_s": round(sent / elapsed),
-                        "p50_ms": round(pct(lat, 0.5), 1), "p99_ms": round(pct(lat, 0.99), 1),
-                        "accepted": totals.get("accepted"), "rejected": totals.get("rejected"),
-                        "server_cpu_ms_per_1000": round(cpu / sent * 1e6, 1)}
-                runs[label].append(run_)
-                print(f"{label} batch {size} round {round_ + 1}: {run_}", flush=True)
-        for label, done in runs.items():
-            results[f"{label}_{size}"] = {
-                **done[-1], "rounds": done,
-                "events_per_s": round(statistics.median(r["events_per_s"] for r in done)),
-                "server_cpu_ms_per_1000": round(statistics.median(r["server_cpu_ms_per_1000"] for r in done), 1)}
-        results[f"limit_cost_{size}"] = round(
-            1 - results[f"limited_{size}"]["events_per_s"] / results[f"plain_{size}"]["events_per_s"], 3)
-        results[f"limit_cost_{size}_per_round"] = [
-            round(1 - lim["events_per_s"] / pla["events_per_s"], 3)
-            for pla, lim in zip(runs["plain"], runs["limited"], strict=True)]
-        results[f"cpu_ratio_{size}"] = round(results[f"plain_{size}"]["server_cpu_ms_per_1000"]
-                                             / results[f"limited_{size}"]["server_cpu_ms_per_1000"], 3)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+def start_server(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [PY, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
+             "-k", "gthread", "--threads", "4", "--keep-alive", "30", "--log-level", "warning"],
+            cwd=ROOT, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_healthy(port: int, timeout: float = 60) -> str | None:
+    """None once /healthz answers 200; else the last answer or error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            body = response.read()
+            if response.status == 200:
+                return None
+            last = f"HTTP {response.status}: {body[:300].decode(errors='replace')}"
+        except OSError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.3)
+    return last
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        return "\n    ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# Ledger mode: one configuration per (what is sent, to which server). Plain batches (customers without a
+# plan) never touch the ledger, so they run on the SQL server only.
+CONFIGS = {  # label: (backend of the server, customer prefix)
+    "plain": ("sql", "bench"),
+    "limited_sql": ("sql", "limited"),
+    "limited_tigerbeetle": ("tigerbeetle", "tblimited"),
+}
+
+
+def _reserve_settle(port: int, key: str, customer: str, numbers: range, timeout: float) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     latencies = []
-    for n in range(args.round_trips):
-        start = time.perf_counter()
-        conn.request("POST", "/api/v1/reservations", headers=headers, body=json.dumps({
-            "reservation_id": f"r-{n}", "customer": "limited-rt", "meter": "llm_tokens", "quantity": "1000",
-            "ttl_seconds": 60}))
-        reserved = conn.getresponse()
-        reserved.read()
-        settle = event("limited-rt", 50_000_000 + n)
-        settle["quantity"] = "800"
-        conn.request("POST", f"/api/v1/reservations/r-{n}/settle", headers=headers, body=json.dumps({"events": [settle]}))
-        settled = conn.getresponse()
-        settled.read()
-        latencies.append(time.perf_counter() - start)
-        if reserved.status != 201 or settled.status != 200:
-            raise SystemExit(f"reservation round trip failed: {reserved.status} {settled.status}")
-    results["reserve_settle"] = {"round_trips": args.round_trips, "p50_ms": round(pct(latencies, 0.5), 2),
-                                 "p99_ms": round(pct(latencies, 0.99), 2)}
+    try:
+        for n in numbers:
+            start = time.perf_counter()
+            conn.request("POST", "/api/v1/reservations", headers=headers, body=json.dumps({
+                "reservation_id": f"{customer}-r-{n}", "customer": customer, "meter": "llm_tokens", "quantity": "1000",
+                "ttl_seconds": 60}))
+            reserved = conn.getresponse()
+            reserved_body = reserved.read()
+            if reserved.status != 201:
+                raise BenchFailure(f"reserve answered HTTP {reserved.status}: {reserved_body[:300].decode(errors='replace')}")
+            settle = event(customer, 50_000_000 + n)
+            settle["quantity"] = "800"
+            conn.request("POST", f"/api/v1/reservations/{customer}-r-{n}/settle", headers=headers,
+                         body=json.dumps({"events": [settle]}))
+            settled = conn.getresponse()
+            settled_body = settled.read()
+            if settled.status != 200:
+                raise BenchFailure(f"settle answered HTTP {settled.status}: {settled_body[:300].decode(errors='replace')}")
+            latencies.append(time.perf_counter() - start)
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchFailure(f"reserve+settle: {type(exc).__name__}: {exc}") from exc
+    finally:
+        conn.close()
+    return latencies
+
+
+def ledger_mode(args: argparse.Namespace, env: dict[str, str], key: str, work: Path, postmaster: int) -> None:
+    """Plain batches, limited batches on the SQL ledger and limited batches on TigerBeetle, alternated
+    round after round in one run; then reserve+settle on each backend and the TigerBeetle client alone.
+
+    Each phase records events/s and the CPU per 1,000 events of the app (the gunicorn that served it),
+    of PostgreSQL and of the TigerBeetle replica (/proc). On a machine shared with other work, events/s
+    moves with the neighbours' load; CPU per event hardly does. Every figure reported is the median over
+    rounds; ``overhead`` is 1 - limited/plain of those medians, and per round of the same round's pair."""
+    results: dict[str, Any] = {"mode": "ledger", "events": args.events, "gunicorn_workers": args.workers,
+                               "clients": args.clients, "cpus": os.cpu_count(), "rounds": args.rounds,
+                               "sizes": args.sizes, "failures": {}}
+    failures: dict[str, str] = results["failures"]
+    servers: dict[str, subprocess.Popen] = {}
+    ports: dict[str, int] = {}
+    logs: dict[str, Path] = {}
+    replica: Replica | None = None
+    try:
+        binary, where = tb_binary()
+        results["tigerbeetle_binary"] = where
+        if binary is None:
+            print(f"TigerBeetle: NO SERVER BINARY ({where}): measuring the SQL rows only.", flush=True)
+            failures["limited_tigerbeetle"] = f"not measured: no TigerBeetle binary ({where})"
+        else:
+            replica = Replica(binary, work / "tigerbeetle", free_port())
+            try:
+                replica.start()
+                print(f"TigerBeetle: {where}, production-mode replica on {replica.address} (pid {replica.pid})",
+                      flush=True)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                print(f"TigerBeetle: FAILED TO START ({exc}): measuring the SQL rows only.", flush=True)
+                failures["limited_tigerbeetle"] = f"replica did not start: {exc}"
+                replica.stop()
+                replica = None
+        backends = ["sql"] + (["tigerbeetle"] if replica is not None else [])
+        for backend in backends:
+            server_env = {**env, "LEDGER_BACKEND": backend}
+            server_env.pop("TIGERBEETLE_ADDRESSES", None)
+            if backend == "tigerbeetle":
+                assert replica is not None
+                server_env["TIGERBEETLE_ADDRESSES"] = replica.address
+            ports[backend], logs[backend] = free_port(), work / f"gunicorn-{backend}.log"
+            servers[backend] = start_server(server_env, ports[backend], args.workers, logs[backend])
+        for backend in backends:
+            problem = wait_healthy(ports[backend])
+            if problem is None:
+                continue
+            if backend == "sql":
+                raise SystemExit(f"the SQL server did not become healthy: {problem}\n    {_tail(logs[backend])}")
+            print(f"TigerBeetle server FAILED its health check: {problem}\n    {_tail(logs[backend])}", flush=True)
+            failures["limited_tigerbeetle"] = f"the app server on TigerBeetle is not healthy: {problem}"
+            stop_server(servers.pop(backend))
+        active = [label for label, (backend, _) in CONFIGS.items() if backend in servers]
+        results["configurations"] = {label: {"backend": CONFIGS[label][0], "customers": CONFIGS[label][1]}
+                                     for label in active}
+
+        def phase(label: str, customer: str, total: int, size: int) -> dict[str, Any]:
+            backend = CONFIGS[label][0]
+            per_client = [batches(customer, total, size, w, args.clients) for w in range(args.clients)]
+            roots = [servers[backend].pid, postmaster] + ([replica.pid] if replica is not None else [])
+            before = _tree_cpus(*roots)
+            elapsed, lat, totals = drive(ports[backend], key, per_client, "/api/v1/events/batch",
+                                         deadline_s=args.phase_timeout, request_timeout=args.request_timeout)
+            after = _tree_cpus(*roots)
+            sent = sum(len(b) for b in per_client) * size
+            bad = {k: v for k, v in totals.items() if isinstance(k, int) and k != 200}
+            if bad:
+                raise BenchFailure(f"non-200 answers {bad}: {totals.get('first_error')}")
+
+            def per_1000(pid: int) -> float:
+                return round((after[pid] - before[pid]) / sent * 1e6, 1)
+
+            return {"events": sent, "seconds": round(elapsed, 2), "events_per_s": round(sent / elapsed),
+                    "p50_ms": round(pct(lat, 0.5), 1), "p99_ms": round(pct(lat, 0.99), 1),
+                    "accepted": totals.get("accepted"), "duplicates": totals.get("duplicates"),
+                    "rejected": totals.get("rejected"),
+                    "app_cpu_ms_per_1000": per_1000(servers[backend].pid),
+                    "pg_cpu_ms_per_1000": per_1000(postmaster),
+                    "tb_cpu_ms_per_1000": per_1000(replica.pid) if replica is not None else None}
+
+        def fail(label: str, exc: BaseException) -> None:
+            backend = CONFIGS[label][0]
+            failures[label] = f"{type(exc).__name__}: {exc}"
+            print(f"!! {label} FAILED: {failures[label]}\n    server log ({backend}):\n    {_tail(logs[backend])}",
+                  flush=True)
+            if label == "plain" or backend == "sql":
+                raise SystemExit(f"{label} failed: the run has no baseline")
+            active.remove(label)
+
+        # warm-up: every server's workers import, connect and (TigerBeetle) open their clients first
+        warm = min(args.events, 16 * 1000)
+        for label, customer in (("plain", "bench-1000"), ("limited_sql", "limited-rt"),
+                                ("limited_tigerbeetle", "tblimited-rt")):
+            if label in active:
+                try:
+                    phase(label, customer, warm, 1000)
+                except BenchFailure as exc:
+                    fail(label, exc)
+        if "plain" in active and "limited_tigerbeetle" in active:  # and the plain path on the TB server
+            drive(ports["tigerbeetle"], key, [batches("bench-100", warm, 1000, w, args.clients)
+                                              for w in range(args.clients)], "/api/v1/events/batch",
+                  deadline_s=args.phase_timeout, request_timeout=args.request_timeout)
+
+        for size in args.sizes:
+            runs: dict[str, list[dict]] = {label: [] for label in CONFIGS}
+            for round_ in range(args.rounds):
+                # the order rotates every round: drift on this shared machine hits every configuration alike
+                order = [c for c in CONFIGS if c in active]
+                order = order[round_ % len(order):] + order[:round_ % len(order)]
+                for label in order:
+                    if label not in active:
+                        continue
+                    customer = f"{CONFIGS[label][1]}-{size}-r{round_}"
+                    try:
+                        run_ = phase(label, customer, args.events, size)
+                    except BenchFailure as exc:
+                        fail(label, exc)
+                        continue
+                    run_["round"] = round_ + 1
+                    runs[label].append(run_)
+                    print(f"{label} batch {size} round {round_ + 1}: {run_}", flush=True)
+            _summarise(results, runs, size)
+
+        # reserve + settle, the backends interleaved in chunks
+        rs: dict[str, list[float]] = {b: [] for b in servers}
+        rs_customer = {"sql": "limited-rt", "tigerbeetle": "tblimited-rt"}
+        chunk = max(1, min(100, args.round_trips // 10))
+        for i, first in enumerate(range(0, args.round_trips, chunk)):
+            order = list(rs) if i % 2 == 0 else list(reversed(rs))
+            for backend in order:
+                if backend == "tigerbeetle" and "reserve_settle_tigerbeetle" in failures:
+                    continue
+                try:
+                    rs[backend] += _reserve_settle(ports[backend], key, rs_customer[backend],
+                                                   range(first, min(first + chunk, args.round_trips)),
+                                                   args.request_timeout)
+                except BenchFailure as exc:
+                    failures[f"reserve_settle_{backend}"] = str(exc)
+                    print(f"!! reserve+settle on {backend} FAILED: {exc}\n    {_tail(logs[backend])}", flush=True)
+                    if backend == "sql":
+                        raise SystemExit("reserve+settle failed on the SQL ledger") from exc
+        for backend, latencies in rs.items():
+            if latencies:
+                results[f"reserve_settle_{backend}"] = {"round_trips": len(latencies),
+                                                        "p50_ms": round(pct(latencies, 0.5), 2),
+                                                        "p99_ms": round(pct(latencies, 0.99), 2)}
+
+        if replica is not None:  # the ledger alone: the TigerBeetle client from this process, same replica
+            pid = replica.pid
+            try:
+                results["tigerbeetle_client"] = micro_bench(replica.address, lambda: _tree_cpu(pid),
+                                                            calls=args.micro_calls, lookups=args.micro_lookups)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                failures["tigerbeetle_client"] = f"{type(exc).__name__}: {exc}"
+                print(f"!! TigerBeetle client micro-benchmark FAILED: {exc}", flush=True)
+        for backend, log in logs.items():
+            if "Traceback" in log.read_text(errors="replace"):
+                results.setdefault("server_tracebacks", []).append(backend)
+    finally:
+        for server in servers.values():
+            stop_server(server)
+        if replica is not None:
+            replica.stop()
     print(json.dumps(results, indent=2))
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"ledger-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json").write_text(json.dumps(results, indent=2))
+    print(_report(results))
+
+
+def _summarise(results: dict, runs: dict[str, list[dict]], size: int) -> None:
+    keys = ("events_per_s", "p50_ms", "p99_ms", "app_cpu_ms_per_1000", "pg_cpu_ms_per_1000", "tb_cpu_ms_per_1000")
+    for label, done in runs.items():
+        if not done:
+            continue
+        medians = {k: statistics.median(r[k] for r in done) for k in keys if done[0][k] is not None}
+        results[f"{label}_{size}"] = {**{k: round(v, 1) for k, v in medians.items()},
+                                      "events_per_s": round(medians["events_per_s"]), "rounds": done}
+    plain = results.get(f"plain_{size}")
+    for label in ("limited_sql", "limited_tigerbeetle"):
+        limited = results.get(f"{label}_{size}")
+        if plain is None or limited is None:
+            continue
+        limited["overhead"] = round(1 - limited["events_per_s"] / plain["events_per_s"], 3)
+        plain_by_round = {r["round"]: r["events_per_s"] for r in plain["rounds"]}
+        limited["overhead_per_round"] = [round(1 - r["events_per_s"] / plain_by_round[r["round"]], 3)
+                                         for r in limited["rounds"] if r["round"] in plain_by_round]
+        limited["app_cpu_added_ms_per_1000"] = round(limited["app_cpu_ms_per_1000"] - plain["app_cpu_ms_per_1000"], 1)
+
+
+def _report(results: dict) -> str:
+    """The figures the docs quote, as a table."""
+    lines = [f"\nbench-ledger: {results['events']:,} events per phase, medians of {results['rounds']} rounds, "
+             f"{results['cpus']} CPUs, {results['gunicorn_workers']} gunicorn workers x 4 threads per backend, "
+             f"{results['clients']} clients"]
+    for size in results["sizes"]:
+        lines.append(f"\nbatches of {size:,}:")
+        lines.append(f"  {'configuration':<22}{'events/s':>10}{'overhead':>10}{'p50 ms':>9}{'p99 ms':>9}"
+                     f"{'app CPU':>9}{'PG CPU':>8}{'TB CPU':>8}  (CPU: ms per 1,000 events)")
+        for label in CONFIGS:
+            row = results.get(f"{label}_{size}")
+            if row is None:
+                lines.append(f"  {label:<22}{'—':>10}  {results['failures'].get(label, 'not measured')}")
+                continue
+            overhead = f"{row['overhead']:.1%}" if "overhead" in row else ""
+            tb_cpu = row.get("tb_cpu_ms_per_1000")
+            lines.append(f"  {label:<22}{row['events_per_s']:>10,}{overhead:>10}{row['p50_ms']:>9}{row['p99_ms']:>9}"
+                         f"{row['app_cpu_ms_per_1000']:>9}{row['pg_cpu_ms_per_1000']:>8}"
+                         f"{'' if tb_cpu is None else tb_cpu:>8}")
+            if "overhead_per_round" in row:
+                rounds = ", ".join(f"{o:.1%}" for o in row["overhead_per_round"])
+                lines.append(f"  {'':<22}overhead per round: {rounds}; app CPU added: "
+                             f"{row['app_cpu_added_ms_per_1000']} ms per 1,000 events")
+    for backend in ("sql", "tigerbeetle"):
+        rs = results.get(f"reserve_settle_{backend}")
+        if rs:
+            lines.append(f"reserve+settle on {backend}: p50 {rs['p50_ms']} ms, p99 {rs['p99_ms']} ms "
+                         f"({rs['round_trips']} round trips)")
+    client = results.get("tigerbeetle_client")
+    if client:
+        ct, lk = client["create_transfers"], client["lookup_accounts"]
+        lines.append(f"TigerBeetle client from the bench process: create_transfers of {ct['transfers_per_call']:,} "
+                     f"linked transfers p50 {ct['wall_p50_ms']} ms, p99 {ct['wall_p99_ms']} ms "
+                     f"(client CPU {ct['client_cpu_p50_ms']} ms, replica CPU {ct['replica_cpu_mean_ms']} ms, "
+                     f"building the objects {ct['build_p50_ms']} ms more; {ct['transfers_per_s']:,} transfers/s); "
+                     f"lookup_accounts p50 {lk['wall_p50_ms']} ms, p99 {lk['wall_p99_ms']} ms")
+    for label, why in results["failures"].items():
+        lines.append(f"FAILED or not measured: {label}: {why}")
+    if results.get("server_tracebacks"):
+        lines.append(f"tracebacks in the server logs of: {', '.join(results['server_tracebacks'])}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--events", type=int, default=None,
+                        help="events per batch size (ingest: 1,000,000) or per phase (ledger: 200,000)")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes (per backend in ledger mode)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes for batches")
     parser.add_argument("--singles", type=int, default=5000, help="single-event POSTs at 1 client")
     parser.add_argument("--mode", choices=["ingest", "ledger"], default="ingest",
-                        help="ledger: plain vs quota+spend-cap-checked batches, and reserve-then-settle round trips")
-    parser.add_argument("--round-trips", type=int, default=1000, help="reserve+settle pairs (ledger mode)")
+                        help="ledger: plain vs quota+spend-cap-checked batches on the SQL ledger and on TigerBeetle, "
+                             "and reserve-then-settle round trips on each")
+    parser.add_argument("--round-trips", type=int, default=1000, help="reserve+settle pairs per backend (ledger mode)")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="ledger mode: plain and limited phases per batch size, alternated; medians reported")
+                        help="ledger mode: phases per configuration and batch size, alternated; medians reported")
+    parser.add_argument("--sizes", default="1000", help="ledger mode: batch sizes, comma-separated (e.g. 1000,100)")
+    parser.add_argument("--micro-calls", type=int, default=30,
+                        help="ledger mode: create_transfers calls of 3,000 transfers from the bench process")
+    parser.add_argument("--micro-lookups", type=int, default=500, help="ledger mode: lookup_accounts round trips")
+    parser.add_argument("--request-timeout", type=float, default=30, help="seconds per HTTP request (ledger mode)")
+    parser.add_argument("--phase-timeout", type=float, default=None,
+                        help="seconds for one phase's clients to finish (ledger mode; default 120 + events/500)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 20,000 events, 2 rounds, 100 round trips, a short micro-benchmark")
     args = parser.parse_args()
+    if args.quick:
+        args.events = args.events or 20_000
+        args.rounds, args.round_trips = min(args.rounds, 2), min(args.round_trips, 100)
+        args.micro_calls, args.micro_lookups, args.singles = min(args.micro_calls, 5), min(args.micro_lookups, 100), 500
+    if args.events is None:
+        args.events = 200_000 if args.mode == "ledger" else 1_000_000
+    args.sizes = [int(size) for size in str(args.sizes).split(",")]
+    if args.phase_timeout is None:
+        args.phase_timeout = 120 + args.events / 500
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers and the replica on a kill too
 
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     os.chmod(work, 0o755)
@@ -236,14 +559,16 @@ def main() -> None:
                "TOLLGATE_DATA_DIR": str(work / "var"), "TOLLGATE_RATE_LIMIT_PER_SECOND": "0", "LOG_LEVEL": "WARNING"}
         env.pop("REDIS_URL", None)
         env.pop("DJANGO_DEBUG", None)
+        env.pop("TIGERBEETLE_ADDRESSES", None)  # set per server in ledger mode; migrate and setup on the SQL ledger
+        env.pop("LEDGER_BACKEND", None)
         run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env)
         setup = (
             "from billing.catalog.services import meter_create\n"
             "from billing.customers.services import customer_create, api_key_create\n"
             "meter_create(key='llm_tokens', name='LLM tokens', aggregation='sum')\n"
-            f"runs = [f'{{s}}-r{{r}}' for s in (100, 1000) for r in range({args.rounds})]\n"
+            f"runs = [f'{{s}}-r{{r}}' for s in {sorted({100, 1000, *args.sizes})!r} for r in range({args.rounds})]\n"
             "plain = ['bench-100', 'bench-1000', 'bench-single'] + [f'bench-{run}' for run in runs]\n"
-            "limited = ['limited-rt'] + [f'limited-{run}' for run in runs]\n"
+            "limited = ['limited-rt', 'tblimited-rt'] + [f'{p}-{run}' for p in ('limited', 'tblimited') for run in runs]\n"
             "[customer_create(external_id=c, name=c) for c in plain + limited]\n"
             "from datetime import datetime, timezone\n"
             "from billing.catalog.models import Plan\n"
@@ -258,6 +583,10 @@ def main() -> None:
         )
         key = subprocess.run([PY, "manage.py", "shell", "-c", setup], cwd=ROOT, env=env, check=True,
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        if args.mode == "ledger":
+            postmaster = int((pg_dir / "data" / "postmaster.pid").read_text().split()[0])
+            ledger_mode(args, env, key, work, postmaster)
+            return
         server = subprocess.Popen(
             [PY, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{http_port}", "-w", str(args.workers),
              "-k", "gthread", "--threads", "4", "--keep-alive", "30", "--log-level", "warning"],
@@ -273,10 +602,6 @@ def main() -> None:
                 time.sleep(0.2)
         results: dict = {"mode": args.mode, "events": args.events, "gunicorn_workers": args.workers,
                          "clients": args.clients, "cpus": os.cpu_count()}
-        if args.mode == "ledger":
-            postmaster = int((pg_dir / "data" / "postmaster.pid").read_text().split()[0])
-            ledger_mode(args, http_port, key, results, (server.pid, postmaster))
-            return
 
         for size in (100, 1000):
             customer = f"bench-{size}"
