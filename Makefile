@@ -32,10 +32,11 @@ typecheck: install
 pytest: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-## test-tigerbeetle: the tests marked `ledger` again on a running TigerBeetle replica (TIGERBEETLE_ADDRESSES=127.0.0.1:3000 make test-tigerbeetle)
+## test-tigerbeetle: the tests marked `ledger` again on a running TigerBeetle replica (TIGERBEETLE_ADDRESSES=127.0.0.1:3000 make test-tigerbeetle);
+## the slow `make run` ones start their own replica and run in `make test`
 test-tigerbeetle: install
 	@test -n "$$TIGERBEETLE_ADDRESSES" || { echo "test-tigerbeetle: set TIGERBEETLE_ADDRESSES to a running replica (127.0.0.1:3000)" >&2; exit 2; }
-	LEDGER_BACKEND=tigerbeetle $(VENV)/bin/pytest -m ledger $(PYTEST_ARGS)
+	LEDGER_BACKEND=tigerbeetle $(VENV)/bin/pytest -m "ledger and not slow" $(PYTEST_ARGS)
 
 ## bench-ingest: real HTTP server on a throwaway PostgreSQL, 1,000,000 events; figures in docs/performance.md
 bench-ingest: install
