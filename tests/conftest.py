@@ -64,10 +64,10 @@ def _ledger_namespace() -> Any:
 def _clear_cache() -> None:
     from django.core.cache import cache
 
-    from billing.usage import services
+    from billing.usage.ingest import resolve
 
     cache.clear()
-    services._METERS.clear()  # tests roll the database back; production never deletes a meter
+    resolve.METERS.clear()  # tests roll the database back; production never deletes a meter
     from billing.guardrails import accounts
 
     accounts.KNOWN_ACCOUNTS.clear()  # the same for ledger accounts and allocations

@@ -94,9 +94,9 @@ def test_killed_after_the_commit_the_sweep_posts_the_held_debit(acme: Any) -> No
 
 def test_killed_before_the_insert_the_retry_takes_its_own_hold(acme: Any) -> None:
     subscribe(acme, catalog(hard="100"))
-    import billing.usage.services as ingest
+    from billing.usage.ingest import store
 
-    die_during(ingest, "_insert_rows")
+    die_during(store, "insert_rows")
 
     # nothing stored, the debit held
     assert not UsageEvent.objects.exists()
@@ -112,10 +112,10 @@ def test_killed_before_the_insert_the_retry_takes_its_own_hold(acme: Any) -> Non
 def test_killed_before_the_insert_and_never_retried_the_hold_expires(acme: Any, monkeypatch: pytest.MonkeyPatch
                                                                      ) -> None:
     subscribe(acme, catalog(hard="100"))
-    import billing.usage.services as ingest
+    from billing.usage.ingest import store
 
     monkeypatch.setattr(holds, "HOLD_TIMEOUT_SECONDS", 1)
-    die_during(ingest, "_insert_rows")
+    die_during(store, "insert_rows")
     assert quota(acme.pk) == (7, 0)
 
     assert until(lambda: quota(acme.pk) == (0, 0)), quota(acme.pk)  # the room is back, nothing was debited

@@ -129,17 +129,17 @@ def test_retried_rejected_event_stays_rejected_and_retried_accepted_event_debits
 def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, admin, debit_mode, monkeypatch):
     """A retry of a batch with one event more: the stored events are duplicates and debit nothing again,
     the new one is debited."""
-    from billing.usage import services
+    from billing.usage.ingest import store as services
 
     subscribe(acme, catalog(hard="100"))
     reads: list[list[str]] = []
-    real = services._stored_columns
+    real = services.stored_columns
 
     def spy(customer: int, ids: list[str], columns: str) -> list:
         reads.append(ids)
         return real(customer, ids, columns)
 
-    monkeypatch.setattr(services, "_stored_columns", spy)
+    monkeypatch.setattr(services, "stored_columns", spy)
 
     def send(*events: tuple[str, str]) -> list[str]:
         response = post_json(ingest, "/api/v1/events/batch", {"events": [json.loads(body(e, q)) for e, q in events]})
@@ -160,11 +160,11 @@ def test_an_event_stored_after_the_batch_read_its_ids_is_not_debited_twice(acme,
     """The race the one-statement debit must catch: another request stores one of the batch's events after
     the batch read which of them are stored (here: that read misses it once). The statement keeps nothing
     and the batch runs again; the event is a duplicate and is debited once, the new one once."""
-    from billing.usage import services
+    from billing.usage.ingest import store as services
 
     subscribe(acme, catalog(hard="100"))
     assert [r.status for r in events_ingest(principal=ADMIN, raw_events=[body("a", "10")])] == ["accepted"]
-    real = services._stored_rows
+    real = services.stored_rows
     missed: list[int] = []
 
     def stale(rows: list) -> dict:
@@ -174,7 +174,7 @@ def test_an_event_stored_after_the_batch_read_its_ids_is_not_debited_twice(acme,
             return {}  # as if "a" were stored just after this read
         return found
 
-    monkeypatch.setattr(services, "_stored_rows", stale)
+    monkeypatch.setattr(services, "stored_rows", stale)
     # "b" first: the batch's transfers take their ids from it, so only the check of what was inserted
     # (not the ledger's idempotent ids) can see that "a" is not new
     results = events_ingest(principal=ADMIN, raw_events=[body("b", "20"), body("a", "10")])
@@ -459,10 +459,10 @@ def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, 
     # waiting for a lock: the careful pass's lock_timeout)
     from django.db import OperationalError
 
-    import billing.usage.services as ingest_services
+    import billing.usage.ingest.store as ingest_services
 
     subscribe(acme, catalog(hard="10"))
-    real_insert, calls = ingest_services._insert_rows, []
+    real_insert, calls = ingest_services.insert_rows, []
 
     class DeadlockDetected(Exception):
         pass
@@ -475,7 +475,7 @@ def test_a_batch_rolled_back_to_break_a_deadlock_is_run_again(acme, debit_mode, 
             raise OperationalError("deadlock detected") from DeadlockDetected()
         return real_insert(*args, **kwargs)
 
-    monkeypatch.setattr(ingest_services, "_insert_rows", victim_once)
+    monkeypatch.setattr(ingest_services, "insert_rows", victim_once)
 
     # when a batch is sent
     results = events_ingest(principal=ADMIN, raw_events=[body("a", "4"), body("b", "4")])

@@ -112,11 +112,11 @@ def _body(index: int, spec: dict[str, Any], at: datetime) -> dict[str, Any]:
 def test_invoice_verify_all_passes_after_a_randomized_workload(acme: Any, globex: Any, workload: list[dict[str, Any]]) -> None:
     from billing.catalog.models import Plan
     from billing.catalog.services import subscription_set
-    from billing.usage import services as usage_services
+    from billing.usage.ingest import resolve as usage_resolve
 
     with transaction.atomic():  # each example rolls back, so the process caches of its meters must go too
         periods.forget_cache()
-        usage_services._METERS.clear()
+        usage_resolve.METERS.clear()
         catalog_import(text=CATALOG, actor="t")
         for customer in Customer.objects.all():
             subscription_set(customer=customer, plan=Plan.objects.get(key="pro"), start=START, now=START, actor="t")

@@ -75,17 +75,17 @@ def test_concurrent_batches_with_overlapping_ids_store_each_event_once(acme, tok
 def test_batches_sending_the_same_new_ids_in_opposite_orders_never_deadlock(acme, tokens_meter, event, monkeypatch):
     # given pairs of batches of the same 1,000 new ids, one of each pair in reverse order, inserted at
     # the same moment (a barrier right before each insert), and no retry after a deadlock
-    import billing.usage.services as ingest_services
+    import billing.usage.ingest.store as ingest_services
 
-    monkeypatch.setattr(ingest_services, "_retrying_deadlocks", lambda write: write())
-    real_insert = ingest_services._insert_rows
+    monkeypatch.setattr(ingest_services, "retrying_deadlocks", lambda write: write())
+    real_insert = ingest_services.insert_rows
     barrier = threading.Barrier(2)
 
     def insert_together(*args, **kwargs):
         barrier.wait(timeout=30)
         return real_insert(*args, **kwargs)
 
-    monkeypatch.setattr(ingest_services, "_insert_rows", insert_together)
+    monkeypatch.setattr(ingest_services, "insert_rows", insert_together)
 
     def run(batch: list[bytes]) -> list[str]:
         try:

@@ -1,0 +1,140 @@
+"""Step 2 of ingest: each clean event's customer, meter, project and correction target, read once per
+batch, into a ``Row`` (or the event's 403/422)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from billing.catalog.models import Meter
+from billing.common.auth import Principal
+from billing.customers.models import Project
+from billing.guardrails.enforcement import Terms
+from billing.invoicing.periods import EPOCH, closed_until_cached
+from billing.usage.contract import CleanEvent, EventError, fingerprint
+from billing.usage.ingest.rows import Row
+from billing.usage.models import UsageEvent
+
+
+@dataclass(slots=True)
+class Cust:
+    pk: int
+    subscribed: bool  # has any subscription: only then can a plan limit apply
+
+
+@dataclass
+class Lookups:
+    customers: dict[str, Cust] = field(default_factory=dict)
+    meters: dict[str, Meter] = field(default_factory=dict)
+    projects: dict[tuple[int, str], int] = field(default_factory=dict)
+    originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
+    closed_until: datetime = EPOCH  # usage before this instant belongs to a closed period
+    terms: Terms | None = None  # the customers' subscriptions and rate cards, read with them
+
+
+METERS: dict[str, Meter] = {}
+
+
+def meters_cached(keys: set[str]) -> dict[str, Meter]:
+    """Meters by key, kept in process once seen: a meter is never deleted (events protect it) and its
+    key and aggregation never change, so a cached meter cannot be stale in any way ingest relies on.
+    Unknown keys are always asked of the database, so a new meter is usable at once."""
+    missing = keys - METERS.keys()
+    if missing:
+        for meter in Meter.objects.filter(key__in=missing):
+            METERS[meter.key] = meter
+    return {key: METERS[key] for key in keys if key in METERS}
+
+
+def load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> Lookups:
+    lookups = Lookups()
+    if not cleaned:
+        return lookups
+    lookups.closed_until = closed_until_cached()
+    customer_ids = {e.customer for _, e in cleaned}
+    # One round trip for the customers, whether each has a subscription (only then can a limit apply),
+    # and the terms the limits are read from (the ingest hot path).
+    customers, lookups.terms = Terms.of_customers(customer_ids)
+    lookups.customers = {external_id: Cust(pk, subscribed) for external_id, (pk, subscribed) in customers.items()}
+    lookups.meters = meters_cached({e.meter for _, e in cleaned})
+    project_keys = {e.project for _, e in cleaned if e.project}
+    if project_keys:
+        for pk, customer_pk, key in Project.objects.filter(
+            key__in=project_keys, customer__external_id__in=customer_ids
+        ).values_list("pk", "customer_id", "key"):
+            lookups.projects[(customer_pk, key)] = pk
+    originals = {e.corrects for _, e in cleaned if e.corrects}
+    if originals:
+        for customer_pk, event_id, meter_pk, usage_at, billable in UsageEvent.objects.filter(
+            event_id__in=originals, customer__external_id__in=customer_ids
+        ).values_list("customer_id", "event_id", "meter_id", "usage_at", "billable"):
+            lookups.originals[(customer_pk, event_id)] = (meter_pk, usage_at, billable)
+    return lookups
+
+
+def resolve_event(
+    event: CleanEvent, index: int, principal: Principal, lookups: Lookups, in_batch: dict[tuple[int, str], Row]
+) -> Row:
+    customer = lookups.customers.get(event.customer)
+    if principal.customer_id is not None and (customer is None or customer.pk != principal.customer_id):
+        # Same answer whether or not that customer exists: nothing about other tenants leaks.
+        raise EventError(403, "customer_forbidden", "This key is restricted to another customer.")
+    if customer is None:
+        raise EventError(422, "unknown_customer", f"No customer '{event.customer}'.", {"customer": ["Unknown customer."]})
+    meter = lookups.meters.get(event.meter)
+    if meter is None:
+        raise EventError(422, "unknown_meter", f"No meter '{event.meter}'.", {"meter": ["Unknown meter."]})
+    project_pk = None
+    if event.project is not None:
+        project_pk = lookups.projects.get((customer.pk, event.project))
+        if project_pk is None:
+            raise EventError(422, "unknown_project", f"Customer '{event.customer}' has no project '{event.project}'.",
+                             {"project": ["Unknown project."]})
+    quantity = event.quantity
+    if quantity is None:
+        if meter.aggregation != Meter.Aggregation.COUNT:
+            raise EventError(422, "validation_error", "The event is not valid.",
+                             {"quantity": ["Required (only count meters default to 1)."]})
+        quantity = Decimal(1)
+    usage_at = event.timestamp
+    if event.corrects is not None:
+        if not meter.correctable:
+            raise EventError(422, "correction_not_supported",
+                             f"Meter '{meter.key}' aggregates '{meter.aggregation}': only sum and count meters take corrections.")
+        original = lookups.originals.get((customer.pk, event.corrects))
+        if original is None and (customer.pk, event.corrects) in in_batch:
+            earlier = in_batch[(customer.pk, event.corrects)]
+            original = (earlier.meter_pk, earlier.usage_at, earlier.billable)
+        if original is None or original[0] != meter.pk:
+            raise EventError(422, "unknown_original",
+                             f"No event '{event.corrects}' of this customer and meter to correct.",
+                             {"corrects": ["Unknown event."]})
+        if not original[2]:
+            # a refused or non-billable event never counted: correcting it would lower real usage
+            raise EventError(422, "original_not_billable",
+                             f"Event '{event.corrects}' is not billable (or was refused); there is nothing to correct.",
+                             {"corrects": ["The original is not billable."]})
+        usage_at = original[1]
+    reason, late = event.reason, False
+    if usage_at < lookups.closed_until:
+        if event.corrects is not None and event.timestamp >= lookups.closed_until:
+            # the original's period is closed (its invoice final): book the correction on the open period
+            usage_at, reason = event.timestamp, "adjustment"
+        else:
+            late = True
+    return Row(
+        index=index,
+        event=event,
+        customer_pk=customer.pk,
+        project_pk=project_pk,
+        meter_pk=meter.pk,
+        quantity=quantity,
+        usage_at=usage_at,
+        run_id=(event.trace or {}).get("run_id") or "",
+        fingerprint=fingerprint(event, quantity),
+        billable=event.billable,
+        reason=reason,
+        meter=meter,
+        late=late,
+    )
