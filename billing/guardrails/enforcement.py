@@ -499,7 +499,7 @@ def enforce(events: list[EventUsage], prefix: list[Transfer] | None = None,
 
 class BatchDebit:
     """Limits for a ledger that shares the database (``shares_database``), debited in the caller's open
-    transaction together with the events it stores (billing.usage.services).
+    transaction together with the events it stores (billing.usage.ingest.debit).
 
     The same decisions as ``enforce`` (events in order; an event is accepted only if every leg of its
     chain fits: quota, spend cap, credits; marginal prices from the period's usage counters), taken in

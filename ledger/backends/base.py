@@ -84,7 +84,7 @@ class LedgerBackend(ABC):
     def booking(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
                 ) -> Booking | None:
         """``book_checked``'s booking as parts of one SQL statement, for a caller that runs it together with
-        its own writes (billing.usage.services: the event insert and its debit in one statement). Only for
+        its own writes (billing.usage.ingest.store: the event insert and its debit in one statement). Only for
         a backend that ``shares_database`` on PostgreSQL."""
         raise NotImplementedError(f"the {self.name} ledger does not share the database")
 
