@@ -73,9 +73,9 @@ def _clear_cache() -> None:
     accounts.KNOWN_ACCOUNTS.clear()  # the same for ledger accounts and allocations
     accounts.KNOWN_ALLOCATIONS.clear()
     accounts.KNOWN_WALLETS.clear()
-    from billing.guardrails import enforcement
+    from billing.guardrails.limits import plans
 
-    enforcement._SHARED.clear()
+    plans._SHARED.clear()
     from billing.invoicing import periods
 
     periods.forget_cache()

@@ -27,15 +27,15 @@ from billing.catalog.models import Meter
 from billing.common.errors import ApiError
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
-from billing.guardrails.enforcement import (
+from billing.guardrails.limits import (
     CODES,
     MESSAGES,
     EventUsage,
     Refusal,
     Terms,
-    _matching_charges,
     counter_keys,
     marginal_cost,
+    matching_charges,
 )
 from billing.guardrails.models import Reservation
 from ledger.backends import get_ledger
@@ -84,7 +84,7 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
     if (cap is not None or prepaid) and meter.aggregation in ("sum", "count"):
         event = EventUsage(key=None, customer_pk=customer.pk, event_id="", meter=meter, quantity=quantity, usage_at=now,
                            dimensions=dimensions)
-        charges = _matching_charges(definition, event)
+        charges = matching_charges(definition, event)
         counter_ids = [ids.counter(meter.pk, key, period) for key in counter_keys(charges)]
         counters = ledger.lookup_accounts(counter_ids)
         cost = Decimal(0)

@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from billing.guardrails.enforcement import BatchDebit, Coverage, EventUsage, Terms, enforce
+from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Terms, enforce
 from billing.usage.contract import EventError
 from billing.usage.ingest import store
 from billing.usage.ingest.rows import Row
@@ -93,7 +93,7 @@ class _Refused(Exception):
 def insert_debited(rows: list[Row], limited: list[Row], now: datetime, terms: Any
                     ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]]:
     """Insert the batch and debit its limited events in one transaction (a ledger that shares the
-    database: billing.guardrails.enforcement.BatchDebit). Returns the keys inserted, and the stored rows
+    database: billing.guardrails.limits.BatchDebit). Returns the keys inserted, and the stored rows
     (fingerprint, billable, reason) read on the way, by key.
 
     First optimistically, on PostgreSQL: read which of the limited events are stored already (a retry is

@@ -10,7 +10,7 @@ from decimal import Decimal
 from billing.catalog.models import Meter
 from billing.common.auth import Principal
 from billing.customers.models import Project
-from billing.guardrails.enforcement import Terms
+from billing.guardrails.limits import Terms
 from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, fingerprint
 from billing.usage.ingest.rows import Row

@@ -1,4 +1,4 @@
-"""Limited ingest prices each event in integers when the terms allow it (enforcement._priced_units); it must
+"""Limited ingest prices each event in integers when the terms allow it (billing.guardrails.limits.charges.priced_units); it must
 give exactly the ledger amount the exact Decimal path gives, rounding up included."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from billing.catalog.pricing import ChargeSpec, Tier
 from billing.guardrails import accounts as acc
-from billing.guardrails.enforcement import EventUsage, _Charge, _fast_terms, _priced, _priced_units
+from billing.guardrails.limits import EventUsage
+from billing.guardrails.limits.charges import Charge, fast_terms, priced, priced_units
 
 prices = st.decimals(min_value=0, max_value=100, places=14, allow_nan=False, allow_infinity=False)
 quantities = st.decimals(min_value=D("0.000000000000000001"), max_value=10**9, places=18, allow_nan=False,
@@ -36,23 +37,23 @@ def test_integer_pricing_gives_the_decimal_paths_ledger_amount(charges, quantity
         counter = None if spec.model == "per_unit" else 100 + index
         if counter is not None:
             cumulative[counter] = acc.qty_units(befores[index])
-        built.append(_Charge(index, {}, None, spec, counter, None, fast=_fast_terms(spec)))
+        built.append(Charge(index, {}, None, spec, counter, None, fast=fast_terms(spec)))
     event = EventUsage(key=0, customer_pk=1, event_id="e", meter=None, quantity=quantity,  # type: ignore[arg-type]
                        usage_at=None, dimensions={})  # type: ignore[arg-type]
 
     # when priced both ways
-    qty, cost, counters = _priced(event, built, dict(cumulative))
-    fast = _priced_units(event, built, dict(cumulative))
+    qty, cost, counters = priced(event, built, dict(cumulative))
+    fast = priced_units(event, built, dict(cumulative))
 
     # then the same quantity, ledger amount and counters
     assert fast == (qty, acc.money_units_ceil(cost), counters)
 
 
 def test_terms_the_integers_cannot_hold_go_the_decimal_way():
-    assert _fast_terms(ChargeSpec("per_unit", unit_price=D("0.000002"))) == ((0, None, 2 * 10**18),)
-    assert _fast_terms(ChargeSpec("per_unit", unit_price=D("1E-30"))) is None  # beyond 24 decimals
-    assert _fast_terms(ChargeSpec("volume", tiers=(Tier(None, D(1)),))) is None
-    assert _fast_terms(ChargeSpec("graduated", tiers=(Tier(D(10), D(1)), Tier(None, D("0.5"))))) == (
+    assert fast_terms(ChargeSpec("per_unit", unit_price=D("0.000002"))) == ((0, None, 2 * 10**18),)
+    assert fast_terms(ChargeSpec("per_unit", unit_price=D("1E-30"))) is None  # beyond 24 decimals
+    assert fast_terms(ChargeSpec("volume", tiers=(Tier(None, D(1)),))) is None
+    assert fast_terms(ChargeSpec("graduated", tiers=(Tier(D(10), D(1)), Tier(None, D("0.5"))))) == (
         (0, 10 * 10**18, 10**24), (10 * 10**18, None, 5 * 10**23))
 
 
@@ -60,12 +61,12 @@ def test_charges_kept_across_batches_stay_bounded_whatever_the_dimensions(monkey
     # given terms kept across batches, and events whose dimensions are all different (an id as dimension)
     from types import SimpleNamespace
 
-    from billing.guardrails import enforcement
+    from billing.guardrails.limits import plans
 
-    monkeypatch.setattr(enforcement, "_CHARGES_MAX", 3)
+    monkeypatch.setattr(plans, "_CHARGES_MAX", 3)
     meter = SimpleNamespace(pk=1, key="calls")
     definition = {"charges": [{"meter": "calls", "model": "per_unit", "unit_price": "0.5"}]}
-    terms = enforcement._Terms(1, meter, 202612, definition, "USD", None, D(10), False, True)  # type: ignore[arg-type]
+    terms = plans.LimitTerms(1, meter, 202612, definition, "USD", None, D(10), False, True)  # type: ignore[arg-type]
 
     # when ten of them are priced
     for n in range(10):
@@ -83,7 +84,7 @@ def test_a_batchs_sums_and_expectations_are_the_same_inline_and_event_by_event(c
     # counter across the lists they are in), each counter starting somewhere this period
     from types import SimpleNamespace
 
-    from billing.guardrails import enforcement
+    from billing.guardrails.limits import batch
 
     built = []
     start: dict[int, int] = {}
@@ -91,7 +92,7 @@ def test_a_batchs_sums_and_expectations_are_the_same_inline_and_event_by_event(c
         counter = None if spec.model == "per_unit" else 100 + index
         if counter is not None:
             start[counter] = acc.qty_units(data.draw(befores))
-        built.append(_Charge(index, {}, None, spec, counter, None, fast=_fast_terms(spec)))
+        built.append(Charge(index, {}, None, spec, counter, None, fast=fast_terms(spec)))
     lists = [[c] for c in built] + [built]
     shared = SimpleNamespace(priced=True, hard=D(1), cap=D(1), prepaid=True, quota_id=1, spend_id=2, wallet_id=3,
                              unit_ledger=7, money_ledger=8, period=1)
@@ -103,15 +104,15 @@ def test_a_batchs_sums_and_expectations_are_the_same_inline_and_event_by_event(c
              for i in range(data.draw(st.integers(1, 30)))]
 
     def sums(inline: bool):
-        enforcement._FAST_SUMS = inline
+        batch.FAST_SUMS = inline
         try:
-            debit = enforcement.BatchDebit.__new__(enforcement.BatchDebit)
+            debit = batch.BatchDebit.__new__(batch.BatchDebit)
             debit.prepared = SimpleNamespace(plans=plans)  # type: ignore[assignment]
             debit.locked, debit.expect, debit.cumulative, debit.start = False, {}, dict(start), dict(start)
             got = debit._sums()
             return {k: (v[0], v[1].key) for k, v in got.items()}, debit.expect
         finally:
-            enforcement._FAST_SUMS = True
+            batch.FAST_SUMS = True
 
     # when the batch is summed inline and event by event, then the amounts and the expectations agree
     assert sums(True) == sums(False)

@@ -428,7 +428,7 @@ def test_a_batch_debits_one_transfer_per_account_in_the_insert_transaction(acme,
 @pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
 def test_a_failed_insert_rolls_the_batch_debit_back(acme, debit_mode, monkeypatch):
     # given a hard limit of 10
-    from billing.guardrails.enforcement import BatchDebit
+    from billing.guardrails.limits import BatchDebit
 
     subscribe(acme, catalog(hard="10"))
     real_write = BatchDebit.write
@@ -523,7 +523,7 @@ def test_the_careful_pass_holds_every_account_it_books_before_it_books(acme, deb
 def _overtaken_once(monkeypatch, interloper) -> list[int]:
     """Make the first unlocked (optimistic) decision be overtaken: right after it, ``interloper`` runs in
     another thread and connection and commits, before the batch is booked."""
-    from billing.guardrails.enforcement import BatchDebit
+    from billing.guardrails.limits import BatchDebit
 
     real_decide = BatchDebit.decide
     runs: list[int] = []

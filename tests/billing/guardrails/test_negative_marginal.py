@@ -255,9 +255,9 @@ def test_the_rounding_rule_telescopes() -> None:
     # ceil(F(after)) - ceil(F(before)) per event adds up to ceil(F(period)) whatever the steps
     spec = charge_spec({"meter": "m", "model": "volume", "tiers": [
         {"up_to": "10", "unit_price": "0.0000000000003"}, {"up_to": None, "unit_price": "0.0000000000001"}]})
-    from billing.guardrails.enforcement import _Charge, _fast_terms
+    from billing.guardrails.limits.charges import Charge, fast_terms
 
-    charge = _Charge(0, {}, None, spec, 1, None, fast=_fast_terms(spec))
+    charge = Charge(0, {}, None, spec, 1, None, fast=fast_terms(spec))
     before, total = 0, 0
     for step in (D("3.3"), D("4"), D("3"), D("0.7"), D(20)):
         total += charge.ledger_units(before, step)

@@ -1,0 +1,102 @@
+"""What the limits decide about: an event's usage (``EventUsage``), what a reservation already covers
+(``Coverage``), a refusal and its 402 body (``Refusal``), and the ledger codes of the usage legs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing.catalog.models import Meter
+from billing.guardrails import accounts as acc
+from ledger.codes import AccountCode, TransferCode
+
+ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
+
+
+LINEAR = {"per_unit"}  # charge models whose marginal price needs no running total (no usage counter)
+
+
+CODES = {"quota": "quota_exceeded", "spend": "spend_cap_exceeded", "credits": "insufficient_credits"}
+
+
+MESSAGES = {
+    "quota": "This event would exceed the period's hard limit for meter '{meter}'.",
+    "spend": "This event would exceed the period's spend cap.",
+    "credits": "This event costs more than the prepaid credits left.",
+}
+
+
+@dataclass
+class Coverage:
+    """What a reservation already holds for the events settling it: consumed in event order, so only
+    usage beyond the reservation goes through the limits again."""
+
+    quantity: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
+
+    def take_quantity(self, wanted: Decimal) -> Decimal:
+        taken = min(wanted, self.quantity)
+        self.quantity -= taken
+        return taken
+
+    def take_cost(self, wanted: Decimal) -> Decimal:
+        if wanted <= 0:  # a credit-back (negative marginal cost) takes nothing from what is held
+            return Decimal(0)
+        taken = min(wanted, self.cost)
+        self.cost -= taken
+        return taken
+
+
+@dataclass(slots=True)
+class EventUsage:
+    """What enforcement needs of one accepted-so-far event."""
+
+    key: Any  # the caller's handle for the result
+    customer_pk: int
+    event_id: str
+    meter: Meter
+    quantity: Decimal
+    usage_at: datetime
+    dimensions: dict[str, str]
+    coverage: Coverage | None = None
+    covered_quantity: Decimal = Decimal(0)  # set by enforcement: what the reservation's hold paid for
+
+
+@dataclass
+class Refusal:
+    code: str  # quota_exceeded | spend_cap_exceeded | insufficient_credits | idempotency_conflict
+    message: str
+    remaining: Decimal | None = None
+    unit: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.remaining is not None:
+            body["remaining"] = str(self.remaining)
+            body["unit"] = self.unit
+        return body
+
+
+QUOTA, SPEND, CREDITS, COUNTER = (int(TransferCode.USAGE_QUOTA), int(TransferCode.USAGE_SPEND),
+                                      int(TransferCode.USAGE_CREDITS), int(TransferCode.USAGE_COUNTER))
+
+
+# The operator account on the other side of each usage code (credits: the customer's credits-consumed account)
+OPERATOR_OF = {int(TransferCode.USAGE_QUOTA): AccountCode.OPERATOR_QUOTA,
+               int(TransferCode.USAGE_SPEND): AccountCode.OPERATOR_SPEND,
+               int(TransferCode.USAGE_COUNTER): AccountCode.OPERATOR_COUNTER}
+
+
+# A batch whose net on a money account is negative gives it back with the refund code
+REFUND_OF = {int(TransferCode.USAGE_SPEND): int(TransferCode.USAGE_SPEND_REFUND),
+             int(TransferCode.USAGE_CREDITS): int(TransferCode.USAGE_CREDITS_REFUND)}
+
+
+def refusal(leg: str, meter_key: str, available: int, unit: str) -> Refusal:
+    """The 402 body of a refused leg: what is left on its account (after the batch)."""
+    available = max(available, 0)
+    remaining = acc.units_to_qty(available) if leg == "quota" else acc.units_to_money(available)
+    return Refusal(CODES[leg], MESSAGES[leg].format(meter=meter_key),
+                   Decimal(format(remaining.normalize(), "f")) if remaining else Decimal(0), unit)

@@ -1,0 +1,243 @@
+"""What every event of one (customer, plan version, meter, period) shares: limits, account ids and charges
+(``LimitTerms``), worked out once per batch, and the accounts and allocations a batch needs (``prepare``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing.catalog.models import Meter
+from billing.catalog.schema import charge_spec
+from billing.guardrails import accounts as acc
+from billing.guardrails.limits.charges import Charge, counter_keys, fast_terms, matching_charges
+from billing.guardrails.limits.events import ADDITIVE, COUNTER, LINEAR, OPERATOR_OF, QUOTA, SPEND, EventUsage
+from billing.guardrails.limits.terms import Sub, Terms, Version
+from ledger.backends import get_ledger
+from ledger.codes import AccountCode, currency_ledger, unit_ledger
+from ledger.ids import deriver
+from ledger.types import Account, Transfer
+
+
+@dataclass
+class LimitTerms:
+    """What every event of one (customer, subscription, rate-card version, meter, period) of a batch shares:
+    limits, account ids, and charges by dimensions. Worked out once per batch, not once per event (the
+    ids are blake2b hashes, and per event they cost more than the pricing)."""
+
+    customer_pk: int
+    meter: Meter
+    period: int
+    definition: dict[str, Any]
+    currency: str
+    hard: Decimal | None
+    cap: Decimal | None
+    prepaid: bool
+    priced: bool
+    quota_id: int = 0
+    spend_id: int = 0
+    wallet_id: int = 0
+    consumed_id: int = 0  # the period's credits-consumed account (the credits legs' other side), when prepaid
+    unit_ledger: int = 0
+    money_ledger: int = 0
+    charges: dict[tuple[tuple[str, str], ...], list[Charge]] = field(default_factory=dict)
+    # the usage transfers' ids: derive("usage-<leg>", customer, event_id[, charge index]), prefix encoded once
+    counter_transfer_id: Callable[..., int] = field(init=False)
+    quota_transfer_id: Callable[..., int] = field(init=False)
+    spend_transfer_id: Callable[..., int] = field(init=False)
+    credits_transfer_id: Callable[..., int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counter_transfer_id = deriver("usage-counter", self.customer_pk)
+        self.quota_transfer_id = deriver("usage-quota", self.customer_pk)
+        self.spend_transfer_id = deriver("usage-spend", self.customer_pk)
+        self.credits_transfer_id = deriver("usage-credits", self.customer_pk)
+
+    def operator_ids(self, counted: bool) -> set[int]:
+        """The accounts on the other side of the terms' transfers (the operator accounts, and the period's
+        credits-consumed account), credited by usage and debited by credit-backs (``counted``: some charge
+        has a usage counter)."""
+        legs = [(COUNTER, self.unit_ledger)] if counted else []
+        if self.hard is not None:
+            legs.append((QUOTA, self.unit_ledger))
+        if self.cap is not None:
+            legs.append((SPEND, self.money_ledger))
+        operators = {acc.operator_account(OPERATOR_OF[code], ledger).id for code, ledger in legs}
+        if self.prepaid:
+            operators.add(self.consumed_id)
+        return operators
+
+    def matching(self, event: EventUsage) -> list[Charge]:
+        """The charges the event's dimensions match, worked out once per set of dimensions (the same list
+        object for every event with those dimensions)."""
+        key = tuple(event.dimensions.items())  # the same dimensions in another order: a second entry, as right
+        found = self.charges.get(key)
+        if found is None:
+            found = []
+            matching = matching_charges(self.definition, event)
+            for index, ((charge, group), counter_key) in enumerate(zip(matching, counter_keys(matching), strict=True)):
+                counter = None
+                if charge["model"] not in LINEAR:
+                    counter = acc.counter_account(self.customer_pk, self.meter.pk, counter_key, self.period)
+                markup = charge.get("markup")
+                percent = Decimal(markup["percent"].get(group, markup.get("default") or "0")) if markup else None
+                spec = charge_spec(charge)
+                found.append(Charge(index, charge, group, spec, counter.id if counter else None, percent,
+                                     counter=counter, fast=None if percent is not None else fast_terms(spec)))
+            if len(self.charges) >= _CHARGES_MAX:  # kept across batches (_SHARED): bounded, whatever the dimensions
+                self.charges.clear()
+            self.charges[key] = found
+        return found
+
+
+@dataclass
+class Prepared:
+    """A batch's limited events with their shared terms and matching charges, accounts ensured."""
+
+    plans: list[tuple[EventUsage, LimitTerms, list[Charge]]]  # empty when no event is limited
+    counters: list[int]
+    wallet_ids: list[int]  # the credit wallets the events' customers would have in their plans' currencies
+    wallets: set[int]  # those taken to exist
+    # the distinct terms of the plans, each with whether one of its events' charges has a usage counter
+    # (a batch's events mostly share one: the accounts are worked out per terms, not per event)
+    terms: dict[int, tuple[LimitTerms, bool]] = field(default_factory=dict)
+
+    def bounded(self) -> set[int]:
+        """The balance-bounded accounts the events debit: quotas, spend caps, credit wallets."""
+        return {i for shared, _ in self.terms.values()
+                for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i}
+
+    def locks(self) -> set[int]:
+        """The accounts a batch debit reads (and, deciding under locks, holds): bounded ones, usage counters,
+        and the operator accounts its transfers credit. All of them: the careful pass locks them in one
+        ascending order before it books, so that it never waits for an operator account while holding the
+        customer's, which a concurrent booking (ascending order too) may hold the other way round."""
+        operators = {i for shared, counted in self.terms.values() for i in shared.operator_ids(counted)}
+        return self.bounded() | set(self.counters) | operators
+
+
+def _wallets_in_ledger(ids: list[int]) -> set[int]:
+    return set(get_ledger().lookup_accounts(ids))
+
+
+def prepare(events: list[EventUsage], terms: Terms | None = None,
+             wallets: Callable[[list[int]], set[int]] = _wallets_in_ledger) -> Prepared | None:
+    """Work out, once per batch, which events a limit applies to and with which terms (read unless the
+    caller has them); create the accounts and period allocations they need. ``wallets`` tells which
+    credit wallets exist (the ledger by default). None when no event has terms."""
+    terms = terms or Terms(e.customer_pk for e in events)
+    # Pass 1: each event's (customer, subscription, rate-card version, meter, period), found once per
+    # stretch of time in which it cannot change, not once per event.
+    spans: dict[tuple[int, int], tuple[datetime, datetime, tuple[int, int, int, int, int]]] = {}
+    firsts: dict[tuple[int, int, int, int, int], tuple[EventUsage, Sub, Version, int]] = {}
+    keyed: list[tuple[EventUsage, tuple[int, int, int, int, int]]] = []
+    for event in events:
+        at, where = event.usage_at, (event.customer_pk, id(event.meter))
+        span = spans.get(where)
+        if span is None or not span[0] <= at < span[1]:
+            found = terms.span(event.customer_pk, at)
+            if found is None:
+                continue
+            sub, version, lo, hi = found
+            period = acc.period_key(at)
+            span = spans[where] = (lo, hi, (event.customer_pk, sub.pk, version.pk, event.meter.pk, period))
+            firsts.setdefault(span[2], (event, sub, version, period))
+        keyed.append((event, span[2]))
+    if not keyed:
+        return None
+    currencies = {(e.customer_pk, sub.currency) for e, sub, _, _ in firsts.values()}
+    wallet_ids = {(c, cur): acc.Ids(c).wallet(cur) for c, cur in currencies}
+    existing = wallets(list(wallet_ids.values()))
+
+    accounts: list[Account] = []
+    allocations: list[Transfer] = []
+    by_key = {key: _shared_terms(event, sub, version, period, wallet_ids, existing, accounts, allocations)
+              for key, (event, sub, version, period) in firsts.items()}
+    plans: list[tuple[EventUsage, LimitTerms, list[Charge]]] = []
+    lists: dict[int, list[Charge]] = {}  # the distinct charge lists of the batch, for their counters
+    terms_of: dict[int, tuple[LimitTerms, bool]] = {}
+    for event, key in keyed:
+        shared = by_key[key]
+        if shared is not None:
+            charges = shared.matching(event) if shared.priced else []
+            if charges and id(charges) not in lists:
+                lists[id(charges)] = charges
+                if any(c.counter_id for c in charges):
+                    terms_of[id(shared)] = (shared, True)
+            if id(shared) not in terms_of:
+                terms_of[id(shared)] = (shared, False)
+            plans.append((event, shared, charges))
+    counters_needed = {c.counter.id: c.counter for charges in lists.values() for c in charges if c.counter}
+    if plans:
+        for counter in counters_needed.values():
+            accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
+        acc.ensure(accounts, allocations)
+    return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, terms_of)
+
+
+# LimitTerms of recent batches, reused by later ones: they depend only on the key (a version's definition is
+# never edited; ids derive from stable keys) and keep their charges by dimensions, so a customer's next
+# batch neither derives ids nor parses charges again. Bounded: emptied when full.
+_SHARED: dict[tuple[Any, ...], tuple[LimitTerms | None, list[Account], list[Transfer]]] = {}
+
+
+_SHARED_MAX = 10_000
+
+
+_CHARGES_MAX = 1_000  # sets of dimensions whose charges one LimitTerms keeps (a dimension may be an id)
+
+
+def _shared_terms(event: EventUsage, sub: Sub, version: Version, period: int,
+                  wallet_ids: dict[tuple[int, str], int], wallets: set[int], accounts: list[Account],
+                  allocations: list[Transfer]) -> LimitTerms | None:
+    """``_terms_of``, from _SHARED when a batch has worked it out before in this process."""
+    prepaid = wallet_ids[(event.customer_pk, sub.currency)] in wallets
+    key = (event.customer_pk, event.meter.pk, period, version.pk, id(version.definition), sub.currency, prepaid)
+    found = _SHARED.get(key)
+    if found is None:
+        needs: list[Account] = []
+        allocated: list[Transfer] = []
+        found = (_terms_of(event, sub, version, period, wallet_ids, wallets, needs, allocated), needs, allocated)
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[key] = found
+    accounts += found[1]
+    allocations += found[2]
+    return found[0]
+
+
+def _terms_of(event: EventUsage, sub: Sub, version: Version, period: int,
+              wallet_ids: dict[tuple[int, str], int], wallets: set[int], accounts: list[Account],
+              allocations: list[Transfer]) -> LimitTerms | None:
+    """The shared terms of the event's (customer, plan version, meter, period), or None when nothing limits
+    it; the accounts and period allocations it needs are appended (in first-seen order)."""
+    definition = version.definition
+    currency = sub.currency
+    customer_pk, meter = event.customer_pk, event.meter
+    hard = next((Decimal(lim["hard"]) for lim in definition.get("limits", [])
+                 if lim["meter"] == meter.key and lim.get("hard") is not None), None)
+    cap = Decimal(definition["spend_cap"]) if definition.get("spend_cap") else None
+    wallet_id = wallet_ids[(customer_pk, currency)]
+    prepaid = wallet_id in wallets
+    if hard is None and cap is None and not prepaid:
+        return None
+    priced = (cap is not None or prepaid) and meter.aggregation in ADDITIVE
+    ids = acc.Ids(customer_pk)
+    shared = LimitTerms(customer_pk, meter, period, definition, currency, hard, cap, prepaid, priced,
+                    wallet_id=wallet_id, unit_ledger=unit_ledger(meter.pk), money_ledger=currency_ledger(currency))
+    if hard is not None:
+        shared.quota_id = ids.quota(meter.pk, period)
+        accounts += [acc.quota_account(customer_pk, meter.pk, period),
+                     acc.operator_account(AccountCode.OPERATOR_QUOTA, shared.unit_ledger)]
+        allocations.append(acc.quota_allocation(customer_pk, meter.pk, period, hard))
+    if cap is not None:
+        shared.spend_id = ids.spend(currency, period)
+        accounts += [acc.spend_account(customer_pk, currency, period),
+                     acc.operator_account(AccountCode.OPERATOR_SPEND, shared.money_ledger)]
+        allocations.append(acc.spend_allocation(customer_pk, currency, period, cap))
+    if prepaid:
+        shared.consumed_id = ids.consumed(currency, period)
+        accounts.append(acc.consumed_account(customer_pk, currency, period))
+    return shared

@@ -1,0 +1,139 @@
+"""The subscriptions and rate-card versions of a batch's customers (``Terms``), read once per batch."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+
+from billing.catalog.models import Plan, RateCardVersion, Subscription
+from billing.common.fields import aware_utc
+from billing.customers.models import Customer
+from billing.guardrails import accounts as acc
+
+
+@dataclass(frozen=True, slots=True)
+class Sub:
+    """What limits need of a subscription."""
+
+    pk: int
+    customer_id: int
+    plan_id: int
+    start: datetime
+    end: datetime | None
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What limits need of a rate-card version (immutable once stored)."""
+
+    pk: int
+    plan_id: int
+    effective_from: datetime
+    definition: dict[str, Any]
+
+
+# Rate-card versions are never edited, so their parsed definitions are kept in process, keyed by id and
+# creation time (a test database that is rolled back may hand an id out again).
+_DEFINITIONS: dict[tuple[int, datetime], dict[str, Any]] = {}
+
+
+_TERMS_COLUMNS = 's.id, s.plan_id, s.start, s."end", p.currency, v.id, v.effective_from, v.created_at'
+
+
+_TERMS_JOINS = (f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
+                f"JOIN {RateCardVersion._meta.db_table} v ON v.plan_id = s.plan_id")
+
+
+class Terms:
+    """Subscriptions and rate-card versions of a batch's customers, loaded once: one plain statement
+    (every limited ingest batch asks; the ORM's two querysets cost about 4 ms), or none when ingest read
+    them with its customers (``of_customers``); definitions from the process cache."""
+
+    def __init__(self, customer_pks: Iterable[int], rows: list[tuple[Any, ...]] | None = None) -> None:
+        """``rows``: (customer, subscription, plan, start, end, currency, version, effective_from,
+        created_at) as ``of_customers`` read them; read here when not given."""
+        self.subscriptions: dict[int, list[Sub]] = defaultdict(list)
+        self.versions: dict[int, list[Version]] = defaultdict(list)
+        pks = sorted(set(customer_pks))
+        if rows is None and pks:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT s.customer_id, {_TERMS_COLUMNS} FROM {Subscription._meta.db_table} s {_TERMS_JOINS} "  # noqa: S608
+                    f"WHERE s.customer_id IN ({', '.join(['%s'] * len(pks))})", pks)
+                rows = cursor.fetchall()
+        self._load(rows or [])
+
+    @classmethod
+    def of_customers(cls, external_ids: Iterable[str]) -> tuple[dict[str, tuple[int, bool]], Terms]:
+        """The customers by external id, each as (pk, has any subscription), and the terms of all of them,
+        in one statement (ingest's first read of every batch)."""
+        ids = sorted(set(external_ids))
+        if not ids:
+            return {}, cls([])
+        customers: dict[str, tuple[int, bool]] = {}
+        rows: list[tuple[Any, ...]] = []
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT c.id, c.external_id, EXISTS (SELECT 1 FROM {Subscription._meta.db_table} x "  # noqa: S608
+                f"WHERE x.customer_id = c.id), {_TERMS_COLUMNS} FROM {Customer._meta.db_table} c "
+                f"LEFT JOIN ({Subscription._meta.db_table} s {_TERMS_JOINS}) ON s.customer_id = c.id "
+                f"WHERE c.external_id IN ({', '.join(['%s'] * len(ids))})", ids)
+            for pk, external_id, subscribed, *terms in cursor.fetchall():
+                customers[external_id] = (pk, bool(subscribed))
+                if terms[0] is not None:
+                    rows.append((pk, *terms))
+        return customers, cls([pk for pk, _ in customers.values()], rows)
+
+    def _load(self, rows: list[tuple[Any, ...]]) -> None:
+        rows = sorted(((cid, sid, plan, aware_utc(start), aware_utc(end), cur, vid, aware_utc(eff), aware_utc(created))
+                       for cid, sid, plan, start, end, cur, vid, eff, created in rows),
+                      key=lambda row: (row[1], row[7]))  # subscription, then effective_from
+        missing = {vid for *_, vid, _eff, created in rows if (vid, created) not in _DEFINITIONS}
+        if missing:
+            for vid, created, definition in RateCardVersion.objects.filter(pk__in=missing).values_list(
+                    "pk", "created_at", "definition"):
+                _DEFINITIONS[(vid, created)] = definition
+        seen_subs: set[int] = set()
+        seen_versions: set[int] = set()
+        for cid, sid, plan, start, end, cur, vid, eff, created in rows:
+            if sid not in seen_subs:
+                seen_subs.add(sid)
+                self.subscriptions[cid].append(Sub(sid, cid, plan, start, end, cur))
+            if vid not in seen_versions:
+                seen_versions.add(vid)
+                self.versions[plan].append(Version(vid, plan, eff, _DEFINITIONS[(vid, created)]))
+        for versions in self.versions.values():
+            versions.sort(key=lambda v: v.effective_from)
+
+    def at(self, customer_pk: int, moment: datetime) -> tuple[Sub, Version] | None:
+        sub = next((s for s in self.subscriptions.get(customer_pk, ())
+                    if s.start <= moment and (s.end is None or moment < s.end)), None)
+        if sub is None:
+            return None
+        version = None
+        for candidate in self.versions.get(sub.plan_id, ()):
+            if candidate.effective_from <= moment:
+                version = candidate
+        return (sub, version) if version is not None else None
+
+    def span(self, customer_pk: int, moment: datetime) -> tuple[Sub, Version, datetime, datetime] | None:
+        """``at``, with the half-open stretch [lo, hi) around ``moment`` in which the answer and the limits'
+        period stay the same (a batch's events mostly share one)."""
+        found = self.at(customer_pk, moment)
+        if found is None:
+            return None
+        sub, version = found
+        lo, hi = acc.period_bounds(moment)
+        lo = max(lo, sub.start, version.effective_from)
+        if sub.end is not None:
+            hi = min(hi, sub.end)
+        later = [v.effective_from for v in self.versions.get(sub.plan_id, ()) if v.effective_from > moment]
+        if later:
+            hi = min(hi, min(later))
+        return sub, version, lo, hi
