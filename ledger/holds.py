@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
-from ledger.backends import get_ledger
 from ledger.ids import derive
 from ledger.models import HeldPost
 from ledger.types import AMOUNT_MAX, Status, Transfer, TransferFlags
+
+if TYPE_CHECKING:
+    from ledger.backends.base import LedgerBackend
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +56,20 @@ def posts_of(holds: Sequence[Transfer]) -> list[Transfer]:
                      flags=_POST) for h in holds]
 
 
-def place(holds: Sequence[Transfer]) -> bool:
+def place(ledger: LedgerBackend, holds: Sequence[Transfer]) -> bool:
     """Create the holds (one chain): True when they are all there (created now or by the same attempt
     before), False when the ledger refused them (a bound: nothing was created)."""
     if not holds:
         return True
-    statuses = get_ledger().create_transfers(holds)
+    statuses = ledger.create_transfers(holds)
     return all(s.ok for s in statuses)
 
 
-def void(holds: Sequence[Transfer]) -> None:
+def void(ledger: LedgerBackend, holds: Sequence[Transfer]) -> None:
     """Release the holds now (the rows they were for were not stored)."""
     voids = [Transfer(id=derive("hold-void", h.id), pending_id=h.id, ledger=h.ledger, code=h.code, flags=_VOID)
              for h in holds]
-    for hold, status in zip(holds, get_ledger().create_transfers(voids), strict=True):
+    for hold, status in zip(holds, ledger.create_transfers(voids), strict=True):
         if not (status.ok or status in _CLOSED or status is Status.PENDING_TRANSFER_EXPIRED):
             raise RuntimeError(f"ledger refused to void hold {hold.id:x}: {status.value}")
 
@@ -76,30 +79,30 @@ def record(posts: Sequence[Transfer]) -> None:
     HeldPost.objects.create(transfers=[[str(p.id), str(p.pending_id), p.ledger, p.code] for p in posts])
 
 
-def post(posts: Sequence[Transfer]) -> None:
+def post(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
     """Post the holds. Expired ones are booked again as plain transfers (``_rebook``)."""
     if not posts:
         return
-    statuses = get_ledger().create_transfers(posts)
+    statuses = ledger.create_transfers(posts)
     expired = [p for p, s in zip(posts, statuses, strict=True) if s is Status.PENDING_TRANSFER_EXPIRED]
     bad = [(p.id, s) for p, s in zip(posts, statuses, strict=True)
            if not (s.ok or s in _CLOSED or s is Status.PENDING_TRANSFER_EXPIRED)]
     if bad:
         raise RuntimeError(f"ledger refused posts: {bad}")
     if expired:
-        _rebook(expired)
+        _rebook(ledger, expired)
 
 
-def _rebook(posts: Sequence[Transfer]) -> None:
+def _rebook(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
     """Holds that expired before they were posted: their rows are stored, so the usage is booked as plain
     transfers (ids from the holds: once). A bound may refuse one now (the room went to others
     meanwhile): that is logged, it is never guessed at."""
-    holds = get_ledger().lookup_transfers([p.pending_id for p in posts])
+    holds = ledger.lookup_transfers([p.pending_id for p in posts])
     plain = [Transfer(id=derive("hold-rebook", h.id), debit_account_id=h.debit_account_id,
                       credit_account_id=h.credit_account_id, amount=h.amount, ledger=h.ledger, code=h.code,
                       user_data_128=h.user_data_128, user_data_64=h.user_data_64, user_data_32=h.user_data_32)
              for h in (holds.get(p.pending_id) for p in posts) if h is not None]
-    for transfer, status in zip(plain, get_ledger().create_transfers(plain), strict=True):
+    for transfer, status in zip(plain, ledger.create_transfers(plain), strict=True):
         if not status.ok:
             log.error("expired hold %x could not be booked again: %s", transfer.id, status.value)
 
@@ -107,12 +110,15 @@ def _rebook(posts: Sequence[Transfer]) -> None:
 def sweep(older_than_seconds: float = 30) -> int:
     """Post what writers recorded but did not post (they died, or the ledger was away), and forget the
     outbox rows older than ``older_than_seconds``; returns how many rows it handled."""
+    from ledger.backends import get_ledger
+
+    ledger = get_ledger()
     due = timezone.now() - timedelta(seconds=older_than_seconds)
     handled = 0
     for row in HeldPost.objects.filter(created_at__lt=due).order_by("pk")[:1000]:
         posts = [Transfer(id=int(i), pending_id=int(pending), amount=AMOUNT_MAX, ledger=ledger, code=code, flags=_POST)
                  for i, pending, ledger, code in row.transfers]
-        post(posts)
+        post(ledger, posts)
         row.delete()
         handled += 1
     return handled

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+from django.db import transaction
 
 from ledger.types import Account, Status, Transfer
 
@@ -23,6 +26,14 @@ class Booking(Protocol):
 
     @property
     def ok_params(self) -> list[Any]: ...
+
+
+class RowWrite(Protocol):
+    """The caller's own write that a booking goes along with (ingest's event insert): ``run`` writes in the
+    caller's open transaction, with the booking's statement parts when the ledger gives them (``booking``:
+    one statement for both), and raises, writing nothing, when its rows are not what the booking assumed."""
+
+    def run(self, booking: Booking | None = None) -> Any: ...
 
 
 class LedgerUnavailable(Exception):
@@ -87,6 +98,34 @@ class LedgerBackend(ABC):
         its own writes (billing.usage.ingest.store: the event insert and its debit in one statement). Only for
         a backend that ``shares_database`` on PostgreSQL."""
         raise NotImplementedError(f"the {self.name} ledger does not share the database")
+
+    def book_with(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None,
+                  write: RowWrite, key: object) -> Any:
+        """Book fresh ``transfers`` together with the caller's database ``write``: both, or neither; returns
+        what ``write.run`` returns. ``LedgerRefused`` (nothing booked or written) when a balance bound, or
+        what ``expect`` states of the accounts' debits (see ``book_checked``), does not hold. ``key`` names
+        the attempt (its retry finds what it left). This default, for a ledger outside the database, holds
+        the transfers as pending ones, runs the write with the holds' posts recorded in its transaction,
+        then posts them (ledger.holds; ``expect`` is not checked: bounds are). The SQL backend does it in
+        the write's own transaction."""
+        from ledger import holds
+
+        held = holds.holds_of(transfers, key)
+        if not holds.place(self, held):
+            raise LedgerRefused("a bound refused the batch's holds")
+        posts = holds.posts_of(held)
+        try:
+            with transaction.atomic():
+                result = write.run(None)
+                if posts:
+                    holds.record(posts)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                holds.void(self, held)  # nothing was written: free the room now rather than at the holds' timeout
+            raise
+        with contextlib.suppress(LedgerUnavailable):  # written and recorded: the sweep posts them (holds.sweep)
+            holds.post(self, posts)
+        return result
 
     def expire_pending(self) -> int:
         """Release pending transfers whose timeout has passed; returns how many. TigerBeetle does this

@@ -10,14 +10,16 @@ snapshot. Then the changed rows are written back.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
-from ledger.backends.base import LedgerBackend, LedgerRefused
+from ledger.backends.base import LedgerBackend, LedgerRefused, RowWrite
 from ledger.models import U128_DIGITS, LedgerAccount, LedgerFailedTransfer, LedgerTransfer
 from ledger.types import AMOUNT_MAX, TRANSIENT, Account, AccountFlags, Status, Transfer, TransferFlags
 
@@ -224,6 +226,25 @@ class SqlLedger(LedgerBackend):
                 continue
         with transaction.atomic():
             return _Batch(transfers).run()
+
+    def book_with(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None,
+                  write: RowWrite, key: object) -> Any:
+        """In the write's own transaction: on PostgreSQL one statement (the write takes the booking's common
+        table expressions, ``booking``); on SQLite the write, then ``book_checked``, under the write lock.
+        ``key`` is not needed: nothing outlives a rolled-back transaction. (Made to look like a ledger outside
+        the database, ``shares_database`` off, it books the way such a ledger does: tests of that way.)"""
+        if not self.shares_database:
+            return super().book_with(transfers, expect, write, key)
+        if connection.vendor == "postgresql":
+            booking = self.booking(transfers, expect)
+            # one autocommitted statement; in a caller's transaction (tests, a management command) a savepoint
+            # stands for the autocommit (and a write with nothing to book checks itself in one)
+            with transaction.atomic() if connection.in_atomic_block or booking is None else contextlib.nullcontext():
+                return write.run(booking)
+        with transaction.atomic():
+            result = write.run(None)
+            self.book_checked(transfers, expect)
+            return result
 
     def book_checked(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
                      ) -> None:

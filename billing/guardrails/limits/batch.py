@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 from billing.guardrails import accounts as acc
@@ -216,10 +216,15 @@ class BatchDebit:
         return {key: refusal(leg, meter_key, available[account_id], unit)
                 for key, (leg, account_id, unit, meter_key) in refused.items()}
 
-    def write(self, stored: Callable[[Any], bool] = lambda key: True,
-              book: Callable[[list[Transfer], dict[int, tuple[int | None, int | None]] | None], None] | None = None
-              ) -> None:
-        """Book the accepted events for which ``stored(key)`` (the caller's insert took them): one transfer
+    def write(self, stored: Container[Any] | None = None) -> None:
+        """Book ``booking(stored)`` in the caller's open transaction (the ledger's ``book_checked``)."""
+        self.ledger.book_checked(*self.booking(stored))
+
+    def booking(self, stored: Container[Any] | None = None
+                ) -> tuple[list[Transfer], dict[int, tuple[int | None, int | None]] | None]:
+        """The transfers that book the accepted events whose key is in ``stored`` (all when None: the caller's
+        insert took them), and what the decisions assumed of the accounts (``expect``, for the ledger's
+        ``book_checked``/``book_with``; None under the locks). One transfer
         per (account, code, ledger, meter, period) from the account, by the batch's net. Events whose marginal
         cost is negative give money back (credit-backs): an account that the batch's events, in order, never
         took more of than the net (with credit-backs last, say) gets the net, from it, or to it with the
@@ -228,13 +233,12 @@ class BatchDebit:
         booking checks each account's debits against its credits before the booking's own credits, so it then
         checks exactly what the decisions assumed: the account can take the peak (a net would not say so).
         An accepted event that was not stored (another request stored its id first) is left out: its share
-        of the limit stays free. ``book(transfers, expect)`` books them (the ledger's ``book_checked`` unless
-        the caller books them together with its insert, in one statement), possibly none."""
+        of the limit stays free. Possibly none."""
         batch = self.sums  # no credit-backs: the net is the peak
         if batch is None:
             batch = {}
             for event, moves in self.accepted:
-                if not stored(event.key):
+                if stored is not None and event.key not in stored:
                     continue
                 for account_id, code, ledger_id, meter_pk, period, amount, shared in moves:
                     entry = batch.setdefault((account_id, code, ledger_id, meter_pk, period), [0, event, shared, 0])
@@ -266,4 +270,4 @@ class BatchDebit:
             moved = {t.debit_account_id for t in transfers}
             expect = ({i: (low, high) for i, (low, high) in self.expect.items() if i in moved} if self.sums is not None
                       else {i: (value, value) for i, value in self.start.items() if i in moved})
-        (book or self.ledger.book_checked)(transfers, expect)
+        return transfers, expect

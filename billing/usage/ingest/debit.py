@@ -5,9 +5,7 @@ or event by event before it (a batch that cannot go as a whole, and reservations
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from contextlib import nullcontext
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -19,10 +17,9 @@ from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Terms, e
 from billing.usage.contract import EventError
 from billing.usage.ingest import store
 from billing.usage.ingest.rows import Row
-from billing.usage.ingest.store import STORED_MEANWHILE, StoredMeanwhile
-from ledger import holds
+from billing.usage.ingest.store import StoredMeanwhile
 from ledger.backends import get_ledger
-from ledger.backends.base import LedgerRefused, LedgerUnavailable
+from ledger.backends.base import LedgerRefused
 
 _CAREFUL_LOCK_TIMEOUT_MS = 200
 
@@ -30,20 +27,15 @@ def debit_and_store(rows: list[Row], limited: list[Row], reservation: Any, now: 
                     ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]], bool]:
     """Steps 3 and 4: the limits, then the insert, in the way the ledger allows. Returns the keys inserted,
     the stored rows (fingerprint, billable, reason) read on the way, and whether a stored refusal must be
-    answered again (a retry of a refused event, in the batch ways: the per-event way marks it itself).
+    answered again (a retry of a refused event, in the batch way: the per-event way marks it itself).
 
-    A ledger in the same database is debited in the insert's own transaction (one transfer per account and
-    batch); one outside it (TigerBeetle) holds the batch's debit first and posts it once the insert
-    committed (ledger.holds); the settling of a reservation, or a batch neither can take as a whole, is
-    debited first and per event (ids from events)."""
+    A batch is decided as a whole on the balances as read and booked with the insert (``insert_as_a_batch``:
+    one statement on the SQL ledger; held, then posted, on TigerBeetle). A batch that cannot go as a whole
+    is decided again under locks (the SQL ledger) or event by event (TigerBeetle: one linked chain per
+    event, the ledger deciding), and so are the events that settle a reservation."""
     ledger = get_ledger()
-    if limited and reservation is None:
-        if ledger.shares_database:
-            return (*insert_debited(rows, limited, now, terms), True)
-        if settings.LEDGER_HELD_BATCHES:
-            held = insert_held(rows, limited, now, terms)
-            if held is not None:
-                return (*held, True)
+    if limited and reservation is None and (ledger.shares_database or settings.LEDGER_HELD_BATCHES):
+        return (*insert_as_a_batch(rows, limited, now, terms), True)
     if reservation is not None or limited:
         enforce_limits(limited, reservation, now, terms)
     if not rows:
@@ -86,162 +78,102 @@ def enforce_limits(rows: list[Row], reservation: Any, now: datetime, terms: Any)
     apply_refusals(rows, refusals)
 
 
-class _Refused(Exception):
-    """The optimistic pass of insert_debited found an event over a limit: roll back and decide first."""
+class _PerEvent(Exception):
+    """A ledger outside the database could not take the batch as a whole: decide it event by event."""
 
 
-def insert_debited(rows: list[Row], limited: list[Row], now: datetime, terms: Any
-                    ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]]:
-    """Insert the batch and debit its limited events in one transaction (a ledger that shares the
-    database: billing.guardrails.limits.BatchDebit). Returns the keys inserted, and the stored rows
-    (fingerprint, billable, reason) read on the way, by key.
+def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None
+                      ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]]:
+    """Insert the batch and debit its limited events, both or neither. Returns the keys inserted, and the
+    stored rows (fingerprint, billable, reason) read on the way, by key.
 
-    First optimistically, on PostgreSQL: read which of the limited events are stored already (a retry is
-    never debited again) and the customer's accounts, without locking anything; decide for the others;
-    then insert the batch and book the debit in one statement, which takes the account locks and holds
-    the ledger to what the decision assumed (every bounded account still holds the batch, every usage
-    counter is still in the tier the events were priced in) and fails whole unless every debited event
-    was inserted by it and the booking went as expected (``tollgate_refuse_unless``). Autocommitted, it
-    is the batch's only write and its commit: one customer's concurrent batches serialise only on that
-    statement. (SQLite inserts, reads the accounts, decides and books in one transaction, which holds
-    the database's write lock throughout.) Raw events are append-only, so a refused event cannot be
-    marked after its insert: when an event is refused, or the ledger refuses the booking (accounts moved
-    meanwhile, or an id was stored by another request meanwhile), nothing was kept and the batch runs
-    again deciding first under locks: lock, read which ids are stored, decide, insert the refused events
-    as not billable, debit what was inserted. That pass locks before it inserts; when one of its ids is
-    in flight in an optimistic statement (which inserts before it locks), each would wait for the other:
-    the pass gives up after ``lock_timeout`` and the batch is run again, as after a deadlock (_RETRIED);
-    nothing of a rolled-back attempt was kept."""
+    First optimistically (``_booked_with_the_insert``): read which of the limited events are stored
+    already (a retry is never debited again) and the customer's accounts, without locking anything;
+    decide for the others (``BatchDebit``); then have the ledger book the batch's transfers with the
+    insert (``book_with``), holding it to what the decision assumed: every bounded account still holds
+    the batch, every usage counter is still in the tier the events were priced in (the SQL ledger: one
+    autocommitted statement that inserts the events and books the debit; TigerBeetle: the debit held,
+    then the insert with its outbox row, then the posts; docs/ledger.md), and every debited event is
+    inserted by it. Raw events are append-only, so a refused event cannot be marked after its insert:
+    when an event is over a limit, or the ledger refuses the booking (accounts moved meanwhile), nothing
+    was kept, and the batch is decided again: under locks on the SQL ledger (``_decided_under_locks``),
+    event by event on TigerBeetle (``enforce_limits``). A batch rolled back to break a deadlock, or whose
+    careful pass gave up waiting for a lock, is run again whole (``store.retrying_deadlocks``)."""
     before = [(r.billable, r.reason) for r in limited]
     known: dict[tuple[int, str], tuple[str, bool, str]] = {}
+    shares_database = get_ledger().shares_database
 
     def attempt() -> set[tuple[int, str]]:
         for row, (billable, reason) in zip(limited, before, strict=True):  # decided afresh each time
             row.billable, row.reason, row.refusal = billable, reason, None
         known.clear()
-        return _insert_debited_once(rows, limited, now, terms, known)
-
-    return store.retrying_deadlocks(attempt), known
-
-
-def _insert_debited_once(rows: list[Row], limited: list[Row], now: datetime, terms: Terms,
-                         known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
-    try:
-        if connection.vendor == "postgresql":
-            return _insert_booked(rows, limited, now, terms, known)
-        with transaction.atomic():
-            inserted = store.insert_rows(rows, received_at=now)
-            debit = BatchDebit([usage_of(r) for r in limited if r.event.billable
-                                and (r.customer_pk, r.event.event_id) in inserted], terms, lock=False)
-            if debit.decide():
-                raise _Refused
-            debit.write()  # LedgerRefused if an account moved since it was read in a way that matters
-            return inserted
-    except (_Refused, LedgerRefused):
+        for _try in range(3):
+            try:
+                return _booked_with_the_insert(rows, limited, now, terms, known)
+            except StoredMeanwhile:  # worth another optimistic try, which will see it stored
+                known.clear()
+            except (_Refused, LedgerRefused):
+                break
         known.clear()
+        if shares_database:
+            return _decided_under_locks(rows, limited, now, terms)
+        raise _PerEvent
+
+    try:
+        return store.retrying_deadlocks(attempt), known
+    except _PerEvent:
+        enforce_limits(limited, None, now, terms)
+        return store.retrying_deadlocks(lambda: store.insert_rows(rows, received_at=now)), {}
+
+
+class _Refused(Exception):
+    """The optimistic pass found an event over a limit: decide again, nothing kept."""
+
+
+def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None,
+                            known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
+    known.update(store.stored_rows(limited))
+    debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
+    debit = BatchDebit([usage_of(r) for r in debited], terms, lock=False)
+    if debit.decide():
+        raise _Refused
+    transfers, expect = debit.booking()
+    attempt = fingerprint_of(sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
+    inserted: set[tuple[int, str]] = get_ledger().book_with(transfers, expect, store.EventInsert(rows, now, debited),
+                                                            attempt)
+    return inserted
+
+
+def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None
+                         ) -> set[tuple[int, str]]:
+    """The careful pass (a ledger in the database): lock the accounts, read which ids are stored, decide,
+    insert (the refused events as not billable), debit what was inserted, in one transaction. It locks
+    before it inserts; when one of its ids is in flight in an optimistic statement (which inserts before
+    it locks), each would wait for the other: the insert gives up after ``lock_timeout`` and the batch is
+    run again, as after a deadlock; nothing of a rolled-back attempt was kept."""
     with transaction.atomic():
         debit = BatchDebit([usage_of(r) for r in limited if r.event.billable], terms, lock=True)  # waits its turn
         stored = set(store.stored_rows(limited))
         apply_refusals(limited, debit.decide(skip={r.index for r in limited
                                                     if (r.customer_pk, r.event.event_id) in stored}))
         postgresql = connection.vendor == "postgresql"
-        if postgresql:
-            # This pass takes the accounts before it inserts; an optimistic statement inserts before it
-            # takes them. When one of our ids is in flight in such a statement, each waits for the other:
-            # the insert gives up soon (and the batch runs again) rather than after deadlock_timeout. Only
-            # the insert: waiting for the accounts behind other bookings is this pass's normal queue.
+        if postgresql:  # only the insert: waiting for the accounts behind other bookings is this pass's queue
             with connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL lock_timeout = '{_CAREFUL_LOCK_TIMEOUT_MS}ms'")
         inserted = store.insert_rows(rows, received_at=now)
         if postgresql:
             with connection.cursor() as cursor:
                 cursor.execute("RESET lock_timeout")
-        by_index = {r.index: (r.customer_pk, r.event.event_id) for r in limited}
-        debit.write(stored=lambda index: by_index[index] in inserted)
+        debit.write(stored={r.index for r in limited if (r.customer_pk, r.event.event_id) in inserted})
         return inserted
 
 
-def insert_held(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None
-                 ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]] | None:
-    """A ledger outside the database (ledger.holds): decide the batch on the balances as read
-    (BatchDebit, no locks), hold its debit in the ledger as one chain of pending transfers (the ledger
-    checks the bounds, atomically), insert the events together with the outbox row of the holds' posts,
-    then post them. None, with nothing held or stored, when the batch cannot go as a whole (an event
-    over a limit, a bound taken by a concurrent batch, an id stored meanwhile): the caller then decides
-    event by event. Returns what ``insert_debited`` does."""
-    known = store.stored_rows(limited)
-    debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
-    debit = BatchDebit([usage_of(r) for r in debited], terms, lock=False)
-    if debit.decide():
-        return None
-    transfers: list[Any] = []
-    debit.write(book=lambda booked, _expect: transfers.extend(booked))
-    attempt = fingerprint_of(sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
-    held = holds.holds_of(transfers, attempt)
-    if not holds.place(held):
-        return None
-    posts = holds.posts_of(held)
-
-    def insert_recorded() -> set[tuple[int, str]]:
-        with transaction.atomic():
-            inserted = store.insert_rows(rows, received_at=now)
-            if any((r.customer_pk, r.event.event_id) not in inserted for r in debited):
-                raise StoredMeanwhile(STORED_MEANWHILE)
-            if posts:
-                holds.record(posts)
-            return inserted
-
-    try:
-        inserted = store.retrying_deadlocks(insert_recorded)
-    except StoredMeanwhile:
-        holds.void(held)
-        return None
-    except BaseException:
-        with contextlib.suppress(Exception):
-            holds.void(held)  # nothing was stored: free the room now rather than at the holds' timeout
-        raise
-    with contextlib.suppress(LedgerUnavailable):  # stored and recorded: the sweep posts them (ledger.holds.sweep)
-        holds.post(posts)
-    return inserted, known
-
-
 def fingerprint_of(keys: list[tuple[int, str, str]]) -> str:
-    """One digest of a batch's debited events (the holds' attempt key)."""
+    """One digest of a batch's debited events (the attempt's key: a retried batch finds what it left)."""
     digest = hashlib.blake2b(digest_size=16)
     for customer_pk, event_id, fp in keys:
         digest.update(f"{customer_pk}\x1f{event_id}\x1f{fp}\x1e".encode())
     return digest.hexdigest()
-
-
-def _insert_booked(rows: list[Row], limited: list[Row], now: datetime, terms: Terms,
-                   known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
-    """The optimistic pass on PostgreSQL (see insert_debited): _Refused or LedgerRefused, with nothing
-    kept, when it cannot be taken."""
-    for _attempt in range(2):
-        try:
-            return _insert_booked_once(rows, limited, now, terms, known)
-        except StoredMeanwhile:
-            known.clear()
-    return _insert_booked_once(rows, limited, now, terms, known)
-
-
-def _insert_booked_once(rows: list[Row], limited: list[Row], now: datetime, terms: Terms,
-                        known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
-    known.update(store.stored_rows(limited))
-    debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
-    debit = BatchDebit([usage_of(r) for r in debited], terms, lock=False)
-    if debit.decide():
-        raise _Refused
-    inserted: set[tuple[int, str]] = set()
-
-    def insert_and_book(transfers: list[Any], expect: Any) -> None:
-        booking = get_ledger().booking(transfers, expect)
-        inserted.update(store.insert_rows(rows, received_at=now, booking=booking, debited=debited))
-
-    # In a caller's transaction (tests, a management command), a savepoint stands for the autocommit.
-    with transaction.atomic() if connection.in_atomic_block else nullcontext():
-        debit.write(book=insert_and_book)
-    return inserted
 
 
 def usage_of(r: Row, coverage: Coverage | None = None) -> EventUsage:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -42,6 +43,25 @@ class StoredMeanwhile(LedgerRefused):
 
 
 _RETRIED = {"40P01", "55P03"}  # deadlock_detected; lock_not_available (the careful pass's lock_timeout)
+
+
+@dataclass
+class EventInsert:
+    """The batch's insert as the write a ledger books its debit with (``LedgerBackend.book_with``): it
+    writes nothing unless it inserts every ``debited`` row itself (another request may have stored one
+    since the batch read which are stored: ``StoredMeanwhile``)."""
+
+    rows: list[Row]
+    received_at: datetime
+    debited: Sequence[Row]
+
+    def run(self, booking: Booking | None = None) -> set[tuple[int, str]]:
+        if booking is not None:  # PostgreSQL: one statement, which checks the debited rows itself
+            return insert_rows(self.rows, received_at=self.received_at, booking=booking, debited=self.debited)
+        inserted = insert_rows(self.rows, received_at=self.received_at)
+        if any((r.customer_pk, r.event.event_id) not in inserted for r in self.debited):
+            raise StoredMeanwhile(STORED_MEANWHILE)
+        return inserted
 
 
 def retrying_deadlocks(write: Callable[[], T]) -> T:

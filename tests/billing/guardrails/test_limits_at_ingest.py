@@ -428,20 +428,23 @@ def test_a_batch_debits_one_transfer_per_account_in_the_insert_transaction(acme,
 @pytest.mark.parametrize("debit_mode", ["together"], indirect=True)
 def test_a_failed_insert_rolls_the_batch_debit_back(acme, debit_mode, monkeypatch):
     # given a hard limit of 10
-    from billing.guardrails.limits import BatchDebit
+    from django.db import transaction
+
+    from ledger.backends.sql import SqlLedger
 
     subscribe(acme, catalog(hard="10"))
-    real_write = BatchDebit.write
+    real_book_with = SqlLedger.book_with
 
-    def write_then_fail(self, *args, **kwargs):
-        real_write(self, *args, **kwargs)
-        raise RuntimeError("connection lost before the commit")
+    def book_with_then_fail(self, *args, **kwargs):
+        with transaction.atomic():
+            real_book_with(self, *args, **kwargs)
+            raise RuntimeError("connection lost before the commit")
 
     # when the first attempt dies after its insert and its ledger debit, before the commit, and is retried
-    monkeypatch.setattr(BatchDebit, "write", write_then_fail)
+    monkeypatch.setattr(SqlLedger, "book_with", book_with_then_fail)
     with pytest.raises(RuntimeError):
         events_ingest(principal=ADMIN, raw_events=[body("a", "6")])
-    monkeypatch.setattr(BatchDebit, "write", real_write)
+    monkeypatch.setattr(SqlLedger, "book_with", real_book_with)
     retry = events_ingest(principal=ADMIN, raw_events=[body("a", "6"), body("b", "6")])
 
     # then nothing of the failed attempt was kept: a is accepted once, b does not fit in what is left
