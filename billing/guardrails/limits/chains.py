@@ -155,10 +155,6 @@ def _refusals(chains: list[_Chain], statuses: list[Status], ledger: Any) -> dict
     balances = ledger.lookup_accounts(ids)
     out: dict[Any, Refusal] = {}
     for key, (chain, leg) in refused.items():
-        if leg == "conflict":
-            out[key] = Refusal("idempotency_conflict",
-                               f"event_id '{chain.event.event_id}' was already used with a different body.")
-            continue
         account_id, unit = chain.accounts[leg]
         account = balances.get(account_id)
         out[key] = refusal(leg, chain.event.meter.key, account.available if account else 0, unit)

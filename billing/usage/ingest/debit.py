@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Terms, enforce
+from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Refusal, Terms, enforce
 from billing.usage.contract import EventError
 from billing.usage.ingest import store
 from billing.usage.ingest.rows import Row
@@ -185,14 +185,12 @@ def refused_before(reason: str) -> EventError:
     return EventError(402, reason.removeprefix("rejected_"), "This event was refused when first sent; a retry stays refused.")
 
 
-def apply_refusals(rows: list[Row], refusals: dict[Any, Any]) -> None:
-    """Mark refused rows not billable (reason ``rejected_<code>``), with their 402 (or 409) answer."""
+def apply_refusals(rows: list[Row], refusals: dict[Any, Refusal]) -> None:
+    """Mark refused rows not billable (reason ``rejected_<code>``), with their 402 answer (a conflicting
+    body is the event table's call: ``compare``'s 409 wins over it, ``refused_or``)."""
     for row in rows:
         refusal = refusals.get(row.index)
         if refusal is None:
-            continue
-        if refusal.code == "idempotency_conflict":
-            row.refusal = EventError(409, "idempotency_conflict", refusal.message)
             continue
         row.billable, row.reason = False, f"rejected_{refusal.code}"
         body = refusal.as_dict()
