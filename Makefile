@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test test-tigerbeetle lint typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
+.PHONY: install run test test-fast test-tigerbeetle lint typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ typecheck: install
 
 pytest: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## test-fast: lint, type-check and the suite without the slow (real processes) and browser tests
+test-fast: install lint typecheck
+	$(VENV)/bin/pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 ## test-tigerbeetle: the tests marked `ledger` again on a running TigerBeetle replica (TIGERBEETLE_ADDRESSES=127.0.0.1:3000 make test-tigerbeetle);
 ## the slow `make run` ones start their own replica and run in `make test`
