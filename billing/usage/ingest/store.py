@@ -36,9 +36,10 @@ STORED_MEANWHILE = "another request stored one of the events of the batch since 
 
 
 class StoredMeanwhile(LedgerRefused):
-    """The one statement of debit._insert_booked kept nothing: an event it was to debit was stored by another
-    request after the batch read which are stored (a client's retry in flight). Worth one more optimistic
-    pass, which will see it stored: the careful pass would wait for the account locks first."""
+    """The insert kept nothing (``EventInsert``; on PostgreSQL its one statement): an event it was to debit
+    was stored by another request after the batch read which are stored (a client's retry in flight).
+    Worth one more optimistic pass, which will see it stored: the careful pass would wait for the account
+    locks first."""
 
 
 
@@ -66,7 +67,7 @@ class EventInsert:
 
 def retrying_deadlocks(write: Callable[[], T]) -> T:
     """``write()``, again when PostgreSQL rolled it back to break a deadlock, or when the careful pass of
-    a limited batch gave up waiting for a lock (see debit._insert_debited_once). Rows go in in one order, so
+    a limited batch gave up waiting for a lock (see debit._decided_under_locks). Rows go in in one order, so
     two inserts no longer deadlock each other, but the careful pass may still meet an optimistic batch
     the other way round. Whatever was rolled back was rolled back whole, so running it again is safe."""
     for attempt in range(4):
