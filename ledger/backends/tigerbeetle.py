@@ -25,7 +25,7 @@ CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     tb.ClientReleaseTooHighError, InitError, OSError)
 
 
-class _Client(tb.ClientSync):
+class TimedClient(tb.ClientSync):
     """``tb.ClientSync`` whose calls wait at most ``timeout`` seconds. The client retries for ever on its
     own; a call that times out leaves its request in flight until the client is closed (``shutdown``),
     which completes it. Safe to share between threads: every call has its own packet and event."""
@@ -69,7 +69,7 @@ class _Client(tb.ClientSync):
 
 def ping_once(addresses: str, cluster_id: int, timeout: float) -> None:
     """Look up a non-existent account with a client of its own: proves the cluster answers."""
-    client = _Client(cluster_id, addresses, timeout)
+    client = TimedClient(cluster_id, addresses, timeout)
     try:
         client.lookup_accounts([1])
     finally:
@@ -121,22 +121,22 @@ class TigerBeetleLedger(LedgerBackend):
 
     def __init__(self, *, addresses: str, cluster_id: int, timeout: float) -> None:
         self.addresses, self.cluster_id, self.timeout = addresses, cluster_id, timeout
-        self._client: _Client | None = None
+        self._client: TimedClient | None = None
         self._lock = threading.Lock()
 
-    def _connected(self) -> _Client:
+    def _connected(self) -> TimedClient:
         client = self._client
         if client is None:
             with self._lock:
                 client = self._client
                 if client is None:
                     try:
-                        client = self._client = _Client(self.cluster_id, self.addresses, self.timeout)
+                        client = self._client = TimedClient(self.cluster_id, self.addresses, self.timeout)
                     except CLIENT_ERRORS as exc:
                         raise LedgerUnavailable(f"TigerBeetle client: {type(exc).__name__}: {exc}") from exc
         return client
 
-    def _discard(self, client: _Client) -> None:
+    def _discard(self, client: TimedClient) -> None:
         with self._lock:
             if self._client is client:
                 self._client = None

@@ -13,7 +13,7 @@ import tigerbeetle as tb
 
 from ledger import backends
 from ledger.backends.base import LedgerUnavailable
-from ledger.backends.tigerbeetle import TigerBeetleLedger, _Client, chain_batches
+from ledger.backends.tigerbeetle import TigerBeetleLedger, TimedClient, chain_batches
 from ledger.types import TransferFlags
 
 L = int(TransferFlags.LINKED)
@@ -75,7 +75,7 @@ def test_a_failing_client_is_a_503_and_is_replaced(tigerbeetle: TigerBeetleLedge
     def fail(self: Any, ids: Any) -> Any:
         raise error()
 
-    monkeypatch.setattr(_Client, "lookup_accounts", fail)
+    monkeypatch.setattr(TimedClient, "lookup_accounts", fail)
     with pytest.raises(LedgerUnavailable):
         tigerbeetle.ping()
     assert broken.closed and tigerbeetle._client is None
