@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -15,31 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.portal.processes import free_port, pids_where
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _processes_using(data_dir: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if data_dir.encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return pids_where(lambda entry: data_dir.encode() in (entry / "environ").read_bytes())
 
 
 @pytest.mark.slow
 def test_make_run_serves_accepts_an_event_runs_beat_and_stops_on_ctrl_c(tmp_path):
-    port = _free_port()
+    port = free_port()
     data_dir = str(tmp_path / "var")
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "TIGERBEETLE_ADDRESSES",
                                                               "LEDGER_BACKEND", "DJANGO_SETTINGS_MODULE", "REQUIRE_SERVICES"}}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from portal.devserver import start_tigerbeetle
+from tests.portal.processes import free_port, pids_where
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "") not in ("", "0", "false")
@@ -39,24 +39,12 @@ def _binary() -> str:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _replicas_on(data_file: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"start" in argv and str(data_file).encode() in argv:
-            found.append(int(entry.name))
-    return found
+    def runs_it(entry: Path) -> bool:
+        argv = (entry / "cmdline").read_bytes().split(b"\0")
+        return b"start" in argv and str(data_file).encode() in argv
+
+    return pids_where(runs_it)
 
 
 class Launcher:
@@ -124,7 +112,7 @@ def test_make_run_runs_tigerbeetle_and_the_app_survives_a_replica_crash(tmp_path
     binary = _binary()
     data_dir = tmp_path / "var"
     data_file = data_dir / "tigerbeetle" / "0_0.tigerbeetle"
-    tb_port, web_port = _free_port(), _free_port()
+    tb_port, web_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in {
         "DATABASE_URL", "REDIS_URL", "TIGERBEETLE_ADDRESSES", "TIGERBEETLE_CLUSTER_ID", "LEDGER_BACKEND",
         "DJANGO_SETTINGS_MODULE", "REQUIRE_SERVICES", "DJANGO_DEBUG"}}
