@@ -28,6 +28,7 @@ class AccountCode(enum.IntEnum):
     SPEND_CAP = 3  # customer: the period's spend cap (money); bounded
     USAGE_COUNTER = 4  # customer: a charge's cumulative quantity this period (units), for marginal pricing
     CREDITS_CONSUMED = 5  # customer: prepaid credits the period's usage consumed (money; credited by usage, net of credit-backs)
+    UNIQUE_VALUE = 6  # customer: one value of a unique_count meter's dimension in one period (units); bounded to one
     OPERATOR_GRANTS = 101  # operator: source of credit grants and top-ups
     OPERATOR_REVENUE = 102  # operator: usage paid from credits, until CREDITS_CONSUMED took its place (no longer credited)
     OPERATOR_QUOTA = 103  # operator: source of quota allocations, sink of quota usage (per unit ledger)
@@ -45,6 +46,8 @@ class TransferCode(enum.IntEnum):
     USAGE_COUNTER = 13
     USAGE_SPEND_REFUND = 14  # an event whose marginal cost is negative (a cheaper volume tier): spend given back
     USAGE_CREDITS_REFUND = 15  # the same, credits given back to the wallet
+    UNIQUE_ALLOCATION = 16  # a unique_count value's one unit, credited when the value is first seen in a period
+    USAGE_UNIQUE = 17  # the value counted: its one unit taken (at most once: the account is bounded)
     RESERVATION_QUOTA = 20
     RESERVATION_SPEND = 21
     RESERVATION_CREDITS = 22

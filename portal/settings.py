@@ -179,9 +179,6 @@ TIGERBEETLE_ADDRESSES = os.environ.get("TIGERBEETLE_ADDRESSES", "")
 TIGERBEETLE_CLUSTER_ID = int(os.environ.get("TIGERBEETLE_CLUSTER_ID", "0"))
 LEDGER_BACKEND = os.environ.get("LEDGER_BACKEND") or ("tigerbeetle" if TIGERBEETLE_ADDRESSES else "sql")
 LEDGER_TIMEOUT_SECONDS = float(os.environ.get("LEDGER_TIMEOUT_SECONDS", "2"))
-# A ledger outside the database (TigerBeetle) takes a limited batch's debit as a few held transfers per
-# batch (ledger.holds); off, every event is its own linked chain (slower; what a refused batch falls back to).
-LEDGER_HELD_BATCHES = os.environ.get("LEDGER_HELD_BATCHES", "1") not in ("0", "false", "")
 # The ledger id namespace of this installation is stored in the database (ledger.models.Installation);
 # set this only to reach the ledger state of another database (a restore onto a fresh one).
 TOLLGATE_LEDGER_NAMESPACE = os.environ.get("TOLLGATE_LEDGER_NAMESPACE")

@@ -21,6 +21,9 @@ QTY_SCALE = 18  # quantities in unit ledgers: 10^-18 of a unit, as exact as an e
 BOUNDED = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY
 
 
+ONE = 10 ** QTY_SCALE  # one unit of a unit ledger (a unique_count value counts one)
+
+
 def qty_units(quantity: Decimal) -> int:
     return int(quantity.scaleb(QTY_SCALE))
 
@@ -68,6 +71,10 @@ class Ids:
     def counter(self, meter_pk: int, charge_key: str, period: int) -> int:
         return derive("counter", self.customer_pk, meter_pk, charge_key, period)
 
+    def unique(self, meter_pk: int, period: int, value: str) -> int:
+        """One value of a unique_count meter's dimension in a period: counted at most once."""
+        return derive("unique-value", self.customer_pk, meter_pk, period, value)
+
     def consumed(self, currency: str, period: int) -> int:
         """The period's credits-consumed account: the other side of every credits leg of its usage."""
         return derive("credits-consumed", self.customer_pk, currency, period)
@@ -108,6 +115,23 @@ def consumed_account(customer_pk: int, currency: str, period: int) -> Account:
     deducts. Unbounded: a credit-back is never refused."""
     return Account(id=Ids(customer_pk).consumed(currency, period), ledger=currency_ledger(currency),
                    code=AccountCode.CREDITS_CONSUMED, user_data_128=customer_pk, user_data_32=period)
+
+
+def unique_account(customer_pk: int, meter_pk: int, period: int, value: str) -> Account:
+    """Credited with one unit when created (``unique_allocation``) and bounded: the one debit that counts
+    the value in its meter's quota can happen once, whoever tries at the same time."""
+    return Account(id=Ids(customer_pk).unique(meter_pk, period, value), ledger=unit_ledger(meter_pk),
+                   code=AccountCode.UNIQUE_VALUE, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+                   user_data_128=customer_pk, user_data_64=meter_pk, user_data_32=period)
+
+
+def unique_allocation(customer_pk: int, meter_pk: int, period: int, value: str) -> Transfer:
+    ledger = unit_ledger(meter_pk)
+    return Transfer(id=derive("unique-allocation", customer_pk, meter_pk, period, value),
+                    debit_account_id=operator_account(AccountCode.OPERATOR_QUOTA, ledger).id,
+                    credit_account_id=Ids(customer_pk).unique(meter_pk, period, value), amount=ONE, ledger=ledger,
+                    code=TransferCode.UNIQUE_ALLOCATION, user_data_128=customer_pk, user_data_64=meter_pk,
+                    user_data_32=period)
 
 
 def quota_allocation(customer_pk: int, meter_pk: int, period: int, hard: Decimal) -> Transfer:

@@ -3,11 +3,12 @@
 reserve:  the estimate is held as pending ledger transfers with a timeout (quota units, and the
           estimate's marginal cost against the spend cap and the credit wallet), one linked chain:
           it fits whole or is refused (402). Held amounts count against the limits while pending.
-settle:   one ledger batch: the quota hold is posted up to the quantity actually used (the rest is
-          released), the money holds are voided, then the settling events' own chains follow in the
-          same batch, their quota debited only beyond what the reservation held. One batch is applied
-          in order without interleaving (a TigerBeetle batch, one SQL transaction), so nothing released
-          can be taken by anyone else before the events are charged.
+settle:   the quota hold is posted up to the quantity actually used (the rest is released), the money
+          holds are voided, then the settling events go through the limits like any batch
+          (billing.usage.ingest.debit), their quota debited only beyond what the reservation held. On
+          the SQL ledger the holds are closed in the transaction that books the events, under the
+          accounts' locks: nothing released can be taken by anyone else first. On TigerBeetle they are
+          closed just before (another request may take released room in between).
 release:  voids every hold.
 expiry:   TigerBeetle releases timed-out holds itself; for the SQL backend a Celery beat sweep does
           (and every ledger write and lookup releases what is due first).
@@ -15,6 +16,7 @@ expiry:   TigerBeetle releases timed-out holds itself; for the SQL backend a Cel
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -27,19 +29,13 @@ from billing.catalog.models import Meter
 from billing.common.errors import ApiError
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
-from billing.guardrails.limits import (
-    CODES,
-    MESSAGES,
-    EventUsage,
-    Refusal,
-    Terms,
-    counter_keys,
-    marginal_cost,
-    matching_charges,
-)
+from billing.guardrails.limits import BatchDebit, EventUsage, Refusal
+from billing.guardrails.limits.batch import InFlight
+from billing.guardrails.limits.events import CREDITS, OPERATOR_OF, QUOTA, SPEND, TOTAL, refusal
 from billing.guardrails.models import Reservation
 from ledger.backends import get_ledger
-from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
+from ledger.backends.base import LedgerUnavailable
+from ledger.codes import AccountCode, TransferCode, unit_ledger
 from ledger.ids import derive
 from ledger.types import AMOUNT_MAX, Status, Transfer, TransferFlags
 
@@ -52,65 +48,41 @@ class Hold:
     transfer: Transfer
 
 
+_HOLD_OF = {QUOTA: ("quota", TransferCode.RESERVATION_QUOTA), SPEND: ("spend", TransferCode.RESERVATION_SPEND),
+            CREDITS: ("credits", TransferCode.RESERVATION_CREDITS)}
+
+
 def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict[str, str], reservation_id: str,
-           ttl: int, now: datetime) -> tuple[list[Hold], list[Any], list[Transfer]]:
-    """The pending transfers of a reservation, and the accounts/allocations they need."""
-    terms = Terms([customer.pk])
-    found = terms.at(customer.pk, now)
-    if found is None:
-        return [], [], []
-    sub, version = found
-    definition, currency, period = version.definition, sub.currency, acc.period_key(now)
-    ids = acc.Ids(customer.pk)
-    ledger = get_ledger()
-    hard = next((Decimal(lim["hard"]) for lim in definition.get("limits", [])
-                 if lim["meter"] == meter.key and lim.get("hard") is not None), None)
-    cap = Decimal(definition["spend_cap"]) if definition.get("spend_cap") else None
-    prepaid = bool(ledger.lookup_accounts([ids.wallet(currency)]))
+           ttl: int, now: datetime) -> list[Hold]:
+    """The pending transfers of a reservation: what the limits' engine (``BatchDebit``) would debit for one
+    event of the estimate now (quota units; its marginal cost against the spend cap and the credits),
+    held instead. A limit on each event (max, latest) is checked here and holds nothing; nor does a limit
+    on distinct values (unique_count: a value is counted when an event settles) or a cost below zero.
+    ``ApiError`` 402 when the estimate does not fit."""
+    estimate = EventUsage(key=0, customer_pk=customer.pk, event_id=reservation_id, meter=meter, quantity=quantity,
+                          usage_at=now, dimensions=dimensions)
+    for _try in range(20):
+        debit = BatchDebit([estimate], lock=False)
+        try:
+            refused = debit.decide(skip=set())  # event by event: the legs of the one event
+            break
+        except InFlight:  # its unique_count value is being counted right now: decided once it is
+            time.sleep(0.005)
+    else:
+        raise LedgerUnavailable("a value of the estimate is being counted; retry")
+    if refused:
+        raise _payment_required(refused[0])
     holds: list[Hold] = []
-    accounts: list[Any] = []
-    allocations: list[Transfer] = []
-    common = {"user_data_128": customer.pk, "user_data_64": meter.pk, "user_data_32": period, "timeout": ttl,
-              "flags": TransferFlags.PENDING}
-    if hard is not None:
-        accounts += [acc.quota_account(customer.pk, meter.pk, period),
-                     acc.operator_account(AccountCode.OPERATOR_QUOTA, unit_ledger(meter.pk))]
-        allocations.append(acc.quota_allocation(customer.pk, meter.pk, period, hard))
-        holds.append(Hold("quota", Transfer(
-            id=derive("reserve-quota", customer.pk, reservation_id), debit_account_id=ids.quota(meter.pk, period),
-            credit_account_id=acc.operator_account(AccountCode.OPERATOR_QUOTA, unit_ledger(meter.pk)).id,
-            amount=acc.qty_units(quantity), ledger=unit_ledger(meter.pk), code=TransferCode.RESERVATION_QUOTA,
-            **common)))  # type: ignore[arg-type]
-    if (cap is not None or prepaid) and meter.aggregation in ("sum", "count"):
-        event = EventUsage(key=None, customer_pk=customer.pk, event_id="", meter=meter, quantity=quantity, usage_at=now,
-                           dimensions=dimensions)
-        charges = matching_charges(definition, event)
-        counter_ids = [ids.counter(meter.pk, key, period) for key in counter_keys(charges)]
-        counters = ledger.lookup_accounts(counter_ids)
-        cost = Decimal(0)
-        for (charge, group), counter_id in zip(charges, counter_ids, strict=True):
-            before = acc.units_to_qty(counters[counter_id].debits_posted) if counter_id in counters else Decimal(0)
-            cost += marginal_cost(charge, group, before, quantity)
-        # A hold is never smaller than what the events can cost (ceil of the exact marginal cost: at least
-        # their telescoped amount); an estimate that lowers the period's price (a cheaper volume tier)
-        # holds nothing.
-        units = max(acc.money_units_ceil(cost), 0)
-        money = currency_ledger(currency)
-        if cap is not None and units:
-            accounts += [acc.spend_account(customer.pk, currency, period),
-                         acc.operator_account(AccountCode.OPERATOR_SPEND, money)]
-            allocations.append(acc.spend_allocation(customer.pk, currency, period, cap))
-            holds.append(Hold("spend", Transfer(
-                id=derive("reserve-spend", customer.pk, reservation_id), debit_account_id=ids.spend(currency, period),
-                credit_account_id=acc.operator_account(AccountCode.OPERATOR_SPEND, money).id, amount=units, ledger=money,
-                code=TransferCode.RESERVATION_SPEND, **common)))  # type: ignore[arg-type]
-        if prepaid and units:
-            accounts.append(acc.consumed_account(customer.pk, currency, period))
-            holds.append(Hold("credits", Transfer(
-                id=derive("reserve-credits", customer.pk, reservation_id), debit_account_id=ids.wallet(currency),
-                credit_account_id=ids.consumed(currency, period), amount=units,
-                ledger=money, code=TransferCode.RESERVATION_CREDITS, **common)))  # type: ignore[arg-type]
-    return holds, accounts, allocations
+    for account_id, code, ledger_id, _meter, period, amount, terms in (debit.accepted[0][1] if debit.accepted else []):
+        if code not in _HOLD_OF or amount <= 0 or (code == QUOTA and terms.kind != TOTAL):
+            continue
+        leg, hold_code = _HOLD_OF[code]
+        other = terms.consumed_id if code == CREDITS else acc.operator_account(OPERATOR_OF[code], ledger_id).id
+        holds.append(Hold(leg, Transfer(
+            id=derive(f"reserve-{leg}", customer.pk, reservation_id), debit_account_id=account_id,
+            credit_account_id=other, amount=amount, ledger=ledger_id, code=hold_code, user_data_128=customer.pk,
+            user_data_64=meter.pk, user_data_32=period, timeout=ttl, flags=TransferFlags.PENDING)))
+    return holds
 
 
 def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter, quantity: Decimal,
@@ -129,9 +101,8 @@ def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter,
         if not same:
             raise ApiError(409, "idempotency_conflict", "This reservation_id was used with a different body.")
         return existing, False
-    holds, accounts, allocations = _holds(customer, meter, quantity, dimensions, reservation_id, ttl_seconds, now)
+    holds = _holds(customer, meter, quantity, dimensions, reservation_id, ttl_seconds, now)
     if holds:
-        acc.ensure(accounts, allocations)
         chain = [h.transfer if i == len(holds) - 1 else _linked(h.transfer) for i, h in enumerate(holds)]
         statuses = get_ledger().create_transfers(chain)
         for hold, status in zip(holds, statuses, strict=True):
@@ -158,14 +129,26 @@ def _linked(transfer: Transfer) -> Transfer:
 
 
 def _refused(hold: Hold, customer: Customer, meter: Meter) -> ApiError:
+    """The ledger refused a hold (the account moved since the estimate was decided)."""
     account = get_ledger().lookup_accounts([hold.transfer.debit_account_id]).get(hold.transfer.debit_account_id)
-    available = max(account.available, 0) if account else 0
-    remaining = acc.units_to_qty(available) if hold.leg == "quota" else acc.units_to_money(available)
-    refusal = Refusal(CODES[hold.leg], MESSAGES[hold.leg].format(meter=meter.key),
-                      Decimal(format(remaining.normalize(), "f")) if remaining else Decimal(0),
-                      meter.unit if hold.leg == "quota" else "")
+    return _payment_required(refusal(hold.leg, meter.key, account.available if account else 0,
+                                     meter.unit if hold.leg == "quota" else ""))
+
+
+def _payment_required(refusal: Refusal) -> ApiError:
     body = refusal.as_dict()
     return ApiError(402, refusal.code, refusal.message, extra={k: v for k, v in body.items() if k not in ("code", "message")})
+
+
+_CLOSED = {Status.PENDING_TRANSFER_ALREADY_POSTED, Status.PENDING_TRANSFER_ALREADY_VOIDED,
+           Status.PENDING_TRANSFER_EXPIRED}
+
+
+def check_closed(prefix: list[Transfer], statuses: list[Status]) -> None:
+    """A settle's post and voids are booked, or their hold was closed already (released, expired)."""
+    for transfer, status in zip(prefix, statuses, strict=True):
+        if not (status.ok or status in _CLOSED):
+            raise RuntimeError(f"ledger refused closing hold {transfer.pending_id}: {status.value}")
 
 
 def settle_prefix(reservation: Reservation, used_quantity: Decimal, now: datetime) -> tuple[list[Transfer], Decimal]:

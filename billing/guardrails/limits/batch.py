@@ -8,28 +8,43 @@ from typing import Any
 
 from billing.guardrails import accounts as acc
 from billing.guardrails.limits.charges import COST_DIVISOR, QTY_SCALE, NegativeCost, narrow, priced_units
-from billing.guardrails.limits.events import COUNTER, CREDITS, OPERATOR_OF, QUOTA, REFUND_OF, SPEND, EventUsage, Refusal, refusal
+from billing.guardrails.limits.events import (
+    COUNTER,
+    CREDITS,
+    EACH,
+    OPERATOR_OF,
+    QUOTA,
+    REFUND_OF,
+    SPEND,
+    TOTAL,
+    UNIQUE,
+    EventUsage,
+    Refusal,
+    refusal,
+)
 from billing.guardrails.limits.plans import LimitTerms, prepare
 from billing.guardrails.limits.terms import Terms
 from ledger.backends import get_ledger
+from ledger.backends.base import LedgerRefused
 from ledger.ids import derive
 from ledger.types import Transfer
 
 FAST_SUMS = True  # BatchDebit._sums' inline path for one integer charge (off: every event via priced_units)
 
 
-class BatchDebit:
-    """Limits for a ledger that shares the database (``shares_database``), debited in the caller's open
-    transaction together with the events it stores (billing.usage.ingest.debit).
+class InFlight(LedgerRefused):
+    """A unique_count value of the batch is being counted by a booking still in flight (held, not yet
+    posted): whether it is counted is not known yet. Decide the batch again (nothing was booked)."""
 
-    The same decisions as ``enforce`` (events in order; an event is accepted only if every leg of its
-    chain fits: quota, spend cap, credits; marginal prices from the period's usage counters), taken in
-    Python on the accounts as read (see below), and written as one transfer per (account,
-    meter, period) for the whole batch instead of one per event and leg: a 1,000-event batch writes a
-    handful of ledger rows, not 3,000. Exactly once comes from the event table: only events the caller's
-    ``INSERT ... ON CONFLICT DO NOTHING`` inserted in the same transaction are debited, and the debit
-    commits or rolls back with them. Each batch transfer's id derives from its first event's id
-    (docs/ledger.md).
+
+class BatchDebit:
+    """The limits' one engine: decisions for a batch of events (in order; an event is accepted only if every
+    leg fits: quota, spend cap, credits; marginal prices from the period's usage counters), taken in
+    Python on the accounts as read (see below), and written as one transfer per (account, code, meter,
+    period) for the whole batch instead of one per event and leg: a 1,000-event batch writes a handful of
+    ledger rows, not 3,000. Exactly once comes from the event table: only events the caller's ``INSERT
+    ... ON CONFLICT DO NOTHING`` inserted with the booking are debited (billing.usage.ingest.debit). Each
+    batch transfer's id derives from its first event's id (docs/ledger.md).
 
     Construction reads the accounts (call it inside ``transaction.atomic()``), locked until the caller's
     transaction ends, or with ``lock=False`` not locked: then the decisions hold only if the accounts are
@@ -40,7 +55,7 @@ class BatchDebit:
     stored."""
 
     def __init__(self, events: list[EventUsage], terms: Terms | None = None, *, lock: bool = True) -> None:
-        events = [e for e in events if e.quantity > 0 and e.coverage is None]
+        events = [e for e in events if e.quantity > 0]
         # (account, code, ledger, meter, period) -> [amount, first event, terms]; per accepted event when
         # some events may not be stored (the careful pass), else the batch's sums
         self.accepted: list[tuple[EventUsage, list[tuple[int, int, int, int, int, int, LimitTerms]]]] = []
@@ -71,6 +86,15 @@ class BatchDebit:
         self.available = {i: locked[i].available for i in prepared.bounded()}
         self.cumulative = {i: locked[i].debits_posted for i in prepared.counters}
         self.start = dict(self.cumulative)
+        # a unique_count value is counted once its account's one unit is posted; one only held (a booking
+        # in flight) is taken as not counted: booking it again is refused by its bound, and decided again
+        self.counted = {i for i in prepared.values if i in locked and locked[i].debits_posted}
+        self.in_flight = {i for i in prepared.values if i in locked and i not in self.counted
+                          and locked[i].debits_pending}
+        # the batch's sums are for totals only: a reservation's coverage, or a limit on each event or on
+        # distinct values, is decided event by event
+        self.summable = all(e.coverage is None for e in events) and all(
+            shared.hard is None or shared.kind == TOTAL for shared, _ in prepared.terms.values())
 
     def decide(self, skip: set[Any] | None = None) -> dict[Any, Refusal]:
         """Decide every event in order (but those whose key is in ``skip``); return the refused ones.
@@ -83,7 +107,7 @@ class BatchDebit:
         another request) they are decided one by one."""
         if self.prepared is None:
             return {}
-        if skip is None:
+        if skip is None and self.summable:
             try:
                 sums: dict[tuple[int, int, int, int, int], list[Any]] | None = self._sums()
             except NegativeCost:
@@ -183,8 +207,8 @@ class BatchDebit:
 
     def _one_by_one(self, skip: set[Any]) -> dict[Any, Refusal]:
         assert self.prepared is not None
-        available, cumulative = self.available, self.cumulative
-        refused: dict[Any, tuple[str, int, str, str]] = {}  # key -> (leg, account id, unit, meter key)
+        available, cumulative, counted = self.available, self.cumulative, self.counted
+        refused: dict[Any, tuple[str, int | None, int, str, str]] = {}  # key -> (leg, account, left, unit, meter)
         for event, shared, charges in self.prepared.plans:
             if event.key in skip:
                 continue
@@ -192,8 +216,29 @@ class BatchDebit:
             if not shared.priced:
                 cost_units = 0
             legs: list[tuple[str, int, int, int]] = []  # (leg, account, amount, code)
-            if shared.hard is not None and qty:
-                legs.append(("quota", shared.quota_id, qty, QUOTA))
+            value_id = None
+            if shared.hard is not None:
+                if shared.kind == EACH:
+                    hard = acc.qty_units(shared.hard)
+                    if qty > hard:
+                        refused[event.key] = ("quota", None, hard, event.meter.unit, event.meter.key)
+                        continue
+                elif shared.kind == TOTAL:
+                    quota = qty
+                    if event.coverage is not None:  # what the reservation's posted hold already took
+                        event.covered_quantity = event.coverage.take_quantity(event.quantity)
+                        quota -= acc.qty_units(event.covered_quantity)
+                    if quota:
+                        legs.append(("quota", shared.quota_id, quota, QUOTA))
+                else:
+                    value = shared.unique_value(event)
+                    value_id = shared.unique_id(value) if value is not None else None
+                    if value_id in self.in_flight:
+                        raise InFlight(f"a value of meter {event.meter.key} is being counted")
+                    if value_id is not None and value_id not in counted:
+                        legs.append(("quota", shared.quota_id, acc.ONE, QUOTA))
+                    else:
+                        value_id = None  # counted before: passes
             if shared.cap is not None and cost_units:
                 legs.append(("spend", shared.spend_id, cost_units, SPEND))
             if shared.prepaid and cost_units:
@@ -202,19 +247,22 @@ class BatchDebit:
             short = next((leg for leg in legs if leg[2] > 0 and available[leg[1]] < leg[2]), None)
             if short is not None:
                 unit = event.meter.unit if short[0] == "quota" else shared.currency
-                refused[event.key] = (short[0], short[1], unit, event.meter.key)
+                refused[event.key] = (short[0], short[1], 0, unit, event.meter.key)
                 continue
             moves = []  # (account, code, ledger, meter, period, amount, terms)
             for _leg, account_id, amount, code in legs:
                 available[account_id] -= amount
-                ledger_id = shared.unit_ledger if code == QUOTA else shared.money_ledger
+                ledger_id = shared.money_ledger if code in (SPEND, CREDITS) else shared.unit_ledger
                 moves.append((account_id, code, ledger_id, event.meter.pk, shared.period, amount, shared))
+            if value_id is not None:
+                counted.add(value_id)
+                moves.append((value_id, UNIQUE, shared.unit_ledger, event.meter.pk, shared.period, acc.ONE, shared))
             for counter_id in counters:
                 cumulative[counter_id] += qty
                 moves.append((counter_id, COUNTER, shared.unit_ledger, event.meter.pk, shared.period, qty, shared))
             self.accepted.append((event, moves))
-        return {key: refusal(leg, meter_key, available[account_id], unit)
-                for key, (leg, account_id, unit, meter_key) in refused.items()}
+        return {key: refusal(leg, meter_key, left if account_id is None else available[account_id], unit)
+                for key, (leg, account_id, left, unit, meter_key) in refused.items()}
 
     def write(self, stored: Container[Any] | None = None) -> None:
         """Book ``booking(stored)`` in the caller's open transaction (the ledger's ``book_checked``)."""

@@ -10,9 +10,8 @@ from typing import Any
 
 from billing.catalog import pricing
 from billing.catalog.money import LEDGER_SCALE
-from billing.catalog.schema import charge_spec
 from billing.guardrails import accounts as acc
-from billing.guardrails.limits.events import LINEAR, EventUsage
+from billing.guardrails.limits.events import EventUsage
 from ledger.types import Account
 
 
@@ -32,20 +31,6 @@ def counter_keys(matching: list[tuple[dict[str, Any], str | None]]) -> list[str]
         count = seen[key] = seen.get(key, 0) + 1
         keys.append(f"{key}#{count - 1}" if count > 1 else key)
     return keys
-
-
-def marginal_cost(charge: dict[str, Any], group: str | None, before: Decimal, quantity: Decimal,
-                  spec: pricing.ChargeSpec | None = None) -> Decimal:
-    """What ``quantity`` more costs after ``before`` units this period, markup included (exact).
-    ``spec``: the charge's parsed terms, when the caller prices many events with one charge."""
-    spec = spec or charge_spec(charge)
-    if charge["model"] in LINEAR:  # the price of a unit does not depend on the period's quantity
-        before = Decimal(0)
-    amount = pricing.marginal(before, quantity, spec)
-    markup = charge.get("markup")
-    if markup:
-        amount = pricing.with_markup(amount, Decimal(markup["percent"].get(group, markup.get("default") or "0")))
-    return amount
 
 
 def matching_charges(definition: dict[str, Any], event: EventUsage) -> list[tuple[dict[str, Any], str | None]]:
@@ -102,7 +87,7 @@ class Charge:
     fast: tuple[tuple[int, int | None, int], ...] | None = None
 
     def marginal(self, before: Decimal, quantity: Decimal) -> Decimal:
-        """marginal_cost(charge, group, before, quantity), with the markup parsed once."""
+        """What ``quantity`` more costs after ``before`` units this period, markup included (exact)."""
         amount = pricing.marginal(before, quantity, self.spec)
         if self.markup is not None:
             amount = pricing.with_markup(amount, self.markup)

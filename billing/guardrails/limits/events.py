@@ -15,6 +15,14 @@ from ledger.codes import AccountCode, TransferCode
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
 
 
+# How a meter's hard limit applies (contract: "Limits per aggregation"): to the period's total (sum, count:
+# a quota account), to each event on its own (max, latest: no account), or to the period's distinct
+# values of its ``unique_by`` dimension (unique_count: a quota account, and one bounded account per value)
+TOTAL, EACH, UNIQUE_VALUES = "total", "each", "unique"
+LIMIT_KIND: dict[str, str] = {Meter.Aggregation.SUM: TOTAL, Meter.Aggregation.COUNT: TOTAL, Meter.Aggregation.MAX: EACH,
+              Meter.Aggregation.LATEST: EACH, Meter.Aggregation.UNIQUE_COUNT: UNIQUE_VALUES}
+
+
 LINEAR = {"per_unit"}  # charge models whose marginal price needs no running total (no usage counter)
 
 
@@ -30,22 +38,15 @@ MESSAGES = {
 
 @dataclass
 class Coverage:
-    """What a reservation already holds for the events settling it: consumed in event order, so only
-    usage beyond the reservation goes through the limits again."""
+    """The quantity a reservation's quota hold posted for the events settling it: consumed in event order,
+    so only usage beyond the reservation takes quota again (their cost goes through the limits whole: the
+    money holds are voided first)."""
 
     quantity: Decimal = Decimal(0)
-    cost: Decimal = Decimal(0)
 
     def take_quantity(self, wanted: Decimal) -> Decimal:
         taken = min(wanted, self.quantity)
         self.quantity -= taken
-        return taken
-
-    def take_cost(self, wanted: Decimal) -> Decimal:
-        if wanted <= 0:  # a credit-back (negative marginal cost) takes nothing from what is held
-            return Decimal(0)
-        taken = min(wanted, self.cost)
-        self.cost -= taken
         return taken
 
 
@@ -79,14 +80,16 @@ class Refusal:
         return body
 
 
-QUOTA, SPEND, CREDITS, COUNTER = (int(TransferCode.USAGE_QUOTA), int(TransferCode.USAGE_SPEND),
-                                      int(TransferCode.USAGE_CREDITS), int(TransferCode.USAGE_COUNTER))
+QUOTA, SPEND, CREDITS, COUNTER, UNIQUE = (int(TransferCode.USAGE_QUOTA), int(TransferCode.USAGE_SPEND),
+                                          int(TransferCode.USAGE_CREDITS), int(TransferCode.USAGE_COUNTER),
+                                          int(TransferCode.USAGE_UNIQUE))
 
 
 # The operator account on the other side of each usage code (credits: the customer's credits-consumed account)
 OPERATOR_OF = {int(TransferCode.USAGE_QUOTA): AccountCode.OPERATOR_QUOTA,
                int(TransferCode.USAGE_SPEND): AccountCode.OPERATOR_SPEND,
-               int(TransferCode.USAGE_COUNTER): AccountCode.OPERATOR_COUNTER}
+               int(TransferCode.USAGE_COUNTER): AccountCode.OPERATOR_COUNTER,
+               int(TransferCode.USAGE_UNIQUE): AccountCode.OPERATOR_QUOTA}
 
 
 # A batch whose net on a money account is negative gives it back with the refund code

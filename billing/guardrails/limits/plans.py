@@ -13,7 +13,19 @@ from billing.catalog.models import Meter
 from billing.catalog.schema import charge_spec
 from billing.guardrails import accounts as acc
 from billing.guardrails.limits.charges import Charge, counter_keys, fast_terms, matching_charges
-from billing.guardrails.limits.events import ADDITIVE, COUNTER, LINEAR, OPERATOR_OF, QUOTA, SPEND, EventUsage
+from billing.guardrails.limits.events import (
+    ADDITIVE,
+    COUNTER,
+    EACH,
+    LIMIT_KIND,
+    LINEAR,
+    OPERATOR_OF,
+    QUOTA,
+    SPEND,
+    TOTAL,
+    UNIQUE_VALUES,
+    EventUsage,
+)
 from billing.guardrails.limits.terms import Sub, Terms, Version
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, currency_ledger, unit_ledger
@@ -36,6 +48,7 @@ class LimitTerms:
     cap: Decimal | None
     prepaid: bool
     priced: bool
+    kind: str = TOTAL  # how the hard limit applies (events.LIMIT_KIND)
     quota_id: int = 0
     spend_id: int = 0
     wallet_id: int = 0
@@ -48,8 +61,10 @@ class LimitTerms:
     quota_transfer_id: Callable[..., int] = field(init=False)
     spend_transfer_id: Callable[..., int] = field(init=False)
     credits_transfer_id: Callable[..., int] = field(init=False)
+    unique_id: Callable[..., int] = field(init=False)  # a unique_count value's account id (accounts.Ids.unique)
 
     def __post_init__(self) -> None:
+        self.unique_id = deriver("unique-value", self.customer_pk, self.meter.pk, self.period)
         self.counter_transfer_id = deriver("usage-counter", self.customer_pk)
         self.quota_transfer_id = deriver("usage-quota", self.customer_pk)
         self.spend_transfer_id = deriver("usage-spend", self.customer_pk)
@@ -60,7 +75,7 @@ class LimitTerms:
         credits-consumed account), credited by usage and debited by credit-backs (``counted``: some charge
         has a usage counter)."""
         legs = [(COUNTER, self.unit_ledger)] if counted else []
-        if self.hard is not None:
+        if self.hard is not None and self.kind != EACH:
             legs.append((QUOTA, self.unit_ledger))
         if self.cap is not None:
             legs.append((SPEND, self.money_ledger))
@@ -68,6 +83,12 @@ class LimitTerms:
         if self.prepaid:
             operators.add(self.consumed_id)
         return operators
+
+    def unique_value(self, event: EventUsage) -> str | None:
+        """The value a unique_count limit counts the event under (None: the event counts none)."""
+        if self.kind != UNIQUE_VALUES or self.hard is None:
+            return None
+        return event.dimensions.get(self.meter.unique_by)
 
     def matching(self, event: EventUsage) -> list[Charge]:
         """The charges the event's dimensions match, worked out once per set of dimensions (the same list
@@ -100,6 +121,7 @@ class Prepared:
     counters: list[int]
     wallet_ids: list[int]  # the credit wallets the events' customers would have in their plans' currencies
     wallets: set[int]  # those taken to exist
+    values: list[int]  # the unique_count values' accounts the events would count (LimitTerms.unique_id)
     # the distinct terms of the plans, each with whether one of its events' charges has a usage counter
     # (a batch's events mostly share one: the accounts are worked out per terms, not per event)
     terms: dict[int, tuple[LimitTerms, bool]] = field(default_factory=dict)
@@ -115,7 +137,7 @@ class Prepared:
         ascending order before it books, so that it never waits for an operator account while holding the
         customer's, which a concurrent booking (ascending order too) may hold the other way round."""
         operators = {i for shared, counted in self.terms.values() for i in shared.operator_ids(counted)}
-        return self.bounded() | set(self.counters) | operators
+        return self.bounded() | set(self.counters) | operators | set(self.values)
 
 
 def _wallets_in_ledger(ids: list[int]) -> set[int]:
@@ -170,11 +192,18 @@ def prepare(events: list[EventUsage], terms: Terms | None = None,
                 terms_of[id(shared)] = (shared, False)
             plans.append((event, shared, charges))
     counters_needed = {c.counter.id: c.counter for charges in lists.values() for c in charges if c.counter}
+    values: dict[int, None] = {}
     if plans:
         for counter in counters_needed.values():
             accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
+        for event, shared, _charges in plans:
+            value = shared.unique_value(event)
+            if value is not None and shared.unique_id(value) not in values:
+                values[shared.unique_id(value)] = None
+                accounts.append(acc.unique_account(shared.customer_pk, shared.meter.pk, shared.period, value))
+                allocations.append(acc.unique_allocation(shared.customer_pk, shared.meter.pk, shared.period, value))
         acc.ensure(accounts, allocations)
-    return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, terms_of)
+    return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, list(values), terms_of)
 
 
 # LimitTerms of recent batches, reused by later ones: they depend only on the key (a version's definition is
@@ -226,8 +255,9 @@ def _terms_of(event: EventUsage, sub: Sub, version: Version, period: int,
     priced = (cap is not None or prepaid) and meter.aggregation in ADDITIVE
     ids = acc.Ids(customer_pk)
     shared = LimitTerms(customer_pk, meter, period, definition, currency, hard, cap, prepaid, priced,
-                    wallet_id=wallet_id, unit_ledger=unit_ledger(meter.pk), money_ledger=currency_ledger(currency))
-    if hard is not None:
+                        kind=LIMIT_KIND[meter.aggregation], wallet_id=wallet_id, unit_ledger=unit_ledger(meter.pk),
+                        money_ledger=currency_ledger(currency))
+    if hard is not None and shared.kind != EACH:
         shared.quota_id = ids.quota(meter.pk, period)
         accounts += [acc.quota_account(customer_pk, meter.pk, period),
                      acc.operator_account(AccountCode.OPERATOR_QUOTA, shared.unit_ledger)]

@@ -1,88 +1,85 @@
 """Step 3 of ingest, the limits: the batch's billable events of customers with a plan are debited in the
-ledger before they are accepted (quota, spend cap, credits), in one of three ways (docs/ledger.md):
-together with the insert (a ledger in the database), held then posted around the insert (TigerBeetle),
-or event by event before it (a batch that cannot go as a whole, and reservations being settled)."""
+ledger before they are accepted (quota, spend cap, credits), decided by one engine (``BatchDebit``) and
+booked with the insert (docs/ledger.md): in its statement or transaction (a ledger in the database), or
+held, then posted around it (TigerBeetle). A batch that settles a reservation closes its holds first."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 
-from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Refusal, Terms, enforce
+from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Refusal, Terms
 from billing.usage.contract import EventError
 from billing.usage.ingest import store
 from billing.usage.ingest.rows import Row
 from billing.usage.ingest.store import StoredMeanwhile
 from ledger.backends import get_ledger
-from ledger.backends.base import LedgerRefused
+from ledger.backends.base import LedgerRefused, LedgerUnavailable
+from ledger.types import Transfer
 
 _CAREFUL_LOCK_TIMEOUT_MS = 200
+_OPTIMISTIC_TRIES = 3  # unserialized tries before a ledger outside the database serializes per customer
+_SERIALIZED_TRIES = 10  # then 503 (retry): only bookings of other processes that never wait can be in the way
+
 
 def debit_and_store(rows: list[Row], limited: list[Row], reservation: Any, now: datetime, terms: Terms | None
                     ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]], bool]:
-    """Steps 3 and 4: the limits, then the insert, in the way the ledger allows. Returns the keys inserted,
-    the stored rows (fingerprint, billable, reason) read on the way, and whether a stored refusal must be
-    answered again (a retry of a refused event, in the batch way: the per-event way marks it itself).
-
-    A batch is decided as a whole on the balances as read and booked with the insert (``insert_as_a_batch``:
-    one statement on the SQL ledger; held, then posted, on TigerBeetle). A batch that cannot go as a whole
-    is decided again under locks (the SQL ledger) or event by event (TigerBeetle: one linked chain per
-    event, the ledger deciding), and so are the events that settle a reservation."""
-    ledger = get_ledger()
-    if limited and reservation is None and (ledger.shares_database or settings.LEDGER_HELD_BATCHES):
+    """Steps 3 and 4: the limits, then the insert. Returns the keys inserted, the stored rows (fingerprint,
+    billable, reason) read on the way, and whether a stored refusal must be answered again (a retry of a
+    refused event stays refused)."""
+    if reservation is not None:
+        return (*insert_as_a_batch(rows, limited, now, terms, _settling(rows, reservation, now)), True)
+    if limited:
         return (*insert_as_a_batch(rows, limited, now, terms), True)
-    if reservation is not None or limited:
-        enforce_limits(limited, reservation, now, terms)
     if not rows:
         return set(), {}, False
     # one INSERT statement: atomic and, in autocommit, committed (durable) before it returns
     return store.retrying_deadlocks(lambda: store.insert_rows(rows, received_at=now)), {}, False
 
 
-def enforce_limits(rows: list[Row], reservation: Any, now: datetime, terms: Any) -> None:
-    """Debit quotas, spend caps and credits in the ledger for the batch's billable events (one ledger
-    round trip); mark refused events not billable, with reason ``rejected_<code>``. When the batch
-    settles a reservation, its holds are closed first in the same ledger batch and the events' quota is
-    debited only beyond what the reservation held (billing.guardrails.reservations)."""
-    prefix: list[Any] = []
-    coverage = None
-    if reservation is not None:
-        from billing.guardrails.reservations import settle_prefix
+@dataclass
+class _Settling:
+    """A batch that settles a reservation: the transfers that close its holds (``prefix``, booked before the
+    events), the quantity the posted quota hold covers for its own rows (``mine``, in order), and the
+    covered quantity of those that were refused (given back after: a refused event consumes nothing)."""
 
-        mine = [r for r in rows if r.event.billable and r.customer_pk == reservation.customer_id
-                and r.meter_pk == reservation.meter_id]
-        prefix, covered = settle_prefix(reservation, sum((r.quantity for r in mine), Decimal(0)), now)
-        coverage = Coverage(quantity=covered)
-    # Events already stored went through the limits when they were first accepted (or were refused):
-    # a retry must not touch the ledger again, whatever has changed since (a new plan, a raised limit).
-    stored = store.stored_outcomes(rows)
-    for row in rows:
-        outcome = stored.get((row.customer_pk, row.event.event_id))
-        if outcome is not None and outcome.startswith("rejected_"):
-            row.refusal = refused_before(outcome)
-    usages = [
-        usage_of(r, coverage if reservation is not None and r.customer_pk == reservation.customer_id
-               and r.meter_pk == reservation.meter_id else None)
-        for r in rows if r.event.billable and (r.customer_pk, r.event.event_id) not in stored
-    ]
-    refusals = enforce(usages, prefix=prefix, terms=terms)
-    if reservation is not None:
+    reservation: Any
+    prefix: list[Transfer]
+    covered: Decimal
+    mine: set[int]
+    refused_cover: Decimal = field(default=Decimal(0))
+
+    def coverage(self) -> Coverage:
+        return Coverage(quantity=self.covered)  # afresh for each try: taking it consumes it
+
+
+def _settling(rows: list[Row], reservation: Any, now: datetime) -> _Settling:
+    from billing.guardrails.reservations import settle_prefix
+
+    mine = [r for r in rows if r.event.billable and r.customer_pk == reservation.customer_id
+            and r.meter_pk == reservation.meter_id]
+    prefix, covered = settle_prefix(reservation, sum((r.quantity for r in mine), Decimal(0)), now)
+    return _Settling(reservation, prefix, covered, {r.index for r in mine})
+
+
+def _settled(settling: _Settling | None) -> None:
+    if settling is not None:
         from billing.guardrails.reservations import refund_refused_coverage
 
-        refund_refused_coverage(reservation, sum((u.covered_quantity for u in usages if u.key in refusals), Decimal(0)))
-    apply_refusals(rows, refusals)
+        refund_refused_coverage(settling.reservation, settling.refused_cover)
 
 
-class _PerEvent(Exception):
-    """A ledger outside the database could not take the batch as a whole: decide it event by event."""
-
-
-def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None
+def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None,
+                      settling: _Settling | None = None
                       ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]]:
     """Insert the batch and debit its limited events, both or neither. Returns the keys inserted, and the
     stored rows (fingerprint, billable, reason) read on the way, by key.
@@ -90,40 +87,54 @@ def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, terms:
     First optimistically (``_booked_with_the_insert``): read which of the limited events are stored
     already (a retry is never debited again) and the customer's accounts, without locking anything;
     decide for the others (``BatchDebit``); then have the ledger book the batch's transfers with the
-    insert (``book_with``), holding it to what the decision assumed: every bounded account still holds
-    the batch, every usage counter is still in the tier the events were priced in (the SQL ledger: one
-    autocommitted statement that inserts the events and books the debit; TigerBeetle: the debit held,
+    insert (``book_with``), holding it to what the decision assumed (the SQL ledger: every bounded account
+    still holds the batch and every usage counter is still in the tier the events were priced in, in one
+    autocommitted statement that inserts the events and books the debit; TigerBeetle: the bounds, held,
     then the insert with its outbox row, then the posts; docs/ledger.md), and every debited event is
-    inserted by it. Raw events are append-only, so a refused event cannot be marked after its insert:
-    when an event is over a limit, or the ledger refuses the booking (accounts moved meanwhile), nothing
-    was kept, and the batch is decided again: under locks on the SQL ledger (``_decided_under_locks``),
-    event by event on TigerBeetle (``enforce_limits``). A batch rolled back to break a deadlock, or whose
-    careful pass gave up waiting for a lock, is run again whole (``store.retrying_deadlocks``)."""
+    inserted by it. When the ledger refuses the booking (the accounts moved meanwhile) nothing was kept,
+    and the batch is decided again: under locks on the SQL ledger (``_decided_under_locks``), where it
+    also goes when an event is over a limit (raw events are append-only: a refused event is stored as
+    refused, decided on accounts that cannot move); on TigerBeetle, whose bounds are checked by the ledger
+    itself, refusals are kept, and after a few tries the batch waits its turn behind the customer's
+    other bookings (``_serialized``). A batch rolled back to break a deadlock, or whose careful pass gave
+    up waiting for a lock, is run again whole (``store.retrying_deadlocks``)."""
     before = [(r.billable, r.reason) for r in limited]
     known: dict[tuple[int, str], tuple[str, bool, str]] = {}
-    shares_database = get_ledger().shares_database
+    ledger = get_ledger()
+    shares_database = ledger.shares_database
 
-    def attempt() -> set[tuple[int, str]]:
-        for row, (billable, reason) in zip(limited, before, strict=True):  # decided afresh each time
+    def afresh() -> None:
+        for row, (billable, reason) in zip(limited, before, strict=True):
             row.billable, row.reason, row.refusal = billable, reason, None
         known.clear()
-        for _try in range(3):
-            try:
-                return _booked_with_the_insert(rows, limited, now, terms, known)
-            except StoredMeanwhile:  # worth another optimistic try, which will see it stored
-                known.clear()
-            except (_Refused, LedgerRefused):
-                break
-        known.clear()
+
+    def attempt() -> set[tuple[int, str]]:
+        afresh()
+        if settling is not None:
+            if shares_database:  # the holds closed in the transaction that books the events
+                return _decided_under_locks(rows, limited, now, terms, settling)
+            _close_holds(settling.prefix)
+        with contextlib.ExitStack() as stack:
+            for n in range(_OPTIMISTIC_TRIES + (0 if shares_database else _SERIALIZED_TRIES)):
+                if n == _OPTIMISTIC_TRIES:
+                    stack.enter_context(_serialized({r.customer_pk for r in limited}))
+                try:
+                    return _booked_with_the_insert(rows, limited, now, terms, known, settling,
+                                                   keep_refusals=not shares_database)
+                except StoredMeanwhile:  # worth another optimistic try, which will see it stored
+                    afresh()
+                except (_Refused, LedgerRefused):
+                    afresh()
+                    if shares_database:
+                        break
         if shares_database:
             return _decided_under_locks(rows, limited, now, terms)
-        raise _PerEvent
+        raise LedgerUnavailable("the customer's accounts kept moving under the batch; retry it")
 
-    try:
-        return store.retrying_deadlocks(attempt), known
-    except _PerEvent:
-        enforce_limits(limited, None, now, terms)
-        return store.retrying_deadlocks(lambda: store.insert_rows(rows, received_at=now)), {}
+    inserted = store.retrying_deadlocks(attempt)
+    if settling is not None and not shares_database:
+        _settled(settling)
+    return inserted, known
 
 
 class _Refused(Exception):
@@ -131,12 +142,19 @@ class _Refused(Exception):
 
 
 def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None,
-                            known: dict[tuple[int, str], tuple[str, bool, str]]) -> set[tuple[int, str]]:
+                            known: dict[tuple[int, str], tuple[str, bool, str]], settling: _Settling | None,
+                            *, keep_refusals: bool) -> set[tuple[int, str]]:
     known.update(store.stored_rows(limited))
     debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
-    debit = BatchDebit([usage_of(r) for r in debited], terms, lock=False)
-    if debit.decide():
-        raise _Refused
+    usages = _usages(debited, settling)
+    debit = BatchDebit(usages, terms, lock=False)
+    refusals = debit.decide()
+    if refusals:
+        if not keep_refusals:
+            raise _Refused
+        apply_refusals(debited, refusals)
+        debited = [r for r in debited if r.billable]
+    _note_refused_cover(settling, usages, refusals)
     transfers, expect = debit.booking()
     attempt = fingerprint_of(sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
     inserted: set[tuple[int, str]] = get_ledger().book_with(transfers, expect, store.EventInsert(rows, now, debited),
@@ -144,18 +162,22 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
     return inserted
 
 
-def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None
-                         ) -> set[tuple[int, str]]:
+def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None,
+                         settling: _Settling | None = None) -> set[tuple[int, str]]:
     """The careful pass (a ledger in the database): lock the accounts, read which ids are stored, decide,
     insert (the refused events as not billable), debit what was inserted, in one transaction. It locks
     before it inserts; when one of its ids is in flight in an optimistic statement (which inserts before
     it locks), each would wait for the other: the insert gives up after ``lock_timeout`` and the batch is
     run again, as after a deadlock; nothing of a rolled-back attempt was kept."""
     with transaction.atomic():
-        debit = BatchDebit([usage_of(r) for r in limited if r.event.billable], terms, lock=True)  # waits its turn
+        if settling is not None:
+            _close_holds(settling.prefix)
         stored = set(store.stored_rows(limited))
-        apply_refusals(limited, debit.decide(skip={r.index for r in limited
-                                                    if (r.customer_pk, r.event.event_id) in stored}))
+        usages = _usages([r for r in limited if r.event.billable], settling)
+        debit = BatchDebit(usages, terms, lock=True)  # waits its turn
+        refusals = debit.decide(skip={r.index for r in limited if (r.customer_pk, r.event.event_id) in stored})
+        apply_refusals(limited, refusals)
+        _note_refused_cover(settling, usages, refusals)
         postgresql = connection.vendor == "postgresql"
         if postgresql:  # only the insert: waiting for the accounts behind other bookings is this pass's queue
             with connection.cursor() as cursor:
@@ -165,7 +187,57 @@ def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, ter
             with connection.cursor() as cursor:
                 cursor.execute("RESET lock_timeout")
         debit.write(stored={r.index for r in limited if (r.customer_pk, r.event.event_id) in inserted})
+        _settled(settling)
         return inserted
+
+
+def _usages(rows: list[Row], settling: _Settling | None) -> list[EventUsage]:
+    coverage = settling.coverage() if settling is not None else None
+    return [usage_of(r, coverage if settling is not None and r.index in settling.mine else None) for r in rows]
+
+
+def _note_refused_cover(settling: _Settling | None, usages: list[EventUsage], refusals: dict[Any, Refusal]) -> None:
+    if settling is not None:
+        settling.refused_cover = sum((u.covered_quantity for u in usages if u.key in refusals), Decimal(0))
+
+
+def _close_holds(prefix: list[Transfer]) -> None:
+    """Book a reservation's post and voids (idempotent ids: a retried settle finds them booked)."""
+    from billing.guardrails.reservations import check_closed
+
+    if prefix:
+        check_closed(prefix, get_ledger().create_transfers(prefix))
+
+
+_local_locks: dict[int, threading.Lock] = {}
+_local_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _serialized(customer_pks: set[int]) -> Iterator[None]:
+    """Book one customer's batches one at a time (a ledger outside the database, after tries that kept
+    meeting moved accounts): a session advisory lock per customer on PostgreSQL, held across the ledger
+    calls and the insert's own transaction; a lock per customer in this process otherwise (SQLite: one
+    process serves)."""
+    keys = sorted(customer_pks)
+    if connection.vendor == "postgresql":
+        ids = [zlib.crc32(f"tollgate-limits:{pk}".encode()) for pk in keys]
+        with connection.cursor() as cursor:
+            for lock_id in ids:
+                cursor.execute("SELECT pg_advisory_lock(%s)", [lock_id])
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                for lock_id in reversed(ids):
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
+        return
+    with _local_guard:
+        locks = [_local_locks.setdefault(pk, threading.Lock()) for pk in keys]
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 def fingerprint_of(keys: list[tuple[int, str, str]]) -> str:

@@ -22,23 +22,7 @@ from tests.conftest import post_json
 ADMIN = Principal(scopes=frozenset({"admin"}))
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 AT = datetime.now(timezone.utc) - timedelta(seconds=5)  # one instant: a retried body is the same body
-
-
-@pytest.fixture(autouse=True, params=["together", "held", "per_event"])
-def debit_mode(request, monkeypatch, settings) -> str:
-    """Every test in the three ways ingest debits the ledger: in the event insert's transaction, one
-    transfer per account and batch (a ledger sharing the database: the SQL backend); held in the ledger per
-    account and batch before the insert and posted after it (ledger.holds: TigerBeetle); before the insert,
-    one linked chain per event with ids derived from the event (TigerBeetle's fallback). On the SQL backend
-    the last two run with it made to look separate; on TigerBeetle ``together`` is not a way it has."""
-    from ledger.backends.sql import SqlLedger
-
-    if request.param == "together" and settings.LEDGER_BACKEND != "sql":
-        pytest.skip("the SQL ledger's own way (run on the SQL backend)")
-    if request.param != "together":
-        monkeypatch.setattr(SqlLedger, "shares_database", False)
-    settings.LEDGER_HELD_BATCHES = request.param == "held"
-    return request.param
+pytestmark = pytest.mark.usefixtures("debit_mode")  # every test in both ways of booking (conftest.py)
 
 
 def catalog(hard: str | None = None, cap: str | None = None, price: str = "0.01") -> str:
@@ -327,53 +311,6 @@ plans:
       - {meter: llm_tokens, hard: 1000}
     spend_cap: "100"
 """
-
-
-@pytest.mark.ledger
-@pytest.mark.django_db
-@pytest.mark.parametrize("debit_mode", ["per_event"], indirect=True)
-def test_each_event_debits_one_linked_chain_with_ids_derived_from_the_event(acme, debit_mode):
-    # given a graduated price, a hard limit, a spend cap and prepaid credits
-    from billing.guardrails import accounts as acc
-    from ledger.backends import get_ledger
-    from ledger.codes import AccountCode, currency_ledger, unit_ledger
-    from ledger.ids import derive
-    from ledger.types import TransferFlags
-
-    subscribe(acme, GRADUATED)
-    credits_grant(customer=acme, amount=Decimal("50"), currency="USD", idempotency_key="k")
-    meter = Meter.objects.get(key="llm_tokens")
-
-    # when two events cross the first tier's end (90 at 0.01, then 10 at 0.01 + 20 at 0.001)
-    results = events_ingest(principal=ADMIN, raw_events=[body("a", "90"), body("b", "30")])
-
-    # then each event's transfers are where its ids say, with its marginal cost, linked but the last
-    assert [r.status for r in results] == ["accepted", "accepted"]
-    period = acc.period_key(AT)
-    ids = acc.Ids(acme.pk)
-    counter = ids.counter(meter.pk, "|", period)
-    usd, units = currency_ledger("USD"), unit_ledger(meter.pk)
-    for event_id, quantity, cost in (("a", "90", "0.9"), ("b", "30", "0.12")):
-        wanted = {
-            derive("usage-counter", acme.pk, event_id, 0): (counter, AccountCode.OPERATOR_COUNTER, units,
-                                                            acc.qty_units(Decimal(quantity))),
-            derive("usage-quota", acme.pk, event_id): (ids.quota(meter.pk, period), AccountCode.OPERATOR_QUOTA, units,
-                                                       acc.qty_units(Decimal(quantity))),
-            derive("usage-spend", acme.pk, event_id): (ids.spend("USD", period), AccountCode.OPERATOR_SPEND, usd,
-                                                       acc.money_units_ceil(Decimal(cost))),
-            derive("usage-credits", acme.pk, event_id): (ids.wallet("USD"), AccountCode.CREDITS_CONSUMED, usd,
-                                                         acc.money_units_ceil(Decimal(cost))),
-        }
-        found = get_ledger().lookup_transfers(list(wanted))
-        assert found.keys() == wanted.keys()
-        for position, (transfer_id, (debit, operator, ledger, amount)) in enumerate(wanted.items()):
-            transfer = found[transfer_id]
-            credit = (ids.consumed("USD", period) if operator is AccountCode.CREDITS_CONSUMED  # the period's, per customer
-                      else acc.operator_account(operator, ledger).id)
-            assert (transfer.debit_account_id, transfer.credit_account_id, transfer.ledger, transfer.amount) == (
-                debit, credit, ledger, amount)
-            assert (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32) == (acme.pk, meter.pk, period)
-            assert bool(transfer.flags & TransferFlags.LINKED) == (position < 3)
 
 
 @pytest.mark.django_db

@@ -30,27 +30,12 @@ from billing.usage.services import events_ingest
 from ledger.backends import get_ledger
 from ledger.codes import TransferCode
 
-pytestmark = pytest.mark.ledger
+pytestmark = [pytest.mark.ledger, pytest.mark.usefixtures("debit_mode")]
 ADMIN = Principal(scopes=frozenset({"admin"}))
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 AT = datetime.now(timezone.utc) - timedelta(seconds=5)
 CAP = D("1000000000")
 _numbers = itertools.count()
-
-
-@pytest.fixture(autouse=True, params=["together", "held", "per_event"])
-def debit_mode(request: Any, monkeypatch: Any, settings: Any) -> str:
-    """The three ways ingest debits the ledger (as tests/billing/guardrails/test_limits_at_ingest.py): the
-    SQL ledger's batch debit (BatchDebit) in the insert's transaction; a batch held before the insert
-    (BatchDebit's transfers as pending holds); one linked chain per event (``enforce``)."""
-    from ledger.backends.sql import SqlLedger
-
-    if request.param == "together" and settings.LEDGER_BACKEND != "sql":
-        pytest.skip("the SQL ledger's own way (run on the SQL backend)")
-    if request.param != "together":
-        monkeypatch.setattr(SqlLedger, "shares_database", False)
-    settings.LEDGER_HELD_BATCHES = request.param == "held"
-    return str(request.param)
 
 
 def _ceil(amount: D) -> int:
