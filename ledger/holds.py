@@ -4,8 +4,11 @@ debit (TigerBeetle), which share no transaction, never disagree for long (docs/l
 1. ``place``: the transfers go in as pending holds, one linked chain (all or none), with a timeout. The
    ledger checks every balance bound then, atomically: what does not fit is refused before anything
    is stored.
-2. The caller commits its rows together with ``record(posts)`` (the outbox row) in one transaction.
-3. ``post``: the holds are posted. Ids derive from the holds, so posting twice is harmless.
+2. The caller commits its rows together with the outbox row (``record(posts)`` in its transaction, or
+   ``outbox(posts)`` in its statement on PostgreSQL).
+3. ``post``: the holds are posted. Ids derive from the holds, so posting twice is harmless. A ledger
+   that ``posts_later`` (TigerBeetle) hands them to this process's ``Poster`` (``post_soon``), which
+   posts what several requests handed it in one call; its reads wait for it first (``drain``).
 
 A process that dies after 1 leaves holds that expire on their own (nothing was stored: nothing is
 debited). One that dies after 2 leaves an outbox row: ``sweep`` posts it. A hold whose timeout passed
@@ -13,10 +16,14 @@ before it was posted is booked again as a plain transfer."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
@@ -74,9 +81,37 @@ def void(ledger: LedgerBackend, holds: Sequence[Transfer]) -> None:
             raise RuntimeError(f"ledger refused to void hold {hold.id:x}: {status.value}")
 
 
+def _outbox_json(posts: Sequence[Transfer]) -> list[list[Any]]:
+    return [[str(p.id), str(p.pending_id), p.ledger, p.code] for p in posts]
+
+
 def record(posts: Sequence[Transfer]) -> None:
     """The outbox row: call it in the transaction that stores the rows the holds are for."""
-    HeldPost.objects.create(transfers=[[str(p.id), str(p.pending_id), p.ledger, p.code] for p in posts])
+    HeldPost.objects.create(transfers=_outbox_json(posts))
+
+
+@dataclass
+class Outbox:
+    """The outbox row as a part of the caller's one statement (a ``Booking``: PostgreSQL), for a write that
+    can take one (billing.usage.ingest.store): the row is inserted with the caller's rows, or neither."""
+
+    posts: Sequence[Transfer]
+    params: list[str] = field(init=False)
+    ok: str = "TRUE"
+    ok_params: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.params = [json.dumps(_outbox_json(self.posts))]
+
+    @property
+    def ctes(self) -> str:
+        return (f"held_post AS (INSERT INTO {HeldPost._meta.db_table} (transfers, created_at) "  # noqa: S608
+                "VALUES (%s::jsonb, statement_timestamp()))")
+
+
+def outbox(posts: Sequence[Transfer]) -> Outbox:
+    """``record`` as a part of the caller's statement (PostgreSQL)."""
+    return Outbox(posts)
 
 
 def post(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
@@ -91,6 +126,86 @@ def post(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
         raise RuntimeError(f"ledger refused posts: {bad}")
     if expired:
         _rebook(ledger, expired)
+
+
+class Poster:
+    """Posts recorded holds off the request path: one daemon thread per process, started at the first
+    ``submit``; what several requests submitted goes in one ``create_transfers``. A post the ledger does
+    not answer stays for the sweep (its outbox row); so does anything of a process that dies first."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._queue: list[tuple[LedgerBackend, list[Transfer]]] = []
+        self._busy = False  # a call in flight
+        self._thread: threading.Thread | None = None
+
+    def submit(self, ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
+        with self._cv:
+            self._queue.append((ledger, list(posts)))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tollgate-held-posts", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is posted (or left to the sweep); False on timeout. A
+        no-op in the poster's own thread."""
+        if threading.current_thread() is self._thread:
+            return True
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._busy
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._queue))
+                self._busy = True  # before the queue empties: a lockless ``idle`` never sees neither
+                taken, self._queue = self._queue, []
+            try:
+                by_ledger: dict[int, tuple[LedgerBackend, list[Transfer]]] = {}
+                for ledger, posts in taken:
+                    by_ledger.setdefault(id(ledger), (ledger, []))[1].extend(posts)
+                for ledger, posts in by_ledger.values():
+                    try:
+                        post(ledger, posts)
+                    except Exception:  # the outbox rows stay: the sweep posts them
+                        log.warning("posting %d held transfers failed; the sweep will", len(posts), exc_info=True)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+
+_poster = Poster()
+
+
+def _new_poster_after_fork() -> None:
+    global _poster
+    _poster = Poster()  # the parent's thread is not in the child; what it had queued is the parent's
+
+
+os.register_at_fork(after_in_child=_new_poster_after_fork)
+
+
+def post_soon(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
+    """Post now, or, on a ledger that ``posts_later``, hand the posts to this process's poster."""
+    if not posts:
+        return
+    if getattr(ledger, "posts_later", False):
+        _poster.submit(ledger, posts)
+    else:
+        post(ledger, posts)
+
+
+def drain(timeout: float | None = None) -> bool:
+    """Wait until this process's poster has posted what it was handed (reads call it first, so that they
+    never show less than what this process accepted); False on timeout."""
+    poster = _poster
+    return True if poster.idle and threading.current_thread() is not poster._thread else poster.drain(timeout)
 
 
 def _rebook(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:

@@ -3,7 +3,8 @@
 One backend per process, shared by its threads: a TigerBeetle replica admits a fixed number of clients
 (32 in production mode) and drops the rest, so a process keeps exactly one client (docs/ledger.md, the
 connection budget). A forked child starts without it (the parent's client threads are not in the child)
-and opens its own at its first call; the client is closed when the process exits."""
+and opens its own at its first call (and its own poster of held batches, ledger.holds); the client is
+closed when the process exits, after the poster has posted what it was handed."""
 
 from __future__ import annotations
 
@@ -57,8 +58,12 @@ def _make(name: str) -> LedgerBackend:
 
 
 def close_ledger() -> None:
-    """Close this process's backend (its TigerBeetle client); the next get_ledger() opens a new one."""
+    """Close this process's backend (its TigerBeetle client) once its poster has posted what it was handed
+    (ledger.holds; at most a few seconds: what is left is the sweep's); the next get_ledger() opens a new one."""
     global _current
+    from ledger import holds
+
+    holds.drain(5)
     with _lock:
         current, _current = _current, None
     if current is not None and current[1] == os.getpid():

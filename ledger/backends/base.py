@@ -105,9 +105,12 @@ class LedgerBackend(ABC):
         what ``write.run`` returns. ``LedgerRefused`` (nothing booked or written) when a balance bound, or
         what ``expect`` states of the accounts' debits (see ``book_checked``), does not hold. ``key`` names
         the attempt (its retry finds what it left). This default, for a ledger outside the database, holds
-        the transfers as pending ones, runs the write with the holds' posts recorded in its transaction,
-        then posts them (ledger.holds; ``expect`` is not checked: bounds are). The SQL backend does it in
-        the write's own transaction."""
+        the transfers as pending ones, runs the write with the holds' posts recorded (the outbox row: in
+        the write's one statement on PostgreSQL, else in its transaction), then posts them, or has them
+        posted (ledger.holds; ``expect`` is not checked: bounds are). The SQL backend does it in the
+        write's own transaction."""
+        from django.db import connection
+
         from ledger import holds
 
         held = holds.holds_of(transfers, key)
@@ -115,16 +118,19 @@ class LedgerBackend(ABC):
             raise LedgerRefused("a bound refused the batch's holds")
         posts = holds.posts_of(held)
         try:
-            with transaction.atomic():
-                result = write.run(None)
-                if posts:
-                    holds.record(posts)
+            if posts and connection.vendor == "postgresql":
+                result = write.run(holds.outbox(posts))  # one statement: the rows and the outbox row
+            else:
+                with transaction.atomic():
+                    result = write.run(None)
+                    if posts:
+                        holds.record(posts)
         except BaseException:
             with contextlib.suppress(Exception):
                 holds.void(self, held)  # nothing was written: free the room now rather than at the holds' timeout
             raise
         with contextlib.suppress(LedgerUnavailable):  # written and recorded: the sweep posts them (holds.sweep)
-            holds.post(self, posts)
+            holds.post_soon(self, posts)
         return result
 
     def expire_pending(self) -> int:

@@ -118,6 +118,9 @@ class TigerBeetleLedger(LedgerBackend):
     call under our own timeout; a client that fails is closed and replaced at the next call."""
 
     name = "tigerbeetle"
+    # held batches are posted by this process's poster, off the request path (ledger.holds.post_soon); the
+    # reads below wait for it first, so that they never show less than what this process accepted
+    posts_later = True
 
     def __init__(self, *, addresses: str, cluster_id: int, timeout: float) -> None:
         self.addresses, self.cluster_id, self.timeout = addresses, cluster_id, timeout
@@ -178,6 +181,7 @@ class TigerBeetleLedger(LedgerBackend):
     def lookup_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
         if not ids:
             return {}
+        _drain(self.timeout)
         found = self._call(lambda c: c.lookup_accounts(list(ids)))
         return {a.id: Account(id=a.id, ledger=a.ledger, code=a.code, flags=AccountFlags(int(a.flags) & 0b1111),
                               user_data_128=a.user_data_128, user_data_64=a.user_data_64, user_data_32=a.user_data_32,
@@ -188,10 +192,12 @@ class TigerBeetleLedger(LedgerBackend):
     def lookup_transfers(self, ids: Sequence[int]) -> dict[int, Transfer]:
         if not ids:
             return {}
+        _drain(self.timeout)
         return {t.id: _transfer(t) for t in self._call(lambda c: c.lookup_transfers(list(ids)))}
 
     def account_transfers(self, account_id: int, limit: int = 100, *, code: int = 0,
                           user_data_32: int = 0) -> list[Transfer]:
+        _drain(self.timeout)
         out: list[Transfer] = []
         timestamp_min = 0
         while len(out) < limit:  # one query returns at most PAGE: page on by timestamp
@@ -209,6 +215,12 @@ class TigerBeetleLedger(LedgerBackend):
 
     def ping(self) -> None:
         self._call(lambda c: c.lookup_accounts([1]))
+
+
+def _drain(timeout: float) -> None:
+    from ledger import holds  # (the module needs Django's apps; this one is imported without them too)
+
+    holds.drain(timeout)
 
 
 def _account_transfers(client: Any, flt: Any) -> Any:

@@ -56,6 +56,7 @@ def die_during(target: Any, name: str) -> None:
 
             setattr(target, name, die)
             events_ingest(principal=ADMIN, raw_events=BATCH)
+            holds.drain()  # a ledger that posts later posts in this process's poster thread: wait for it
         finally:
             os._exit(1)  # got past the kill point: the parent's assertions say so
     _, status = os.waitpid(pid, 0)
