@@ -8,6 +8,7 @@ from django.db.models import Max
 
 from billing.catalog import schema
 from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
+from billing.common.calendar import next_period_start, period_bounds
 from billing.common.errors import ApiError
 
 
@@ -191,23 +192,16 @@ def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: 
     rows = list(Subscription.objects.select_for_update().filter(customer=customer).order_by("start"))
     in_effect_now = next((r for r in rows if r.start <= now and (r.end is None or r.end > now)), None)
     if start is None:
-        if in_effect_now is None:
-            start = now
-        else:
-            from billing.usage.selectors import bucket_bounds
-
-            start = bucket_bounds(now, "month")[1]
+        start = now if in_effect_now is None else next_period_start(now)
     covering = next((r for r in rows if r.start < start and (r.end is None or r.end > start)), None)
     if any(r.start >= start and r.start <= now for r in rows):
         raise ApiError(422, "validation_error", "The request is not valid.",
                        {"start": ["A subscription already started at or after this time; periods cannot be rewritten."]})
-    if covering is not None and covering.plan.currency != plan.currency:
-        from billing.usage.selectors import bucket_bounds
-
-        if bucket_bounds(start, "month")[0] != start:  # one invoice per period, in one currency
-            raise ApiError(422, "validation_error", "The request is not valid.",
-                           {"start": [f"A change from {covering.plan.currency} to {plan.currency} takes effect at the "
-                                      "start of a billing period (omit start for the next one)."]})
+    # one invoice per period, in one currency
+    if covering is not None and covering.plan.currency != plan.currency and period_bounds(start)[0] != start:
+        raise ApiError(422, "validation_error", "The request is not valid.",
+                       {"start": [f"A change from {covering.plan.currency} to {plan.currency} takes effect at the "
+                                  "start of a billing period (omit start for the next one)."]})
     Subscription.objects.filter(customer=customer, start__gte=start).delete()  # not started yet: replaced
     if covering is not None and covering.plan_id == plan.pk:
         covering.end = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -14,7 +13,7 @@ from django.db import transaction
 from billing.catalog.money import LEDGER_SCALE
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
-from ledger.ids import derive, namespace, period_code
+from ledger.ids import derive, namespace
 from ledger.types import Account, AccountFlags, Status, Transfer
 
 QTY_SCALE = 18  # quantities in unit ledgers: 10^-18 of a unit, as exact as an event's quantity
@@ -39,18 +38,6 @@ def units_to_qty(units: int) -> Decimal:
 
 def units_to_money(units: int) -> Decimal:
     return Decimal(units).scaleb(-LEDGER_SCALE)
-
-
-def period_key(at: datetime) -> int:
-    return period_code(at.year, at.month)
-
-
-def period_bounds(at: datetime) -> tuple[datetime, datetime]:
-    """The limits' period holding ``at``: the calendar month, UTC, half-open [start, end)."""
-    at = at.astimezone(timezone.utc)
-    start = datetime(at.year, at.month, 1, tzinfo=timezone.utc)
-    end = datetime(at.year + (at.month == 12), at.month % 12 + 1, 1, tzinfo=timezone.utc)
-    return start, end
 
 
 @dataclass(frozen=True)

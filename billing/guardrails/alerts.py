@@ -34,11 +34,11 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from billing.catalog.models import Meter, Plan, Subscription
+from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.guardrails import selectors
-from billing.guardrails.accounts import period_bounds
 from billing.guardrails.models import Alert, AlertThreshold
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,13 @@ from rest_framework.views import APIView
 from billing.catalog.models import Meter
 from billing.catalog.selectors import subscription_at
 from billing.common.auth import principal_of
+from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
 from billing.guardrails import accounts as acc
 from billing.guardrails import alerts, reservations, selectors, services
-from billing.guardrails.accounts import period_bounds
 from billing.guardrails.models import Alert, Reservation
 
 

@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.catalog.models import Meter
+from billing.common.calendar import period_key
 from billing.common.errors import ApiError
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
@@ -194,7 +195,7 @@ def refund_refused_coverage(reservation: Reservation, quantity: Decimal) -> None
     of the posted hold they had taken: a refused event consumes nothing."""
     if quantity <= 0 or "quota" not in reservation.legs:
         return
-    period = acc.period_key(reservation.created_at)
+    period = period_key(reservation.created_at)
     ledger = unit_ledger(reservation.meter_id)
     status = get_ledger().create_transfers([Transfer(
         id=derive("settle-refund", reservation.customer_id, reservation.reservation_id),

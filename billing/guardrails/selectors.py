@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from billing.catalog.models import Meter
 from billing.catalog.money import MINOR_UNITS
 from billing.catalog.selectors import subscription_at, version_in_effect
+from billing.common.calendar import period_key
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
@@ -35,7 +36,7 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
     version = version_in_effect(plan=subscription.plan, at=now) if subscription else None
     if subscription:
         currencies.add(subscription.plan.currency)
-    period = acc.period_key(now)
+    period = period_key(now)
     definition = version.definition if version else {}
     meters = {m.key: m for m in Meter.objects.filter(key__in=[lim["meter"] for lim in definition.get("limits", [])])}
     wanted = [ids.wallet(c) for c in currencies if c in MINOR_UNITS]
@@ -181,5 +182,5 @@ def alert_thresholds_effective(*, customer: Customer, now: datetime | None = Non
 
 
 def alerts_list(*, customer: Customer, period_start: datetime) -> QuerySet[Alert]:
-    """The customer's alerts of the period starting at ``period_start`` (``accounts.period_bounds``)."""
+    """The customer's alerts of the period starting at ``period_start`` (``calendar.period_bounds``)."""
     return Alert.objects.filter(customer=customer, period_start=period_start).order_by("crossed_at", "target", "percent")

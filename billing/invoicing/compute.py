@@ -20,6 +20,7 @@ from typing import Any
 
 from billing.catalog import money
 from billing.catalog.models import Plan, Subscription
+from billing.common.calendar import period_key
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.invoicing.estimate import Line, period_cuts, period_parts, price_parts
@@ -177,7 +178,7 @@ def credits_consumed(*, customer: Customer, currency: str, start: datetime,
     from billing.guardrails import accounts as acc
     from ledger.backends import get_ledger
 
-    period = acc.period_key(start + timedelta(days=1))
+    period = period_key(start + timedelta(days=1))
     account_id = acc.Ids(customer.pk).consumed(currency, period)
     if consumed is not None:
         return consumed.get(account_id, 0)

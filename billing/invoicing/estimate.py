@@ -21,11 +21,11 @@ from billing.catalog import money, pricing
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.catalog.schema import charge_spec
 from billing.catalog.selectors import subscription_at, versions_over
+from billing.common.calendar import period_bounds
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.invoicing.rows import Row, meters_by_pk, period_rows
 from billing.invoicing.snapshot import PeriodSnapshot
-from billing.usage.selectors import bucket_bounds
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
 log = logging.getLogger(__name__)
@@ -96,10 +96,6 @@ class Estimate:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
-
-
-def period_of(moment: datetime) -> tuple[datetime, datetime]:
-    return bucket_bounds(moment, "month")
 
 
 def subscription_segments(*, subscription: Subscription, start: datetime, end: datetime,
@@ -177,7 +173,7 @@ def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
     subscription = subscription_at(customer=customer, at=now)
     if subscription is None:
         return None
-    start, end = period_of(now)
+    start, end = period_bounds(now)
     parts = period_parts(customer=customer, start=start, end=end)
     rows, _ = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts))
     estimates = price_parts(customer=customer, parts=parts, start=start, end=end, rows=rows)
@@ -187,7 +183,7 @@ def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
 
 def simulate(*, customer: Customer, plan: Plan, definition: dict[str, Any], now: datetime) -> Estimate:
     """The open period priced as if ``definition`` had been in effect all period (the console's draft)."""
-    start, end = period_of(now)
+    start, end = period_bounds(now)
     return price_period(customer=customer, plan=plan, start=start, end=end,
                         segments=[Segment(start, end, definition, None)])
 
@@ -322,9 +318,5 @@ def _non_additive(meter: Meter, rows: list[Row]) -> Decimal:
         latest = [r.latest for r in rows if r.latest is not None]
         return max(latest, key=lambda item: (item[0], item[1]))[2] if latest else Decimal(0)
     return Decimal(len(frozenset().union(*(r.uniques for r in rows))))
-
-
-def next_period_start(moment: datetime) -> datetime:
-    return period_of(moment)[1]
 
 

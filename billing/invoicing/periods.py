@@ -1,6 +1,6 @@
 """Billing periods and when they close.
 
-Every plan bills calendar months in UTC, half-open ``[start, end)``. A period stays open for
+Every plan bills calendar months in UTC, half-open ``[start, end)`` (billing/common/calendar.py). A period stays open for
 ``TOLLGATE_PERIOD_GRACE_SECONDS`` (default one hour) after its end: late events still land in it. Then
 ``period_close`` records it closed (``PeriodClose``); from then on ingest answers events for it with
 422 ``period_closed``, and a correction of one of its events is booked on the current period as an
@@ -18,22 +18,11 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from billing.common.calendar import period_bounds
 from billing.invoicing.models import PeriodClose
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _cache: tuple[float, datetime] | None = None
-
-
-def period_bounds(moment: datetime) -> tuple[datetime, datetime]:
-    """The calendar month (UTC) holding ``moment``: ``[start, end)``."""
-    moment = moment.astimezone(timezone.utc)
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start, end
-
-
-def previous_period(start: datetime) -> tuple[datetime, datetime]:
-    return period_bounds(start - timedelta(microseconds=1))
 
 
 def grace() -> timedelta:

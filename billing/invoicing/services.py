@@ -18,6 +18,7 @@ from django.db.models import Q, QuerySet
 
 from billing.catalog import money
 from billing.catalog.models import AuditEntry, Subscription
+from billing.common.calendar import period_bounds, previous_period
 from billing.common.errors import ApiError
 from billing.customers.models import Customer
 from billing.invoicing import periods
@@ -102,7 +103,7 @@ def invoice_draft_refresh(*, customer: Customer, period_start: datetime, snapsho
     """Bring the period's draft up to date with the usage so far (no-op once finalized). None when the
     customer has no plan for the period. ``snapshot``: the period's shared reads, for a batch of customers
     (``drafts_refresh``; billing/invoicing/snapshot.py)."""
-    start, end = periods.period_bounds(period_start)
+    start, end = period_bounds(period_start)
     if snapshot is not None and snapshot.start != start:
         raise ValueError(f"a snapshot of the period from {snapshot.start} cannot refresh the one from {start}")
     computed = invoice_compute(customer=customer, start=start, end=end, snapshot=snapshot)
@@ -133,12 +134,12 @@ def drafts_refresh(*, now: datetime) -> int:
     ``periods_finalize``: the others' drafts stay current, and the next run tries it again. Returns how
     many drafts were refreshed."""
     count = 0
-    open_starts = [periods.period_bounds(now)[0]]
-    previous_start, previous_end = periods.previous_period(open_starts[0])
+    open_starts = [period_bounds(now)[0]]
+    previous_start, previous_end = previous_period(open_starts[0])
     if previous_end > periods.closed_until() and now < previous_end + periods.grace():
         open_starts.insert(0, previous_start)  # last month, still in its grace time
     for start in open_starts:
-        snapshot = period_snapshot(start=start, end=periods.period_bounds(start)[1])
+        snapshot = period_snapshot(start=start, end=period_bounds(start)[1])
         for customer in snapshot.customers:
             try:
                 if invoice_draft_refresh(customer=customer, period_start=start, snapshot=snapshot) is not None:

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from django.db.models import Q
 
 from billing.catalog.models import Meter, RateCardVersion, Subscription
+from billing.common.calendar import period_key
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
 
@@ -64,7 +65,7 @@ def _ledger_reads(subscriptions: dict[int, list[Subscription]], start: datetime)
     from billing.invoicing.compute import consumed_balance
     from ledger.backends import get_ledger
 
-    period = accounts.period_key(start + timedelta(days=1))  # as credits_consumed
+    period = period_key(start + timedelta(days=1))  # as credits_consumed
     wallet_ids, consumed_ids = set(), set()
     for customer, subs in subscriptions.items():
         ids = accounts.Ids(customer)

@@ -15,6 +15,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from billing.catalog.models import Meter
+from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError
 from billing.customers.models import Customer, Project
 from billing.usage.models import DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
@@ -98,9 +99,7 @@ def bucket_bounds(moment: datetime, granularity: str) -> tuple[datetime, datetim
     if granularity == "day":
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         return start, start + timedelta(days=1)
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start, end
+    return period_bounds(moment)
 
 
 @dataclass

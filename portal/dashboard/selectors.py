@@ -15,8 +15,8 @@ from typing import Any
 from billing.catalog.models import Meter
 from billing.catalog.money import from_minor
 from billing.catalog.selectors import subscription_at, version_in_effect
+from billing.common.calendar import period_bounds
 from billing.customers.models import Customer, CustomerUser
-from billing.guardrails.accounts import period_bounds
 from billing.guardrails.models import Alert, AlertThreshold
 from billing.guardrails.selectors import (
     EffectiveThreshold,
@@ -25,7 +25,7 @@ from billing.guardrails.selectors import (
     customer_balance,
     limit_figures,
 )
-from billing.invoicing.estimate import Estimate, period_of, upcoming_invoice
+from billing.invoicing.estimate import Estimate, upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.usage.models import UsageEvent
 from billing.usage.selectors import usage_aggregate
@@ -93,7 +93,7 @@ def _soft_limit(limit: dict[str, Any], hard: Decimal | None) -> Decimal | None:
 def glance(*, customer: Customer, now: datetime) -> Glance:
     """The open period at a glance: usage per meter against its limits, the bill so far, the next tier
     thresholds, credits and the days left."""
-    start, end = period_of(now)
+    start, end = period_bounds(now)
     used = {row["meter"]: row["quantity"] for row in
             usage_aggregate(customer=customer, start=start, end=end, granularity="month")}
     subscription = subscription_at(customer=customer, at=now)
@@ -136,7 +136,7 @@ HOURS_SHOWN = 72
 def usage_series(*, customer: Customer, now: datetime) -> list[dict[str, Any]]:
     """Per meter with usage this period: the last 72 hours hour by hour, and the period day by day
     (every bucket, zero where nothing happened; days still ahead are left out)."""
-    start, end = period_of(now)
+    start, end = period_bounds(now)
     hour_end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     hour_start = hour_end - timedelta(hours=HOURS_SHOWN)
     hourly = usage_aggregate(customer=customer, start=hour_start, end=hour_end, granularity="hour")
@@ -170,7 +170,7 @@ class Slice:
 def breakdown(*, customer: Customer, now: datetime, by: str, costs: list[UnitCost]) -> list[Slice]:
     """The period's usage and attributed cost (costs.py) per value of ``by`` (``project`` or a
     dimension), most expensive first."""
-    start, end = period_of(now)
+    start, end = period_bounds(now)
     group_by = tuple(sorted(filter_keys(costs) | {by}))
     slices: dict[str | None, Slice] = {}
     for row in usage_aggregate(customer=customer, start=start, end=end, granularity="month", group_by=group_by):
@@ -211,7 +211,7 @@ class Run:
 
 
 def _run_events(customer: Customer, now: datetime) -> Any:
-    start, end = period_of(now)
+    start, end = period_bounds(now)
     return (UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
             .exclude(run_id="").order_by())
 

@@ -16,9 +16,9 @@ from django.urls import reverse
 from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
+from billing.common.calendar import period_bounds
 from billing.customers.models import CustomerUser
 from billing.customers.services import customer_user_create
-from billing.guardrails.accounts import period_bounds
 from billing.guardrails.alerts import alert_threshold_create, alerts_check, plan_alert_threshold_set
 from billing.guardrails.models import Alert, AlertThreshold
 from billing.invoicing.estimate import ADDITIVE, upcoming_invoice

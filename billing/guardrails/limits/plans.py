@@ -11,6 +11,7 @@ from typing import Any
 
 from billing.catalog.models import Meter
 from billing.catalog.schema import charge_spec
+from billing.common.calendar import period_key
 from billing.guardrails import accounts as acc
 from billing.guardrails.limits.charges import Charge, counter_keys, fast_terms, matching_charges
 from billing.guardrails.limits.events import (
@@ -163,7 +164,7 @@ def prepare(events: list[EventUsage], terms: Terms | None = None,
             if found is None:
                 continue
             sub, version, lo, hi = found
-            period = acc.period_key(at)
+            period = period_key(at)
             span = spans[where] = (lo, hi, (event.customer_pk, sub.pk, version.pk, event.meter.pk, period))
             firsts.setdefault(span[2], (event, sub, version, period))
         keyed.append((event, span[2]))

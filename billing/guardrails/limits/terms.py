@@ -11,9 +11,9 @@ from typing import Any
 from django.db import connection
 
 from billing.catalog.models import Plan, RateCardVersion, Subscription
+from billing.common.calendar import period_bounds
 from billing.common.fields import aware_utc
 from billing.customers.models import Customer
-from billing.guardrails import accounts as acc
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ class Terms:
         if found is None:
             return None
         sub, version = found
-        lo, hi = acc.period_bounds(moment)
+        lo, hi = period_bounds(moment)
         lo = max(lo, sub.start, version.effective_from)
         if sub.end is not None:
             hi = min(hi, sub.end)

@@ -20,10 +20,10 @@ from django.db import connection
 from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
+from billing.common.calendar import period_bounds
 from billing.customers.models import Customer, CustomerUser
 from billing.guardrails import alerts as alerts_service
 from billing.guardrails import tasks
-from billing.guardrails.accounts import period_bounds
 from billing.guardrails.alerts import AlertSendDeferred, alert_threshold_create, alerts_check, alerts_sweep
 from billing.guardrails.models import Alert
 from billing.guardrails.selectors import alert_thresholds_effective, alerts_list

@@ -16,6 +16,7 @@ import pytest
 from django.db import connections
 
 from billing.catalog.models import Meter
+from billing.common.calendar import period_key
 from billing.guardrails import accounts as acc
 from billing.usage.models import UsageEvent
 from billing.usage.services import events_ingest
@@ -39,7 +40,7 @@ def held(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
 def quota(customer_pk: int) -> tuple[int, int]:
     """(debits_pending, debits_posted) of the customer's token quota this period, in tokens."""
     meter = Meter.objects.get(key="llm_tokens")
-    account_id = acc.Ids(customer_pk).quota(meter.pk, acc.period_key(AT))
+    account_id = acc.Ids(customer_pk).quota(meter.pk, period_key(AT))
     account = get_ledger().lookup_accounts([account_id])[account_id]
     return (int(acc.units_to_qty(account.debits_pending)), int(acc.units_to_qty(account.debits_posted)))
 

@@ -14,6 +14,7 @@ from django.db import connection
 from billing.catalog.models import Meter, Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
+from billing.common.calendar import period_key
 from billing.guardrails.services import credits_grant
 from billing.usage.models import UsageEvent
 from billing.usage.services import events_ingest
@@ -334,7 +335,7 @@ def test_a_batch_debits_one_transfer_per_account_in_the_insert_transaction(acme,
 
     # then one transfer per account holds the batch, its id derived from the batch's first event
     assert [r.status for r in first] == ["accepted", "accepted"] and [r.status for r in again] == ["duplicate"] * 2
-    period = acc.period_key(AT)
+    period = period_key(AT)
     ids = acc.Ids(acme.pk)
     usd, units = currency_ledger("USD"), unit_ledger(meter.pk)
     cost = acc.money_units_ceil(Decimal("0.9")) + acc.money_units_ceil(Decimal("0.12"))

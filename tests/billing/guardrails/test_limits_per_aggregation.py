@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from billing.catalog.models import Meter
+from billing.common.calendar import period_key
 from billing.guardrails import accounts as acc
 from billing.usage.models import UsageEvent
 from billing.usage.services import events_ingest
@@ -93,7 +94,7 @@ def test_a_unique_count_limit_counts_each_value_once_and_always_passes_a_counted
     assert second == ["accepted", "quota_exceeded", "accepted"]
     # and the quota holds exactly the three values
     meter = Meter.objects.get(key="agents")
-    quota = get_ledger().lookup_accounts([acc.Ids(acme.pk).quota(meter.pk, acc.period_key(AT))])
+    quota = get_ledger().lookup_accounts([acc.Ids(acme.pk).quota(meter.pk, period_key(AT))])
     assert acc.units_to_qty(next(iter(quota.values())).debits_posted) == 3
 
 

@@ -23,6 +23,7 @@ from billing.catalog.money import LEDGER_SCALE
 from billing.catalog.schema import charge_spec
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
+from billing.common.calendar import period_bounds, period_key
 from billing.customers.services import customer_create
 from billing.guardrails import accounts as acc
 from billing.guardrails.services import credits_grant
@@ -105,7 +106,7 @@ def _body(customer: Any, event_id: str, quantity: D) -> bytes:
 
 def _net(customer: Any) -> tuple[int, int, int]:
     """(net spend on the spend cap, net credits consumed, credits taken from the wallet), ledger units."""
-    period = acc.period_key(AT)
+    period = period_key(AT)
     ids = acc.Ids(customer.pk)
     found = get_ledger().lookup_accounts([ids.spend("USD", period), ids.consumed("USD", period), ids.wallet("USD")])
     spend, consumed, wallet = (found.get(ids.spend("USD", period)), found.get(ids.consumed("USD", period)),
@@ -154,7 +155,7 @@ def test_an_event_into_a_cheaper_volume_tier_is_credited_back_and_never_refused(
     assert [r.status for r in first + second] == ["accepted"] * 3
     assert _net(customer) == (_ceil(D("0.555")),) * 3
     # and no transfer's amount is negative: the give-back is a refund transfer to the customer's accounts
-    period = acc.period_key(AT)
+    period = period_key(AT)
     ids = acc.Ids(customer.pk)
     history = get_ledger().account_transfers(ids.spend("USD", period), limit=50)
     refunds = [t for t in history if t.code == TransferCode.USAGE_SPEND_REFUND]
@@ -177,7 +178,7 @@ def test_spent_figures_net_the_credit_backs(debit_mode):
     # then the balance's spend and the invoice's credits are the price of 120 units (0.60), not 0.90 + 0
     balance = customer_balance(customer=customer, now=AT)
     assert D(balance["spend_cap"]["spent"]) == D("0.6")
-    start, _end = acc.period_bounds(AT)
+    start, _end = period_bounds(AT)
     assert credits_consumed(customer=customer, currency="USD", start=start) == _ceil(D("0.6"))
     assert D(balance["credits"][0]["posted"]) == CAP - D("0.6")
 
@@ -189,7 +190,7 @@ def test_a_batch_whose_credit_back_comes_before_more_usage_books_its_peak(debit_
 
     spec = {"model": "volume", "tiers": [{"up_to": "100", "unit_price": "0.01"}, {"up_to": None, "unit_price": "0.001"}]}
     customer = _subscribe([spec])
-    period = acc.period_key(AT)
+    period = period_key(AT)
     ids = acc.Ids(customer.pk)
 
     # when one batch takes 1.00, gives 0.899 back (101 units: 0.101), then takes 0.05 more (150: 0.15)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from billing.common.calendar import period_bounds
 from billing.guardrails import accounts as acc
 from billing.invoicing.compute import credits_consumed
 from billing.usage.services import events_ingest
@@ -40,7 +41,7 @@ def test_credits_consumed_is_one_account_lookup_net_of_nothing_else(acme: Any, m
     monkeypatch.setattr(backend, "account_transfers", transfers)
 
     # when the period's consumed credits are read, then they are the usage's cost, in one lookup
-    start, _end = acc.period_bounds(AT)
+    start, _end = period_bounds(AT)
     assert credits_consumed(customer=acme, currency="USD", start=start) == acc.money_units_ceil(Decimal("1.5"))
     assert calls == ["lookup_accounts"]
     # and a currency or period without usage consumed nothing
