@@ -62,23 +62,13 @@ def _ledger_namespace() -> Any:
 
 @pytest.fixture(autouse=True)
 def _clear_cache() -> None:
+    """Tests roll the database back and its ids repeat: nothing a process cached may outlive a test."""
     from django.core.cache import cache
 
-    from billing.usage.ingest import resolve
+    from billing.common import process_caches
 
     cache.clear()
-    resolve.METERS.clear()  # tests roll the database back; production never deletes a meter
-    from billing.guardrails import accounts
-
-    accounts.KNOWN_ACCOUNTS.clear()  # the same for ledger accounts and allocations
-    accounts.KNOWN_ALLOCATIONS.clear()
-    accounts.KNOWN_WALLETS.clear()
-    from billing.guardrails.limits import plans
-
-    plans._SHARED.clear()
-    from billing.invoicing import periods
-
-    periods.forget_cache()
+    process_caches.clear_all()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 from django.db import transaction
 
 from billing.catalog.money import LEDGER_SCALE
+from billing.common import process_caches
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
 from ledger.ids import derive, namespace
@@ -74,6 +75,9 @@ def operator_account(code: AccountCode, ledger: int) -> Account:
 @functools.lru_cache(maxsize=4096)
 def _operator_account(code: AccountCode, ledger: int, ns: str) -> Account:
     return Account(id=derive("operator", int(code), ledger), ledger=ledger, code=int(code))
+
+
+process_caches.register_clearer("billing.guardrails.accounts._operator_account", _operator_account.cache_clear)
 
 
 def wallet_account(customer_pk: int, currency: str) -> Account:
@@ -140,10 +144,11 @@ def spend_allocation(customer_pk: int, currency: str, period: int, cap: Decimal)
 
 # What this process has seen in the ledger: accounts (as created) and allocations. Neither is ever
 # deleted nor changed, so a batch of limited ingest need not ask again (two statements per batch).
-# Tests, whose database is rolled back, clear them (tests/conftest.py).
-KNOWN_ACCOUNTS: set[Account] = set()
-KNOWN_ALLOCATIONS: set[Transfer] = set()
-KNOWN_WALLETS: set[int] = set()  # credit wallets seen in the ledger (created by grants, never deleted)
+# Tests, whose database is rolled back, clear them (billing.common.process_caches).
+KNOWN_ACCOUNTS: set[Account] = process_caches.register("billing.guardrails.accounts.KNOWN_ACCOUNTS", set())
+KNOWN_ALLOCATIONS: set[Transfer] = process_caches.register("billing.guardrails.accounts.KNOWN_ALLOCATIONS", set())
+# credit wallets seen in the ledger (created by grants, never deleted)
+KNOWN_WALLETS: set[int] = process_caches.register("billing.guardrails.accounts.KNOWN_WALLETS", set())
 
 
 def known_wallets(ids: list[int]) -> set[int]:

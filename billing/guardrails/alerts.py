@@ -34,6 +34,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from billing.catalog.models import Meter, Plan, Subscription
+from billing.common import process_caches
 from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError, validation_error
 from billing.common.fields import decimal_to_text
@@ -117,7 +118,7 @@ def _mark(customer_pk: int) -> str:
 
 # customer pk -> monotonic time until which a check this process queued has certainly not started (its
 # countdown runs): usage ingested before then is read by that check, so no cache call is needed at all.
-_QUEUED: dict[int, float] = {}
+_QUEUED: dict[int, float] = process_caches.register("billing.guardrails.alerts._QUEUED", {})
 
 
 def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:

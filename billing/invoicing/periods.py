@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from billing.common import process_caches
 from billing.common.calendar import period_bounds
 from billing.invoicing.models import PeriodClose
 
@@ -46,6 +47,9 @@ def closed_until_cached() -> datetime:
 def forget_cache() -> None:
     global _cache
     _cache = None
+
+
+process_caches.register_clearer("billing.invoicing.periods.closed_until_cached", forget_cache)
 
 
 def closable_period_ends(*, now: datetime, first_start: datetime) -> list[tuple[datetime, datetime]]:

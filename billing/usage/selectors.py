@@ -15,6 +15,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from billing.catalog.models import Meter
+from billing.common import process_caches
 from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError
 from billing.customers.models import Customer, Project
@@ -24,7 +25,7 @@ GRANULARITIES = ("hour", "day", "month")
 
 # The dimension sets by their key. A key is the digest of the canonical dimensions (rollups.dims_key), so a
 # key never changes its set: the sets already seen are kept per process (bounded).
-_DIMENSIONS: dict[str, dict[str, str]] = {}
+_DIMENSIONS: dict[str, dict[str, str]] = process_caches.register("billing.usage.selectors._DIMENSIONS", {})
 _DIMENSIONS_MAX = 100_000
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from billing.catalog.models import Meter
 from billing.catalog.schema import charge_spec
+from billing.common import process_caches
 from billing.common.calendar import period_key
 from billing.guardrails import accounts as acc
 from billing.guardrails.limits.charges import Charge, counter_keys, fast_terms, matching_charges
@@ -210,7 +211,8 @@ def prepare(events: list[EventUsage], terms: Terms | None = None,
 # LimitTerms of recent batches, reused by later ones: they depend only on the key (a version's definition is
 # never edited; ids derive from stable keys) and keep their charges by dimensions, so a customer's next
 # batch neither derives ids nor parses charges again. Bounded: emptied when full.
-_SHARED: dict[tuple[Any, ...], tuple[LimitTerms | None, list[Account], list[Transfer]]] = {}
+_SHARED: dict[tuple[Any, ...], tuple[LimitTerms | None, list[Account], list[Transfer]]] = process_caches.register(
+    "billing.guardrails.limits.plans._SHARED", {})
 
 
 _SHARED_MAX = 10_000

@@ -11,6 +11,7 @@ from typing import Any
 from django.db import connection
 
 from billing.catalog.models import Plan, RateCardVersion, Subscription
+from billing.common import process_caches
 from billing.common.calendar import period_bounds
 from billing.common.fields import aware_utc
 from billing.customers.models import Customer
@@ -40,7 +41,8 @@ class Version:
 
 # Rate-card versions are never edited, so their parsed definitions are kept in process, keyed by id and
 # creation time (a test database that is rolled back may hand an id out again).
-_DEFINITIONS: dict[tuple[int, datetime], dict[str, Any]] = {}
+_DEFINITIONS: dict[tuple[int, datetime], dict[str, Any]] = process_caches.register(
+    "billing.guardrails.limits.terms._DEFINITIONS", {})
 
 
 _TERMS_COLUMNS = 's.id, s.plan_id, s.start, s."end", p.currency, v.id, v.effective_from, v.created_at'

@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing.catalog.models import Meter
+from billing.common import process_caches
 from billing.common.auth import Principal
 from billing.customers.models import Project
 from billing.guardrails.limits import Terms
@@ -33,7 +34,7 @@ class Lookups:
     terms: Terms | None = None  # the customers' subscriptions and rate cards, read with them
 
 
-METERS: dict[str, Meter] = {}
+METERS: dict[str, Meter] = process_caches.register("billing.usage.ingest.resolve.METERS", {})
 
 
 def meters_cached(keys: set[str]) -> dict[str, Meter]:
