@@ -11,7 +11,7 @@ from billing.common.auth import principal_of
 from billing.common.errors import ApiError, validation_error
 from billing.customers.selectors import customer_get
 from billing.invoicing import services
-from billing.invoicing.estimate import upcoming_invoice
+from billing.invoicing.lines import upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.invoicing.selectors import invoice_as_dict, invoice_get, invoices_list
 

@@ -23,7 +23,7 @@ from billing.catalog.models import Plan, Subscription
 from billing.common.calendar import period_key
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.invoicing.estimate import Line, period_cuts, period_parts, price_parts
+from billing.invoicing.lines import Line, period_cuts, period_parts, price_parts
 from billing.invoicing.rows import Row, correction_rows, meters_by_pk, period_rows
 from billing.invoicing.snapshot import PeriodSnapshot
 

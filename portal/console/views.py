@@ -22,7 +22,7 @@ from billing.catalog.models import AuditEntry, Meter, Plan, Subscription
 from billing.catalog.money import from_minor
 from billing.catalog.selectors import version_in_effect
 from billing.catalog.services import plan_version_publish
-from billing.invoicing.estimate import simulate, upcoming_invoice
+from billing.invoicing.lines import simulate, upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.payments.selectors import invoice_sync_list, sync_summary
 from billing.payments.services import stripe_invoice_sync_retry

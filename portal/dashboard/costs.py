@@ -2,7 +2,7 @@
 
 Charges are priced on the whole period's quantity (tiers are cumulative), so one event has no price of
 its own. The dashboard uses the **average unit price of each charge line so far**: the line's exact
-amount (``billing.invoicing.estimate.upcoming_invoice``, priced by ``billing.catalog.pricing`` with the
+amount (``billing.invoicing.lines.upcoming_invoice``, priced by ``billing.catalog.pricing`` with the
 rate-card versions in effect) divided by the line's quantity. An event costs its quantity times the
 average price of every charge line it falls under (same meter, its dimensions match the charge's
 filter and, for a markup, the line's group). So the slices of a breakdown add up to the usage charges of
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 
 from billing.catalog.models import Meter
-from billing.invoicing.estimate import ADDITIVE, Estimate
+from billing.invoicing.lines import ADDITIVE, Estimate
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from billing.guardrails.selectors import (
     customer_balance,
     limit_figures,
 )
-from billing.invoicing.estimate import Estimate, upcoming_invoice
+from billing.invoicing.lines import Estimate, upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.usage.models import UsageEvent
 from billing.usage.selectors import usage_aggregate

@@ -21,7 +21,7 @@ from billing.customers.models import CustomerUser
 from billing.customers.services import customer_user_create
 from billing.guardrails.alerts import alert_threshold_create, alerts_check, plan_alert_threshold_set
 from billing.guardrails.models import Alert, AlertThreshold
-from billing.invoicing.estimate import ADDITIVE, upcoming_invoice
+from billing.invoicing.lines import ADDITIVE, upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.usage.services import events_ingest
 from portal.dashboard import selectors

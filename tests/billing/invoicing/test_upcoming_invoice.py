@@ -14,7 +14,7 @@ from billing.catalog import money
 from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
-from billing.invoicing.estimate import upcoming_invoice
+from billing.invoicing.lines import upcoming_invoice
 from billing.usage.services import events_ingest
 
 pytestmark = pytest.mark.django_db

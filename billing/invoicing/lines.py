@@ -1,4 +1,5 @@
-"""The open period's bill, priced from usage: the upcoming invoice and the console's simulation.
+"""A period's invoice lines, priced from usage: the one pricing engine behind final invoices
+(compute.py), the upcoming invoice and the console's simulation.
 
 Each event is priced by the rate-card version in effect at its ``usage_at``. Tiers are cumulative over
 the whole period, so when a version changes mid-period the units of each version's stretch are priced
