@@ -23,7 +23,7 @@ from billing.guardrails.limits.events import (
     refusal,
 )
 from billing.guardrails.limits.plans import LimitTerms, prepare
-from billing.guardrails.limits.terms import Terms
+from billing.guardrails.limits.subscribed import SubscribedPlans
 from ledger.backends import get_ledger
 from ledger.backends.base import LedgerRefused
 from ledger.ids import derive
@@ -54,7 +54,7 @@ class BatchDebit:
     again with locks. ``decide`` takes the decisions; ``write`` books the accepted events that were
     stored."""
 
-    def __init__(self, events: list[EventUsage], terms: Terms | None = None, *, lock: bool = True) -> None:
+    def __init__(self, events: list[EventUsage], subscribed: SubscribedPlans | None = None, *, lock: bool = True) -> None:
         events = [e for e in events if e.quantity > 0]
         # (account, code, ledger, meter, period) -> [amount, first event, terms]; per accepted event when
         # some events may not be stored (the careful pass), else the batch's sums
@@ -67,7 +67,7 @@ class BatchDebit:
         # Which credit wallets exist is first taken from what this process has seen (a wallet is never
         # deleted), and checked by the lock itself: the candidate wallets are locked with the accounts
         # (one statement). Only a wallet this process had not seen yet makes the work be done again.
-        prepared = prepare(events, terms, wallets=acc.known_wallets) if events else None
+        prepared = prepare(events, subscribed, wallets=acc.known_wallets) if events else None
         self.prepared = None
         if prepared is None:
             return
@@ -75,7 +75,7 @@ class BatchDebit:
         found = {i for i in prepared.wallet_ids if i in locked}
         if found != prepared.wallets:
             acc.remember_wallets(found)
-            prepared = prepare(events, terms, wallets=lambda ids: found)
+            prepared = prepare(events, subscribed, wallets=lambda ids: found)
             assert prepared is not None
             missing = prepared.locks() - locked.keys()
             if missing:  # accounts just created for the wallet's prepaid pricing (usage counters)

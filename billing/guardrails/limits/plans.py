@@ -28,7 +28,7 @@ from billing.guardrails.limits.events import (
     UNIQUE_VALUES,
     EventUsage,
 )
-from billing.guardrails.limits.terms import Sub, Terms, Version
+from billing.guardrails.limits.subscribed import Sub, SubscribedPlans, Version
 from ledger.backends import get_ledger
 from ledger.codes import AccountCode, currency_ledger, unit_ledger
 from ledger.ids import deriver
@@ -146,12 +146,12 @@ def _wallets_in_ledger(ids: list[int]) -> set[int]:
     return set(get_ledger().lookup_accounts(ids))
 
 
-def prepare(events: list[EventUsage], terms: Terms | None = None,
+def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
              wallets: Callable[[list[int]], set[int]] = _wallets_in_ledger) -> Prepared | None:
-    """Work out, once per batch, which events a limit applies to and with which terms (read unless the
-    caller has them); create the accounts and period allocations they need. ``wallets`` tells which
-    credit wallets exist (the ledger by default). None when no event has terms."""
-    terms = terms or Terms(e.customer_pk for e in events)
+    """Work out, once per batch, which events a limit applies to and with which terms (from the subscribed
+    plans, read unless the caller has them); create the accounts and period allocations they need.
+    ``wallets`` tells which credit wallets exist (the ledger by default). None when no event has terms."""
+    subscribed = subscribed or SubscribedPlans(e.customer_pk for e in events)
     # Pass 1: each event's (customer, subscription, rate-card version, meter, period), found once per
     # stretch of time in which it cannot change, not once per event.
     spans: dict[tuple[int, int], tuple[datetime, datetime, tuple[int, int, int, int, int]]] = {}
@@ -161,7 +161,7 @@ def prepare(events: list[EventUsage], terms: Terms | None = None,
         at, where = event.usage_at, (event.customer_pk, id(event.meter))
         span = spans.get(where)
         if span is None or not span[0] <= at < span[1]:
-            found = terms.span(event.customer_pk, at)
+            found = subscribed.span(event.customer_pk, at)
             if found is None:
                 continue
             sub, version, lo, hi = found

@@ -45,7 +45,7 @@ def events_ingest(
     subscribed = {c.pk for c in lookups.customers.values() if c.subscribed}
     limited = [r for r in batch.rows if r.customer_pk in subscribed]
     if batch.rows or reservation is not None:
-        inserted, known, retried_refusals = debit.debit_and_store(batch.rows, limited, reservation, now, lookups.terms)
+        inserted, known, retried_refusals = debit.debit_and_store(batch.rows, limited, reservation, now, lookups.subscribed)
         _answer(batch, inserted, known, retried_refusals, results)
         if subscribed and batch.rows:  # soft-limit alerts: a check per customer, after commit (guardrails.alerts)
             from billing.guardrails.alerts import alerts_check_soon

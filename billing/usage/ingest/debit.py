@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Refusal, Terms
+from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Refusal, SubscribedPlans
 from billing.usage.contract import EventError
 from billing.usage.ingest import store
 from billing.usage.ingest.rows import Row
@@ -31,15 +31,15 @@ _OPTIMISTIC_TRIES = 3  # unserialized tries before a ledger outside the database
 _SERIALIZED_TRIES = 10  # then 503 (retry): only bookings of other processes that never wait can be in the way
 
 
-def debit_and_store(rows: list[Row], limited: list[Row], reservation: Any, now: datetime, terms: Terms | None
+def debit_and_store(rows: list[Row], limited: list[Row], reservation: Any, now: datetime, subscribed: SubscribedPlans | None
                     ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]], bool]:
     """Steps 3 and 4: the limits, then the insert. Returns the keys inserted, the stored rows (fingerprint,
     billable, reason) read on the way, and whether a stored refusal must be answered again (a retry of a
     refused event stays refused)."""
     if reservation is not None:
-        return (*insert_as_a_batch(rows, limited, now, terms, _settling(rows, reservation, now)), True)
+        return (*insert_as_a_batch(rows, limited, now, subscribed, _settling(rows, reservation, now)), True)
     if limited:
-        return (*insert_as_a_batch(rows, limited, now, terms), True)
+        return (*insert_as_a_batch(rows, limited, now, subscribed), True)
     if not rows:
         return set(), {}, False
     # one INSERT statement: atomic and, in autocommit, committed (durable) before it returns
@@ -78,7 +78,7 @@ def _settled(settling: _Settling | None) -> None:
         refund_refused_coverage(settling.reservation, settling.refused_cover)
 
 
-def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None,
+def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, subscribed: SubscribedPlans | None,
                       settling: _Settling | None = None
                       ) -> tuple[set[tuple[int, str]], dict[tuple[int, str], tuple[str, bool, str]]]:
     """Insert the batch and debit its limited events, both or neither. Returns the keys inserted, and the
@@ -112,14 +112,14 @@ def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, terms:
         afresh()
         if settling is not None:
             if shares_database:  # the holds closed in the transaction that books the events
-                return _decided_under_locks(rows, limited, now, terms, settling)
+                return _decided_under_locks(rows, limited, now, subscribed, settling)
             _close_holds(settling.prefix)
         with contextlib.ExitStack() as stack:
             for n in range(_OPTIMISTIC_TRIES + (0 if shares_database else _SERIALIZED_TRIES)):
                 if n == _OPTIMISTIC_TRIES:
                     stack.enter_context(_serialized({r.customer_pk for r in limited}))
                 try:
-                    return _booked_with_the_insert(rows, limited, now, terms, known, settling,
+                    return _booked_with_the_insert(rows, limited, now, subscribed, known, settling,
                                                    keep_refusals=not shares_database)
                 except StoredMeanwhile:  # worth another optimistic try, which will see it stored
                     afresh()
@@ -128,7 +128,7 @@ def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, terms:
                     if shares_database:
                         break
         if shares_database:
-            return _decided_under_locks(rows, limited, now, terms)
+            return _decided_under_locks(rows, limited, now, subscribed)
         raise LedgerUnavailable("the customer's accounts kept moving under the batch; retry it")
 
     inserted = store.retrying_deadlocks(attempt)
@@ -141,13 +141,13 @@ class _Refused(Exception):
     """The optimistic pass found an event over a limit: decide again, nothing kept."""
 
 
-def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None,
+def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, subscribed: SubscribedPlans | None,
                             known: dict[tuple[int, str], tuple[str, bool, str]], settling: _Settling | None,
                             *, keep_refusals: bool) -> set[tuple[int, str]]:
     known.update(store.stored_rows(limited))
     debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
     usages = _usages(debited, settling)
-    debit = BatchDebit(usages, terms, lock=False)
+    debit = BatchDebit(usages, subscribed, lock=False)
     refusals = debit.decide()
     if refusals:
         if not keep_refusals:
@@ -162,7 +162,7 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
     return inserted
 
 
-def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, terms: Terms | None,
+def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, subscribed: SubscribedPlans | None,
                          settling: _Settling | None = None) -> set[tuple[int, str]]:
     """The careful pass (a ledger in the database): lock the accounts, read which ids are stored, decide,
     insert (the refused events as not billable), debit what was inserted, in one transaction. It locks
@@ -174,7 +174,7 @@ def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, ter
             _close_holds(settling.prefix)
         stored = set(store.stored_rows(limited))
         usages = _usages([r for r in limited if r.event.billable], settling)
-        debit = BatchDebit(usages, terms, lock=True)  # waits its turn
+        debit = BatchDebit(usages, subscribed, lock=True)  # waits its turn
         refusals = debit.decide(skip={r.index for r in limited if (r.customer_pk, r.event.event_id) in stored})
         apply_refusals(limited, refusals)
         _note_refused_cover(settling, usages, refusals)

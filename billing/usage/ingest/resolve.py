@@ -11,7 +11,7 @@ from billing.catalog.models import Meter
 from billing.common import process_caches
 from billing.common.auth import Principal
 from billing.customers.models import Project
-from billing.guardrails.limits import Terms
+from billing.guardrails.limits import SubscribedPlans
 from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, fingerprint
 from billing.usage.ingest.rows import Row
@@ -31,7 +31,7 @@ class Lookups:
     projects: dict[tuple[int, str], int] = field(default_factory=dict)
     originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
     closed_until: datetime = EPOCH  # usage before this instant belongs to a closed period
-    terms: Terms | None = None  # the customers' subscriptions and rate cards, read with them
+    subscribed: SubscribedPlans | None = None  # the customers' subscriptions and rate cards, read with them
 
 
 METERS: dict[str, Meter] = process_caches.register("billing.usage.ingest.resolve.METERS", {})
@@ -55,8 +55,8 @@ def load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> Lookups:
     lookups.closed_until = closed_until_cached()
     customer_ids = {e.customer for _, e in cleaned}
     # One round trip for the customers, whether each has a subscription (only then can a limit apply),
-    # and the terms the limits are read from (the ingest hot path).
-    customers, lookups.terms = Terms.of_customers(customer_ids)
+    # and the subscribed plans the limits are read from (the ingest hot path).
+    customers, lookups.subscribed = SubscribedPlans.of_customers(customer_ids)
     lookups.customers = {external_id: Cust(pk, subscribed) for external_id, (pk, subscribed) in customers.items()}
     lookups.meters = meters_cached({e.meter for _, e in cleaned})
     project_keys = {e.project for _, e in cleaned if e.project}

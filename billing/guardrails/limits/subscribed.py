@@ -1,4 +1,4 @@
-"""The subscriptions and rate-card versions of a batch's customers (``Terms``), read once per batch."""
+"""The subscriptions and rate-card versions of a batch's customers (``SubscribedPlans``), read once per batch."""
 
 from __future__ import annotations
 
@@ -42,17 +42,17 @@ class Version:
 # Rate-card versions are never edited, so their parsed definitions are kept in process, keyed by id and
 # creation time (a test database that is rolled back may hand an id out again).
 _DEFINITIONS: dict[tuple[int, datetime], dict[str, Any]] = process_caches.register(
-    "billing.guardrails.limits.terms._DEFINITIONS", {})
+    "billing.guardrails.limits.subscribed._DEFINITIONS", {})
 
 
-_TERMS_COLUMNS = 's.id, s.plan_id, s.start, s."end", p.currency, v.id, v.effective_from, v.created_at'
+_PLAN_COLUMNS = 's.id, s.plan_id, s.start, s."end", p.currency, v.id, v.effective_from, v.created_at'
 
 
-_TERMS_JOINS = (f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
+_PLAN_JOINS = (f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
                 f"JOIN {RateCardVersion._meta.db_table} v ON v.plan_id = s.plan_id")
 
 
-class Terms:
+class SubscribedPlans:
     """Subscriptions and rate-card versions of a batch's customers, loaded once: one plain statement
     (every limited ingest batch asks; the ORM's two querysets cost about 4 ms), or none when ingest read
     them with its customers (``of_customers``); definitions from the process cache."""
@@ -66,14 +66,15 @@ class Terms:
         if rows is None and pks:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    f"SELECT s.customer_id, {_TERMS_COLUMNS} FROM {Subscription._meta.db_table} s {_TERMS_JOINS} "  # noqa: S608
+                    f"SELECT s.customer_id, {_PLAN_COLUMNS} FROM {Subscription._meta.db_table} s {_PLAN_JOINS} "  # noqa: S608
                     f"WHERE s.customer_id IN ({', '.join(['%s'] * len(pks))})", pks)
                 rows = cursor.fetchall()
         self._load(rows or [])
 
     @classmethod
-    def of_customers(cls, external_ids: Iterable[str]) -> tuple[dict[str, tuple[int, bool]], Terms]:
-        """The customers by external id, each as (pk, has any subscription), and the terms of all of them,
+    def of_customers(cls, external_ids: Iterable[str]) -> tuple[dict[str, tuple[int, bool]], SubscribedPlans]:
+        """The customers by external id, each as (pk, has any subscription), and the subscribed plans of all
+        of them,
         in one statement (ingest's first read of every batch)."""
         ids = sorted(set(external_ids))
         if not ids:
@@ -83,13 +84,13 @@ class Terms:
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT c.id, c.external_id, EXISTS (SELECT 1 FROM {Subscription._meta.db_table} x "  # noqa: S608
-                f"WHERE x.customer_id = c.id), {_TERMS_COLUMNS} FROM {Customer._meta.db_table} c "
-                f"LEFT JOIN ({Subscription._meta.db_table} s {_TERMS_JOINS}) ON s.customer_id = c.id "
+                f"WHERE x.customer_id = c.id), {_PLAN_COLUMNS} FROM {Customer._meta.db_table} c "
+                f"LEFT JOIN ({Subscription._meta.db_table} s {_PLAN_JOINS}) ON s.customer_id = c.id "
                 f"WHERE c.external_id IN ({', '.join(['%s'] * len(ids))})", ids)
-            for pk, external_id, subscribed, *terms in cursor.fetchall():
+            for pk, external_id, subscribed, *plan in cursor.fetchall():
                 customers[external_id] = (pk, bool(subscribed))
-                if terms[0] is not None:
-                    rows.append((pk, *terms))
+                if plan[0] is not None:
+                    rows.append((pk, *plan))
         return customers, cls([pk for pk, _ in customers.values()], rows)
 
     def _load(self, rows: list[tuple[Any, ...]]) -> None:
