@@ -24,7 +24,7 @@ from billing.common.calendar import period_key
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.invoicing.lines import Line, period_cuts, period_parts, price_parts
-from billing.invoicing.rows import Row, correction_rows, meters_by_pk, period_rows
+from billing.invoicing.rows import UsageTotal, correction_rows, meters_by_pk, period_rows
 from billing.invoicing.snapshot import PeriodSnapshot
 
 
@@ -91,7 +91,7 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
 
     def priced(excluded: list[dict[str, Any]]) -> list[list[Line]]:
         # usage without the excluded corrections: add them back with the opposite sign (sum meters only)
-        extra = [Row(c["meter"], c["dimensions"], c["at"], -c["quantity"], None, frozenset(), None) for c in excluded]
+        extra = [UsageTotal(c["meter"], c["dimensions"], c["at"], -c["quantity"], None, frozenset(), None) for c in excluded]
         return [estimate.lines for estimate in price_parts(customer=customer, parts=parts, start=start, end=end,
                                                            rows=rows + extra, meters=meters)]
 

@@ -25,7 +25,7 @@ from billing.catalog.selectors import subscription_at, versions_over
 from billing.common.calendar import period_bounds
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.invoicing.rows import Row, meters_by_pk, period_rows
+from billing.invoicing.rows import UsageTotal, meters_by_pk, period_rows
 from billing.invoicing.snapshot import PeriodSnapshot
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
@@ -157,7 +157,7 @@ def period_cuts(parts: list[Part]) -> list[datetime]:
     return sorted({cut for part in parts for cut in segment_cuts(part.segments)})
 
 
-def price_parts(*, customer: Customer, parts: list[Part], start: datetime, end: datetime, rows: list[Row],
+def price_parts(*, customer: Customer, parts: list[Part], start: datetime, end: datetime, rows: list[UsageTotal],
                 meters: dict[int, Meter] | None = None) -> list[Estimate]:
     """Each part priced on its own; with more than one plan in the period, charge lines name their plan."""
     estimates = [price_period(customer=customer, plan=part.plan, start=start, end=end, segments=part.segments,
@@ -190,7 +190,7 @@ def simulate(*, customer: Customer, plan: Plan, definition: dict[str, Any], now:
 
 
 def price_period(*, customer: Customer, plan: Plan, start: datetime, end: datetime, segments: list[Segment],
-                 rows: list[Row] | None = None, meters: dict[int, Meter] | None = None) -> Estimate:
+                 rows: list[UsageTotal] | None = None, meters: dict[int, Meter] | None = None) -> Estimate:
     """Lines for [start, end) priced segment by segment. ``rows`` default to the period's rollups plus the
     raw events the rollups do not cover (billing/invoicing/rows.py)."""
     currency = plan.currency
@@ -261,10 +261,10 @@ def _line(charge: dict[str, Any], meter: Meter, quantity: Decimal, amount: Decim
                        for index, units, value in priced.tiers_used])
 
 
-def _select(rows: list[Row], meter: Meter, charge: dict[str, Any], markup: dict[str, Any] | None
-            ) -> dict[str | None, list[Row]]:
+def _select(rows: list[UsageTotal], meter: Meter, charge: dict[str, Any], markup: dict[str, Any] | None
+            ) -> dict[str | None, list[UsageTotal]]:
     wanted = charge.get("filter") or {}
-    out: dict[str | None, list[Row]] = defaultdict(list)
+    out: dict[str | None, list[UsageTotal]] = defaultdict(list)
     for row in rows:
         if row.meter != meter.key:
             continue
@@ -282,10 +282,10 @@ class _GroupState:
         self.cumulative = Decimal(0)
         self.amount = Decimal(0)
         self.priced: pricing.Priced | None = None
-        self.values: list[Row] = []
+        self.values: list[UsageTotal] = []
         self.last_charge: dict[str, Any] | None = None
 
-    def add(self, meter: Meter, events: list[Row], charge: dict[str, Any], segment: Segment) -> None:
+    def add(self, meter: Meter, events: list[UsageTotal], charge: dict[str, Any], segment: Segment) -> None:
         self.values.extend(events)
         self.last_charge = charge
         if meter.aggregation not in ADDITIVE:
@@ -310,7 +310,7 @@ class _GroupState:
         return priced.amount, priced
 
 
-def _non_additive(meter: Meter, rows: list[Row]) -> Decimal:
+def _non_additive(meter: Meter, rows: list[UsageTotal]) -> Decimal:
     if not rows:
         return Decimal(0)
     if meter.aggregation == Meter.Aggregation.MAX:

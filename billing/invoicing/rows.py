@@ -27,7 +27,7 @@ DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
-class Row:
+class UsageTotal:
     """Aggregated usage of one meter and dimension set at one moment (an hour, or an event's time)."""
 
     meter: str
@@ -48,7 +48,7 @@ def meters_by_pk() -> dict[int, Meter]:
 
 
 def period_rows(*, customer: Customer, start: datetime, end: datetime, cuts: Iterable[datetime] = (),
-                source: str = "rollups", meters: dict[int, Meter] | None = None) -> tuple[list[Row], int]:
+                source: str = "rollups", meters: dict[int, Meter] | None = None) -> tuple[list[UsageTotal], int]:
     """Billable usage of ``customer`` with ``usage_at`` in [start, end). ``cuts`` are instants where the
     price changes: an hour holding one off the hour is read from raw events. Returns the rows and the
     rollup watermark they were read at (0 for raw). ``meters`` (by pk) saves reading them."""
@@ -84,7 +84,7 @@ KEYED = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT, Meter.Aggregation.UNIQU
 EVENT_FIELDS = ("pk", "meter_id", "dimensions", "quantity", "usage_at")
 
 
-def _event_rows(meters: dict[int, Meter], values: Iterable[tuple[Any, ...]]) -> list[Row]:
+def _event_rows(meters: dict[int, Meter], values: Iterable[tuple[Any, ...]]) -> list[UsageTotal]:
     return [event_row(meters[meter_id], dims or {}, quantity, usage_at, event_pk)
             for event_pk, meter_id, dims, quantity, usage_at in values]
 
@@ -159,7 +159,7 @@ def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[dat
 
 
 def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]
-            ) -> tuple[list[Row], int]:
+            ) -> tuple[list[UsageTotal], int]:
     """Rollup rows over whole-hour ranges (whole days from the daily rollups), and the watermark they hold
     the events up to. On PostgreSQL the ranges are aggregated in the database, one row per range, meter and
     dimension set (pricing needs a range's total, maximum, distinct values or latest value, not its hours:
@@ -195,7 +195,7 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
         meter, dims = meters[meter_id], dimensions[key]
         if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
             uniques = [dims[meter.unique_by]] if meter.unique_by in dims else []
-        out.append(Row(meter.key, dims, at, total, maximum, frozenset(uniques), latest))
+        out.append(UsageTotal(meter.key, dims, at, total, maximum, frozenset(uniques), latest))
     return out, watermark
 
 
@@ -203,9 +203,9 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def event_row(meter: Meter, dims: dict[str, str], quantity: Decimal, usage_at: datetime, event_pk: int) -> Row:
+def event_row(meter: Meter, dims: dict[str, str], quantity: Decimal, usage_at: datetime, event_pk: int) -> UsageTotal:
     unique = dims.get(meter.unique_by) if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT else None
-    return Row(meter.key, dims, usage_at, quantity, quantity, frozenset([unique] if unique is not None else []),
+    return UsageTotal(meter.key, dims, usage_at, quantity, quantity, frozenset([unique] if unique is not None else []),
                (usage_at, event_pk, quantity))
 
 

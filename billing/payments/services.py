@@ -46,7 +46,7 @@ BACKOFF_SECONDS = (30, 60, 120, 300, 600, 1800, 3600)  # then hourly
 METER_LOOKBACK = timedelta(days=34)  # Stripe takes meter events up to 35 days old
 REPORTED_AGGREGATIONS = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)  # hourly totals that add up
 
-Row = TypeVar("Row", bound=SyncRow)
+SyncRowT = TypeVar("SyncRowT", bound=SyncRow)
 
 
 def stripe_enabled() -> bool:
@@ -63,12 +63,12 @@ def _lease_take(row: SyncRow, *, now: datetime) -> bool:
     return bool(model._default_manager.filter(pk=row.pk).filter(free).update(leased_until=now + LEASE))
 
 
-def _row_done(row: Row, *, now: datetime, **fields: Any) -> Row:
+def _row_done(row: SyncRowT, *, now: datetime, **fields: Any) -> SyncRowT:
     fields.update(state=SyncState.SYNCED, last_error="", next_attempt_at=None, leased_until=None, synced_at=now)
     return _row_save(row, fields)
 
 
-def _row_error(row: Row, exc: GatewayError, *, now: datetime) -> Row:
+def _row_error(row: SyncRowT, exc: GatewayError, *, now: datetime) -> SyncRowT:
     attempts = row.attempts + 1
     state = SyncState.PENDING if exc.retryable else SyncState.FAILED
     log.warning("stripe sync %s failed (attempt %d, %s): %s", row, attempts, state, exc)
@@ -76,14 +76,14 @@ def _row_error(row: Row, exc: GatewayError, *, now: datetime) -> Row:
                            "next_attempt_at": now + backoff(attempts), "leased_until": None})
 
 
-def _row_save(row: Row, fields: dict[str, Any]) -> Row:
+def _row_save(row: SyncRowT, fields: dict[str, Any]) -> SyncRowT:
     for name, value in fields.items():
         setattr(row, name, value)
     row.save(update_fields=[*fields, "updated_at"])
     return row
 
 
-def _row_reset(row: Row) -> Row:
+def _row_reset(row: SyncRowT) -> SyncRowT:
     """Due now: for a new request (an update to sync, an operator's retry)."""
     return _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None})
 
@@ -388,7 +388,7 @@ def meter_usage_push(*, report_pk: int, now: datetime | None = None) -> MeterUsa
 
 
 # --- the beat task's sweep ---------------------------------------------------------------------------
-def _due(model: type[Row], now: datetime, limit: int) -> list[int]:
+def _due(model: type[SyncRowT], now: datetime, limit: int) -> list[int]:
     query = model._default_manager.filter(state=SyncState.PENDING).filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)).filter(
         Q(leased_until__isnull=True) | Q(leased_until__lt=now))

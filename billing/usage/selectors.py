@@ -104,7 +104,7 @@ def bucket_bounds(moment: datetime, granularity: str) -> tuple[datetime, datetim
 
 
 @dataclass
-class _Acc:
+class _Aggregate:
     meter: Meter
     value: Decimal | None = None
     latest_at: tuple[datetime, int] | None = None
@@ -169,14 +169,14 @@ def usage_aggregate(
     whole_lo = start if start == start.replace(minute=0, second=0, microsecond=0) else (
         start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
     whole_hi = max(end.replace(minute=0, second=0, microsecond=0), whole_lo)
-    accs: dict[tuple[Any, ...], _Acc] = {}
+    aggregates: dict[tuple[Any, ...], _Aggregate] = {}
 
-    def acc_for(meter_pk: int, moment: datetime, group: tuple[Any, ...]) -> _Acc:
+    def aggregate_for(meter_pk: int, moment: datetime, group: tuple[Any, ...]) -> _Aggregate:
         key = (meter_pk, bucket_bounds(moment, granularity), group)
-        acc = accs.get(key)
-        if acc is None:
-            acc = accs[key] = _Acc(meters[meter_pk])
-        return acc
+        aggregate = aggregates.get(key)
+        if aggregate is None:
+            aggregate = aggregates[key] = _Aggregate(meters[meter_pk])
+        return aggregate
 
     if watermark and whole_lo < whole_hi:
         rolled = HourlyRollup.objects.filter(customer=customer, hour__gte=whole_lo, hour__lt=whole_hi)
@@ -188,7 +188,7 @@ def usage_aggregate(
         for row in hours:
             group = tuple(projects.get(row.project_id or 0) if name == "project" else sets[row.dims_key].get(name)
                           for name in group_by)
-            acc_for(row.meter_id, row.hour, group).add_rollup(row)
+            aggregate_for(row.meter_id, row.hour, group).add_rollup(row)
     qs = UsageEvent.objects.filter(customer=customer, billable=True, usage_at__gte=start, usage_at__lt=end)
     if watermark and whole_lo < whole_hi:  # raw: the tail after the watermark, and the cut edge hours
         qs = qs.filter(Q(id__gt=watermark) | Q(usage_at__lt=whole_lo) | Q(usage_at__gte=whole_hi))
@@ -197,17 +197,17 @@ def usage_aggregate(
     rows = qs.values_list("pk", "meter_id", "project__key", "dimensions", "quantity", "usage_at").order_by()
     for pk, meter_pk, project_key, dimensions, quantity, usage_at in _iterate(rows):
         group = tuple(project_key if name == "project" else (dimensions or {}).get(name) for name in group_by)
-        acc_for(meter_pk, usage_at, group).add(quantity, usage_at, pk, dimensions or {})
+        aggregate_for(meter_pk, usage_at, group).add(quantity, usage_at, pk, dimensions or {})
     data = []
-    for (meter_pk, (b_start, b_end), group), acc in sorted(
-        accs.items(), key=lambda item: (meters[item[0][0]].key, item[0][1][0], [str(g) for g in item[0][2]])
+    for (meter_pk, (b_start, b_end), group), aggregate in sorted(
+        aggregates.items(), key=lambda item: (meters[item[0][0]].key, item[0][1][0], [str(g) for g in item[0][2]])
     ):
         data.append({
             "meter": meters[meter_pk].key,
             "start": b_start,
             "end": b_end,
             "group": dict(zip(group_by, group, strict=True)),
-            "quantity": acc.result(),
+            "quantity": aggregate.result(),
         })
     return data
 

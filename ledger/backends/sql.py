@@ -353,7 +353,7 @@ class Booking:
 
 
 @dataclass(slots=True)
-class _Acc:
+class _LockedAccount:
     """An account row locked by the batch, as plain ints (balances change per transfer in the loop)."""
 
     id: int
@@ -710,7 +710,7 @@ def _plain_batch(transfers: list[Transfer], existing: dict, failed: dict) -> _Pl
 _PLAIN_TAIL = f"\t{_STATE_POSTED}\t\\N\n"  # state posted, no expiry
 
 
-def _check_limits(dr: _Acc, cr: _Acc, amount: int) -> Status | None:
+def _check_limits(dr: _LockedAccount, cr: _LockedAccount, amount: int) -> Status | None:
     if dr.flags & _DEBITS_BOUNDED and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
         return Status.EXCEEDS_CREDITS
     if cr.flags & _CREDITS_BOUNDED and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted:
@@ -760,15 +760,15 @@ def _failed_by_id(ids: list[int]) -> dict[int, str]:
         return {int(pk): status for pk, status in cursor.fetchall()}
 
 
-def _lock_accounts(ids: list[int]) -> dict[int, _Acc]:
+def _lock_accounts(ids: list[int]) -> dict[int, _LockedAccount]:
     """The accounts, locked FOR UPDATE in ascending id order (PostgreSQL); SQLite's IMMEDIATE
     transaction already holds the database write lock."""
     if not ids:
         return {}
     if connection.vendor != "postgresql":
         rows = _locked(LedgerAccount.objects.filter(pk__in=ids)).values_list("id", "ledger", "flags", *_BALANCES)
-        return {row[0]: _Acc(*row) for row in rows}
-    return {pk: _Acc(pk, ledger, flags, dp, dpo, cp, cpo) for pk, ledger, flags, dp, dpo, cp, cpo
+        return {row[0]: _LockedAccount(*row) for row in rows}
+    return {pk: _LockedAccount(pk, ledger, flags, dp, dpo, cp, cpo) for pk, ledger, flags, dp, dpo, cp, cpo
             in _account_rows(ids, ("id", "ledger", "flags", *_BALANCES), lock=True)}
 
 
@@ -790,7 +790,7 @@ def _same_account(stored: Account | None, wanted: Account) -> bool:
                                                             wanted.user_data_128, wanted.user_data_64, wanted.user_data_32)
 
 
-def _save_accounts(accounts: list[_Acc]) -> None:
+def _save_accounts(accounts: list[_LockedAccount]) -> None:
     """One UPDATE for the batch's changed accounts: a balance is written once per batch, however many
     transfers moved it."""
     if not accounts:
