@@ -11,6 +11,17 @@ def customer_user_customer_pk(*, user_id: int) -> int | None:
     return CustomerUser.objects.filter(user_id=user_id).values_list("customer_id", flat=True).first()
 
 
+def customer_find(*, external_id: str | None = None, pk: int | None = None) -> Customer | None:
+    """The customer by its external id or its pk, or None; no access check (the caller's own)."""
+    if pk is not None:
+        return Customer.objects.filter(pk=pk).first()
+    return Customer.objects.filter(external_id=external_id).first()
+
+
+def customers_by_external_id() -> QuerySet[Customer]:
+    return Customer.objects.order_by("external_id")
+
+
 def customer_list(*, principal: Principal) -> QuerySet[Customer]:
     qs = Customer.objects.all()
     if principal.customer_id is not None:

@@ -90,9 +90,15 @@ def _soft_limit(limit: dict[str, Any], hard: Decimal | None) -> Decimal | None:
     return hard * DEFAULT_SOFT_PERCENT / 100 if hard is not None else None  # the default alert threshold
 
 
-def glance(*, customer: Customer, now: datetime) -> Glance:
-    """The open period at a glance: usage per meter against its limits, the bill so far, the next tier
-    thresholds, credits and the days left."""
+def period_estimate(*, customer: Customer, now: datetime) -> Estimate | None:
+    """The open period priced (the upcoming invoice): the one pricing of a dashboard request, which its
+    glance, charts and breakdowns are all given."""
+    return upcoming_invoice(customer=customer, now=now)
+
+
+def glance(*, customer: Customer, now: datetime, estimate: Estimate | None) -> Glance:
+    """The open period at a glance: usage per meter against its limits, the bill so far (``estimate``), the
+    next tier thresholds, credits and the days left."""
     start, end = period_bounds(now)
     used = {row["meter"]: row["quantity"] for row in
             usage_aggregate(customer=customer, start=start, end=end, granularity="month")}
@@ -105,7 +111,6 @@ def glance(*, customer: Customer, now: datetime) -> Glance:
         hard = Decimal(str(limit["hard"])) if limit.get("hard") not in (None, "") else None
         meters.append(MeterGlance(meter.key, meter.name, meter.unit, used.get(meter.key, Decimal(0)), hard,
                                   _soft_limit(limit, hard)))
-    estimate = upcoming_invoice(customer=customer, now=now)
     balance = customer_balance(customer=customer, now=now)
     next_tiers = []
     for line in estimate.lines if estimate else []:
@@ -118,9 +123,9 @@ def glance(*, customer: Customer, now: datetime) -> Glance:
     return Glance(customer, now, start, end, meters, estimate, balance["credits"], balance["spend_cap"], next_tiers)
 
 
-def attributed_costs(*, customer: Customer, now: datetime) -> list[UnitCost]:
-    """The average unit price of each charge line so far (costs.py explains the attribution)."""
-    return unit_costs(upcoming_invoice(customer=customer, now=now))
+def attributed_costs(*, estimate: Estimate | None) -> list[UnitCost]:
+    """The average unit price of each charge line of ``estimate`` so far (costs.py explains the attribution)."""
+    return unit_costs(estimate)
 
 
 def plan_currency(*, customer: Customer, now: datetime) -> str:

@@ -21,8 +21,9 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from billing.common.errors import ApiError
 from billing.customers.models import Customer
-from billing.customers.selectors import customer_user_customer_pk
+from billing.customers.selectors import customer_find, customer_user_customer_pk, customers_by_external_id
 from billing.guardrails.alerts import alert_threshold_create, alert_threshold_delete
+from billing.invoicing.lines import Estimate
 from portal.dashboard import charts, selectors
 from portal.dashboard.forms import ContactEmailForm, ThresholdAddForm, UserAddForm
 from portal.dashboard.services import dashboard_user_add, invoice_contact_set
@@ -31,7 +32,7 @@ BREAKDOWNS = ("project", "model", "provider", "direction", "region", "agent_id")
 
 
 def _customer_for(request: HttpRequest, customer_id: str) -> Customer | None:
-    customer = Customer.objects.filter(external_id=customer_id).first()
+    customer = customer_find(external_id=customer_id)
     if customer is None or request.user.is_staff:
         return customer
     if request.user.pk is None:
@@ -71,23 +72,23 @@ def dashboard_home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     if request.user.is_staff:
-        return render(request, "dashboard/home.html", {"customers": Customer.objects.order_by("external_id")})
+        return render(request, "dashboard/home.html", {"customers": customers_by_external_id()})
     own = customer_user_customer_pk(user_id=int(request.user.pk))
     if own is None:
         raise PermissionDenied("This login is not linked to a customer.")
-    customer = Customer.objects.get(pk=own)
+    customer = customer_find(pk=own)
+    if customer is None:
+        raise PermissionDenied("This login is not linked to a customer.")
     return redirect("dashboard:overview", customer_id=customer.external_id)
 
 
-def _glance_context(customer: Customer) -> dict[str, Any]:
-    now = _now()
-    return {"customer": customer, "glance": selectors.glance(customer=customer, now=now),
+def _glance_context(customer: Customer, now: datetime, estimate: Estimate | None) -> dict[str, Any]:
+    return {"customer": customer, "glance": selectors.glance(customer=customer, now=now, estimate=estimate),
             "alerts": selectors.alerts_shown(customer=customer, now=now)}
 
 
-def _charts_context(customer: Customer) -> dict[str, Any]:
-    now = _now()
-    estimate_costs = selectors.attributed_costs(customer=customer, now=now)
+def _charts_context(customer: Customer, now: datetime, estimate: Estimate | None) -> dict[str, Any]:
+    estimate_costs = selectors.attributed_costs(estimate=estimate)
     usage = []
     for series in selectors.usage_series(customer=customer, now=now):
         meter = series["meter"]
@@ -109,18 +110,24 @@ def _charts_context(customer: Customer) -> dict[str, Any]:
 
 @customer_view
 def overview(request: HttpRequest, customer: Customer) -> HttpResponse:
-    return render(request, "dashboard/overview.html", {**_glance_context(customer), **_charts_context(customer),
-                                                       "tab": "overview"})
+    now = _now()
+    estimate = selectors.period_estimate(customer=customer, now=now)  # priced once for both halves of the page
+    return render(request, "dashboard/overview.html", {**_glance_context(customer, now, estimate),
+                                                       **_charts_context(customer, now, estimate), "tab": "overview"})
 
 
 @customer_view
 def glance_partial(request: HttpRequest, customer: Customer) -> HttpResponse:
-    return render(request, "dashboard/overview.html#glance", _glance_context(customer))
+    now = _now()
+    estimate = selectors.period_estimate(customer=customer, now=now)
+    return render(request, "dashboard/overview.html#glance", _glance_context(customer, now, estimate))
 
 
 @customer_view
 def charts_partial(request: HttpRequest, customer: Customer) -> HttpResponse:
-    return render(request, "dashboard/overview.html#charts", _charts_context(customer))
+    now = _now()
+    estimate = selectors.period_estimate(customer=customer, now=now)
+    return render(request, "dashboard/overview.html#charts", _charts_context(customer, now, estimate))
 
 
 @customer_view
@@ -130,7 +137,7 @@ def usage_breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
     if by not in BREAKDOWNS:
         by = "project"
     now = _now()
-    costs = selectors.attributed_costs(customer=customer, now=now)
+    costs = selectors.attributed_costs(estimate=selectors.period_estimate(customer=customer, now=now))
     slices = selectors.breakdown(customer=customer, now=now, by=by, costs=costs)
     meters = sorted({m for s in slices for m in s.quantities})
     context = {"customer": customer, "tab": "usage", "by": by, "choices": BREAKDOWNS, "slices": slices,
@@ -143,7 +150,7 @@ def usage_breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
 @customer_view
 def run_detail(request: HttpRequest, customer: Customer, run_id: str) -> HttpResponse:
     now = _now()
-    costs = selectors.attributed_costs(customer=customer, now=now)
+    costs = selectors.attributed_costs(estimate=selectors.period_estimate(customer=customer, now=now))
     steps = selectors.run_steps(customer=customer, now=now, run_id=run_id, costs=costs)
     if not steps:
         return render(request, "dashboard/not_found.html", status=404)

@@ -21,6 +21,7 @@ from billing.customers.models import CustomerUser
 from billing.customers.services import customer_user_create
 from billing.guardrails.alerts import alert_threshold_create, alerts_check, plan_alert_threshold_set
 from billing.guardrails.models import Alert, AlertThreshold
+from billing.invoicing import lines
 from billing.invoicing.lines import ADDITIVE, upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.usage.services import events_ingest
@@ -218,6 +219,27 @@ def test_new_events_show_in_the_polled_partial_at_once(ann, now):
     after = ann.get("/dashboard/acme-co/glance").content.decode()
 
     assert 'data-used="100"' in before and 'data-used="123"' in after
+
+
+@pytest.mark.parametrize("path", ["", "glance", "charts", "usage/"])
+def test_a_page_or_poll_prices_the_period_once(ann, now, monkeypatch, path):
+    # given usage this period
+    send(now, tokens("a", 100))
+    priced = []
+    real = lines.price_period
+
+    def counted(**kwargs):
+        priced.append(kwargs["customer"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(lines, "price_period", counted)
+
+    # when the page (or its polled fragment) is read
+    response = ann.get(f"/dashboard/acme-co/{path}", HTTP_HX_REQUEST="true")
+
+    # then the open period was priced once (one plan: one price_period)
+    assert response.status_code == 200
+    assert len(priced) == 1
 
 
 def test_charts_are_svg_with_the_same_data_as_a_table(ann, now):
