@@ -1,16 +1,25 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from billing.catalog import schema
-from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
+from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
 
 
 def meter_list() -> QuerySet[Meter]:
     return Meter.objects.all()
+
+
+def meter_keys() -> set[str]:
+    return set(Meter.objects.values_list("key", flat=True))
+
+
+def audit_entries() -> QuerySet[AuditEntry]:
+    return AuditEntry.objects.order_by("-at", "-id")
 
 
 def meters_by_key(*, keys: set[str]) -> dict[str, Meter]:
@@ -19,6 +28,41 @@ def meters_by_key(*, keys: set[str]) -> dict[str, Meter]:
 
 def plan_list() -> QuerySet[Plan]:
     return Plan.objects.prefetch_related("versions")
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """A plan as the console lists it: its versions by number, the one in effect and its subscribers now."""
+
+    plan: Plan
+    versions: list[RateCardVersion]
+    current: RateCardVersion | None
+    subscribers: int
+
+
+def plan_summaries(*, now: datetime) -> list[PlanSummary]:
+    """Every plan with its versions and current subscribers: three queries, whatever the number of plans."""
+    plans = list(Plan.objects.order_by("key").prefetch_related(
+        Prefetch("versions", queryset=RateCardVersion.objects.order_by("number"))))
+    subscribers = dict(Subscription.objects.filter(Q(end__isnull=True) | Q(end__gt=now), start__lte=now)
+                       .values("plan_id").annotate(n=Count("id")).values_list("plan_id", "n"))
+    out = []
+    for plan in plans:
+        versions = list(plan.versions.all())
+        current = max((v for v in versions if v.effective_from <= now), key=lambda v: v.effective_from, default=None)
+        out.append(PlanSummary(plan, versions, current, subscribers.get(plan.pk, 0)))
+    return out
+
+
+def plan_versions(*, plan: Plan) -> list[RateCardVersion]:
+    """The plan's versions, newest first."""
+    return list(plan.versions.order_by("-number"))
+
+
+def plan_subscriptions_now(*, plan: Plan, now: datetime) -> list[Subscription]:
+    """The plan's subscriptions in effect at ``now``, with their customers (one query)."""
+    return list(Subscription.objects.select_related("customer", "plan")
+                .filter(Q(end__isnull=True) | Q(end__gt=now), plan=plan, start__lte=now))
 
 
 def version_in_effect(*, plan: Plan, at: datetime) -> RateCardVersion | None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
 
 from billing.catalog import money
+from billing.catalog.models import Plan
+from billing.catalog.selectors import plan_subscriptions_now
 from billing.common.auth import Principal
+from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError
 from billing.common.fields import decimal_to_text
 from billing.invoicing.compute import invoice_compute
+from billing.invoicing.lines import Segment, period_cuts, period_parts, price_parts, price_period
 from billing.invoicing.models import Invoice
-from billing.invoicing.rows import events_digest
+from billing.invoicing.rows import events_digest, meters_by_pk, period_rows
 
 
 def invoices_list(*, principal: Principal | None, customer_pk: int | None = None, status: str | None = None
@@ -97,3 +102,25 @@ def invoice_verify(*, invoice: Invoice) -> list[str]:
         if getattr(invoice, name) != getattr(again, name):
             problems.append(f"{label}: {name} is {getattr(invoice, name)}, raw events give {getattr(again, name)}")
     return problems
+
+
+def draft_comparison(*, plan: Plan, definition: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Each current subscriber of ``plan`` with the open period priced as it stands and under the draft
+    ``definition`` (the console's simulation), largest first. Each customer's usage is read once for
+    both prices, and the meters once for all customers."""
+    start, end = period_bounds(now)
+    meters = meters_by_pk()
+    out: list[dict[str, Any]] = []
+    for sub in plan_subscriptions_now(plan=plan, now=now):
+        customer = sub.customer
+        parts = period_parts(customer=customer, start=start, end=end)
+        usage, _ = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts), meters=meters)
+        current_minor = sum(estimate.subtotal_minor for estimate in
+                            price_parts(customer=customer, parts=parts, start=start, end=end, rows=usage, meters=meters))
+        draft = price_period(customer=customer, plan=plan, start=start, end=end,
+                             segments=[Segment(start, end, definition, None)], rows=usage, meters=meters)
+        out.append({"customer": customer, "current": money.from_minor(current_minor, plan.currency),
+                    "draft": money.from_minor(draft.subtotal_minor, plan.currency),
+                    "difference": money.from_minor(draft.subtotal_minor - current_minor, plan.currency)})
+    out.sort(key=lambda r: r["current"], reverse=True)
+    return out

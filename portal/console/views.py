@@ -18,12 +18,18 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from billing.catalog import schema
-from billing.catalog.models import AuditEntry, Meter, Plan, Subscription
-from billing.catalog.money import from_minor
-from billing.catalog.selectors import version_in_effect
+from billing.catalog.models import Plan
+from billing.catalog.selectors import (
+    audit_entries,
+    meter_keys,
+    meter_list,
+    plan_summaries,
+    plan_versions,
+    version_in_effect,
+)
 from billing.catalog.services import plan_version_publish
-from billing.invoicing.lines import simulate, upcoming_invoice
 from billing.invoicing.models import Invoice
+from billing.invoicing.selectors import draft_comparison
 from billing.payments.selectors import invoice_sync_list, sync_summary
 from billing.payments.services import stripe_invoice_sync_retry
 from portal.console.forms import add_tier, definition_from_form, remove_tier
@@ -43,22 +49,15 @@ def staff_required(view: Any) -> Any:
 
 @staff_required
 def console_index(request: HttpRequest) -> HttpResponse:
-    now = datetime.now(timezone.utc)
-    plans = []
-    for plan in Plan.objects.prefetch_related("versions").order_by("key"):
-        current = version_in_effect(plan=plan, at=now)
-        subscribers = Subscription.objects.filter(plan=plan, start__lte=now).exclude(end__lte=now).count()
-        plans.append({"plan": plan, "versions": plan.versions.order_by("number"), "current": current,
-                      "subscribers": subscribers})
-    return render(request, "console/index.html", {"meters": Meter.objects.order_by("key"), "plans": plans})
+    return render(request, "console/index.html", {"meters": list(meter_list()),
+                                                  "plans": plan_summaries(now=datetime.now(timezone.utc))})
 
 
 @staff_required
 def plan_detail(request: HttpRequest, key: str) -> HttpResponse:
     plan = get_object_or_404(Plan, key=key)
     current = version_in_effect(plan=plan, at=datetime.now(timezone.utc))
-    return render(request, "console/plan.html", {"plan": plan, "versions": plan.versions.order_by("-number"),
-                                                 "current": current})
+    return render(request, "console/plan.html", {"plan": plan, "versions": plan_versions(plan=plan), "current": current})
 
 
 def _problems(plan: Plan, definition: dict[str, Any], effective_from: str | None = None) -> list[tuple[str, str]]:
@@ -69,7 +68,7 @@ def _problems(plan: Plan, definition: dict[str, Any], effective_from: str | None
     except schema.CatalogError as exc:
         return exc.problems
     problems: list[tuple[str, str]] = []
-    schema.validate_plan(entry, "", {m.key for m in Meter.objects.all()}, problems)
+    schema.validate_plan(entry, "", meter_keys(), problems)
     return [(path.lstrip("."), message) for path, message in problems]
 
 
@@ -77,7 +76,7 @@ def _editor(request: HttpRequest, plan: Plan, definition: dict[str, Any], proble
             template: str = "console/editor.html", status: int = 200, effective_from: str = "") -> HttpResponse:
     return render(request, template, {
         "plan": plan, "definition": definition, "problems": problems, "problem_paths": {p for p, _ in problems},
-        "meters": Meter.objects.order_by("key"), "models": ("per_unit", "graduated", "volume", "package", "flat_overage"),
+        "meters": meter_list(), "models": ("per_unit", "graduated", "volume", "package", "flat_overage"),
         "effective_from": effective_from or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M"),
     }, status=status)
 
@@ -144,17 +143,8 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
         return render(request, "console/editor.html#problems", {"problems": problems})
     entry = schema.parse_plan({"key": plan.key, "name": plan.name, "currency": plan.currency,
                                "effective_from": datetime.now(timezone.utc).isoformat(), **definition})
-    canonical = schema.validate_plan(entry, "", {m.key for m in Meter.objects.all()}, [])
-    now = datetime.now(timezone.utc)
-    rows: list[dict[str, Any]] = []
-    for sub in Subscription.objects.select_related("customer").filter(plan=plan, start__lte=now).exclude(end__lte=now):
-        current = upcoming_invoice(customer=sub.customer, now=now)
-        draft = simulate(customer=sub.customer, plan=plan, definition=canonical, now=now)
-        current_minor = current.subtotal_minor if current else 0
-        rows.append({"customer": sub.customer, "current": from_minor(current_minor, plan.currency),
-                     "draft": from_minor(draft.subtotal_minor, plan.currency),
-                     "difference": from_minor(draft.subtotal_minor - current_minor, plan.currency)})
-    rows.sort(key=lambda r: r["current"], reverse=True)
+    canonical = schema.validate_plan(entry, "", meter_keys(), [])
+    rows = draft_comparison(plan=plan, definition=canonical, now=datetime.now(timezone.utc))
     total = sum((r["difference"] for r in rows[:10]), Decimal(0))
     return render(request, "console/editor.html#simulation",
                   {"rows": rows[:10], "plan": plan, "total_difference": total})
@@ -162,7 +152,7 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
 
 @staff_required
 def audit_trail(request: HttpRequest) -> HttpResponse:
-    page = Paginator(AuditEntry.objects.order_by("-at", "-id"), 50).get_page(request.GET.get("page"))
+    page = Paginator(audit_entries(), 50).get_page(request.GET.get("page"))
     return render(request, "console/audit.html", {"page": page})
 
 

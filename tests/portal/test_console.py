@@ -148,3 +148,25 @@ def test_invalid_publish_creates_nothing(staff, catalog):
     assert response.status_code == 422
     assert "charges[0].tiers[0].unit_price" in response.content.decode()
     assert RateCardVersion.objects.count() == 1
+
+
+def test_the_plan_list_reads_a_fixed_number_of_queries_whatever_the_number_of_plans(staff, catalog, acme):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert staff.get("/console/").status_code == 200
+        return len(captured)
+
+    # given one plan with a subscriber
+    subscription_set(customer=acme, plan=Plan.objects.get(key="pro"), start=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                     now=datetime.now(timezone.utc), actor="t")
+    one = queries()
+    # when four more plans (each with a version) are listed
+    for n in range(4):
+        catalog_import(text=CATALOG.replace("key: pro", f"key: pro{n}"), actor="t")
+    # then the page reads as many queries as with one, and counts the subscriber
+    assert queries() == one
+    page = staff.get("/console/").content.decode()
+    assert page.count("<td>1</td>") == 1 and page.count("<td>0</td>") == 4
