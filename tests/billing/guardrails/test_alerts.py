@@ -18,7 +18,6 @@ from django.core import mail
 from django.db import connection
 
 from billing.catalog.models import Plan
-from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
 from billing.common.calendar import period_bounds
 from billing.customers.models import Customer, CustomerUser
@@ -29,6 +28,7 @@ from billing.guardrails.models import Alert
 from billing.guardrails.selectors import alert_thresholds_effective, alerts_list
 from billing.usage.services import events_ingest
 from portal.email_url import email_settings_from_url
+from tests import factories
 from tests.conftest import post_json
 
 pytestmark = pytest.mark.ledger
@@ -38,24 +38,8 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 def subscribe(customer: Customer, hard: str | None = "1000", cap: str | None = None, price: str = "0.01",
               soft: str | None = None) -> Plan:
-    soft_limit = f", soft: {soft}" if soft else ""
-    limits = f"\n    limits:\n      - {{meter: llm_tokens, hard: {hard}{soft_limit}}}" if hard else ""
-    spend = f"\n    spend_cap: \"{cap}\"" if cap else ""
-    catalog_import(text=f"""
-meters:
-  - {{key: llm_tokens, name: LLM tokens, unit: token, aggregation: sum}}
-  - {{key: api_calls, name: API calls, unit: call, aggregation: count}}
-plans:
-  - key: metered
-    name: Metered
-    currency: USD
-    effective_from: "2026-01-01T00:00:00Z"
-    charges:
-      - {{meter: llm_tokens, model: per_unit, unit_price: "{price}"}}{limits}{spend}
-""", actor="t")
-    plan = Plan.objects.get(key="metered")
-    subscription_set(customer=customer, plan=plan, start=START, now=datetime.now(timezone.utc), actor="t")
-    return plan
+    text = factories.metered(price=price, hard=hard, soft=soft, cap=cap, extra_meters=(factories.CALLS,))
+    return factories.subscribe(customer, "metered", start=START, now=datetime.now(timezone.utc), catalog_text=text).plan
 
 
 def use(quantity: str, at: datetime | None = None, event_id: str | None = None, customer: str = "acme-co") -> None:
@@ -146,7 +130,7 @@ def test_default_threshold_is_80_percent_of_each_hard_limit_and_of_the_spend_cap
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("soft, percent", [('"75%"', "75"), ("600", "60"), ("333.333", "33.33")])
+@pytest.mark.parametrize("soft, percent", [("75%", "75"), ("600", "60"), ("333.333", "33.33")])
 def test_the_rate_cards_soft_limit_replaces_the_80_percent_default_of_its_meter(acme, soft, percent):
     subscribe(acme, hard="1000", soft=soft)
 

@@ -11,13 +11,13 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
-from billing.catalog.models import Meter, Plan
-from billing.catalog.services import catalog_import, subscription_set
+from billing.catalog.models import Meter
 from billing.common.auth import Principal
 from billing.common.calendar import period_key
 from billing.guardrails.services import credits_grant
 from billing.usage.models import UsageEvent
 from billing.usage.services import events_ingest
+from tests import factories
 from tests.conftest import post_json
 
 ADMIN = Principal(scopes=frozenset({"admin"}))
@@ -27,25 +27,11 @@ pytestmark = pytest.mark.usefixtures("debit_mode")  # every test in both ways of
 
 
 def catalog(hard: str | None = None, cap: str | None = None, price: str = "0.01") -> str:
-    limits = f"\n    limits:\n      - {{meter: llm_tokens, soft: \"80%\", hard: {hard}}}" if hard else ""
-    spend = f"\n    spend_cap: \"{cap}\"" if cap else ""
-    return f"""
-meters:
-  - {{key: llm_tokens, name: LLM tokens, unit: token, aggregation: sum}}
-plans:
-  - key: metered
-    name: Metered
-    currency: USD
-    effective_from: "2026-01-01T00:00:00Z"
-    charges:
-      - {{meter: llm_tokens, model: per_unit, unit_price: "{price}"}}{limits}{spend}
-"""
+    return factories.metered(price=price, hard=hard, soft="80%" if hard else None, cap=cap)
 
 
 def subscribe(customer, text: str) -> None:
-    catalog_import(text=text, actor="t")
-    subscription_set(customer=customer, plan=Plan.objects.get(key="metered"), start=START,
-                     now=datetime.now(timezone.utc), actor="t")
+    factories.subscribe(customer, "metered", start=START, now=datetime.now(timezone.utc), catalog_text=text)
 
 
 def body(event_id: str, quantity: str = "1", **extra: object) -> bytes:

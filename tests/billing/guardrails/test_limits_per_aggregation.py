@@ -18,6 +18,7 @@ from billing.guardrails import accounts as acc
 from billing.usage.models import UsageEvent
 from billing.usage.services import events_ingest
 from ledger.backends import get_ledger
+from tests import factories
 from tests.billing.guardrails.test_limits_at_ingest import ADMIN, AT, subscribe
 from tests.conftest import post_json
 
@@ -25,20 +26,10 @@ pytestmark = [pytest.mark.ledger, pytest.mark.usefixtures("debit_mode")]
 
 
 def plan(aggregation: str, hard: int) -> str:
-    unique_by = ", unique_by: agent_id" if aggregation == "unique_count" else ""
-    return f"""
-meters:
-  - {{key: agents, name: Agents, unit: agent, aggregation: {aggregation}{unique_by}}}
-plans:
-  - key: metered
-    name: Metered
-    currency: USD
-    effective_from: "2026-01-01T00:00:00Z"
-    charges:
-      - {{meter: agents, model: per_unit, unit_price: "1"}}
-    limits:
-      - {{meter: agents, hard: {hard}}}
-"""
+    meter = {"key": "agents", "name": "Agents", "unit": "agent", "aggregation": aggregation}
+    if aggregation == "unique_count":
+        meter["unique_by"] = "agent_id"
+    return factories.metered(price="1", hard=str(hard), meter=meter)
 
 
 def event(event_id: str, quantity: str = "1", agent: str | None = None) -> bytes:

@@ -3,7 +3,6 @@ finalization (idempotent, concurrent, gap-free), immutability, payment states an
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -22,7 +21,7 @@ from billing.invoicing.compute import invoice_compute
 from billing.invoicing.models import FinalizedInvoiceError, Invoice, InvoiceLine
 from billing.invoicing.selectors import invoice_verify
 from billing.usage.rollups import rollup_until_current
-from billing.usage.services import events_ingest
+from tests import factories
 
 ADMIN = Principal(scopes=frozenset({"admin"}))
 UTC = timezone.utc
@@ -48,14 +47,11 @@ plans:
 """
 
 
-def send(*events: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-    results = events_ingest(principal=ADMIN, raw_events=[json.dumps(e).encode() for e in events], now=now)
-    return [r.as_dict() for r in results]
+send = factories.ingest
 
 
 def ev(event_id: str, at: datetime | str, quantity: str = "100", meter: str = "llm_tokens", **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "customer": "acme-co", "meter": meter, "quantity": quantity,
-            "timestamp": at if isinstance(at, str) else at.isoformat(), **extra}
+    return factories.event(event_id, at, quantity, meter, **extra)
 
 
 def accepted(results: list[dict[str, Any]]) -> None:
@@ -63,7 +59,7 @@ def accepted(results: list[dict[str, Any]]) -> None:
 
 
 def subscribe(customer: Any, start: datetime) -> Any:
-    subscription_set(customer=customer, plan=Plan.objects.get(key="pro"), start=start, now=start, actor="t")
+    factories.subscribe(customer, "pro", start=start)
     return customer
 
 

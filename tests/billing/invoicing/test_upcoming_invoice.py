@@ -15,7 +15,7 @@ from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
 from billing.invoicing.lines import upcoming_invoice
-from billing.usage.services import events_ingest
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 ADMIN = Principal(scopes=frozenset({"admin"}))
@@ -52,13 +52,11 @@ def _invoice(customer) -> dict:
 
 
 def send(*events: dict, now: datetime = NOW) -> None:
-    results = events_ingest(principal=ADMIN, raw_events=[json.dumps(e).encode() for e in events], now=now)
-    assert all(r.status == "accepted" for r in results), [r.as_dict() for r in results]
+    factories.send(*events, now=now)
 
 
 def ev(event_id: str, at: datetime, quantity: str, meter: str = "llm_tokens", **dims: str) -> dict:
-    return {"event_id": event_id, "customer": "acme-co", "meter": meter, "quantity": quantity,
-            "timestamp": at.isoformat(), "dimensions": dims}
+    return factories.event(event_id, at, quantity, meter, dimensions=dims)
 
 
 @pytest.fixture

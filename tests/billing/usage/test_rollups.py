@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -17,7 +16,7 @@ from billing.catalog.services import meter_create
 from billing.common.auth import Principal
 from billing.usage import rollups
 from billing.usage.models import DailyRollup, DimensionSet, HourlyRollup, RollupWatermark
-from billing.usage.services import events_ingest
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 ADMIN = Principal(scopes=frozenset({"admin"}))
@@ -26,13 +25,11 @@ LATER = T0 + timedelta(days=1)  # "now" for the rollup: every event is older tha
 
 
 def send(*events: dict, now: datetime = T0 + timedelta(hours=6)) -> None:
-    results = events_ingest(principal=ADMIN, raw_events=[json.dumps(e).encode() for e in events], now=now)
-    assert all(r.status == "accepted" for r in results), [r.as_dict() for r in results]
+    factories.send(*events, now=now)
 
 
 def ev(event_id: str, minutes: int, quantity: str, meter: str = "llm_tokens", **extra: object) -> dict:
-    return {"event_id": event_id, "customer": "acme-co", "meter": meter, "quantity": quantity,
-            "timestamp": (T0 + timedelta(minutes=minutes)).isoformat(), **extra}
+    return factories.event(event_id, T0 + timedelta(minutes=minutes), quantity, meter, **extra)
 
 
 @pytest.fixture(autouse=True)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import pytest
 
 from billing.catalog.services import meter_create
 from billing.common.auth import Principal
-from billing.usage.services import events_ingest
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 ADMIN = Principal(scopes=frozenset({"admin"}))
@@ -18,15 +17,10 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 
 
 def send(*events: dict) -> None:
-    results = events_ingest(principal=ADMIN, raw_events=[json.dumps(e).encode() for e in events], now=NOW)
-    assert all(r.status == "accepted" for r in results), [r.as_dict() for r in results]
+    factories.send(*events, now=NOW)
 
 
-def ev(event_id: str, at: str, quantity: str | None = "1", meter: str = "llm_tokens", **extra: object) -> dict:
-    body = {"event_id": event_id, "customer": "acme-co", "meter": meter, "timestamp": at, **extra}
-    if quantity is not None:
-        body["quantity"] = quantity
-    return body
+ev = factories.event
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,7 +14,7 @@ from billing.common.auth import Principal
 from billing.customers.services import customer_user_create
 from billing.usage import rollups
 from billing.usage.export import csv_cell, usage_csv_lines
-from billing.usage.services import events_ingest
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 ADMIN = Principal(scopes=frozenset({"admin"}))
@@ -24,12 +23,10 @@ RANGE = {"start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"}
 
 
 def send(*events: dict) -> None:
-    results = events_ingest(principal=ADMIN, raw_events=[json.dumps(e).encode() for e in events], now=NOW)
-    assert all(r.status == "accepted" for r in results), [r.as_dict() for r in results]
+    factories.send(*events, now=NOW)
 
 
-def ev(event_id: str, at: str, quantity: str = "1", meter: str = "llm_tokens", **extra: object) -> dict:
-    return {"event_id": event_id, "customer": "acme-co", "meter": meter, "timestamp": at, "quantity": quantity, **extra}
+ev = factories.event
 
 
 @pytest.fixture(autouse=True)
