@@ -20,7 +20,8 @@ run: install
 	$(PY) manage.py migrate --noinput -v0
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) -m portal.devserver --port $(PORT)
 
-## test: lint, type-check, then the whole pytest suite (PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set)
+## test: lint, type-check, then the whole pytest suite (PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set),
+## with a coverage report (files not fully covered, and the total)
 test: install lint typecheck pytest
 
 lint: install
@@ -30,7 +31,7 @@ typecheck: install
 	$(VENV)/bin/mypy .
 
 pytest: install
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 ## test-fast: lint, type-check and the suite without the slow (real processes) and browser tests
 test-fast: install lint typecheck

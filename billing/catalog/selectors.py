@@ -6,7 +6,6 @@ from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet
 
-from billing.catalog import schema
 from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
 
 
@@ -20,10 +19,6 @@ def meter_keys() -> set[str]:
 
 def audit_entries() -> QuerySet[AuditEntry]:
     return AuditEntry.objects.order_by("-at", "-id")
-
-
-def meters_by_key(*, keys: set[str]) -> dict[str, Meter]:
-    return {meter.key: meter for meter in Meter.objects.filter(key__in=keys)}
 
 
 def plan_list() -> QuerySet[Plan]:
@@ -119,6 +114,3 @@ def catalog_export() -> dict[str, Any]:
     plans = [entry for plan in Plan.objects.order_by("key") for entry in plan_export_entries(plan)]
     return {"meters": meters, "plans": plans}
 
-
-def charge_spec_of(charge: dict[str, Any]) -> Any:
-    return schema.charge_spec(charge)

@@ -58,19 +58,10 @@ class LimitTerms:
     unit_ledger: int = 0
     money_ledger: int = 0
     charges: dict[tuple[tuple[str, str], ...], list[Charge]] = field(default_factory=dict)
-    # the usage transfers' ids: derive("usage-<leg>", customer, event_id[, charge index]), prefix encoded once
-    counter_transfer_id: Callable[..., int] = field(init=False)
-    quota_transfer_id: Callable[..., int] = field(init=False)
-    spend_transfer_id: Callable[..., int] = field(init=False)
-    credits_transfer_id: Callable[..., int] = field(init=False)
     unique_id: Callable[..., int] = field(init=False)  # a unique_count value's account id (accounts.Ids.unique)
 
     def __post_init__(self) -> None:
         self.unique_id = deriver("unique-value", self.customer_pk, self.meter.pk, self.period)
-        self.counter_transfer_id = deriver("usage-counter", self.customer_pk)
-        self.quota_transfer_id = deriver("usage-quota", self.customer_pk)
-        self.spend_transfer_id = deriver("usage-spend", self.customer_pk)
-        self.credits_transfer_id = deriver("usage-credits", self.customer_pk)
 
     def operator_ids(self, counted: bool) -> set[int]:
         """The accounts on the other side of the terms' transfers (the operator accounts, and the period's
