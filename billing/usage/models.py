@@ -32,8 +32,8 @@ class UsageEvent(models.Model):
     """
 
     # No foreign-key constraints in the database (``db_constraint=False``), on purpose: PostgreSQL checked
-    # each key of each row with a query at commit (≈ 2 ms per 100 events, ≈ 18 ms per 1,000), which in a
-    # limited batch ran while it held the customer's ledger accounts (docs/performance.md). What they
+    # each key of each row with a query at commit, which in a limited batch ran while it held the
+    # customer's ledger accounts (docs/performance.md). What they
     # guarded stays guarded: ingest resolves every key in the same request, and the rows they point to are
     # never deleted (no service deletes a customer, project or meter; the ORM's PROTECT refuses it).
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False,
