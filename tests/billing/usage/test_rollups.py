@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -28,7 +29,7 @@ def send(*events: dict, now: datetime = T0 + timedelta(hours=6)) -> None:
     factories.send(*events, now=now)
 
 
-def ev(event_id: str, minutes: int, quantity: str, meter: str = "llm_tokens", **extra: object) -> dict:
+def ev(event_id: str, minutes: int, quantity: str, meter: str = "llm_tokens", **extra: Any) -> dict:
     return factories.event(event_id, T0 + timedelta(minutes=minutes), quantity, meter, **extra)
 
 
