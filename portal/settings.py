@@ -251,8 +251,8 @@ WHITENOISE_USE_FINDERS = True  # serve straight from the source folders: no coll
 # --- REST API ---------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "billing.common.auth.ApiKeyAuthentication",
-        "billing.common.auth.SessionPrincipalAuthentication",
+        "billing.customers.authentication.ApiKeyAuthentication",
+        "billing.customers.authentication.SessionPrincipalAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["billing.common.auth.HasScope"],
     "DEFAULT_THROTTLE_CLASSES": ["billing.common.auth.KeyRateThrottle"],

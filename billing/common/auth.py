@@ -1,6 +1,6 @@
-"""Who is calling: API keys (Bearer), or a logged-in operator or customer user (session).
-
-Both end in a ``Principal``: the scopes it holds and, when restricted, the one customer it may see.
+"""Who is calling, as the views see it: a ``Principal`` (the scopes it holds and, when restricted, the one
+customer it may see), the scope check and the per-key rate limit. The authenticators that make a
+Principal from an API key or a session live with the keys and users (billing.customers.authentication).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from rest_framework import authentication, exceptions, permissions, throttling
+from rest_framework import exceptions, permissions, throttling
 from rest_framework.request import Request
 
 SCOPES = ("ingest", "read", "admin")
@@ -40,45 +40,6 @@ def principal_of(request: Request) -> Principal:
     if not isinstance(principal, Principal):
         raise exceptions.NotAuthenticated("Send 'Authorization: Bearer <api key>'.")
     return principal
-
-
-class ApiKeyAuthentication(authentication.BaseAuthentication):
-    keyword = "Bearer"
-
-    def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
-            return None
-        parts = header.split()
-        if len(parts) != 2 or parts[0].lower() != "bearer":
-            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
-        from billing.customers.services import api_key_authenticate
-
-        principal = api_key_authenticate(raw_key=parts[1])
-        if principal is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
-        return (None, principal)
-
-    def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="tollgate"'
-
-
-class SessionPrincipalAuthentication(authentication.SessionAuthentication):
-    """Operator staff (admin scope) and customer users (read scope on their own customer)."""
-
-    def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
-        result = super().authenticate(request)
-        if result is None:
-            return None
-        user = result[0]
-        if user.is_staff:
-            return (user, Principal(scopes=frozenset({"admin"}), user_id=user.pk))
-        from billing.customers.selectors import customer_user_customer_pk
-
-        customer_pk = customer_user_customer_pk(user_id=user.pk)
-        if customer_pk is None:
-            return None
-        return (user, Principal(scopes=frozenset({"read"}), customer_id=customer_pk, user_id=user.pk))
 
 
 class HasScope(permissions.BasePermission):

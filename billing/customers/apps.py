@@ -7,4 +7,4 @@ class CustomersConfig(AppConfig):
     verbose_name = "Customers and access"
 
     def ready(self) -> None:
-        import billing.common.schema  # noqa: F401 - registers the OpenAPI auth extensions
+        import billing.customers.schema  # noqa: F401 - registers the OpenAPI auth extensions

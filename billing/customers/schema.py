@@ -4,7 +4,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
-    target_class = "billing.common.auth.ApiKeyAuthentication"
+    target_class = "billing.customers.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema: object) -> dict[str, str]:
@@ -12,7 +12,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 
 
 class SessionScheme(OpenApiAuthenticationExtension):
-    target_class = "billing.common.auth.SessionPrincipalAuthentication"
+    target_class = "billing.customers.authentication.SessionPrincipalAuthentication"
     name = "Session"
 
     def get_security_definition(self, auto_schema: object) -> dict[str, str]:
