@@ -1,7 +1,25 @@
-from django.contrib import admin
+"""The ledger's tables in the admin: inspected, never edited (only the backend writes them). The ledger
+knows nothing of billing, so it has its own read-only admin rather than billing's."""
 
-from billing.common.admin import ReadOnlyAdmin
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
 from ledger.models import HeldPost, Installation, LedgerAccount, LedgerFailedTransfer, LedgerTransfer
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(LedgerAccount)

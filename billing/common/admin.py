@@ -10,7 +10,7 @@ from django.http import HttpRequest
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """For data that is append-only or written only by its service (raw events, rate-card versions, the
-    audit trail, the SQL ledger): listed and inspected here, never added, changed or deleted by hand."""
+    audit trail): listed and inspected here, never added, changed or deleted by hand."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
