@@ -17,7 +17,7 @@ from billing.common.auth import Principal
 from billing.common.errors import ApiError, validation_error
 from billing.common.fields import aware_utc
 from billing.customers.models import ApiKey, Customer, CustomerUser, Project
-from billing.payments.services import stripe_customer_sync_schedule
+from billing.customers.signals import customer_details_changed
 
 KEY_PREFIX = "tg"
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -82,8 +82,8 @@ def customer_create(*, external_id: str, name: str, email: str = "", metadata: d
     try:
         with transaction.atomic():
             customer.save()
-            # onboarding: the Stripe customer is created by a task once this commits
-            stripe_customer_sync_schedule(customer=customer)
+            # onboarding: payments records the Stripe customer to create once this commits
+            customer_details_changed.send(sender=Customer, customer=customer)
     except IntegrityError:
         raise ApiError(409, "already_exists", f"A customer '{external_id}' already exists.") from None
     return customer
@@ -99,7 +99,7 @@ def customer_update(*, customer: Customer, data: dict[str, Any]) -> Customer:
     with transaction.atomic():
         customer.save(update_fields=[*fields, "updated_at"])
         if {"name", "email"} & set(fields):  # what Stripe holds of a customer
-            stripe_customer_sync_schedule(customer=customer)
+            customer_details_changed.send(sender=Customer, customer=customer)
     return customer
 
 

@@ -38,6 +38,7 @@ from billing.common import process_caches
 from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError, validation_error
 from billing.common.fields import decimal_to_text
+from billing.common.queue import task_named
 from billing.customers.models import Customer
 from billing.guardrails import selectors
 from billing.guardrails.models import Alert, AlertThreshold
@@ -136,8 +137,7 @@ def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
         return
 
     def enqueue() -> None:
-        from billing.guardrails.tasks import alerts_check_task
-
+        alerts_check_task = task_named("guardrails.alerts_check")
         for pk in pks:
             try:
                 alerts_check_task.apply_async(args=[pk], countdown=CHECK_DELAY_SECONDS)

@@ -7,4 +7,4 @@ class PaymentsConfig(AppConfig):
     verbose_name = "Payments (Stripe)"
 
     def ready(self) -> None:
-        from billing.payments import receivers  # noqa: F401  (connects invoicing signals)
+        from billing.payments import receivers  # noqa: F401  (connects customers and invoicing signals)

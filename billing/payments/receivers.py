@@ -6,9 +6,17 @@ from typing import Any
 
 from django.dispatch import receiver
 
+from billing.customers.models import Customer
+from billing.customers.signals import customer_details_changed
 from billing.invoicing.models import Invoice
 from billing.invoicing.signals import invoice_finalized, invoice_status_changed
-from billing.payments.services import stripe_invoice_status_changed, stripe_invoice_sync_schedule
+from billing.payments.services import stripe_customer_sync_schedule, stripe_invoice_status_changed, stripe_invoice_sync_schedule
+
+
+@receiver(customer_details_changed, dispatch_uid="payments.customer_details_changed")
+def on_customer_details_changed(sender: Any, customer: Customer, **kwargs: Any) -> None:
+    """Sent inside the customer's transaction: the sync row commits with it, the push runs after."""
+    stripe_customer_sync_schedule(customer=customer)
 
 
 @receiver(invoice_finalized, dispatch_uid="payments.invoice_finalized")

@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.catalog.models import Meter, Plan, Subscription
+from billing.common.queue import task_named
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
 from billing.payments.gateway import GatewayError, StripeGateway, gateway_get
@@ -105,15 +106,13 @@ def plan_billing_mode_set(*, plan: Plan, mode: str) -> PlanBilling:
 
 # --- customers ------------------------------------------------------------------------------------------
 def stripe_customer_sync_schedule(*, customer: Customer) -> StripeCustomer:
-    """Called by customer_create / customer_update inside their transaction: the row records that Stripe
-    must hear of it; the task runs after commit (and the beat task catches anything a lost task missed)."""
+    """Called inside customer_create's / customer_update's transaction (receivers.py): the row records that
+    Stripe must hear of it; the task runs after commit (and the beat task catches anything a lost task missed)."""
     row, created = StripeCustomer.objects.get_or_create(customer=customer)
     if not created:
         _row_reset(row)
     if stripe_enabled():
-        from billing.payments.tasks import stripe_customer_sync_task
-
-        transaction.on_commit(lambda: stripe_customer_sync_task.delay(customer.pk))
+        transaction.on_commit(lambda: task_named("payments.customer_sync").delay(customer.pk))
     return row
 
 
@@ -169,9 +168,7 @@ def stripe_invoice_sync_schedule(*, invoice: Invoice) -> StripeInvoiceSync | Non
         return None
     row, _ = StripeInvoiceSync.objects.get_or_create(invoice=invoice)
     if row.state != SyncState.SYNCED and stripe_enabled():
-        from billing.payments.tasks import stripe_invoice_push_task
-
-        transaction.on_commit(lambda: stripe_invoice_push_task.delay(invoice.pk))
+        transaction.on_commit(lambda: task_named("payments.invoice_push").delay(invoice.pk))
     return row
 
 

@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.common.queue import task_named
 from billing.invoicing.models import Invoice
 from billing.invoicing.services import invoice_mark_paid, invoice_void
 from billing.payments.gateway import METADATA_INVOICE
@@ -40,9 +41,7 @@ def stripe_event_receive(*, event: dict[str, Any]) -> tuple[StripeEvent, bool]:
                                              payload=event)
     except IntegrityError:
         return StripeEvent.objects.get(event_id=event["id"]), False
-    from billing.payments.tasks import stripe_event_process_task
-
-    transaction.on_commit(lambda: stripe_event_process_task.delay(row.pk))
+    transaction.on_commit(lambda: task_named("payments.event_process").delay(row.pk))
     return row, True
 
 
