@@ -12,7 +12,6 @@ from billing.guardrails.apis import (
     CustomerCreditsApi,
     ReservationReleaseApi,
     ReservationsApi,
-    ReservationSettleApi,
 )
 from billing.invoicing.apis import (
     CustomerUpcomingInvoiceApi,
@@ -24,7 +23,7 @@ from billing.invoicing.apis import (
     InvoiceVoidApi,
 )
 from billing.payments.views import stripe_webhook
-from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi
+from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi, ReservationSettleApi
 from portal.health import healthz, readyz
 from portal.home import home
 from portal.invoices import invoice_document

@@ -4,7 +4,6 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import msgspec
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -61,7 +60,7 @@ class CustomerCreditsApi(APIView):
                          "status": "created" if created else "duplicate"}, status=201 if created else 200)
 
 
-def _reservation_out(reservation: Reservation) -> dict[str, Any]:
+def reservation_out(reservation: Reservation) -> dict[str, Any]:
     return {
         "reservation_id": reservation.reservation_id, "customer": reservation.customer.external_id,
         "meter": reservation.meter.key, "quantity": decimal_to_text(reservation.quantity),
@@ -72,7 +71,7 @@ def _reservation_out(reservation: Reservation) -> dict[str, Any]:
     }
 
 
-def _reservation_for(request: Request, reservation_id: str, customer_id: str | None) -> Reservation:
+def reservation_for(request: Request, reservation_id: str, customer_id: str | None) -> Reservation:
     principal = principal_of(request)
     qs = Reservation.objects.select_related("customer", "meter").filter(reservation_id=reservation_id)
     if principal.customer_id is not None:
@@ -115,30 +114,7 @@ class ReservationsApi(APIView):
         reservation, created = reservations.reservation_create(
             customer=customer, reservation_id=v["reservation_id"], meter=meter, quantity=v["quantity"],
             dimensions=v["dimensions"], ttl_seconds=v["ttl_seconds"])
-        return Response(_reservation_out(reservation), status=201 if created else 200)
-
-
-class ReservationSettleApi(APIView):
-    required_scope = "ingest"
-
-    @extend_schema(request=None, responses={200: None}, operation_id="reservations_settle")
-    def post(self, request: Request, reservation_id: str) -> Response:
-        try:
-            body = msgspec.json.decode(request.body, type=SettleIn)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, "invalid_shape", f'Expected {{"events": [...]}}: {exc}') from None
-        reservation = _reservation_for(request, reservation_id, body.customer)
-        if reservation.state in (Reservation.State.SETTLED, Reservation.State.RELEASED) and not body.events:
-            raise ApiError(409, "reservation_closed", f"This reservation is already {reservation.state}.")
-        if len(body.events) > 1000:
-            raise validation_error({"events": ["At most 1000 events."]})
-        results = reservations.reservation_settle(reservation=reservation, principal=principal_of(request),
-                                                  raw_events=body.events)
-        counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
-        for r in results:
-            counts["accepted" if r.status == "accepted" else "duplicates" if r.status == "duplicate" else "rejected"] += 1
-        reservation.refresh_from_db()
-        return Response({**_reservation_out(reservation), **counts, "results": [r.as_dict() for r in results]})
+        return Response(reservation_out(reservation), status=201 if created else 200)
 
 
 class ReservationReleaseApi(APIView):
@@ -147,13 +123,8 @@ class ReservationReleaseApi(APIView):
     @extend_schema(request=None, responses={200: None}, operation_id="reservations_release")
     def post(self, request: Request, reservation_id: str) -> Response:
         customer_id = request.data.get("customer") if isinstance(request.data, dict) else None
-        reservation = _reservation_for(request, reservation_id, customer_id)
-        return Response(_reservation_out(reservations.reservation_release(reservation=reservation)))
-
-
-class SettleIn(msgspec.Struct, forbid_unknown_fields=True):
-    events: list[msgspec.Raw]
-    customer: str | None = None
+        reservation = reservation_for(request, reservation_id, customer_id)
+        return Response(reservation_out(reservations.reservation_release(reservation=reservation)))
 
 
 # --- soft-limit alerts ---------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ reserve:  the estimate is held as pending ledger transfers with a timeout (quota
           it fits whole or is refused (402). Held amounts count against the limits while pending.
 settle:   the quota hold is posted up to the quantity actually used (the rest is released), the money
           holds are voided, then the settling events go through the limits like any batch
-          (billing.usage.ingest.debit), their quota debited only beyond what the reservation held. On
-          the SQL ledger the holds are closed in the transaction that books the events, under the
-          accounts' locks: nothing released can be taken by anyone else first. On TigerBeetle they are
-          closed just before (another request may take released room in between).
+          (billing.usage.services.reservation_settle, billing.usage.ingest.debit), their quota debited
+          only beyond what the reservation held. On the SQL ledger the holds are closed in the
+          transaction that books the events, under the accounts' locks: nothing released can be taken
+          by anyone else first. On TigerBeetle they are closed just before (another request may take
+          released room in between).
 release:  voids every hold.
 expiry:   TigerBeetle releases timed-out holds itself; for the SQL backend a Celery beat sweep does
           (and every ledger write and lookup releases what is due first).
@@ -20,7 +21,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -173,21 +173,6 @@ def settle_prefix(reservation: Reservation, used_quantity: Decimal, now: datetim
             prefix.append(Transfer(id=derive(f"settle-{leg}", reservation.customer_id, reservation.reservation_id),
                                    pending_id=pending_id, amount=0, flags=TransferFlags.VOID_PENDING_TRANSFER))
     return prefix, covered
-
-
-def reservation_settle(*, reservation: Reservation, principal: Any, raw_events: list[Any],
-                       now: datetime | None = None) -> list[Any]:
-    """Ingest the actual usage against the reservation's holds, then mark it settled (idempotent)."""
-    from billing.usage.services import events_ingest
-
-    now = now or timezone.now()
-    results = events_ingest(principal=principal, raw_events=raw_events, now=now, reservation=reservation)
-    if reservation.state == Reservation.State.PENDING:
-        expired = now >= reservation.expires_at
-        reservation.state = Reservation.State.EXPIRED if expired else Reservation.State.SETTLED
-        reservation.closed_at = now
-        reservation.save(update_fields=["state", "closed_at"])
-    return results
 
 
 def refund_refused_coverage(reservation: Reservation, quantity: Decimal) -> None:

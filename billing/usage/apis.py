@@ -17,15 +17,17 @@ from rest_framework.views import APIView
 
 from billing.catalog.models import Meter
 from billing.common.auth import principal_of
-from billing.common.errors import ApiError, error_body
+from billing.common.errors import ApiError, error_body, validation_error
 from billing.common.fields import decimal_to_text
 from billing.common.params import parse_choice, parse_instant, parse_int
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
+from billing.guardrails.apis import reservation_for, reservation_out
+from billing.guardrails.models import Reservation
 from billing.usage import export, selectors
 from billing.usage.contract import batch_decoder
 from billing.usage.models import UsageEvent
-from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest
+from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest, reservation_settle
 
 
 class TraceDoc(serializers.Serializer):
@@ -257,3 +259,32 @@ class CustomerUsageCsvApi(APIView):
         response["Content-Disposition"] = f'attachment; filename="usage-{query.customer.external_id}-{stamp}.csv"'
         response["Cache-Control"] = "no-store"
         return response
+
+
+# --- reservations: settling ingests the actual usage (creating and releasing them: billing.guardrails.apis) ---
+class SettleIn(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[msgspec.Raw]
+    customer: str | None = None
+
+
+class ReservationSettleApi(APIView):
+    required_scope = "ingest"
+
+    @extend_schema(request=None, responses={200: None}, operation_id="reservations_settle")
+    def post(self, request: Request, reservation_id: str) -> Response:
+        try:
+            body = msgspec.json.decode(request.body, type=SettleIn)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, "invalid_shape", f'Expected {{"events": [...]}}: {exc}') from None
+        reservation = reservation_for(request, reservation_id, body.customer)
+        if reservation.state in (Reservation.State.SETTLED, Reservation.State.RELEASED) and not body.events:
+            raise ApiError(409, "reservation_closed", f"This reservation is already {reservation.state}.")
+        if len(body.events) > 1000:
+            raise validation_error({"events": ["At most 1000 events."]})
+        results = reservation_settle(reservation=reservation, principal=principal_of(request),
+                                     raw_events=body.events)
+        counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
+        for r in results:
+            counts["accepted" if r.status == "accepted" else "duplicates" if r.status == "duplicate" else "rejected"] += 1
+        reservation.refresh_from_db()
+        return Response({**reservation_out(reservation), **counts, "results": [r.as_dict() for r in results]})
