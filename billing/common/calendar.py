@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 from ledger.ids import period_code
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 
 def period_bounds(at: datetime) -> tuple[datetime, datetime]:
     """The period holding ``at``: its calendar month (UTC), ``[start, end)``."""

@@ -5,3 +5,10 @@ class InvoicingConfig(AppConfig):
     name = "billing.invoicing"
     label = "invoicing"
     verbose_name = "Invoices"
+
+    def ready(self) -> None:
+        # ingest refuses events of closed periods; usage sits below invoicing, so invoicing tells it how to know
+        from billing.invoicing import periods
+        from billing.usage.ingest import resolve
+
+        resolve.closed_until_source = periods.closed_until_cached

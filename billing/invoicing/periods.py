@@ -19,10 +19,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from billing.common import process_caches
-from billing.common.calendar import period_bounds
+from billing.common.calendar import EPOCH, period_bounds
 from billing.invoicing.models import PeriodClose
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _cache: tuple[float, datetime] | None = None
 
 

@@ -3,6 +3,7 @@ batch, into a ``Row`` (or the event's 403/422)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -10,12 +11,21 @@ from decimal import Decimal
 from billing.catalog.models import Meter
 from billing.common import process_caches
 from billing.common.auth import Principal
+from billing.common.calendar import EPOCH
 from billing.customers.models import Project
 from billing.guardrails.limits import SubscribedPlans
-from billing.invoicing.periods import EPOCH, closed_until_cached
 from billing.usage.contract import CleanEvent, EventError, fingerprint
 from billing.usage.ingest.rows import Row
 from billing.usage.models import UsageEvent
+
+
+def _nothing_closed() -> datetime:
+    return EPOCH
+
+
+# The instant before which periods are closed to ingest (422 period_closed). Invoicing closes periods and
+# sits above usage, so it plugs its reader in at start (billing.invoicing.apps): usage never imports it.
+closed_until_source: Callable[[], datetime] = _nothing_closed
 
 
 @dataclass(slots=True)
@@ -52,7 +62,7 @@ def load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> Lookups:
     lookups = Lookups()
     if not cleaned:
         return lookups
-    lookups.closed_until = closed_until_cached()
+    lookups.closed_until = closed_until_source()
     customer_ids = {e.customer for _, e in cleaned}
     # One round trip for the customers, whether each has a subscription (only then can a limit apply),
     # and the subscribed plans the limits are read from (the ingest hot path).
