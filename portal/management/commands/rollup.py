@@ -5,10 +5,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from billing.invoicing.services import drafts_refresh
 from billing.usage.rollups import rollup_check, rollup_full, rollup_until_current
 
 
 class Command(BaseCommand):
+    """The rollups (usage), then the drafts they feed (invoicing): here, above both apps."""
+
     help = "Run the hourly rollup now (--full: rebuild from raw events; --check: report drift)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -22,8 +25,6 @@ class Command(BaseCommand):
         elif not options["check"]:
             self.stdout.write(f"rolled up {rollup_until_current(now=now)} events")
         if not options["check"]:
-            from billing.invoicing.services import drafts_refresh
-
             self.stdout.write(f"refreshed {drafts_refresh(now=now)} draft invoice(s) of the open period(s)")
         if options["check"]:
             drift = rollup_check()
