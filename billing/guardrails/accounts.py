@@ -201,3 +201,8 @@ def _allocated(wanted: Transfer, stored: Transfer | None) -> bool:
     fields = ("debit_account_id", "credit_account_id", "ledger", "code", "flags", "pending_id", "timeout",
               "user_data_128", "user_data_64", "user_data_32")
     return all(getattr(wanted, name) == getattr(stored, name) for name in fields)
+
+
+def consumed_balance(account: Any) -> int:
+    """What a credits-consumed account says the period consumed: posted credits less posted debits."""
+    return max(account.credits_posted - account.debits_posted, 0)

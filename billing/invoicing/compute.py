@@ -183,9 +183,4 @@ def credits_consumed(*, customer: Customer, currency: str, start: datetime,
     if consumed is not None:
         return consumed.get(account_id, 0)
     account = get_ledger().lookup_accounts([account_id]).get(account_id)
-    return consumed_balance(account) if account is not None else 0
-
-
-def consumed_balance(account: Any) -> int:
-    """What a credits-consumed account says the period consumed: posted credits less posted debits."""
-    return max(account.credits_posted - account.debits_posted, 0)
+    return acc.consumed_balance(account) if account is not None else 0

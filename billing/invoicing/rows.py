@@ -7,23 +7,20 @@ an invoice is replayed (``source="raw"``). Both give the same aggregates, which 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from billing.catalog.models import Meter
 from billing.customers.models import Customer
-from billing.usage.models import DailyRollup, HourlyRollup, RollupWatermark, UsageEvent
-from billing.usage.rollups import day_of
-from billing.usage.selectors import dimension_sets
+from billing.usage.models import UsageEvent
+from billing.usage.selectors import dimension_sets, rollup_ranges_read
 
 HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -113,81 +110,13 @@ def _whole_ranges(lo: datetime, hi: datetime, cut_hours: list[datetime], splits:
     return ranges
 
 
-# One statement (one snapshot): the watermark, then per range, meter and dimension set the rollups' aggregate.
-# Sum, count and unique_count meters: totals from a covering index (customer, meter, hour|day) INCLUDE
-# (dims_key, total) alone. (A unique_count meter's distinct values are its dimension sets' values of its
-# ``unique_by``, one per set, which is how every rollup stores them: they are taken from the set, in Python,
-# not read from the rows.) Max and latest meters: the largest maximum, the distinct sets of distinct values
-# (their union is taken in Python: a lateral unnest made PostgreSQL expect 100 rows per rollup row and plan
-# parallel workers) and the latest (time, event id, value), as the hour rows would give them. The ranges of
-# whole days are read from the daily rollups, the others from the hourly ones, numbered 1..n in that order
-# (a daily range's number is offset by the number of hourly ones); the watermark is row 0.
-_KEYED_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), NULL::numeric, NULL::jsonb[], "
-                 "NULL::timestamptz, NULL::bigint, NULL::numeric")
-_LATEST = ("ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL "
-           "AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]")
-_ROWS_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum), "
-                "array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb), "
-                f"(array_agg(r.latest_at {_LATEST}, (array_agg(r.latest_event {_LATEST}, "
-                f"(array_agg(r.latest_value {_LATEST}")
-_RANGES = """
-FROM unnest(%({p}a)s::timestamptz[], %({p}b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
-JOIN {table} r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%({meters})s) AND r.{time} >= g.a
-                  AND r.{time} < g.b
-GROUP BY g.n, r.meter_id, r.dims_key"""
-ROLLUPS_SQL = "\nUNION ALL\n".join(
-    ["SELECT 0::bigint, NULL::bigint, NULL::text, COALESCE((SELECT last_event_id FROM usage_rollupwatermark "
-     "WHERE name = 'hourly'), 0)::numeric, NULL::numeric, NULL::jsonb[], NULL::timestamptz, NULL::bigint, NULL::numeric"]
-    + [select.format(offset=offset) + _RANGES.format(p=p, table=table, time=time, meters=meters)
-       for select, meters in ((_KEYED_SELECT, "keyed"), (_ROWS_SELECT, "others"))
-       for offset, p, table, time in (("", "h", "usage_hourly_rollup", "hour"),
-                                      (" + %(offset)s", "d", "usage_daily_rollup", "day"))])
-
-def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[datetime, datetime]],
-                                                                   list[tuple[datetime, datetime]]]:
-    """Whole-hour ranges as (hour ranges, whole-day ranges): each range's whole UTC days go to the second."""
-    hours, days = [], []
-    for a, b in ranges:
-        first = a if a == day_of(a) else day_of(a) + DAY
-        last = day_of(b)
-        if first < last:
-            days.append((first, last))
-            hours += [(x, y) for x, y in ((a, first), (last, b)) if x < y]
-        else:
-            hours.append((a, b))
-    return hours, days
-
-
 def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[datetime, datetime]]
             ) -> tuple[list[UsageTotal], int]:
-    """Rollup rows over whole-hour ranges (whole days from the daily rollups), and the watermark they hold
-    the events up to. On PostgreSQL the ranges are aggregated in the database, one row per range, meter and
-    dimension set (pricing needs a range's total, maximum, distinct values or latest value, not its hours:
-    a range never spans a price change); elsewhere the rows come hour by hour and day by day (the caller
-    holds a transaction: one snapshot)."""
-    hours, days = _split_days(ranges)
-    ranges = hours + days
-    found: list[tuple[Any, ...]] = []
-    if connection.vendor == "postgresql":
-        keyed = [pk for pk, m in meters.items() if m.aggregation in KEYED]
-        with connection.cursor() as cursor:
-            cursor.execute(ROLLUPS_SQL, {
-                "customer": customer.pk, "offset": len(hours), "keyed": keyed,
-                "others": [pk for pk in meters if pk not in keyed], "ha": [a for a, _ in hours],
-                "hb": [b for _, b in hours], "da": [a for a, _ in days], "db": [b for _, b in days]})
-            fetched = cursor.fetchall()
-        watermark = int(next(row[3] for row in fetched if row[0] == 0))
-        starts = [a for a, _ in ranges]
-        found = [(starts[n - 1], meter_id, key, total, maximum,
-                  [value for values in uniques or () for value in _json(values)], *latest)
-                 for n, meter_id, key, total, maximum, uniques, *latest in fetched if n != 0]
-    else:
-        watermark = RollupWatermark.objects.filter(name="hourly").values_list("last_event_id", flat=True).first() or 0
-        fields = ("meter_id", "dims_key", "total", "maximum", "uniques", "latest_at", "latest_event", "latest_value")
-        for model, time_field, spans in ((HourlyRollup, "hour", hours), (DailyRollup, "day", days)):
-            for a, b in spans:
-                rolled = model.objects.filter(customer=customer, **{f"{time_field}__gte": a, f"{time_field}__lt": b})
-                found += list(rolled.order_by().values_list(time_field, *fields))
+    """Rollup rows over whole-hour ranges and the watermark they hold the events up to
+    (billing.usage.selectors.rollup_ranges_read: one row per range, meter and dimension set on PostgreSQL,
+    hour by hour and day by day elsewhere; the caller holds a transaction: one snapshot)."""
+    found, watermark = rollup_ranges_read(customer_pk=customer.pk, meter_pks=list(meters), ranges=ranges,
+                                          keyed={pk for pk, m in meters.items() if m.aggregation in KEYED})
     dimensions = dimension_sets({row[2] for row in found})
     out = []
     for at, meter_id, key, total, maximum, uniques, l_at, l_event, l_value in found:
@@ -197,10 +126,6 @@ def _rolled(customer: Customer, meters: dict[int, Meter], ranges: list[tuple[dat
             uniques = [dims[meter.unique_by]] if meter.unique_by in dims else []
         out.append(UsageTotal(meter.key, dims, at, total, maximum, frozenset(uniques), latest))
     return out, watermark
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def event_row(meter: Meter, dims: dict[str, str], quantity: Decimal, usage_at: datetime, event_pk: int) -> UsageTotal:

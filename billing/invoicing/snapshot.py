@@ -62,7 +62,6 @@ def period_snapshot(*, start: datetime, end: datetime) -> PeriodSnapshot:
 def _ledger_reads(subscriptions: dict[int, list[Subscription]], start: datetime) -> tuple[set[int], dict[int, int]]:
     """The customers' wallets that exist, and the period's credits-consumed balances, in one lookup."""
     from billing.guardrails import accounts
-    from billing.invoicing.compute import consumed_balance
     from ledger.backends import get_ledger
 
     period = period_key(start + timedelta(days=1))  # as credits_consumed
@@ -77,7 +76,7 @@ def _ledger_reads(subscriptions: dict[int, list[Subscription]], start: datetime)
     for at in range(0, len(wanted), LOOKUP_BATCH):
         found.update(ledger.lookup_accounts(wanted[at:at + LOOKUP_BATCH]))
     return ({i for i in found if i in wallet_ids},
-            {i: consumed_balance(a) for i, a in found.items() if i in consumed_ids})
+            {i: accounts.consumed_balance(a) for i, a in found.items() if i in consumed_ids})
 
 
 LOOKUP_BATCH = 8000  # accounts per lookup (TigerBeetle takes at most 8189 per request)

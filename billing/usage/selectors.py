@@ -6,12 +6,14 @@ Aggregation runs in Python on exact Decimals, so it is exact on SQLite too.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from billing.catalog.models import Meter
@@ -19,7 +21,8 @@ from billing.common import process_caches
 from billing.common.calendar import period_bounds
 from billing.common.errors import ApiError
 from billing.customers.models import Customer, Project
-from billing.usage.models import DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.models import DailyRollup, DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
+from billing.usage.rollups import day_of
 
 GRANULARITIES = ("hour", "day", "month")
 
@@ -214,3 +217,89 @@ def usage_aggregate(
 
 def _iterate(rows: QuerySet[Any]) -> Iterator[tuple[Any, ...]]:
     yield from rows.iterator(chunk_size=5000)
+
+
+# --- the rollups over ranges of whole hours (invoicing prices them: billing.invoicing.rows) ---------------
+# One statement (one snapshot): the watermark, then per range, meter and dimension set the rollups' aggregate.
+# Sum, count and unique_count meters: totals from a covering index (customer, meter, hour|day) INCLUDE
+# (dims_key, total) alone. (A unique_count meter's distinct values are its dimension sets' values of its
+# ``unique_by``, one per set, which is how every rollup stores them: they are taken from the set, in Python,
+# not read from the rows.) Max and latest meters: the largest maximum, the distinct sets of distinct values
+# (their union is taken in Python: a lateral unnest made PostgreSQL expect 100 rows per rollup row and plan
+# parallel workers) and the latest (time, event id, value), as the hour rows would give them. The ranges of
+# whole days are read from the daily rollups, the others from the hourly ones, numbered 1..n in that order
+# (a daily range's number is offset by the number of hourly ones); the watermark is row 0.
+_KEYED_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), NULL::numeric, NULL::jsonb[], "
+                 "NULL::timestamptz, NULL::bigint, NULL::numeric")
+_LATEST = ("ORDER BY r.latest_at DESC, r.latest_event DESC) FILTER (WHERE r.latest_at IS NOT NULL "
+           "AND r.latest_event IS NOT NULL AND r.latest_value IS NOT NULL))[1]")
+_ROWS_SELECT = ("SELECT g.n{offset}, r.meter_id, r.dims_key, sum(r.total), max(r.maximum), "
+                "array_agg(DISTINCT r.uniques) FILTER (WHERE r.uniques <> '[]'::jsonb), "
+                f"(array_agg(r.latest_at {_LATEST}, (array_agg(r.latest_event {_LATEST}, "
+                f"(array_agg(r.latest_value {_LATEST}")
+_RANGES = """
+FROM unnest(%({p}a)s::timestamptz[], %({p}b)s::timestamptz[]) WITH ORDINALITY AS g(a, b, n)
+JOIN {table} r ON r.customer_id = %(customer)s AND r.meter_id = ANY(%({meters})s) AND r.{time} >= g.a
+                  AND r.{time} < g.b
+GROUP BY g.n, r.meter_id, r.dims_key"""
+ROLLUPS_SQL = "\nUNION ALL\n".join(
+    ["SELECT 0::bigint, NULL::bigint, NULL::text, COALESCE((SELECT last_event_id FROM usage_rollupwatermark "
+     "WHERE name = 'hourly'), 0)::numeric, NULL::numeric, NULL::jsonb[], NULL::timestamptz, NULL::bigint, NULL::numeric"]
+    + [select.format(offset=offset) + _RANGES.format(p=p, table=table, time=time, meters=meters)
+       for select, meters in ((_KEYED_SELECT, "keyed"), (_ROWS_SELECT, "others"))
+       for offset, p, table, time in (("", "h", "usage_hourly_rollup", "hour"),
+                                      (" + %(offset)s", "d", "usage_daily_rollup", "day"))])
+
+
+def _split_days(ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[datetime, datetime]],
+                                                                   list[tuple[datetime, datetime]]]:
+    """Whole-hour ranges as (hour ranges, whole-day ranges): each range's whole UTC days go to the second."""
+    hours, days = [], []
+    for a, b in ranges:
+        first = a if a == day_of(a) else day_of(a) + timedelta(days=1)
+        last = day_of(b)
+        if first < last:
+            days.append((first, last))
+            hours += [(x, y) for x, y in ((a, first), (last, b)) if x < y]
+        else:
+            hours.append((a, b))
+    return hours, days
+
+
+def rollup_ranges_read(*, customer_pk: int, meter_pks: list[int], keyed: set[int],
+                       ranges: list[tuple[datetime, datetime]]) -> tuple[list[tuple[Any, ...]], int]:
+    """A customer's rollups over whole-hour ranges (whole days from the daily rollups) and the watermark they
+    hold the events up to, as ``(at, meter_id, dims_key, total, maximum, uniques, latest_at, latest_event,
+    latest_value)``. On PostgreSQL the ranges are aggregated in the database, one row per range, meter and
+    dimension set (pricing needs a range's total, maximum, distinct values or latest value, not its hours:
+    a range never spans a price change), ``at`` being the range's start; ``keyed`` meters (sum, count,
+    unique_count) need only their totals. Elsewhere the rows come hour by hour and day by day (the caller
+    holds a transaction: one snapshot)."""
+    hours, days = _split_days(ranges)
+    ranges = hours + days
+    found: list[tuple[Any, ...]] = []
+    if connection.vendor == "postgresql":
+        keyed_pks = [pk for pk in meter_pks if pk in keyed]
+        with connection.cursor() as cursor:
+            cursor.execute(ROLLUPS_SQL, {
+                "customer": customer_pk, "offset": len(hours), "keyed": keyed_pks,
+                "others": [pk for pk in meter_pks if pk not in keyed], "ha": [a for a, _ in hours],
+                "hb": [b for _, b in hours], "da": [a for a, _ in days], "db": [b for _, b in days]})
+            fetched = cursor.fetchall()
+        watermark = int(next(row[3] for row in fetched if row[0] == 0))
+        starts = [a for a, _ in ranges]
+        found = [(starts[n - 1], meter_id, key, total, maximum,
+                  [value for values in uniques or () for value in _json(values)], *latest)
+                 for n, meter_id, key, total, maximum, uniques, *latest in fetched if n != 0]
+    else:
+        watermark = RollupWatermark.objects.filter(name="hourly").values_list("last_event_id", flat=True).first() or 0
+        fields = ("meter_id", "dims_key", "total", "maximum", "uniques", "latest_at", "latest_event", "latest_value")
+        for model, time_field, spans in ((HourlyRollup, "hour", hours), (DailyRollup, "day", days)):
+            for a, b in spans:
+                rolled = model.objects.filter(customer_id=customer_pk, **{f"{time_field}__gte": a, f"{time_field}__lt": b})
+                found += list(rolled.order_by().values_list(time_field, *fields))
+    return found, watermark
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
