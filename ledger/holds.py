@@ -222,12 +222,9 @@ def _rebook(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
             log.error("expired hold %x could not be booked again: %s", transfer.id, status.value)
 
 
-def sweep(older_than_seconds: float = 30) -> int:
+def sweep(ledger: LedgerBackend, older_than_seconds: float = 30) -> int:
     """Post what writers recorded but did not post (they died, or the ledger was away), and forget the
     outbox rows older than ``older_than_seconds``; returns how many rows it handled."""
-    from ledger.backends import get_ledger
-
-    ledger = get_ledger()
     due = timezone.now() - timedelta(seconds=older_than_seconds)
     handled = 0
     for row in HeldPost.objects.filter(created_at__lt=due).order_by("pk")[:1000]:

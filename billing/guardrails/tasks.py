@@ -2,6 +2,8 @@ from celery import shared_task
 
 from billing.guardrails.alerts import AlertSendDeferred, alerts_check, alerts_sweep
 from billing.guardrails.reservations import reservations_expire
+from ledger.backends import get_ledger
+from ledger.holds import sweep
 
 
 @shared_task(name="guardrails.expire_reservations", acks_late=True)
@@ -28,6 +30,4 @@ def alerts_sweep_task() -> int:
 def post_held_debits() -> int:
     """Posts the held debits of ingest batches whose writer died between its commit and its post
     (ledger.holds); idempotent: a post already made answers ``exists``."""
-    from ledger.holds import sweep
-
-    return sweep()
+    return sweep(get_ledger())

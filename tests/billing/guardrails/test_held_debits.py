@@ -84,11 +84,11 @@ def test_killed_after_the_commit_the_sweep_posts_the_held_debit(acme: Any) -> No
     assert quota(acme.pk) == (7, 0)
     assert HeldPost.objects.count() == 1
 
-    assert holds.sweep(older_than_seconds=0) == 1
+    assert holds.sweep(get_ledger(), older_than_seconds=0) == 1
 
     assert quota(acme.pk) == (0, 7)
     assert HeldPost.objects.count() == 0
-    assert holds.sweep(older_than_seconds=0) == 0
+    assert holds.sweep(get_ledger(), older_than_seconds=0) == 0
     # a retry of the batch is a duplicate and debits nothing more
     assert [r.status for r in events_ingest(principal=ADMIN, raw_events=BATCH)] == ["duplicate", "duplicate"]
     assert quota(acme.pk) == (0, 7)
@@ -108,7 +108,7 @@ def test_killed_before_the_insert_the_retry_takes_its_own_hold(acme: Any) -> Non
     assert [r.status for r in events_ingest(principal=ADMIN, raw_events=BATCH)] == ["accepted", "accepted"]
     assert quota(acme.pk) == (0, 7)
     assert HeldPost.objects.count() == 1  # the sweep forgets it once it is old
-    assert holds.sweep(older_than_seconds=0) == 1 and quota(acme.pk) == (0, 7)
+    assert holds.sweep(get_ledger(), older_than_seconds=0) == 1 and quota(acme.pk) == (0, 7)
 
 
 def test_killed_before_the_insert_and_never_retried_the_hold_expires(acme: Any, monkeypatch: pytest.MonkeyPatch
