@@ -1,4 +1,4 @@
-"""Tables of the embedded SQL ledger backend (ledger/backends/sql.py). TigerBeetle keeps the same
+"""Tables of the embedded SQL ledger backend (ledger/backends/sql/). TigerBeetle keeps the same
 state itself; nothing else reads these tables directly."""
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import secrets
 
 import pytest
 
-from ledger.backends import sql
 from ledger.backends.sql import SqlLedger
+from ledger.backends.sql import batch as sql_batch
 from ledger.types import Account, AccountFlags, Status, Transfer, TransferFlags
 
 pytestmark = [pytest.mark.ledger_contract, pytest.mark.django_db(transaction=True)]
@@ -31,15 +31,15 @@ class Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, aggregate: bool = True) -> None:
         self.aggregate = 0
-        original = sql._Batch._run_plain
+        original = sql_batch._Batch._run_plain
         spy = self
 
-        def run_plain(batch: sql._Batch, plain: sql._Plain) -> bool:
+        def run_plain(batch: sql_batch._Batch, plain: sql_batch._Plain) -> bool:
             done = aggregate and original(batch, plain)
             spy.aggregate += done
             return done
 
-        monkeypatch.setattr(sql._Batch, "_run_plain", run_plain)
+        monkeypatch.setattr(sql_batch._Batch, "_run_plain", run_plain)
 
 
 def make_books(ledger: SqlLedger, funds: list[int]) -> tuple[int, list[int]]:
