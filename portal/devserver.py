@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TIGERBEETLE_CACHE_GRID = "256MiB"
@@ -132,6 +132,47 @@ def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def _ledger_start(env: dict[str, str], python: str, ledger: dict[str, subprocess.Popen[bytes]]) -> tuple[str, Path | None]:
+    """Start a TigerBeetle replica (into ``ledger``, its address into ``env``) when there is a binary and no
+    cluster or other backend of the user's own. Returns the banner's ledger line and the replica's data file."""
+    wants_tigerbeetle = env.get("LEDGER_BACKEND", "tigerbeetle") in ("", "tigerbeetle")
+    binary = tigerbeetle_binary() if wants_tigerbeetle and not env.get("TIGERBEETLE_ADDRESSES") else None
+    if binary:
+        replica, address, data_file = start_tigerbeetle(binary, env, python)
+        ledger["tigerbeetle"] = replica
+        env["TIGERBEETLE_ADDRESSES"] = address
+        return f"tigerbeetle {address}, replica started here (data {data_file})", data_file
+    if env.get("TIGERBEETLE_ADDRESSES") and wants_tigerbeetle:
+        return f"tigerbeetle {env['TIGERBEETLE_ADDRESSES']} (TIGERBEETLE_ADDRESSES)", None
+    backend = env.get("LEDGER_BACKEND") or "sql"
+    return (f"{backend} (tables in the database; a tigerbeetle binary on PATH or in TIGERBEETLE_BIN "
+            "would run TigerBeetle)") if backend == "sql" else backend, None
+
+
+def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str) -> None:
+    if not info:
+        print(f"\n  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)\n"
+              f"  ledger                   : {ledger_line}\n", flush=True)
+        return
+    operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}"
+    customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}"
+    print(f"""
+  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)
+
+  pricing console          : {url}/console/   login {operator}  (admin: {url}/admin/)
+  customer dashboard       : {url}/dashboard/   login {customer}  (customer acme-co)
+  ingest API key           : {info['ingest_api_key']}
+  read API key (acme-co)   : {info['read_api_key']}
+  API docs                 : {url}/api/docs
+  ledger                   : {ledger_line}
+
+  curl -X POST {url}/api/v1/events -H 'Authorization: Bearer {info['ingest_api_key']}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"event_id": "hello-1", "customer": "acme-co", "meter": "llm_tokens", "quantity": 1200,
+            "timestamp": "'$(date -u +%Y-%m-%dT%H:%M:%SZ)'", "dimensions": {{"model": "gpt-4o"}}}}'
+""", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -156,19 +197,7 @@ def main() -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     exit_code = 0
     try:
-        wants_tigerbeetle = env.get("LEDGER_BACKEND", "tigerbeetle") in ("", "tigerbeetle")
-        binary = tigerbeetle_binary() if wants_tigerbeetle and not env.get("TIGERBEETLE_ADDRESSES") else None
-        if binary:
-            replica, address, data_file = start_tigerbeetle(binary, env, python)
-            ledger["tigerbeetle"] = replica
-            env["TIGERBEETLE_ADDRESSES"] = address
-            ledger_line = f"tigerbeetle {address}, replica started here (data {data_file})"
-        elif env.get("TIGERBEETLE_ADDRESSES") and env.get("LEDGER_BACKEND", "tigerbeetle") in ("", "tigerbeetle"):
-            ledger_line = f"tigerbeetle {env['TIGERBEETLE_ADDRESSES']} (TIGERBEETLE_ADDRESSES)"
-        else:
-            backend = env.get("LEDGER_BACKEND") or "sql"
-            ledger_line = (f"{backend} (tables in the database; a tigerbeetle binary on PATH or in TIGERBEETLE_BIN "
-                           "would run TigerBeetle)") if backend == "sql" else backend
+        ledger_line, data_file = _ledger_start(env, python, ledger)
 
         info = {}
         if not args.no_seed:
@@ -182,34 +211,13 @@ def main() -> int:
                                      "--without-mingle", "--without-gossip"], env)
         children["beat"] = _spawn([*celery, "beat", "-l", "info"], env)
         url = f"http://{args.host}:{args.port}"
-        operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}" if info else ""
-        customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}" if info else ""
-        running = "web + Celery worker + beat" + (" + TigerBeetle" if ledger else "")
-        if info:
-            print(f"""
-  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)
-
-  pricing console          : {url}/console/   login {operator}  (admin: {url}/admin/)
-  customer dashboard       : {url}/dashboard/   login {customer}  (customer acme-co)
-  ingest API key           : {info['ingest_api_key']}
-  read API key (acme-co)   : {info['read_api_key']}
-  API docs                 : {url}/api/docs
-  ledger                   : {ledger_line}
-
-  curl -X POST {url}/api/v1/events -H 'Authorization: Bearer {info['ingest_api_key']}' \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"event_id": "hello-1", "customer": "acme-co", "meter": "llm_tokens", "quantity": 1200,
-            "timestamp": "'$(date -u +%Y-%m-%dT%H:%M:%SZ)'", "dimensions": {{"model": "gpt-4o"}}}}'
-""", flush=True)
-        else:
-            print(f"\n  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)\n"
-                  f"  ledger                   : {ledger_line}\n", flush=True)
+        _banner(url, info, ledger_line, running="web + Celery worker + beat" + (" + TigerBeetle" if ledger else ""))
 
         starting = False
         while not stopping:
             for name, proc in {**children, **ledger}.items():
                 if proc.poll() is not None:
-                    where = f" (its log: {data_file.parent / 'tigerbeetle.log'})" if name == "tigerbeetle" else ""
+                    where = f" (its log: {data_file.parent / 'tigerbeetle.log'})" if data_file and name == "tigerbeetle" else ""
                     print(f"{name} exited with {proc.returncode}{where}; stopping the others", file=sys.stderr, flush=True)
                     stopping, exit_code = True, 1
                     break

@@ -37,6 +37,26 @@ class InFlight(LedgerRefused):
     posted): whether it is counted is not known yet. Decide the batch again (nothing was booked)."""
 
 
+def _legs(counted: dict[int, list[Any]], totals: dict[int, list[Any]]) -> dict[tuple[int, int, int, int, int], list[Any]]:
+    """``BatchDebit._sums``' totals as amounts per (account, code, ledger, meter, period): each counter's
+    quantity, and each limit's quantity or cost (quota, spend cap, credits), with its first event and terms."""
+    sums: dict[tuple[int, int, int, int, int], list[Any]] = {}
+    for counter_id, (qty_total, first, shared) in counted.items():
+        sums[(counter_id, COUNTER, shared.unit_ledger, first.meter.pk, shared.period)] = [qty_total, first, shared]
+    for qty_total, cost_total, first, shared in totals.values():
+        meter_pk, period = first.meter.pk, shared.period
+        if shared.hard is not None and qty_total:
+            sums.setdefault((shared.quota_id, QUOTA, shared.unit_ledger, meter_pk, period),
+                            [0, first, shared])[0] += qty_total
+        if shared.cap is not None and cost_total:
+            sums.setdefault((shared.spend_id, SPEND, shared.money_ledger, meter_pk, period),
+                            [0, first, shared])[0] += cost_total
+        if shared.prepaid and cost_total:
+            sums.setdefault((shared.wallet_id, CREDITS, shared.money_ledger, meter_pk, period),
+                            [0, first, shared])[0] += cost_total
+    return sums
+
+
 class BatchDebit:
     """The limits' one engine: decisions for a batch of events (in order; an event is accepted only if every
     leg fits: quota, spend cap, credits; marginal prices from the period's usage counters), taken in
@@ -128,7 +148,6 @@ class BatchDebit:
         then decided one by one)."""
         assert self.prepared is not None
         cumulative = dict(self.cumulative)
-        sums: dict[tuple[int, int, int, int, int], list[Any]] = {}
         totals: dict[int, list[Any]] = {}  # id(shared) -> [quantity units, cost units, first event, shared]
         counted: dict[int, list[Any]] = {}  # counter -> [quantity units, first event, shared]
         expect = None if self.locked else self.expect
@@ -190,20 +209,7 @@ class BatchDebit:
         if expect is not None:
             for counter_id, high in highs.items():
                 narrow(expect, counter_id, expect[counter_id][0], high)
-        for counter_id, (qty_total, first, shared) in counted.items():
-            sums[(counter_id, COUNTER, shared.unit_ledger, first.meter.pk, shared.period)] = [qty_total, first, shared]
-        for qty_total, cost_total, first, shared in totals.values():
-            meter_pk, period = first.meter.pk, shared.period
-            if shared.hard is not None and qty_total:
-                sums.setdefault((shared.quota_id, QUOTA, shared.unit_ledger, meter_pk, period),
-                                [0, first, shared])[0] += qty_total
-            if shared.cap is not None and cost_total:
-                sums.setdefault((shared.spend_id, SPEND, shared.money_ledger, meter_pk, period),
-                                [0, first, shared])[0] += cost_total
-            if shared.prepaid and cost_total:
-                sums.setdefault((shared.wallet_id, CREDITS, shared.money_ledger, meter_pk, period),
-                                [0, first, shared])[0] += cost_total
-        return sums
+        return _legs(counted, totals)
 
     def _one_by_one(self, skip: set[Any]) -> dict[Any, Refusal]:
         assert self.prepared is not None
