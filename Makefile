@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test test-fast test-tigerbeetle lint typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
+.PHONY: install run test test-fast test-tigerbeetle lint lint-imports typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ run: install
 ## with a coverage report (files not fully covered, and the total)
 test: install lint typecheck pytest
 
-lint: install
+## lint: ruff (style, and no function over 60 statements), the architecture's import rules, no file over 500 lines
+lint: install lint-imports
 	$(VENV)/bin/ruff check .
+	$(PY) .ci/check_sizes.py
+
+## lint-imports: the layers and forbidden imports (import-linter, pyproject.toml) and no import cycle (docs/architecture.md)
+lint-imports: install
+	$(VENV)/bin/lint-imports
+	$(PY) .ci/check_cycles.py
 
 typecheck: install
 	$(VENV)/bin/mypy .
@@ -59,4 +66,4 @@ bench-rollup: install
 bench: bench-ingest bench-ledger bench-rollup
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
