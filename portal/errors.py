@@ -1,20 +1,159 @@
-"""HTML pages answer an ``ApiError`` raised below them (a service's 503 ``rollups_drift``, say) with its
-status and message in a page, as the API answers it with the contract's error body; only what nothing
-handles is a 500. The ledger's ``LedgerUnavailable`` is a 503 with Retry-After, as in the API. API paths
-are left to DRF's handler (``billing.common.errors``)."""
+"""The web face of the domain's errors: ``STATUS``, the one table from each error code to its HTTP status,
+and the two places that answer with it.
+
+- ``api_exception_handler`` (DRF's ``EXCEPTION_HANDLER``): every API error as the contract's body
+  ``{"error": {"code", "message", "fields"?, ...}}``, for a ``DomainError`` and for DRF's and Django's own
+  exceptions alike.
+- ``DomainErrorMiddleware``: outside the API, a ``DomainError`` (a service's 503 ``rollups_drift``, say)
+  is a page with its status and message, or the same JSON body for a JSON request (the Stripe webhook);
+  only what nothing handles is a 500. The ledger's ``LedgerUnavailable`` is a 503 with Retry-After.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
 
-from billing.common.errors import ApiError
+from billing.catalog.errors import CatalogCode
+from billing.common.errors import CommonCode, DomainError, ErrorCode
+from billing.customers.errors import CustomersCode
+from billing.guardrails.errors import GuardrailsCode
+from billing.invoicing.errors import InvoicingCode
+from billing.payments.errors import PaymentsCode
+from billing.usage.errors import UsageCode
 from ledger.backends.base import LedgerUnavailable
 
+# Every code of every app, with its status (docs/api.md, "Errors", lists the same; a test holds them equal).
+STATUS: dict[ErrorCode, int] = {
+    CommonCode.INVALID_JSON: 400,
+    CommonCode.INVALID_SHAPE: 400,
+    PaymentsCode.INVALID_SIGNATURE: 400,
+    CommonCode.NOT_AUTHENTICATED: 401,
+    CommonCode.INVALID_API_KEY: 401,
+    GuardrailsCode.QUOTA_EXCEEDED: 402,
+    GuardrailsCode.SPEND_CAP_EXCEEDED: 402,
+    GuardrailsCode.INSUFFICIENT_CREDITS: 402,
+    CommonCode.FORBIDDEN: 403,
+    CustomersCode.CUSTOMER_FORBIDDEN: 403,
+    CommonCode.NOT_FOUND: 404,
+    InvoicingCode.NO_SUBSCRIPTION: 404,
+    CommonCode.METHOD_NOT_ALLOWED: 405,
+    CommonCode.IDEMPOTENCY_CONFLICT: 409,
+    CommonCode.ALREADY_EXISTS: 409,
+    CatalogCode.VERSION_IMMUTABLE: 409,
+    GuardrailsCode.RESERVATION_CLOSED: 409,
+    InvoicingCode.INVALID_INVOICE_STATE: 409,
+    CommonCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    CommonCode.VALIDATION_ERROR: 422,
+    CustomersCode.UNKNOWN_CUSTOMER: 422,
+    CatalogCode.UNKNOWN_METER: 422,
+    CustomersCode.UNKNOWN_PROJECT: 422,
+    UsageCode.UNKNOWN_ORIGINAL: 422,
+    UsageCode.ORIGINAL_NOT_BILLABLE: 422,
+    UsageCode.CORRECTION_NOT_SUPPORTED: 422,
+    CatalogCode.UNKNOWN_PLAN: 422,
+    CatalogCode.INVALID_CATALOG: 422,
+    UsageCode.PERIOD_CLOSED: 422,
+    InvoicingCode.PERIOD_OPEN: 422,
+    CommonCode.RATE_LIMITED: 429,
+    CommonCode.INTERNAL_ERROR: 500,
+    CommonCode.LEDGER_UNAVAILABLE: 503,
+    UsageCode.ROLLUPS_DRIFT: 503,
+}
 
-class HtmlApiErrorMiddleware:
+# Seconds a client should wait before retrying: the ledger is back within a second; a page's other 503
+# (``rollups_drift``: an operator's repair) is worth a minute
+LEDGER_RETRY_AFTER, PAGE_RETRY_AFTER = "1", "60"
+
+LEDGER_AWAY = "The ledger did not answer; retry with the same ids."
+
+
+def error_body(error: DomainError) -> dict[str, Any]:
+    return {"error": error.as_dict()}
+
+
+def error_response(error: DomainError) -> Response:
+    """The API's answer to ``error``: its body and its code's status."""
+    headers = {"Retry-After": LEDGER_RETRY_AFTER} if error.code == CommonCode.LEDGER_UNAVAILABLE else None
+    return Response(error_body(error), status=STATUS[error.code], headers=headers)
+
+
+def _flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.update(_flatten_fields(value, name))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            out[prefix or "non_field_errors"] = [str(item) for item in detail]
+        else:
+            for index, item in enumerate(detail):
+                out.update(_flatten_fields(item, f"{prefix}[{index}]"))
+    else:
+        out[prefix or "non_field_errors"] = [str(detail)]
+    return out
+
+
+def _as_domain_error(exc: Exception) -> DomainError | None:
+    """DRF's and Django's exceptions as the domain error they stand for; None for any other."""
+    if isinstance(exc, DomainError):
+        return exc
+    if isinstance(exc, LedgerUnavailable):
+        return DomainError(CommonCode.LEDGER_UNAVAILABLE, LEDGER_AWAY)
+    if isinstance(exc, DjangoValidationError):
+        fields = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        return DomainError(CommonCode.VALIDATION_ERROR, "The request is not valid.", fields)
+    if isinstance(exc, Http404 | exceptions.NotFound):
+        return DomainError(CommonCode.NOT_FOUND, "Not found.")
+    if isinstance(exc, exceptions.ParseError):
+        return DomainError(CommonCode.INVALID_JSON, f"The body is not valid JSON: {exc.detail}")
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        return DomainError(CommonCode.UNSUPPORTED_MEDIA_TYPE, str(exc.detail))
+    if isinstance(exc, exceptions.NotAuthenticated):
+        return DomainError(CommonCode.NOT_AUTHENTICATED, str(exc.detail))
+    if isinstance(exc, exceptions.AuthenticationFailed):
+        return DomainError(CommonCode.INVALID_API_KEY, str(exc.detail))
+    if isinstance(exc, exceptions.PermissionDenied):
+        return DomainError(CommonCode.FORBIDDEN, str(exc.detail))
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        return DomainError(CommonCode.METHOD_NOT_ALLOWED, str(exc.detail))
+    if isinstance(exc, exceptions.ValidationError):
+        if exc.get_codes() == {"non_field_errors": ["invalid"]}:  # DRF: "Expected a dictionary, but got list"
+            return DomainError(CommonCode.INVALID_SHAPE, "Expected a JSON object.")
+        return DomainError(CommonCode.VALIDATION_ERROR, "The request is not valid.", _flatten_fields(exc.detail))
+    return None
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, exceptions.Throttled):
+        wait = math.ceil(getattr(exc, "wait", None) or 1)
+        return Response(error_body(DomainError(CommonCode.RATE_LIMITED, f"Too many requests; retry in {wait} s.")),
+                        status=STATUS[CommonCode.RATE_LIMITED], headers={"Retry-After": str(wait)})
+    error = _as_domain_error(exc)
+    if error is not None:
+        response = error_response(error)
+        if isinstance(exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated):
+            drf_response = drf_exception_handler(exc, context)
+            if drf_response is not None and "WWW-Authenticate" in drf_response:
+                response["WWW-Authenticate"] = drf_response["WWW-Authenticate"]
+        return response
+    if isinstance(exc, exceptions.APIException):  # DRF's others (406...): their own code and status
+        codes = exc.get_codes()
+        return Response({"error": {"code": codes if isinstance(codes, str) else "error", "message": str(exc.detail)}},
+                        status=exc.status_code)
+    return None
+
+
+class DomainErrorMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
@@ -22,18 +161,19 @@ class HtmlApiErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if request.path.startswith("/api/"):
+        if request.path.startswith("/api/"):  # DRF's handler answers there
             return None
         if isinstance(exception, LedgerUnavailable):
-            response = render(request, "error.html", {"status": 503, "code": "ledger_unavailable",
-                                                      "message": "The ledger did not answer; try again in a moment."},
-                              status=503)
-            response["Retry-After"] = "1"
-            return response
-        if not isinstance(exception, ApiError):
+            exception = DomainError(CommonCode.LEDGER_UNAVAILABLE, "The ledger did not answer; try again in a moment.")
+        if not isinstance(exception, DomainError):
             return None
-        response = render(request, "error.html", {"status": exception.status_code, "code": exception.code,
-                                                  "message": exception.message}, status=exception.status_code)
-        if exception.status_code == 503:
-            response["Retry-After"] = "60"
+        status = STATUS[exception.code]
+        response: HttpResponse
+        if request.content_type == "application/json":
+            response = JsonResponse(error_body(exception), status=status)
+        else:
+            response = render(request, "error.html", {"status": status, "code": str(exception.code),
+                                                      "message": exception.message}, status=status)
+        if status == 503:
+            response["Retry-After"] = LEDGER_RETRY_AFTER if exception.code == CommonCode.LEDGER_UNAVAILABLE else PAGE_RETRY_AFTER
         return response

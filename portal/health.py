@@ -5,19 +5,21 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from billing.common.errors import CommonCode, DomainError
 from ledger.backends import ledger_ping
 from portal.celery import app as celery_app
+from portal.errors import STATUS, error_body
 from portal.models import Heartbeat
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """Every error body is JSON (contract.md), also for an unknown path."""
-    return JsonResponse({"error": {"code": "not_found", "message": "No such path."}}, status=404)
+    return JsonResponse(error_body(DomainError(CommonCode.NOT_FOUND, "No such path.")), status=STATUS[CommonCode.NOT_FOUND])
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"error": {"code": "internal_error", "message": "Something went wrong on our side."}},
-                        status=500)
+    error = DomainError(CommonCode.INTERNAL_ERROR, "Something went wrong on our side.")
+    return JsonResponse(error_body(error), status=STATUS[error.code])
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

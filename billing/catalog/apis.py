@@ -10,9 +10,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.catalog import selectors, services
+from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common.auth import principal_of
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.selectors import customer_get
 
 
@@ -50,7 +51,7 @@ class MetersApi(APIView):
 def _global_admin(request: Request) -> None:
     """The catalog is shared by every customer: a key restricted to one customer cannot change it."""
     if principal_of(request).customer_id is not None:
-        raise ApiError(403, "forbidden", "A key restricted to one customer cannot change the catalog.")
+        raise DomainError(CommonCode.FORBIDDEN, "A key restricted to one customer cannot change the catalog.")
 
 
 def _actor(request: Request) -> str:
@@ -88,9 +89,9 @@ class PlanVersionsApi(APIView):
         _global_admin(request)
         plan = Plan.objects.filter(key=plan_key).first()
         if plan is None:
-            raise ApiError(404, "not_found", "No such plan.")
+            raise DomainError(CommonCode.NOT_FOUND, "No such plan.")
         if not isinstance(request.data, dict):
-            raise ApiError(400, "invalid_shape", "Expected a JSON object.")
+            raise DomainError(CommonCode.INVALID_SHAPE, "Expected a JSON object.")
         version, created = services.plan_version_publish(plan=plan, data=dict(request.data), actor=_actor(request))
         entry = next(e for e in selectors.plan_export_entries(plan) if e["version"] == version.number)
         return Response(entry, status=201 if created else 200)
@@ -110,10 +111,10 @@ class CustomerSubscriptionApi(APIView):
         data.is_valid(raise_exception=True)
         plan = Plan.objects.filter(key=data.validated_data["plan"]).first()
         if plan is None:
-            raise ApiError(422, "unknown_plan", "No such plan.", {"plan": ["Unknown plan."]})
+            raise DomainError(CatalogCode.UNKNOWN_PLAN, "No such plan.", {"plan": ["Unknown plan."]})
         start = data.validated_data["start"]
         if start is not None and start.tzinfo is None:
-            raise ApiError(422, "validation_error", "The request is not valid.", {"start": ["Needs a UTC offset."]})
+            raise validation_error({"start": ["Needs a UTC offset."]})
         subscription = services.subscription_set(customer=customer, plan=plan, start=start,
                                                  now=datetime.now(timezone.utc), actor=_actor(request))
         return Response(_subscription_out(subscription), status=201)

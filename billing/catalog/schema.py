@@ -16,18 +16,20 @@ import msgspec
 import yaml
 
 from billing.catalog import money, pricing
-from billing.common.errors import ApiError
+from billing.catalog.errors import CatalogCode
+from billing.common.errors import DomainError
 from billing.common.fields import check_decimal, decimal_to_text
 
 Key = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
 
-class CatalogError(ApiError):
-    """All problems found in a catalog document, each as (path, message); a 422 through the API."""
+class CatalogError(DomainError):
+    """All problems found in a catalog document, each as (path, message), keyed by path in ``fields``."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
-        super().__init__(422, "invalid_catalog", "; ".join(f"{path or '(document)'}: {message}" for path, message in problems),
+        super().__init__(CatalogCode.INVALID_CATALOG,
+                         "; ".join(f"{path or '(document)'}: {message}" for path, message in problems),
                          fields=self.as_fields())
 
     def as_fields(self) -> dict[str, list[str]]:

@@ -7,9 +7,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from billing.catalog import schema
+from billing.catalog.errors import CatalogCode
 from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
 from billing.common.calendar import next_period_start, period_bounds
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError, validation_error
 
 
 def meter_create(*, key: str, name: str, aggregation: str, unit: str = "unit", unique_by: str = "") -> tuple[Meter, bool]:
@@ -19,8 +20,7 @@ def meter_create(*, key: str, name: str, aggregation: str, unit: str = "unit", u
     meter = Meter(key=key, name=name or key, aggregation=aggregation, unit=unit or "unit", unique_by=unique_by or "")
     meter.full_clean(validate_unique=False, validate_constraints=False)
     if aggregation == Meter.Aggregation.UNIQUE_COUNT and not unique_by:
-        raise ApiError(422, "validation_error", "unique_count needs unique_by.",
-                       fields={"unique_by": ["Required for unique_count."]})
+        raise validation_error({"unique_by": ["Required for unique_count."]}, "unique_count needs unique_by.")
     existing = Meter.objects.filter(key=key).first()
     if existing is not None:
         return _same_or_conflict(existing, meter), False
@@ -36,7 +36,7 @@ def _same_or_conflict(existing: Meter, wanted: Meter) -> Meter:
     fields = ("name", "aggregation", "unit", "unique_by")
     if all(getattr(existing, f) == getattr(wanted, f) for f in fields):
         return existing
-    raise ApiError(409, "already_exists", f"Meter '{existing.key}' exists with another definition.")
+    raise DomainError(CommonCode.ALREADY_EXISTS, f"Meter '{existing.key}' exists with another definition.")
 
 
 def audit(*, actor: str, action: str, target: str, data: dict[str, Any] | None = None) -> AuditEntry:
@@ -132,9 +132,9 @@ def _version_create(*, plan: Plan, effective_from: datetime, definition: dict[st
     existing = plan.versions.filter(effective_from=effective_from).first()
     if existing is not None:
         if schema.canonical_json(existing.definition) != schema.canonical_json(definition):
-            raise ApiError(409, "version_immutable",
-                           f"Version {existing.number} of '{plan.key}' takes effect at {effective_from.isoformat()} "
-                           "and cannot change; publish a new version with a later effective_from.")
+            raise DomainError(CatalogCode.VERSION_IMMUTABLE,
+                              f"Version {existing.number} of '{plan.key}' takes effect at {effective_from.isoformat()} "
+                              "and cannot change; publish a new version with a later effective_from.")
         return existing, False
     number = (plan.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = RateCardVersion.objects.create(plan=plan, number=number, effective_from=effective_from,
@@ -195,13 +195,11 @@ def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: 
         start = now if in_effect_now is None else next_period_start(now)
     covering = next((r for r in rows if r.start < start and (r.end is None or r.end > start)), None)
     if any(r.start >= start and r.start <= now for r in rows):
-        raise ApiError(422, "validation_error", "The request is not valid.",
-                       {"start": ["A subscription already started at or after this time; periods cannot be rewritten."]})
+        raise validation_error({"start": ["A subscription already started at or after this time; periods cannot be rewritten."]})
     # one invoice per period, in one currency
     if covering is not None and covering.plan.currency != plan.currency and period_bounds(start)[0] != start:
-        raise ApiError(422, "validation_error", "The request is not valid.",
-                       {"start": [f"A change from {covering.plan.currency} to {plan.currency} takes effect at the "
-                                  "start of a billing period (omit start for the next one)."]})
+        raise validation_error({"start": [f"A change from {covering.plan.currency} to {plan.currency} takes effect at the "
+                                          "start of a billing period (omit start for the next one)."]})
     Subscription.objects.filter(customer=customer, start__gte=start).delete()  # not started yet: replaced
     if covering is not None and covering.plan_id == plan.pk:
         covering.end = None

@@ -1,112 +1,75 @@
-"""One error shape for the whole API (contract.md, "Errors").
+"""The domain's one error: a code, a human sentence and, for validation, the offending fields.
 
-``{"error": {"code": "<snake_case>", "message": "<sentence>", "fields": {...}}}``
+Services and selectors raise ``DomainError(<App>Code.X, ...)``; each app lists its codes in
+``billing/<app>/errors.py``. Nothing here knows HTTP: the web face maps each code to its status
+(``portal.errors.STATUS``) and answers ``{"error": error.as_dict()}`` (contract.md, "Errors").
 """
 
 from __future__ import annotations
 
-import math
+import sys
+from enum import Enum
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
-from rest_framework import exceptions, status
-from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10: the same behaviour for what we use (the value as the string)
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
 
 
-class ApiError(exceptions.APIException):
-    """Raise anywhere below a view to answer with the contract's error body."""
+class ErrorCode(StrEnum):
+    """Base of every app's error codes: each member's value is the public ``code``; append only."""
+
+
+class CommonCode(ErrorCode):
+    """Codes no single app owns: request shape, authentication, lookups, idempotency, infrastructure."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_SHAPE = "invalid_shape"
+    NOT_AUTHENTICATED = "not_authenticated"
+    INVALID_API_KEY = "invalid_api_key"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    ALREADY_EXISTS = "already_exists"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    VALIDATION_ERROR = "validation_error"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
+
+
+class DomainError(Exception):
+    """Raise from any service or selector; ``extra`` adds keys beside code and message (a 402's
+    ``remaining`` and ``unit``)."""
 
     def __init__(
         self,
-        status_code: int,
-        code: str,
+        code: ErrorCode,
         message: str,
         fields: dict[str, list[str]] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(detail=message, code=code)
-        self.status_code = status_code
+        super().__init__(message)
         self.code = code
         self.message = message
         self.fields = fields
         self.extra = extra or {}
 
+    def as_dict(self) -> dict[str, Any]:
+        """The inside of the error body: ``code``, ``message``, ``fields`` when given, then ``extra``."""
+        error: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.fields:
+            error["fields"] = self.fields
+        error.update(self.extra)
+        return error
 
-def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None, **extra: Any) -> dict:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if fields:
-        error["fields"] = fields
-    error.update(extra)
-    return {"error": error}
-
-
-def validation_error(fields: dict[str, list[str]], message: str = "The request is not valid.") -> ApiError:
-    return ApiError(status.HTTP_422_UNPROCESSABLE_ENTITY, "validation_error", message, fields=fields)
-
-
-def _flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    if isinstance(detail, dict):
-        for key, value in detail.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            out.update(_flatten_fields(value, name))
-    elif isinstance(detail, list):
-        if all(not isinstance(item, dict | list) for item in detail):
-            out[prefix or "non_field_errors"] = [str(item) for item in detail]
-        else:
-            for index, item in enumerate(detail):
-                out.update(_flatten_fields(item, f"{prefix}[{index}]"))
-    else:
-        out[prefix or "non_field_errors"] = [str(detail)]
-    return out
+    def __repr__(self) -> str:
+        return f"DomainError({str(self.code)!r}, {self.message!r})"
 
 
-def exception_handler(exc: Exception, context: dict) -> Response | None:
-    headers: dict[str, str] = {}
-    if isinstance(exc, ApiError):
-        body = error_body(exc.code, exc.message, exc.fields, **exc.extra)
-        return Response(body, status=exc.status_code)
-    from ledger.backends.base import LedgerUnavailable
-
-    if isinstance(exc, LedgerUnavailable):
-        return Response(error_body("ledger_unavailable", "The ledger did not answer; retry with the same ids."),
-                        status=503, headers={"Retry-After": "1"})
-    if isinstance(exc, DjangoValidationError):
-        fields = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
-        return Response(error_body("validation_error", "The request is not valid.", fields), status=422)
-    if isinstance(exc, Http404 | exceptions.NotFound):
-        return Response(error_body("not_found", "Not found."), status=404)
-    if isinstance(exc, exceptions.ParseError):
-        return Response(error_body("invalid_json", f"The body is not valid JSON: {exc.detail}"), status=400)
-    if isinstance(exc, exceptions.UnsupportedMediaType):
-        return Response(error_body("unsupported_media_type", str(exc.detail)), status=415)
-    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-        response = drf_exception_handler(exc, context)
-        if response is not None and "WWW-Authenticate" in response:
-            headers["WWW-Authenticate"] = response["WWW-Authenticate"]
-        code = "not_authenticated" if isinstance(exc, exceptions.NotAuthenticated) else "invalid_api_key"
-        return Response(error_body(code, str(exc.detail)), status=401, headers=headers or None)
-    if isinstance(exc, exceptions.PermissionDenied):
-        return Response(error_body("forbidden", str(exc.detail)), status=403)
-    if isinstance(exc, exceptions.Throttled):
-        wait = math.ceil(getattr(exc, "wait", None) or 1)
-        return Response(
-            error_body("rate_limited", f"Too many requests; retry in {wait} s."),
-            status=429,
-            headers={"Retry-After": str(wait)},
-        )
-    if isinstance(exc, exceptions.MethodNotAllowed):
-        return Response(error_body("method_not_allowed", str(exc.detail)), status=405)
-    if isinstance(exc, exceptions.ValidationError):
-        if exc.get_codes() == {"non_field_errors": ["invalid"]}:  # DRF: "Expected a dictionary, but got list"
-            return Response(error_body("invalid_shape", "Expected a JSON object."), status=400)
-        return Response(
-            error_body("validation_error", "The request is not valid.", _flatten_fields(exc.detail)),
-            status=422,
-        )
-    if isinstance(exc, exceptions.APIException):
-        codes = exc.get_codes()
-        return Response(error_body(codes if isinstance(codes, str) else "error", str(exc.detail)), status=exc.status_code)
-    return None
+def validation_error(fields: dict[str, list[str]], message: str = "The request is not valid.") -> DomainError:
+    return DomainError(CommonCode.VALIDATION_ERROR, message, fields=fields)

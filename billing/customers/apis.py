@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.common.auth import principal_of
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError
 from billing.customers import selectors, services
 from billing.customers.models import Customer, Project
 
@@ -49,7 +49,7 @@ class CustomersApi(APIView):
     @extend_schema(request=CustomerCreateInput, responses={201: CustomerOut}, operation_id="customers_create")
     def post(self, request: Request) -> Response:
         if principal_of(request).customer_id is not None:
-            raise ApiError(403, "forbidden", "A key restricted to one customer cannot create customers.")
+            raise DomainError(CommonCode.FORBIDDEN, "A key restricted to one customer cannot create customers.")
         data = self.CustomerCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from billing.common.auth import Principal
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError
 from billing.customers.models import Customer, CustomerUser, Project
 
 
@@ -33,7 +33,7 @@ def customer_get(*, external_id: str, principal: Principal) -> Customer:
     """The customer, or 404 for an unknown id *and* for another tenant's id: never reveal which."""
     customer = Customer.objects.filter(external_id=external_id).first()
     if customer is None or not principal.may_access_customer_pk(customer.pk):
-        raise ApiError(404, "not_found", "No such customer.")
+        raise DomainError(CommonCode.NOT_FOUND, "No such customer.")
     return customer
 
 

@@ -14,7 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.common.auth import Principal
-from billing.common.errors import ApiError, validation_error
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import aware_utc
 from billing.customers.models import ApiKey, Customer, CustomerUser, Project
 from billing.customers.signals import customer_details_changed
@@ -85,7 +85,7 @@ def customer_create(*, external_id: str, name: str, email: str = "", metadata: d
             # onboarding: payments records the Stripe customer to create once this commits
             customer_details_changed.send(sender=Customer, customer=customer)
     except IntegrityError:
-        raise ApiError(409, "already_exists", f"A customer '{external_id}' already exists.") from None
+        raise DomainError(CommonCode.ALREADY_EXISTS, f"A customer '{external_id}' already exists.") from None
     return customer
 
 
@@ -110,7 +110,8 @@ def project_create(*, customer: Customer, key: str, name: str = "") -> Project:
         with transaction.atomic():
             project.save()
     except IntegrityError:
-        raise ApiError(409, "already_exists", f"Customer '{customer.external_id}' already has a project '{key}'.") from None
+        raise DomainError(CommonCode.ALREADY_EXISTS,
+                          f"Customer '{customer.external_id}' already has a project '{key}'.") from None
     return project
 
 

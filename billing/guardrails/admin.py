@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
-from billing.common.errors import ApiError
+from billing.common.errors import DomainError
 from billing.guardrails.alerts import alert_threshold_validate
 from billing.guardrails.models import Alert, AlertThreshold, CreditGrant, Reservation
 
@@ -44,7 +44,7 @@ class AlertThresholdForm(forms.ModelForm):
         try:  # the same rules as the API
             data["target"], data["percent"] = alert_threshold_validate(target=data.get("target") or "",
                                                                        percent=data.get("percent") or Decimal(0))
-        except ApiError as exc:
+        except DomainError as exc:
             raise ValidationError("; ".join(m for ms in (exc.fields or {}).values() for m in ms)) from None
         return data
 

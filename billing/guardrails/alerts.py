@@ -36,7 +36,7 @@ from django.utils import timezone
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common import process_caches
 from billing.common.calendar import period_bounds
-from billing.common.errors import ApiError, validation_error
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.common.queue import task_named
 from billing.customers.models import Customer
@@ -102,7 +102,7 @@ def alert_threshold_delete(*, customer: Customer, threshold_id: int | None = Non
     else:
         raise validation_error({"id": ["Give the threshold's id, or target and percent."]})
     if not qs.delete()[0]:
-        raise ApiError(404, "not_found", "No such threshold of this customer.")
+        raise DomainError(CommonCode.NOT_FOUND, "No such threshold of this customer.")
 
 
 def plan_alert_threshold_set(*, plan: Plan, target: str, percent: Decimal) -> tuple[AlertThreshold, bool]:

@@ -10,12 +10,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter
 from billing.catalog.selectors import subscription_at
 from billing.common.auth import principal_of
 from billing.common.calendar import period_bounds
-from billing.common.errors import ApiError, validation_error
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import decimal_to_text
+from billing.customers.errors import CustomersCode
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
 from billing.guardrails import accounts as acc
@@ -80,7 +82,7 @@ def reservation_for(request: Request, reservation_id: str, customer_id: str | No
         qs = qs.filter(customer__external_id=customer_id)
     found = list(qs[:2])
     if not found:
-        raise ApiError(404, "not_found", "No such reservation.")
+        raise DomainError(CommonCode.NOT_FOUND, "No such reservation.")
     if len(found) > 1:
         raise validation_error({"customer": ["Several customers use this reservation_id: name the customer."]})
     return found[0]
@@ -105,12 +107,12 @@ class ReservationsApi(APIView):
         principal = principal_of(request)
         customer = Customer.objects.filter(external_id=v["customer"]).first()
         if principal.customer_id is not None and (customer is None or customer.pk != principal.customer_id):
-            raise ApiError(403, "customer_forbidden", "This key is restricted to another customer.")
+            raise DomainError(CustomersCode.CUSTOMER_FORBIDDEN, "This key is restricted to another customer.")
         if customer is None:
-            raise ApiError(422, "unknown_customer", "No such customer.", {"customer": ["Unknown customer."]})
+            raise DomainError(CustomersCode.UNKNOWN_CUSTOMER, "No such customer.", {"customer": ["Unknown customer."]})
         meter = Meter.objects.filter(key=v["meter"]).first()
         if meter is None:
-            raise ApiError(422, "unknown_meter", "No such meter.", {"meter": ["Unknown meter."]})
+            raise DomainError(CatalogCode.UNKNOWN_METER, "No such meter.", {"meter": ["Unknown meter."]})
         reservation, created = reservations.reservation_create(
             customer=customer, reservation_id=v["reservation_id"], meter=meter, quantity=v["quantity"],
             dimensions=v["dimensions"], ttl_seconds=v["ttl_seconds"])
@@ -160,7 +162,8 @@ class CustomerAlertsApi(APIView):
 def _may_change_thresholds(request: Request) -> None:
     principal = principal_of(request)
     if not principal.has_scope("admin") and principal.customer_id is None:
-        raise ApiError(403, "forbidden", "Only an admin key, or a key or user of this customer, may change its thresholds.")
+        raise DomainError(CommonCode.FORBIDDEN,
+                          "Only an admin key, or a key or user of this customer, may change its thresholds.")
 
 
 class CustomerAlertThresholdsApi(APIView):

@@ -27,10 +27,11 @@ from django.utils import timezone
 
 from billing.catalog.models import Meter
 from billing.common.calendar import period_key
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
-from billing.guardrails.limits import BatchDebit, EventUsage, Refusal
+from billing.guardrails.errors import GuardrailsCode
+from billing.guardrails.limits import BatchDebit, EventUsage
 from billing.guardrails.limits.batch import InFlight
 from billing.guardrails.limits.events import CREDITS, OPERATOR_OF, QUOTA, SPEND, TOTAL, refusal
 from billing.guardrails.models import Reservation
@@ -59,7 +60,7 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
     event of the estimate now (quota units; its marginal cost against the spend cap and the credits),
     held instead. A limit on each event (max, latest) is checked here and holds nothing; nor does a limit
     on distinct values (unique_count: a value is counted when an event settles) or a cost below zero.
-    ``ApiError`` 402 when the estimate does not fit."""
+    A refusal (``DomainError``) when the estimate does not fit."""
     estimate = EventUsage(key=0, customer_pk=customer.pk, event_id=reservation_id, meter=meter, quantity=quantity,
                           usage_at=now, dimensions=dimensions)
     for _try in range(20):
@@ -72,7 +73,7 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
     else:
         raise LedgerUnavailable("a value of the estimate is being counted; retry")
     if refused:
-        raise _payment_required(refused[0])
+        raise refused[0].as_error()
     holds: list[Hold] = []
     for account_id, code, ledger_id, _meter, period, amount, terms in (debit.accepted[0][1] if debit.accepted else []):
         if code not in _HOLD_OF or amount <= 0 or (code == QUOTA and terms.kind != TOTAL):
@@ -91,16 +92,15 @@ def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter,
                        ) -> tuple[Reservation, bool]:
     now = now or timezone.now()
     if not 1 <= ttl_seconds <= MAX_TTL:
-        raise ApiError(422, "validation_error", "The request is not valid.",
-                       {"ttl_seconds": [f"Between 1 and {MAX_TTL} seconds."]})
+        raise validation_error({"ttl_seconds": [f"Between 1 and {MAX_TTL} seconds."]})
     if quantity <= 0:
-        raise ApiError(422, "validation_error", "The request is not valid.", {"quantity": ["Must be > 0."]})
+        raise validation_error({"quantity": ["Must be > 0."]})
     existing = Reservation.objects.filter(customer=customer, reservation_id=reservation_id).first()
     if existing is not None:
         same = (existing.meter_id, existing.quantity, existing.dimensions, existing.ttl_seconds) == (
             meter.pk, quantity, dimensions, ttl_seconds)
         if not same:
-            raise ApiError(409, "idempotency_conflict", "This reservation_id was used with a different body.")
+            raise DomainError(CommonCode.IDEMPOTENCY_CONFLICT, "This reservation_id was used with a different body.")
         return existing, False
     holds = _holds(customer, meter, quantity, dimensions, reservation_id, ttl_seconds, now)
     if holds:
@@ -129,16 +129,11 @@ def _linked(transfer: Transfer) -> Transfer:
     return replace(transfer, flags=transfer.flags | TransferFlags.LINKED)
 
 
-def _refused(hold: Hold, customer: Customer, meter: Meter) -> ApiError:
+def _refused(hold: Hold, customer: Customer, meter: Meter) -> DomainError:
     """The ledger refused a hold (the account moved since the estimate was decided)."""
     account = get_ledger().lookup_accounts([hold.transfer.debit_account_id]).get(hold.transfer.debit_account_id)
-    return _payment_required(refusal(hold.leg, meter.key, account.available if account else 0,
-                                     meter.unit if hold.leg == "quota" else ""))
-
-
-def _payment_required(refusal: Refusal) -> ApiError:
-    body = refusal.as_dict()
-    return ApiError(402, refusal.code, refusal.message, extra={k: v for k, v in body.items() if k not in ("code", "message")})
+    return refusal(hold.leg, meter.key, account.available if account else 0,
+                   meter.unit if hold.leg == "quota" else "").as_error()
 
 
 _CLOSED = {Status.PENDING_TRANSFER_ALREADY_POSTED, Status.PENDING_TRANSFER_ALREADY_VOIDED,
@@ -197,7 +192,7 @@ def reservation_release(*, reservation: Reservation, now: datetime | None = None
     if reservation.state == Reservation.State.RELEASED:
         return reservation
     if reservation.state == Reservation.State.SETTLED:
-        raise ApiError(409, "reservation_closed", "This reservation is already settled.")
+        raise DomainError(GuardrailsCode.RESERVATION_CLOSED, "This reservation is already settled.")
     voids = [Transfer(id=derive(f"release-{leg}", reservation.customer_id, reservation.reservation_id),
                       pending_id=int(hold["id"]), amount=0, flags=TransferFlags.VOID_PENDING_TRANSFER)
              for leg, hold in reservation.legs.items()]

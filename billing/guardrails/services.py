@@ -5,7 +5,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 
 from billing.catalog import money
-from billing.common.errors import ApiError, validation_error
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
 from billing.guardrails.models import CreditGrant
@@ -29,7 +29,7 @@ def credits_grant(*, customer: Customer, amount: Decimal, currency: str, idempot
         raise validation_error({"amount": [f"At most {money.LEDGER_SCALE} decimal places."]}) from None
     existing = CreditGrant.objects.filter(customer=customer, idempotency_key=idempotency_key).first()
     if existing is not None and (existing.amount, existing.currency) != (amount, currency):
-        raise ApiError(409, "idempotency_conflict", "This idempotency_key was used for another grant.")
+        raise DomainError(CommonCode.IDEMPOTENCY_CONFLICT, "This idempotency_key was used for another grant.")
     ledger = currency_ledger(currency)
     grants = acc.operator_account(AccountCode.OPERATOR_GRANTS, ledger)
     acc.ensure([grants, acc.wallet_account(customer.pk, currency)], [])
@@ -38,7 +38,7 @@ def credits_grant(*, customer: Customer, amount: Decimal, currency: str, idempot
         credit_account_id=acc.Ids(customer.pk).wallet(currency), amount=units, ledger=ledger,
         code=TransferCode.CREDIT_GRANT, user_data_128=customer.pk)])[0]
     if status.value.startswith("exists_with_different"):
-        raise ApiError(409, "idempotency_conflict", "This idempotency_key was used for another grant.")
+        raise DomainError(CommonCode.IDEMPOTENCY_CONFLICT, "This idempotency_key was used for another grant.")
     if not status.ok:
         raise RuntimeError(f"ledger refused the grant: {status.value}")
     if existing is not None:

@@ -8,9 +8,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.common.auth import principal_of
-from billing.common.errors import ApiError, validation_error
+from billing.common.errors import DomainError, validation_error
 from billing.customers.selectors import customer_get
 from billing.invoicing import services
+from billing.invoicing.errors import InvoicingCode
 from billing.invoicing.lines import upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.invoicing.selectors import invoice_as_dict, invoice_get, invoices_list
@@ -26,7 +27,7 @@ class CustomerUpcomingInvoiceApi(APIView):
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         estimate = upcoming_invoice(customer=customer, now=datetime.now(timezone.utc))
         if estimate is None:
-            raise ApiError(404, "no_subscription", "This customer has no plan for the current period.")
+            raise DomainError(InvoicingCode.NO_SUBSCRIPTION, "This customer has no plan for the current period.")
         return Response(estimate.as_dict())
 
 

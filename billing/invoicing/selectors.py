@@ -12,7 +12,7 @@ from billing.catalog.models import Plan
 from billing.catalog.selectors import plan_subscriptions_now
 from billing.common.auth import Principal
 from billing.common.calendar import period_bounds
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError
 from billing.common.fields import decimal_to_text
 from billing.invoicing.compute import invoice_compute
 from billing.invoicing.lines import Segment, period_cuts, period_parts, price_parts, price_period
@@ -37,10 +37,10 @@ def invoice_get(*, pk: Any, principal: Principal | None) -> Invoice:
     try:
         pk = int(pk)
     except (TypeError, ValueError):
-        raise ApiError(404, "not_found", "No such invoice.") from None
+        raise DomainError(CommonCode.NOT_FOUND, "No such invoice.") from None
     invoice = invoices_list(principal=principal).prefetch_related("lines").filter(pk=pk).first()
     if invoice is None:
-        raise ApiError(404, "not_found", "No such invoice.")
+        raise DomainError(CommonCode.NOT_FOUND, "No such invoice.")
     return invoice
 
 

@@ -19,10 +19,11 @@ from django.db.models import Q, QuerySet
 from billing.catalog import money
 from billing.catalog.models import AuditEntry, Subscription
 from billing.common.calendar import period_bounds, previous_period
-from billing.common.errors import ApiError
+from billing.common.errors import DomainError
 from billing.customers.models import Customer
 from billing.invoicing import periods
 from billing.invoicing.compute import Computed, invoice_compute, subscription_for_period
+from billing.invoicing.errors import InvoicingCode
 from billing.invoicing.models import Invoice, InvoiceLine, InvoiceSequence, PeriodClose
 from billing.invoicing.rows import events_digest
 from billing.invoicing.signals import invoice_finalized, invoice_status_changed
@@ -164,15 +165,15 @@ def invoice_finalize(*, invoice: Invoice, now: datetime, actor: str = "system") 
     if invoice.kind != Invoice.Kind.INVOICE:
         return invoice
     if invoice.period_end > periods.closed_until():
-        raise ApiError(422, "period_open", "This invoice's period is still open: it is finalized after its end "
-                                           f"plus the grace time ({periods.grace()}) by close_periods.")
+        raise DomainError(InvoicingCode.PERIOD_OPEN, "This invoice's period is still open: it is finalized after its "
+                                                     f"end plus the grace time ({periods.grace()}) by close_periods.")
     with transaction.atomic():
         invoice = _locked(invoice.pk)
         if invoice.status != Invoice.Status.DRAFT:
             return invoice
         computed = invoice_compute(customer=invoice.customer, start=invoice.period_start, end=invoice.period_end)
         if computed is None:
-            raise ApiError(422, "no_subscription", "The customer had no plan in this period.")
+            raise DomainError(InvoicingCode.NO_SUBSCRIPTION, "The customer had no plan in this period.")
         _write(invoice, computed)
         invoice.events_hash, invoice.events_count = events_digest(
             customer=invoice.customer, start=invoice.period_start, end=invoice.period_end)
@@ -228,7 +229,7 @@ def _move(invoice: Invoice, to: str, allowed: set[str], now: datetime, actor: st
         if invoice.status == to:
             return invoice  # idempotent: a repeated webhook or click changes nothing
         if invoice.status not in allowed:
-            raise ApiError(409, "invalid_invoice_state", f"A {invoice.status} invoice cannot become {to}.")
+            raise DomainError(InvoicingCode.INVALID_INVOICE_STATE, f"A {invoice.status} invoice cannot become {to}.")
         invoice.status = to
         if stamp:
             setattr(invoice, stamp, now)
@@ -254,7 +255,8 @@ def invoice_void(*, invoice: Invoice, at: datetime, reason: str = "", actor: str
     with transaction.atomic():
         locked = _locked(invoice.pk)
         if locked.status == Invoice.Status.DRAFT:
-            raise ApiError(409, "invalid_invoice_state", "A draft is not an invoice yet: there is nothing to void.")
+            raise DomainError(InvoicingCode.INVALID_INVOICE_STATE,
+                              "A draft is not an invoice yet: there is nothing to void.")
         voided = _move(locked, Invoice.Status.VOID, {Invoice.Status.FINALIZED, Invoice.Status.UNCOLLECTIBLE}, at, actor,
                        "voided_at")
         if not Invoice.objects.filter(corrects=voided, kind=Invoice.Kind.CREDIT_NOTE).exists():

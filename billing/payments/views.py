@@ -1,4 +1,5 @@
-"""``POST /webhooks/stripe``: verify, store once, answer. Processing happens in a task."""
+"""``POST /webhooks/stripe``: verify, store once, answer. Processing happens in a task. A bad signature is a
+``DomainError``, answered as JSON by ``portal.errors.DomainErrorMiddleware`` (the webhook posts JSON)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from billing.common.errors import DomainError
+from billing.payments.errors import PaymentsCode
 from billing.payments.gateway import SignatureError, webhook_event_verify
 from billing.payments.webhooks import stripe_event_receive
 
@@ -19,6 +22,6 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
                                      secret=settings.STRIPE_WEBHOOK_SECRET,
                                      tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS)
     except SignatureError as exc:
-        return JsonResponse({"error": {"code": "invalid_signature", "message": str(exc)}}, status=400)
+        raise DomainError(PaymentsCode.INVALID_SIGNATURE, str(exc)) from None
     row, created = stripe_event_receive(event=event)
     return JsonResponse({"received": True, "duplicate": not created, "status": row.status})

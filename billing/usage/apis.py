@@ -15,14 +15,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter
 from billing.common.auth import principal_of
-from billing.common.errors import ApiError, error_body, validation_error
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.common.params import parse_choice, parse_instant, parse_int
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
 from billing.guardrails.apis import reservation_for, reservation_out
+from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.models import Reservation
 from billing.usage import export, selectors
 from billing.usage.contract import batch_decoder
@@ -123,7 +125,7 @@ class EventsApi(APIView):
         if result.status == DUPLICATE:
             return Response({"event_id": result.event_id, "status": DUPLICATE}, status=200)
         assert result.error is not None
-        return Response({"error": result.error.as_dict()}, status=result.error.status)
+        raise result.error
 
     @extend_schema(
         parameters=[OpenApiParameter(p, str) for p in ("customer", "meter", "start", "end", "cursor", "limit")],
@@ -142,12 +144,12 @@ class EventsApi(APIView):
         if params.get("meter"):
             meter = Meter.objects.filter(key=params["meter"]).first()
             if meter is None:
-                raise ApiError(422, "unknown_meter", f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
+                raise DomainError(CatalogCode.UNKNOWN_METER, f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
         after_id = None
         if params.get("cursor"):
             after_id = selectors.cursor_decode(params["cursor"])
             if after_id is None:
-                raise ApiError(422, "validation_error", "The request is not valid.", {"cursor": ["Invalid cursor."]})
+                raise validation_error({"cursor": ["Invalid cursor."]})
         limit = parse_int("limit", params.get("limit"), 100, 1, 1000)
         events = selectors.events_list(
             customer_pks=customer_pks, meter=meter, start=parse_instant("start", params.get("start")),
@@ -169,13 +171,12 @@ class EventBatchApi(APIView):
         try:
             batch = batch_decoder.decode(request.body)
         except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-            return Response(error_body("invalid_shape", f"Expected {{\"events\": [...]}}: {exc}"), status=400)
+            raise DomainError(CommonCode.INVALID_SHAPE, f"Expected {{\"events\": [...]}}: {exc}") from None
         except msgspec.DecodeError as exc:
-            return Response(error_body("invalid_json", f"The body is not valid JSON: {exc}"), status=400)
+            raise DomainError(CommonCode.INVALID_JSON, f"The body is not valid JSON: {exc}") from None
         count = len(batch.events)
         if not 1 <= count <= settings.TOLLGATE_BATCH_MAX:
-            return Response(error_body("validation_error", "The request is not valid.",
-                                       {"events": [f"Send 1 to {settings.TOLLGATE_BATCH_MAX} events; got {count}."]}), status=422)
+            raise validation_error({"events": [f"Send 1 to {settings.TOLLGATE_BATCH_MAX} events; got {count}."]})
         results = events_ingest(principal=principal_of(request), raw_events=batch.events)
         counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
         for r in results:
@@ -210,16 +211,16 @@ def usage_query_parse(request: Request, customer_id: str) -> UsageQuery:
     start = parse_instant("start", params.get("start")) or _month_start(now)
     end = parse_instant("end", params.get("end")) or selectors.bucket_bounds(now, "month")[1]
     if end <= start:
-        raise ApiError(422, "validation_error", "The request is not valid.", {"end": ["Must be after start."]})
+        raise validation_error({"end": ["Must be after start."]})
     granularity = parse_choice("granularity", params.get("granularity"), selectors.GRANULARITIES, "day")
     meter = None
     if params.get("meter"):
         meter = Meter.objects.filter(key=params["meter"]).first()
         if meter is None:
-            raise ApiError(422, "unknown_meter", f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
+            raise DomainError(CatalogCode.UNKNOWN_METER, f"No meter '{params['meter']}'.", {"meter": ["Unknown meter."]})
     group_by = tuple(g.strip() for g in params.get("group_by", "").split(",") if g.strip())
     if len(group_by) > 4:
-        raise ApiError(422, "validation_error", "The request is not valid.", {"group_by": ["At most 4 groups."]})
+        raise validation_error({"group_by": ["At most 4 groups."]})
     return UsageQuery(customer, start, end, granularity, meter, group_by)
 
 
@@ -275,10 +276,10 @@ class ReservationSettleApi(APIView):
         try:
             body = msgspec.json.decode(request.body, type=SettleIn)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, "invalid_shape", f'Expected {{"events": [...]}}: {exc}') from None
+            raise DomainError(CommonCode.INVALID_SHAPE, f'Expected {{"events": [...]}}: {exc}') from None
         reservation = reservation_for(request, reservation_id, body.customer)
         if reservation.state in (Reservation.State.SETTLED, Reservation.State.RELEASED) and not body.events:
-            raise ApiError(409, "reservation_closed", f"This reservation is already {reservation.state}.")
+            raise DomainError(GuardrailsCode.RESERVATION_CLOSED, f"This reservation is already {reservation.state}.")
         if len(body.events) > 1000:
             raise validation_error({"events": ["At most 1000 events."]})
         results = reservation_settle(reservation=reservation, principal=principal_of(request),

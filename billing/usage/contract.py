@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from billing.common.errors import CommonCode, DomainError
 from billing.common.fields import check_decimal, decimal_to_text
 
 Id128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -52,26 +53,6 @@ batch_decoder = msgspec.json.Decoder(BatchIn)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
-class EventError(Exception):
-    """A per-event refusal: status, code, message and (for validation) the offending fields."""
-
-    def __init__(self, status: int, code: str, message: str, fields: dict[str, list[str]] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields = fields
-        self.extra = extra or {}
-
-    def as_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.fields:
-            body["fields"] = self.fields
-        body.update(self.extra)
-        return body
-
-
 def _field_of(error: msgspec.ValidationError) -> str:
     text = str(error)
     if " - at `$." in text:
@@ -90,11 +71,11 @@ def decode_event(raw: bytes | msgspec.Raw) -> EventIn:
     except msgspec.ValidationError as exc:
         text = str(exc)
         if text.startswith("Expected `object`") and " - at `$" not in text:
-            raise EventError(400, "invalid_shape", "An event must be a JSON object.") from None
+            raise DomainError(CommonCode.INVALID_SHAPE, "An event must be a JSON object.") from None
         fields = {_field_of(exc): [text.split(" - at ")[0]]}
-        raise EventError(422, "validation_error", "The event is not valid.", fields) from None
+        raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.", fields) from None
     except msgspec.DecodeError as exc:
-        raise EventError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+        raise DomainError(CommonCode.INVALID_JSON, f"The body is not valid JSON: {exc}") from None
 
 
 @dataclass(slots=True)
@@ -117,23 +98,25 @@ class CleanEvent:
 
 def clean_event(event: EventIn, *, now: datetime, max_future: timedelta) -> CleanEvent:
     if event.timestamp.tzinfo is None:
-        raise EventError(422, "validation_error", "The event is not valid.",
-                         {"timestamp": ["Must be RFC 3339 with a UTC offset (for example 2026-01-01T00:00:00Z)."]})
+        raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
+                          {"timestamp": ["Must be RFC 3339 with a UTC offset (for example 2026-01-01T00:00:00Z)."]})
     timestamp = event.timestamp.astimezone(timezone.utc)
     if timestamp > now + max_future:
-        raise EventError(422, "validation_error", "The event is not valid.",
-                         {"timestamp": [f"Is more than {int(max_future.total_seconds())} s in the future."]})
+        raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
+                          {"timestamp": [f"Is more than {int(max_future.total_seconds())} s in the future."]})
     quantity = event.quantity
     if quantity is not None:
         problem = check_decimal(quantity)
         if problem:
-            raise EventError(422, "validation_error", "The event is not valid.", {"quantity": [f"Quantity {problem}."]})
+            raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
+                              {"quantity": [f"Quantity {problem}."]})
         if quantity < 0 and event.corrects is None:
-            raise EventError(422, "validation_error", "The event is not valid.",
-                             {"quantity": ["Must be >= 0 (only a correction event may be negative)."]})
+            raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
+                              {"quantity": ["Must be >= 0 (only a correction event may be negative)."]})
         quantity = Decimal(decimal_to_text(quantity))
     if event.corrects is not None and event.corrects == event.event_id:
-        raise EventError(422, "validation_error", "The event is not valid.", {"corrects": ["An event cannot correct itself."]})
+        raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
+                          {"corrects": ["An event cannot correct itself."]})
     trace = msgspec.to_builtins(event.trace) if event.trace is not None else None
     return CleanEvent(
         event_id=event.event_id,

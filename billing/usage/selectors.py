@@ -19,8 +19,9 @@ from django.db.models import Q, QuerySet
 from billing.catalog.models import Meter
 from billing.common import process_caches
 from billing.common.calendar import period_bounds
-from billing.common.errors import ApiError
+from billing.common.errors import DomainError
 from billing.customers.models import Customer, Project
+from billing.usage.errors import UsageCode
 from billing.usage.models import DailyRollup, DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
 from billing.usage.rollups import day_of
 
@@ -32,12 +33,12 @@ _DIMENSIONS: dict[str, dict[str, str]] = process_caches.register("billing.usage.
 _DIMENSIONS_MAX = 100_000
 
 
-class RollupDriftError(ApiError):
+class RollupDriftError(DomainError):
     """A rollup row whose dimension set is not stored: the rollups need ``manage.py rollup --full``. The
-    API answers 503 ``rollups_drift`` (never usage without its dimensions); a task fails with it, logged."""
+    API answers ``rollups_drift`` (never usage without its dimensions); a task fails with it, logged."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(503, "rollups_drift", message)
+        super().__init__(UsageCode.ROLLUPS_DRIFT, message)
 
 
 def dimension_sets(keys: set[str]) -> dict[str, dict[str, str]]:

@@ -19,7 +19,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django_htmx.http import HttpResponseClientRedirect
 
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_find, customer_user_customer_pk, customers_by_external_id
 from billing.guardrails.alerts import alert_threshold_create, alert_threshold_delete
@@ -219,7 +219,7 @@ def settings_threshold_add(request: HttpRequest, customer: Customer) -> HttpResp
     if form.is_valid():
         try:
             alert_threshold_create(customer=customer, **form.cleaned_data)
-        except ApiError as exc:  # 422 by field, from the one set of rules the API answers with too
+        except DomainError as exc:  # by field, from the one set of rules the API answers with too
             for name, messages in (exc.fields or {"": [exc.message]}).items():
                 form.add_error(name if name in form.fields else None, messages)
         else:
@@ -235,8 +235,8 @@ def settings_threshold_delete(request: HttpRequest, customer: Customer, pk: int)
         return redirect("dashboard:settings", customer_id=customer.external_id)
     try:
         alert_threshold_delete(customer=customer, threshold_id=pk)
-    except ApiError as exc:
-        if exc.status_code != 404:
+    except DomainError as exc:
+        if exc.code != CommonCode.NOT_FOUND:
             raise
         return render(request, "dashboard/not_found.html", status=404)
     return _settings_saved(customer, "threshold-deleted")

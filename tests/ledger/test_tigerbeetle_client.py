@@ -122,9 +122,9 @@ def test_a_forked_child_opens_its_own_client(tigerbeetle: TigerBeetleLedger) -> 
 
 
 def test_a_page_answers_503_with_retry_after_when_the_ledger_is_away(rf: Any) -> None:
-    from portal.errors import HtmlApiErrorMiddleware
+    from portal.errors import DomainErrorMiddleware
 
-    middleware = HtmlApiErrorMiddleware(lambda request: None)  # type: ignore[arg-type,return-value]
+    middleware = DomainErrorMiddleware(lambda request: None)  # type: ignore[arg-type,return-value]
     page = middleware.process_exception(rf.get("/dashboard/"), LedgerUnavailable("away"))
     assert page is not None and page.status_code == 503 and page["Retry-After"] == "1"
     assert middleware.process_exception(rf.get("/api/v1/usage"), LedgerUnavailable("away")) is None  # DRF's

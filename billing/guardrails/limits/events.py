@@ -1,5 +1,5 @@
 """What the limits decide about: an event's usage (``EventUsage``), what a reservation already covers
-(``Coverage``), a refusal and its 402 body (``Refusal``), and the ledger codes of the usage legs."""
+(``Coverage``), a refusal and the error it answers with (``Refusal``), and the ledger codes of the usage legs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 from billing.catalog.models import Meter
+from billing.common.errors import DomainError
 from billing.guardrails import accounts as acc
+from billing.guardrails.errors import GuardrailsCode
 from ledger.codes import AccountCode, TransferCode
 
 ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
@@ -26,7 +28,8 @@ LIMIT_KIND: dict[str, str] = {Meter.Aggregation.SUM: TOTAL, Meter.Aggregation.CO
 LINEAR = {"per_unit"}  # charge models whose marginal price needs no running total (no usage counter)
 
 
-CODES = {"quota": "quota_exceeded", "spend": "spend_cap_exceeded", "credits": "insufficient_credits"}
+CODES = {"quota": GuardrailsCode.QUOTA_EXCEEDED, "spend": GuardrailsCode.SPEND_CAP_EXCEEDED,
+         "credits": GuardrailsCode.INSUFFICIENT_CREDITS}
 
 
 MESSAGES = {
@@ -67,17 +70,17 @@ class EventUsage:
 
 @dataclass
 class Refusal:
-    code: str  # quota_exceeded | spend_cap_exceeded | insufficient_credits | idempotency_conflict
+    """The limits' decision to refuse an event or a reservation, and what remains of the refused limit."""
+
+    code: GuardrailsCode  # quota_exceeded | spend_cap_exceeded | insufficient_credits
     message: str
     remaining: Decimal | None = None
     unit: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.remaining is not None:
-            body["remaining"] = str(self.remaining)
-            body["unit"] = self.unit
-        return body
+    def as_error(self) -> DomainError:
+        """The refusal's answer: its code and message, with ``remaining`` and ``unit`` beside them."""
+        extra = {"remaining": str(self.remaining), "unit": self.unit} if self.remaining is not None else None
+        return DomainError(self.code, self.message, extra=extra)
 
 
 QUOTA, SPEND, CREDITS, COUNTER, UNIQUE = (int(TransferCode.USAGE_QUOTA), int(TransferCode.USAGE_SPEND),

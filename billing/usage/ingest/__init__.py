@@ -24,7 +24,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing.common.auth import Principal
-from billing.usage.contract import CleanEvent, EventError, clean_event, decode_event
+from billing.common.errors import DomainError
+from billing.usage.contract import CleanEvent, clean_event, decode_event
+from billing.usage.errors import UsageCode
 from billing.usage.ingest import debit, store
 from billing.usage.ingest.resolve import load_lookups, meters_cached, resolve_event
 from billing.usage.ingest.rows import ACCEPTED, DUPLICATE, REJECTED, IngestResult, Row, compare, refused_or
@@ -62,7 +64,7 @@ def _parse(raw_events: Sequence[bytes | msgspec.Raw], now: datetime,
     for index, raw in enumerate(raw_events):
         try:
             event = clean_event(decode_event(raw), now=now, max_future=max_future)
-        except EventError as error:
+        except DomainError as error:
             results[index] = IngestResult(event_id_of(raw), REJECTED, error)
             continue
         cleaned.append((index, event))
@@ -84,7 +86,7 @@ def _resolve_all(cleaned: list[tuple[int, CleanEvent]], principal: Principal, lo
     for index, event in cleaned:
         try:
             row = resolve_event(event, index, principal, lookups, batch.in_batch)
-        except EventError as error:
+        except DomainError as error:
             results[index] = IngestResult(event.event_id, REJECTED, error)
             continue
         key = (row.customer_pk, event.event_id)
@@ -103,9 +105,8 @@ def _answer_late(late: list[Row], results: list[IngestResult | None]) -> None:
     for row in late:
         key = (row.customer_pk, row.event.event_id)
         results[row.index] = compare(row.event.event_id, stored[key][0], row.fingerprint) if key in stored else (
-            IngestResult(row.event.event_id, REJECTED, EventError(
-                422, "period_closed",
-                f"The billing period holding {row.usage_at.isoformat()} is closed and invoiced; "
+            IngestResult(row.event.event_id, REJECTED, DomainError(
+                UsageCode.PERIOD_CLOSED, f"The billing period holding {row.usage_at.isoformat()} is closed and invoiced; "
                 "send a correction dated in the open period instead.", {"timestamp": ["Period closed."]})))
 
 
@@ -120,7 +121,8 @@ def _answer(batch: _Batch, inserted: set[tuple[int, str]], known: dict[tuple[int
     for key, (fp, billable, reason) in known.items():
         winner[key] = fp
         if retried_refusals and not billable and reason.startswith("rejected_") and key in batch.in_batch:
-            batch.in_batch[key].refusal = debit.refused_before(reason)  # a retry of a refused event stays refused
+            first = batch.in_batch[key]  # a retry of a refused event stays refused
+            first.refusal = debit.refused_before(reason) or first.refusal
     for row in batch.rows:
         key = (row.customer_pk, row.event.event_id)
         if key in inserted:

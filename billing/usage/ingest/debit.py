@@ -17,8 +17,9 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from billing.guardrails.limits import BatchDebit, Coverage, EventUsage, Refusal, SubscribedPlans
-from billing.usage.contract import EventError
+from billing.common.errors import DomainError
+from billing.guardrails.errors import GuardrailsCode
+from billing.guardrails.limits import CODES, BatchDebit, Coverage, EventUsage, Refusal, SubscribedPlans
 from billing.usage.ingest import store
 from billing.usage.ingest.rows import Row
 from billing.usage.ingest.store import StoredMeanwhile
@@ -253,8 +254,13 @@ def usage_of(r: Row, coverage: Coverage | None = None) -> EventUsage:
                       quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions, coverage=coverage)
 
 
-def refused_before(reason: str) -> EventError:
-    return EventError(402, reason.removeprefix("rejected_"), "This event was refused when first sent; a retry stays refused.")
+def refused_before(reason: str) -> DomainError | None:
+    """The answer to a retry of an event stored as refused (reason ``rejected_<code>``); None when the reason
+    names no refusal (a client's own reason for a non-billable event)."""
+    code = reason.removeprefix("rejected_")
+    if code not in CODES.values():
+        return None
+    return DomainError(GuardrailsCode(code), "This event was refused when first sent; a retry stays refused.")
 
 
 def apply_refusals(rows: list[Row], refusals: dict[Any, Refusal]) -> None:
@@ -265,6 +271,4 @@ def apply_refusals(rows: list[Row], refusals: dict[Any, Refusal]) -> None:
         if refusal is None:
             continue
         row.billable, row.reason = False, f"rejected_{refusal.code}"
-        body = refusal.as_dict()
-        row.refusal = EventError(402, refusal.code, refusal.message,
-                                 extra={k: v for k, v in body.items() if k not in ("code", "message")})
+        row.refusal = refusal.as_error()

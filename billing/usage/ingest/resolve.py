@@ -8,13 +8,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter
 from billing.common import process_caches
 from billing.common.auth import Principal
 from billing.common.calendar import EPOCH
+from billing.common.errors import CommonCode, DomainError
+from billing.customers.errors import CustomersCode
 from billing.customers.models import Project
 from billing.guardrails.limits import SubscribedPlans
-from billing.usage.contract import CleanEvent, EventError, fingerprint
+from billing.usage.contract import CleanEvent, fingerprint
+from billing.usage.errors import UsageCode
 from billing.usage.ingest.rows import Row
 from billing.usage.models import UsageEvent
 
@@ -90,42 +94,43 @@ def resolve_event(
     customer = lookups.customers.get(event.customer)
     if principal.customer_id is not None and (customer is None or customer.pk != principal.customer_id):
         # Same answer whether or not that customer exists: nothing about other tenants leaks.
-        raise EventError(403, "customer_forbidden", "This key is restricted to another customer.")
+        raise DomainError(CustomersCode.CUSTOMER_FORBIDDEN, "This key is restricted to another customer.")
     if customer is None:
-        raise EventError(422, "unknown_customer", f"No customer '{event.customer}'.", {"customer": ["Unknown customer."]})
+        raise DomainError(CustomersCode.UNKNOWN_CUSTOMER, f"No customer '{event.customer}'.",
+                          {"customer": ["Unknown customer."]})
     meter = lookups.meters.get(event.meter)
     if meter is None:
-        raise EventError(422, "unknown_meter", f"No meter '{event.meter}'.", {"meter": ["Unknown meter."]})
+        raise DomainError(CatalogCode.UNKNOWN_METER, f"No meter '{event.meter}'.", {"meter": ["Unknown meter."]})
     project_pk = None
     if event.project is not None:
         project_pk = lookups.projects.get((customer.pk, event.project))
         if project_pk is None:
-            raise EventError(422, "unknown_project", f"Customer '{event.customer}' has no project '{event.project}'.",
-                             {"project": ["Unknown project."]})
+            raise DomainError(CustomersCode.UNKNOWN_PROJECT,
+                              f"Customer '{event.customer}' has no project '{event.project}'.", {"project": ["Unknown project."]})
     quantity = event.quantity
     if quantity is None:
         if meter.aggregation != Meter.Aggregation.COUNT:
-            raise EventError(422, "validation_error", "The event is not valid.",
-                             {"quantity": ["Required (only count meters default to 1)."]})
+            raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
+                              {"quantity": ["Required (only count meters default to 1)."]})
         quantity = Decimal(1)
     usage_at = event.timestamp
     if event.corrects is not None:
         if not meter.correctable:
-            raise EventError(422, "correction_not_supported",
+            raise DomainError(UsageCode.CORRECTION_NOT_SUPPORTED,
                              f"Meter '{meter.key}' aggregates '{meter.aggregation}': only sum and count meters take corrections.")
         original = lookups.originals.get((customer.pk, event.corrects))
         if original is None and (customer.pk, event.corrects) in in_batch:
             earlier = in_batch[(customer.pk, event.corrects)]
             original = (earlier.meter_pk, earlier.usage_at, earlier.billable)
         if original is None or original[0] != meter.pk:
-            raise EventError(422, "unknown_original",
-                             f"No event '{event.corrects}' of this customer and meter to correct.",
-                             {"corrects": ["Unknown event."]})
+            raise DomainError(UsageCode.UNKNOWN_ORIGINAL,
+                              f"No event '{event.corrects}' of this customer and meter to correct.",
+                              {"corrects": ["Unknown event."]})
         if not original[2]:
             # a refused or non-billable event never counted: correcting it would lower real usage
-            raise EventError(422, "original_not_billable",
-                             f"Event '{event.corrects}' is not billable (or was refused); there is nothing to correct.",
-                             {"corrects": ["The original is not billable."]})
+            raise DomainError(UsageCode.ORIGINAL_NOT_BILLABLE,
+                              f"Event '{event.corrects}' is not billable (or was refused); there is nothing to correct.",
+                              {"corrects": ["The original is not billable."]})
         usage_at = original[1]
     reason, late = event.reason, False
     if usage_at < lookups.closed_until:

@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 from billing.catalog.models import Meter
-from billing.usage.contract import CleanEvent, EventError
+from billing.common.errors import CommonCode, DomainError
+from billing.usage.contract import CleanEvent
 
 ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
 
@@ -17,7 +18,7 @@ ACCEPTED, DUPLICATE, REJECTED = "accepted", "duplicate", "rejected"
 class IngestResult:
     event_id: str | None
     status: str
-    error: EventError | None = None
+    error: DomainError | None = None  # a per-event result: answered in the batch, or raised for one event
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event_id": self.event_id, "status": self.status}
@@ -39,7 +40,7 @@ class Row:
     fingerprint: str
     billable: bool = True
     reason: str = ""
-    refusal: EventError | None = None  # a hard limit said no: stored for audit as not billable, answered 402
+    refusal: DomainError | None = None  # a hard limit said no: stored for audit as not billable, answered 402
     meter: Meter | None = None
     late: bool = False  # counts in a closed period: 422 period_closed unless it is a retry of a stored event
 
@@ -50,12 +51,12 @@ def compare(event_id: str, stored: str, incoming: str) -> IngestResult:
     return IngestResult(
         event_id,
         REJECTED,
-        EventError(409, "idempotency_conflict", f"event_id '{event_id}' was already used with a different body."),
+        DomainError(CommonCode.IDEMPOTENCY_CONFLICT, f"event_id '{event_id}' was already used with a different body."),
     )
 
 
 def refused_or(row: Row, result: IngestResult) -> IngestResult:
     """A refused event is answered with its 402 unless its id turned out to hold another body (409)."""
-    if row.refusal is None or (result.error is not None and result.error.code == "idempotency_conflict"):
+    if row.refusal is None or (result.error is not None and result.error.code == CommonCode.IDEMPOTENCY_CONFLICT):
         return result
     return IngestResult(row.event.event_id, REJECTED, row.refusal)

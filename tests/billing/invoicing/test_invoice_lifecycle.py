@@ -15,7 +15,7 @@ from django.db import DatabaseError, connection, transaction
 from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
-from billing.common.errors import ApiError
+from billing.common.errors import DomainError
 from billing.invoicing import services
 from billing.invoicing.compute import invoice_compute
 from billing.invoicing.models import FinalizedInvoiceError, Invoice, InvoiceLine
@@ -240,7 +240,7 @@ def test_an_open_period_cannot_be_finalized(pro: Any) -> None:
     accepted(send(ev("a", "2026-11-10T00:00:00Z"), now=datetime(2026, 11, 12, tzinfo=UTC)))
     draft = services.invoice_draft_refresh(customer=pro, period_start=NOV)
     assert draft is not None
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         services.invoice_finalize(invoice=draft, now=datetime(2026, 11, 12, tzinfo=UTC))
     assert caught.value.code == "period_open"
 
@@ -284,8 +284,9 @@ def test_a_finalized_invoice_cannot_be_edited_through_any_code_path(pro: Any) ->
     # state moves stay possible; a void issues a credit note instead of editing
     services.invoice_mark_paid(invoice=fresh, at=datetime(2026, 11, 5, tzinfo=UTC))
     assert invoice_of(pro, OCT).status == "paid"
-    with pytest.raises(ApiError):
+    with pytest.raises(DomainError) as paid:
         services.invoice_void(invoice=fresh, at=datetime(2026, 11, 6, tzinfo=UTC))  # paid cannot be voided
+    assert paid.value.code == "invalid_invoice_state"
 
 
 @pytest.mark.django_db
@@ -583,10 +584,10 @@ def test_a_plan_changed_mid_period_bills_each_stretch_with_its_own_plan(acme: An
                   ev("c", switch, "700"), now=datetime(2026, 10, 15, 10, 40, tzinfo=UTC)))
     subscription_set(customer=acme, plan=Plan.objects.get(key="team"), start=switch, now=switch, actor="t")
     accepted(send(ev("d", datetime(2026, 10, 20, tzinfo=UTC), "300"), now=datetime(2026, 10, 20, 1, tzinfo=UTC)))
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(DomainError) as refused:
         subscription_set(customer=acme, plan=Plan.objects.get(key="euro"), start=datetime(2026, 10, 20, tzinfo=UTC),
                          now=datetime(2026, 10, 19, tzinfo=UTC), actor="t")
-    assert refused.value.status_code == 422 and "EUR" in str(refused.value.fields)
+    assert refused.value.code == "validation_error" and "EUR" in str(refused.value.fields)
     rollup_until_current(now=datetime(2026, 10, 30, tzinfo=UTC))
 
     computed = invoice_compute(customer=acme, start=OCT, end=NOV, source=source)

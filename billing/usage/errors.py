@@ -1,0 +1,13 @@
+"""Usage's error codes (statuses: ``portal.errors.STATUS``)."""
+
+from __future__ import annotations
+
+from billing.common.errors import ErrorCode
+
+
+class UsageCode(ErrorCode):
+    UNKNOWN_ORIGINAL = "unknown_original"
+    ORIGINAL_NOT_BILLABLE = "original_not_billable"
+    CORRECTION_NOT_SUPPORTED = "correction_not_supported"
+    PERIOD_CLOSED = "period_closed"  # an event dated in a period already closed and invoiced
+    ROLLUPS_DRIFT = "rollups_drift"  # a rollup row names a dimension set that is not stored
