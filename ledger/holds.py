@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -222,15 +223,22 @@ def _rebook(ledger: LedgerBackend, posts: Sequence[Transfer]) -> None:
             log.error("expired hold %x could not be booked again: %s", transfer.id, status.value)
 
 
-def sweep(ledger: LedgerBackend, older_than_seconds: float = 30) -> int:
+def sweep(ledger: LedgerBackend, older_than_seconds: float = 30, *, chunk: int = 1000,
+          budget_seconds: float = 20) -> int:
     """Post what writers recorded but did not post (they died, or the ledger was away), and forget the
-    outbox rows older than ``older_than_seconds``; returns how many rows it handled."""
+    outbox rows older than ``older_than_seconds``; returns how many rows it handled. Every limited batch
+    leaves a row, so rows go ``chunk`` at a time: one ledger call for all their posts, one DELETE; until
+    none is due or ``budget_seconds`` have passed (the next run goes on)."""
     due = timezone.now() - timedelta(seconds=older_than_seconds)
+    deadline = time.monotonic() + budget_seconds
     handled = 0
-    for row in HeldPost.objects.filter(created_at__lt=due).order_by("pk")[:1000]:
-        posts = [Transfer(id=int(i), pending_id=int(pending), amount=AMOUNT_MAX, ledger=ledger, code=code, flags=_POST)
-                 for i, pending, ledger, code in row.transfers]
-        post(ledger, posts)
-        row.delete()
-        handled += 1
+    while time.monotonic() < deadline:
+        rows = list(HeldPost.objects.filter(created_at__lt=due).order_by("pk").values_list("pk", "transfers")[:chunk])
+        if not rows:
+            break
+        post(ledger, [Transfer(id=int(i), pending_id=int(pending), amount=AMOUNT_MAX, ledger=ledger_id, code=code,
+                               flags=_POST)
+                      for _pk, transfers in rows for i, pending, ledger_id, code in transfers])
+        HeldPost.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+        handled += len(rows)
     return handled

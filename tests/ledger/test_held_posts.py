@@ -118,3 +118,24 @@ def test_a_held_batch_records_its_outbox_row_and_is_posted_after_the_answer(acme
     assert UsageEvent.objects.filter(billable=True).count() == 2
     assert HeldPost.objects.count() == 1
     assert quota(acme.pk) == (0, 7)
+
+
+@pytest.mark.django_db
+def test_the_sweep_keeps_up_with_one_outbox_row_per_batch() -> None:
+    # given 2,500 outbox rows left behind (every limited batch writes one)
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    ledger = fake()
+    ledger.release.set()
+    HeldPost.objects.bulk_create([HeldPost(transfers=[[str(1000 + n), str(n), 1, 1]]) for n in range(2500)])
+    HeldPost.objects.update(created_at=timezone.now() - timedelta(minutes=1))
+
+    # when the sweep runs once
+    handled = holds.sweep(ledger, older_than_seconds=30, chunk=1000)
+
+    # then every row is posted and forgotten, 1,000 at a time: three ledger calls, not 2,500
+    assert handled == 2500 and not HeldPost.objects.exists()
+    assert [len(call) for call in ledger.calls] == [1000, 1000, 500]
+    assert sorted(p for call in ledger.calls for p in call) == list(range(2500))
