@@ -63,13 +63,15 @@ def subscribe(customer: Any, plan_key: str, *, start: datetime, now: datetime | 
 
 
 def metered(*, price: str = "0.01", hard: str | None = None, soft: str | None = None, cap: str | None = None,
-            meter: dict[str, Any] = TOKENS, extra_meters: tuple[dict[str, Any], ...] = ()) -> str:
-    """The catalog most limit tests need: plan ``metered``, one per-unit charge on ``meter`` at ``price``,
-    optionally a hard limit (with a soft one) on it and a spend cap."""
+            meter: dict[str, Any] = TOKENS, extra_meters: tuple[dict[str, Any], ...] = (),
+            tiers: list[dict[str, Any]] | None = None) -> str:
+    """The catalog most limit tests need: plan ``metered``, one per-unit charge on ``meter`` at ``price``
+    (or graduated over ``tiers``), optionally a hard limit (with a soft one) on it and a spend cap."""
     terms: dict[str, Any] = {}
     if hard is not None:
         terms["limits"] = [{"meter": meter["key"], "hard": hard, **({"soft": soft} if soft is not None else {})}]
     if cap is not None:
         terms["spend_cap"] = cap
-    charge = {"meter": meter["key"], "model": "per_unit", "unit_price": price}
+    charge: dict[str, Any] = ({"meter": meter["key"], "model": "per_unit", "unit_price": price} if tiers is None
+                              else {"meter": meter["key"], "model": "graduated", "tiers": tiers})
     return catalog(plan("metered", [charge], **terms), meters=(meter, *extra_meters))

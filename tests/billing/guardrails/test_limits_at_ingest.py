@@ -26,8 +26,12 @@ AT = datetime.now(timezone.utc) - timedelta(seconds=5)  # one instant: a retried
 pytestmark = pytest.mark.usefixtures("debit_mode")  # every test in both ways of booking (conftest.py)
 
 
-def catalog(hard: str | None = None, cap: str | None = None, price: str = "0.01") -> str:
-    return factories.metered(price=price, hard=hard, soft="80%" if hard else None, cap=cap)
+GRADUATED_TIERS: list[dict] = [{"up_to": 10, "unit_price": "1"}, {"up_to": None, "unit_price": "0.1"}]
+
+
+def catalog(hard: str | None = None, cap: str | None = None, price: str = "0.01",
+            tiers: list[dict] | None = None) -> str:
+    return factories.metered(price=price, hard=hard, soft="80%" if hard else None, cap=cap, tiers=tiers)
 
 
 def subscribe(customer, text: str) -> None:
@@ -419,9 +423,7 @@ def test_the_careful_pass_holds_every_account_it_books_before_it_books(acme, deb
     # event over the limit, which sends it to the careful pass (decide under locks, then book)
     from ledger.backends.sql import SqlLedger
 
-    tiers = '[{up_to: 10, unit_price: "1"}, {up_to: null, unit_price: "0.1"}]'
-    subscribe(acme, catalog(hard="10", cap="1000").replace('model: per_unit, unit_price: "0.01"',
-                                                            f"model: graduated, tiers: {tiers}"))
+    subscribe(acme, catalog(hard="10", cap="1000", tiers=GRADUATED_TIERS))
     locked: list[set[int]] = []
     booked: list[set[int]] = []
     real_lock, real_book = SqlLedger.lock_accounts, SqlLedger.book_checked
@@ -539,9 +541,7 @@ def test_a_batch_priced_in_a_tier_another_request_left_is_priced_again(acme, deb
     from ledger.codes import TransferCode
     from ledger.models import LedgerTransfer
 
-    tiers = '[{up_to: 10, unit_price: "1"}, {up_to: null, unit_price: "0.1"}]'
-    text = catalog(cap="1000").replace('model: per_unit, unit_price: "0.01"', f"model: graduated, tiers: {tiers}")
-    subscribe(acme, text)
+    subscribe(acme, catalog(cap="1000", tiers=GRADUATED_TIERS))
     assert events_ingest(principal=ADMIN, raw_events=[body("first")])[0].status == "accepted"
     runs = _overtaken_once(monkeypatch, lambda: events_ingest(principal=ADMIN, raw_events=[body("o", "8")]))
 
