@@ -61,9 +61,12 @@ def close_ledger() -> None:
     """Close this process's backend (its TigerBeetle client) once its poster has posted what it was handed
     (ledger.holds; at most a few seconds: what is left is the sweep's); the next get_ledger() opens a new one."""
     global _current
-    from ledger import holds
+    with _lock:
+        opened = _current is not None
+    if opened:  # a process that never opened a ledger (a script without Django set up) has nothing to drain
+        from ledger import holds
 
-    holds.drain(5)
+        holds.drain(5)
     with _lock:
         current, _current = _current, None
     if current is not None and current[1] == os.getpid():
