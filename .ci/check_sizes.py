@@ -1,5 +1,5 @@
-"""House rule: no Python file of the application over 500 lines (migrations and tests aside; bench/ holds
-measurement scripts, not the application). Split a file that grows past it by responsibility.
+"""House rule: no Python file over 500 lines (migrations and tests aside; the benchmarks in bench/ included).
+Split a file that grows past it by responsibility.
 Function length is ruff's PLR0915 (max-statements in pyproject.toml). Exit 1 on a violation."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 MAX_LINES = 500
 ROOT = Path(__file__).resolve().parent.parent
-CHECKED = ("billing", "ledger", "portal", ".ci", "manage.py")
+CHECKED = ("billing", "ledger", "portal", "bench", ".ci", "manage.py")
 
 
 def oversized() -> list[tuple[Path, int]]:

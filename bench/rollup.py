@@ -325,16 +325,35 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def say(text: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", flush=True)
+
+
 def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]) -> None:
-    from billing.customers.models import Customer
-    from billing.invoicing.services import invoice_draft_refresh
-    from billing.invoicing.snapshot import period_snapshot
-    from billing.usage.models import DailyRollup, HourlyRollup
-    from billing.usage.rollups import rollup_check, rollup_full, rollup_until_current
+    """The month loaded, the rebuild against its baselines, the incremental hours, then the invoices."""
+    customers, meters, main_end = load_month(args, database_url, results)
+    now = main_end + DELAY + timedelta(minutes=1)  # every event received more than LAG before
+    compare_rebuild(args, now, results)
+    if args.explain:
+        results["explain"] = explain(now)
+    incremental_hours(args, database_url, results, customers, meters, main_end)
+    if args.check:
+        from billing.usage.rollups import rollup_check
 
-    def say(text: str) -> None:
-        print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", flush=True)
+        seconds, drift = timed(rollup_check)
+        results["rollup_check"] = {"seconds": round(seconds, 1), "drift": len(drift), "first": drift[:5]}
+        say(f"rollup_check: {len(drift)} differences in {seconds:.1f} s")
+        if drift:
+            raise SystemExit(f"rollup drift: {drift[:5]}")
+    for name in ("invoices_first_pass", "invoices_second_pass"):
+        results[name] = invoice_pass()
+        say(f"{name}: {results[name]}")
 
+
+def load_month(args: argparse.Namespace, database_url: str,
+               results: dict[str, Any]) -> tuple[list[tuple[int, int]], dict[str, int], datetime]:
+    """Seed, then COPY the main load over the month but its last ``--repeat`` hours (the incremental
+    runs'), then VACUUM (ANALYZE). Returns the customers, the meters and the end of the load."""
     seconds, (customers, meters) = timed(lambda: seed(args.customers))
     results["seed_s"] = round(seconds, 2)
     say(f"seeded {args.customers} customers in {seconds:.1f} s")
@@ -349,8 +368,18 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
                        "table_mb": round(sql_one("SELECT pg_table_size('usage_event')") / 2**20),
                        "indexes_mb": round(sql_one("SELECT pg_indexes_size('usage_event')") / 2**20)}
     say(f"load: {results['load']}")
+    return customers, meters, main_end
 
-    now = main_end + DELAY + timedelta(minutes=1)  # every event received more than LAG before
+
+def _runs(runs: list[float]) -> dict[str, Any]:
+    return {"median_s": round(statistics.median(runs), 2), "runs_s": [round(s, 2) for s in runs]}
+
+
+def compare_rebuild(args: argparse.Namespace, now: datetime, results: dict[str, Any]) -> None:
+    """``--repeat`` rounds of baseline, hashed baseline, floor and full rollup, alternated; medians and ratios."""
+    from billing.usage.models import DailyRollup, HourlyRollup
+    from billing.usage.rollups import rollup_full
+
     base_runs, hashed_runs, floor_runs, full_runs, groups = [], [], [], [], 0
     for run in range(args.repeat):
         # Each timed step starts after a CHECKPOINT (untimed): the floor and the rebuild write gigabytes of
@@ -376,16 +405,13 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
     rollups = HourlyRollup.objects.count()
     if rollups != groups:
         raise SystemExit(f"{rollups} rollup rows but the plain GROUP BY has {groups} groups")
-    results["baseline_group_by"] = {"median_s": round(statistics.median(base_runs), 2),
-                                    "runs_s": [round(s, 2) for s in base_runs], "groups": groups}
-    results["full_rollup"] = {"median_s": round(statistics.median(full_runs), 2),
-                              "runs_s": [round(s, 2) for s in full_runs], "rollup_rows": rollups,
+    results["baseline_group_by"] = {**_runs(base_runs), "groups": groups}
+    results["full_rollup"] = {**_runs(full_runs), "rollup_rows": rollups,
                               "rollup_mb": round(sql_one("SELECT pg_total_relation_size('usage_hourly_rollup')") / 2**20),
                               "daily_rows": DailyRollup.objects.count(),
                               "daily_mb": round(sql_one("SELECT pg_total_relation_size('usage_daily_rollup')") / 2**20)}
-    results["baseline_hashed"] = {"median_s": round(statistics.median(hashed_runs), 2),
-                                  "runs_s": [round(s, 2) for s in hashed_runs]}
-    results["floor"] = {"median_s": round(statistics.median(floor_runs), 2), "runs_s": [round(s, 2) for s in floor_runs]}
+    results["baseline_hashed"] = _runs(hashed_runs)
+    results["floor"] = _runs(floor_runs)
     results["full_over_baseline"] = round(statistics.median(full_runs) / statistics.median(base_runs), 2)
     results["full_over_hashed_baseline"] = round(statistics.median(full_runs) / statistics.median(hashed_runs), 2)
     results["floor_over_baseline"] = round(statistics.median(floor_runs) / statistics.median(base_runs), 2)
@@ -393,9 +419,14 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
     say(f"full/baseline: {results['full_over_baseline']}, full/hashed baseline: "
         f"{results['full_over_hashed_baseline']}, floor/baseline: {results['floor_over_baseline']}, "
         f"full/floor: {results['full_over_floor']}")
-    if args.explain:
-        results["explain"] = explain(now)
 
+
+def incremental_hours(args: argparse.Namespace, database_url: str, results: dict[str, Any],
+                      customers: list[tuple[int, int]], meters: dict[str, int], main_end: datetime) -> None:
+    """``--repeat`` times: COPY one more hour of events (1 in 20 late), then ``rollup_until_current``."""
+    from billing.usage.rollups import rollup_until_current
+
+    main_hours = int((main_end - MONTH) / timedelta(hours=1))
     per_hour = args.events // main_hours
     inc_runs, inc_load = [], []
     for run in range(args.repeat):
@@ -415,34 +446,34 @@ def measure(args: argparse.Namespace, database_url: str, results: dict[str, Any]
     results["incremental_hour"] = {"events": per_hour, "median_s": round(statistics.median(inc_runs), 3),
                                    "runs_s": [round(s, 3) for s in inc_runs], "late_share": 0.05,
                                    "copy_s": [round(s, 2) for s in inc_load]}
-    if args.check:
-        seconds, drift = timed(rollup_check)
-        results["rollup_check"] = {"seconds": round(seconds, 1), "drift": len(drift), "first": drift[:5]}
-        say(f"rollup_check: {len(drift)} differences in {seconds:.1f} s")
-        if drift:
-            raise SystemExit(f"rollup drift: {drift[:5]}")
+
+
+def invoice_pass() -> dict[str, Any]:
+    """Every customer's draft refreshed as ``drafts_refresh`` does it: one period snapshot, then one
+    ``invoice_draft_refresh`` per customer, timed per call."""
+    from billing.customers.models import Customer
+    from billing.invoicing.services import invoice_draft_refresh
+    from billing.invoicing.snapshot import period_snapshot
 
     everyone = Customer.objects.count()
-    for name in ("invoices_first_pass", "invoices_second_pass"):
-        latencies, totals = [], 0
-        start = time.perf_counter()
-        snapshot = period_snapshot(start=MONTH, end=MONTH_END)  # what drafts_refresh reads once per period
-        snapshot_s = time.perf_counter() - start
-        if len(snapshot.customers) != everyone:
-            raise SystemExit(f"{len(snapshot.customers)} subscribed customers of {everyone}")
-        for customer in snapshot.customers:
-            t = time.perf_counter()
-            invoice = invoice_draft_refresh(customer=customer, period_start=MONTH, snapshot=snapshot)
-            latencies.append(time.perf_counter() - t)
-            if invoice is None:
-                raise SystemExit(f"no invoice for {customer.external_id}")
-            totals += invoice.total_minor
-        total_s = time.perf_counter() - start
-        results[name] = {"customers": everyone, "snapshot_ms": round(snapshot_s * 1000, 1),
-                         "p50_ms": round(pct(latencies, 0.5) * 1000, 1),
-                         "p99_ms": round(pct(latencies, 0.99) * 1000, 1), "max_ms": round(max(latencies) * 1000, 1),
-                         "total_s": round(total_s, 1), "sum_of_totals_minor": totals}
-        say(f"{name}: {results[name]}")
+    latencies, totals = [], 0
+    start = time.perf_counter()
+    snapshot = period_snapshot(start=MONTH, end=MONTH_END)  # what drafts_refresh reads once per period
+    snapshot_s = time.perf_counter() - start
+    if len(snapshot.customers) != everyone:
+        raise SystemExit(f"{len(snapshot.customers)} subscribed customers of {everyone}")
+    for customer in snapshot.customers:
+        t = time.perf_counter()
+        invoice = invoice_draft_refresh(customer=customer, period_start=MONTH, snapshot=snapshot)
+        latencies.append(time.perf_counter() - t)
+        if invoice is None:
+            raise SystemExit(f"no invoice for {customer.external_id}")
+        totals += invoice.total_minor
+    total_s = time.perf_counter() - start
+    return {"customers": everyone, "snapshot_ms": round(snapshot_s * 1000, 1),
+            "p50_ms": round(pct(latencies, 0.5) * 1000, 1),
+            "p99_ms": round(pct(latencies, 0.99) * 1000, 1), "max_ms": round(max(latencies) * 1000, 1),
+            "total_s": round(total_s, 1), "sum_of_totals_minor": totals}
 
 
 if __name__ == "__main__":
