@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.core.validators import RegexValidator
 from django.db import models
 
+from billing.catalog import ratecard
+
 key_validator = RegexValidator(r"^[a-z0-9][a-z0-9_.-]{0,63}$", "Use 1-64 lowercase letters, digits, '_', '.' or '-'.")
 
 
@@ -67,7 +69,7 @@ class RateCardVersion(models.Model):
     version's ``effective_from``. Any change is a new version; a stored version is never edited.
 
     ``definition`` is the validated, canonical catalog-file shape of the version (base fee, charges,
-    limits, spend cap), the single source the pricing engine and the export read.
+    limits, spend cap), as stored; everything reads it typed, as ``rate_card`` (billing/catalog/ratecard.py).
     """
 
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="versions")
@@ -91,6 +93,11 @@ class RateCardVersion(models.Model):
         if not self._state.adding:
             raise ValueError("A rate-card version is immutable: publish a new version instead.")
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def rate_card(self) -> ratecard.RateCard:
+        """The version's terms, typed; parsed once per process (the version is never edited)."""
+        return ratecard.of_version(self.pk, self.created_at, self.definition)
 
 
 class Subscription(models.Model):

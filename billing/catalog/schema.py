@@ -17,6 +17,7 @@ import yaml
 
 from billing.catalog import money, pricing
 from billing.catalog.errors import CatalogCode
+from billing.catalog.ratecard import PRICE_FIELDS
 from billing.common.errors import DomainError
 from billing.common.fields import check_decimal, decimal_to_text
 
@@ -179,7 +180,6 @@ ALLOWED = {
     "package": {"package_size", "package_price", "free_units"},
     "flat_overage": {"flat_price", "included", "overage_unit_price"},
 }
-PRICE_FIELDS = ("unit_price", "package_size", "package_price", "free_units", "flat_price", "included", "overage_unit_price")
 
 
 def validate_charge(charge: ChargeIn, path: str, meters: set[str], problems: list[tuple[str, str]]) -> dict[str, Any]:
@@ -305,25 +305,3 @@ def effective_from_utc(plan: PlanIn) -> datetime:
 
 def canonical_json(definition: dict[str, Any]) -> str:
     return json.dumps(definition, sort_keys=True, separators=(",", ":"))
-
-
-# --- from the stored definition to pricing terms -----------------------------------------------------
-
-def charge_spec(charge: dict[str, Any]) -> pricing.ChargeSpec:
-    def d(name: str, default: str = "0") -> Decimal:
-        value = charge.get(name)
-        return Decimal(value if value is not None else default)
-
-    tiers = tuple(
-        pricing.Tier(
-            up_to=Decimal(t["up_to"]) if t["up_to"] is not None else None,
-            unit_price=Decimal(t["unit_price"]),
-            flat_price=Decimal(t.get("flat_price") or "0"),
-        )
-        for t in charge.get("tiers") or ()
-    )
-    return pricing.ChargeSpec(
-        model=charge["model"], unit_price=d("unit_price"), tiers=tiers, package_size=d("package_size", "1"),
-        package_price=d("package_price"), free_units=d("free_units"), flat_price=d("flat_price"),
-        included=d("included"), overage_unit_price=d("overage_unit_price"),
-    )

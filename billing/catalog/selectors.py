@@ -95,13 +95,10 @@ def plan_export_entries(plan: Plan) -> list[dict[str, Any]]:
             "effective_from": version.effective_from.isoformat().replace("+00:00", "Z"),
             "version": version.number,
         }
-        definition = version.definition
-        entry["base_fee"] = definition["base_fee"]
-        entry["charges"] = definition["charges"]
-        entry["limits"] = definition["limits"]
-        if definition.get("spend_cap") is not None:
-            entry["spend_cap"] = definition["spend_cap"]
-        entries.append(entry)
+        terms = version.rate_card.as_definition()
+        if terms["spend_cap"] is None:
+            del terms["spend_cap"]
+        entries.append({**entry, **terms})
     return entries
 
 

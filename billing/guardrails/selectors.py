@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 
 from billing.catalog.models import Meter
 from billing.catalog.money import MINOR_UNITS
+from billing.catalog.ratecard import RateCard
 from billing.catalog.selectors import subscription_at, version_in_effect
 from billing.common.calendar import period_key
 from billing.common.fields import decimal_to_text
@@ -37,11 +38,12 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
     if subscription:
         currencies.add(subscription.plan.currency)
     period = period_key(now)
-    definition = version.definition if version else {}
-    meters = {m.key: m for m in Meter.objects.filter(key__in=[lim["meter"] for lim in definition.get("limits", [])])}
+    card = version.rate_card if version else RateCard()
+    meters = {m.key: m for m in Meter.objects.filter(key__in=[limit.meter for limit in card.limits])}
+    cap = card.spend_cap if subscription else None
     wanted = [ids.wallet(c) for c in currencies if c in MINOR_UNITS]
     wanted += [ids.quota(m.pk, period) for m in meters.values()]
-    if subscription and definition.get("spend_cap"):
+    if subscription and cap is not None:
         wanted.append(ids.spend(subscription.plan.currency, period))
     found = ledger.lookup_accounts(wanted)
     credits = []
@@ -51,25 +53,22 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
         pending = wallet.debits_pending if wallet else 0
         credits.append({"currency": currency, "posted": _m(posted), "pending": _m(pending), "available": _m(posted - pending)})
     quotas = []
-    for limit in definition.get("limits", []):
-        meter = meters.get(limit["meter"])
-        if meter is None or limit.get("hard") is None:
+    for limit in card.limits:
+        meter = meters.get(limit.meter)
+        if meter is None or limit.hard is None:
             continue
-        hard = Decimal(limit["hard"])
+        hard = limit.hard
         account = found.get(ids.quota(meter.pk, period))
         # used = the allocation less what the account still holds (refunds of refused settlements credit it back)
         used = max(acc.qty_units(hard) - account.balance, 0) if account else 0
         reserved = account.debits_pending if account else 0
-        soft = limit.get("soft")
-        soft_abs = hard * Decimal(soft[:-1]) / 100 if isinstance(soft, str) and soft.endswith("%") else (
-            Decimal(soft) if soft else None)
+        soft_abs = limit.soft_limit
         remaining = max(hard - acc.units_to_qty(used + reserved), Decimal(0))
         quotas.append({"meter": meter.key, "unit": meter.unit, "limit": decimal_to_text(hard), "used": _q(used),
                        "reserved": _q(reserved), "remaining": decimal_to_text(remaining),
                        "soft_limit": decimal_to_text(soft_abs) if soft_abs is not None else None})
     spend = None
-    if subscription and definition.get("spend_cap"):
-        cap = Decimal(definition["spend_cap"])
+    if subscription and cap is not None:
         account = found.get(ids.spend(subscription.plan.currency, period))
         spent = _net_spent(account, customer.pk, subscription.plan.currency, period, cap) if account else 0
         reserved = account.debits_pending if account else 0

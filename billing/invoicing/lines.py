@@ -18,9 +18,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from billing.catalog import money, pricing
+from billing.catalog import money, pricing, ratecard
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
-from billing.catalog.schema import charge_spec
 from billing.catalog.selectors import subscription_at, versions_over
 from billing.common.calendar import period_bounds
 from billing.common.fields import decimal_to_text
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 class Segment:
     start: datetime
     end: datetime
-    definition: dict[str, Any]
+    card: ratecard.RateCard
     version: int | None  # None for a draft (simulation)
 
 
@@ -105,7 +104,7 @@ def subscription_segments(*, subscription: Subscription, start: datetime, end: d
     the plan's, oldest first, if already read)."""
     lo = max(start, subscription.start)
     hi = min(end, subscription.end) if subscription.end else end
-    return [Segment(s, e, v.definition, v.number)
+    return [Segment(s, e, v.rate_card, v.number)
             for s, e, v in versions_over(plan=subscription.plan, start=lo, end=hi, versions=versions)]
 
 
@@ -182,11 +181,11 @@ def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
                     [line for estimate in estimates for line in estimate.lines])
 
 
-def simulate(*, customer: Customer, plan: Plan, definition: dict[str, Any], now: datetime) -> Estimate:
-    """The open period priced as if ``definition`` had been in effect all period (the console's draft)."""
+def simulate(*, customer: Customer, plan: Plan, card: ratecard.RateCard, now: datetime) -> Estimate:
+    """The open period priced as if ``card`` had been in effect all period (the console's draft)."""
     start, end = period_bounds(now)
     return price_period(customer=customer, plan=plan, start=start, end=end,
-                        segments=[Segment(start, end, definition, None)])
+                        segments=[Segment(start, end, card, None)])
 
 
 def price_period(*, customer: Customer, plan: Plan, start: datetime, end: datetime, segments: list[Segment],
@@ -197,7 +196,7 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
     lines: list[Line] = []
     if not segments:
         return Estimate(customer.external_id, plan.key, currency, start, end, lines)
-    base_fee = Decimal(segments[0].definition.get("base_fee") or "0")
+    base_fee = segments[0].card.base_fee
     if base_fee:
         lines.append(Line("base_fee", f"{plan.name} base fee", base_fee, currency, versions=[segments[0].version]))
     by_pk = meters if meters is not None else meters_by_pk()
@@ -208,62 +207,68 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
     rows = sorted(rows, key=lambda r: r.at)
     # charge identity across versions: (meter, filter)
     order: list[tuple[str, str]] = []
-    state: dict[tuple[str, str], dict[str, Any]] = {}
+    state: dict[tuple[str, str], _ChargeState] = {}
     for segment in segments:
         seg_rows = [r for r in rows if segment.start <= r.at < segment.end]
-        for charge in segment.definition.get("charges", []):
-            meter = by_key.get(charge["meter"])
+        for charge in segment.card.charges:
+            meter = by_key.get(charge.meter)
             if meter is None:
                 continue
-            key = (charge["meter"], repr(sorted((charge.get("filter") or {}).items())))
+            key = (charge.meter, repr(sorted((charge.filter or {}).items())))
             if key not in state:
                 order.append(key)
-                state[key] = {"charge": charge, "meter": meter, "groups": defaultdict(_GroupState), "versions": []}
+                state[key] = _ChargeState(charge, meter)
             entry = state[key]
-            entry["charge"] = charge  # the newest definition describes the line
-            entry["versions"].append(segment.version)
-            markup = charge.get("markup")
-            for group_value, values in _select(seg_rows, meter, charge, markup).items():
-                group = entry["groups"][group_value]
-                group.add(meter, values, charge, segment)
+            entry.charge = charge  # the newest version's charge describes the line
+            entry.versions.append(segment.version)
+            for group_value, values in _select(seg_rows, meter, charge).items():
+                entry.groups[group_value].add(meter, values, charge, segment)
     for key in order:
         entry = state[key]
-        charge, meter = entry["charge"], entry["meter"]
-        markup = charge.get("markup")
-        for group_value, group in sorted(entry["groups"].items(), key=lambda item: str(item[0])):
+        charge, meter, markup = entry.charge, entry.meter, entry.charge.markup
+        for group_value, group in sorted(entry.groups.items(), key=lambda item: str(item[0])):
             amount, priced = group.total(meter, charge)
             if markup:
-                percent = Decimal(markup["percent"].get(group_value, markup.get("default") or "0"))
-                amount = pricing.with_markup(amount, percent)
-            lines.append(_line(charge, meter, group.quantity(meter), amount, priced, currency, entry["versions"],
-                               {markup["dimension"]: group_value} if markup and group_value is not None else None))
-        if not entry["groups"]:
-            spec = charge_spec(charge)
-            lines.append(_line(charge, meter, Decimal(0), Decimal(0), pricing.price(Decimal(0), spec), currency,
-                               entry["versions"], None))
+                amount = pricing.with_markup(amount, markup.percent_for(group_value))
+            lines.append(_line(charge, meter, group.quantity(meter), amount, priced, currency, entry.versions,
+                               {markup.dimension: group_value} if markup and group_value is not None else None))
+        if not entry.groups:
+            lines.append(_line(charge, meter, Decimal(0), Decimal(0), pricing.price(Decimal(0), charge.spec), currency,
+                               entry.versions, None))
     return Estimate(customer.external_id, plan.key, currency, start, end, lines)
 
 
-def _line(charge: dict[str, Any], meter: Meter, quantity: Decimal, amount: Decimal, priced: pricing.Priced,
+@dataclass
+class _ChargeState:
+    """One charge (by meter and filter) across a period's segments: its markup groups' running totals."""
+
+    charge: ratecard.Charge
+    meter: Meter
+    groups: defaultdict[str | None, _GroupState] = field(default_factory=lambda: defaultdict(_GroupState))
+    versions: list[int | None] = field(default_factory=list)
+
+
+def _line(charge: ratecard.Charge, meter: Meter, quantity: Decimal, amount: Decimal, priced: pricing.Priced,
           currency: str, versions: list[int | None], group: dict[str, str] | None) -> Line:
-    filt = charge.get("filter")
-    label = charge.get("name") or meter.name + (" (" + ", ".join(f"{k}={v}" for k, v in filt.items()) + ")" if filt else "")
+    filt = None if charge.filter is None else dict(charge.filter)
+    label = charge.name or meter.name + (" (" + ", ".join(f"{k}={v}" for k, v in filt.items()) + ")" if filt else "")
     next_tier = None
     if priced.next_tier_at is not None and priced.next_tier_unit_price is not None:
         next_tier = {"starts_above": decimal_to_text(priced.next_tier_at),
                      "unit_price": decimal_to_text(priced.next_tier_unit_price)}
-    unit_price = charge.get("unit_price") if charge["model"] == "per_unit" else charge.get("overage_unit_price")
-    return Line("charge", label, amount, currency, meter=meter.key, filter=filt, model=charge["model"],
+    unit_price = charge.line_unit_price
+    return Line("charge", label, amount, currency, meter=meter.key, filter=filt, model=charge.model,
                 quantity=quantity, versions=list(dict.fromkeys(versions)),
                 tier=None if priced.tier_index is None else priced.tier_index + 1, next_tier=next_tier, group=group,
-                unit_price=Decimal(unit_price) if unit_price is not None else None,
+                unit_price=unit_price,
                 tiers=[{"tier": str(index + 1), "units": decimal_to_text(units), "amount": decimal_to_text(value)}
                        for index, units, value in priced.tiers_used])
 
 
-def _select(rows: list[UsageTotal], meter: Meter, charge: dict[str, Any], markup: dict[str, Any] | None
-            ) -> dict[str | None, list[UsageTotal]]:
-    wanted = charge.get("filter") or {}
+def _select(rows: list[UsageTotal], meter: Meter, charge: ratecard.Charge) -> dict[str | None, list[UsageTotal]]:
+    """The rows of the charge's meter and filter, by markup group (all under None without a markup)."""
+    wanted = charge.filter or {}
+    markup = charge.markup
     out: dict[str | None, list[UsageTotal]] = defaultdict(list)
     for row in rows:
         if row.meter != meter.key:
@@ -271,7 +276,7 @@ def _select(rows: list[UsageTotal], meter: Meter, charge: dict[str, Any], markup
         dims = row.dimensions
         if any(dims.get(k) != v for k, v in wanted.items()):
             continue
-        out[dims.get(markup["dimension"]) if markup else None].append(row)
+        out[dims.get(markup.dimension) if markup else None].append(row)
     return out
 
 
@@ -283,15 +288,15 @@ class _GroupState:
         self.amount = Decimal(0)
         self.priced: pricing.Priced | None = None
         self.values: list[UsageTotal] = []
-        self.last_charge: dict[str, Any] | None = None
+        self.last_charge: ratecard.Charge | None = None
 
-    def add(self, meter: Meter, events: list[UsageTotal], charge: dict[str, Any], segment: Segment) -> None:
+    def add(self, meter: Meter, events: list[UsageTotal], charge: ratecard.Charge, segment: Segment) -> None:
         self.values.extend(events)
         self.last_charge = charge
         if meter.aggregation not in ADDITIVE:
             return
         added = sum((r.total for r in events), Decimal(0))
-        spec = charge_spec(charge)
+        spec = charge.spec
         before = pricing.price(self.cumulative, spec).amount
         self.cumulative += added
         self.priced = pricing.price(self.cumulative, spec)
@@ -302,11 +307,11 @@ class _GroupState:
             return self.cumulative
         return _non_additive(meter, self.values)
 
-    def total(self, meter: Meter, charge: dict[str, Any]) -> tuple[Decimal, pricing.Priced]:
+    def total(self, meter: Meter, charge: ratecard.Charge) -> tuple[Decimal, pricing.Priced]:
         if meter.aggregation in ADDITIVE:
             assert self.priced is not None
             return self.amount, self.priced
-        priced = pricing.price(_non_additive(meter, self.values), charge_spec(self.last_charge or charge))
+        priced = pricing.price(_non_additive(meter, self.values), (self.last_charge or charge).spec)
         return priced.amount, priced
 
 

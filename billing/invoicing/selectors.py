@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 
 from billing.catalog import money
 from billing.catalog.models import Plan
+from billing.catalog.ratecard import RateCard
 from billing.catalog.selectors import plan_subscriptions_now
 from billing.common.auth import Principal
 from billing.common.calendar import period_bounds
@@ -104,9 +105,9 @@ def invoice_verify(*, invoice: Invoice) -> list[str]:
     return problems
 
 
-def draft_comparison(*, plan: Plan, definition: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+def draft_comparison(*, plan: Plan, card: RateCard, now: datetime) -> list[dict[str, Any]]:
     """Each current subscriber of ``plan`` with the open period priced as it stands and under the draft
-    ``definition`` (the console's simulation), largest first. Each customer's usage is read once for
+    ``card`` (the console's simulation), largest first. Each customer's usage is read once for
     both prices, and the meters once for all customers."""
     start, end = period_bounds(now)
     meters = meters_by_pk()
@@ -118,7 +119,7 @@ def draft_comparison(*, plan: Plan, definition: dict[str, Any], now: datetime) -
         current_minor = sum(estimate.subtotal_minor for estimate in
                             price_parts(customer=customer, parts=parts, start=start, end=end, rows=usage, meters=meters))
         draft = price_period(customer=customer, plan=plan, start=start, end=end,
-                             segments=[Segment(start, end, definition, None)], rows=usage, meters=meters)
+                             segments=[Segment(start, end, card, None)], rows=usage, meters=meters)
         out.append({"customer": customer, "current": money.from_minor(current_minor, plan.currency),
                     "draft": money.from_minor(draft.subtotal_minor, plan.currency),
                     "difference": money.from_minor(draft.subtotal_minor - current_minor, plan.currency)})

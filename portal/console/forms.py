@@ -31,10 +31,10 @@ def definition_from_form(data: Mapping[str, Any]) -> dict[str, Any]:
             tiers.setdefault(int(sub_index), {})[sub_field] = value.strip()
         else:
             target[field] = value.strip()
-    definition: dict[str, Any] = {"charges": [], "limits": []}
+    draft: dict[str, Any] = {"charges": [], "limits": []}
     for key in ("base_fee", "spend_cap"):
         if not _blank(data.get(key)):
-            definition[key] = str(data[key]).strip()
+            draft[key] = str(data[key]).strip()
     for _, charge in sorted(charges.items()):
         out: dict[str, Any] = {k: v for k, v in charge.items() if k in ("meter", "model", "name", *CHARGE_FIELDS)}
         if charge.get("filter"):
@@ -47,22 +47,22 @@ def definition_from_form(data: Mapping[str, Any]) -> dict[str, Any]:
                 if tier.get("flat_price"):
                     row["flat_price"] = tier["flat_price"]
                 out["tiers"].append(row)
-        definition["charges"].append(out)
+        draft["charges"].append(out)
     for _, limit in sorted(limits.items()):
-        definition["limits"].append({k: v for k, v in limit.items() if k in ("meter", "soft", "hard")})
-    return definition
+        draft["limits"].append({k: v for k, v in limit.items() if k in ("meter", "soft", "hard")})
+    return draft
 
 
-def add_tier(definition: dict[str, Any], charge: int) -> dict[str, Any]:
+def add_tier(draft: dict[str, Any], charge: int) -> dict[str, Any]:
     """A new last tier; the old last (open) tier gets a bound to be filled in."""
-    tiers = definition["charges"][charge].setdefault("tiers", [])
+    tiers = draft["charges"][charge].setdefault("tiers", [])
     tiers.append({"up_to": None, "unit_price": tiers[-1]["unit_price"] if tiers else "0"})
-    return definition
+    return draft
 
 
-def remove_tier(definition: dict[str, Any], charge: int, tier: int) -> dict[str, Any]:
-    tiers = definition["charges"][charge].get("tiers", [])
+def remove_tier(draft: dict[str, Any], charge: int, tier: int) -> dict[str, Any]:
+    tiers = draft["charges"][charge].get("tiers", [])
     if 0 <= tier < len(tiers) and len(tiers) > 1:
         del tiers[tier]
         tiers[-1]["up_to"] = None
-    return definition
+    return draft

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
-from billing.catalog import schema
+from billing.catalog import ratecard, schema
 from billing.catalog.models import Plan
 from billing.catalog.selectors import (
     audit_entries,
@@ -87,7 +87,7 @@ def version_editor(request: HttpRequest, key: str) -> HttpResponse:
     plan = get_object_or_404(Plan, key=key)
     if request.method != "POST":
         current = version_in_effect(plan=plan, at=datetime.now(timezone.utc)) or plan.versions.order_by("-number").first()
-        definition = dict(current.definition) if current else {"base_fee": "0", "charges": [], "limits": []}
+        definition = current.rate_card.as_definition() if current else {"base_fee": "0", "charges": [], "limits": []}
         return _editor(request, plan, definition, [])
     definition = definition_from_form(request.POST)
     raw_when = request.POST.get("effective_from", "")
@@ -143,8 +143,8 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
         return render(request, "console/editor.html#problems", {"problems": problems})
     entry = schema.parse_plan({"key": plan.key, "name": plan.name, "currency": plan.currency,
                                "effective_from": datetime.now(timezone.utc).isoformat(), **definition})
-    canonical = schema.validate_plan(entry, "", meter_keys(), [])
-    rows = draft_comparison(plan=plan, definition=canonical, now=datetime.now(timezone.utc))
+    card = ratecard.parse(schema.validate_plan(entry, "", meter_keys(), []))
+    rows = draft_comparison(plan=plan, card=card, now=datetime.now(timezone.utc))
     total = sum((r["difference"] for r in rows[:10]), Decimal(0))
     return render(request, "console/editor.html#simulation",
                   {"rows": rows[:10], "plan": plan, "total_difference": total})

@@ -14,6 +14,7 @@ from typing import Any
 
 from billing.catalog.models import Meter
 from billing.catalog.money import from_minor
+from billing.catalog.ratecard import Limit
 from billing.catalog.selectors import subscription_at, version_in_effect
 from billing.common.calendar import period_bounds
 from billing.customers.models import Customer, CustomerUser
@@ -81,13 +82,13 @@ class Glance:
         return from_minor(self.estimate.subtotal_minor, self.estimate.currency) if self.estimate else None
 
 
-def _soft_limit(limit: dict[str, Any], hard: Decimal | None) -> Decimal | None:
-    soft = limit.get("soft")
-    if isinstance(soft, str) and soft.endswith("%"):
-        return hard * Decimal(soft[:-1]) / 100 if hard is not None else None
-    if soft not in (None, ""):
-        return Decimal(str(soft))
-    return hard * DEFAULT_SOFT_PERCENT / 100 if hard is not None else None  # the default alert threshold
+def _soft_limit(limit: Limit | None) -> Decimal | None:
+    """The rate card's soft limit of a meter, else the default alert threshold's share of its hard limit."""
+    if limit is None:
+        return None
+    if limit.has_soft:
+        return limit.soft_limit
+    return limit.hard * DEFAULT_SOFT_PERCENT / 100 if limit.hard is not None else None
 
 
 def period_estimate(*, customer: Customer, now: datetime) -> Estimate | None:
@@ -104,13 +105,12 @@ def glance(*, customer: Customer, now: datetime, estimate: Estimate | None) -> G
             usage_aggregate(customer=customer, start=start, end=end, granularity="month")}
     subscription = subscription_at(customer=customer, at=now)
     version = version_in_effect(plan=subscription.plan, at=now) if subscription else None
-    limits = {lim["meter"]: lim for lim in (version.definition.get("limits", []) if version else [])}
+    limits = {limit.meter: limit for limit in (version.rate_card.limits if version else ())}
     meters = []
     for meter in Meter.objects.filter(key__in=set(used) | set(limits)).order_by("key"):
-        limit = limits.get(meter.key, {})
-        hard = Decimal(str(limit["hard"])) if limit.get("hard") not in (None, "") else None
-        meters.append(MeterGlance(meter.key, meter.name, meter.unit, used.get(meter.key, Decimal(0)), hard,
-                                  _soft_limit(limit, hard)))
+        limit = limits.get(meter.key)
+        meters.append(MeterGlance(meter.key, meter.name, meter.unit, used.get(meter.key, Decimal(0)),
+                                  limit.hard if limit else None, _soft_limit(limit)))
     balance = customer_balance(customer=customer, now=now)
     next_tiers = []
     for line in estimate.lines if estimate else []:

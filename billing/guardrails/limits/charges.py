@@ -8,19 +8,19 @@ from decimal import ROUND_CEILING, Decimal
 from decimal import Context as DecimalContext
 from typing import Any
 
-from billing.catalog import pricing
+from billing.catalog import pricing, ratecard
 from billing.catalog.money import LEDGER_SCALE
 from billing.guardrails import accounts as acc
 from billing.guardrails.limits.events import EventUsage
 from ledger.types import Account
 
 
-def _charge_key(charge: dict[str, Any], group: str | None) -> str:
-    filt = ",".join(f"{k}={v}" for k, v in sorted((charge.get("filter") or {}).items()))
+def _charge_key(charge: ratecard.Charge, group: str | None) -> str:
+    filt = ",".join(f"{k}={v}" for k, v in sorted((charge.filter or {}).items()))
     return f"{filt}|{group or ''}"
 
 
-def counter_keys(matching: list[tuple[dict[str, Any], str | None]]) -> list[str]:
+def counter_keys(matching: list[tuple[ratecard.Charge, str | None]]) -> list[str]:
     """The usage counters' keys of an event's matching charges: ``_charge_key``, and for a charge whose key
     an earlier one of them has (two charges of a meter with the same filter), that key with ``#<n>``, so
     that each charge counts its own quantity (a shared counter would be moved once per charge)."""
@@ -33,15 +33,18 @@ def counter_keys(matching: list[tuple[dict[str, Any], str | None]]) -> list[str]
     return keys
 
 
-def matching_charges(definition: dict[str, Any], event: EventUsage) -> list[tuple[dict[str, Any], str | None]]:
+def matching_charges(card: ratecard.RateCard, event: EventUsage) -> list[tuple[ratecard.Charge, str | None]]:
+    """The card's charges of the event's meter whose filter its dimensions match, each with the event's
+    markup group (the value of its markup's dimension; None without a markup)."""
     out = []
-    for charge in definition.get("charges", []):
-        if charge["meter"] != event.meter.key:
+    dimensions = event.dimensions
+    for charge in card.charges:
+        if charge.meter != event.meter.key:
             continue
-        if any(event.dimensions.get(k) != v for k, v in (charge.get("filter") or {}).items()):
+        if charge.filter and any(dimensions.get(k) != v for k, v in charge.filter.items()):
             continue
-        markup = charge.get("markup")
-        out.append((charge, event.dimensions.get(markup["dimension"]) if markup else None))
+        markup = charge.markup
+        out.append((charge, dimensions.get(markup.dimension) if markup else None))
     return out
 
 
@@ -76,7 +79,7 @@ class Charge:
     charge is linear and needs no running total)."""
 
     index: int  # position among the event's matching charges: part of the counter transfer's id
-    charge: dict[str, Any]
+    charge: ratecard.Charge
     group: str | None
     spec: pricing.ChargeSpec
     counter_id: int | None

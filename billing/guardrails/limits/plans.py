@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.catalog.models import Meter
-from billing.catalog.schema import charge_spec
+from billing.catalog.ratecard import RateCard
 from billing.common import process_caches
 from billing.common.calendar import period_key
 from billing.guardrails import accounts as acc
@@ -44,7 +44,7 @@ class LimitTerms:
     customer_pk: int
     meter: Meter
     period: int
-    definition: dict[str, Any]
+    card: RateCard
     currency: str
     hard: Decimal | None
     cap: Decimal | None
@@ -90,14 +90,13 @@ class LimitTerms:
         found = self.charges.get(key)
         if found is None:
             found = []
-            matching = matching_charges(self.definition, event)
+            matching = matching_charges(self.card, event)
             for index, ((charge, group), counter_key) in enumerate(zip(matching, counter_keys(matching), strict=True)):
                 counter = None
-                if charge["model"] not in LINEAR:
+                if charge.model not in LINEAR:
                     counter = acc.counter_account(self.customer_pk, self.meter.pk, counter_key, self.period)
-                markup = charge.get("markup")
-                percent = Decimal(markup["percent"].get(group, markup.get("default") or "0")) if markup else None
-                spec = charge_spec(charge)
+                percent = charge.markup.percent_for(group) if charge.markup else None
+                spec = charge.spec
                 found.append(Charge(index, charge, group, spec, counter.id if counter else None, percent,
                                      counter=counter, fast=None if percent is not None else fast_terms(spec)))
             if len(self.charges) >= _CHARGES_MAX:  # kept across batches (_SHARED): bounded, whatever the dimensions
@@ -199,7 +198,7 @@ def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
     return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, list(values), terms_of)
 
 
-# LimitTerms of recent batches, reused by later ones: they depend only on the key (a version's definition is
+# LimitTerms of recent batches, reused by later ones: they depend only on the key (a version's rate card is
 # never edited; ids derive from stable keys) and keep their charges by dimensions, so a customer's next
 # batch neither derives ids nor parses charges again. Bounded: emptied when full.
 _SHARED: dict[tuple[Any, ...], tuple[LimitTerms | None, list[Account], list[Transfer]]] = process_caches.register(
@@ -217,7 +216,7 @@ def _shared_terms(event: EventUsage, sub: Sub, version: Version, period: int,
                   allocations: list[Transfer]) -> LimitTerms | None:
     """``_terms_of``, from _SHARED when a batch has worked it out before in this process."""
     prepaid = wallet_ids[(event.customer_pk, sub.currency)] in wallets
-    key = (event.customer_pk, event.meter.pk, period, version.pk, id(version.definition), sub.currency, prepaid)
+    key = (event.customer_pk, event.meter.pk, period, version.pk, id(version.card), sub.currency, prepaid)
     found = _SHARED.get(key)
     if found is None:
         needs: list[Account] = []
@@ -236,19 +235,18 @@ def _terms_of(event: EventUsage, sub: Sub, version: Version, period: int,
               allocations: list[Transfer]) -> LimitTerms | None:
     """The shared terms of the event's (customer, plan version, meter, period), or None when nothing limits
     it; the accounts and period allocations it needs are appended (in first-seen order)."""
-    definition = version.definition
+    card = version.card
     currency = sub.currency
     customer_pk, meter = event.customer_pk, event.meter
-    hard = next((Decimal(lim["hard"]) for lim in definition.get("limits", [])
-                 if lim["meter"] == meter.key and lim.get("hard") is not None), None)
-    cap = Decimal(definition["spend_cap"]) if definition.get("spend_cap") else None
+    hard = card.hard_limit(meter.key)
+    cap = card.spend_cap
     wallet_id = wallet_ids[(customer_pk, currency)]
     prepaid = wallet_id in wallets
     if hard is None and cap is None and not prepaid:
         return None
     priced = (cap is not None or prepaid) and meter.aggregation in ADDITIVE
     ids = acc.Ids(customer_pk)
-    shared = LimitTerms(customer_pk, meter, period, definition, currency, hard, cap, prepaid, priced,
+    shared = LimitTerms(customer_pk, meter, period, card, currency, hard, cap, prepaid, priced,
                         kind=LIMIT_KIND[meter.aggregation], wallet_id=wallet_id, unit_ledger=unit_ledger(meter.pk),
                         money_ledger=currency_ledger(currency))
     if hard is not None and shared.kind != EACH:

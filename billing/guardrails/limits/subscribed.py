@@ -10,8 +10,8 @@ from typing import Any
 
 from django.db import connection
 
+from billing.catalog import ratecard
 from billing.catalog.models import Plan, RateCardVersion, Subscription
-from billing.common import process_caches
 from billing.common.calendar import period_bounds
 from billing.common.fields import aware_utc
 from billing.customers.models import Customer
@@ -36,13 +36,7 @@ class Version:
     pk: int
     plan_id: int
     effective_from: datetime
-    definition: dict[str, Any]
-
-
-# Rate-card versions are never edited, so their parsed definitions are kept in process, keyed by id and
-# creation time (a test database that is rolled back may hand an id out again).
-_DEFINITIONS: dict[tuple[int, datetime], dict[str, Any]] = process_caches.register(
-    "billing.guardrails.limits.subscribed._DEFINITIONS", {})
+    card: ratecard.RateCard
 
 
 _PLAN_COLUMNS = 's.id, s.plan_id, s.start, s."end", p.currency, v.id, v.effective_from, v.created_at'
@@ -55,7 +49,7 @@ _PLAN_JOINS = (f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
 class SubscribedPlans:
     """Subscriptions and rate-card versions of a batch's customers, loaded once: one plain statement
     (every limited ingest batch asks: cheaper than the ORM's two querysets), or none when ingest read
-    them with its customers (``of_customers``); definitions from the process cache."""
+    them with its customers (``of_customers``); rate cards from the catalog's process cache."""
 
     def __init__(self, customer_pks: Iterable[int], rows: list[tuple[Any, ...]] | None = None) -> None:
         """``rows``: (customer, subscription, plan, start, end, currency, version, effective_from,
@@ -97,20 +91,26 @@ class SubscribedPlans:
         rows = sorted(((cid, sid, plan, aware_utc(start), aware_utc(end), cur, vid, aware_utc(eff), aware_utc(created))
                        for cid, sid, plan, start, end, cur, vid, eff, created in rows),
                       key=lambda row: (row[1], row[7]))  # subscription, then effective_from
-        missing = {vid for *_, vid, _eff, created in rows if (vid, created) not in _DEFINITIONS}
-        if missing:
-            for vid, created, definition in RateCardVersion.objects.filter(pk__in=missing).values_list(
-                    "pk", "created_at", "definition"):
-                _DEFINITIONS[(vid, created)] = definition
+        cards: dict[int, ratecard.RateCard] = {}
+        created_of: dict[int, datetime] = {}
+        for *_, vid, _eff, created in rows:
+            card = ratecard.cached(vid, created)
+            if card is None:
+                created_of[vid] = created
+            else:
+                cards[vid] = card
+        if created_of:
+            for vid, definition in RateCardVersion.objects.filter(pk__in=created_of).values_list("pk", "definition"):
+                cards[vid] = ratecard.of_version(vid, created_of[vid], definition)
         seen_subs: set[int] = set()
         seen_versions: set[int] = set()
-        for cid, sid, plan, start, end, cur, vid, eff, created in rows:
+        for cid, sid, plan, start, end, cur, vid, eff, _created in rows:
             if sid not in seen_subs:
                 seen_subs.add(sid)
                 self.subscriptions[cid].append(Sub(sid, cid, plan, start, end, cur))
             if vid not in seen_versions:
                 seen_versions.add(vid)
-                self.versions[plan].append(Version(vid, plan, eff, _DEFINITIONS[(vid, created)]))
+                self.versions[plan].append(Version(vid, plan, eff, cards[vid]))
         for versions in self.versions.values():
             versions.sort(key=lambda v: v.effective_from)
 

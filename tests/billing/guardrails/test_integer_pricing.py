@@ -8,6 +8,7 @@ from decimal import Decimal as D
 from hypothesis import given
 from hypothesis import strategies as st
 
+from billing.catalog import ratecard
 from billing.catalog.pricing import ChargeSpec, Tier
 from billing.guardrails import accounts as acc
 from billing.guardrails.limits import EventUsage
@@ -37,7 +38,7 @@ def test_integer_pricing_gives_the_decimal_paths_ledger_amount(charges, quantity
         counter = None if spec.model == "per_unit" else 100 + index
         if counter is not None:
             cumulative[counter] = acc.qty_units(befores[index])
-        built.append(Charge(index, {}, None, spec, counter, None, fast=fast_terms(spec)))
+        built.append(Charge(index, ratecard.Charge("m", spec.model, spec, {}), None, spec, counter, None, fast=fast_terms(spec)))
     event = EventUsage(key=0, customer_pk=1, event_id="e", meter=None, quantity=quantity,  # type: ignore[arg-type]
                        usage_at=None, dimensions={})  # type: ignore[arg-type]
 
@@ -66,7 +67,7 @@ def test_charges_kept_across_batches_stay_bounded_whatever_the_dimensions(monkey
     monkeypatch.setattr(plans, "_CHARGES_MAX", 3)
     meter = SimpleNamespace(pk=1, key="calls")
     definition = {"charges": [{"meter": "calls", "model": "per_unit", "unit_price": "0.5"}]}
-    terms = plans.LimitTerms(1, meter, 202612, definition, "USD", None, D(10), False, True)  # type: ignore[arg-type]
+    terms = plans.LimitTerms(1, meter, 202612, ratecard.parse(definition), "USD", None, D(10), False, True)  # type: ignore[arg-type]
 
     # when ten of them are priced
     for n in range(10):
@@ -92,7 +93,7 @@ def test_a_batchs_sums_and_expectations_are_the_same_inline_and_event_by_event(c
         counter = None if spec.model == "per_unit" else 100 + index
         if counter is not None:
             start[counter] = acc.qty_units(data.draw(befores))
-        built.append(Charge(index, {}, None, spec, counter, None, fast=fast_terms(spec)))
+        built.append(Charge(index, ratecard.Charge("m", spec.model, spec, {}), None, spec, counter, None, fast=fast_terms(spec)))
     lists = [[c] for c in built] + [built]
     shared = SimpleNamespace(priced=True, hard=D(1), cap=D(1), prepaid=True, quota_id=1, spend_id=2, wallet_id=3,
                              unit_ledger=7, money_ledger=8, period=1)

@@ -537,7 +537,7 @@ def test_a_batch_priced_in_a_tier_another_request_left_is_priced_again(acme, deb
     # given a graduated price (10 units at 1.00, then 0.10) under a spend cap, and a batch of five units
     # priced at 1.00 each on an unlocked read of the usage counter at 0
     from billing.catalog import pricing
-    from billing.catalog.schema import charge_spec
+    from billing.catalog.ratecard import charge_of
     from ledger.codes import TransferCode
     from ledger.models import LedgerTransfer
 
@@ -552,6 +552,6 @@ def test_a_batch_priced_in_a_tier_another_request_left_is_priced_again(acme, deb
     # card says 14 units cost
     assert runs == [1] and [r.status for r in results] == ["accepted"] * 5
     spent = sum(t.amount for t in LedgerTransfer.objects.filter(code=TransferCode.USAGE_SPEND))
-    spec = charge_spec({"model": "graduated", "tiers": [{"up_to": "10", "unit_price": "1"},
-                                                        {"up_to": None, "unit_price": "0.1"}]})
+    spec = charge_of({"meter": "llm_tokens", "model": "graduated", "tiers": [{"up_to": "10", "unit_price": "1"},
+                                                                          {"up_to": None, "unit_price": "0.1"}]}).spec
     assert spent == int(pricing.price(Decimal(14), spec).amount.scaleb(12))

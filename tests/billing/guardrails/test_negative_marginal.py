@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from billing.catalog import pricing
 from billing.catalog.models import Plan
 from billing.catalog.money import LEDGER_SCALE
-from billing.catalog.schema import charge_spec
+from billing.catalog.ratecard import charge_of
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
 from billing.common.calendar import period_bounds, period_key
@@ -79,7 +79,7 @@ def _expected(specs: list[dict[str, Any]], quantities: list[D]) -> int:
     units = 0
     for spec in specs:
         if spec["model"] != "per_unit":
-            units += _ceil(pricing.price(sum(quantities, D(0)), charge_spec({**spec, "meter": "m"})).amount)
+            units += _ceil(pricing.price(sum(quantities, D(0)), charge_of({**spec, "meter": "m"}).spec).amount)
     for quantity in quantities:  # per-unit charges: an event's cost of them, rounded up per event
         total = sum((quantity * price for price in linear), D(0))
         units += _ceil(total)
@@ -239,11 +239,12 @@ def test_seed_demo_runs_clean() -> None:
 
 def test_the_rounding_rule_telescopes() -> None:
     # ceil(F(after)) - ceil(F(before)) per event adds up to ceil(F(period)) whatever the steps
-    spec = charge_spec({"meter": "m", "model": "volume", "tiers": [
+    terms = charge_of({"meter": "m", "model": "volume", "tiers": [
         {"up_to": "10", "unit_price": "0.0000000000003"}, {"up_to": None, "unit_price": "0.0000000000001"}]})
+    spec = terms.spec
     from billing.guardrails.limits.charges import Charge, fast_terms
 
-    charge = Charge(0, {}, None, spec, 1, None, fast=fast_terms(spec))
+    charge = Charge(0, terms, None, spec, 1, None, fast=fast_terms(spec))
     before, total = 0, 0
     for step in (D("3.3"), D("4"), D("3"), D("0.7"), D(20)):
         total += charge.ledger_units(before, step)
