@@ -47,6 +47,10 @@ app.conf.beat_schedule = {
     # and corrections of earlier hours. Every 10 minutes keeps Stripe's meters at most ~12 minutes behind
     # a closed hour, far inside Stripe's 35-day window, and each run sends only the hours that changed.
     "payments-meter-usage": {"task": "payments.meter_usage_report", "schedule": 600.0},
+    # Outbound webhooks: a failed delivery backs off on its own (30 s doubling to 6 h, with jitter,
+    # next_attempt_at); the sweep queues what is due, and re-queues a task lost with the broker or a dead
+    # worker. Every 30 s keeps the first retries close to their schedule and costs one indexed query.
+    "webhooks-sweep": {"task": "notify.sweep", "schedule": 30.0},
     # Proves that beat and a worker are alive end to end (readyz shows the last beat); once a
     # minute is frequent enough for an operator's probe and costs one row update.
     "ops-heartbeat": {

@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "billing.guardrails",
     "billing.invoicing",
     "billing.payments",
+    "billing.notify",
     "ledger",
 ]
 
@@ -230,6 +231,10 @@ if os.environ.get("EMAIL_URL"):
     globals().update(email_settings_from_url(os.environ["EMAIL_URL"]))
 # Absolute links in emails (the alert email's dashboard link) start with this.
 TOLLGATE_BASE_URL = os.environ.get("TOLLGATE_BASE_URL", "http://127.0.0.1:8000")
+
+# Outbound webhooks (billing.notify): each POST waits this long at most; a delivery is retried this long
+TOLLGATE_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("TOLLGATE_WEBHOOK_TIMEOUT_SECONDS", "10"))
+TOLLGATE_WEBHOOK_RETRY_HOURS = float(os.environ.get("TOLLGATE_WEBHOOK_RETRY_HOURS", "72"))
 
 # --- Auth, i18n, static -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -22,6 +22,12 @@ from billing.invoicing.apis import (
     InvoicesApi,
     InvoiceVoidApi,
 )
+from billing.notify.apis import (
+    WebhookDeliveriesApi,
+    WebhookDeliveryResendApi,
+    WebhookEndpointDetailApi,
+    WebhookEndpointsApi,
+)
 from billing.payments.views import stripe_webhook
 from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi, ReservationSettleApi
 from portal.health import healthz, readyz
@@ -57,6 +63,11 @@ api = [
     path("invoices/<str:invoice_id>/mark_paid", InvoiceMarkPaidApi.as_view(), name="invoice-mark-paid"),
     path("invoices/<str:invoice_id>/mark_uncollectible", InvoiceMarkUncollectibleApi.as_view(),
          name="invoice-mark-uncollectible"),
+    path("webhook-endpoints", WebhookEndpointsApi.as_view(), name="webhook-endpoints"),
+    path("webhook-endpoints/<str:endpoint_id>", WebhookEndpointDetailApi.as_view(), name="webhook-endpoint"),
+    path("webhook-endpoints/<str:endpoint_id>/deliveries", WebhookDeliveriesApi.as_view(), name="webhook-deliveries"),
+    path("webhook-endpoints/<str:endpoint_id>/deliveries/<str:delivery_id>/resend", WebhookDeliveryResendApi.as_view(),
+         name="webhook-delivery-resend"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
 ]
 

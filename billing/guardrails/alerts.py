@@ -42,6 +42,7 @@ from billing.common.queue import task_named
 from billing.customers.models import Customer
 from billing.guardrails import selectors
 from billing.guardrails.models import Alert, AlertThreshold
+from billing.guardrails.signals import soft_limit_crossed
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +159,17 @@ def alerts_detect(*, customer: Customer, now: datetime) -> list[Alert]:
     start, end = period_bounds(now)
     crossed = [t for t in selectors.alert_thresholds_effective(customer=customer, now=now, figures=figures) if t.crossed]
     if crossed:
+        recorded = set(Alert.objects.filter(customer=customer, period_start=start).values_list("target", "percent"))
         Alert.objects.bulk_create([
             Alert(customer=customer, period_start=start, period_end=end, target=t.target, percent=t.percent,
                   limit=t.figure.limit, used=t.figure.used, unit=t.figure.unit, crossed_at=now)  # type: ignore[union-attr]
             for t in crossed
         ], ignore_conflicts=True)
+        new = [(t.target, t.percent) for t in crossed if (t.target, t.percent) not in recorded]
+        if new:
+            ids = [pk for pk, target, percent in Alert.objects.filter(customer=customer, period_start=start)
+                   .values_list("pk", "target", "percent") if (target, percent) in new]
+            transaction.on_commit(lambda: soft_limit_crossed.send(sender=Alert, alert_ids=ids))
     return list(Alert.objects.filter(customer=customer, period_end__gt=now - LATE_SEND_WINDOW, period_start__lte=now,
                                      state=Alert.State.PENDING).order_by("period_start", "target", "percent"))
 

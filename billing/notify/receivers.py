@@ -1,0 +1,64 @@
+"""The events, emitted from the other apps' signals (connected in apps.py; each is sent after commit).
+
+A receiver never lets a webhook problem reach the app that sent the signal: it logs it instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.dispatch import receiver
+
+from billing.common.fields import decimal_to_text
+from billing.guardrails.models import Alert
+from billing.guardrails.signals import soft_limit_crossed
+from billing.invoicing.models import Invoice
+from billing.invoicing.selectors import invoice_as_dict
+from billing.invoicing.signals import invoice_finalized, invoice_status_changed
+from billing.notify import event_types
+from billing.notify.services import event_emit
+
+log = logging.getLogger(__name__)
+
+INVOICE_STATUS_EVENTS: dict[str, str] = {Invoice.Status.PAID.value: event_types.INVOICE_PAID,
+                                         Invoice.Status.VOID.value: event_types.INVOICE_VOIDED}
+
+
+def _emit_invoice(type_: str, invoice_id: int) -> None:
+    try:
+        invoice = (Invoice.objects.select_related("customer", "plan").prefetch_related("lines")
+                   .filter(pk=invoice_id).first())
+        if invoice is not None:
+            event_emit(type=type_, key=f"{type_}:{invoice.pk}", data={"invoice": invoice_as_dict(invoice)})
+    except Exception:
+        log.exception("webhook event %s of invoice %s not emitted", type_, invoice_id)
+
+
+@receiver(invoice_finalized, dispatch_uid="notify.invoice_finalized")
+def on_invoice_finalized(sender: Any, invoice_id: int, **kwargs: Any) -> None:
+    _emit_invoice(event_types.INVOICE_FINALIZED, invoice_id)
+
+
+@receiver(invoice_status_changed, dispatch_uid="notify.invoice_status_changed")
+def on_invoice_status_changed(sender: Any, invoice_id: int, status: str, **kwargs: Any) -> None:
+    type_ = INVOICE_STATUS_EVENTS.get(status)
+    if type_ is not None:
+        _emit_invoice(type_, invoice_id)
+
+
+def alert_data(alert: Alert) -> dict[str, Any]:
+    return {"alert": {"customer": alert.customer.external_id, "target": alert.target,
+                      "percent": decimal_to_text(alert.percent), "limit": decimal_to_text(alert.limit),
+                      "used": decimal_to_text(alert.used), "unit": alert.unit, "crossed_at": alert.crossed_at,
+                      "period_start": alert.period_start, "period_end": alert.period_end}}
+
+
+@receiver(soft_limit_crossed, dispatch_uid="notify.soft_limit_crossed")
+def on_soft_limit_crossed(sender: Any, alert_ids: list[int], **kwargs: Any) -> None:
+    for alert in Alert.objects.select_related("customer").filter(pk__in=alert_ids).order_by("pk"):
+        try:
+            event_emit(type=event_types.ALERT_SOFT_LIMIT, key=f"{event_types.ALERT_SOFT_LIMIT}:{alert.pk}",
+                       data=alert_data(alert))
+        except Exception:
+            log.exception("webhook event alert.soft_limit of alert %s not emitted", alert.pk)

@@ -1,0 +1,36 @@
+"""Reads of the outbound webhooks (endpoints are operator-wide: no customer filter applies)."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from billing.common.errors import ApiError
+from billing.notify.models import WebhookDelivery, WebhookEndpoint
+
+
+def endpoints_list() -> QuerySet[WebhookEndpoint]:
+    return WebhookEndpoint.objects.filter(deleted_at__isnull=True).order_by("created_at", "pk")
+
+
+def endpoint_get(*, public_id: str) -> WebhookEndpoint:
+    endpoint = endpoints_list().filter(public_id=public_id).first()
+    if endpoint is None:
+        raise ApiError(404, "not_found", "No such webhook endpoint.")
+    return endpoint
+
+
+def deliveries_list(*, endpoint: WebhookEndpoint, state: str | None = None) -> QuerySet[WebhookDelivery]:
+    """Newest first."""
+    qs = endpoint.deliveries.select_related("event").order_by("-created_at", "-pk")
+    return qs.filter(state=state) if state else qs
+
+
+def delivery_get(*, endpoint: WebhookEndpoint, delivery_id: str) -> WebhookDelivery:
+    try:
+        pk = int(delivery_id)
+    except ValueError:
+        raise ApiError(404, "not_found", "No such delivery.") from None
+    delivery = endpoint.deliveries.select_related("event").filter(pk=pk).first()
+    if delivery is None:
+        raise ApiError(404, "not_found", "No such delivery.")
+    return delivery
