@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -135,12 +136,24 @@ def payload(event: WebhookEvent) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+_client: tuple[int, httpx.Client] | None = None
+
+
+def _http() -> httpx.Client:
+    """One client per process (building one loads the CA bundle, ~80 ms); a forked worker makes its own."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), httpx.Client(follow_redirects=False,
+                                             limits=httpx.Limits(max_keepalive_connections=20)))
+    return _client[1]
+
+
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str]:
     """(status, error). Redirects are never followed (a 3xx is a failure naming its Location); only the
     first bytes of an answer are read."""
     try:
-        with httpx.Client(timeout=_timeout(), follow_redirects=False) as client, \
-                client.stream("POST", url, content=body, headers=headers) as response:
+        with _http().stream("POST", url, content=body, headers=headers, timeout=_timeout(),
+                            follow_redirects=False) as response:
             if 200 <= response.status_code < 300:
                 return response.status_code, ""
             if response.is_redirect:
