@@ -1,12 +1,23 @@
-from django.contrib import admin
+"""Read-mostly admin: endpoints are created through the API (the secret is shown there, once)."""
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from billing.notify.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from billing.notify.services import delivery_resend
 
 
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
     list_display = ("public_id", "url", "active", "created_at", "deleted_at")
     exclude = ("secret",)
+    readonly_fields = ("public_id", "url", "events", "created_at", "deleted_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(WebhookEvent)
@@ -14,8 +25,27 @@ class WebhookEventAdmin(admin.ModelAdmin):
     list_display = ("public_id", "type", "key", "created")
     list_filter = ("type",)
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_display = ("event", "endpoint", "state", "attempts", "last_status", "next_attempt_at", "delivered_at")
     list_filter = ("state",)
+    actions = ["resend"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Send again (the same event id)")
+    def resend(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        for delivery in queryset.filter(endpoint__deleted_at__isnull=True):
+            delivery_resend(delivery=delivery)
+        messages.info(request, "Queued again; deliveries of deleted endpoints were left alone.")

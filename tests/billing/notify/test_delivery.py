@@ -234,3 +234,26 @@ def test_the_signature_helper_matches_the_documented_format():
     assert signing.verify(secret="whsec_s", header=header, body=body, now=1_780_000_100)
     assert not signing.verify(secret="whsec_s", header=header, body=body, now=1_780_001_000)  # too old
     assert not signing.verify(secret="whsec_s", header=header, body=body + b" ", now=1_780_000_100)
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_deliveries_hides_secrets_and_resends_on_request(admin, receiver, client, celery_eager,
+                                                                         django_capture_on_commit_callbacks):
+    from django.contrib.auth.models import User
+
+    endpoint = endpoint_for(admin, receiver)
+    event = emit(django_capture_on_commit_callbacks)
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw-123456"))
+    pk = WebhookEndpoint.objects.get().pk
+
+    pages = [client.get("/admin/notify/webhookendpoint/"), client.get(f"/admin/notify/webhookendpoint/{pk}/change/"),
+             client.get("/admin/notify/webhookdelivery/"), client.get("/admin/notify/webhookevent/")]
+    assert [p.status_code for p in pages] == [200] * 4
+    assert all(endpoint["secret"] not in p.content.decode() for p in pages)
+    assert client.get("/admin/notify/webhookendpoint/add/").status_code == 403  # created through the API only
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/admin/notify/webhookdelivery/",
+                    {"action": "resend", "_selected_action": list(WebhookDelivery.objects.values_list("pk", flat=True))})
+    assert [r.json["id"] for r in receiver.requests] == [event.public_id] * 2
+    assert WebhookDelivery.objects.get().attempts == 2
