@@ -5,24 +5,45 @@ alert check)."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from billing.catalog.services import catalog_import
 from billing.guardrails.alerts import alerts_check
 from billing.invoicing import services as invoicing
 from billing.invoicing.models import Invoice
 from billing.notify.models import WebhookDelivery, WebhookEvent
-from tests.billing.guardrails.test_alerts import subscribe as subscribe_limited
-from tests.billing.guardrails.test_alerts import use
-from tests.billing.invoicing.test_invoice_lifecycle import CATALOG, OCT, close, ev, send
-from tests.billing.invoicing.test_invoice_lifecycle import subscribe as subscribe_pro
+from billing.usage.rollups import rollup_until_current
+from tests import factories
 from tests.billing.notify.conftest import Receiver
 from tests.conftest import post_json
 
 INVOICE_TYPES = ["invoice.finalized", "invoice.paid", "invoice.voided"]
+UTC = timezone.utc
+OCT = datetime(2026, 10, 1, tzinfo=UTC)
+BASE_FEE = factories.catalog(factories.plan("pro", [{"meter": "llm_tokens", "model": "per_unit", "unit_price": "0.01"}],
+                                            base_fee="10.00", effective_from="2024-01-01T00:00:00Z"))
+
+
+def subscribe_pro(*customers: Any) -> None:
+    for n, customer in enumerate(customers):
+        factories.subscribe(customer, "pro", start=OCT, catalog_text=None if n else BASE_FEE)
+        factories.send(factories.event(f"e-{n}", "2026-10-10T00:00:00Z", "100", customer=customer.external_id),
+                       now=datetime(2026, 10, 12, tzinfo=UTC))
+
+
+def close(now: datetime) -> list[Invoice]:
+    """The beat's close-periods: October closes, then its invoices are finalized."""
+    invoicing.periods_close(now=now)
+    rollup_until_current(now=now + timedelta(days=1))
+    return invoicing.periods_finalize(now=now + timedelta(days=1))
+
+
+def use_tokens(customer: Any, quantity: str) -> None:
+    at = datetime.now(UTC) - timedelta(seconds=5)
+    factories.send(factories.event(f"e-{quantity}-{at.timestamp()}", at, quantity, customer=customer.external_id),
+                   now=at + timedelta(seconds=1))
 
 
 def endpoint(admin: Any, receiver: Receiver, events: list[str]) -> dict[str, Any]:
@@ -40,16 +61,12 @@ def received(receiver: Receiver) -> Counter[tuple[str, str]]:
 def test_invoice_finalized_paid_and_voided_are_each_delivered_once(admin, receiver, acme, globex, celery_eager,
                                                                     django_capture_on_commit_callbacks):
     endpoint(admin, receiver, INVOICE_TYPES)
-    catalog_import(text=CATALOG, actor="t")
-    for customer in (acme, globex):
-        subscribe_pro(customer, OCT)
-    send(ev("a", "2026-10-10T00:00:00Z"), ev("g", "2026-10-11T00:00:00Z", customer="globex"),
-         now=datetime(2026, 10, 12, tzinfo=timezone.utc))
-    at = datetime(2026, 11, 5, tzinfo=timezone.utc)
+    subscribe_pro(acme, globex)
+    at = datetime(2026, 11, 5, tzinfo=UTC)
 
     with django_capture_on_commit_callbacks(execute=True):
-        close(datetime(2026, 11, 1, 1, tzinfo=timezone.utc))
-        close(datetime(2026, 11, 1, 2, tzinfo=timezone.utc))  # finalizing again changes nothing
+        close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+        close(datetime(2026, 11, 1, 2, tzinfo=UTC))  # finalizing again changes nothing
     acme_invoice = Invoice.objects.get(customer=acme, kind="invoice")
     globex_invoice = Invoice.objects.get(customer=globex, kind="invoice")
     with django_capture_on_commit_callbacks(execute=True):
@@ -78,12 +95,13 @@ def test_a_soft_limit_crossing_is_delivered_once_as_alert_soft_limit(admin, rece
     other = Receiver()
     try:
         endpoint(admin, other, ["invoice.paid"])  # not subscribed: gets nothing
-        subscribe_limited(acme, hard="1000")
-        use("500")
+        factories.subscribe(acme, "metered", start=datetime(2026, 1, 1, tzinfo=UTC), now=datetime.now(UTC),
+                            catalog_text=factories.metered(hard="1000"))
+        use_tokens(acme, "500")
         with django_capture_on_commit_callbacks(execute=True):
             alerts_check(customer_pk=acme.pk)  # below 80%: nothing
         assert receiver.requests == []
-        use("350")
+        use_tokens(acme, "350")
         with django_capture_on_commit_callbacks(execute=True):
             for _ in range(3):
                 alerts_check(customer_pk=acme.pk)
@@ -112,11 +130,9 @@ def test_a_failing_webhook_never_fails_what_emitted_it(admin, receiver, acme, mo
         raise RuntimeError("database hiccup")
 
     monkeypatch.setattr("billing.notify.receivers.event_emit", broken)
-    catalog_import(text=CATALOG, actor="t")
-    subscribe_pro(acme, OCT)
-    send(ev("a", "2026-10-10T00:00:00Z"), now=datetime(2026, 10, 12, tzinfo=timezone.utc))
+    subscribe_pro(acme)
     with django_capture_on_commit_callbacks(execute=True):
-        [invoice] = close(datetime(2026, 11, 1, 1, tzinfo=timezone.utc))
-        invoicing.invoice_mark_paid(invoice=invoice, at=datetime(2026, 11, 5, tzinfo=timezone.utc))
+        [invoice] = close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+        invoicing.invoice_mark_paid(invoice=invoice, at=datetime(2026, 11, 5, tzinfo=UTC))
     assert Invoice.objects.get(pk=invoice.pk).status == "paid"
     assert receiver.requests == []
