@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.common.auth import principal_of
-from billing.common.errors import ApiError, validation_error
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.notify import selectors, services
 from billing.notify.event_types import EVENT_TYPES
 from billing.notify.models import WebhookDelivery, WebhookEndpoint
@@ -21,8 +21,8 @@ from billing.notify.models import WebhookDelivery, WebhookEndpoint
 def _operator_only(request: Request) -> None:
     """Endpoints receive every customer's events: a key restricted to one customer may not manage them."""
     if principal_of(request).customer_id is not None:
-        raise ApiError(403, "forbidden", "Webhook endpoints are the operator's: a key restricted to a customer "
-                                         "may not manage them.")
+        raise DomainError(CommonCode.FORBIDDEN,
+                          "Webhook endpoints are the operator's: a key restricted to a customer may not manage them.")
 
 
 def _endpoint_out(endpoint: WebhookEndpoint) -> dict[str, Any]:

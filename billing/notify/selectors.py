@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from billing.common.errors import ApiError
+from billing.common.errors import CommonCode, DomainError
 from billing.notify.models import WebhookDelivery, WebhookEndpoint
 
 
@@ -15,7 +15,7 @@ def endpoints_list() -> QuerySet[WebhookEndpoint]:
 def endpoint_get(*, public_id: str) -> WebhookEndpoint:
     endpoint = endpoints_list().filter(public_id=public_id).first()
     if endpoint is None:
-        raise ApiError(404, "not_found", "No such webhook endpoint.")
+        raise DomainError(CommonCode.NOT_FOUND, "No such webhook endpoint.")
     return endpoint
 
 
@@ -29,8 +29,8 @@ def delivery_get(*, endpoint: WebhookEndpoint, delivery_id: str) -> WebhookDeliv
     try:
         pk = int(delivery_id)
     except ValueError:
-        raise ApiError(404, "not_found", "No such delivery.") from None
+        raise DomainError(CommonCode.NOT_FOUND, "No such delivery.") from None
     delivery = endpoint.deliveries.select_related("event").filter(pk=pk).first()
     if delivery is None:
-        raise ApiError(404, "not_found", "No such delivery.")
+        raise DomainError(CommonCode.NOT_FOUND, "No such delivery.")
     return delivery

@@ -27,6 +27,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from billing.common.errors import validation_error
+from billing.common.queue import task_named
 from billing.notify import signing
 from billing.notify.event_types import EVENT_TYPES
 from billing.notify.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -117,11 +118,10 @@ def event_emit(*, type: str, key: str, data: Data, created: datetime | None = No
 
 def _enqueue(pks: Iterable[int]) -> None:
     """Queue one delivery task per row; a broker failure is logged: the sweep queues the row again."""
-    from billing.notify.tasks import webhook_deliver_task
-
+    task = task_named("notify.deliver")
     for pk in pks:
         try:
-            webhook_deliver_task.delay(pk)
+            task.delay(pk)
         except Exception:
             log.warning("could not queue webhook delivery %s; the sweep will", pk, exc_info=True)
 
