@@ -8,12 +8,14 @@ import hashlib
 import hmac
 import itertools
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.notify import services, tasks
@@ -257,3 +259,40 @@ def test_the_admin_lists_deliveries_hides_secrets_and_resends_on_request(admin, 
                     {"action": "resend", "_selected_action": list(WebhookDelivery.objects.values_list("pk", flat=True))})
     assert [r.json["id"] for r in receiver.requests] == [event.public_id] * 2
     assert WebhookDelivery.objects.get().attempts == 2
+
+
+def test_the_beat_sweeps_deliveries_with_tasks_the_worker_knows():
+    from portal.celery import app
+
+    app.loader.import_default_modules()
+    assert app.conf.beat_schedule["webhooks-sweep"] == {"task": "notify.sweep", "schedule": 30.0}
+    assert {"notify.sweep", "notify.deliver"} <= set(app.tasks)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_workers_and_sweeps_on_postgresql_post_each_event_once(admin, receiver):
+    endpoint_for(admin, receiver)
+    receiver.script = [Answer(200, delay=0.3)]  # a slow receiver: the others try while the first is sending
+    services.event_emit(type="invoice.paid", key="invoice.paid:1", data={})
+    delivery = WebhookDelivery.objects.get()
+    threads = 12
+    barrier = threading.Barrier(threads)
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(3):
+                if n % 2:
+                    tasks.webhook_deliver_task(delivery.pk)  # redelivered tasks (acks_late)
+                else:
+                    services.delivery_attempt(delivery_pk=delivery.pk)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(worker, range(threads)))
+
+    assert len(receiver.requests) == 1
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("delivered", 1)
