@@ -1,5 +1,5 @@
-"""The ledger's tables in the admin: inspected, never edited (only the backend writes them). The ledger
-knows nothing of billing, so it has its own read-only admin rather than billing's."""
+"""The ledger's tables in the admin: inspected, never edited (only the backend writes them). The read-only
+admin lives here, at the bottom layer; billing.common.admin re-exports it for the apps."""
 
 from __future__ import annotations
 
