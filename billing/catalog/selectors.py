@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Count, Prefetch, Q, QuerySet
 
 from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
+from billing.common.errors import CommonCode, DomainError
 
 
 def meter_list() -> QuerySet[Meter]:
@@ -19,6 +20,13 @@ def meter_keys() -> set[str]:
 
 def audit_entries() -> QuerySet[AuditEntry]:
     return AuditEntry.objects.order_by("-at", "-id")
+
+
+def plan_get(*, key: str) -> Plan:
+    plan = Plan.objects.filter(key=key).first()
+    if plan is None:
+        raise DomainError(CommonCode.NOT_FOUND, f"No plan '{key}'.")
+    return plan
 
 
 def plan_list() -> QuerySet[Plan]:

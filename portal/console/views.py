@@ -12,7 +12,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
@@ -23,13 +23,13 @@ from billing.catalog.selectors import (
     audit_entries,
     meter_keys,
     meter_list,
+    plan_get,
     plan_summaries,
     plan_versions,
     version_in_effect,
 )
 from billing.catalog.services import plan_version_publish
-from billing.invoicing.models import Invoice
-from billing.invoicing.selectors import draft_comparison
+from billing.invoicing.selectors import draft_comparison, invoice_get
 from billing.payments.selectors import invoice_sync_list, sync_summary
 from billing.payments.services import stripe_invoice_sync_retry
 from portal.console.forms import add_tier, definition_from_form, remove_tier
@@ -55,7 +55,7 @@ def console_index(request: HttpRequest) -> HttpResponse:
 
 @staff_required
 def plan_detail(request: HttpRequest, key: str) -> HttpResponse:
-    plan = get_object_or_404(Plan, key=key)
+    plan = plan_get(key=key)
     current = version_in_effect(plan=plan, at=datetime.now(timezone.utc))
     return render(request, "console/plan.html", {"plan": plan, "versions": plan_versions(plan=plan), "current": current})
 
@@ -84,7 +84,7 @@ def _editor(request: HttpRequest, plan: Plan, definition: dict[str, Any], proble
 @staff_required
 def version_editor(request: HttpRequest, key: str) -> HttpResponse:
     """GET: a draft prefilled from the version in effect. POST: publish it with an effective date."""
-    plan = get_object_or_404(Plan, key=key)
+    plan = plan_get(key=key)
     if request.method != "POST":
         current = version_in_effect(plan=plan, at=datetime.now(timezone.utc)) or plan.versions.order_by("-number").first()
         definition = current.rate_card.as_definition() if current else {"base_fee": "0", "charges": [], "limits": []}
@@ -109,7 +109,7 @@ def version_editor(request: HttpRequest, key: str) -> HttpResponse:
 @staff_required
 def editor_tiers(request: HttpRequest, key: str) -> HttpResponse:
     """HTMX: add or remove a tier row; answers the form partial (no page reload)."""
-    plan = get_object_or_404(Plan, key=key)
+    plan = plan_get(key=key)
     definition = definition_from_form(request.POST)
     action = request.POST.get("tier_action", "")
     parts = action.split(":")
@@ -127,7 +127,7 @@ def editor_tiers(request: HttpRequest, key: str) -> HttpResponse:
 @staff_required
 def editor_validate(request: HttpRequest, key: str) -> HttpResponse:
     """HTMX: live validation of the draft; each problem named by its path."""
-    plan = get_object_or_404(Plan, key=key)
+    plan = plan_get(key=key)
     problems = _problems(plan, definition_from_form(request.POST))
     return render(request, "console/editor.html#problems", {"problems": problems})
 
@@ -136,7 +136,7 @@ def editor_validate(request: HttpRequest, key: str) -> HttpResponse:
 def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
     """HTMX: the current period priced for the ten largest subscribers, current version next to the draft
     (nothing is saved)."""
-    plan = get_object_or_404(Plan, key=key)
+    plan = plan_get(key=key)
     definition = definition_from_form(request.POST)
     problems = _problems(plan, definition)
     if problems:
@@ -169,7 +169,7 @@ def invoices(request: HttpRequest) -> HttpResponse:
 @staff_required
 @require_POST
 def invoice_stripe_retry(request: HttpRequest, invoice_id: int) -> HttpResponse:
-    invoice = get_object_or_404(Invoice, pk=invoice_id)
+    invoice = invoice_get(pk=invoice_id, principal=None)
     row = stripe_invoice_sync_retry(invoice=invoice)
     if row is None:
         messages.warning(request, f"Invoice {invoice} is not pushed to Stripe (a draft, a credit note or a metered plan).")

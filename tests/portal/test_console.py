@@ -170,3 +170,9 @@ def test_the_plan_list_reads_a_fixed_number_of_queries_whatever_the_number_of_pl
     assert queries() == one
     page = staff.get("/console/").content.decode()
     assert page.count("<td>1</td>") == 1 and page.count("<td>0</td>") == 4
+
+
+@pytest.mark.django_db
+def test_an_unknown_plan_or_invoice_is_a_404_page(staff):
+    assert staff.get("/console/plans/no-such-plan/").status_code == 404
+    assert staff.post("/console/invoices/999999/stripe-retry").status_code == 404
