@@ -58,6 +58,7 @@ STATUS: dict[ErrorCode, int] = {
     CustomersCode.UNKNOWN_PROJECT: 422,
     UsageCode.UNKNOWN_ORIGINAL: 422,
     UsageCode.ORIGINAL_NOT_BILLABLE: 422,
+    UsageCode.CORRECTION_EXCEEDS_ORIGINAL: 422,
     UsageCode.CORRECTION_NOT_SUPPORTED: 422,
     CatalogCode.UNKNOWN_PLAN: 422,
     CatalogCode.INVALID_CATALOG: 422,

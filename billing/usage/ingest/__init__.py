@@ -23,6 +23,7 @@ import msgspec
 from django.conf import settings
 from django.utils import timezone
 
+from billing.common import locks
 from billing.common.auth import Principal
 from billing.common.errors import DomainError
 from billing.usage.contract import CleanEvent, clean_event, decode_event
@@ -40,19 +41,24 @@ def events_ingest(
     now = now or timezone.now()
     results: list[IngestResult | None] = [None] * len(raw_events)
     cleaned = _parse(raw_events, now, results)
-    lookups = load_lookups(cleaned)
-    batch = _resolve_all(cleaned, principal, lookups, results)
-    if batch.late:
-        _answer_late(batch.late, results)
-    subscribed = {c.pk for c in lookups.customers.values() if c.subscribed}
-    limited = [r for r in batch.rows if r.customer_pk in subscribed]
-    if batch.rows or reservation is not None:
-        inserted, known, retried_refusals = debit.debit_and_store(batch.rows, limited, reservation, now, lookups.subscribed)
-        _answer(batch, inserted, known, retried_refusals, results)
-        if subscribed and batch.rows:  # soft-limit alerts: a check per customer, after commit (guardrails.alerts)
-            from billing.guardrails.alerts import alerts_check_soon
+    # Negative corrections are bounded by what their original has left: those of one original are read,
+    # checked and stored one request at a time (they are rare; other batches never wait).
+    with locks.one_at_a_time(f"tollgate-corrections:{e.customer}:{e.corrects}" for _, e in cleaned
+                             if e.corrects and e.quantity is not None and e.quantity < 0):
+        lookups = load_lookups(cleaned)
+        batch = _resolve_all(cleaned, principal, lookups, results)
+        if batch.late:
+            _answer_late(batch.late, results)
+        subscribed = {c.pk for c in lookups.customers.values() if c.subscribed}
+        limited = [r for r in batch.rows if r.customer_pk in subscribed]
+        if batch.rows or reservation is not None:
+            inserted, known, retried_refusals = debit.debit_and_store(batch.rows, limited, reservation, now,
+                                                                      lookups.subscribed)
+            _answer(batch, inserted, known, retried_refusals, results)
+    if subscribed and batch.rows:  # soft-limit alerts: a check per customer, after commit (guardrails.alerts)
+        from billing.guardrails.alerts import alerts_check_soon
 
-            alerts_check_soon(customer_pks={r.customer_pk for r in batch.rows if r.customer_pk in subscribed})
+        alerts_check_soon(customer_pks={r.customer_pk for r in batch.rows if r.customer_pk in subscribed})
     return [r for r in results if r is not None]
 
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-import threading
 import time
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +16,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from billing.common import locks
 from billing.common.errors import DomainError
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.limits import CODES, BatchDebit, Coverage, EventUsage, Refusal, SubscribedPlans
@@ -219,35 +217,10 @@ def _back_off(tries: int) -> None:
     time.sleep(min(_BACKOFF_CAP_SECONDS, 0.001 * 2 ** tries) * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
 
 
-_local_locks: dict[int, threading.Lock] = {}
-_local_guard = threading.Lock()
-
-
-@contextlib.contextmanager
-def _serialized(customer_pks: set[int]) -> Iterator[None]:
+def _serialized(customer_pks: set[int]) -> contextlib.AbstractContextManager[None]:
     """Book one customer's batches one at a time (a ledger outside the database, after tries that kept
-    meeting moved accounts): a session advisory lock per customer on PostgreSQL, held across the ledger
-    calls and the insert's own transaction; a lock per customer in this process otherwise (SQLite: one
-    process serves)."""
-    keys = sorted(customer_pks)
-    if connection.vendor == "postgresql":
-        ids = [zlib.crc32(f"tollgate-limits:{pk}".encode()) for pk in keys]
-        with connection.cursor() as cursor:
-            for lock_id in ids:
-                cursor.execute("SELECT pg_advisory_lock(%s)", [lock_id])
-        try:
-            yield
-        finally:
-            with connection.cursor() as cursor:
-                for lock_id in reversed(ids):
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
-        return
-    with _local_guard:
-        locks = [_local_locks.setdefault(pk, threading.Lock()) for pk in keys]
-    with contextlib.ExitStack() as stack:
-        for lock in locks:
-            stack.enter_context(lock)
-        yield
+    meeting moved accounts): held across the ledger calls and the insert's own transaction."""
+    return locks.one_at_a_time(f"tollgate-limits:{pk}" for pk in customer_pks)
 
 
 def fingerprint_of(keys: list[tuple[int, str, str]]) -> str:

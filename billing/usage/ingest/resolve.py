@@ -44,6 +44,10 @@ class Lookups:
     meters: dict[str, Meter] = field(default_factory=dict)
     projects: dict[tuple[int, str], int] = field(default_factory=dict)
     originals: dict[tuple[int, str], tuple[int, datetime, bool]] = field(default_factory=dict)  # meter, usage_at, billable
+    # an original's corrected quantity (itself and its billable corrections), lowered by this batch's
+    # negative corrections as they are resolved, and the ids of its stored corrections (a retry is no new one)
+    corrected: dict[tuple[int, str], Decimal] = field(default_factory=dict)
+    corrections: dict[tuple[int, str], set[str]] = field(default_factory=dict)
     closed_until: datetime = EPOCH  # usage before this instant belongs to a closed period
     subscribed: SubscribedPlans | None = None  # the customers' subscriptions and rate cards, read with them
 
@@ -81,11 +85,36 @@ def load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> Lookups:
             lookups.projects[(customer_pk, key)] = pk
     originals = {e.corrects for _, e in cleaned if e.corrects}
     if originals:
-        for customer_pk, event_id, meter_pk, usage_at, billable in UsageEvent.objects.filter(
+        for customer_pk, event_id, meter_pk, usage_at, billable, quantity in UsageEvent.objects.filter(
             event_id__in=originals, customer__external_id__in=customer_ids
-        ).values_list("customer_id", "event_id", "meter_id", "usage_at", "billable"):
+        ).values_list("customer_id", "event_id", "meter_id", "usage_at", "billable", "quantity"):
             lookups.originals[(customer_pk, event_id)] = (meter_pk, usage_at, billable)
+            lookups.corrected[(customer_pk, event_id)] = quantity
+        for customer_pk, event_id, corrects, quantity, billable in UsageEvent.objects.filter(
+            corrects__in=originals, customer__external_id__in=customer_ids
+        ).values_list("customer_id", "event_id", "corrects", "quantity", "billable"):
+            lookups.corrections.setdefault((customer_pk, corrects), set()).add(event_id)
+            if billable and (customer_pk, corrects) in lookups.corrected:
+                lookups.corrected[(customer_pk, corrects)] += quantity
     return lookups
+
+
+def _bounded(event: CleanEvent, quantity: Decimal, customer_pk: int, lookups: Lookups,
+             in_batch: dict[tuple[int, str], Row]) -> None:
+    """A negative correction may not take its original's corrected quantity below zero. A correction stored
+    before (a retry) is not checked again: it is a duplicate. Positive corrections of the batch do not
+    raise the bound until stored (one may yet be refused by a limit)."""
+    key = (customer_pk, event.corrects or "")
+    if quantity >= 0 or event.event_id in lookups.corrections.get(key, ()):
+        return
+    corrected = lookups.corrected.get(key)
+    if corrected is None:  # the original is earlier in this batch
+        corrected = in_batch[key].quantity
+    if corrected + quantity < 0:
+        raise DomainError(UsageCode.CORRECTION_EXCEEDS_ORIGINAL,
+                          f"This correction would take event '{event.corrects}' below zero: {corrected} is left to "
+                          "correct.", {"quantity": [f"At least -{corrected}."]})
+    lookups.corrected[key] = corrected + quantity
 
 
 def resolve_event(
@@ -139,6 +168,8 @@ def resolve_event(
             usage_at, reason = event.timestamp, "adjustment"
         else:
             late = True
+    if event.corrects is not None and not late:  # a late one is answered as such (period_closed)
+        _bounded(event, quantity, customer.pk, lookups, in_batch)
     return Row(
         index=index,
         event=event,

@@ -101,7 +101,8 @@ def test_timestamps_are_utc_iso(admin):
 
 
 def test_formula_cells_are_neutralised_but_numbers_stay_numeric(admin):
-    # given: hostile dimension values, and a correction that makes an hour's total negative
+    # given: hostile dimension values, and a correction that leaves an hour a fraction (corrections are
+    # bounded: an hour's total never goes below zero; negative numbers are csv_cell's own test below)
     send(
         ev("f1", "2026-11-10T08:00:00Z", "2", dimensions={"model": "=HYPERLINK(\"http://x\")"}),
         ev("f2", "2026-11-10T09:00:00Z", "1", dimensions={"model": "+1+cmd|' /C calc'!A0"}),
@@ -110,13 +111,13 @@ def test_formula_cells_are_neutralised_but_numbers_stay_numeric(admin):
         ev("f5", "2026-11-10T12:00:00Z", "1", dimensions={"model": "-2+3"}),
         ev("f6", "2026-11-10T13:00:00Z", "1", dimensions={"model": "-5"}),
     )
-    send(ev("fix", "2026-11-10T14:00:00Z", "-7", dimensions={"model": "=HYPERLINK(\"http://x\")"}, corrects="f1"))
+    send(ev("fix", "2026-11-10T14:00:00Z", "-1.5", dimensions={"model": "=HYPERLINK(\"http://x\")"}, corrects="f1"))
 
     rows = read_csv(admin.get("/api/v1/customers/acme-co/usage.csv", {**RANGE, "granularity": "hour", "group_by": "model"}))
 
     cells = {r[3]: r[4] for r in rows[1:]}
     assert cells == {
-        "'=HYPERLINK(\"http://x\")": "-5",  # the total stays a number, the text is defused
+        "'=HYPERLINK(\"http://x\")": "0.5",  # the total stays a number, the text is defused
         "'+1+cmd|' /C calc'!A0": "1",
         "'@SUM(A1)": "1",
         "'\tTAB": "1",
