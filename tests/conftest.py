@@ -162,3 +162,14 @@ def _books_balance(request: pytest.FixtureRequest) -> Any:
     accounts = list(LedgerAccount.objects.values_list("debits_posted", "credits_posted", "debits_pending", "credits_pending"))
     assert sum(a[0] for a in accounts) == sum(a[1] for a in accounts), "posted debits != posted credits"
     assert sum(a[2] for a in accounts) == sum(a[3] for a in accounts), "pending debits != pending credits"
+
+
+@pytest.fixture
+def celery_eager() -> Any:
+    """Tasks queued (after commit, or by a sweep) run inline, in this process: no worker needed."""
+    from portal.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before

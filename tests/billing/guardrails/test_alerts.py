@@ -423,19 +423,14 @@ def test_a_broker_outage_never_fails_the_ingest(acme, monkeypatch, django_captur
 
 
 @pytest.mark.django_db
-def test_end_to_end_events_through_the_api_to_the_email(acme_mail, ingest, django_capture_on_commit_callbacks):
-    from portal.celery import app
-
+def test_end_to_end_events_through_the_api_to_the_email(acme_mail, ingest, django_capture_on_commit_callbacks,
+                                                        celery_eager):
     subscribe(acme_mail, hard="1000")
     at = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
 
-    app.conf.task_always_eager = True  # the worker's job, run inline
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            ok = post_json(ingest, "/api/v1/events", {"event_id": "big", "customer": "acme-co", "meter": "llm_tokens",
-                                                      "quantity": "850", "timestamp": at})
-    finally:
-        app.conf.task_always_eager = False
+    with django_capture_on_commit_callbacks(execute=True):  # the worker's job, run inline
+        ok = post_json(ingest, "/api/v1/events", {"event_id": "big", "customer": "acme-co", "meter": "llm_tokens",
+                                                  "quantity": "850", "timestamp": at})
 
     assert ok.status_code == 201
     assert len(mail.outbox) == 1 and "80%" in mail.outbox[0].subject

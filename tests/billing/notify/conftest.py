@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from portal.celery import app as celery_app
-
 
 @dataclass
 class Received:
@@ -87,10 +85,3 @@ def receiver() -> Iterator[Receiver]:
     server.close()
 
 
-@pytest.fixture
-def celery_eager() -> Iterator[None]:
-    """Tasks queued (after commit, or by the sweep) run inline, in this process: no worker needed."""
-    before = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = before

@@ -12,7 +12,6 @@ import pytest
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice, InvoiceLine
 from billing.payments import gateway
-from portal.celery import app as celery_app
 from tests.billing.payments.stripe_doubles import LocalStripe, RecordingClient
 
 WEBHOOK_SECRET = "whsec_test_tollgate"
@@ -53,14 +52,6 @@ def stripe_on(settings: Any, localstripe: LocalStripe, stripe_http: RecordingCli
 def webhook_secret(settings: Any) -> str:
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
     return WEBHOOK_SECRET
-
-
-@pytest.fixture
-def celery_eager() -> Iterator[None]:
-    before = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = before
 
 
 _numbers = iter(range(1, 10**6))
