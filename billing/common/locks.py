@@ -1,6 +1,6 @@
 """Named locks across processes, for rare paths that must not interleave (a contended limited batch, the
 corrections of one event): a session advisory lock per name on PostgreSQL, held until released whatever the
-transactions in between; a lock per name in this process otherwise (SQLite: one process serves)."""
+transactions in between; a lock in this process otherwise (SQLite: one process serves; two names may share one)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from collections.abc import Iterable, Iterator
 
 from django.db import connection
 
-_local: dict[str, threading.Lock] = {}
-_guard = threading.Lock()
+_STRIPES = [threading.Lock() for _ in range(256)]  # in process: a fixed set, a name maps to one (bounded memory)
 
 
 def _lock_id(name: str) -> int:
@@ -39,9 +38,7 @@ def one_at_a_time(names: Iterable[str]) -> Iterator[None]:
                 for lock_id in reversed(ids):
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
         return
-    with _guard:
-        locks = [_local.setdefault(name, threading.Lock()) for name in keys]
     with contextlib.ExitStack() as stack:
-        for lock in locks:
-            stack.enter_context(lock)
+        for stripe in sorted({_lock_id(name) % len(_STRIPES) for name in keys}):
+            stack.enter_context(_STRIPES[stripe])
         yield
