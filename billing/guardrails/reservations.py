@@ -17,7 +17,6 @@ expiry:   TigerBeetle releases timed-out holds itself; for the SQL backend a Cel
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -32,11 +31,9 @@ from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.limits import BatchDebit, EventUsage
-from billing.guardrails.limits.batch import InFlight
 from billing.guardrails.limits.events import CREDITS, OPERATOR_OF, QUOTA, SPEND, TOTAL, refusal
 from billing.guardrails.models import Reservation
 from ledger.backends import get_ledger
-from ledger.backends.base import LedgerUnavailable
 from ledger.codes import AccountCode, TransferCode, unit_ledger
 from ledger.ids import derive
 from ledger.types import AMOUNT_MAX, Status, Transfer, TransferFlags
@@ -61,17 +58,14 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
     held instead. A limit on each event (max, latest) is checked here and holds nothing; nor does a limit
     on distinct values (unique_count: a value is counted when an event settles) or a cost below zero.
     A refusal (``DomainError``) when the estimate does not fit."""
+    if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
+        # the estimate counts no value (a value is counted when an event settles, and such a meter is not
+        # priced): the engine need not read one, nor wait for one being counted
+        dimensions = {k: v for k, v in dimensions.items() if k != meter.unique_by}
     estimate = EventUsage(key=0, customer_pk=customer.pk, event_id=reservation_id, meter=meter, quantity=quantity,
                           usage_at=now, dimensions=dimensions)
-    for _try in range(20):
-        debit = BatchDebit([estimate], lock=False)
-        try:
-            refused = debit.decide(skip=set())  # event by event: the legs of the one event
-            break
-        except InFlight:  # its unique_count value is being counted right now: decided once it is
-            time.sleep(0.005)
-    else:
-        raise LedgerUnavailable("a value of the estimate is being counted; retry")
+    debit = BatchDebit([estimate], lock=False)
+    refused = debit.decide(skip=set())  # event by event: the legs of the one event
     if refused:
         raise refused[0].as_error()
     holds: list[Hold] = []
