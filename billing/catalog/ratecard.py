@@ -104,13 +104,44 @@ class Limit:
 
 
 @dataclass(frozen=True, slots=True)
+class RunLimits:
+    """Circuit breakers of one agent run (events sharing ``trace.run_id``): its accepted billable events
+    (steps), their cost, and the time since its first event."""
+
+    max_steps: int | None = None
+    max_spend: Decimal | None = None
+    max_duration_seconds: int | None = None
+
+    def as_definition(self) -> dict[str, Any]:
+        return {"max_steps": self.max_steps, "max_spend": _text(self.max_spend),
+                "max_duration_seconds": self.max_duration_seconds}
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Spend-velocity anomaly detection: the spend of the last ``window_minutes`` against ``factor`` times
+    the customer's baseline rate, ignored below ``min_spend``; ``action`` alert or pause."""
+
+    window_minutes: int
+    factor: Decimal
+    min_spend: Decimal
+    action: str = "alert"
+
+    def as_definition(self) -> dict[str, Any]:
+        return {"window_minutes": self.window_minutes, "factor": decimal_to_text(self.factor),
+                "min_spend": decimal_to_text(self.min_spend), "action": self.action}
+
+
+@dataclass(frozen=True, slots=True)
 class RateCard:
-    """A rate-card version's terms: base fee, charges, limits and spend cap."""
+    """A rate-card version's terms: base fee, charges, limits and spend cap, run limits and anomaly settings."""
 
     base_fee: Decimal = ZERO
     charges: tuple[Charge, ...] = ()
     limits: tuple[Limit, ...] = ()
     spend_cap: Decimal | None = None
+    run_limits: RunLimits | None = None
+    anomaly: Anomaly | None = None
 
     def limit_of(self, meter: str) -> Limit | None:
         return next((limit for limit in self.limits if limit.meter == meter), None)
@@ -121,8 +152,14 @@ class RateCard:
 
     def as_definition(self) -> dict[str, Any]:
         """The canonical catalog-file shape (what ``schema.validate_plan`` stores)."""
-        return {"base_fee": decimal_to_text(self.base_fee), "charges": [c.as_definition() for c in self.charges],
-                "limits": [limit.as_definition() for limit in self.limits], "spend_cap": _text(self.spend_cap)}
+        out: dict[str, Any] = {
+            "base_fee": decimal_to_text(self.base_fee), "charges": [c.as_definition() for c in self.charges],
+            "limits": [limit.as_definition() for limit in self.limits], "spend_cap": _text(self.spend_cap)}
+        if self.run_limits is not None:  # written only when set: older definitions keep their shape
+            out["run_limits"] = self.run_limits.as_definition()
+        if self.anomaly is not None:
+            out["anomaly"] = self.anomaly.as_definition()
+        return out
 
 
 # --- from the stored definition ----------------------------------------------------------------------
@@ -169,12 +206,29 @@ def limit_of(raw: Mapping[str, Any]) -> Limit:
     return Limit(raw["meter"], _dec(raw.get("hard")), soft=_dec(soft))
 
 
+def run_limits_of(raw: Mapping[str, Any] | None) -> RunLimits | None:
+    if not raw:
+        return None
+    steps, seconds = raw.get("max_steps"), raw.get("max_duration_seconds")
+    return RunLimits(max_steps=None if steps is None else int(steps), max_spend=_dec(raw.get("max_spend")),
+                     max_duration_seconds=None if seconds is None else int(seconds))
+
+
+def anomaly_of(raw: Mapping[str, Any] | None) -> Anomaly | None:
+    if not raw:
+        return None
+    return Anomaly(window_minutes=int(raw["window_minutes"]), factor=Decimal(str(raw["factor"])),
+                   min_spend=Decimal(str(raw["min_spend"])), action=str(raw.get("action") or "alert"))
+
+
 def parse(definition: Mapping[str, Any]) -> RateCard:
     """A definition (as ``schema.validate_plan`` makes it) as a ``RateCard``."""
     return RateCard(base_fee=_dec(definition.get("base_fee")) or ZERO,
                     charges=tuple(charge_of(c) for c in definition.get("charges") or ()),
                     limits=tuple(limit_of(lim) for lim in definition.get("limits") or ()),
-                    spend_cap=_dec(definition.get("spend_cap")))
+                    spend_cap=_dec(definition.get("spend_cap")),
+                    run_limits=run_limits_of(definition.get("run_limits")),
+                    anomaly=anomaly_of(definition.get("anomaly")))
 
 
 # Versions are never edited: each one's card is parsed once per process, kept by id and creation time (a

@@ -74,6 +74,19 @@ class LimitIn(msgspec.Struct, forbid_unknown_fields=True):
     soft: Any = None  # a quantity, or a percentage of the hard limit such as "80%"
 
 
+class RunLimitsIn(msgspec.Struct, forbid_unknown_fields=True):
+    max_steps: int | None = None
+    max_spend: Decimal | None = None
+    max_duration_seconds: int | None = None
+
+
+class AnomalyIn(msgspec.Struct, forbid_unknown_fields=True):
+    window_minutes: int
+    factor: Decimal
+    min_spend: Decimal
+    action: str = "alert"
+
+
 class PlanIn(msgspec.Struct, forbid_unknown_fields=True):
     key: Key
     name: str
@@ -84,6 +97,8 @@ class PlanIn(msgspec.Struct, forbid_unknown_fields=True):
     charges: list[ChargeIn] = []
     limits: list[LimitIn] = []
     spend_cap: Decimal | None = None
+    run_limits: RunLimitsIn | None = None
+    anomaly: AnomalyIn | None = None
     version: int | None = None  # written by `catalog export` for the reader; ignored on import
 
 
@@ -291,12 +306,44 @@ def validate_plan(plan: PlanIn, path: str, meters: set[str], problems: list[tupl
         if limit.hard is None and limit.soft is None:
             problems.append((at, "needs a soft or a hard limit"))
         limits.append({"meter": limit.meter, "soft": soft, "hard": _dec(limit.hard)})
-    return {
+    definition: dict[str, Any] = {
         "base_fee": _dec(plan.base_fee),
         "charges": charges,
         "limits": limits,
         "spend_cap": _dec(plan.spend_cap),
     }
+    if plan.run_limits is not None:  # only when set: definitions without them keep their shape
+        definition["run_limits"] = validate_run_limits(plan.run_limits, f"{path}.run_limits", problems)
+    if plan.anomaly is not None:
+        definition["anomaly"] = validate_anomaly(plan.anomaly, f"{path}.anomaly", problems)
+    return definition
+
+
+def validate_run_limits(limits: RunLimitsIn, path: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """Circuit breakers of agent runs: each one optional, each positive; at least one."""
+    for name in ("max_steps", "max_duration_seconds"):
+        value = getattr(limits, name)
+        if value is not None and value <= 0:
+            problems.append((f"{path}.{name}", "must be a positive whole number"))
+    _check_amount(problems, f"{path}.max_spend", limits.max_spend, positive=True)
+    if limits.max_steps is None and limits.max_spend is None and limits.max_duration_seconds is None:
+        problems.append((path, "needs max_steps, max_spend or max_duration_seconds"))
+    return {"max_steps": limits.max_steps, "max_spend": _dec(limits.max_spend),
+            "max_duration_seconds": limits.max_duration_seconds}
+
+
+def validate_anomaly(anomaly: AnomalyIn, path: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """Spend-velocity anomaly settings: a window of 1 minute to 1 day, a factor above 1, a spend floor."""
+    if not 1 <= anomaly.window_minutes <= 1440:
+        problems.append((f"{path}.window_minutes", "must be between 1 and 1440"))
+    _check_amount(problems, f"{path}.factor", anomaly.factor, positive=True)
+    if anomaly.factor.is_finite() and anomaly.factor <= 1:
+        problems.append((f"{path}.factor", "must be greater than 1"))
+    _check_amount(problems, f"{path}.min_spend", anomaly.min_spend)
+    if anomaly.action not in ("alert", "pause"):
+        problems.append((f"{path}.action", "must be 'alert' or 'pause'"))
+    return {"window_minutes": anomaly.window_minutes, "factor": _dec(anomaly.factor),
+            "min_spend": _dec(anomaly.min_spend), "action": anomaly.action}
 
 
 def effective_from_utc(plan: PlanIn) -> datetime:

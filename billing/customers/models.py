@@ -17,6 +17,9 @@ class Customer(models.Model):
     name = models.CharField(max_length=200)
     email = models.EmailField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # bumped with every change of the customer's guardrails (pauses, runs stopped, budgets, overrides): ingest
+    # reads it with the customer and reloads its guard state only when it moved (billing.guardrails.guards)
+    guard_revision = models.PositiveBigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -10,4 +10,8 @@ class GuardrailsCode(ErrorCode):
     QUOTA_EXCEEDED = "quota_exceeded"
     SPEND_CAP_EXCEEDED = "spend_cap_exceeded"
     INSUFFICIENT_CREDITS = "insufficient_credits"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    CIRCUIT_OPEN = "circuit_open"
+    PAUSED = "paused"
     RESERVATION_CLOSED = "reservation_closed"
+    PAUSE_OPERATOR_ONLY = "pause_operator_only"

@@ -129,3 +129,101 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id} {self.period_start:%Y-%m} {self.target} {self.percent}% ({self.state})"
+
+
+class CustomerOverride(models.Model):
+    """A customer's own terms, replacing its plan's (contract: "Customer overrides"): hard and soft limits
+    per meter, the spend cap, run limits and anomaly settings. ``terms`` holds only what is overridden:
+    {"limits": [{"meter", "soft"?, "hard"}]?, "spend_cap"?: str|None, "run_limits"?: {...}, "anomaly"?: {...}}."""
+
+    customer = models.OneToOneField("customers.Customer", on_delete=models.CASCADE, related_name="override")
+    terms = models.JSONField(default=dict, blank=True)
+    revision = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"override of customer {self.customer_id} (r{self.revision})"
+
+
+class Pause(models.Model):
+    """A kill switch above the run: while active (``lifted_at`` empty) it refuses every event and reservation
+    of its customer, or of one of its projects, with ``402 paused``."""
+
+    class Scope(models.TextChoices):
+        CUSTOMER = "customer"
+        PROJECT = "project"
+
+    class Source(models.TextChoices):
+        OPERATOR = "operator"  # the API (admin key) or the console
+        CUSTOMER = "customer"  # a customer user from the dashboard
+        ANOMALY = "anomaly"  # an anomaly whose action is pause: lifted only by an operator
+
+    pause_id = models.CharField(max_length=40, unique=True)
+    customer = models.ForeignKey("customers.Customer", on_delete=models.CASCADE, related_name="pauses")
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    project = models.ForeignKey("customers.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=200)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.OPERATOR)
+    created_by = models.CharField(max_length=160, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.CharField(max_length=160, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["customer", "lifted_at"], name="pause_active_idx")]
+
+    def __str__(self) -> str:
+        return self.pause_id
+
+
+class Run(models.Model):
+    """An agent run (events carrying ``trace.run_id``) once something happened to it: tripped by a circuit
+    breaker, killed, released. A run never seen here is open; its counters live in the ledger."""
+
+    class State(models.TextChoices):
+        OPEN = "open"
+        TRIPPED = "tripped"
+        KILLED = "killed"
+
+    customer = models.ForeignKey("customers.Customer", on_delete=models.CASCADE, related_name="runs")
+    run_id = models.CharField(max_length=128)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    breaker = models.CharField(max_length=32, blank=True)  # max_steps | max_spend | max_duration_seconds | kill
+    started_at = models.DateTimeField(null=True, blank=True)  # the first event's timestamp (run duration)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["customer", "run_id"], name="run_unique_per_customer")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} ({self.state})"
+
+
+class Budget(models.Model):
+    """A spending ceiling below the customer (contract: "Budgets"): on a project, one dimension value (an
+    end user), an API key, or their combination; per month or per day; blocking or alert-only."""
+
+    class Period(models.TextChoices):
+        MONTH = "month"
+        DAY = "day"
+
+    class Action(models.TextChoices):
+        BLOCK = "block"
+        ALERT = "alert"
+
+    customer = models.ForeignKey("customers.Customer", on_delete=models.CASCADE, related_name="budgets")
+    budget_id = models.CharField(max_length=128)
+    scope = models.JSONField(default=dict)  # {"project"?: id, "dimension"?: {key: value}, "api_key"?: prefix}
+    amount = models.DecimalField(max_digits=38, decimal_places=12)
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    action = models.CharField(max_length=8, choices=Action.choices, default=Action.BLOCK)
+    soft_percent = models.DecimalField(max_digits=6, decimal_places=2, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["budget_id"]
+        constraints = [models.UniqueConstraint(fields=["customer", "budget_id"], name="budget_unique_per_customer")]
+
+    def __str__(self) -> str:
+        return self.budget_id

@@ -5,3 +5,15 @@ from django.dispatch import Signal
 # sender=Alert, alert_ids=list[int]: soft-limit alerts recorded for the first time (each once, whatever
 # the number of concurrent checks; a receiver keys on the id)
 soft_limit_crossed = Signal()
+
+# sender=Pause, pause_id=int (the row's pk): a pause was made
+customer_paused = Signal()
+
+# sender=Run, customer_id=int, run_id=str, breaker=str: a run's circuit breaker tripped
+circuit_tripped = Signal()
+
+# sender=Run, customer_id=int, run_id=str: a run was killed
+run_killed = Signal()
+
+# sender=Budget, budget_pk=int, period=str, used=Decimal: a budget crossed its soft threshold (once per period)
+budget_alert = Signal()

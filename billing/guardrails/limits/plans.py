@@ -216,7 +216,7 @@ def _shared_terms(event: EventUsage, sub: Sub, version: Version, period: int,
                   allocations: list[Transfer]) -> LimitTerms | None:
     """``_terms_of``, from _SHARED when a batch has worked it out before in this process."""
     prepaid = wallet_ids[(event.customer_pk, sub.currency)] in wallets
-    key = (event.customer_pk, event.meter.pk, period, version.pk, id(version.card), sub.currency, prepaid)
+    key = (event.customer_pk, event.meter.pk, period, version.key, sub.currency, prepaid)
     found = _SHARED.get(key)
     if found is None:
         needs: list[Account] = []

@@ -15,6 +15,7 @@ from billing.catalog.models import Plan, RateCardVersion, Subscription
 from billing.common.calendar import period_bounds
 from billing.common.fields import aware_utc
 from billing.customers.models import Customer
+from billing.guardrails.guards import Override, overrides_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class Version:
     plan_id: int
     effective_from: datetime
     card: ratecard.RateCard
+    key: tuple[Any, ...] = ()  # what the card's terms depend on: the version, and the customer's override
 
 
 _PLAN_COLUMNS = 's.id, s.plan_id, s.start, s."end", p.currency, v.id, v.effective_from, v.created_at'
@@ -51,12 +53,15 @@ class SubscribedPlans:
     (every limited ingest batch asks: cheaper than the ORM's two querysets), or none when ingest read
     them with its customers (``of_customers``); rate cards from the catalog's process cache."""
 
-    def __init__(self, customer_pks: Iterable[int], rows: list[tuple[Any, ...]] | None = None) -> None:
+    def __init__(self, customer_pks: Iterable[int], rows: list[tuple[Any, ...]] | None = None,
+                 overrides: dict[int, Override] | None = None) -> None:
         """``rows``: (customer, subscription, plan, start, end, currency, version, effective_from,
-        created_at) as ``of_customers`` read them; read here when not given."""
+        created_at) as ``of_customers`` read them; read here when not given. ``overrides``: the customers'
+        overrides of their plans' terms (ingest has them from the guard state), read here when not given."""
         self.subscriptions: dict[int, list[Sub]] = defaultdict(list)
         self.versions: dict[int, list[Version]] = defaultdict(list)
         pks = sorted(set(customer_pks))
+        self.overrides = overrides if overrides is not None else (overrides_of(pks) if pks else {})
         if rows is None and pks:
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -66,26 +71,26 @@ class SubscribedPlans:
         self._load(rows or [])
 
     @classmethod
-    def of_customers(cls, external_ids: Iterable[str]) -> tuple[dict[str, tuple[int, bool]], SubscribedPlans]:
-        """The customers by external id, each as (pk, has any subscription), and the subscribed plans of all
-        of them,
-        in one statement (ingest's first read of every batch)."""
+    def of_customers(cls, external_ids: Iterable[str]) -> tuple[dict[str, tuple[int, bool, int]], SubscribedPlans]:
+        """The customers by external id, each as (pk, has any subscription, guard revision), and the
+        subscribed plans of all of them, in one statement (ingest's first read of every batch). The plans'
+        ``overrides`` are the caller's to set (from the customers' guard states)."""
         ids = sorted(set(external_ids))
         if not ids:
-            return {}, cls([])
-        customers: dict[str, tuple[int, bool]] = {}
+            return {}, cls([], overrides={})
+        customers: dict[str, tuple[int, bool, int]] = {}
         rows: list[tuple[Any, ...]] = []
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT c.id, c.external_id, EXISTS (SELECT 1 FROM {Subscription._meta.db_table} x "  # noqa: S608
-                f"WHERE x.customer_id = c.id), {_PLAN_COLUMNS} FROM {Customer._meta.db_table} c "
+                f"WHERE x.customer_id = c.id), c.guard_revision, {_PLAN_COLUMNS} FROM {Customer._meta.db_table} c "
                 f"LEFT JOIN ({Subscription._meta.db_table} s {_PLAN_JOINS}) ON s.customer_id = c.id "
                 f"WHERE c.external_id IN ({', '.join(['%s'] * len(ids))})", ids)
-            for pk, external_id, subscribed, *plan in cursor.fetchall():
-                customers[external_id] = (pk, bool(subscribed))
+            for pk, external_id, subscribed, revision, *plan in cursor.fetchall():
+                customers[external_id] = (pk, bool(subscribed), revision)
                 if plan[0] is not None:
                     rows.append((pk, *plan))
-        return customers, cls([pk for pk, _ in customers.values()], rows)
+        return customers, cls([pk for pk, _, _ in customers.values()], rows, overrides={})
 
     def _load(self, rows: list[tuple[Any, ...]]) -> None:
         rows = sorted(((cid, sid, plan, aware_utc(start), aware_utc(end), cur, vid, aware_utc(eff), aware_utc(created))
@@ -104,13 +109,13 @@ class SubscribedPlans:
                 cards[vid] = ratecard.of_version(vid, created_of[vid], definition)
         seen_subs: set[int] = set()
         seen_versions: set[int] = set()
-        for cid, sid, plan, start, end, cur, vid, eff, _created in rows:
+        for cid, sid, plan, start, end, cur, vid, eff, created in rows:
             if sid not in seen_subs:
                 seen_subs.add(sid)
                 self.subscriptions[cid].append(Sub(sid, cid, plan, start, end, cur))
             if vid not in seen_versions:
                 seen_versions.add(vid)
-                self.versions[plan].append(Version(vid, plan, eff, cards[vid]))
+                self.versions[plan].append(Version(vid, plan, eff, cards[vid], (vid, created)))
         for versions in self.versions.values():
             versions.sort(key=lambda v: v.effective_from)
 
@@ -123,7 +128,13 @@ class SubscribedPlans:
         for candidate in self.versions.get(sub.plan_id, ()):
             if candidate.effective_from <= moment:
                 version = candidate
-        return (sub, version) if version is not None else None
+        if version is None:
+            return None
+        override = self.overrides.get(customer_pk)
+        if override is not None:  # the customer's own terms in place of the plan's
+            version = Version(version.pk, version.plan_id, version.effective_from, override.apply(version.card),
+                              (*version.key, "override", override.revision))
+        return sub, version
 
     def span(self, customer_pk: int, moment: datetime) -> tuple[Sub, Version, datetime, datetime] | None:
         """``at``, with the half-open stretch [lo, hi) around ``moment`` in which the answer and the limits'

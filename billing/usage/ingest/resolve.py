@@ -36,6 +36,7 @@ closed_until_source: Callable[[], datetime] = _nothing_closed
 class Cust:
     pk: int
     subscribed: bool  # has any subscription: only then can a plan limit apply
+    guard_revision: int = 0  # its guard state's revision (billing.guardrails.guards): 0 when it never had one
 
 
 @dataclass
@@ -75,7 +76,8 @@ def load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> Lookups:
     # One round trip for the customers, whether each has a subscription (only then can a limit apply),
     # and the subscribed plans the limits are read from (the ingest hot path).
     customers, lookups.subscribed = SubscribedPlans.of_customers(customer_ids)
-    lookups.customers = {external_id: Cust(pk, subscribed) for external_id, (pk, subscribed) in customers.items()}
+    lookups.customers = {external_id: Cust(pk, subscribed, revision)
+                         for external_id, (pk, subscribed, revision) in customers.items()}
     lookups.meters = meters_cached({e.meter for _, e in cleaned})
     project_keys = {e.project for _, e in cleaned if e.project}
     if project_keys:
