@@ -31,3 +31,9 @@ def period_key(at: datetime) -> int:
     """The period holding ``at`` as an integer (202611): part of its ledger account ids and ``user_data_32``."""
     at = at.astimezone(timezone.utc)
     return period_code(at.year, at.month)
+
+
+def day_key(at: datetime) -> int:
+    """The UTC day holding ``at`` as an integer (20261207): a daily budget's period in its ledger account."""
+    at = at.astimezone(timezone.utc)
+    return at.year * 10000 + at.month * 100 + at.day

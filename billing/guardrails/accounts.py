@@ -3,6 +3,7 @@ ids, and creating them (idempotently) with their period allocations."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -13,7 +14,7 @@ from django.db import transaction
 from billing.catalog.money import LEDGER_SCALE
 from billing.common import process_caches
 from ledger.backends import get_ledger
-from ledger.codes import AccountCode, TransferCode, currency_ledger, unit_ledger
+from ledger.codes import RUN_LEDGER, AccountCode, TransferCode, currency_ledger, unit_ledger
 from ledger.ids import derive, namespace
 from ledger.types import Account, AccountFlags, Status, Transfer
 
@@ -63,6 +64,15 @@ class Ids:
         """One value of a unique_count meter's dimension in a period: counted at most once."""
         return derive("unique-value", self.customer_pk, meter_pk, period, value)
 
+    def run_steps(self, run_id: str) -> int:
+        return derive("run-steps", self.customer_pk, run_id)
+
+    def run_spend(self, currency: str, run_id: str) -> int:
+        return derive("run-spend", self.customer_pk, currency, run_id)
+
+    def budget(self, budget_pk: int, period: int) -> int:
+        return derive("budget", self.customer_pk, budget_pk, period)
+
     def consumed(self, currency: str, period: int) -> int:
         """The period's credits-consumed account: the other side of every credits leg of its usage."""
         return derive("credits-consumed", self.customer_pk, currency, period)
@@ -106,6 +116,48 @@ def consumed_account(customer_pk: int, currency: str, period: int) -> Account:
     deducts. Unbounded: a credit-back is never refused."""
     return Account(id=Ids(customer_pk).consumed(currency, period), ledger=currency_ledger(currency),
                    code=AccountCode.CREDITS_CONSUMED, user_data_128=customer_pk, user_data_32=period)
+
+
+# What an account that only counts is allocated (a run without that breaker, an alert-only budget): every
+# such account is bounded all the same, so that a breaker set or a budget made blocking later only changes
+# its allocation (``follow``), never its flags.
+UNLIMITED = 2 ** 100
+
+
+def run_steps_account(customer_pk: int, run_id: str) -> Account:
+    """One agent run's steps: debited one unit per accepted event, allocated max_steps (or ``UNLIMITED``)."""
+    return Account(id=Ids(customer_pk).run_steps(run_id), ledger=RUN_LEDGER, code=AccountCode.RUN_STEPS,
+                   flags=BOUNDED, user_data_128=customer_pk)
+
+
+def run_spend_account(customer_pk: int, currency: str, run_id: str) -> Account:
+    return Account(id=Ids(customer_pk).run_spend(currency, run_id), ledger=currency_ledger(currency),
+                   code=AccountCode.RUN_SPEND, flags=BOUNDED, user_data_128=customer_pk)
+
+
+def budget_account(customer_pk: int, budget_pk: int, currency: str, period: int) -> Account:
+    """One budget's spend in one of its periods (a month 202612, or a day 20261207), allocated its amount
+    when it blocks (``UNLIMITED`` when it only alerts)."""
+    return Account(id=Ids(customer_pk).budget(budget_pk, period), ledger=currency_ledger(currency),
+                   code=AccountCode.BUDGET, flags=BOUNDED, user_data_128=customer_pk, user_data_64=budget_pk,
+                   user_data_32=period)
+
+
+def _allocation(kind: str, account: Account, operator: AccountCode, code: TransferCode, amount: int) -> Transfer:
+    return Transfer(id=derive(kind, account.id), debit_account_id=operator_account(operator, account.ledger).id,
+                    credit_account_id=account.id, amount=amount, ledger=account.ledger, code=code,
+                    user_data_128=account.user_data_128, user_data_64=account.user_data_64,
+                    user_data_32=account.user_data_32)
+
+
+def run_allocation(account: Account, amount: int) -> Transfer:
+    """A run's max_steps (in steps) or max_spend (money units) on its account."""
+    return _allocation("run-allocation", account, AccountCode.OPERATOR_RUNS, TransferCode.RUN_ALLOCATION, amount)
+
+
+def budget_allocation(account: Account, amount: int) -> Transfer:
+    return _allocation("budget-allocation", account, AccountCode.OPERATOR_BUDGETS, TransferCode.BUDGET_ALLOCATION,
+                       amount)
 
 
 def unique_account(customer_pk: int, meter_pk: int, period: int, value: str) -> Account:
@@ -160,7 +212,13 @@ def remember_wallets(ids: set[int]) -> None:
 
 
 def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
-    """Create accounts and their allocations if missing; a no-op (EXISTS) when they are there."""
+    """Create accounts and their allocations if missing (a no-op when they are there), and bring each
+    allocation to its amount (``follow``: the terms in force)."""
+    _create(accounts, allocations)
+    follow(allocations)
+
+
+def _create(accounts: list[Account], allocations: list[Transfer]) -> None:
     unique = [a for a in {a.id: a for a in accounts}.values() if a not in KNOWN_ACCOUNTS]
     if unique:
         statuses = get_ledger().create_accounts(unique)
@@ -177,11 +235,66 @@ def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
         statuses = get_ledger().create_transfers(unique_t)
         bad_t = [(t.id, s) for t, s in zip(unique_t, statuses, strict=True) if not s.ok]
         if bad_t:
-            # a limit changed within a period keeps the first allocation (docs/ledger.md)
+            # a limit changed within a period: the first allocation stays, ``follow`` adjusts it
             bad_t = [(i, s) for i, s in bad_t if s is not Status.EXISTS_WITH_DIFFERENT_AMOUNT]
         if bad_t:
             raise RuntimeError(f"ledger refused allocations: {bad_t}")
         _remember(KNOWN_ALLOCATIONS, unique_t)
+        created = [t for t, s in zip(unique_t, statuses, strict=True) if s is Status.CREATED and t.code in REDUCTION_OF]
+        transaction.on_commit(lambda: FOLLOWED.update({t.credit_account_id: t.amount for t in created}))
+
+
+# Allocations follow the terms in force (contract: "Limits apply at once"): what this process last brought
+# each bounded account's allocation to. An account whose terms say another amount is brought there by
+# ``follow``; other processes notice the same way (the terms are read with every batch).
+FOLLOWED: dict[int, int] = process_caches.register("billing.guardrails.accounts.FOLLOWED", {})
+REDUCTION_OF = {int(TransferCode.QUOTA_ALLOCATION): int(TransferCode.QUOTA_REDUCTION),
+                int(TransferCode.SPEND_CAP_ALLOCATION): int(TransferCode.SPEND_CAP_REDUCTION),
+                int(TransferCode.RUN_ALLOCATION): int(TransferCode.RUN_REDUCTION),
+                int(TransferCode.BUDGET_ALLOCATION): int(TransferCode.BUDGET_REDUCTION)}
+_FOLLOW_TRIES = 8
+
+
+def allocated_net(account_id: int, code: int) -> tuple[int, int]:
+    """The account's allocation now: what allocations (``code``) credited it less what reductions took
+    back, and how many of both it has had (the next adjustment's sequence number)."""
+    ledger = get_ledger()
+    ups = ledger.account_transfers(account_id, 8189, code=code)
+    downs = ledger.account_transfers(account_id, 8189, code=REDUCTION_OF[code])
+    net = sum(t.amount for t in ups if t.credit_account_id == account_id)
+    net -= sum(t.amount for t in downs if t.debit_account_id == account_id)
+    return net, len(ups) + len(downs)
+
+
+def follow(allocations: list[Transfer]) -> None:
+    """Bring each allocation's account to the allocation's amount, the terms in force: an upgrade credits
+    the difference, a downgrade takes it back, as much as the account still has (below what is used
+    already it is left with nothing: the next event is refused). Adjustments are transfers whose id
+    derives from the account and its count of allocations so far: concurrent followers of one change
+    write the same one once."""
+    todo = [t for t in {t.credit_account_id: t for t in allocations if t.code in REDUCTION_OF}.values()
+            if FOLLOWED.get(t.credit_account_id) != t.amount]
+    ledger = get_ledger()
+    for wanted in todo:
+        account_id = wanted.credit_account_id
+        for _ in range(_FOLLOW_TRIES):
+            net, seq = allocated_net(account_id, wanted.code)
+            if net == wanted.amount:
+                break
+            adjust_id = derive("allocation-adjust", account_id, seq)
+            if wanted.amount > net:
+                adjust = dataclasses.replace(wanted, id=adjust_id, amount=wanted.amount - net)
+            else:
+                account = ledger.lookup_accounts([account_id])[account_id]
+                room = account.credits_posted - account.debits_posted - account.debits_pending
+                amount = min(net - wanted.amount, room)
+                if amount <= 0:  # used beyond the new terms already: nothing left to take back
+                    break
+                adjust = dataclasses.replace(wanted, id=adjust_id, amount=amount, debit_account_id=account_id,
+                                             credit_account_id=wanted.debit_account_id,
+                                             code=REDUCTION_OF[wanted.code])
+            ledger.create_transfers([adjust])  # refused or another's: read again and decide again
+        transaction.on_commit(functools.partial(FOLLOWED.__setitem__, account_id, wanted.amount))
 
 
 def _remember(known: set[Any], seen: list[Any]) -> None:

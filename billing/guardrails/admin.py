@@ -9,7 +9,7 @@ from django.http import HttpRequest
 
 from billing.common.errors import DomainError
 from billing.guardrails.alerts import alert_threshold_validate
-from billing.guardrails.models import Alert, AlertThreshold, CreditGrant, Reservation
+from billing.guardrails.models import Alert, AlertThreshold, Budget, CreditGrant, CustomerOverride, Pause, Reservation, Run
 
 
 @admin.register(CreditGrant)
@@ -80,3 +80,44 @@ class AlertAdmin(admin.ModelAdmin):
     def send_again(self, request: HttpRequest, queryset: Any) -> None:
         count = queryset.filter(state=Alert.State.UNKNOWN).update(state=Alert.State.PENDING)
         self.message_user(request, f"{count} alert(s) will be sent by the next check (within 5 minutes).")
+
+
+class ReadOnlyGuard(admin.ModelAdmin):
+    """Overrides, pauses, runs and budgets are written through the API and the console, which bump the customer's
+    guard revision so ingest rereads them at once; an edit here would not, so they are read-only."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CustomerOverride)
+class CustomerOverrideAdmin(ReadOnlyGuard):
+    list_display = ("customer", "revision", "updated_at")
+    search_fields = ("customer__external_id",)
+
+
+@admin.register(Pause)
+class PauseAdmin(ReadOnlyGuard):
+    list_display = ("pause_id", "customer", "scope", "project", "source", "reason", "created_at", "lifted_at")
+    list_filter = ("source", "scope")
+    search_fields = ("customer__external_id", "pause_id")
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyGuard):
+    list_display = ("run_id", "customer", "state", "breaker", "started_at", "changed_at")
+    list_filter = ("state",)
+    search_fields = ("customer__external_id", "run_id")
+
+
+@admin.register(Budget)
+class BudgetAdmin(ReadOnlyGuard):
+    list_display = ("budget_id", "customer", "amount", "period", "action", "soft_percent", "created_at")
+    list_filter = ("action", "period")
+    search_fields = ("customer__external_id", "budget_id")

@@ -18,7 +18,9 @@ from django.db.models import F
 
 from billing.catalog.ratecard import Limit, RateCard, anomaly_of, limit_of, run_limits_of
 from billing.common import process_caches
+from billing.common.errors import DomainError
 from billing.customers.models import Customer
+from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.models import Budget, CustomerOverride, Pause, Run
 
 
@@ -114,8 +116,15 @@ def guard_states(revisions: dict[int, int]) -> dict[int, GuardState]:
 
 def current_state(customer_pk: int) -> GuardState:
     """The state at the customer's current revision (outside ingest, which reads the revision itself)."""
-    revision = Customer.objects.filter(pk=customer_pk).values_list("guard_revision", flat=True).first() or 0
-    return guard_state(customer_pk, revision)
+    return current_states([customer_pk]).get(customer_pk, NONE)
+
+
+def current_states(customer_pks: Iterable[int]) -> dict[int, GuardState]:
+    """``current_state`` of several customers (one statement for their revisions)."""
+    pks = sorted(set(customer_pks))
+    if not pks:
+        return {}
+    return guard_states(dict(Customer.objects.filter(pk__in=pks).values_list("pk", "guard_revision")))
 
 
 def _load(customer_pk: int, revision: int) -> GuardState:
@@ -151,7 +160,19 @@ def bump(customer_pks: Iterable[int]) -> None:
         Customer.objects.filter(pk__in=pks).update(guard_revision=F("guard_revision") + 1)
 
 
-def overrides_of(customer_pks: Iterable[int]) -> dict[int, Override]:
-    """The overrides of customers, for readers outside ingest (one statement)."""
-    return {pk: Override.of(revision, terms or {}) for pk, revision, terms in CustomerOverride.objects.filter(
-        customer_id__in=set(customer_pks)).values_list("customer_id", "revision", "terms")}
+
+
+def refusal_of(state: GuardState, project_pk: int | None, run_id: str) -> DomainError | None:
+    """The 402 a pause or a stopped run answers an event (or a reservation) with, if one covers it: a
+    pause wins over a run's breaker (docs/guardrails.md, "Order of checks")."""
+    if state.paused is not None:
+        return DomainError(GuardrailsCode.PAUSED, f"The customer is paused: {state.paused}.")
+    if project_pk is not None and project_pk in state.paused_projects:
+        return DomainError(GuardrailsCode.PAUSED, f"The project is paused: {state.paused_projects[project_pk]}.")
+    stopped = state.stopped_runs.get(run_id) if run_id else None
+    if stopped is not None:
+        run_state, breaker = stopped
+        why = "was killed" if run_state == Run.State.KILLED else f"tripped its {breaker} breaker"
+        return DomainError(GuardrailsCode.CIRCUIT_OPEN, f"Run '{run_id}' {why}; release it to go on.",
+                           extra={"run_id": run_id, "state": run_state, "breaker": breaker})
+    return None

@@ -15,8 +15,10 @@ from billing.common.calendar import period_key
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
+from billing.guardrails import guards
 from billing.guardrails.models import Alert, AlertThreshold, CreditGrant
 from ledger.backends import get_ledger
+from ledger.codes import TransferCode
 
 
 def _q(units: int) -> str:
@@ -38,7 +40,7 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
     if subscription:
         currencies.add(subscription.plan.currency)
     period = period_key(now)
-    card = version.rate_card if version else RateCard()
+    card = card_in_effect(customer_pk=customer.pk, card=version.rate_card) if version else RateCard()
     meters = {m.key: m for m in Meter.objects.filter(key__in=[limit.meter for limit in card.limits])}
     cap = card.spend_cap if subscription else None
     wanted = [ids.wallet(c) for c in currencies if c in MINOR_UNITS]
@@ -59,8 +61,10 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
             continue
         hard = limit.hard
         account = found.get(ids.quota(meter.pk, period))
-        # used = the allocation less what the account still holds (refunds of refused settlements credit it back)
-        used = max(acc.qty_units(hard) - account.balance, 0) if account else 0
+        # used = the allocation less what the account still holds (refunds of refused settlements credit it
+        # back); the allocation follows the terms, but not below what was used when they were lowered
+        allocated = acc.allocated_net(account.id, TransferCode.QUOTA_ALLOCATION)[0] if account else 0
+        used = max(allocated - account.balance, 0) if account else 0
         reserved = account.debits_pending if account else 0
         soft_abs = limit.soft_limit
         remaining = max(hard - acc.units_to_qty(used + reserved), Decimal(0))
@@ -80,14 +84,15 @@ def customer_balance(*, customer: Customer, now: datetime) -> dict[str, Any]:
 
 def _net_spent(account: Any, customer_pk: int, currency: str, period: int, cap: Decimal) -> int:
     """The period's spend on its spend-cap account, net of credit-backs (events whose marginal cost is
-    negative credit it back): its debits less every credit but the period's allocation. The allocation is
-    the cap's, unless the cap changed mid-period (the first allocation stays): then it is read."""
-    allocated = acc.money_units_ceil(cap)
-    if account.credits_posted != allocated:
-        allocation = acc.spend_allocation(customer_pk, currency, period, cap)
-        stored = get_ledger().lookup_transfers([allocation.id]).get(allocation.id)
-        allocated = stored.amount if stored is not None else 0
-    return max(account.debits_posted - (account.credits_posted - allocated), 0)
+    negative credit it back): what its allocation (which follows the cap) has less what it holds."""
+    allocated = acc.allocated_net(account.id, TransferCode.SPEND_CAP_ALLOCATION)[0]
+    return max(allocated - account.balance, 0)
+
+
+def card_in_effect(*, customer_pk: int, card: RateCard) -> RateCard:
+    """The plan's card with the customer's override applied (the terms its limits are enforced with)."""
+    override = guards.current_state(customer_pk).override
+    return override.apply(card) if override is not None else card
 
 
 # --- Soft-limit alerts --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from billing.guardrails.selectors import (
     EffectiveThreshold,
     alert_thresholds_effective,
     alerts_list,
+    card_in_effect,
     customer_balance,
     limit_figures,
 )
@@ -105,7 +106,8 @@ def glance(*, customer: Customer, now: datetime, estimate: Estimate | None) -> G
             usage_aggregate(customer=customer, start=start, end=end, granularity="month")}
     subscription = subscription_at(customer=customer, at=now)
     version = version_in_effect(plan=subscription.plan, at=now) if subscription else None
-    limits = {limit.meter: limit for limit in (version.rate_card.limits if version else ())}
+    card = card_in_effect(customer_pk=customer.pk, card=version.rate_card) if version else None
+    limits = {limit.meter: limit for limit in (card.limits if card else ())}
     meters = []
     for meter in Meter.objects.filter(key__in=set(used) | set(limits)).order_by("key"):
         limit = limits.get(meter.key)

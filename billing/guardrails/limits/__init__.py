@@ -7,8 +7,8 @@ read, booked as one transfer per account and batch with what it assumed stated t
 
 from billing.guardrails.limits.batch import BatchDebit
 from billing.guardrails.limits.charges import counter_keys, matching_charges
-from billing.guardrails.limits.events import CODES, MESSAGES, Coverage, EventUsage, Refusal
+from billing.guardrails.limits.events import CODES, MESSAGES, REFUSAL_CODES, Coverage, EventUsage, Refusal
 from billing.guardrails.limits.subscribed import SubscribedPlans
 
-__all__ = ["CODES", "MESSAGES", "BatchDebit", "Coverage", "EventUsage", "Refusal", "SubscribedPlans", "counter_keys",
-           "matching_charges"]
+__all__ = ["CODES", "MESSAGES", "REFUSAL_CODES", "BatchDebit", "Coverage", "EventUsage", "Refusal", "SubscribedPlans",
+           "counter_keys", "matching_charges"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Container, Iterable
 from typing import Any
@@ -111,9 +112,14 @@ class BatchDebit:
         self.counted = {i for i in prepared.values if i in locked and locked[i].debits_posted}
         self.in_flight = {i for i in prepared.values if i in locked and i not in self.counted
                           and locked[i].debits_pending}
+        # runs past their max_duration_seconds (from their steps account's creation: the run's first event)
+        now_ns = time.time_ns()
+        self.expired = {g.name for event, _, _ in prepared.plans for g in event.guards
+                        if g.seconds and g.account_id in locked
+                        and now_ns - locked[g.account_id].timestamp > g.seconds * 1_000_000_000}
         # the batch's sums are for totals only: a reservation's coverage, or a limit on each event or on
         # distinct values, is decided event by event
-        self.summable = all(e.coverage is None for e in events) and all(
+        self.summable = not self.expired and all(e.coverage is None for e in events) and all(
             shared.hard is None or shared.kind == TOTAL for shared, _ in prepared.terms.values())
 
     def decide(self, skip: set[Any] | None = None) -> dict[Any, Refusal]:
@@ -157,6 +163,7 @@ class BatchDebit:
         # Then the price is the tier's and the expectation only tightens the tier's upper end: kept per
         # counter (``highs``) and applied once when the counter leaves the run, not per event. Anything
         # else goes through priced_units, which gives the same amounts (a hypothesis test compares them).
+        guarded: dict[int, list[Any]] = {}  # run or budget account -> [its sums key, [amount, first event, shared]]
         runs: dict[int, tuple[int, int | None, int]] = {}  # counter -> the tier (lower, upper, price) of its run
         highs: dict[int, int] = {}  # counter -> the run's bound on its value at start, not yet applied
         scale = QTY_SCALE
@@ -206,10 +213,14 @@ class BatchDebit:
             total[0] += qty
             if shared.priced:
                 total[1] += cost
+            if event.guards:
+                _add_guards(guarded, event, shared, cost)
         if expect is not None:
             for counter_id, high in highs.items():
                 narrow(expect, counter_id, expect[counter_id][0], high)
-        return _legs(counted, totals)
+        sums = _legs(counted, totals)
+        sums.update((key, entry) for key, entry in guarded.values())
+        return sums
 
     def _one_by_one(self, skip: set[Any]) -> dict[Any, Refusal]:
         assert self.prepared is not None
@@ -221,7 +232,19 @@ class BatchDebit:
             qty, cost_units, counters = priced_units(event, charges, cumulative)
             if not shared.priced:
                 cost_units = 0
-            legs: list[tuple[str, int, int, int]] = []  # (leg, account, amount, code)
+            # (leg, account, amount, code, ledger, period, name): the run's and the budgets' first, then the
+            # limits' (the narrowest scope answers first: docs/guardrails.md)
+            legs: list[tuple[str, int, int, int, int, int, str]] = []
+            over = next((g for g in event.guards if g.seconds and g.name in self.expired), None)
+            if over is not None:
+                refused[event.key] = ("run_duration", None, 0, "", over.name)
+                continue
+            for g in event.guards:
+                amount = 1 if g.per_step else cost_units
+                if g.code and amount:
+                    legs.append((g.leg, g.account_id, amount, g.code, g.ledger, g.period, g.name))
+            unit_ledger, money_ledger, period, meter_key = (shared.unit_ledger, shared.money_ledger, shared.period,
+                                                            event.meter.key)
             value_id = None
             if shared.hard is not None:
                 if shared.kind == EACH:
@@ -235,31 +258,30 @@ class BatchDebit:
                         event.covered_quantity = event.coverage.take_quantity(event.quantity)
                         quota -= acc.qty_units(event.covered_quantity)
                     if quota:
-                        legs.append(("quota", shared.quota_id, quota, QUOTA))
+                        legs.append(("quota", shared.quota_id, quota, QUOTA, unit_ledger, period, meter_key))
                 else:
                     value = shared.unique_value(event)
                     value_id = shared.unique_id(value) if value is not None else None
                     if value_id in self.in_flight:
                         raise InFlight(f"a value of meter {event.meter.key} is being counted")
                     if value_id is not None and value_id not in counted:
-                        legs.append(("quota", shared.quota_id, acc.ONE, QUOTA))
+                        legs.append(("quota", shared.quota_id, acc.ONE, QUOTA, unit_ledger, period, meter_key))
                     else:
                         value_id = None  # counted before: passes
             if shared.cap is not None and cost_units:
-                legs.append(("spend", shared.spend_id, cost_units, SPEND))
+                legs.append(("spend", shared.spend_id, cost_units, SPEND, money_ledger, period, meter_key))
             if shared.prepaid and cost_units:
-                legs.append(("credits", shared.wallet_id, cost_units, CREDITS))
+                legs.append(("credits", shared.wallet_id, cost_units, CREDITS, money_ledger, period, meter_key))
             # a negative cost (a credit-back) always fits: only what an event takes can be refused
             short = next((leg for leg in legs if leg[2] > 0 and available[leg[1]] < leg[2]), None)
             if short is not None:
                 unit = event.meter.unit if short[0] == "quota" else shared.currency
-                refused[event.key] = (short[0], short[1], 0, unit, event.meter.key)
+                refused[event.key] = (short[0], short[1], 0, unit, short[6])
                 continue
             moves = []  # (account, code, ledger, meter, period, amount, terms)
-            for _leg, account_id, amount, code in legs:
+            for _leg, account_id, amount, code, ledger_id, leg_period, _name in legs:
                 available[account_id] -= amount
-                ledger_id = shared.money_ledger if code in (SPEND, CREDITS) else shared.unit_ledger
-                moves.append((account_id, code, ledger_id, event.meter.pk, shared.period, amount, shared))
+                moves.append((account_id, code, ledger_id, event.meter.pk, leg_period, amount, shared))
             if value_id is not None:
                 counted.add(value_id)
                 moves.append((value_id, UNIQUE, shared.unit_ledger, event.meter.pk, shared.period, acc.ONE, shared))
@@ -325,3 +347,15 @@ class BatchDebit:
             expect = ({i: (low, high) for i, (low, high) in self.expect.items() if i in moved} if self.sums is not None
                       else {i: (value, value) for i, value in self.start.items() if i in moved})
         return transfers, expect
+
+
+def _add_guards(guarded: dict[int, list[Any]], event: EventUsage, shared: Any, cost: int) -> None:
+    """Adds an event's run and budget amounts to the batch's sums: one step, or its cost."""
+    for g in event.guards:
+        amount = 1 if g.per_step else cost
+        if g.code and amount:
+            entry = guarded.get(g.account_id)
+            if entry is None:
+                entry = guarded[g.account_id] = [(g.account_id, g.code, g.ledger, event.meter.pk, g.period),
+                                                 [0, event, shared]]
+            entry[1][0] += amount

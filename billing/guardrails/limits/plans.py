@@ -3,34 +3,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from billing.catalog.models import Meter
-from billing.catalog.ratecard import RateCard
+from billing.catalog.ratecard import RateCard, RunLimits
 from billing.common import process_caches
-from billing.common.calendar import period_key
+from billing.common.calendar import day_key, period_key
 from billing.guardrails import accounts as acc
+from billing.guardrails.guards import BudgetTerms
 from billing.guardrails.limits.charges import Charge, counter_keys, fast_terms, matching_charges
 from billing.guardrails.limits.events import (
     ADDITIVE,
+    BUDGET,
     COUNTER,
     EACH,
     LIMIT_KIND,
     LINEAR,
     OPERATOR_OF,
     QUOTA,
+    RUN_SPEND,
+    RUN_STEPS,
     SPEND,
     TOTAL,
     UNIQUE_VALUES,
     EventUsage,
+    Guard,
 )
 from billing.guardrails.limits.subscribed import Sub, SubscribedPlans, Version
 from ledger.backends import get_ledger
-from ledger.codes import AccountCode, currency_ledger, unit_ledger
+from ledger.codes import RUN_LEDGER, AccountCode, currency_ledger, unit_ledger
 from ledger.ids import deriver
 from ledger.types import Account, Transfer
 
@@ -117,11 +122,13 @@ class Prepared:
     # the distinct terms of the plans, each with whether one of its events' charges has a usage counter
     # (a batch's events mostly share one: the accounts are worked out per terms, not per event)
     terms: dict[int, tuple[LimitTerms, bool]] = field(default_factory=dict)
+    guarded: set[int] = field(default_factory=set)  # the run and budget accounts the events take from, and their operators
 
     def bounded(self) -> set[int]:
-        """The balance-bounded accounts the events debit: quotas, spend caps, credit wallets."""
+        """The balance-bounded accounts the events debit: quotas, spend caps, credit wallets, runs, budgets."""
         return {i for shared, _ in self.terms.values()
-                for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i}
+                for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i} | {
+                    g.account_id for event, _, _ in self.plans for g in event.guards if g.code}
 
     def locks(self) -> set[int]:
         """The accounts a batch debit reads (and, deciding under locks, holds): bounded ones, usage counters,
@@ -129,7 +136,7 @@ class Prepared:
         ascending order before it books, so that it never waits for an operator account while holding the
         customer's, which a concurrent booking (ascending order too) may hold the other way round."""
         operators = {i for shared, counted in self.terms.values() for i in shared.operator_ids(counted)}
-        return self.bounded() | set(self.counters) | operators | set(self.values)
+        return self.bounded() | set(self.counters) | operators | set(self.values) | self.guarded
 
 
 def _wallets_in_ledger(ids: list[int]) -> set[int]:
@@ -167,7 +174,8 @@ def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
 
     accounts: list[Account] = []
     allocations: list[Transfer] = []
-    by_key = {key: _shared_terms(event, sub, version, period, wallet_ids, existing, accounts, allocations)
+    budgeted = subscribed.budgets
+    by_key = {key: _shared_terms(event, sub, version, period, wallet_ids, existing, accounts, allocations, budgeted)
               for key, (event, sub, version, period) in firsts.items()}
     plans: list[tuple[EventUsage, LimitTerms, list[Charge]]] = []
     lists: dict[int, list[Charge]] = {}  # the distinct charge lists of the batch, for their counters
@@ -185,6 +193,7 @@ def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
             plans.append((event, shared, charges))
     counters_needed = {c.counter.id: c.counter for charges in lists.values() for c in charges if c.counter}
     values: dict[int, None] = {}
+    guarded = _guards(plans, subscribed, accounts, allocations) if plans else set()
     if plans:
         for counter in counters_needed.values():
             accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
@@ -195,7 +204,81 @@ def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
                 accounts.append(acc.unique_account(shared.customer_pk, shared.meter.pk, shared.period, value))
                 allocations.append(acc.unique_allocation(shared.customer_pk, shared.meter.pk, shared.period, value))
         acc.ensure(accounts, allocations)
-    return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, list(values), terms_of)
+    return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, list(values), terms_of,
+                    guarded)
+
+
+def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed: SubscribedPlans,
+            accounts: list[Account], allocations: list[Transfer]) -> set[int]:
+    """Set each event's ``guards``: its run's steps and spend (when the terms have run limits), and the
+    budgets covering it; append their accounts and allocations. Worked out once per (customer, run) and
+    per (customer, what a budget can look at), not per event. Returns the accounts, with their operators."""
+    by_run: dict[tuple[int, str, str], tuple[Guard, ...]] = {}
+    by_scope: dict[tuple[Any, ...], tuple[Guard, ...]] = {}
+    touched: set[int] = set()
+    for event, shared, _charges in plans:
+        guards: tuple[Guard, ...] = ()
+        limits = shared.card.run_limits
+        if limits is not None and event.run_id:
+            key = (event.customer_pk, event.run_id, shared.currency)
+            found = by_run.get(key)
+            if found is None:
+                found = by_run[key] = _run_guards(shared, event.run_id, limits, accounts, allocations)
+            guards = found
+        budgets = subscribed.budgets.get(event.customer_pk)
+        if budgets and shared.priced:
+            day = day_key(event.usage_at)
+            scope = (event.customer_pk, event.project_pk, event.api_key_pk, tuple(event.dimensions.items()),
+                     shared.currency, shared.period, day)
+            found = by_scope.get(scope)
+            if found is None:
+                found = by_scope[scope] = _budget_guards(shared, budgets, event, day, accounts, allocations)
+            guards += found
+        if guards:
+            event.guards = guards
+            touched.update(g.account_id for g in guards)
+    if touched:
+        touched |= {acc.operator_account(OPERATOR_OF[g.code], g.ledger).id
+                    for found in (*by_run.values(), *by_scope.values()) for g in found if g.code}
+    return touched
+
+
+def _run_guards(shared: LimitTerms, run_id: str, limits: RunLimits, accounts: list[Account],
+                allocations: list[Transfer]) -> tuple[Guard, ...]:
+    customer_pk = shared.customer_pk
+    steps = acc.run_steps_account(customer_pk, run_id)
+    accounts += [steps, acc.operator_account(AccountCode.OPERATOR_RUNS, RUN_LEDGER)]
+    allocations.append(acc.run_allocation(steps, limits.max_steps or acc.UNLIMITED))
+    guards = []
+    if limits.max_duration_seconds:  # checked against when the run's steps account was made (its first event)
+        guards.append(Guard("run_duration", steps.id, 0, RUN_LEDGER, 0, run_id,
+                            seconds=limits.max_duration_seconds))
+    guards.append(Guard("run_steps", steps.id, RUN_STEPS, RUN_LEDGER, 0, run_id, per_step=True,
+                        checked=limits.max_steps is not None))
+    if shared.priced:
+        spend = acc.run_spend_account(customer_pk, shared.currency, run_id)
+        accounts += [spend, acc.operator_account(AccountCode.OPERATOR_RUNS, shared.money_ledger)]
+        allocations.append(acc.run_allocation(
+            spend, acc.money_units_ceil(limits.max_spend) if limits.max_spend is not None else acc.UNLIMITED))
+        guards.append(Guard("run_spend", spend.id, RUN_SPEND, shared.money_ledger, 0, run_id,
+                            checked=limits.max_spend is not None))
+    return tuple(guards)
+
+
+def _budget_guards(shared: LimitTerms, budgets: tuple[BudgetTerms, ...], event: EventUsage, day: int,
+                   accounts: list[Account], allocations: list[Transfer]) -> tuple[Guard, ...]:
+    guards = []
+    for budget in budgets:
+        if not budget.covers(event.project_pk, event.dimensions, event.api_key_pk):
+            continue
+        period = day if budget.period == "day" else shared.period
+        account = acc.budget_account(shared.customer_pk, budget.pk, shared.currency, period)
+        accounts += [account, acc.operator_account(AccountCode.OPERATOR_BUDGETS, shared.money_ledger)]
+        allocations.append(acc.budget_allocation(
+            account, acc.money_units_ceil(budget.amount) if budget.blocking else acc.UNLIMITED))
+        guards.append(Guard("budget", account.id, BUDGET, shared.money_ledger, period, budget.budget_id,
+                            checked=budget.blocking))
+    return tuple(guards)
 
 
 # LimitTerms of recent batches, reused by later ones: they depend only on the key (a version's rate card is
@@ -213,15 +296,17 @@ _CHARGES_MAX = 1_000  # sets of dimensions whose charges one LimitTerms keeps (a
 
 def _shared_terms(event: EventUsage, sub: Sub, version: Version, period: int,
                   wallet_ids: dict[tuple[int, str], int], wallets: set[int], accounts: list[Account],
-                  allocations: list[Transfer]) -> LimitTerms | None:
+                  allocations: list[Transfer], budgeted_customers: Container[int]) -> LimitTerms | None:
     """``_terms_of``, from _SHARED when a batch has worked it out before in this process."""
     prepaid = wallet_ids[(event.customer_pk, sub.currency)] in wallets
-    key = (event.customer_pk, event.meter.pk, period, version.key, sub.currency, prepaid)
+    budgeted = event.customer_pk in budgeted_customers
+    key = (event.customer_pk, event.meter.pk, period, version.key, sub.currency, prepaid, budgeted)
     found = _SHARED.get(key)
     if found is None:
         needs: list[Account] = []
         allocated: list[Transfer] = []
-        found = (_terms_of(event, sub, version, period, wallet_ids, wallets, needs, allocated), needs, allocated)
+        found = (_terms_of(event, sub, version, period, wallet_ids, wallets, needs, allocated, budgeted), needs,
+                 allocated)
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.clear()
         _SHARED[key] = found
@@ -232,9 +317,11 @@ def _shared_terms(event: EventUsage, sub: Sub, version: Version, period: int,
 
 def _terms_of(event: EventUsage, sub: Sub, version: Version, period: int,
               wallet_ids: dict[tuple[int, str], int], wallets: set[int], accounts: list[Account],
-              allocations: list[Transfer]) -> LimitTerms | None:
+              allocations: list[Transfer], budgeted: bool) -> LimitTerms | None:
     """The shared terms of the event's (customer, plan version, meter, period), or None when nothing limits
-    it; the accounts and period allocations it needs are appended (in first-seen order)."""
+    it; the accounts and period allocations it needs are appended (in first-seen order). Run limits,
+    budgets (``budgeted``: the customer has some) and anomaly detection need the events' costs: with any of
+    them the events are priced too."""
     card = version.card
     currency = sub.currency
     customer_pk, meter = event.customer_pk, event.meter
@@ -242,9 +329,10 @@ def _terms_of(event: EventUsage, sub: Sub, version: Version, period: int,
     cap = card.spend_cap
     wallet_id = wallet_ids[(customer_pk, currency)]
     prepaid = wallet_id in wallets
-    if hard is None and cap is None and not prepaid:
+    guarded = budgeted or card.run_limits is not None or card.anomaly is not None
+    if hard is None and cap is None and not prepaid and not guarded:
         return None
-    priced = (cap is not None or prepaid) and meter.aggregation in ADDITIVE
+    priced = (cap is not None or prepaid or guarded) and meter.aggregation in ADDITIVE
     ids = acc.Ids(customer_pk)
     shared = LimitTerms(customer_pk, meter, period, card, currency, hard, cap, prepaid, priced,
                         kind=LIMIT_KIND[meter.aggregation], wallet_id=wallet_id, unit_ledger=unit_ledger(meter.pk),

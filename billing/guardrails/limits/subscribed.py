@@ -15,7 +15,7 @@ from billing.catalog.models import Plan, RateCardVersion, Subscription
 from billing.common.calendar import period_bounds
 from billing.common.fields import aware_utc
 from billing.customers.models import Customer
-from billing.guardrails.guards import Override, overrides_of
+from billing.guardrails.guards import BudgetTerms, GuardState, Override, current_states
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +54,16 @@ class SubscribedPlans:
     them with its customers (``of_customers``); rate cards from the catalog's process cache."""
 
     def __init__(self, customer_pks: Iterable[int], rows: list[tuple[Any, ...]] | None = None,
-                 overrides: dict[int, Override] | None = None) -> None:
+                 states: dict[int, GuardState] | None = None) -> None:
         """``rows``: (customer, subscription, plan, start, end, currency, version, effective_from,
-        created_at) as ``of_customers`` read them; read here when not given. ``overrides``: the customers'
-        overrides of their plans' terms (ingest has them from the guard state), read here when not given."""
+        created_at) as ``of_customers`` read them; read here when not given. ``states``: the customers'
+        guard states (overrides of their plans' terms, budgets; ingest has them), read here when not given."""
         self.subscriptions: dict[int, list[Sub]] = defaultdict(list)
         self.versions: dict[int, list[Version]] = defaultdict(list)
         pks = sorted(set(customer_pks))
-        self.overrides = overrides if overrides is not None else (overrides_of(pks) if pks else {})
+        self.overrides: dict[int, Override] = {}
+        self.budgets: dict[int, tuple[BudgetTerms, ...]] = {}
+        self.use_states(states if states is not None else current_states(pks))
         if rows is None and pks:
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -77,7 +79,7 @@ class SubscribedPlans:
         ``overrides`` are the caller's to set (from the customers' guard states)."""
         ids = sorted(set(external_ids))
         if not ids:
-            return {}, cls([], overrides={})
+            return {}, cls([], states={})
         customers: dict[str, tuple[int, bool, int]] = {}
         rows: list[tuple[Any, ...]] = []
         with connection.cursor() as cursor:
@@ -90,7 +92,12 @@ class SubscribedPlans:
                 customers[external_id] = (pk, bool(subscribed), revision)
                 if plan[0] is not None:
                     rows.append((pk, *plan))
-        return customers, cls([pk for pk, _, _ in customers.values()], rows, overrides={})
+        return customers, cls([pk for pk, _, _ in customers.values()], rows, states={})
+
+    def use_states(self, states: dict[int, GuardState]) -> None:
+        """Take the customers' overrides and budgets from their guard states."""
+        self.overrides = {pk: s.override for pk, s in states.items() if s.override is not None}
+        self.budgets = {pk: s.budgets for pk, s in states.items() if s.budgets}
 
     def _load(self, rows: list[tuple[Any, ...]]) -> None:
         rows = sorted(((cid, sid, plan, aware_utc(start), aware_utc(end), cur, vid, aware_utc(eff), aware_utc(created))

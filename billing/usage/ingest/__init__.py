@@ -26,6 +26,7 @@ from django.utils import timezone
 from billing.common import locks
 from billing.common.auth import Principal
 from billing.common.errors import DomainError
+from billing.guardrails.guards import guard_states, refusal_of
 from billing.usage.contract import CleanEvent, clean_event, decode_event
 from billing.usage.errors import UsageCode
 from billing.usage.ingest import debit, store
@@ -49,8 +50,9 @@ def events_ingest(
         batch = _resolve_all(cleaned, principal, lookups, results)
         if batch.late:
             _answer_late(batch.late, results)
+        _guard(batch, lookups)
         subscribed = {c.pk for c in lookups.customers.values() if c.subscribed}
-        limited = [r for r in batch.rows if r.customer_pk in subscribed]
+        limited = [r for r in batch.rows if r.customer_pk in subscribed and r.refusal is None]
         if batch.rows or reservation is not None:
             inserted, known, retried_refusals = debit.debit_and_store(batch.rows, limited, reservation, now,
                                                                       lookups.subscribed)
@@ -104,6 +106,21 @@ def _resolve_all(cleaned: list[tuple[int, CleanEvent]], principal: Principal, lo
             batch.in_batch[key] = row
             batch.rows.append(row)
     return batch
+
+
+def _guard(batch: _Batch, lookups: Any) -> None:
+    """Pauses and stopped runs (the customers' guard states): a covered event is refused before any limit
+    is asked (stored as not billable, answered 402); the customers' overrides go to the limits."""
+    states = guard_states({c.pk: c.guard_revision for c in lookups.customers.values() if c.guard_revision})
+    if not states:
+        return
+    if lookups.subscribed is not None:
+        lookups.subscribed.use_states(states)
+    for row in batch.rows:
+        state = states.get(row.customer_pk)
+        error = refusal_of(state, row.project_pk, row.run_id) if state is not None else None
+        if error is not None:
+            row.billable, row.reason, row.refusal = False, f"rejected_{error.code}", error
 
 
 def _answer_late(late: list[Row], results: list[IngestResult | None]) -> None:

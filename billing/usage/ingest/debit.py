@@ -19,7 +19,7 @@ from django.db import connection, transaction
 from billing.common import locks
 from billing.common.errors import DomainError
 from billing.guardrails.errors import GuardrailsCode
-from billing.guardrails.limits import CODES, BatchDebit, Coverage, EventUsage, Refusal, SubscribedPlans
+from billing.guardrails.limits import REFUSAL_CODES, BatchDebit, Coverage, EventUsage, Refusal, SubscribedPlans
 from billing.usage.ingest import store
 from billing.usage.ingest.rows import Row
 from billing.usage.ingest.store import StoredMeanwhile
@@ -45,7 +45,7 @@ def debit_and_store(rows: list[Row], limited: list[Row], reservation: Any, now: 
     if not rows:
         return set(), {}, False
     # one INSERT statement: atomic and, in autocommit, committed (durable) before it returns
-    return store.retrying_deadlocks(lambda: store.insert_rows(rows, received_at=now)), {}, False
+    return store.retrying_deadlocks(lambda: store.insert_rows(rows, received_at=now)), {}, True
 
 
 @dataclass
@@ -233,14 +233,15 @@ def fingerprint_of(keys: list[tuple[int, str, str]]) -> str:
 
 def usage_of(r: Row, coverage: Coverage | None = None) -> EventUsage:
     return EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
-                      quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions, coverage=coverage)
+                      quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions, coverage=coverage,
+                      run_id=r.run_id, project_pk=r.project_pk, api_key_pk=r.api_key_pk)
 
 
 def refused_before(reason: str) -> DomainError | None:
     """The answer to a retry of an event stored as refused (reason ``rejected_<code>``); None when the reason
     names no refusal (a client's own reason for a non-billable event)."""
     code = reason.removeprefix("rejected_")
-    if code not in CODES.values():
+    if code not in REFUSAL_CODES:
         return None
     return DomainError(GuardrailsCode(code), "This event was refused when first sent; a retry stays refused.")
 

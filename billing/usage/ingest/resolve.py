@@ -186,4 +186,5 @@ def resolve_event(
         reason=reason,
         meter=meter,
         late=late,
+        api_key_pk=principal.api_key_id,
     )

@@ -43,6 +43,7 @@ class Row:
     refusal: DomainError | None = None  # a hard limit said no: stored for audit as not billable, answered 402
     meter: Meter | None = None
     late: bool = False  # counts in a closed period: 422 period_closed unless it is a retry of a stored event
+    api_key_pk: int | None = None  # the key that sent it (budgets may be scoped to one)
 
 
 def compare(event_id: str, stored: str, incoming: str) -> IngestResult:
