@@ -73,6 +73,9 @@ class Ids:
     def budget(self, budget_pk: int, period: int) -> int:
         return derive("budget", self.customer_pk, budget_pk, period)
 
+    def spend_watch(self, currency: str) -> int:
+        return derive("spend-watch", self.customer_pk, currency)
+
     def consumed(self, currency: str, period: int) -> int:
         """The period's credits-consumed account: the other side of every credits leg of its usage."""
         return derive("credits-consumed", self.customer_pk, currency, period)
@@ -148,6 +151,14 @@ def _allocation(kind: str, account: Account, operator: AccountCode, code: Transf
                     credit_account_id=account.id, amount=amount, ledger=account.ledger, code=code,
                     user_data_128=account.user_data_128, user_data_64=account.user_data_64,
                     user_data_32=account.user_data_32)
+
+
+def spend_watch_account(customer_pk: int, currency: str) -> Account:
+    """What the customer has spent in ``currency`` since its first priced event under anomaly terms: a
+    budget account (code BUDGET, budget 0, period 0) allocated ``UNLIMITED``, debited with each event's
+    cost in the same booking as its limits; anomaly detection samples its ``debits_posted``."""
+    return Account(id=Ids(customer_pk).spend_watch(currency), ledger=currency_ledger(currency),
+                   code=AccountCode.BUDGET, flags=BOUNDED, user_data_128=customer_pk)
 
 
 def run_allocation(account: Account, amount: int) -> Transfer:

@@ -215,6 +215,7 @@ def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed
     per (customer, what a budget can look at), not per event. Returns the accounts, with their operators."""
     by_run: dict[tuple[int, str, str], tuple[Guard, ...]] = {}
     by_scope: dict[tuple[Any, ...], tuple[Guard, ...]] = {}
+    by_watch: dict[tuple[int, str, str], tuple[Guard, ...]] = {}
     touched: set[int] = set()
     for event, shared, _charges in plans:
         guards: tuple[Guard, ...] = ()
@@ -234,12 +235,18 @@ def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed
             if found is None:
                 found = by_scope[scope] = _budget_guards(shared, budgets, event, day, accounts, allocations)
             guards += found
+        if shared.card.anomaly is not None and shared.priced:
+            key = (event.customer_pk, "", shared.currency)
+            found = by_watch.get(key)
+            if found is None:
+                found = by_watch[key] = _watch_guard(shared, accounts, allocations)
+            guards += found
         if guards:
             event.guards = guards
             touched.update(g.account_id for g in guards)
     if touched:
         touched |= {acc.operator_account(OPERATOR_OF[g.code], g.ledger).id
-                    for found in (*by_run.values(), *by_scope.values()) for g in found if g.code}
+                    for found in (*by_run.values(), *by_scope.values(), *by_watch.values()) for g in found if g.code}
     return touched
 
 
@@ -263,6 +270,15 @@ def _run_guards(shared: LimitTerms, run_id: str, limits: RunLimits, accounts: li
         guards.append(Guard("run_spend", spend.id, RUN_SPEND, shared.money_ledger, 0, run_id,
                             checked=limits.max_spend is not None))
     return tuple(guards)
+
+
+def _watch_guard(shared: LimitTerms, accounts: list[Account], allocations: list[Transfer]) -> tuple[Guard, ...]:
+    """Anomaly detection's counter: the customer's spend in one currency since its first priced event, a
+    budget account that only counts (never refuses); the anomaly sampler reads it (guardrails.anomalies)."""
+    account = acc.spend_watch_account(shared.customer_pk, shared.currency)
+    accounts += [account, acc.operator_account(AccountCode.OPERATOR_BUDGETS, shared.money_ledger)]
+    allocations.append(acc.budget_allocation(account, acc.UNLIMITED))
+    return (Guard("budget", account.id, BUDGET, shared.money_ledger, 0, "", checked=False),)
 
 
 def _budget_guards(shared: LimitTerms, budgets: tuple[BudgetTerms, ...], event: EventUsage, day: int,
