@@ -13,6 +13,16 @@ from billing.guardrails.apis import (
     ReservationReleaseApi,
     ReservationsApi,
 )
+from billing.guardrails.guard_apis import (
+    CustomerBudgetDetailApi,
+    CustomerBudgetsApi,
+    CustomerOverridesApi,
+    CustomerPauseDetailApi,
+    CustomerPausesApi,
+    CustomerRunApi,
+    CustomerRunKillApi,
+    CustomerRunReleaseApi,
+)
 from billing.invoicing.apis import (
     CustomerUpcomingInvoiceApi,
     InvoiceDetailApi,
@@ -52,6 +62,16 @@ api = [
     path("customers/<str:customer_id>/alerts", CustomerAlertsApi.as_view(), name="customer-alerts"),
     path("customers/<str:customer_id>/alert-thresholds", CustomerAlertThresholdsApi.as_view(),
          name="customer-alert-thresholds"),
+    path("customers/<str:customer_id>/overrides", CustomerOverridesApi.as_view(), name="customer-overrides"),
+    path("customers/<str:customer_id>/pauses", CustomerPausesApi.as_view(), name="customer-pauses"),
+    path("customers/<str:customer_id>/pauses/<str:pause_id>", CustomerPauseDetailApi.as_view(), name="customer-pause"),
+    path("customers/<str:customer_id>/runs/<str:run_id>", CustomerRunApi.as_view(), name="customer-run"),
+    path("customers/<str:customer_id>/runs/<str:run_id>/kill", CustomerRunKillApi.as_view(), name="customer-run-kill"),
+    path("customers/<str:customer_id>/runs/<str:run_id>/release", CustomerRunReleaseApi.as_view(),
+         name="customer-run-release"),
+    path("customers/<str:customer_id>/budgets", CustomerBudgetsApi.as_view(), name="customer-budgets"),
+    path("customers/<str:customer_id>/budgets/<str:budget_id>", CustomerBudgetDetailApi.as_view(),
+         name="customer-budget"),
     path("customers/<str:customer_id>/credits", CustomerCreditsApi.as_view(), name="customer-credits"),
     path("customers/<str:customer_id>/subscription", CustomerSubscriptionApi.as_view(), name="customer-subscription"),
     path("customers/<str:customer_id>/upcoming-invoice", CustomerUpcomingInvoiceApi.as_view(),

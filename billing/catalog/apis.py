@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from billing.catalog import selectors, services
 from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter, Plan, Subscription
-from billing.common.auth import principal_of
+from billing.common.auth import actor_of, principal_of
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.selectors import customer_get
 
@@ -54,13 +54,6 @@ def _global_admin(request: Request) -> None:
         raise DomainError(CommonCode.FORBIDDEN, "A key restricted to one customer cannot change the catalog.")
 
 
-def _actor(request: Request) -> str:
-    principal = principal_of(request)
-    if principal.api_key_id:
-        return f"api_key:{principal.api_key_id}"
-    return getattr(request.user, "username", "") or "unknown"
-
-
 class PlansApi(APIView):
     """GET the plans as catalog-file entries (one per version); POST a plan with its first version."""
 
@@ -73,7 +66,7 @@ class PlansApi(APIView):
     @extend_schema(request=None, responses={201: None}, operation_id="plans_create")
     def post(self, request: Request) -> Response:
         _global_admin(request)
-        plan, version, created = services.plan_create(data=request.body, actor=_actor(request))
+        plan, version, created = services.plan_create(data=request.body, actor=actor_of(request))
         entry = next(e for e in selectors.plan_export_entries(plan) if e["version"] == version.number)
         return Response(entry, status=201 if created else 200)
 
@@ -92,7 +85,7 @@ class PlanVersionsApi(APIView):
             raise DomainError(CommonCode.NOT_FOUND, "No such plan.")
         if not isinstance(request.data, dict):
             raise DomainError(CommonCode.INVALID_SHAPE, "Expected a JSON object.")
-        version, created = services.plan_version_publish(plan=plan, data=dict(request.data), actor=_actor(request))
+        version, created = services.plan_version_publish(plan=plan, data=dict(request.data), actor=actor_of(request))
         entry = next(e for e in selectors.plan_export_entries(plan) if e["version"] == version.number)
         return Response(entry, status=201 if created else 200)
 
@@ -116,7 +109,7 @@ class CustomerSubscriptionApi(APIView):
         if start is not None and start.tzinfo is None:
             raise validation_error({"start": ["Needs a UTC offset."]})
         subscription = services.subscription_set(customer=customer, plan=plan, start=start,
-                                                 now=datetime.now(timezone.utc), actor=_actor(request))
+                                                 now=datetime.now(timezone.utc), actor=actor_of(request))
         return Response(_subscription_out(subscription), status=201)
 
     @extend_schema(responses={200: None}, operation_id="customer_subscription_get")

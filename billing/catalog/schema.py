@@ -128,7 +128,7 @@ def _decimal_constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Deci
 _DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal_constructor)
 
 
-def _path(error: msgspec.ValidationError) -> tuple[str, str]:
+def problem_path(error: msgspec.ValidationError) -> tuple[str, str]:
     text = str(error)
     if " - at `$" in text:
         message, at = text.rsplit(" - at `$", 1)
@@ -149,7 +149,7 @@ def parse_catalog(text: str | bytes, *, fmt: str | None = None) -> CatalogIn:
         data = yaml.load(raw, Loader=_DecimalLoader)  # noqa: S506 - a SafeLoader subclass
         return msgspec.convert(data if data is not None else {}, CatalogIn)
     except msgspec.ValidationError as exc:
-        raise CatalogError([_path(exc)]) from None
+        raise CatalogError([problem_path(exc)]) from None
     except (msgspec.DecodeError, yaml.YAMLError) as exc:
         raise CatalogError([("", f"not valid {'JSON' if fmt == 'json' else 'YAML/JSON'}: {exc}")]) from None
 
@@ -160,18 +160,18 @@ def parse_plan(data: Any) -> PlanIn:
             return msgspec.json.decode(data, type=PlanIn)
         return msgspec.convert(data, PlanIn)
     except msgspec.ValidationError as exc:
-        raise CatalogError([_path(exc)]) from None
+        raise CatalogError([problem_path(exc)]) from None
     except msgspec.DecodeError as exc:
         raise CatalogError([("", f"not valid JSON: {exc}")]) from None
 
 
 # --- validation and canonical form ---------------------------------------------------------------
 
-def _dec(value: Decimal | None) -> str | None:
+def dec_text(value: Decimal | None) -> str | None:
     return None if value is None else decimal_to_text(value)
 
 
-def _check_amount(problems: list[tuple[str, str]], path: str, value: Decimal | None, *, positive: bool = False) -> None:
+def check_amount(problems: list[tuple[str, str]], path: str, value: Decimal | None, *, positive: bool = False) -> None:
     if value is None:
         return
     problem = check_decimal(value)
@@ -210,7 +210,7 @@ def validate_charge(charge: ChargeIn, path: str, meters: set[str], problems: lis
         if getattr(charge, name) is not None and name not in ALLOWED[charge.model]:
             problems.append((f"{path}.{name}", f"not used by model {charge.model}"))
     for name in PRICE_FIELDS:
-        _check_amount(problems, f"{path}.{name}", getattr(charge, name), positive=name == "package_size")
+        check_amount(problems, f"{path}.{name}", getattr(charge, name), positive=name == "package_size")
     out: dict[str, Any] = {"meter": charge.meter}
     if charge.name:
         out["name"] = charge.name
@@ -221,14 +221,14 @@ def validate_charge(charge: ChargeIn, path: str, meters: set[str], problems: lis
         out["tiers"] = _validate_tiers(charge.tiers, f"{path}.tiers", problems)
     for name in PRICE_FIELDS:
         if getattr(charge, name) is not None:
-            out[name] = _dec(getattr(charge, name))
+            out[name] = dec_text(getattr(charge, name))
     if charge.markup is not None:
         for provider, percent in charge.markup.percent.items():
-            _check_amount(problems, f"{path}.markup.percent.{provider}", percent)
-        _check_amount(problems, f"{path}.markup.default", charge.markup.default)
+            check_amount(problems, f"{path}.markup.percent.{provider}", percent)
+        check_amount(problems, f"{path}.markup.default", charge.markup.default)
         out["markup"] = {"dimension": charge.markup.dimension,
-                         "percent": {k: _dec(v) for k, v in sorted(charge.markup.percent.items())},
-                         "default": _dec(charge.markup.default)}
+                         "percent": {k: dec_text(v) for k, v in sorted(charge.markup.percent.items())},
+                         "default": dec_text(charge.markup.default)}
     return out
 
 
@@ -245,13 +245,14 @@ def _validate_tiers(tiers: list[TierIn], path: str, problems: list[tuple[str, st
         if tier.up_to is not None:
             if last:
                 problems.append((f"{at}.up_to", "the last tier must be open-ended (null)"))
-            _check_amount(problems, f"{at}.up_to", tier.up_to, positive=True)
+            check_amount(problems, f"{at}.up_to", tier.up_to, positive=True)
             if tier.up_to <= previous:
                 problems.append((f"{at}.up_to", f"must be greater than the previous bound {decimal_to_text(previous)}"))
             previous = max(previous, tier.up_to)
-        _check_amount(problems, f"{at}.unit_price", tier.unit_price)
-        _check_amount(problems, f"{at}.flat_price", tier.flat_price)
-        out.append({"up_to": _dec(tier.up_to), "unit_price": _dec(tier.unit_price), "flat_price": _dec(tier.flat_price)})
+        check_amount(problems, f"{at}.unit_price", tier.unit_price)
+        check_amount(problems, f"{at}.flat_price", tier.flat_price)
+        out.append({"up_to": dec_text(tier.up_to), "unit_price": dec_text(tier.unit_price),
+                    "flat_price": dec_text(tier.flat_price)})
     return out
 
 
@@ -263,19 +264,36 @@ def validate_plan(plan: PlanIn, path: str, meters: set[str], problems: list[tupl
         problems.append((f"{path}.interval", "only 'month' (calendar month, UTC) is supported"))
     if plan.effective_from.tzinfo is None:
         problems.append((f"{path}.effective_from", "must carry a UTC offset"))
-    _check_amount(problems, f"{path}.base_fee", plan.base_fee)
-    _check_amount(problems, f"{path}.spend_cap", plan.spend_cap, positive=True)
+    check_amount(problems, f"{path}.base_fee", plan.base_fee)
+    check_amount(problems, f"{path}.spend_cap", plan.spend_cap, positive=True)
     charges = [validate_charge(c, f"{path}.charges[{i}]", meters, problems) for i, c in enumerate(plan.charges)]
+    limits = validate_limits(plan.limits, path, meters, problems)
+    definition: dict[str, Any] = {
+        "base_fee": dec_text(plan.base_fee),
+        "charges": charges,
+        "limits": limits,
+        "spend_cap": dec_text(plan.spend_cap),
+    }
+    if plan.run_limits is not None:  # only when set: definitions without them keep their shape
+        definition["run_limits"] = validate_run_limits(plan.run_limits, f"{path}.run_limits", problems)
+    if plan.anomaly is not None:
+        definition["anomaly"] = validate_anomaly(plan.anomaly, f"{path}.anomaly", problems)
+    return definition
+
+
+def validate_limits(entries: list[LimitIn], path: str, meters: set[str], problems: list[tuple[str, str]]
+                    ) -> list[dict[str, Any]]:
+    """A plan's (or a customer override's) limits, one per meter: canonical, problems by path."""
     limits = []
     seen: set[str] = set()
-    for index, limit in enumerate(plan.limits):
+    for index, limit in enumerate(entries):
         at = f"{path}.limits[{index}]"
         if limit.meter not in meters:
             problems.append((f"{at}.meter", f"unknown meter '{limit.meter}'"))
         if limit.meter in seen:
             problems.append((f"{at}.meter", f"a second limit for meter '{limit.meter}'"))
         seen.add(limit.meter)
-        _check_amount(problems, f"{at}.hard", limit.hard, positive=True)
+        check_amount(problems, f"{at}.hard", limit.hard, positive=True)
         soft: str | None = None
         raw_soft = limit.soft
         if isinstance(raw_soft, str) and not raw_soft.strip().endswith("%"):
@@ -297,26 +315,16 @@ def validate_plan(plan: PlanIn, path: str, meters: set[str], problems: list[tupl
                 except ArithmeticError:
                     problems.append((f"{at}.soft", "not a number"))
         elif isinstance(raw_soft, Decimal):
-            _check_amount(problems, f"{at}.soft", raw_soft, positive=True)
+            check_amount(problems, f"{at}.soft", raw_soft, positive=True)
             if raw_soft.is_finite() and limit.hard is not None and raw_soft > limit.hard:
                 problems.append((f"{at}.soft", "must not exceed the hard limit"))
-            soft = _dec(raw_soft)
+            soft = dec_text(raw_soft)
         elif raw_soft is not None:
             problems.append((f"{at}.soft", "a number or a percentage of the hard limit such as '80%'"))
         if limit.hard is None and limit.soft is None:
             problems.append((at, "needs a soft or a hard limit"))
-        limits.append({"meter": limit.meter, "soft": soft, "hard": _dec(limit.hard)})
-    definition: dict[str, Any] = {
-        "base_fee": _dec(plan.base_fee),
-        "charges": charges,
-        "limits": limits,
-        "spend_cap": _dec(plan.spend_cap),
-    }
-    if plan.run_limits is not None:  # only when set: definitions without them keep their shape
-        definition["run_limits"] = validate_run_limits(plan.run_limits, f"{path}.run_limits", problems)
-    if plan.anomaly is not None:
-        definition["anomaly"] = validate_anomaly(plan.anomaly, f"{path}.anomaly", problems)
-    return definition
+        limits.append({"meter": limit.meter, "soft": soft, "hard": dec_text(limit.hard)})
+    return limits
 
 
 def validate_run_limits(limits: RunLimitsIn, path: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
@@ -325,10 +333,10 @@ def validate_run_limits(limits: RunLimitsIn, path: str, problems: list[tuple[str
         value = getattr(limits, name)
         if value is not None and value <= 0:
             problems.append((f"{path}.{name}", "must be a positive whole number"))
-    _check_amount(problems, f"{path}.max_spend", limits.max_spend, positive=True)
+    check_amount(problems, f"{path}.max_spend", limits.max_spend, positive=True)
     if limits.max_steps is None and limits.max_spend is None and limits.max_duration_seconds is None:
         problems.append((path, "needs max_steps, max_spend or max_duration_seconds"))
-    return {"max_steps": limits.max_steps, "max_spend": _dec(limits.max_spend),
+    return {"max_steps": limits.max_steps, "max_spend": dec_text(limits.max_spend),
             "max_duration_seconds": limits.max_duration_seconds}
 
 
@@ -336,14 +344,14 @@ def validate_anomaly(anomaly: AnomalyIn, path: str, problems: list[tuple[str, st
     """Spend-velocity anomaly settings: a window of 1 minute to 1 day, a factor above 1, a spend floor."""
     if not 1 <= anomaly.window_minutes <= 1440:
         problems.append((f"{path}.window_minutes", "must be between 1 and 1440"))
-    _check_amount(problems, f"{path}.factor", anomaly.factor, positive=True)
+    check_amount(problems, f"{path}.factor", anomaly.factor, positive=True)
     if anomaly.factor.is_finite() and anomaly.factor <= 1:
         problems.append((f"{path}.factor", "must be greater than 1"))
-    _check_amount(problems, f"{path}.min_spend", anomaly.min_spend)
+    check_amount(problems, f"{path}.min_spend", anomaly.min_spend)
     if anomaly.action not in ("alert", "pause"):
         problems.append((f"{path}.action", "must be 'alert' or 'pause'"))
-    return {"window_minutes": anomaly.window_minutes, "factor": _dec(anomaly.factor),
-            "min_spend": _dec(anomaly.min_spend), "action": anomaly.action}
+    return {"window_minutes": anomaly.window_minutes, "factor": dec_text(anomaly.factor),
+            "min_spend": dec_text(anomaly.min_spend), "action": anomaly.action}
 
 
 def effective_from_utc(plan: PlanIn) -> datetime:

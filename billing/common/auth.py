@@ -42,6 +42,14 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
+def actor_of(request: Request) -> str:
+    """Who made a write, for the audit trail: ``api_key:<pk>``, or the signed-in user's name."""
+    principal = principal_of(request)
+    if principal.api_key_id:
+        return f"api_key:{principal.api_key_id}"
+    return getattr(request.user, "username", "") or "unknown"
+
+
 class HasScope(permissions.BasePermission):
     """A view says ``required_scope = "read"`` or a mapping of HTTP method to scope."""
 

@@ -233,6 +233,8 @@ def _email(alert: Alert, recipients: list[str]) -> EmailMessage:
     used = figure.used if figure else alert.used
     limit = figure.limit if figure else alert.limit
     what = ("spend cap" if alert.target == AlertThreshold.SPEND_CAP
+            else f"budget {alert.target.removeprefix(selectors.BUDGET_TARGET_PREFIX)}"
+            if alert.target.startswith(selectors.BUDGET_TARGET_PREFIX)
             else f"limit for {alert.target.removeprefix(AlertThreshold.METER_PREFIX)}")
     context: dict[str, Any] = {
         "customer": alert.customer, "what": what, "threshold_percent": decimal_to_text(alert.percent),

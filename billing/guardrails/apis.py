@@ -18,7 +18,7 @@ from billing.common.calendar import period_bounds
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.customers.errors import CustomersCode
-from billing.customers.models import Customer
+from billing.customers.models import Customer, Project
 from billing.customers.selectors import customer_get
 from billing.guardrails import accounts as acc
 from billing.guardrails import alerts, reservations, selectors, services
@@ -62,6 +62,20 @@ class CustomerCreditsApi(APIView):
                          "status": "created" if created else "duplicate"}, status=201 if created else 200)
 
 
+def _origin(customer: Customer, v: dict[str, Any], principal: Any) -> reservations.Origin:
+    """The reservation's run (``trace.run_id``), project and key: what pauses, breakers and budgets look at."""
+    run_id = v["trace"].get("run_id") or ""
+    if not isinstance(run_id, str) or len(run_id) > 128:
+        raise validation_error({"trace.run_id": ["A string of at most 128 characters."]})
+    project_pk = None
+    if v.get("project"):
+        project_pk = Project.objects.filter(customer=customer, key=v["project"]).values_list("pk", flat=True).first()
+        if project_pk is None:
+            raise DomainError(CustomersCode.UNKNOWN_PROJECT, "No such project of this customer.",
+                              {"project": ["Unknown project."]})
+    return reservations.Origin(run_id, project_pk, principal.api_key_id)
+
+
 def reservation_out(reservation: Reservation) -> dict[str, Any]:
     return {
         "reservation_id": reservation.reservation_id, "customer": reservation.customer.external_id,
@@ -98,6 +112,8 @@ class ReservationsApi(APIView):
         quantity = serializers.DecimalField(max_digits=38, decimal_places=18)
         ttl_seconds = serializers.IntegerField(min_value=1, max_value=reservations.MAX_TTL)
         dimensions = serializers.DictField(child=serializers.CharField(max_length=256), required=False, default=dict)
+        project = serializers.CharField(max_length=64, required=False)
+        trace = serializers.DictField(required=False, default=dict)
 
     @extend_schema(request=ReservationInput, responses={201: None, 200: None, 402: None}, operation_id="reservations_create")
     def post(self, request: Request) -> Response:
@@ -115,7 +131,7 @@ class ReservationsApi(APIView):
             raise DomainError(CatalogCode.UNKNOWN_METER, "No such meter.", {"meter": ["Unknown meter."]})
         reservation, created = reservations.reservation_create(
             customer=customer, reservation_id=v["reservation_id"], meter=meter, quantity=v["quantity"],
-            dimensions=v["dimensions"], ttl_seconds=v["ttl_seconds"])
+            dimensions=v["dimensions"], ttl_seconds=v["ttl_seconds"], origin=_origin(customer, v, principal))
         return Response(reservation_out(reservation), status=201 if created else 200)
 
 

@@ -30,6 +30,7 @@ from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
 from billing.guardrails.errors import GuardrailsCode
+from billing.guardrails.guards import current_state, refusal_of
 from billing.guardrails.limits import BatchDebit, EventUsage
 from billing.guardrails.limits.events import CREDITS, OPERATOR_OF, QUOTA, SPEND, TOTAL, refusal
 from billing.guardrails.models import Reservation
@@ -51,8 +52,19 @@ _HOLD_OF = {QUOTA: ("quota", TransferCode.RESERVATION_QUOTA), SPEND: ("spend", T
             CREDITS: ("credits", TransferCode.RESERVATION_CREDITS)}
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a reservation's usage will come from: its agent run (``trace.run_id``), its project and the
+    API key that asked. A pause or a stopped run covering it refuses it; its run's breakers and the
+    budgets covering it are checked against the estimate (not held: they are debited when it settles)."""
+
+    run_id: str = ""
+    project_pk: int | None = None
+    api_key_pk: int | None = None
+
+
 def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict[str, str], reservation_id: str,
-           ttl: int, now: datetime) -> list[Hold]:
+           ttl: int, now: datetime, origin: Origin) -> list[Hold]:
     """The pending transfers of a reservation: what the limits' engine (``BatchDebit``) would debit for one
     event of the estimate now (quota units; its marginal cost against the spend cap and the credits),
     held instead. A limit on each event (max, latest) is checked here and holds nothing; nor does a limit
@@ -62,8 +74,12 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
         # the estimate counts no value (a value is counted when an event settles, and such a meter is not
         # priced): the engine need not read one, nor wait for one being counted
         dimensions = {k: v for k, v in dimensions.items() if k != meter.unique_by}
+    stopped = refusal_of(current_state(customer.pk), origin.project_pk, origin.run_id)
+    if stopped is not None:
+        raise stopped
     estimate = EventUsage(key=0, customer_pk=customer.pk, event_id=reservation_id, meter=meter, quantity=quantity,
-                          usage_at=now, dimensions=dimensions)
+                          usage_at=now, dimensions=dimensions, run_id=origin.run_id, project_pk=origin.project_pk,
+                          api_key_pk=origin.api_key_pk)
     debit = BatchDebit([estimate], lock=False)
     refused = debit.decide(skip=set())  # event by event: the legs of the one event
     if refused:
@@ -82,8 +98,8 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
 
 
 def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter, quantity: Decimal,
-                       dimensions: dict[str, str], ttl_seconds: int, now: datetime | None = None
-                       ) -> tuple[Reservation, bool]:
+                       dimensions: dict[str, str], ttl_seconds: int, now: datetime | None = None,
+                       origin: Origin | None = None) -> tuple[Reservation, bool]:
     now = now or timezone.now()
     if not 1 <= ttl_seconds <= MAX_TTL:
         raise validation_error({"ttl_seconds": [f"Between 1 and {MAX_TTL} seconds."]})
@@ -96,7 +112,7 @@ def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter,
         if not same:
             raise DomainError(CommonCode.IDEMPOTENCY_CONFLICT, "This reservation_id was used with a different body.")
         return existing, False
-    holds = _holds(customer, meter, quantity, dimensions, reservation_id, ttl_seconds, now)
+    holds = _holds(customer, meter, quantity, dimensions, reservation_id, ttl_seconds, now, origin or Origin())
     if holds:
         chain = [h.transfer if i == len(holds) - 1 else _linked(h.transfer) for i, h in enumerate(holds)]
         statuses = get_ledger().create_transfers(chain)

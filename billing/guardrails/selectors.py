@@ -11,12 +11,12 @@ from billing.catalog.models import Meter
 from billing.catalog.money import MINOR_UNITS
 from billing.catalog.ratecard import RateCard
 from billing.catalog.selectors import subscription_at, version_in_effect
-from billing.common.calendar import period_key
+from billing.common.calendar import day_key, period_key
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
 from billing.guardrails import guards
-from billing.guardrails.models import Alert, AlertThreshold, CreditGrant
+from billing.guardrails.models import Alert, AlertThreshold, Budget, CreditGrant
 from ledger.backends import get_ledger
 from ledger.codes import TransferCode
 
@@ -95,6 +95,59 @@ def card_in_effect(*, customer_pk: int, card: RateCard) -> RateCard:
     return override.apply(card) if override is not None else card
 
 
+# --- Budgets ------------------------------------------------------------------------------------------
+
+DEFAULT_BUDGET_SOFT_PERCENT = Decimal(80)
+BUDGET_TARGET_PREFIX = "budget:"  # the alert target of a budget's soft threshold
+
+
+def budget_figures(*, customer: Customer, now: datetime) -> list[dict[str, Any]]:
+    """Each budget with what its current period (this month, or today) has used and has left, from its
+    ledger account (the figures the limits enforce)."""
+    budgets = list(Budget.objects.filter(customer=customer).order_by("budget_id"))
+    subscription = subscription_at(customer=customer, at=now)
+    currency = subscription.plan.currency if subscription is not None else None
+    ids = {b.pk: acc.budget_account(customer.pk, b.pk, currency, _period_of(b, now)).id
+           for b in budgets} if currency else {}
+    found = get_ledger().lookup_accounts(list(ids.values())) if ids else {}
+    out = []
+    for budget in budgets:
+        account = found.get(ids.get(budget.pk, 0))
+        used = Decimal(0)
+        if account is not None:
+            allocated = acc.allocated_net(account.id, TransferCode.BUDGET_ALLOCATION)[0]
+            used = acc.units_to_money(max(allocated - account.balance, 0))
+        row = budget_as_dict(budget)
+        row.update(currency=currency, period_key=_period_of(budget, now), used=decimal_to_text(used),
+                   remaining=decimal_to_text(max(budget.amount - used, Decimal(0))))
+        out.append(row)
+    return out
+
+
+def budget_as_dict(budget: Budget) -> dict[str, Any]:
+    scope = budget.scope or {}
+    shown = {k: scope[k] for k in ("project", "dimension", "api_key") if scope.get(k)}
+    return {"budget_id": budget.budget_id, "scope": shown, "amount": decimal_to_text(budget.amount),
+            "period": budget.period, "action": budget.action,
+            "soft": f"{decimal_to_text(budget_soft_percent(budget))}%", "created_at": budget.created_at}
+
+
+def budget_soft_percent(budget: Budget) -> Decimal:
+    return budget.soft_percent if budget.soft_percent is not None else DEFAULT_BUDGET_SOFT_PERCENT
+
+
+def budget_alert_target(budget: Budget, now: datetime) -> str:
+    """The alert target of the budget's period: a monthly budget alerts once a month (the alert's period
+    is the month), a daily one once a day (the day is part of its target)."""
+    if budget.period == Budget.Period.DAY:
+        return f"{BUDGET_TARGET_PREFIX}{budget.budget_id}@{now:%Y-%m-%d}"
+    return f"{BUDGET_TARGET_PREFIX}{budget.budget_id}"
+
+
+def _period_of(budget: Budget, now: datetime) -> int:
+    return day_key(now) if budget.period == Budget.Period.DAY else period_key(now)
+
+
 # --- Soft-limit alerts --------------------------------------------------------------------------------
 
 DEFAULT_ALERT_PERCENT = Decimal(80)
@@ -150,6 +203,14 @@ def limit_figures(*, customer: Customer, now: datetime) -> list[LimitFigure]:
     spend = balance["spend_cap"]
     if spend is not None:
         out.append(LimitFigure(AlertThreshold.SPEND_CAP, Decimal(spend["cap"]), Decimal(spend["spent"]), spend["currency"]))
+    for budget, row in zip(Budget.objects.filter(customer=customer).order_by("budget_id"),
+                           budget_figures(customer=customer, now=now), strict=True):
+        if row["currency"] is None:
+            continue
+        target, amount, used = budget_alert_target(budget, now), budget.amount, Decimal(row["used"])
+        out.append(LimitFigure(target, amount, used, row["currency"], amount * budget_soft_percent(budget) / 100))
+        if budget.action == Budget.Action.ALERT:  # an alert-only budget also says when it is exceeded
+            out.append(LimitFigure(target, amount, used, row["currency"], amount))
     return out
 
 

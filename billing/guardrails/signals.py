@@ -15,5 +15,4 @@ circuit_tripped = Signal()
 # sender=Run, customer_id=int, run_id=str: a run was killed
 run_killed = Signal()
 
-# sender=Budget, budget_pk=int, period=str, used=Decimal: a budget crossed its soft threshold (once per period)
-budget_alert = Signal()
+# A budget's soft threshold is a soft-limit alert (``soft_limit_crossed``) whose target starts with "budget:"

@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.common.auth import principal_of
+from billing.common.auth import actor_of, principal_of
 from billing.common.errors import DomainError, validation_error
 from billing.customers.selectors import customer_get
 from billing.invoicing import services
@@ -69,7 +69,7 @@ class _InvoiceMoveApi(APIView):
     def post(self, request: Request, invoice_id: str) -> Response:
         principal = principal_of(request)
         invoice = invoice_get(pk=invoice_id, principal=principal)
-        self.move(request, invoice, datetime.now(timezone.utc), _actor(request))
+        self.move(request, invoice, datetime.now(timezone.utc), actor_of(request))
         return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal)))
 
 
@@ -105,8 +105,3 @@ class InvoiceMarkUncollectibleApi(_InvoiceMoveApi):
 
     def move(self, request: Request, invoice: Invoice, now: datetime, actor: str) -> None:
         services.invoice_mark_uncollectible(invoice=invoice, at=now, actor=actor)
-
-
-def _actor(request: Request) -> str:
-    principal = principal_of(request)
-    return f"api_key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"

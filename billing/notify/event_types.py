@@ -9,6 +9,10 @@ INVOICE_FINALIZED = "invoice.finalized"
 INVOICE_PAID = "invoice.paid"
 INVOICE_VOIDED = "invoice.voided"
 ALERT_SOFT_LIMIT = "alert.soft_limit"
+BUDGET_ALERT = "budget.alert"
+CIRCUIT_TRIPPED = "circuit.tripped"
+RUN_KILLED = "run.killed"
+CUSTOMER_PAUSED = "customer.paused"
 
 # type -> what it reports; the ones without an emitter yet are accepted so endpoints can subscribe ahead
 EVENT_TYPES: dict[str, str] = {
@@ -16,10 +20,10 @@ EVENT_TYPES: dict[str, str] = {
     INVOICE_PAID: "An invoice was paid (Stripe, or marked paid by an operator).",
     INVOICE_VOIDED: "An invoice was voided.",
     ALERT_SOFT_LIMIT: "A customer crossed a soft-limit alert threshold of a hard limit or its spend cap.",
-    "budget.alert": "A budget crossed its soft threshold (not emitted yet).",
-    "circuit.tripped": "An agent run's circuit breaker tripped (not emitted yet).",
-    "run.killed": "An agent run was killed (not emitted yet).",
-    "customer.paused": "A customer or project was paused (not emitted yet).",
+    BUDGET_ALERT: "A budget crossed its soft threshold (once per budget and period), or an alert-only budget was exceeded.",
+    CIRCUIT_TRIPPED: "An agent run's circuit breaker tripped: its later events and reservations are refused.",
+    RUN_KILLED: "An agent run was killed (the kill switch).",
+    CUSTOMER_PAUSED: "A customer or one of its projects was paused (by the operator, the customer or an anomaly).",
     "anomaly.opened": "A spend anomaly was opened (not emitted yet).",
     "anomaly.resolved": "A spend anomaly was resolved (not emitted yet).",
 }

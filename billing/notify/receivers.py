@@ -6,13 +6,18 @@ A receiver never lets a webhook problem reach the app that sent the signal: it l
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.dispatch import receiver
 
 from billing.common.fields import decimal_to_text
-from billing.guardrails.models import Alert
-from billing.guardrails.signals import soft_limit_crossed
+from billing.customers.models import Customer
+from billing.guardrails.models import Alert, Pause, Run
+from billing.guardrails.pauses import pause_as_dict
+from billing.guardrails.runs import run_detail
+from billing.guardrails.selectors import BUDGET_TARGET_PREFIX
+from billing.guardrails.signals import circuit_tripped, customer_paused, run_killed, soft_limit_crossed
 from billing.invoicing.models import Invoice
 from billing.invoicing.selectors import invoice_as_dict
 from billing.invoicing.signals import invoice_finalized, invoice_status_changed
@@ -57,8 +62,46 @@ def alert_data(alert: Alert) -> dict[str, Any]:
 @receiver(soft_limit_crossed, dispatch_uid="notify.soft_limit_crossed")
 def on_soft_limit_crossed(sender: Any, alert_ids: list[int], **kwargs: Any) -> None:
     for alert in Alert.objects.select_related("customer").filter(pk__in=alert_ids).order_by("pk"):
+        type_ = event_types.BUDGET_ALERT if alert.target.startswith(BUDGET_TARGET_PREFIX) else event_types.ALERT_SOFT_LIMIT
         try:
-            event_emit(type=event_types.ALERT_SOFT_LIMIT, key=f"{event_types.ALERT_SOFT_LIMIT}:{alert.pk}",
-                       data=alert_data(alert))
+            data = alert_data(alert)
+            if type_ == event_types.BUDGET_ALERT:
+                data["budget"] = alert.target.removeprefix(BUDGET_TARGET_PREFIX).split("@")[0]
+            event_emit(type=type_, key=f"{type_}:{alert.pk}", data=data)
         except Exception:
-            log.exception("webhook event alert.soft_limit of alert %s not emitted", alert.pk)
+            log.exception("webhook event %s of alert %s not emitted", type_, alert.pk)
+
+
+def _emit_guard(type_: str, key: str, build: Callable[[], dict[str, Any]]) -> None:
+    try:
+        event_emit(type=type_, key=key, data=build())
+    except Exception:
+        log.exception("webhook event %s (%s) not emitted", type_, key)
+
+
+@receiver(customer_paused, dispatch_uid="notify.customer_paused")
+def on_customer_paused(sender: Any, pause_id: int, **kwargs: Any) -> None:
+    def build() -> dict[str, Any]:
+        return {"pause": pause_as_dict(Pause.objects.select_related("customer", "project").get(pk=pause_id))}
+
+    _emit_guard(event_types.CUSTOMER_PAUSED, f"{event_types.CUSTOMER_PAUSED}:{pause_id}", build)
+
+
+@receiver(circuit_tripped, dispatch_uid="notify.circuit_tripped")
+def on_circuit_tripped(sender: Any, customer_id: int, run_id: str, breaker: str, **kwargs: Any) -> None:
+    def build() -> dict[str, Any]:
+        return {"run": run_detail(customer=Customer.objects.get(pk=customer_id), run_id=run_id)}
+
+    run = Run.objects.filter(customer_id=customer_id, run_id=run_id).values_list("pk", "changed_at").first()
+    stamp = f"{run[0]}:{run[1]:%Y%m%dT%H%M%S.%f}" if run else run_id
+    _emit_guard(event_types.CIRCUIT_TRIPPED, f"{event_types.CIRCUIT_TRIPPED}:{stamp}", build)
+
+
+@receiver(run_killed, dispatch_uid="notify.run_killed")
+def on_run_killed(sender: Any, customer_id: int, run_id: str, **kwargs: Any) -> None:
+    def build() -> dict[str, Any]:
+        return {"run": run_detail(customer=Customer.objects.get(pk=customer_id), run_id=run_id)}
+
+    run = Run.objects.filter(customer_id=customer_id, run_id=run_id).values_list("pk", "changed_at").first()
+    stamp = f"{run[0]}:{run[1]:%Y%m%dT%H%M%S.%f}" if run else run_id
+    _emit_guard(event_types.RUN_KILLED, f"{event_types.RUN_KILLED}:{stamp}", build)

@@ -26,7 +26,9 @@ from django.utils import timezone
 from billing.common import locks
 from billing.common.auth import Principal
 from billing.common.errors import DomainError
+from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.guards import guard_states, refusal_of
+from billing.guardrails.runs import runs_trip
 from billing.usage.contract import CleanEvent, clean_event, decode_event
 from billing.usage.errors import UsageCode
 from billing.usage.ingest import debit, store
@@ -57,6 +59,8 @@ def events_ingest(
             inserted, known, retried_refusals = debit.debit_and_store(batch.rows, limited, reservation, now,
                                                                       lookups.subscribed)
             _answer(batch, inserted, known, retried_refusals, results)
+    if batch.rows:
+        _trip_runs(batch.rows)
     if subscribed and batch.rows:  # soft-limit alerts: a check per customer, after commit (guardrails.alerts)
         from billing.guardrails.alerts import alerts_check_soon
 
@@ -121,6 +125,16 @@ def _guard(batch: _Batch, lookups: Any) -> None:
         error = refusal_of(state, row.project_pk, row.run_id) if state is not None else None
         if error is not None:
             row.billable, row.reason, row.refusal = False, f"rejected_{error.code}", error
+
+
+def _trip_runs(rows: list[Row]) -> None:
+    """A run whose breaker refused one of its events is tripped (billing.guardrails.runs): from now on the
+    guard state refuses its events before the limits are asked."""
+    trips = [(r.customer_pk, r.run_id, r.refusal.extra["breaker"]) for r in rows
+             if r.refusal is not None and r.refusal.code == GuardrailsCode.CIRCUIT_OPEN and r.refusal.extra
+             and "breaker" in r.refusal.extra and "state" not in r.refusal.extra]
+    if trips:
+        runs_trip(trips)
 
 
 def _answer_late(late: list[Row], results: list[IngestResult | None]) -> None:
