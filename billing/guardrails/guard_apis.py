@@ -123,7 +123,7 @@ class CustomerBudgetsApi(APIView):
     required_scope = SELF_SERVICE
 
     class BudgetInput(serializers.Serializer):
-        budget_id = serializers.CharField(max_length=128)
+        budget_id = serializers.CharField(max_length=128, allow_blank=True)
         scope = serializers.JSONField(required=False, default=dict)
         amount = serializers.JSONField()
         period = serializers.CharField(max_length=8, required=False, default="month")

@@ -68,7 +68,7 @@ def override_validate(data: Any) -> dict[str, Any]:
         raise validation_error({schema.problem_path(exc)[0] or "body": [str(exc)]}) from None
     problems: list[tuple[str, str]] = []
     meters = set(Meter.objects.values_list("key", flat=True))
-    terms: dict[str, Any] = {"limits": schema.validate_limits(entry.limits, "limits", meters, problems)}
+    terms: dict[str, Any] = {"limits": schema.validate_limits(entry.limits, "", meters, problems)}
     if entry.spend_cap is not msgspec.UNSET:
         if entry.spend_cap is not None:
             schema.check_amount(problems, "spend_cap", entry.spend_cap, positive=True)
@@ -80,6 +80,6 @@ def override_validate(data: Any) -> dict[str, Any]:
     if problems:
         fields: dict[str, list[str]] = {}
         for path, message in problems:
-            fields.setdefault(path, []).append(message)
+            fields.setdefault(path.lstrip("."), []).append(message)
         raise validation_error(fields)
     return terms
