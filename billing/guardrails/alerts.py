@@ -130,8 +130,9 @@ def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
     is queued by anyone. The check clears the mark before it reads the ledger, so usage after that read
     queues the next check. Queued after commit; a broker failure is logged and never fails the ingest."""
     clock = time.monotonic()
+    shared = _cache_is_shared()
     pks = [pk for pk in sorted(set(customer_pks))
-           if _QUEUED.get(pk, 0.0) <= clock and cache.add(_mark(pk), 1, timeout=MARK_TTL_SECONDS)]
+           if _QUEUED.get(pk, 0.0) <= clock and (not shared or cache.add(_mark(pk), 1, timeout=MARK_TTL_SECONDS))]
     for pk in pks:  # 1 s of margin for the commit and the worker's clock
         _QUEUED[pk] = clock + CHECK_DELAY_SECONDS - 1
     if not pks:
@@ -148,6 +149,13 @@ def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
                 _QUEUED.pop(pk, None)
 
     transaction.on_commit(enqueue)
+
+
+def _cache_is_shared() -> bool:
+    """Whether the cache is one all processes see (Redis). The embedded default's cache is in process: a
+    mark set here could never be cleared by the worker's check, and would block the checks after ingest
+    for ``MARK_TTL_SECONDS``; without a shared cache each process debounces on its own (``_QUEUED``)."""
+    return "locmem" not in settings.CACHES["default"]["BACKEND"].lower()
 
 
 def alerts_detect(*, customer: Customer, now: datetime) -> list[Alert]:

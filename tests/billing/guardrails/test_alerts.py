@@ -408,6 +408,26 @@ def test_ingest_queues_one_delayed_check_per_customer_and_burst(acme, monkeypatc
 
 
 @pytest.mark.django_db
+def test_without_a_shared_cache_each_burst_after_a_countdown_queues_its_check(acme, monkeypatch, settings,
+                                                                             django_capture_on_commit_callbacks):
+    """The embedded default (no Redis): the worker's check cannot clear a mark in the web process's own
+    cache, so none is set there; the process's countdown alone debounces."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "t"}}
+    subscribe(acme, hard="1000")
+    queued: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(tasks.alerts_check_task, "apply_async", lambda args, countdown: queued.append((args, countdown)))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        use("1", event_id="first")
+        use("1", event_id="same-burst")
+    alerts_service._QUEUED.clear()  # the countdown is over; the check ran in the worker (its own cache)
+    with django_capture_on_commit_callbacks(execute=True):
+        use("1", event_id="next-burst")
+
+    assert queued == [([acme.pk], alerts_service.CHECK_DELAY_SECONDS)] * 2
+
+
+@pytest.mark.django_db
 def test_a_broker_outage_never_fails_the_ingest(acme, monkeypatch, django_capture_on_commit_callbacks):
     subscribe(acme, hard="1000")
 
