@@ -30,9 +30,13 @@ class BenchFailure(RuntimeError):
 
 
 def event(customer: str, n: int) -> dict:
-    return {"event_id": f"e-{n}", "customer": customer, "meter": "llm_tokens", "quantity": str(100 + n % 900),
+    body: dict[str, Any] = {"event_id": f"e-{n}", "customer": customer, "meter": "llm_tokens", "quantity": str(100 + n % 900),
             "timestamp": (T0 + timedelta(microseconds=n)).isoformat(),
             "dimensions": {"model": ("gpt-4o", "claude", "llama")[n % 3], "direction": ("input", "output")[n % 2]}}
+    if "guarded" in customer:  # the guardrails' customers: agent runs of 50 steps, for end users
+        body["trace"] = {"run_id": f"run-{n // 50}"}
+        body["dimensions"]["end_user"] = f"u-{n % 20}"
+    return body
 
 
 def batches(customer: str, total: int, size: int, worker: int, workers: int) -> list[bytes]:

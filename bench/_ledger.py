@@ -42,7 +42,11 @@ CONFIGS = {  # label: (backend of the server, customer prefix)
     "plain": ("sql", "bench"),
     "limited_sql": ("sql", "limited"),
     "limited_tigerbeetle": ("tigerbeetle", "tblimited"),
+    # quotas, a spend cap, one budget, run limits and anomaly counters: every event in a run and a budget
+    "guarded_sql": ("sql", "guarded"),
+    "guarded_tigerbeetle": ("tigerbeetle", "tbguarded"),
 }
+LIMITED = ("limited_sql", "limited_tigerbeetle", "guarded_sql", "guarded_tigerbeetle")
 RESERVE_SETTLE_CUSTOMER = {"sql": "limited-rt", "tigerbeetle": "tblimited-rt"}
 
 
@@ -127,6 +131,7 @@ class LedgerRun:
         for size in self.args.sizes:
             self.rounds(size)
         self.reserve_settle()
+        self.guarded_singles()
         self.client_alone()
         for backend, log in self.logs.items():
             if "Traceback" in log.read_text(errors="replace"):
@@ -222,7 +227,8 @@ class LedgerRun:
         """Every server's workers import, connect and (TigerBeetle) open their clients before a measurement."""
         warm = min(self.args.events, 16 * 1000)
         for label, customer in (("plain", "bench-1000"), ("limited_sql", "limited-rt"),
-                                ("limited_tigerbeetle", "tblimited-rt")):
+                                ("limited_tigerbeetle", "tblimited-rt"), ("guarded_sql", "guarded-single"),
+                                ("guarded_tigerbeetle", "tbguarded-single")):
             if label in self.active:
                 try:
                     self.phase(label, customer, warm, 1000)
@@ -277,6 +283,23 @@ class LedgerRun:
                                                              "p50_ms": round(pct(latencies, 0.5), 2),
                                                              "p99_ms": round(pct(latencies, 0.99), 2)}
 
+    def guarded_singles(self) -> None:
+        """Single guarded events (quota, cap, budget, run, anomaly counter) from 1 client, per backend."""
+        for backend, customer in (("sql", "guarded-single"), ("tigerbeetle", "tbguarded-single")):
+            if backend not in self.servers:
+                continue
+            bodies = [json.dumps(event(customer, 20_000_000 + i)).encode() for i in range(self.args.singles)]
+            try:
+                elapsed, lat, totals = drive(self.ports[backend], self.key, [bodies], "/api/v1/events",
+                                             deadline_s=self.args.phase_timeout or 600,
+                                             request_timeout=self.args.request_timeout)
+            except BenchFailure as exc:
+                self.failures[f"guarded_single_{backend}"] = str(exc)
+                continue
+            self.results[f"guarded_single_{backend}"] = {
+                "requests": len(bodies), "req_per_s": round(len(bodies) / elapsed), "p50_ms": round(pct(lat, 0.5), 2),
+                "p99_ms": round(pct(lat, 0.99), 2), "http": {k: v for k, v in totals.items() if isinstance(k, int)}}
+
     def client_alone(self) -> None:
         """The ledger alone: the TigerBeetle client from this process, against the same replica."""
         if self.replica is None:
@@ -312,7 +335,7 @@ def summarise(results: dict, runs: dict[str, list[dict]], size: int) -> None:
         results[f"{label}_{size}"] = {**{k: round(v, 1) for k, v in medians.items()},
                                       "events_per_s": round(medians["events_per_s"]), "rounds": done}
     plain = results.get(f"plain_{size}")
-    for label in ("limited_sql", "limited_tigerbeetle"):
+    for label in LIMITED:
         limited = results.get(f"{label}_{size}")
         if plain is None or limited is None:
             continue
@@ -365,6 +388,11 @@ def report(results: dict) -> str:
         if rs:
             lines.append(f"reserve+settle on {backend}: p50 {rs['p50_ms']} ms, p99 {rs['p99_ms']} ms "
                          f"({rs['round_trips']} round trips)")
+    for backend in ("sql", "tigerbeetle"):
+        single = results.get(f"guarded_single_{backend}")
+        if single:
+            lines.append(f"single guarded event on {backend}, 1 client: p50 {single['p50_ms']} ms, p99 "
+                         f"{single['p99_ms']} ms ({single['requests']} requests, HTTP {single['http']})")
     client = results.get("tigerbeetle_client")
     if client:
         lines.append(_client_line(client))

@@ -59,6 +59,19 @@ plans:
     limits:
       - {meter: llm_tokens, soft: "80%", hard: 1000000000000000}
     spend_cap: "1000000000"
+  - key: guarded
+    name: Guarded
+    currency: USD
+    effective_from: "2020-01-01T00:00:00Z"
+    charges:
+      - meter: llm_tokens
+        model: graduated
+        tiers: [{up_to: 1000000, unit_price: "0.000002"}, {up_to: null, unit_price: "0.000001"}]
+    limits:
+      - {meter: llm_tokens, soft: "80%", hard: 1000000000000000}
+    spend_cap: "1000000000"
+    run_limits: {max_steps: 1000000000, max_spend: "1000000000", max_duration_seconds: 86400000}
+    anomaly: {window_minutes: 5, factor: "1000", min_spend: "1000000000", action: alert}
 """
 
 
@@ -115,7 +128,8 @@ def prepare(args: argparse.Namespace, database_url: str, work: Path) -> tuple[di
         f"runs = [f'{{s}}-r{{r}}' for s in {sorted({100, 1000, *args.sizes})!r} for r in range({args.rounds})]\n"
         "plain = ['bench-100', 'bench-1000', 'bench-single'] + [f'bench-{run}' for run in runs]\n"
         "limited = ['limited-rt', 'tblimited-rt'] + [f'{p}-{run}' for p in ('limited', 'tblimited') for run in runs]\n"
-        "[customer_create(external_id=c, name=c) for c in plain + limited]\n"
+        "guarded = ['guarded-single', 'tbguarded-single'] + [f'{p}-{run}' for p in ('guarded', 'tbguarded') for run in runs]\n"
+        "[customer_create(external_id=c, name=c) for c in plain + limited + guarded]\n"
         "from datetime import datetime, timezone\n"
         "from billing.catalog.models import Plan\n"
         "from billing.catalog.services import catalog_import, subscription_set\n"
@@ -125,6 +139,12 @@ def prepare(args: argparse.Namespace, database_url: str, work: Path) -> tuple[di
         "[subscription_set(customer=Customer.objects.get(external_id=c), plan=Plan.objects.get(key='limited'),"
         " start=datetime(2020, 1, 1, tzinfo=timezone.utc), now=now, actor='bench')"
         " for c in limited]\n"
+        "[subscription_set(customer=Customer.objects.get(external_id=c), plan=Plan.objects.get(key='guarded'),"
+        " start=datetime(2020, 1, 1, tzinfo=timezone.utc), now=now, actor='bench')"
+        " for c in guarded]\n"
+        "from billing.guardrails.budgets import budget_create\n"
+        "[budget_create(customer=Customer.objects.get(external_id=c), budget_id='all', scope={}, amount='1000000000',"
+        " period='month', action='block') for c in guarded]\n"
         "print(api_key_create(name='bench', scope='ingest')[1])\n"
     )
     key = subprocess.run([PY, "manage.py", "shell", "-c", setup], cwd=ROOT, env=env, check=True,

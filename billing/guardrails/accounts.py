@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Container
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -225,34 +226,42 @@ def remember_wallets(ids: set[int]) -> None:
 def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
     """Create accounts and their allocations if missing (a no-op when they are there), and bring each
     allocation to its amount (``follow``: the terms in force)."""
-    _create(accounts, allocations)
-    follow(allocations)
+    follow(allocations, skip=_create(accounts, allocations))
 
 
-def _create(accounts: list[Account], allocations: list[Transfer]) -> None:
+def _create(accounts: list[Account], allocations: list[Transfer]) -> set[int]:
+    """Create what is missing; returns the accounts whose allocation this call created (at the amount
+    wanted: nothing to follow). An allocation of an account this call created cannot exist yet, so it is
+    created without looking it up first (a new agent run's accounts cost two ledger calls, not three)."""
     unique = [a for a in {a.id: a for a in accounts}.values() if a not in KNOWN_ACCOUNTS]
+    new: set[int] = set()
     if unique:
         statuses = get_ledger().create_accounts(unique)
         bad = [(a.id, s) for a, s in zip(unique, statuses, strict=True) if not s.ok]
         if bad:
             raise RuntimeError(f"ledger refused accounts: {bad}")
         _remember(KNOWN_ACCOUNTS, unique)
+        new = {a.id for a, s in zip(unique, statuses, strict=True) if s is Status.CREATED}
     unique_t = [t for t in {t.id: t for t in allocations}.values() if t not in KNOWN_ALLOCATIONS]
-    if unique_t:
-        found = get_ledger().lookup_transfers([t.id for t in unique_t])
-        if all(_allocated(t, found.get(t.id)) for t in unique_t):
-            _remember(KNOWN_ALLOCATIONS, unique_t)
-            return
-        statuses = get_ledger().create_transfers(unique_t)
-        bad_t = [(t.id, s) for t, s in zip(unique_t, statuses, strict=True) if not s.ok]
-        if bad_t:
-            # a limit changed within a period: the first allocation stays, ``follow`` adjusts it
-            bad_t = [(i, s) for i, s in bad_t if s is not Status.EXISTS_WITH_DIFFERENT_AMOUNT]
-        if bad_t:
-            raise RuntimeError(f"ledger refused allocations: {bad_t}")
-        _remember(KNOWN_ALLOCATIONS, unique_t)
-        created = [t for t, s in zip(unique_t, statuses, strict=True) if s is Status.CREATED and t.code in REDUCTION_OF]
-        transaction.on_commit(lambda: FOLLOWED.update({t.credit_account_id: t.amount for t in created}))
+    older = [t for t in unique_t if t.credit_account_id not in new]
+    if older:
+        found = get_ledger().lookup_transfers([t.id for t in older])
+        if all(_allocated(t, found.get(t.id)) for t in older):
+            _remember(KNOWN_ALLOCATIONS, older)
+            unique_t = [t for t in unique_t if t.credit_account_id in new]
+    if not unique_t:
+        return set()
+    statuses = get_ledger().create_transfers(unique_t)
+    bad_t = [(t.id, s) for t, s in zip(unique_t, statuses, strict=True) if not s.ok]
+    if bad_t:
+        # a limit changed within a period: the first allocation stays, ``follow`` adjusts it
+        bad_t = [(i, s) for i, s in bad_t if s is not Status.EXISTS_WITH_DIFFERENT_AMOUNT]
+    if bad_t:
+        raise RuntimeError(f"ledger refused allocations: {bad_t}")
+    _remember(KNOWN_ALLOCATIONS, unique_t)
+    created = [t for t, s in zip(unique_t, statuses, strict=True) if s is Status.CREATED and t.code in REDUCTION_OF]
+    transaction.on_commit(lambda: FOLLOWED.update({t.credit_account_id: t.amount for t in created}))
+    return {t.credit_account_id for t in created}
 
 
 # Allocations follow the terms in force (contract: "Limits apply at once"): what this process last brought
@@ -277,14 +286,14 @@ def allocated_net(account_id: int, code: int) -> tuple[int, int]:
     return net, len(ups) + len(downs)
 
 
-def follow(allocations: list[Transfer]) -> None:
+def follow(allocations: list[Transfer], skip: Container[int] = ()) -> None:
     """Bring each allocation's account to the allocation's amount, the terms in force: an upgrade credits
     the difference, a downgrade takes it back, as much as the account still has (below what is used
     already it is left with nothing: the next event is refused). Adjustments are transfers whose id
     derives from the account and its count of allocations so far: concurrent followers of one change
     write the same one once."""
     todo = [t for t in {t.credit_account_id: t for t in allocations if t.code in REDUCTION_OF}.values()
-            if FOLLOWED.get(t.credit_account_id) != t.amount]
+            if FOLLOWED.get(t.credit_account_id) != t.amount and t.credit_account_id not in skip]
     ledger = get_ledger()
     for wanted in todo:
         account_id = wanted.credit_account_id

@@ -216,6 +216,7 @@ def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed
     by_run: dict[tuple[int, str, str], tuple[Guard, ...]] = {}
     by_scope: dict[tuple[Any, ...], tuple[Guard, ...]] = {}
     by_watch: dict[tuple[int, str, str], tuple[Guard, ...]] = {}
+    views: dict[int, tuple[tuple[str, ...], bool]] = {}
     touched: set[int] = set()
     for event, shared, _charges in plans:
         guards: tuple[Guard, ...] = ()
@@ -228,9 +229,14 @@ def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed
             guards = found
         budgets = subscribed.budgets.get(event.customer_pk)
         if budgets and shared.priced:
-            day = day_key(event.usage_at)
-            scope = (event.customer_pk, event.project_pk, event.api_key_pk, tuple(event.dimensions.items()),
-                     shared.currency, shared.period, day)
+            # what the customer's budgets look at, and nothing more: a key per distinct answer
+            view = views.get(event.customer_pk)
+            if view is None:
+                view = views[event.customer_pk] = _budget_view(budgets)
+            keys, daily = view
+            day = day_key(event.usage_at) if daily else 0
+            scope = (event.customer_pk, event.project_pk, event.api_key_pk,
+                     tuple(event.dimensions.get(k) for k in keys), shared.currency, shared.period, day)
             found = by_scope.get(scope)
             if found is None:
                 found = by_scope[scope] = _budget_guards(shared, budgets, event, day, accounts, allocations)
@@ -270,6 +276,11 @@ def _run_guards(shared: LimitTerms, run_id: str, limits: RunLimits, accounts: li
         guards.append(Guard("run_spend", spend.id, RUN_SPEND, shared.money_ledger, 0, run_id,
                             checked=limits.max_spend is not None))
     return tuple(guards)
+
+
+def _budget_view(budgets: tuple[BudgetTerms, ...]) -> tuple[tuple[str, ...], bool]:
+    """The dimension keys a customer's budgets match on, and whether one of them is daily."""
+    return tuple(sorted({k for b in budgets for k, _ in b.dimension})), any(b.period == "day" for b in budgets)
 
 
 def _watch_guard(shared: LimitTerms, accounts: list[Account], allocations: list[Transfer]) -> tuple[Guard, ...]:

@@ -45,44 +45,45 @@ class SqlLedger(LedgerBackend):
 
     # --- accounts ---------------------------------------------------------------------------------
     def create_accounts(self, accounts: Sequence[Account]) -> list[Status]:
+        existing: dict[int, Account] | None = None
         if connection.vendor == "postgresql" and accounts and all(a.id and a.ledger and a.code for a in accounts):
-            # the common case, every account already there: one plain read, no transaction
-            stored = {a.id: a for a in self._accounts([a.id for a in accounts], lock=False)}
-            if all(_same_account(stored.get(a.id), a) for a in accounts):
+            # the common case, every account already there: one plain read, no transaction (and when some
+            # are missing, what it read is what exists: an account is never deleted or changed)
+            existing = {a.id: a for a in self._accounts([a.id for a in accounts], lock=False)}
+            if all(_same_account(existing.get(a.id), a) for a in accounts):
                 return [Status.EXISTS] * len(accounts)
         with transaction.atomic():
-            existing = {a.id: a for a in LedgerAccount.objects.filter(pk__in=[a.id for a in accounts])}
-            statuses: list[Status] = []
+            if existing is None:
+                existing = {a.id: _account(a) for a in LedgerAccount.objects.filter(pk__in=[a.id for a in accounts])}
+            statuses: list[Status | None] = []
+            rows: dict[int, LedgerAccount] = {}
             for account in accounts:
-                if account.id == 0:
-                    statuses.append(Status.ID_MUST_NOT_BE_ZERO)
-                    continue
-                if account.ledger == 0:
-                    statuses.append(Status.LEDGER_MUST_NOT_BE_ZERO)
-                    continue
-                if account.code == 0:
-                    statuses.append(Status.CODE_MUST_NOT_BE_ZERO)
-                    continue
+                invalid = (Status.ID_MUST_NOT_BE_ZERO if account.id == 0 else Status.LEDGER_MUST_NOT_BE_ZERO
+                           if account.ledger == 0 else Status.CODE_MUST_NOT_BE_ZERO if account.code == 0 else None)
                 old = existing.get(account.id)
-                if old is not None:
-                    same = _same_account(_account(old), account)
-                    statuses.append(Status.EXISTS if same else Status.EXISTS_WITH_DIFFERENT_ACCOUNT)
-                    continue
-                row = LedgerAccount(id=account.id, ledger=account.ledger, code=account.code, flags=int(account.flags),
-                                    user_data_128=account.user_data_128, user_data_64=account.user_data_64,
-                                    user_data_32=account.user_data_32, timestamp=_now_ns())
-                try:
-                    with transaction.atomic():
-                        row.save(force_insert=True)
-                except IntegrityError:  # created concurrently: compare with what won
-                    existing[account.id] = LedgerAccount.objects.get(pk=account.id)
-                    old = existing[account.id]
-                    same = (old.flags, old.ledger, old.code) == (int(account.flags), account.ledger, account.code)
-                    statuses.append(Status.EXISTS if same else Status.EXISTS_WITH_DIFFERENT_ACCOUNT)
-                    continue
-                existing[account.id] = row
-                statuses.append(Status.CREATED)
-            return statuses
+                if invalid is None and old is not None:
+                    invalid = Status.EXISTS if _same_account(old, account) else Status.EXISTS_WITH_DIFFERENT_ACCOUNT
+                elif invalid is None and account.id not in rows:
+                    rows[account.id] = LedgerAccount(
+                        id=account.id, ledger=account.ledger, code=account.code, flags=int(account.flags),
+                        user_data_128=account.user_data_128, user_data_64=account.user_data_64,
+                        user_data_32=account.user_data_32, timestamp=_now_ns())
+                statuses.append(invalid)
+            if rows:
+                # one INSERT; an account created concurrently by another transaction is skipped, and told
+                # apart from ours by its timestamp (each is unique)
+                LedgerAccount.objects.bulk_create(list(rows.values()), ignore_conflicts=True)
+            winners = {a.id: a for a in LedgerAccount.objects.filter(pk__in=list(rows))} if rows else {}
+            out: list[Status] = []
+            for account, status in zip(accounts, statuses, strict=True):
+                if status is None:
+                    won = winners[account.id]
+                    mine = rows.pop(account.id, None)
+                    status = (Status.CREATED if mine is not None and won.timestamp == mine.timestamp
+                              else Status.EXISTS if _same_account(_account(won), account)
+                              else Status.EXISTS_WITH_DIFFERENT_ACCOUNT)
+                out.append(status)
+            return out
 
     def lookup_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
         self._expire_due()

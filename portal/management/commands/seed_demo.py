@@ -18,6 +18,9 @@ from billing.catalog.services import catalog_import, meter_create, subscription_
 from billing.common.auth import Principal
 from billing.customers.models import Customer, CustomerUser, Project
 from billing.customers.services import api_key_create, customer_user_create
+from billing.guardrails.budgets import budget_create
+from billing.guardrails.models import Budget, CustomerOverride
+from billing.guardrails.overrides import override_put
 from billing.usage.services import events_ingest
 
 OPERATOR = ("operator", "tollgate-operator")
@@ -81,6 +84,12 @@ class Command(BaseCommand):
             now = timezone.now()
             subscription_set(customer=customer, plan=Plan.objects.get(key="pro"), start=now - timedelta(days=60), now=now,
                              actor="seed_demo")
+        if not CustomerOverride.objects.filter(customer=customer).exists():  # agent runs under circuit breakers
+            override_put(customer=customer, data={"run_limits": {"max_steps": 50, "max_spend": "5.00"}},
+                         actor="seed_demo")
+        if not Budget.objects.filter(customer=customer).exists():
+            budget_create(customer=customer, budget_id="research-agent", scope={"project": "research-agent"},
+                          amount="200.00", period="month", action="block", soft="80%", actor="seed_demo")
         self._events(customer, options["events"])
         _, ingest_key = api_key_create(name="demo ingest key", scope="ingest")
         _, read_key = api_key_create(name="demo read key (acme-co)", scope="read", customer=customer)
