@@ -19,9 +19,8 @@ from billing.guardrails.guard_apis import (
     CustomerOverridesApi,
     CustomerPauseDetailApi,
     CustomerPausesApi,
+    CustomerRunActionApi,
     CustomerRunApi,
-    CustomerRunKillApi,
-    CustomerRunReleaseApi,
 )
 from billing.invoicing.apis import (
     CustomerUpcomingInvoiceApi,
@@ -66,8 +65,9 @@ api = [
     path("customers/<str:customer_id>/pauses", CustomerPausesApi.as_view(), name="customer-pauses"),
     path("customers/<str:customer_id>/pauses/<str:pause_id>", CustomerPauseDetailApi.as_view(), name="customer-pause"),
     path("customers/<str:customer_id>/runs/<str:run_id>", CustomerRunApi.as_view(), name="customer-run"),
-    path("customers/<str:customer_id>/runs/<str:run_id>/kill", CustomerRunKillApi.as_view(), name="customer-run-kill"),
-    path("customers/<str:customer_id>/runs/<str:run_id>/release", CustomerRunReleaseApi.as_view(),
+    path("customers/<str:customer_id>/runs/<str:run_id>/kill", CustomerRunActionApi.as_view(), {"action": "kill"},
+         name="customer-run-kill"),
+    path("customers/<str:customer_id>/runs/<str:run_id>/release", CustomerRunActionApi.as_view(), {"action": "release"},
          name="customer-run-release"),
     path("customers/<str:customer_id>/budgets", CustomerBudgetsApi.as_view(), name="customer-budgets"),
     path("customers/<str:customer_id>/budgets/<str:budget_id>", CustomerBudgetDetailApi.as_view(),

@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from billing.common.admin import ReadOnlyAdmin
 from billing.common.errors import DomainError
 from billing.guardrails.alerts import alert_threshold_validate
 from billing.guardrails.models import Alert, AlertThreshold, Budget, CreditGrant, CustomerOverride, Pause, Reservation, Run
@@ -82,18 +83,9 @@ class AlertAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} alert(s) will be sent by the next check (within 5 minutes).")
 
 
-class ReadOnlyGuard(admin.ModelAdmin):
+class ReadOnlyGuard(ReadOnlyAdmin):
     """Overrides, pauses, runs and budgets are written through the API and the console, which bump the customer's
     guard revision so ingest rereads them at once; an edit here would not, so they are read-only."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(CustomerOverride)

@@ -99,23 +99,17 @@ class CustomerRunApi(APIView):
         return Response(runs.run_detail(customer=_customer(request, customer_id), run_id=run_id))
 
 
-class CustomerRunKillApi(APIView):
+class CustomerRunActionApi(APIView):
+    """``POST .../runs/{run_id}/kill`` (the kill switch) and ``.../release`` (back to open, counters kept);
+    the route names the action."""
+
     required_scope = "read"
+    ACTIONS = {"kill": runs.run_kill, "release": runs.run_release}
 
-    @extend_schema(request=None, responses={200: None}, operation_id="customer_run_kill")
-    def post(self, request: Request, customer_id: str, run_id: str) -> Response:
+    @extend_schema(request=None, responses={200: None})
+    def post(self, request: Request, customer_id: str, run_id: str, action: str) -> Response:
         customer = _customer(request, customer_id, change=True)
-        runs.run_kill(customer=customer, run_id=run_id, actor=actor_of(request))
-        return Response(runs.run_detail(customer=customer, run_id=run_id))
-
-
-class CustomerRunReleaseApi(APIView):
-    required_scope = "read"
-
-    @extend_schema(request=None, responses={200: None}, operation_id="customer_run_release")
-    def post(self, request: Request, customer_id: str, run_id: str) -> Response:
-        customer = _customer(request, customer_id, change=True)
-        runs.run_release(customer=customer, run_id=run_id, actor=actor_of(request))
+        self.ACTIONS[action](customer=customer, run_id=run_id, actor=actor_of(request))
         return Response(runs.run_detail(customer=customer, run_id=run_id))
 
 

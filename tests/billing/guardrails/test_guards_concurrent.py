@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from django.db import connection
 
-from billing.common.auth import Principal
 from billing.guardrails.budgets import budget_create
 from billing.guardrails.models import Run
 from billing.guardrails.pauses import pause_create, pause_lift
 from billing.usage.models import UsageEvent
-from billing.usage.services import events_ingest
 from tests import factories
+from tests.billing.guardrails.test_limits_at_ingest import hammer as limits_hammer
 
-ADMIN = Principal(scopes=frozenset({"admin"}))
 AT = datetime.now(timezone.utc) - timedelta(seconds=5)
 CLIENTS = 32
 pytestmark = [pytest.mark.ledger, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -39,24 +34,7 @@ def body(event_id: str, **extra: Any) -> bytes:
 
 def hammer(per_client: int, batch: int, prefix: str = "c", **extra: Any) -> list[str]:
     """CLIENTS clients at once, each sending per_client events in batches; every answer's status or code."""
-    barrier = threading.Barrier(CLIENTS)
-    lock = threading.Lock()
-    statuses: list[str] = []
-
-    def work(n: int) -> None:
-        try:
-            barrier.wait()
-            for start in range(0, per_client, batch):
-                raw = [body(f"{prefix}{n}-{i}", **extra) for i in range(start, min(start + batch, per_client))]
-                results = events_ingest(principal=ADMIN, raw_events=raw)
-                with lock:
-                    statuses.extend(r.error.code if r.error else r.status for r in results)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        list(pool.map(work, range(CLIENTS)))
-    return statuses
+    return limits_hammer(CLIENTS, per_client, batch, lambda event_id: body(f"{prefix}{event_id}", **extra))
 
 
 def test_32_clients_posting_steps_of_one_run_with_max_steps_100_accept_exactly_100(acme):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -43,8 +44,9 @@ def body(event_id: str, quantity: str = "1", **extra: object) -> bytes:
                        "timestamp": AT.isoformat(), **extra}).encode()
 
 
-def hammer(threads: int = 16, per_thread: int = 500, batch: int = 50) -> list[str]:
-    """threads x per_thread events of 1 unit, each thread in batches, all at once."""
+def hammer(threads: int = 16, per_thread: int = 500, batch: int = 50,
+           body_of: Callable[[str], bytes] = body) -> list[str]:
+    """threads x per_thread events of 1 unit (``body_of(event_id)``), each thread in batches, all at once."""
     barrier = threading.Barrier(threads)
     lock = threading.Lock()
     statuses: list[str] = []
@@ -53,7 +55,7 @@ def hammer(threads: int = 16, per_thread: int = 500, batch: int = 50) -> list[st
         try:
             barrier.wait()
             for start in range(0, per_thread, batch):
-                raw = [body(f"t{n}-{i}") for i in range(start, start + batch)]
+                raw = [body_of(f"t{n}-{i}") for i in range(start, start + batch)]
                 results = events_ingest(principal=ADMIN, raw_events=raw)
                 with lock:
                     statuses.extend(r.error.code if r.error else r.status for r in results)
