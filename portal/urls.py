@@ -9,18 +9,16 @@ from billing.guardrails.apis import (
     CustomerAlertsApi,
     CustomerAlertThresholdsApi,
     CustomerBalanceApi,
-    CustomerCreditsApi,
-    ReservationReleaseApi,
-    ReservationsApi,
-)
-from billing.guardrails.guard_apis import (
     CustomerBudgetDetailApi,
     CustomerBudgetsApi,
+    CustomerCreditsApi,
     CustomerOverridesApi,
     CustomerPauseDetailApi,
     CustomerPausesApi,
     CustomerRunActionApi,
     CustomerRunApi,
+    ReservationReleaseApi,
+    ReservationsApi,
 )
 from billing.invoicing.apis import (
     CustomerUpcomingInvoiceApi,
