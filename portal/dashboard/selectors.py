@@ -17,12 +17,17 @@ from billing.catalog.money import from_minor
 from billing.catalog.ratecard import Limit
 from billing.catalog.selectors import subscription_at, version_in_effect
 from billing.common.calendar import period_bounds
-from billing.customers.models import Customer, CustomerUser
-from billing.guardrails.models import Alert, AlertThreshold
+from billing.common.errors import CommonCode, DomainError
+from billing.customers.models import ApiKey, Customer, CustomerUser, Project
+from billing.guardrails.models import Alert, AlertThreshold, Pause
+from billing.guardrails.models import Run as GuardedRun
+from billing.guardrails.pauses import pause_as_dict
+from billing.guardrails.runs import run_detail
 from billing.guardrails.selectors import (
     EffectiveThreshold,
     alert_thresholds_effective,
     alerts_list,
+    budget_figures,
     card_in_effect,
     customer_balance,
     limit_figures,
@@ -201,6 +206,7 @@ class Run:
     projects: set[str] = field(default_factory=set)
     agents: set[str] = field(default_factory=set)
     quantities: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    state: str = "open"  # its circuit breaker's: open, tripped or killed (billing.guardrails.runs)
 
     def add(self, meter: str, quantity: Decimal, at: datetime, cost: Decimal, step: Any, project: str | None,
             agent: str | None) -> None:
@@ -224,7 +230,7 @@ def _run_events(customer: Customer, now: datetime) -> Any:
 
 
 def runs_by_cost(*, customer: Customer, now: datetime, costs: list[UnitCost], limit: int = 20) -> list[Run]:
-    """The period's agent runs (``trace.run_id``), most expensive first."""
+    """The period's agent runs (``trace.run_id``), most expensive first, each with its breaker's state."""
     runs: dict[str, Run] = {}
     rows = _run_events(customer, now).values_list("run_id", "meter__key", "dimensions", "quantity", "usage_at",
                                                    "trace", "project__key")
@@ -235,8 +241,10 @@ def runs_by_cost(*, customer: Customer, now: datetime, costs: list[UnitCost], li
         run.add(meter, quantity, at, cost_of(costs, meter, dims, quantity),
                 trace.get("step"), project, trace.get("agent"))
     top = sorted(runs.values(), key=lambda r: (-r.cost, r.run_id))[:limit]
+    states = run_states(customer=customer, run_ids=[r.run_id for r in top])
     for run in top:
         run.quantities = dict(run.quantities)  # templates look ".items" up as a key first
+        run.state = states.get(run.run_id, run.state)
     return top
 
 
@@ -346,3 +354,52 @@ def alert_settings(*, customer: Customer, now: datetime) -> AlertSettings:
     names = _target_names([*(t.target for t in effective), *(f.target for f in figures)])
     return AlertSettings([ThresholdShown(t, names[t.target]) for t in effective],
                          [(f.target, names[f.target]) for f in figures])
+
+
+# --- guardrails: runs, pauses, budgets (billing/guardrails) ----------------------------------------
+
+STOPPED = (GuardedRun.State.TRIPPED, GuardedRun.State.KILLED)
+
+
+def run_guard(*, customer: Customer, run_id: str) -> dict[str, Any] | None:
+    """The run's circuit-breaker figures as the run endpoint shows them (state, steps, spend, breaker,
+    started_at), or None for a run the guardrails never counted nor stopped (no run limits on its terms).
+    ``counted`` is False for a run stopped by hand whose steps were never counted: its zeros mean nothing."""
+    try:
+        detail = run_detail(customer=customer, run_id=run_id)
+    except DomainError as exc:
+        if exc.code != CommonCode.NOT_FOUND:
+            raise
+        return None
+    return {**detail, "counted": detail["started_at"] is not None or detail["steps"] > 0,
+            "stopped": detail["state"] in STOPPED}
+
+
+def run_states(*, customer: Customer, run_ids: Iterable[str]) -> dict[str, str]:
+    """The state of each of ``run_ids`` that the guardrails hold a row for; every other run is open."""
+    rows = GuardedRun.objects.filter(customer=customer, run_id__in=list(run_ids)).values_list("run_id", "state")
+    return dict(rows)
+
+
+def runs_stopped(*, customer: Customer) -> list[GuardedRun]:
+    """The customer's tripped and killed runs, the latest stopped first: each refuses its events until released."""
+    return list(GuardedRun.objects.filter(customer=customer, state__in=STOPPED).order_by("-changed_at", "run_id"))
+
+
+def pauses_active(*, customer: Customer) -> list[dict[str, Any]]:
+    """The customer's active pauses, oldest first, as the pauses endpoint lists them."""
+    rows = Pause.objects.select_related("customer", "project").filter(customer=customer, lifted_at__isnull=True)
+    return [pause_as_dict(p) for p in rows.order_by("created_at", "pk")]
+
+
+def budgets_shown(*, customer: Customer, now: datetime) -> list[dict[str, Any]]:
+    """Each budget with this period's used and remaining (the figures the limits enforce)."""
+    return budget_figures(customer=customer, now=now)
+
+
+def budget_scope_choices(*, customer: Customer) -> dict[str, list[tuple[str, str]]]:
+    """What a new budget's scope may name: the customer's projects and its own active API keys."""
+    projects = [(p.key, p.name or p.key) for p in Project.objects.filter(customer=customer).order_by("key")]
+    keys = [(k.prefix, f"{k.name} (tg_{k.prefix}_…)")
+            for k in ApiKey.objects.filter(customer=customer, revoked_at__isnull=True).order_by("name", "prefix")]
+    return {"projects": projects, "api_keys": keys}

@@ -25,7 +25,7 @@ from billing.customers.selectors import customer_find, customer_user_customer_pk
 from billing.guardrails.alerts import alert_threshold_create, alert_threshold_delete
 from billing.invoicing.lines import Estimate
 from portal.dashboard import charts, selectors
-from portal.dashboard.forms import ContactEmailForm, ThresholdAddForm, UserAddForm
+from portal.dashboard.forms import BudgetForm, ContactEmailForm, PauseForm, ThresholdAddForm, UserAddForm
 from portal.dashboard.services import dashboard_user_add, invoice_contact_set
 
 BREAKDOWNS = ("project", "model", "provider", "direction", "region", "agent_id")
@@ -84,7 +84,8 @@ def dashboard_home(request: HttpRequest) -> HttpResponse:
 
 def _glance_context(customer: Customer, now: datetime, estimate: Estimate | None) -> dict[str, Any]:
     return {"customer": customer, "glance": selectors.glance(customer=customer, now=now, estimate=estimate),
-            "alerts": selectors.alerts_shown(customer=customer, now=now)}
+            "alerts": selectors.alerts_shown(customer=customer, now=now),
+            "pauses": selectors.pauses_active(customer=customer)}
 
 
 def _charts_context(customer: Customer, now: datetime, estimate: Estimate | None) -> dict[str, Any]:
@@ -140,21 +141,24 @@ def usage_breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
     costs = selectors.attributed_costs(estimate=selectors.period_estimate(customer=customer, now=now))
     slices = selectors.breakdown(customer=customer, now=now, by=by, costs=costs)
     meters = sorted({m for s in slices for m in s.quantities})
+    runs = selectors.runs_by_cost(customer=customer, now=now, costs=costs)
     context = {"customer": customer, "tab": "usage", "by": by, "choices": BREAKDOWNS, "slices": slices,
-               "meters": meters, "runs": selectors.runs_by_cost(customer=customer, now=now, costs=costs),
-               "currency": selectors.plan_currency(customer=customer, now=now)}
+               "meters": meters, "runs": runs, "currency": selectors.plan_currency(customer=customer, now=now),
+               "stopped": selectors.runs_stopped(customer=customer)}
     template = "dashboard/usage.html#breakdown" if _is_htmx(request) and request.GET.get("by") else "dashboard/usage.html"
     return render(request, template, context)
 
 
 @customer_view
 def run_detail(request: HttpRequest, customer: Customer, run_id: str) -> HttpResponse:
+    """One run's steps, and its circuit breaker's state with the kill switch (or release, once stopped)."""
     now = _now()
     costs = selectors.attributed_costs(estimate=selectors.period_estimate(customer=customer, now=now))
     steps = selectors.run_steps(customer=customer, now=now, run_id=run_id, costs=costs)
-    if not steps:
+    guard = selectors.run_guard(customer=customer, run_id=run_id)
+    if not steps and guard is None:
         return render(request, "dashboard/not_found.html", status=404)
-    context = {"customer": customer, "tab": "usage", "run_id": run_id, "steps": steps,
+    context = {"customer": customer, "tab": "usage", "run_id": run_id, "steps": steps, "guard": guard,
                "total": sum(s["cost"] for s in steps), "currency": selectors.plan_currency(customer=customer, now=now)}
     return render(request, "dashboard/run.html#steps" if _is_htmx(request) else "dashboard/run.html", context)
 
@@ -165,16 +169,22 @@ def invoices(request: HttpRequest, customer: Customer) -> HttpResponse:
                                                        "invoices": selectors.invoice_list(customer=customer)})
 
 
-def _settings(request: HttpRequest, customer: Customer, contact_form: ContactEmailForm | None = None,
-              user_form: UserAddForm | None = None, threshold_form: ThresholdAddForm | None = None,
-              status: int = 200) -> HttpResponse:
-    return render(request, "dashboard/settings.html", {
+def _settings(request: HttpRequest, customer: Customer, status: int = 200, **forms: Any) -> HttpResponse:
+    """The settings page; ``forms`` replaces the empty form of that name with one bound (with its errors)."""
+    now = _now()
+    context = {
         "customer": customer, "tab": "settings", "users": selectors.dashboard_users(customer=customer),
-        "contact_form": contact_form or ContactEmailForm(initial={"email": customer.email}),
-        "user_form": user_form or UserAddForm(), "saved": request.GET.get("saved", ""),
-        "alert_settings": selectors.alert_settings(customer=customer, now=_now()),
-        "threshold_form": threshold_form or ThresholdAddForm(),
-    }, status=status)
+        "saved": request.GET.get("saved", ""), "alert_settings": selectors.alert_settings(customer=customer, now=now),
+        "pauses": selectors.pauses_active(customer=customer), "pause_error": "",
+        "budgets": selectors.budgets_shown(customer=customer, now=now),
+        "scope_choices": selectors.budget_scope_choices(customer=customer),
+        "contact_form": ContactEmailForm(initial={"email": customer.email}), "user_form": UserAddForm(),
+        "threshold_form": ThresholdAddForm(), "budget_form": BudgetForm(prefix="budget"),
+        "pause_form": PauseForm(prefix="pause", initial={"scope": "customer"}),
+        "project_pause_form": PauseForm(prefix="project-pause", initial={"scope": "project"}),
+    }
+    context.update(forms)
+    return render(request, "dashboard/settings.html", context, status=status)
 
 
 def _settings_saved(customer: Customer, what: str) -> HttpResponse:
