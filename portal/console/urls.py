@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal.console import views
+from portal.console import guardrails, views
 
 app_name = "console"
 
@@ -9,6 +9,15 @@ urlpatterns = [
     path("audit/", views.audit_trail, name="audit"),
     path("invoices/", views.invoices, name="invoices"),
     path("invoices/<int:invoice_id>/stripe-retry", views.invoice_stripe_retry, name="invoice-stripe-retry"),
+    path("customers/<str:customer_id>/guardrails/", guardrails.guardrails_page, name="guardrails"),
+    path("customers/<str:customer_id>/guardrails/override", guardrails.override_save, name="guardrails-override"),
+    path("customers/<str:customer_id>/guardrails/pauses", guardrails.pause_create_view, name="guardrails-pauses"),
+    path("customers/<str:customer_id>/guardrails/pauses/<str:pause_id>/lift", guardrails.pause_lift_view,
+         name="guardrails-pause-lift"),
+    path("customers/<str:customer_id>/guardrails/budgets", guardrails.budget_create_view, name="guardrails-budgets"),
+    path("customers/<str:customer_id>/guardrails/budgets/<str:budget_id>/delete", guardrails.budget_delete_view,
+         name="guardrails-budget-delete"),
+    path("customers/<str:customer_id>/guardrails/runs", guardrails.run_change, name="guardrails-runs"),
     path("plans/<str:key>/", views.plan_detail, name="plan"),
     path("plans/<str:key>/versions/new", views.version_editor, name="editor"),
     path("plans/<str:key>/versions/new/tiers", views.editor_tiers, name="editor-tiers"),

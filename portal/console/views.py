@@ -33,6 +33,7 @@ from billing.invoicing.selectors import draft_comparison, invoice_get
 from billing.payments.selectors import invoice_sync_list, sync_summary
 from billing.payments.services import stripe_invoice_sync_retry
 from portal.console.forms import add_tier, definition_from_form, remove_tier
+from portal.console.selectors import customers_listed
 
 
 def staff_required(view: Any) -> Any:
@@ -50,7 +51,8 @@ def staff_required(view: Any) -> Any:
 @staff_required
 def console_index(request: HttpRequest) -> HttpResponse:
     return render(request, "console/index.html", {"meters": list(meter_list()),
-                                                  "plans": plan_summaries(now=datetime.now(timezone.utc))})
+                                                  "plans": plan_summaries(now=datetime.now(timezone.utc)),
+                                                  "customers": customers_listed()})
 
 
 @staff_required

@@ -6,14 +6,14 @@ with an API key is refused (or accepted again) as the page said."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from html import escape
+from html import escape, unescape
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 
 from billing.customers.services import customer_user_create
-from billing.guardrails.models import Budget, Pause, Run
+from billing.guardrails.models import Budget, CustomerOverride, Pause, Run
 from billing.guardrails.pauses import pause_create
 from tests import factories
 from tests.conftest import post_json
@@ -324,3 +324,152 @@ def test_staff_pausing_from_the_dashboard_is_recorded_as_the_operator(ops):
 
     assert Pause.objects.get().source == Pause.Source.OPERATOR
 
+
+
+# --- console ----------------------------------------------------------------------------------------
+
+CONSOLE = "/console/customers/acme-co/guardrails/"
+OVERRIDE = {"limit-llm_tokens-hard": "100", "limit-llm_tokens-soft": "80%", "limit-api_calls-hard": "",
+            "limit-api_calls-soft": "", "spend_cap_mode": "set", "spend_cap": "5",
+            "run_limits-max_steps": "10", "run_limits-max_spend": "", "run_limits-max_duration_seconds": "600",
+            "anomaly-window_minutes": "10", "anomaly-factor": "3", "anomaly-min_spend": "1", "anomaly-action": "pause"}
+
+
+def test_the_console_page_is_the_operators_only(client, ann, plans):
+    posts = [f"{CONSOLE}override", f"{CONSOLE}pauses", f"{CONSOLE}budgets", f"{CONSOLE}runs",
+             f"{CONSOLE}budgets/b/delete", f"{CONSOLE}pauses/pau_x/lift"]
+    # a customer user: 403 everywhere, nothing changed
+    assert ann.get(CONSOLE).status_code == 403
+    for url in posts:
+        assert ann.post(url, {**OVERRIDE, "pause-scope": "customer", "pause-reason": "x", "run_id": "r1",
+                              "action": "kill"}).status_code == 403, url
+    assert not CustomerOverride.objects.exists() and not Pause.objects.exists() and not Run.objects.exists()
+    # anonymous: to the login
+    client.logout()
+    response = client.get(CONSOLE)
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_the_console_index_links_each_customers_guardrails_page(ops):
+    index = ops.get("/console/").content.decode()
+
+    assert f'href="{CONSOLE}"' in index and 'href="/console/customers/globex/guardrails/"' in index
+    assert ops.get(CONSOLE).status_code == 200
+    assert ops.get("/console/customers/globex/guardrails/").status_code == 200
+    assert ops.get("/console/customers/nobody/guardrails/").status_code == 404
+
+
+def test_an_override_saved_in_the_console_is_what_the_api_shows_and_what_is_enforced(ops, admin, key):
+    saved = ops.post(f"{CONSOLE}override", OVERRIDE)
+
+    assert saved.status_code == 302 and saved["Location"] == f"{CONSOLE}?saved=override"
+    body = admin.get("/api/v1/customers/acme-co/overrides").json()
+    assert body["limits"] == [{"meter": "llm_tokens", "hard": "100", "soft": "80%"}]
+    assert body["spend_cap"] == "5"
+    assert body["run_limits"] == {"max_steps": 10, "max_spend": None, "max_duration_seconds": 600}
+    assert body["anomaly"] == {"window_minutes": 10, "factor": "3", "min_spend": "1", "action": "pause"}
+    # in force from the next event: 100 tokens fit, the 101st does not
+    assert answer(key, event("o1", "100")) == (201, "")
+    assert answer(key, event("o2", "1")) == (402, "quota_exceeded")
+    # the editor shows the override in force
+    page = ops.get(CONSOLE).content.decode()
+    assert 'name="limit-llm_tokens-hard" value="100"' in page and 'name="run_limits-max_steps" value="10"' in page
+    assert 'value="set" checked' in page and 'name="spend_cap" value="5"' in page
+    assert '<option value="pause" selected>' in page
+
+
+def test_remove_the_cap_and_go_back_to_the_plans_terms(ops, admin):
+    assert ops.post(f"{CONSOLE}override", {"spend_cap_mode": "remove"}).status_code == 302
+    removed = admin.get("/api/v1/customers/acme-co/overrides").json()
+    assert "spend_cap" in removed and removed["spend_cap"] is None
+    assert 'value="remove" checked' in ops.get(CONSOLE).content.decode()
+
+    assert ops.post(f"{CONSOLE}override", {"spend_cap_mode": "plan"}).status_code == 302
+    assert "spend_cap" not in admin.get("/api/v1/customers/acme-co/overrides").json()
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ({"limit-llm_tokens-hard": "-5"}, "limit-llm_tokens-hard", "must be greater than 0"),
+    ({"run_limits-max_steps": "0"}, "run_limits-max_steps", "must be a positive whole number"),
+    ({"run_limits-max_steps": "many"}, "run_limits-max_steps", "Expected `int"),
+    ({"anomaly-factor": "0.5"}, "anomaly-factor", "must be greater than 1"),
+    ({"spend_cap": "0"}, "spend_cap", "must be greater than 0"),
+    ({"limit-api_calls-hard": "5", "limit-api_calls-soft": "lots"}, "limit-api_calls-soft", "a number or a percentage"),
+])
+def test_an_invalid_override_shows_the_error_beside_its_input_and_changes_nothing(ops, admin, change, field, message):
+    assert ops.post(f"{CONSOLE}override", OVERRIDE).status_code == 302
+    before = admin.get("/api/v1/customers/acme-co/overrides").json()
+
+    response = ops.post(f"{CONSOLE}override", {**OVERRIDE, **change})
+
+    assert response.status_code == 422
+    page = response.content.decode()
+    error = page[page.index(f'data-error-for="{field}"'):]
+    assert message in unescape(error[:error.index("</p>")])
+    value = next(iter(change.values())) if len(change) == 1 else change[field]
+    assert f'name="{field}" value="{escape(value)}"' in page  # what was typed stays, to be corrected
+    assert admin.get("/api/v1/customers/acme-co/overrides").json() == before
+
+
+def test_the_operator_pauses_a_customer_and_a_project_and_lifts_them_an_anomalys_too(ops, acme, key):
+    assert ops.post(f"{CONSOLE}pauses", {"pause-scope": "project", "pause-project": "agent",
+                                         "pause-reason": "loop"}).status_code == 302
+    assert answer(key, event("a1", project="agent")) == (402, "paused")
+    assert answer(key, event("c1", project="chatbot")) == (201, "")
+    assert ops.post(f"{CONSOLE}pauses", {"pause-scope": "customer", "pause-reason": "fraud check"}).status_code == 302
+    assert answer(key, event("c2", project="chatbot")) == (402, "paused")
+    anomaly = pause_create(customer=acme, reason="anomaly", source=Pause.Source.ANOMALY, actor="system")
+    assert {p.source for p in Pause.objects.all()} == {"operator", "anomaly"}
+
+    listed = section(ops.get(CONSOLE).content.decode(), 'id="pauses-title"')
+    assert listed.count('action="/console/customers/acme-co/guardrails/pauses/') == 3
+    for pause in Pause.objects.filter(lifted_at__isnull=True):
+        assert ops.post(f"{CONSOLE}pauses/{pause.pause_id}/lift").status_code == 302
+
+    assert Pause.objects.get(pk=anomaly.pk).lifted_by == "ops"
+    assert answer(key, event("a2", project="agent")) == (201, "")
+    assert "Nothing is paused." in ops.get(CONSOLE).content.decode()
+
+
+def test_an_invalid_console_pause_shows_its_error(ops):
+    response = ops.post(f"{CONSOLE}pauses", {"pause-scope": "project", "pause-project": "", "pause-reason": "x"})
+
+    assert response.status_code == 422
+    assert "Required when scope is &#x27;project&#x27;." in response.content.decode()
+    assert not Pause.objects.exists()
+
+
+def test_budgets_from_the_console(ops, key):
+    created = ops.post(f"{CONSOLE}budgets", {**BUDGET, "budget-budget_id": "whole", "budget-dimension_value": "",
+                                             "budget-amount": "0.02", "budget-period": "month"})
+    assert created.status_code == 302
+    assert answer(key, event("w1", "2")) == (201, "")
+    assert answer(key, event("w2", "1")) == (402, "budget_exceeded")
+    listed = section(ops.get(CONSOLE).content.decode(), 'id="budgets-title"')
+    assert 'data-budget="whole" data-used="0.02" data-remaining="0"' in listed and "all usage" in listed
+
+    invalid = ops.post(f"{CONSOLE}budgets", {**BUDGET, "budget-budget_id": "x", "budget-amount": "zero"})
+    assert invalid.status_code == 422 and "A positive decimal string" in invalid.content.decode()
+    assert ops.post(f"{CONSOLE}budgets/whole/delete").status_code == 302
+    assert answer(key, event("w3", "1")) == (201, "")
+    assert ops.post(f"{CONSOLE}budgets/whole/delete").status_code == 404
+
+
+def test_the_operator_kills_a_run_by_id_and_releases_stopped_runs(ops, key):
+    assert [answer(key, event(f"t{i}", run="loop")) for i in range(3)][-1] == (402, "circuit_open")
+
+    killed = ops.post(f"{CONSOLE}runs", {"run_id": "r7", "action": "kill"})
+
+    assert killed.status_code == 302 and killed["Location"] == f"{CONSOLE}?saved=killed"
+    assert answer(key, event("k1", run="r7")) == (402, "circuit_open")
+    listed = section(ops.get(CONSOLE).content.decode(), 'id="runs-title"')
+    assert 'data-stopped-run="r7" data-state="killed"' in listed
+    assert 'data-stopped-run="loop" data-state="tripped"' in listed
+    assert ops.post(f"{CONSOLE}runs", {"run_id": "r7", "action": "release"}).status_code == 302
+    assert answer(key, event("k2", run="r7")) == (201, "")
+    assert ops.post(f"{CONSOLE}runs", {"run_id": "loop", "action": "kill"}).status_code == 302
+    assert Run.objects.get(run_id="loop").state == Run.State.KILLED
+    # an id never stopped cannot be released; a blank one is refused
+    never = ops.post(f"{CONSOLE}runs", {"run_id": "never", "action": "release"})
+    assert never.status_code == 404 and "never tripped or killed" in never.content.decode()
+    assert ops.post(f"{CONSOLE}runs", {"run_id": "", "action": "kill"}).status_code == 422
