@@ -249,3 +249,25 @@ def test_settings_page(page, live_server, tenant, shots):
     tenant.acme.refresh_from_db()
     assert tenant.acme.email == "ap@acme.example"
     page.screenshot(path=str(shots / "dashboard-settings.png"), full_page=True)
+
+
+def test_kill_a_run_from_its_page(page, live_server, tenant):
+    tenant.post_events(tokens(10, trace={"run_id": "loop-1"}))
+    log_in(page, live_server.url)
+    page.goto(live_server.url + "/dashboard/acme-co/runs/loop-1/")
+    asked: list[str] = []
+
+    def confirm(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", confirm)
+    page.click("button[data-action=kill]")
+    page.wait_for_selector('#run-guard [data-run-state="killed"]')  # swapped in place, no reload
+
+    assert asked and "Kill run loop-1?" in asked[0]
+    assert page.is_visible("button[data-action=release]")
+    refused = tenant.ingest.post("/events", json={"event_id": "after-kill", "customer": "acme-co",
+                                                  **tokens(1, trace={"run_id": "loop-1"}),
+                                                  "timestamp": datetime.now(timezone.utc).isoformat()})
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "circuit_open"
