@@ -38,6 +38,10 @@ app.conf.beat_schedule = {
     # is looked at every 5 minutes (one ledger lookup each), and claims never recorded as sent are reported.
     # A threshold crossed by usage the after-ingest check missed is thus emailed within 5 minutes.
     "alerts-sweep": {"task": "guardrails.alerts_sweep", "schedule": 300.0},
+    # Spend anomalies must open within 60 s of a burst's start (contract): every 15 s the sampler reads each
+    # watched customer's spend counter (one ledger lookup for all) and tests its window, so a burst is seen
+    # by the second tick after it crosses the bar (docs/anomalies.md). A tick left in the queue expires.
+    "anomalies-sample": {"task": "guardrails.anomalies_sample", "schedule": 15.0},
     # Stripe pushes that did not complete (an outage, a lost task, a refused request after an operator's
     # fix) and failed webhook events: each push backs off on its own (30 s ... 1 h, next_attempt_at), so
     # a 5-minute sweep only picks up what is due; it is cheap (indexed on state) and bounds the delay

@@ -54,6 +54,7 @@ STATUS: dict[ErrorCode, int] = {
     CommonCode.ALREADY_EXISTS: 409,
     CatalogCode.VERSION_IMMUTABLE: 409,
     GuardrailsCode.RESERVATION_CLOSED: 409,
+    GuardrailsCode.ANOMALY_ALREADY_RESOLVED: 409,
     InvoicingCode.INVALID_INVOICE_STATE: 409,
     CommonCode.UNSUPPORTED_MEDIA_TYPE: 415,
     CommonCode.VALIDATION_ERROR: 422,

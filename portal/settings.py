@@ -231,6 +231,8 @@ if os.environ.get("EMAIL_URL"):
     globals().update(email_settings_from_url(os.environ["EMAIL_URL"]))
 # Absolute links in emails (the alert email's dashboard link) start with this.
 TOLLGATE_BASE_URL = os.environ.get("TOLLGATE_BASE_URL", "http://127.0.0.1:8000")
+# The operator's staff who are emailed when a spend anomaly opens (comma-separated addresses).
+TOLLGATE_OPERATOR_EMAILS = [e.strip() for e in os.environ.get("TOLLGATE_OPERATOR_EMAILS", "").split(",") if e.strip()]
 
 # Outbound webhooks (billing.notify): each POST waits this long at most; a delivery is retried this long
 TOLLGATE_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("TOLLGATE_WEBHOOK_TIMEOUT_SECONDS", "10"))

@@ -10,7 +10,19 @@ from django.http import HttpRequest
 from billing.common.admin import ReadOnlyAdmin
 from billing.common.errors import DomainError
 from billing.guardrails.alerts import alert_threshold_validate
-from billing.guardrails.models import Alert, AlertThreshold, Budget, CreditGrant, CustomerOverride, Pause, Reservation, Run
+from billing.guardrails.models import (
+    Alert,
+    AlertThreshold,
+    Anomaly,
+    Budget,
+    CreditGrant,
+    CustomerOverride,
+    Pause,
+    Reservation,
+    Run,
+    SpendSample,
+    SpendWatch,
+)
 
 
 @admin.register(CreditGrant)
@@ -84,8 +96,8 @@ class AlertAdmin(admin.ModelAdmin):
 
 
 class ReadOnlyGuard(ReadOnlyAdmin):
-    """Overrides, pauses, runs and budgets are written through the API and the console, which bump the customer's
-    guard revision so ingest rereads them at once; an edit here would not, so they are read-only."""
+    """Overrides, pauses, runs, budgets and anomalies are written through the API and the console, which bump the
+    customer's guard revision so ingest rereads them at once; an edit here would not, so they are read-only."""
 
 
 @admin.register(CustomerOverride)
@@ -113,3 +125,26 @@ class BudgetAdmin(ReadOnlyGuard):
     list_display = ("budget_id", "customer", "amount", "period", "action", "soft_percent", "created_at")
     list_filter = ("action", "period")
     search_fields = ("customer__external_id", "budget_id")
+
+
+@admin.register(Anomaly)
+class AnomalyAdmin(ReadOnlyGuard):
+    """Anomalies are opened by the sampler and resolved in the console's review queue or the API (resolving one
+    may lift its pause): read-only here."""
+
+    list_display = ("public_id", "customer", "currency", "status", "opened_at", "window_spend", "baseline_rate",
+                    "action", "resolution", "resolved_by")
+    list_filter = ("status", "resolution", "action")
+    search_fields = ("customer__external_id", "public_id")
+
+
+@admin.register(SpendWatch)
+class SpendWatchAdmin(ReadOnlyGuard):
+    list_display = ("customer", "currency", "started_at", "sampled_at", "spent")
+    search_fields = ("customer__external_id",)
+
+
+@admin.register(SpendSample)
+class SpendSampleAdmin(ReadOnlyGuard):
+    list_display = ("customer", "currency", "at", "spent")
+    search_fields = ("customer__external_id",)

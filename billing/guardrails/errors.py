@@ -15,3 +15,4 @@ class GuardrailsCode(ErrorCode):
     PAUSED = "paused"
     RESERVATION_CLOSED = "reservation_closed"
     PAUSE_OPERATOR_ONLY = "pause_operator_only"
+    ANOMALY_ALREADY_RESOLVED = "anomaly_already_resolved"

@@ -227,3 +227,97 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return self.budget_id
+
+
+class SpendWatch(models.Model):
+    """Anomaly detection's memory of one customer's spend in one currency (docs/anomalies.md): the spend-watch
+    counter at the start of the clock hour being measured, and the spend rate (per minute) of each complete
+    hour of the last eight days, from which the baseline is taken. One row per (customer, currency), updated
+    by the sampler under a row lock."""
+
+    customer = models.ForeignKey("customers.Customer", on_delete=models.CASCADE, related_name="+")
+    currency = models.CharField(max_length=3)
+    started_at = models.DateTimeField()  # the first sample
+    hour_at = models.DateTimeField()  # the first sample of the hour being measured
+    hour_spent = ExactDecimalField()  # the counter then
+    hours = models.JSONField(default=list, blank=True)  # [[hour start (unix seconds), rate per minute (str)], ...]
+    sampled_at = models.DateTimeField()
+    spent = ExactDecimalField()  # the counter at the last sample
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["customer", "currency"], name="spend_watch_unique")]
+
+    def __str__(self) -> str:
+        return f"spend watch of customer {self.customer_id} ({self.currency})"
+
+
+class SpendSample(models.Model):
+    """The spend-watch counter as the sampler read it, at most once per minute per customer and currency
+    (the first read of each minute): a window's spend is the counter now less the sample at its start. Kept
+    for the window's length and a little more."""
+
+    customer = models.ForeignKey("customers.Customer", on_delete=models.CASCADE, related_name="+")
+    currency = models.CharField(max_length=3)
+    minute = models.DateTimeField()  # ``at`` truncated to the minute: one sample per minute
+    at = models.DateTimeField()
+    spent = ExactDecimalField()  # cumulative, in the currency's major unit
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["customer", "currency", "minute"],
+                                               name="spend_sample_one_per_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} {self.currency} {self.at:%Y-%m-%d %H:%M:%S}: {self.spent}"
+
+
+class Anomaly(models.Model):
+    """A spend-velocity anomaly (contract: "Anomalies"): the customer's spend in the window exceeded its
+    ``min_spend`` and ``factor`` times its baseline rate. ``idempotency_key`` (the customer, the currency and
+    the window's first sample) makes one detection one row whatever the concurrent samplers; the partial
+    unique constraint keeps at most one open per customer and currency, so a burst opens exactly one."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        RESOLVED = "resolved"
+
+    class Resolution(models.TextChoices):
+        RESUME = "resume"
+        KEEP_PAUSED = "keep_paused"
+
+    public_id = models.CharField(max_length=40, unique=True)
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    customer = models.ForeignKey("customers.Customer", on_delete=models.PROTECT, related_name="anomalies")
+    currency = models.CharField(max_length=3)
+    opened_at = models.DateTimeField()
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    window_spend = ExactDecimalField()
+    baseline_rate = ExactDecimalField()  # per minute, in the currency
+    factor = ExactDecimalField()
+    min_spend = ExactDecimalField()
+    window_minutes = models.PositiveIntegerField()
+    action = models.CharField(max_length=8)  # alert | pause, as the terms said when it opened
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    resolution = models.CharField(max_length=16, choices=Resolution.choices, blank=True)
+    note = models.TextField(blank=True)
+    resolved_by = models.CharField(max_length=160, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    pause = models.ForeignKey(Pause, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # the spend per sample interval from two windows before the window's end to it, as opened (the chart):
+    # [[interval end (unix seconds), spend (str)], ...]
+    series = models.JSONField(default=list, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)  # claimed for the emails (sent at most once)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "currency"], condition=models.Q(status="open"),
+                                    name="anomaly_one_open_per_customer"),
+            models.CheckConstraint(condition=models.Q(status="open", resolved_at__isnull=True)
+                                   | models.Q(status="resolved", resolved_at__isnull=False),
+                                   name="anomaly_resolved_has_time"),
+        ]
+        indexes = [models.Index(fields=["status", "opened_at"], name="anomaly_status_idx")]
+
+    def __str__(self) -> str:
+        return self.public_id

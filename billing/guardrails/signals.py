@@ -16,3 +16,9 @@ circuit_tripped = Signal()
 run_killed = Signal()
 
 # A budget's soft threshold is a soft-limit alert (``soft_limit_crossed``) whose target starts with "budget:"
+
+# sender=Anomaly, anomaly_pk=int: an anomaly was opened (once per anomaly)
+anomaly_opened = Signal()
+
+# sender=Anomaly, anomaly_pk=int: an anomaly was resolved (once per anomaly)
+anomaly_resolved = Signal()

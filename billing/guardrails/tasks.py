@@ -1,6 +1,8 @@
 from celery import shared_task
 
 from billing.guardrails.alerts import AlertSendDeferred, alerts_check, alerts_sweep
+from billing.guardrails.anomalies.detection import anomalies_sample
+from billing.guardrails.anomalies.emails import anomaly_emails_send
 from billing.guardrails.reservations import reservations_expire
 from ledger.backends import get_ledger
 from ledger.holds import sweep
@@ -31,3 +33,18 @@ def post_held_debits() -> int:
     """Posts the held debits of ingest batches whose writer died between its commit and its post
     (ledger.holds); idempotent: a post already made answers ``exists``."""
     return sweep(get_ledger())
+
+
+@shared_task(name="guardrails.anomalies_sample", acks_late=True, expires=15)
+def anomalies_sample_task() -> int:
+    """Idempotent: a sample per customer and minute, an anomaly per window's start (database keys). Expires
+    with the next tick: a tick that waited in the queue is replaced by the next one."""
+    from django.utils import timezone
+
+    return len(anomalies_sample(now=timezone.now()))
+
+
+@shared_task(name="guardrails.anomaly_emails", acks_late=True)
+def anomaly_emails_task(anomaly_pk: int) -> int:
+    """Sent at most once per anomaly (claimed in the database first)."""
+    return anomaly_emails_send(anomaly_pk=anomaly_pk)

@@ -1,0 +1,42 @@
+"""Resolving an anomaly (the review queue, the API): ``resume`` lifts the pause it made, ``keep_paused``
+leaves the customer paused (lifting that pause later is an operator's act, from the pauses API or the
+console). Either way the anomaly is closed, with who and why."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+
+from billing.common.errors import DomainError, validation_error
+from billing.guardrails.errors import GuardrailsCode
+from billing.guardrails.models import Anomaly
+from billing.guardrails.pauses import pause_lift
+from billing.guardrails.signals import anomaly_resolved
+
+NOTE_MAX = 2000
+
+
+def anomaly_resolve(*, anomaly: Anomaly, resolution: str, note: str = "", actor: str, now: datetime) -> Anomaly:
+    """Resolve an open anomaly. The same resolution again answers the anomaly as it is (a retry); another one
+    on a resolved anomaly is a conflict."""
+    if resolution not in Anomaly.Resolution.values:
+        raise validation_error({"resolution": ["Must be 'resume' or 'keep_paused'."]})
+    if len(note) > NOTE_MAX:
+        raise validation_error({"note": [f"At most {NOTE_MAX} characters."]})
+    with transaction.atomic():
+        locked = Anomaly.objects.select_for_update().select_related("customer", "pause").get(pk=anomaly.pk)
+        if locked.status == Anomaly.Status.RESOLVED:
+            if locked.resolution == resolution:
+                return locked
+            raise DomainError(GuardrailsCode.ANOMALY_ALREADY_RESOLVED,
+                              f"This anomaly was resolved already ({locked.resolution}).")
+        if resolution == Anomaly.Resolution.RESUME and locked.pause is not None:
+            pause_lift(customer=locked.customer, pause_id=locked.pause.pause_id, actor=actor, operator=True)
+        locked.status, locked.resolution, locked.note = Anomaly.Status.RESOLVED, resolution, note
+        locked.resolved_by, locked.resolved_at = actor, now
+        locked.save(update_fields=["status", "resolution", "note", "resolved_by", "resolved_at"])
+        pk = locked.pk
+        transaction.on_commit(lambda: anomaly_resolved.send(sender=Anomaly, anomaly_pk=pk))
+    locked.refresh_from_db()
+    return locked
