@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.catalog.apis import CustomerSubscriptionApi, MetersApi, PlansApi, PlanVersionsApi
 from billing.customers.apis import CustomerDetailApi, CustomerProjectsApi, CustomersApi
+from billing.guardrails.anomalies.apis import AnomaliesApi, AnomalyResolveApi
 from billing.guardrails.apis import (
     CustomerAlertsApi,
     CustomerAlertThresholdsApi,
@@ -81,6 +82,8 @@ api = [
     path("invoices/<str:invoice_id>/mark_paid", InvoiceMarkPaidApi.as_view(), name="invoice-mark-paid"),
     path("invoices/<str:invoice_id>/mark_uncollectible", InvoiceMarkUncollectibleApi.as_view(),
          name="invoice-mark-uncollectible"),
+    path("anomalies", AnomaliesApi.as_view(), name="anomalies"),
+    path("anomalies/<str:anomaly_id>/resolve", AnomalyResolveApi.as_view(), name="anomaly-resolve"),
     path("webhook-endpoints", WebhookEndpointsApi.as_view(), name="webhook-endpoints"),
     path("webhook-endpoints/<str:endpoint_id>", WebhookEndpointDetailApi.as_view(), name="webhook-endpoint"),
     path("webhook-endpoints/<str:endpoint_id>/deliveries", WebhookDeliveriesApi.as_view(), name="webhook-deliveries"),

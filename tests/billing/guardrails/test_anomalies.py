@@ -129,3 +129,102 @@ def test_two_samplers_on_the_same_tick_open_one_anomaly(acme):
     second = sim.tick(start + timedelta(seconds=10))
     assert len(first) == 1 and second == []
     assert Anomaly.objects.count() == 1 and Pause.objects.filter(source="anomaly").count() == 1
+
+
+# --- the API: review and resolve ----------------------------------------------------------------------
+
+def open_one(customer: Any, action: str = "pause") -> Anomaly:
+    """An hour of steady traffic and a burst: one anomaly (paused when ``action`` says so)."""
+    watch(customer, window_minutes=5, factor="5", min_spend="1", action=action)
+    sim = Sim(customer.external_id)
+    sim.run(T0, T0 + timedelta(hours=1), steady(BASE), every=60)
+    burst(sim, T0 + timedelta(hours=1), Decimal(BASE) * 100, minutes=1)
+    assert len(sim.opened) == 1
+    return Anomaly.objects.get(customer=customer)
+
+
+@pytest.mark.ledger
+@pytest.mark.django_db
+def test_resolving_with_resume_lifts_the_pause_and_a_later_event_is_accepted(acme, admin, ingest, event):
+    anomaly = open_one(acme)
+    assert post_json(ingest, "/api/v1/events", event("while-paused")).status_code == 402
+
+    listed = admin.get("/api/v1/anomalies?status=open&customer=acme-co")
+    assert listed.status_code == 200
+    [row] = listed.json()["data"]
+    assert row["id"] == anomaly.public_id and row["status"] == "open" and row["pause"]["active"] is True
+    assert Decimal(row["window_spend"]) > Decimal(row["expected_spend"]) * 5
+
+    resolved = post_json(admin, f"/api/v1/anomalies/{anomaly.public_id}/resolve",
+                         {"resolution": "resume", "note": "a customer's planned backfill"})
+    assert resolved.status_code == 200, resolved.content
+    body = resolved.json()
+    assert (body["status"], body["resolution"], body["note"]) == ("resolved", "resume", "a customer's planned backfill")
+    assert body["pause"]["active"] is False and body["resolved_by"].startswith("api_key:")
+    assert post_json(ingest, "/api/v1/events", event("after-review")).status_code == 201
+    assert admin.get("/api/v1/anomalies?status=open").json()["data"] == []
+    assert [a["id"] for a in admin.get("/api/v1/anomalies?status=resolved").json()["data"]] == [anomaly.public_id]
+    # a retry answers the same; the other resolution is a conflict
+    again = post_json(admin, f"/api/v1/anomalies/{anomaly.public_id}/resolve", {"resolution": "resume"})
+    assert again.status_code == 200 and again.json()["note"] == "a customer's planned backfill"
+    other = post_json(admin, f"/api/v1/anomalies/{anomaly.public_id}/resolve", {"resolution": "keep_paused"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "anomaly_already_resolved"
+
+
+@pytest.mark.ledger
+@pytest.mark.django_db
+def test_resolving_with_keep_paused_keeps_the_customer_paused(acme, admin, ingest, event):
+    anomaly = open_one(acme)
+    resolved = post_json(admin, f"/api/v1/anomalies/{anomaly.public_id}/resolve",
+                         {"resolution": "keep_paused", "note": "runaway agent, customer told"})
+    assert resolved.status_code == 200
+    assert resolved.json()["pause"]["active"] is True
+    refused = post_json(ingest, "/api/v1/events", event("still-paused"))
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "paused"
+
+
+@pytest.mark.django_db
+def test_the_anomalies_api_needs_admin_and_an_unrestricted_key_to_resolve(acme, globex, make_client):
+    """A read or ingest key gets 403; a key restricted to a customer sees that customer's anomalies only, gets
+    404 for another tenant's, and may not resolve its own (the pause is the operator's to lift)."""
+    mine = _anomaly_row(acme, "a1")
+    theirs = _anomaly_row(globex, "g1")
+    for scope in ("read", "ingest"):
+        client = make_client(scope)
+        assert client.get("/api/v1/anomalies").status_code == 403
+        assert post_json(client, f"/api/v1/anomalies/{mine.public_id}/resolve", {"resolution": "resume"}).status_code == 403
+
+    restricted = make_client("admin", customer=acme)
+    assert [a["id"] for a in restricted.get("/api/v1/anomalies").json()["data"]] == [mine.public_id]
+    assert restricted.get("/api/v1/anomalies?customer=globex").status_code == 404
+    assert post_json(restricted, f"/api/v1/anomalies/{theirs.public_id}/resolve",
+                     {"resolution": "resume"}).status_code == 404
+    assert post_json(restricted, f"/api/v1/anomalies/{mine.public_id}/resolve",
+                     {"resolution": "resume"}).status_code == 403
+
+    admin = make_client("admin")
+    assert {a["id"] for a in admin.get("/api/v1/anomalies").json()["data"]} == {mine.public_id, theirs.public_id}
+    assert [a["id"] for a in admin.get("/api/v1/anomalies?customer=globex").json()["data"]] == [theirs.public_id]
+    assert admin.get("/api/v1/anomalies?status=closed").status_code == 422
+    assert post_json(admin, "/api/v1/anomalies/anom_nope/resolve", {"resolution": "resume"}).status_code == 404
+    bad = post_json(admin, f"/api/v1/anomalies/{mine.public_id}/resolve", {"resolution": "ignore"})
+    assert bad.status_code == 422 and "resolution" in bad.json()["error"]["fields"]
+
+
+def _anomaly_row(customer: Any, key: str) -> Anomaly:
+    at = T0
+    return Anomaly.objects.create(public_id=f"anom_{key}", idempotency_key=key, customer=customer, currency="USD",
+                                  opened_at=at, window_start=at - timedelta(minutes=5), window_end=at,
+                                  window_spend=Decimal("50"), baseline_rate=Decimal("0.1"), factor=Decimal("5"),
+                                  min_spend=Decimal("1"), window_minutes=5, action="alert")
+
+
+@pytest.mark.django_db
+def test_the_database_keeps_one_open_anomaly_per_customer_and_one_per_key(acme):
+    from django.db import IntegrityError, transaction
+
+    _anomaly_row(acme, "k1")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Anomaly.objects.create(public_id="anom_other", idempotency_key="k2", customer=acme, currency="USD", opened_at=T0,
+                               window_start=T0, window_end=T0, window_spend=1, baseline_rate=1, factor=2, min_spend=0,
+                               window_minutes=5, action="alert")
