@@ -13,6 +13,8 @@ BUDGET_ALERT = "budget.alert"
 CIRCUIT_TRIPPED = "circuit.tripped"
 RUN_KILLED = "run.killed"
 CUSTOMER_PAUSED = "customer.paused"
+ANOMALY_OPENED = "anomaly.opened"
+ANOMALY_RESOLVED = "anomaly.resolved"
 
 # type -> what it reports; the ones without an emitter yet are accepted so endpoints can subscribe ahead
 EVENT_TYPES: dict[str, str] = {
@@ -24,6 +26,6 @@ EVENT_TYPES: dict[str, str] = {
     CIRCUIT_TRIPPED: "An agent run's circuit breaker tripped: its later events and reservations are refused.",
     RUN_KILLED: "An agent run was killed (the kill switch).",
     CUSTOMER_PAUSED: "A customer or one of its projects was paused (by the operator, the customer or an anomaly).",
-    "anomaly.opened": "A spend anomaly was opened (not emitted yet).",
-    "anomaly.resolved": "A spend anomaly was resolved (not emitted yet).",
+    ANOMALY_OPENED: "A customer's spend in its anomaly window exceeded its min_spend and factor times its baseline.",
+    ANOMALY_RESOLVED: "A spend anomaly was resolved by an operator (resume or keep_paused).",
 }

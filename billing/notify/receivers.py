@@ -13,11 +13,19 @@ from django.dispatch import receiver
 
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.guardrails.models import Alert, Pause, Run
+from billing.guardrails.anomalies.selectors import anomaly_as_dict
+from billing.guardrails.models import Alert, Anomaly, Pause, Run
 from billing.guardrails.pauses import pause_as_dict
 from billing.guardrails.runs import run_detail
 from billing.guardrails.selectors import BUDGET_TARGET_PREFIX
-from billing.guardrails.signals import circuit_tripped, customer_paused, run_killed, soft_limit_crossed
+from billing.guardrails.signals import (
+    anomaly_opened,
+    anomaly_resolved,
+    circuit_tripped,
+    customer_paused,
+    run_killed,
+    soft_limit_crossed,
+)
 from billing.invoicing.models import Invoice
 from billing.invoicing.selectors import invoice_as_dict
 from billing.invoicing.signals import invoice_finalized, invoice_status_changed
@@ -105,3 +113,19 @@ def on_run_killed(sender: Any, customer_id: int, run_id: str, **kwargs: Any) -> 
     run = Run.objects.filter(customer_id=customer_id, run_id=run_id).values_list("pk", "changed_at").first()
     stamp = f"{run[0]}:{run[1]:%Y%m%dT%H%M%S.%f}" if run else run_id
     _emit_guard(event_types.RUN_KILLED, f"{event_types.RUN_KILLED}:{stamp}", build)
+
+
+def _anomaly_data(anomaly_pk: int) -> dict[str, Any]:
+    return {"anomaly": anomaly_as_dict(Anomaly.objects.select_related("customer", "pause").get(pk=anomaly_pk))}
+
+
+@receiver(anomaly_opened, dispatch_uid="notify.anomaly_opened")
+def on_anomaly_opened(sender: Any, anomaly_pk: int, **kwargs: Any) -> None:
+    _emit_guard(event_types.ANOMALY_OPENED, f"{event_types.ANOMALY_OPENED}:{anomaly_pk}",
+                lambda: _anomaly_data(anomaly_pk))
+
+
+@receiver(anomaly_resolved, dispatch_uid="notify.anomaly_resolved")
+def on_anomaly_resolved(sender: Any, anomaly_pk: int, **kwargs: Any) -> None:
+    _emit_guard(event_types.ANOMALY_RESOLVED, f"{event_types.ANOMALY_RESOLVED}:{anomaly_pk}",
+                lambda: _anomaly_data(anomaly_pk))
