@@ -1,12 +1,15 @@
 from django.urls import path
 
-from portal.console import guardrails, views
+from portal.console import anomalies, guardrails, views
 
 app_name = "console"
 
 urlpatterns = [
     path("", views.console_index, name="index"),
     path("audit/", views.audit_trail, name="audit"),
+    path("anomalies/", anomalies.anomaly_queue, name="anomalies"),
+    path("anomalies/<str:anomaly_id>/", anomalies.anomaly_detail, name="anomaly"),
+    path("anomalies/<str:anomaly_id>/resolve", anomalies.anomaly_resolve_view, name="anomaly-resolve"),
     path("invoices/", views.invoices, name="invoices"),
     path("invoices/<int:invoice_id>/stripe-retry", views.invoice_stripe_retry, name="invoice-stripe-retry"),
     path("customers/<str:customer_id>/guardrails/", guardrails.guardrails_page, name="guardrails"),

@@ -97,11 +97,13 @@ def _prune(customer_pk: int, currency: str, before: datetime) -> None:
     SpendSample.objects.filter(customer_id=customer_pk, currency=currency, at__lt=before).delete()
 
 
-def _series(customer_pk: int, currency: str, start: datetime, end: datetime) -> list[list[int | str]]:
-    rows = list(SpendSample.objects.filter(customer_id=customer_pk, currency=currency, at__gte=start, at__lte=end)
+def _series(customer_pk: int, currency: str, start: datetime, now: datetime, spent: Decimal) -> list[list[int | str]]:
+    """The spend between consecutive samples from ``start`` to this read (the review's chart)."""
+    rows = list(SpendSample.objects.filter(customer_id=customer_pk, currency=currency, at__gte=start, at__lt=now)
                 .order_by("at").values_list("at", "spent"))
-    return [[int(at.timestamp()), decimal_to_text(spent - before)]
-            for (_, before), (at, spent) in pairwise(rows)]
+    rows.append((now, spent))
+    return [[int(at.timestamp()), decimal_to_text(later - before)]
+            for (_, before), (at, later) in pairwise(rows)]
 
 
 def _open(watch: Watched, start: SpendSample, now: datetime, window_spend: Decimal, rate: Decimal) -> Anomaly | None:
@@ -117,7 +119,7 @@ def _open(watch: Watched, start: SpendSample, now: datetime, window_spend: Decim
                 currency=watch.currency, opened_at=now, window_start=start.at, window_end=now,
                 window_spend=window_spend, baseline_rate=rate.quantize(bl.RATE_QUANTUM), factor=terms.factor,
                 min_spend=terms.min_spend, window_minutes=terms.window_minutes, action=terms.action,
-                series=_series(watch.customer_pk, watch.currency, start.at - lead, now))
+                series=_series(watch.customer_pk, watch.currency, start.at - lead, now, start.spent + window_spend))
     except IntegrityError:  # another sampler opened it (or another one is open): nothing more to do
         return None
     if terms.action == "pause":
