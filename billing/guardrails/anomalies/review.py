@@ -25,7 +25,7 @@ def anomaly_resolve(*, anomaly: Anomaly, resolution: str, note: str = "", actor:
     if len(note) > NOTE_MAX:
         raise validation_error({"note": [f"At most {NOTE_MAX} characters."]})
     with transaction.atomic():
-        locked = Anomaly.objects.select_for_update().select_related("customer", "pause").get(pk=anomaly.pk)
+        locked = Anomaly.objects.select_for_update().get(pk=anomaly.pk)  # customer and pause: read after the lock
         if locked.status == Anomaly.Status.RESOLVED:
             if locked.resolution == resolution:
                 return locked

@@ -81,7 +81,7 @@ def test_a_daily_cycle_opens_nothing_but_a_burst_on_top_of_it_does(acme):
     watch(acme, window_minutes=10, factor="3", min_spend="0.5", action="alert")
     sim = Sim()
     day_one = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
-    sim.run(day_one, day_one + timedelta(hours=27), day_cycle, every=60, jitter=0.3)
+    sim.run(day_one, day_one + timedelta(hours=27), day_cycle, every=120, jitter=0.3)
     assert sim.opened == []
     afternoon = day_one + timedelta(hours=27)
     burst(sim, afternoon, Decimal("0.2") * 100, minutes=2)
@@ -228,3 +228,42 @@ def test_the_database_keeps_one_open_anomaly_per_customer_and_one_per_key(acme):
         Anomaly.objects.create(public_id="anom_other", idempotency_key="k2", customer=acme, currency="USD", opened_at=T0,
                                window_start=T0, window_end=T0, window_spend=1, baseline_rate=1, factor=2, min_spend=0,
                                window_minutes=5, action="alert")
+
+
+# --- the baseline's arithmetic ------------------------------------------------------------------------
+
+def _hours(rates: dict[datetime, str]) -> list[list[int | str]]:
+    return [[int(at.timestamp()), rate] for at, rate in sorted(rates.items())]
+
+
+def test_a_monday_morning_after_a_quiet_weekend_is_measured_against_last_monday():
+    from billing.guardrails.anomalies.baseline import baseline_rate
+
+    monday = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    week: dict[datetime, str] = {}
+    for h in range(8 * 24):  # busy 09:00-18:00 on weekdays, 0.001/min otherwise; last Monday 09:00 the busiest
+        at = monday.replace(minute=0) - timedelta(hours=h + 1)
+        busy = at.weekday() < 5 and 9 <= at.hour < 18
+        week[at] = "0.2" if busy else "0.001"
+    week[monday.replace(minute=0) - timedelta(days=7)] = "0.3"
+    assert baseline_rate(_hours(week), monday) == Decimal("0.3")  # last Monday's 09:00, not Sunday's quiet
+    without_last_week = {at: r for at, r in week.items() if at >= monday - timedelta(days=3)}
+    assert baseline_rate(_hours(without_last_week), monday) == Decimal("0.1")  # the floor: half Friday's peak
+
+
+def test_hours_of_a_spike_kept_paused_are_left_out_and_an_accepted_one_lifts_the_baseline():
+    from billing.guardrails.anomalies.baseline import HourMark, baseline_rate, hours_record
+
+    now = datetime(2026, 11, 20, 12, 10, tzinfo=UTC)
+    hours = _hours({now.replace(minute=0) - timedelta(hours=h): "0.1" for h in range(2, 6)})
+    spike_hour = now.replace(minute=0) - timedelta(hours=1)
+    hours += _hours({spike_hour: "5"})
+    assert baseline_rate(hours, now) == Decimal("5")
+    kept = [(spike_hour + timedelta(minutes=20), spike_hour + timedelta(minutes=40))]
+    assert baseline_rate(hours, now, excluded=kept) == Decimal("0.1")
+    assert baseline_rate(hours, now, excluded=kept, accepted=[Decimal("2")]) == Decimal("2")
+    assert baseline_rate([], now) is None  # cold start
+    # a sampler that missed two hours gives each the same average rate
+    mark = HourMark(datetime(2026, 11, 20, 9, 0, 5, tzinfo=UTC), Decimal("10"))
+    recorded, new_mark = hours_record([], mark, datetime(2026, 11, 20, 12, 0, 5, tzinfo=UTC), Decimal("28"))
+    assert [r for _, r in recorded] == ["0.100000000000"] * 3 and new_mark.spent == Decimal("28")
