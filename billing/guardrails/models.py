@@ -304,7 +304,7 @@ class Anomaly(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     pause = models.ForeignKey(Pause, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # the spend per sample interval from two windows before the window's end to it, as opened (the chart):
-    # [[interval end (unix seconds), spend (str)], ...]
+    # [[interval start, interval end (unix seconds), spend (str)], ...]
     series = models.JSONField(default=list, blank=True)
     emailed_at = models.DateTimeField(null=True, blank=True)  # claimed for the emails (sent at most once)
 

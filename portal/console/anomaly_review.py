@@ -45,19 +45,19 @@ class Chart:
     window_x: float
     window_width: float
     ticks: list[tuple[float, str]]
-    x_labels: list[tuple[float, str]]
+    x_labels: list[tuple[float, str, str]]  # x, text, text-anchor
     width: int = WIDTH
     height: int = HEIGHT
 
 
 def anomaly_chart(anomaly: Anomaly) -> Chart | None:
-    points = [(datetime.fromtimestamp(int(t), timezone.utc), Decimal(str(v))) for t, v in anomaly.series]
-    if len(points) < 1:
+    rates = []
+    for lo_s, hi_s, spend in anomaly.series:
+        lo, hi = (datetime.fromtimestamp(int(t), timezone.utc) for t in (lo_s, hi_s))
+        rates.append((lo, hi, Decimal(str(spend)) / minutes(hi - lo) if hi > lo else Decimal(str(spend))))
+    if not rates:
         return None
-    first = anomaly.window_start - (anomaly.window_end - anomaly.window_start)
-    starts = [first, *(at for at, _ in points[:-1])]
-    rates = [(lo, hi, spend / minutes(hi - lo) if hi > lo else spend) for lo, (hi, spend) in zip(starts, points, strict=True)]
-    lo_all, hi_all = starts[0], points[-1][0]
+    lo_all, hi_all = rates[0][0], rates[-1][1]
     span = (hi_all - lo_all).total_seconds() or 1.0
     plot_w, plot_h = WIDTH - LEFT - 4, HEIGHT - BOTTOM - TOP
     threshold = anomaly.baseline_rate * anomaly.factor
@@ -73,9 +73,11 @@ def anomaly_chart(anomaly: Anomaly) -> Chart | None:
                      f"{lo:%H:%M:%S} to {hi:%H:%M:%S} UTC", rate, lo >= anomaly.window_start)
             for lo, hi, rate in rates]
     ticks = [(y(top * Decimal(str(f))), short(top * Decimal(str(f)))) for f in (0, 0.5, 1)]
-    labels = [(x(at), f"{at:%H:%M}") for at in (lo_all, anomaly.window_start, hi_all)]
-    return Chart(bars, y(anomaly.baseline_rate), y(threshold), x(anomaly.window_start),
-                 round(x(anomaly.window_end) - x(anomaly.window_start), 2), ticks, labels)
+    window_x = x(max(anomaly.window_start, lo_all))
+    labels = [(x(lo_all), f"{lo_all:%H:%M}", "start"), (window_x, f"{anomaly.window_start:%H:%M}", "middle"),
+              (x(hi_all), f"{hi_all:%H:%M}", "end")]
+    return Chart(bars, y(anomaly.baseline_rate), y(threshold), window_x, round(x(anomaly.window_end) - window_x, 2),
+                 ticks, labels)
 
 
 @dataclass

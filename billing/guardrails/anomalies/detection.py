@@ -102,8 +102,8 @@ def _series(customer_pk: int, currency: str, start: datetime, now: datetime, spe
     rows = list(SpendSample.objects.filter(customer_id=customer_pk, currency=currency, at__gte=start, at__lt=now)
                 .order_by("at").values_list("at", "spent"))
     rows.append((now, spent))
-    return [[int(at.timestamp()), decimal_to_text(later - before)]
-            for (_, before), (at, later) in pairwise(rows)]
+    return [[int(lo.timestamp()), int(hi.timestamp()), decimal_to_text(later - before)]
+            for (lo, before), (hi, later) in pairwise(rows)]
 
 
 def _open(watch: Watched, start: SpendSample, now: datetime, window_spend: Decimal, rate: Decimal) -> Anomaly | None:
