@@ -12,6 +12,7 @@ from itertools import pairwise
 
 from django.db import IntegrityError, transaction
 
+from billing.catalog.services import audit
 from billing.common.fields import decimal_to_text
 from billing.common.queue import task_named
 from billing.customers.models import Customer
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 KEEP_MARGIN = timedelta(minutes=5)
 SYSTEM_ACTOR = "system:anomaly-detection"
+PAUSE_REASON = "anomaly"
 
 
 def anomalies_sample(*, now: datetime) -> list[Anomaly]:
@@ -122,14 +124,14 @@ def _open(watch: Watched, start: SpendSample, now: datetime, window_spend: Decim
                 series=_series(watch.customer_pk, watch.currency, start.at - lead, now, start.spent + window_spend))
     except IntegrityError:  # another sampler opened it (or another one is open): nothing more to do
         return None
-    if terms.action == "pause":
-        multiple = window_spend / (rate * bl.minutes(lead)) if rate > 0 else None
-        reason = (f"anomaly {anomaly.public_id}: {decimal_to_text(window_spend.quantize(Decimal('0.01')))} "
-                  f"{watch.currency} in {terms.window_minutes} min"
-                  + (f", {multiple:.0f}x the baseline" if multiple is not None else ""))
-        anomaly.pause = pause_create(customer=Customer.objects.get(pk=watch.customer_pk), reason=reason[:200],
+    if terms.action == "pause":  # contract: "a pause with reason `anomaly`" (the figures are on the anomaly)
+        anomaly.pause = pause_create(customer=Customer.objects.get(pk=watch.customer_pk), reason=PAUSE_REASON,
                                      source=Pause.Source.ANOMALY, actor=SYSTEM_ACTOR)
         anomaly.save(update_fields=["pause"])
+    audit(actor=SYSTEM_ACTOR, action="anomaly.opened", target=f"anomaly:{anomaly.public_id}",
+          data={"customer": anomaly.customer.external_id, "window_spend": decimal_to_text(window_spend),
+                "baseline_rate": decimal_to_text(anomaly.baseline_rate), "action": terms.action,
+                "pause": anomaly.pause.pause_id if anomaly.pause else None})
     pk = anomaly.pk
     transaction.on_commit(lambda: anomaly_opened.send(sender=Anomaly, anomaly_pk=pk))
     transaction.on_commit(lambda: _queue_emails(pk))

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from django.db import transaction
 
+from billing.catalog.services import audit
 from billing.common.errors import DomainError, validation_error
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.models import Anomaly
@@ -36,6 +37,9 @@ def anomaly_resolve(*, anomaly: Anomaly, resolution: str, note: str = "", actor:
         locked.status, locked.resolution, locked.note = Anomaly.Status.RESOLVED, resolution, note
         locked.resolved_by, locked.resolved_at = actor, now
         locked.save(update_fields=["status", "resolution", "note", "resolved_by", "resolved_at"])
+        audit(actor=actor, action="anomaly.resolved", target=f"anomaly:{locked.public_id}",
+              data={"customer": locked.customer.external_id, "resolution": resolution, "note": note,
+                    "pause_lifted": resolution == Anomaly.Resolution.RESUME and locked.pause is not None})
         pk = locked.pk
         transaction.on_commit(lambda: anomaly_resolved.send(sender=Anomaly, anomaly_pk=pk))
     locked.refresh_from_db()

@@ -54,6 +54,7 @@ def test_burst_of_100x_after_an_hour_of_steady_traffic_opens_one_anomaly_within_
     assert anomaly.window_spend > 5 * anomaly.baseline_rate * 5
     assert Decimal("0.09") <= anomaly.baseline_rate <= Decimal("0.15")  # the steady rate (its last hour's edge)
     assert anomaly.pause is not None and anomaly.pause.source == Pause.Source.ANOMALY
+    assert anomaly.pause.reason == "anomaly" and anomaly.pause.scope == "customer" and anomaly.pause.lifted_at is None
     assert sim.refused > 0  # events after the pause were refused
     refused = post_json(ingest, "/api/v1/events", event("after-the-burst"))
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "paused"
