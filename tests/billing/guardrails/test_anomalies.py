@@ -268,3 +268,26 @@ def test_hours_of_a_spike_kept_paused_are_left_out_and_an_accepted_one_lifts_the
     mark = HourMark(datetime(2026, 11, 20, 9, 0, 5, tzinfo=UTC), Decimal("10"))
     recorded, new_mark = hours_record([], mark, datetime(2026, 11, 20, 12, 0, 5, tzinfo=UTC), Decimal("28"))
     assert [r for _, r in recorded] == ["0.100000000000"] * 3 and new_mark.spent == Decimal("28")
+
+
+@pytest.mark.ledger
+@pytest.mark.django_db
+def test_the_beat_entry_names_the_sampler_task_and_it_samples_watched_customers_only(acme, globex):
+    """The beat's task, run as the worker runs it (real clock): the customer whose terms set anomaly is
+    sampled, the one on a plan without them is not."""
+    from billing.common.queue import task_named
+    from billing.guardrails.models import SpendSample, SpendWatch
+    from portal.celery import app
+    from tests import factories
+
+    entry = app.conf.beat_schedule["anomalies-sample"]
+    assert entry["task"] == "guardrails.anomalies_sample" and entry["schedule"] <= 20
+    watch(acme)
+    plain = factories.catalog(factories.plan("plain", [{"meter": "llm_tokens", "model": "per_unit", "unit_price": "0.01"}]))
+    factories.subscribe(globex, "plain", start=datetime(2026, 1, 1, tzinfo=UTC), catalog_text=plain)
+    at = datetime.now(UTC) - timedelta(seconds=30)
+    factories.send(factories.event("a-1", at, "250"), factories.event("g-1", at, "250", customer="globex"), now=at)
+
+    assert task_named("guardrails.anomalies_sample").apply().get() == 0
+    assert list(SpendWatch.objects.values_list("customer__external_id", "spent")) == [("acme-co", Decimal("2.5"))]
+    assert SpendSample.objects.filter(customer=globex).count() == 0
