@@ -18,7 +18,6 @@ from billing.common.queue import task_named
 from billing.customers.models import Customer
 from billing.guardrails.anomalies import baseline as bl
 from billing.guardrails.anomalies.selectors import (
-    History,
     Watched,
     anomaly_history,
     spend_counters,
@@ -144,5 +143,3 @@ def _queue_emails(anomaly_pk: int) -> None:
     except Exception:  # the anomaly is recorded and in the queue; an email lost with the broker is logged
         log.warning("could not queue the emails of anomaly %s", anomaly_pk, exc_info=True)
 
-
-__all__ = ["History", "anomalies_sample", "watch_observe"]

@@ -11,6 +11,7 @@ from django.db.models import Q, QuerySet
 from billing.catalog.models import Subscription
 from billing.catalog.ratecard import Anomaly as AnomalyTerms
 from billing.common.errors import CommonCode, DomainError
+from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
 from billing.guardrails.anomalies.baseline import DAY, KEEP, minutes
@@ -127,8 +128,8 @@ def anomaly_multiple(anomaly: Anomaly) -> Decimal:
 
 
 def anomaly_as_dict(anomaly: Anomaly) -> dict[str, object]:
-    from billing.common.fields import decimal_to_text as t
-
+    """An anomaly as the API and the webhooks show it (docs/api.md, "Anomalies")."""
+    t = decimal_to_text
     pause = anomaly.pause
     return {
         "id": anomaly.public_id, "customer": anomaly.customer.external_id, "currency": anomaly.currency,
