@@ -238,6 +238,15 @@ TOLLGATE_OPERATOR_EMAILS = [e.strip() for e in os.environ.get("TOLLGATE_OPERATOR
 TOLLGATE_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("TOLLGATE_WEBHOOK_TIMEOUT_SECONDS", "10"))
 TOLLGATE_WEBHOOK_RETRY_HOURS = float(os.environ.get("TOLLGATE_WEBHOOK_RETRY_HOURS", "72"))
 
+# The LLM gateway (portal/gateway.py, docs/gateway.md): the OpenAI-compatible API it forwards to (the base
+# that /chat/completions is appended to), its key, the meter it bills, and the completion tokens reserved
+# when a request names no max_tokens.
+GATEWAY_UPSTREAM_URL = os.environ.get("GATEWAY_UPSTREAM_URL", "")
+GATEWAY_UPSTREAM_KEY = os.environ.get("GATEWAY_UPSTREAM_KEY", "")
+GATEWAY_METER = os.environ.get("GATEWAY_METER", "llm_tokens")
+GATEWAY_DEFAULT_MAX_TOKENS = int(os.environ.get("GATEWAY_DEFAULT_MAX_TOKENS", "4096"))
+GATEWAY_TIMEOUT_SECONDS = float(os.environ.get("GATEWAY_TIMEOUT_SECONDS", "120"))
+
 # --- Auth, i18n, static -------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

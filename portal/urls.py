@@ -38,6 +38,7 @@ from billing.notify.apis import (
 )
 from billing.payments.views import stripe_webhook
 from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi, ReservationSettleApi
+from portal import gateway
 from portal.health import healthz, readyz
 from portal.home import home
 from portal.invoices import invoice_document
@@ -106,6 +107,8 @@ urlpatterns = [
     path("dashboard/", include("portal.dashboard.urls")),
     path("invoices/<int:invoice_id>/", invoice_document, name="invoice-document"),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
+    path("gateway/v1/chat/completions", gateway.chat_completions, name="gateway-chat-completions"),
+    path("gateway/v1/embeddings", gateway.embeddings, name="gateway-embeddings"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="api-docs"),
     path("api/v1/", include(api)),

@@ -64,6 +64,7 @@ class ApiKey(models.Model):
         INGEST = "ingest", "ingest (events, reservations)"
         READ = "read", "read (usage, balances, invoices, exports)"
         ADMIN = "admin", "admin (everything)"
+        GATEWAY = "gateway", "gateway (the LLM gateway only; one customer)"
 
     name = models.CharField(max_length=200)
     prefix = models.CharField(max_length=16, unique=True)

@@ -36,6 +36,8 @@ def api_key_create(*, name: str, scope: str, customer: Customer | None = None) -
     """
     if scope not in ApiKey.Scope.values:
         raise validation_error({"scope": [f"Must be one of {', '.join(ApiKey.Scope.values)}."]})
+    if scope == ApiKey.Scope.GATEWAY and customer is None:
+        raise validation_error({"customer": ["A gateway key belongs to one customer: name it."]})
     prefix = secrets.token_hex(6)
     raw = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(name=name, prefix=prefix, key_hash=_digest(raw), scope=scope, customer=customer)

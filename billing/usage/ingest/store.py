@@ -84,6 +84,8 @@ def insert_rows(rows: list[Row], *, received_at: datetime, booking: Booking | No
     """Insert what is new; return the (customer_pk, event_id) actually inserted by this call. With a
     ledger ``booking`` (PostgreSQL), book it in the same statement, which fails whole (LedgerRefused)
     unless the booking went as expected and every ``debited`` row was inserted by it."""
+    if not rows and booking is None:  # a settle whose events were all rejected: nothing to insert
+        return set()
     table = UsageEvent._meta.db_table
     cols = ", ".join(_COLUMNS)
     conflict = "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id"
