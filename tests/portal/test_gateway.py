@@ -152,7 +152,8 @@ def test_over_the_limit_is_402_in_openais_shape_and_the_upstream_gets_nothing(ac
     with pytest.raises(openai.APIStatusError) as refused:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=100)
     assert refused.value.status_code == 402
-    assert refused.value.body["code"] == "quota_exceeded" and refused.value.body["type"] == "insufficient_quota"
+    body: Any = refused.value.body
+    assert body["code"] == "quota_exceeded" and body["type"] == "insufficient_quota"
     assert fake.requests == []
     assert UsageEvent.objects.count() == 0
 
@@ -162,7 +163,8 @@ def test_upstream_errors_pass_through_and_bill_nothing(acme, client, fake):
     fake.mode = "error"
     with pytest.raises(openai.InternalServerError) as failed:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=10)
-    assert failed.value.body["message"] == "upstream broke"
+    failed_body: Any = failed.value.body
+    assert failed_body["message"] == "upstream broke"
     fake.mode = "slow"
     with pytest.raises(openai.APIStatusError) as slow:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=10)
