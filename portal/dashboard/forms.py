@@ -85,3 +85,7 @@ def add_domain_errors(form: forms.Form, exc: DomainError, names: dict[str, str] 
     for name, messages in (exc.fields or {fallback or "": [exc.message]}).items():
         field = names.get(name, name)
         form.add_error(field if field in form.fields else None, messages)
+
+
+class GatewayKeyForm(forms.Form):
+    name = forms.CharField(max_length=200, label="Name", help_text="What the key is for (an app, an environment).")

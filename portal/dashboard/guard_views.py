@@ -11,13 +11,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from billing.common.errors import CommonCode, DomainError
-from billing.customers.models import Customer
+from billing.customers.models import ApiKey, Customer
+from billing.customers.services import api_key_create, api_key_revoke
 from billing.guardrails.budgets import budget_create, budget_delete
 from billing.guardrails.models import Pause
 from billing.guardrails.pauses import pause_create, pause_lift
 from billing.guardrails.runs import run_kill, run_release
 from portal.dashboard import selectors
-from portal.dashboard.forms import BudgetForm, PauseForm, add_domain_errors
+from portal.dashboard.forms import BudgetForm, GatewayKeyForm, PauseForm, add_domain_errors
 from portal.dashboard.views import _is_htmx, _settings, _settings_saved, customer_view
 from portal.errors import STATUS
 
@@ -116,3 +117,24 @@ def budget_delete_view(request: HttpRequest, customer: Customer, budget_id: str)
             raise
         return _not_found(request)
     return _settings_saved(customer, "budget-deleted")
+
+
+@customer_view
+@require_POST
+def gateway_key_create_view(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """A gateway key for one of the customer's apps (docs/gateway.md): its secret is shown on this page once."""
+    form = GatewayKeyForm(request.POST)
+    if not form.is_valid():
+        return _settings(request, customer, status=422, gateway_key_form=form)
+    _, raw = api_key_create(name=form.cleaned_data["name"], scope=ApiKey.Scope.GATEWAY, customer=customer)
+    return _settings(request, customer, new_gateway_key=raw)
+
+
+@customer_view
+@require_POST
+def gateway_key_revoke_view(request: HttpRequest, customer: Customer, prefix: str) -> HttpResponse:
+    key = ApiKey.objects.filter(customer=customer, prefix=prefix, scope=ApiKey.Scope.GATEWAY).first()
+    if key is None:
+        return _not_found(request)
+    api_key_revoke(key=key)
+    return _settings_saved(customer, "key-revoked")

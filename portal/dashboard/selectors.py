@@ -403,3 +403,9 @@ def budget_scope_choices(*, customer: Customer) -> dict[str, list[tuple[str, str
     keys = [(k.prefix, f"{k.name} (tg_{k.prefix}_…)")
             for k in ApiKey.objects.filter(customer=customer, revoked_at__isnull=True).order_by("name", "prefix")]
     return {"projects": projects, "api_keys": keys}
+
+
+def gateway_keys(*, customer: Customer) -> list[ApiKey]:
+    """The customer's gateway keys that still work, newest first (prefixes only: a secret is shown once)."""
+    return list(ApiKey.objects.filter(customer=customer, scope=ApiKey.Scope.GATEWAY, revoked_at__isnull=True)
+                .order_by("-created_at"))

@@ -24,6 +24,9 @@ urlpatterns = [
     path("<str:customer_id>/settings/pauses/<str:pause_id>/resume", guard_views.pause_resume_view,
          name="settings-pause-resume"),
     path("<str:customer_id>/settings/budgets", guard_views.budget_create_view, name="settings-budgets"),
+    path("<str:customer_id>/settings/gateway-keys", guard_views.gateway_key_create_view, name="settings-gateway-keys"),
+    path("<str:customer_id>/settings/gateway-keys/<str:prefix>/revoke", guard_views.gateway_key_revoke_view,
+         name="settings-gateway-key-revoke"),
     path("<str:customer_id>/settings/budgets/<str:budget_id>/delete", guard_views.budget_delete_view,
          name="settings-budget-delete"),
 ]

@@ -25,7 +25,14 @@ from billing.customers.selectors import customer_find, customer_user_customer_pk
 from billing.guardrails.alerts import alert_threshold_create, alert_threshold_delete
 from billing.invoicing.lines import Estimate
 from portal.dashboard import charts, selectors
-from portal.dashboard.forms import BudgetForm, ContactEmailForm, PauseForm, ThresholdAddForm, UserAddForm
+from portal.dashboard.forms import (
+    BudgetForm,
+    ContactEmailForm,
+    GatewayKeyForm,
+    PauseForm,
+    ThresholdAddForm,
+    UserAddForm,
+)
 from portal.dashboard.services import dashboard_user_add, invoice_contact_set
 
 BREAKDOWNS = ("project", "model", "provider", "direction", "region", "agent_id")
@@ -182,6 +189,8 @@ def _settings(request: HttpRequest, customer: Customer, status: int = 200, **for
         "threshold_form": ThresholdAddForm(), "budget_form": BudgetForm(prefix="budget"),
         "pause_form": PauseForm(prefix="pause", initial={"scope": "customer"}),
         "project_pause_form": PauseForm(prefix="project-pause", initial={"scope": "project"}),
+        "gateway_keys": selectors.gateway_keys(customer=customer), "gateway_key_form": GatewayKeyForm(),
+        "new_gateway_key": "",
     }
     context.update(forms)
     return render(request, "dashboard/settings.html", context, status=status)

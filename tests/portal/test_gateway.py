@@ -201,3 +201,29 @@ def test_embeddings_bill_their_input_and_keys_are_checked(acme, client, fake, li
                               headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert len(fake.requests) == 1
+
+
+def test_a_customer_issues_and_revokes_its_own_gateway_keys_from_the_dashboard(acme, globex, live_server, fake,
+                                                                                 client):
+    from django.test import Client
+
+    from billing.customers.services import customer_user_create
+
+    subscribe(acme)
+    customer_user_create(customer=acme, username="ann", password="pw-123456")
+    browser = Client()
+    browser.login(username="ann", password="pw-123456")
+
+    page = browser.post("/dashboard/acme-co/settings/gateway-keys", {"name": "chatbot"}).content.decode()
+    raw = page.split('id="new-gateway-key"')[1].split("<code>")[1].split("</code>")[0]
+    assert raw.startswith("tg_") and "chatbot" in page
+    app = openai.OpenAI(base_url=f"{live_server.url}/gateway/v1", api_key=raw, max_retries=0)
+    assert app.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=5).usage.total_tokens == 16
+    assert raw not in browser.get("/dashboard/acme-co/settings/").content.decode()  # shown once
+    assert browser.post("/dashboard/globex/settings/gateway-keys", {"name": "x"}).status_code == 404
+
+    prefix = raw.split("_")[1]
+    assert browser.post(f"/dashboard/acme-co/settings/gateway-keys/{prefix}/revoke").status_code == 302
+    with pytest.raises(openai.AuthenticationError):
+        app.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
