@@ -218,8 +218,8 @@ def test_a_customer_issues_and_revokes_its_own_gateway_keys_from_the_dashboard(a
     raw = page.split('id="new-gateway-key"')[1].split("<code>")[1].split("</code>")[0]
     assert raw.startswith("tg_") and "chatbot" in page
     app = openai.OpenAI(base_url=f"{live_server.url}/gateway/v1", api_key=raw, max_retries=0)
-    assert app.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}],
-                                       max_tokens=5).usage.total_tokens == 16
+    made = app.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+    assert made.usage is not None and made.usage.total_tokens == 16
     assert raw not in browser.get("/dashboard/acme-co/settings/").content.decode()  # shown once
     assert browser.post("/dashboard/globex/settings/gateway-keys", {"name": "x"}).status_code == 404
 
