@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test test-fast test-tigerbeetle lint lint-imports typecheck pytest bench bench-ingest bench-ledger bench-rollup clean
+.PHONY: install run test test-fast test-tigerbeetle lint lint-imports typecheck pytest bench bench-ingest bench-ledger bench-rollup bench-gateway clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,7 +63,11 @@ bench-ledger: install
 bench-rollup: install
 	$(PY) bench/rollup.py $(BENCH_ARGS)
 
-bench: bench-ingest bench-ledger bench-rollup
+## bench-gateway: the LLM gateway's added latency, 16 clients, against the same client calling a fake upstream directly
+bench-gateway: install
+	$(PY) bench/gateway.py $(BENCH_ARGS)
+
+bench: bench-ingest bench-ledger bench-rollup bench-gateway
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
