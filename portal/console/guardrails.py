@@ -15,8 +15,9 @@ from django.views.decorators.http import require_POST
 from billing.common.errors import CommonCode, DomainError
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_find
+from billing.guardrails.anomalies.review import anomaly_resolve
 from billing.guardrails.budgets import budget_create, budget_delete
-from billing.guardrails.models import Pause
+from billing.guardrails.models import Anomaly, Pause
 from billing.guardrails.overrides import override_put
 from billing.guardrails.pauses import pause_create, pause_lift
 from billing.guardrails.runs import run_kill, run_release
@@ -93,7 +94,11 @@ def pause_lift_view(request: HttpRequest, customer_id: str, pause_id: str) -> Ht
     """The operator lifts any pause of the customer, one an anomaly made too."""
     customer = _customer(customer_id)
     try:
-        pause_lift(customer=customer, pause_id=pause_id, actor=request.user.get_username(), operator=True)
+        pause = pause_lift(customer=customer, pause_id=pause_id, actor=request.user.get_username(), operator=True)
+        # lifting an anomaly's pause here is the review's "resume": the anomaly leaves the queue too
+        for anomaly in Anomaly.objects.filter(pause=pause, status=Anomaly.Status.OPEN):
+            anomaly_resolve(anomaly=anomaly, resolution="resume", note="Pause lifted on the customer's guardrails page.",
+                            actor=request.user.get_username(), now=datetime.now(timezone.utc))
     except DomainError as exc:
         if exc.code == CommonCode.NOT_FOUND:
             raise Http404(exc.message) from None

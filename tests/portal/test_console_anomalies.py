@@ -96,3 +96,12 @@ def test_keep_paused_keeps_the_pause(staff, anomaly):
     assert "resolved already" in bad.content.decode()
     anomaly.refresh_from_db()
     assert anomaly.resolution == "keep_paused" and anomaly.pause.lifted_at is None
+
+
+def test_lifting_an_anomalys_pause_on_the_guardrails_page_resolves_it(staff, anomaly):
+    """The customer's guardrails page and the review queue agree: lifting there is the review's resume."""
+    response = staff.post(f"/console/customers/acme-co/guardrails/pauses/{anomaly.pause.pause_id}/lift")
+    assert response.status_code in (200, 302)
+    anomaly.refresh_from_db()
+    assert (anomaly.status, anomaly.resolution, anomaly.resolved_by) == ("resolved", "resume", "ops")
+    assert anomaly.pause.lifted_at is not None

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.common.auth import principal_of
+from billing.common.auth import actor_of, principal_of
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.selectors import customer_get
 from billing.guardrails.anomalies import selectors
@@ -20,13 +20,6 @@ from billing.guardrails.anomalies.review import NOTE_MAX, anomaly_resolve
 from billing.guardrails.models import Anomaly
 
 LIST_MAX = 1000
-
-
-def _actor(request: Request) -> str:
-    principal = principal_of(request)
-    if principal.api_key_id:
-        return f"api_key:{principal.api_key_id}"
-    return getattr(request.user, "username", "") or "unknown"
 
 
 class AnomaliesApi(APIView):
@@ -72,6 +65,6 @@ class AnomalyResolveApi(APIView):
         data = self.ResolveInput(data=request.data)
         data.is_valid(raise_exception=True)
         anomaly = anomaly_resolve(anomaly=anomaly, resolution=data.validated_data["resolution"],
-                                  note=data.validated_data["note"], actor=_actor(request),
+                                  note=data.validated_data["note"], actor=actor_of(request),
                                   now=datetime.now(timezone.utc))
         return Response(selectors.anomaly_as_dict(anomaly))
