@@ -34,8 +34,10 @@ lint-imports: install
 	$(VENV)/bin/lint-imports
 	$(PY) .ci/check_cycles.py
 
+## typecheck: mypy over the project (the client SDK included), then the SDK alone with --strict (its own config)
 typecheck: install
 	$(VENV)/bin/mypy .
+	cd clients/python && $(abspath $(VENV))/bin/mypy
 
 pytest: install
 	$(VENV)/bin/pytest --cov --cov-report=term $(PYTEST_ARGS)

@@ -1,0 +1,203 @@
+"""The sync client's background sender: one daemon thread takes batches from the store (when a batch is full,
+when its oldest event has waited ``flush_interval``, or on flush/close), POSTs them to the batch endpoint and
+retries what failed with the same event_ids until the server has answered for every event."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from ._core import (
+    EVENTS_BATCH_PATH,
+    ErrorCallback,
+    Settings,
+    backoff_delay,
+    is_retryable_status,
+    json_or_none,
+    read_batch_results,
+    request_error,
+    retry_after_seconds,
+)
+from ._store import open_store
+from .errors import EventError
+
+log = logging.getLogger("tollgate_client")
+
+
+class Stats:
+    """Counters since the client started: what was sent, refused, dropped, retried."""
+
+    __slots__ = ("delivered", "dropped", "failed", "lost", "retries")
+
+    def __init__(self) -> None:
+        self.delivered = 0  # accepted or duplicate
+        self.failed = 0  # refused for good (given to on_error)
+        self.dropped = 0  # never queued: the queue was full (overflow "drop", or "block" past block_timeout)
+        self.lost = 0  # queued in memory but not delivered when close() gave up
+        self.retries = 0  # requests sent again
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def report(on_error: ErrorCallback | None, error: EventError) -> None:
+    if on_error is None:
+        log.warning("tollgate: event %s refused: %s %s", error.event_id, error.code, error.message)
+        return
+    try:
+        on_error(error)
+    except Exception:
+        log.exception("tollgate: on_error raised")
+
+
+class Emitter:
+    def __init__(self, settings: Settings, http: httpx.Client, on_error: ErrorCallback | None) -> None:
+        self.settings = settings
+        self.http = http
+        self.on_error = on_error
+        self.stats = Stats()
+        self.store = open_store(settings.spool_path, settings.max_queue, settings.max_spool)
+        self.cond = threading.Condition()
+        self.abort = threading.Event()
+        self.closing = False
+        self.flush_upto = 0  # a flush() waits for every seq up to this one
+        self.done_upto = 0  # every seq up to this one has been answered for (batches go oldest first)
+        self.thread: threading.Thread | None = None
+        self.pid = os.getpid()
+        if self.store.pending():
+            self.ensure_started()  # a spool left by an earlier process: drain it now
+
+    def ensure_started(self) -> None:
+        if self.thread is None or (not self.thread.is_alive() and not self.closing):
+            self.pid = os.getpid()
+            self.thread = threading.Thread(target=self.run, name="tollgate-emitter", daemon=True)
+            self.thread.start()
+
+    # --- the caller's side ------------------------------------------------------------------------------
+    def put(self, event: dict[str, Any]) -> bool:
+        with self.cond:
+            if self.closing:
+                raise RuntimeError("this Tollgate client is closed")
+            seq = self.store.put(event)
+            if seq is None and self.settings.overflow == "block":
+                deadline = None if self.settings.block_timeout is None else time.monotonic() + self.settings.block_timeout
+                while seq is None and not self.closing:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self.cond.wait(left)
+                    seq = self.store.put(event)
+            if seq is None:
+                self.stats.dropped += 1
+                return False
+            if self.store.waiting() >= self.settings.batch_size:
+                self.cond.notify_all()
+        if self.thread is None or self.pid != os.getpid():
+            self.ensure_started()
+        return True
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until everything put so far has been answered for; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            target = self.store.last_seq()
+            self.flush_upto = max(self.flush_upto, target)
+            self.cond.notify_all()
+            if self.store.pending():
+                self.ensure_started()
+            while self.done_upto < target and self.store.pending():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cond.wait(left if left is None else min(left, 1.0))
+        return True
+
+    def close(self, timeout: float) -> None:
+        with self.cond:
+            if self.closing:
+                return
+            self.closing = True
+            self.cond.notify_all()
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                self.abort.set()  # stop retrying: memory events are lost (reported), spooled ones stay on disk
+                self.thread.join(self.settings.timeout + 1)
+        with self.cond:
+            self.store.close()
+
+    # --- the thread ---------------------------------------------------------------------------------------
+    def next_batch(self) -> list[tuple[int, dict[str, Any]]] | None:
+        """Block until a batch is due; None when closing with nothing left."""
+        s = self.settings
+        with self.cond:
+            while True:
+                waiting = self.store.waiting()
+                urgent = self.closing or self.flush_upto > self.done_upto
+                if waiting >= s.batch_size or (waiting and (urgent or self.store.oldest_age() >= s.flush_interval)):
+                    return self.store.take(s.batch_size)
+                if self.closing and not waiting:
+                    return None
+                wait = s.flush_interval - self.store.oldest_age() if waiting else None
+                self.cond.wait(wait if wait is None else max(wait, 0.001))
+
+    def run(self) -> None:
+        while True:
+            batch = self.next_batch()
+            if batch is None:
+                return
+            finished = self.deliver([event for _, event in batch])
+            with self.cond:
+                if finished:
+                    self.store.ack([seq for seq, _ in batch])
+                    self.done_upto = max(self.done_upto, batch[-1][0])
+                elif self.settings.spool_path:
+                    self.store.untake()  # stays in the spool for the next process
+                else:
+                    for _, event in batch:
+                        self.stats.lost += 1
+                        report(self.on_error, EventError(event, "not_delivered", "close() gave up before the server answered"))
+                    self.store.ack([seq for seq, _ in batch])
+                self.cond.notify_all()
+                if not finished:
+                    return
+
+    def deliver(self, events: list[dict[str, Any]]) -> bool:
+        """Send until the server has answered for each event; False if aborted by close()."""
+        positions = list(range(len(events)))
+        attempt = 0
+        while True:
+            sending = [events[i] for i in positions]
+            retry_after = None
+            try:
+                response = self.http.post(EVENTS_BATCH_PATH, json={"events": sending})
+            except httpx.TransportError as exc:
+                log.info("tollgate: batch of %d not sent (%s); retrying", len(sending), exc)
+            else:
+                status = response.status_code
+                if status == 200:
+                    outcome = read_batch_results(positions, sending, json_or_none(response))
+                    self.stats.delivered += len(outcome.done)
+                    self.stats.failed += len(outcome.errors)
+                    for _, error in outcome.errors:
+                        report(self.on_error, error)
+                    positions = outcome.retry
+                    if not positions:
+                        return True
+                elif is_retryable_status(status):
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                else:  # refused for good (401, 403, 400, 422...): never retried
+                    errors = request_error(status, json_or_none(response), sending)
+                    self.stats.failed += len(errors)
+                    for error in errors:
+                        report(self.on_error, error)
+                    return True
+            self.stats.retries += 1
+            if self.abort.wait(backoff_delay(attempt, self.settings, retry_after)):
+                return False
+            attempt += 1
