@@ -10,7 +10,7 @@ import pytest
 from sdk_fakes import FaultProxy, Server, stored_ids
 from tollgate_client import EventError, Tollgate
 
-FAST = {"backoff_base": 0.05, "backoff_max": 0.2, "flush_interval": 0.05}
+FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_max": 0.2, "flush_interval": 0.05}
 
 
 def client(url: str, key: str, **options: Any) -> Tollgate:
