@@ -27,7 +27,8 @@ time.sleep(60)
 """
 
 
-def test_the_spool_survives_a_restart_and_the_next_client_drains_it(server: Server, proxy: FaultProxy, tmp_path: Path) -> None:
+def test_the_spool_survives_a_restart_and_the_next_client_drains_it_and_a_full_spool_drops(
+        server: Server, proxy: FaultProxy, tmp_path: Path) -> None:
     spool = str(tmp_path / "events.sqlite3")
     proxy.down = True
     first = Tollgate(base_url=proxy.url, api_key=server.ingest_key, spool_path=spool, max_queue=10, **FAST)
@@ -44,6 +45,17 @@ def test_the_spool_survives_a_restart_and_the_next_client_drains_it(server: Serv
     assert second.pending() == 0
     second.close()
     assert sorted(stored_ids()) == sorted(ids)
+
+    # a full spool drops the newest, with a count
+    proxy.down = True
+    small = Tollgate(base_url=proxy.url, api_key=server.ingest_key, spool_path=str(tmp_path / "small.sqlite3"), max_spool=3,
+                     **{**FAST, "flush_interval": 30})
+    kept = [small.track(customer="acme-co", meter="llm_tokens", quantity=i) for i in range(5)][:3]
+    assert small.pending() == 3 and small.stats.dropped == 2
+    proxy.down = False
+    assert small.flush(timeout=20)
+    small.close()
+    assert sorted(stored_ids()) == sorted(ids + kept)
 
 
 def test_events_tracked_before_a_sigkill_are_delivered_by_the_next_process(server: Server, proxy: FaultProxy,
@@ -66,16 +78,3 @@ def test_events_tracked_before_a_sigkill_are_delivered_by_the_next_process(serve
         assert tg.flush(timeout=20)
     assert sorted(stored_ids()) == sorted(ids)
     assert len(stored_ids()) == len(set(stored_ids()))
-
-
-def test_spool_full_drops_the_newest_with_a_count(server: Server, proxy: FaultProxy, tmp_path: Path) -> None:
-    proxy.down = True
-    tg = Tollgate(base_url=proxy.url, api_key=server.ingest_key, spool_path=str(tmp_path / "s.sqlite3"), max_spool=3,
-                  **{**FAST, "flush_interval": 30})
-    for i in range(5):
-        tg.track(customer="acme-co", meter="llm_tokens", quantity=i)
-    assert tg.pending() == 3 and tg.stats.dropped == 2
-    proxy.down = False
-    assert tg.flush(timeout=20)
-    tg.close()
-    assert len(stored_ids()) == 3
