@@ -26,6 +26,13 @@ print(json.dumps(ids), flush=True)
 time.sleep(60)
 """
 
+EXITS = """
+import json, sys
+from tollgate_client import Tollgate
+tg = Tollgate(base_url=sys.argv[1], api_key=sys.argv[2], flush_interval=30)  # only the exit sends them
+print(json.dumps([tg.track(customer="acme-co", meter="llm_tokens", quantity=1) for _ in range(5)]), flush=True)
+"""
+
 
 def test_the_spool_survives_a_restart_and_the_next_client_drains_it_and_a_full_spool_drops(
         server: Server, proxy: FaultProxy, tmp_path: Path) -> None:
@@ -58,7 +65,7 @@ def test_the_spool_survives_a_restart_and_the_next_client_drains_it_and_a_full_s
     assert sorted(stored_ids()) == sorted(ids + kept)
 
 
-def test_events_tracked_before_a_sigkill_are_delivered_by_the_next_process(server: Server, proxy: FaultProxy,
+def test_sigkill_after_track_loses_nothing_with_a_spool_and_a_plain_exit_flushes(server: Server, proxy: FaultProxy,
                                                                            tmp_path: Path) -> None:
     spool = str(tmp_path / "events.sqlite3")
     proxy.faults = ["503"] * 1000  # the server refuses while the child runs
@@ -78,3 +85,8 @@ def test_events_tracked_before_a_sigkill_are_delivered_by_the_next_process(serve
         assert tg.flush(timeout=20)
     assert sorted(stored_ids()) == sorted(ids)
     assert len(stored_ids()) == len(set(stored_ids()))
+
+    # without a spool, a script that tracks and simply ends sends its events at exit (atexit)
+    done = subprocess.run([sys.executable, "-c", EXITS, proxy.url, server.ingest_key], capture_output=True, text=True,
+                          env=env, timeout=60, check=True)
+    assert sorted(stored_ids()) == sorted(ids + json.loads(done.stdout))

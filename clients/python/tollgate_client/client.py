@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import time
-import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -30,12 +29,6 @@ from ._reservation import Reservation, reservation_body
 from .errors import APIError, TollgateUnavailable
 
 
-def _close_at_exit(ref: weakref.ref[Tollgate]) -> None:
-    client = ref()
-    if client is not None:
-        client.close()
-
-
 class Tollgate:
     """``Tollgate(base_url=..., api_key=...)``, or TOLLGATE_URL / TOLLGATE_API_KEY from the environment.
     Options (README): batch_size, flush_interval, max_queue, overflow ("block" | "drop" | "spool"),
@@ -48,7 +41,7 @@ class Tollgate:
                                   timeout=self.settings.timeout, transport=transport)
         self._emitter = Emitter(self.settings, self._http, on_error)
         self._closed = False
-        atexit.register(_close_at_exit, weakref.ref(self))
+        atexit.register(self.close)  # an open client is flushed at exit (close() unregisters it)
 
     # --- events -----------------------------------------------------------------------------------------
     def track(self, *, customer: str, meter: str, quantity: Quantity | None = None, event_id: str | None = None,
@@ -72,6 +65,7 @@ class Tollgate:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.close)
         self._emitter.close(self.settings.close_timeout if timeout is None else timeout)
         self._http.close()
 
