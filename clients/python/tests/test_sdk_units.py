@@ -1,0 +1,63 @@
+"""The client's pure parts, no server: configuration, exact quantities, Retry-After, backoff bounds, the
+error body, and the integrations' estimate."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from tollgate_client import APIError, LimitExceeded, Tollgate
+from tollgate_client._core import backoff_delay, build_event, make_settings, quantity_text, retry_after_seconds
+from tollgate_client.integrations._llm import DEFAULT_MAX_TOKENS, estimate_tokens
+
+
+def test_settings_come_from_the_environment_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLGATE_URL", "http://tollgate.test/")
+    monkeypatch.setenv("TOLLGATE_API_KEY", "tg_env")
+    with Tollgate() as tg:
+        assert (tg.settings.base_url, tg.settings.api_key) == ("http://tollgate.test", "tg_env")
+    monkeypatch.delenv("TOLLGATE_API_KEY")
+    with pytest.raises(ValueError, match="api_key"):
+        Tollgate()
+    with pytest.raises(ValueError, match="batch_size"):
+        make_settings("http://x", "k", batch_size=1001)
+    with pytest.raises(ValueError, match="spool_path"):
+        make_settings("http://x", "k", overflow="spool")
+    assert make_settings("http://x", "k", spool_path="/tmp/s.sqlite3").overflow == "spool"
+
+
+def test_quantities_are_exact_decimal_text() -> None:
+    assert [quantity_text(q) for q in (0.1, 3, Decimal("1.50"), "2.25", 1e-7)] == ["0.1", "3", "1.50", "2.25", "1E-7"]
+    with pytest.raises(TypeError):
+        quantity_text(True)
+    event = build_event(customer="c", meter="m", quantity=1, trace={"run_id": "r"})
+    assert len(event["event_id"]) == 32 and event["timestamp"].endswith("+00:00") and event["trace"] == {"run_id": "r"}
+    assert build_event(customer="c", meter="m", event_id="mine")["event_id"] == "mine"
+
+
+def test_retry_after_seconds_or_http_date_and_backoff_bounds() -> None:
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= (retry_after_seconds(later) or 0) <= 31
+    settings = make_settings("http://x", "k", backoff_base=0.5, backoff_max=30)
+    delays = [backoff_delay(attempt, settings) for attempt in range(12)]
+    assert 0.25 <= delays[0] <= 0.5 and all(d <= 30 for d in delays) and delays[-1] >= 15
+    assert backoff_delay(0, settings, retry_after=7) == 7
+
+
+def test_the_error_body_becomes_the_right_exception() -> None:
+    body: dict[str, Any] = {"error": {"code": "spend_cap_exceeded", "message": "Cap.", "remaining": "0", "unit": ""}}
+    err = APIError.from_body(402, body)
+    assert isinstance(err, LimitExceeded) and err.code == "spend_cap_exceeded" and err.details == {"remaining": "0", "unit": ""}
+    plain = APIError.from_body(422, {"error": {"code": "validation_error", "message": "Bad.", "fields": {"q": ["x"]}}})
+    assert type(plain) is APIError and plain.fields == {"q": ["x"]}
+    assert APIError.from_body(502, "<html>").code == "http_error"
+
+
+def test_the_reservation_estimate_bounds_prompt_and_output() -> None:
+    request = {"model": "m", "messages": [{"role": "user", "content": "x" * 100}], "max_tokens": 50}
+    assert estimate_tokens(request) >= 100 // 2 + 50
+    assert estimate_tokens({"messages": []}) >= DEFAULT_MAX_TOKENS
