@@ -106,11 +106,12 @@ def test_back_pressure_drop_counts_the_newest_and_block_waits_then_gives_up(serv
 def test_close_gives_up_after_its_timeout_and_reports_what_was_lost(server: Server, proxy: FaultProxy) -> None:
     proxy.down = True
     errors: list[EventError] = []
-    tg = client(proxy.url, server.ingest_key, on_error=errors.append)
-    event_id = tg.track(customer="acme-co", meter="llm_tokens", quantity=1)
+    tg = client(proxy.url, server.ingest_key, on_error=errors.append, batch_size=2)
+    ids = [tg.track(customer="acme-co", meter="llm_tokens", quantity=1) for _ in range(5)]  # a batch out, three waiting
     started = time.monotonic()
     tg.close(timeout=0.5)
     assert time.monotonic() - started < 5
-    assert [(e.event_id, e.code) for e in errors] == [(event_id, "not_delivered")] and tg.stats.lost == 1
+    assert sorted(e.event_id for e in errors) == sorted(ids) and {e.code for e in errors} == {"not_delivered"}
+    assert tg.stats.lost == 5 and tg.pending() == 0
     with pytest.raises(RuntimeError):
         tg.track(customer="acme-co", meter="llm_tokens", quantity=1)

@@ -23,7 +23,7 @@ from ._core import (
     request_error,
     retry_after_seconds,
 )
-from ._store import open_store
+from ._store import MemoryStore, SpoolStore, open_store
 from .errors import EventError
 
 log = logging.getLogger("tollgate_client")
@@ -53,6 +53,20 @@ def report(on_error: ErrorCallback | None, error: EventError) -> None:
         on_error(error)
     except Exception:
         log.exception("tollgate: on_error raised")
+
+
+def give_up(store: MemoryStore | SpoolStore, batch: list[tuple[int, dict[str, Any]]], stats: Stats,
+            on_error: ErrorCallback | None) -> None:
+    """close() gave up on a memory queue: the batch in hand and every event still waiting are lost; each goes
+    to on_error (code ``not_delivered``), or one warning says how many when there is no on_error."""
+    rest = batch + store.take(store.waiting())
+    store.ack([seq for seq, _ in rest])
+    stats.lost += len(rest)
+    if on_error is None:
+        log.warning("tollgate: close() gave up: %d events not delivered", len(rest))
+        return
+    for _, event in rest:
+        report(on_error, EventError(event, "not_delivered", "close() gave up before the server answered"))
 
 
 class Emitter:
@@ -159,10 +173,7 @@ class Emitter:
                 elif self.settings.spool_path:
                     self.store.untake()  # stays in the spool for the next process
                 else:
-                    for _, event in batch:
-                        self.stats.lost += 1
-                        report(self.on_error, EventError(event, "not_delivered", "close() gave up before the server answered"))
-                    self.store.ack([seq for seq, _ in batch])
+                    give_up(self.store, batch, self.stats, self.on_error)
                 self.cond.notify_all()
                 if not finished:
                     return

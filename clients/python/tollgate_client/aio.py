@@ -29,11 +29,11 @@ from ._core import (
     request_error,
     retry_after_seconds,
 )
-from ._emitter import Stats, report
+from ._emitter import Stats, give_up, report
 from ._reservation import AsyncReservation, PendingReservation, reservation_body
 from ._store import open_store
 from .client import usage_params
-from .errors import APIError, EventError, TollgateUnavailable
+from .errors import APIError, TollgateUnavailable
 
 log = logging.getLogger("tollgate_client")
 
@@ -159,10 +159,7 @@ class AsyncTollgate:
             elif self.settings.spool_path:
                 self._store.untake()
             else:
-                for _, event in batch:
-                    self.stats.lost += 1
-                    report(self.on_error, EventError(event, "not_delivered", "close() gave up before the server answered"))
-                self._store.ack([seq for seq, _ in batch])
+                give_up(self._store, batch, self.stats, self.on_error)
             self._progress.set()
             if not finished:
                 return
