@@ -45,14 +45,19 @@ class Stats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-def report(on_error: ErrorCallback | None, error: EventError) -> None:
-    if on_error is None:
-        log.warning("tollgate: event %s refused: %s %s", error.event_id, error.code, error.message)
+def report(on_error: ErrorCallback | None, errors: list[EventError]) -> None:
+    """Each refusal to on_error; without one, a warning per answer (not per event: a bad key refuses them all)."""
+    if not errors:
         return
-    try:
-        on_error(error)
-    except Exception:
-        log.exception("tollgate: on_error raised")
+    if on_error is None:
+        first = errors[0]
+        log.warning("tollgate: %d event(s) refused, e.g. %s: %s %s", len(errors), first.event_id, first.code, first.message)
+        return
+    for error in errors:
+        try:
+            on_error(error)
+        except Exception:
+            log.exception("tollgate: on_error raised")
 
 
 def give_up(store: MemoryStore | SpoolStore, batch: list[tuple[int, dict[str, Any]]], stats: Stats,
@@ -65,8 +70,7 @@ def give_up(store: MemoryStore | SpoolStore, batch: list[tuple[int, dict[str, An
     if on_error is None:
         log.warning("tollgate: close() gave up: %d events not delivered", len(rest))
         return
-    for _, event in rest:
-        report(on_error, EventError(event, "not_delivered", "close() gave up before the server answered"))
+    report(on_error, [EventError(event, "not_delivered", "close() gave up before the server answered") for _, event in rest])
 
 
 class Emitter:
@@ -195,8 +199,7 @@ class Emitter:
                     outcome = read_batch_results(positions, sending, json_or_none(response))
                     self.stats.delivered += len(outcome.done)
                     self.stats.failed += len(outcome.errors)
-                    for _, error in outcome.errors:
-                        report(self.on_error, error)
+                    report(self.on_error, [error for _, error in outcome.errors])
                     positions = outcome.retry
                     if not positions:
                         return True
@@ -205,8 +208,7 @@ class Emitter:
                 else:  # refused for good (401, 403, 400, 422...): never retried
                     errors = request_error(status, json_or_none(response), sending)
                     self.stats.failed += len(errors)
-                    for error in errors:
-                        report(self.on_error, error)
+                    report(self.on_error, errors)
                     return True
             self.stats.retries += 1
             if self.abort.wait(backoff_delay(attempt, self.settings, retry_after)):

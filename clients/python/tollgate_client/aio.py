@@ -179,8 +179,7 @@ class AsyncTollgate:
                     outcome = read_batch_results(positions, sending, json_or_none(response))
                     self.stats.delivered += len(outcome.done)
                     self.stats.failed += len(outcome.errors)
-                    for _, error in outcome.errors:
-                        report(self.on_error, error)
+                    report(self.on_error, [error for _, error in outcome.errors])
                     positions = outcome.retry
                     if not positions:
                         return True
@@ -189,8 +188,7 @@ class AsyncTollgate:
                 else:
                     errors = request_error(response.status_code, json_or_none(response), sending)
                     self.stats.failed += len(errors)
-                    for error in errors:
-                        report(self.on_error, error)
+                    report(self.on_error, errors)
                     return True
             self.stats.retries += 1
             try:
