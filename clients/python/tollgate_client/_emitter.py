@@ -5,7 +5,6 @@ retries what failed with the same event_ids until the server has answered for ev
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -86,13 +85,11 @@ class Emitter:
         self.flush_upto = 0  # a flush() waits for every seq up to this one
         self.done_upto = 0  # every seq up to this one has been answered for (batches go oldest first)
         self.thread: threading.Thread | None = None
-        self.pid = os.getpid()
         if self.store.pending():
             self.ensure_started()  # a spool left by an earlier process: drain it now
 
     def ensure_started(self) -> None:
         if self.thread is None or (not self.thread.is_alive() and not self.closing):
-            self.pid = os.getpid()
             self.thread = threading.Thread(target=self.run, name="tollgate-emitter", daemon=True)
             self.thread.start()
 
@@ -115,8 +112,8 @@ class Emitter:
                 return False
             if self.store.waiting() >= self.settings.batch_size:
                 self.cond.notify_all()
-        if self.thread is None or self.pid != os.getpid():
-            self.ensure_started()
+        if self.thread is None or not self.thread.is_alive():
+            self.ensure_started()  # the first event, or a process forked since (its threads do not follow)
         return True
 
     def flush(self, timeout: float | None) -> bool:
@@ -166,21 +163,32 @@ class Emitter:
 
     def run(self) -> None:
         while True:
-            batch = self.next_batch()
-            if batch is None:
-                return
-            finished = self.deliver([event for _, event in batch])
-            with self.cond:
-                if finished:
-                    self.store.ack([seq for seq, _ in batch])
-                    self.done_upto = max(self.done_upto, batch[-1][0])
-                elif self.settings.spool_path:
-                    self.store.untake()  # stays in the spool for the next process
-                else:
-                    give_up(self.store, batch, self.stats, self.on_error)
-                self.cond.notify_all()
-                if not finished:
+            try:
+                if not self.step():
                     return
+            except Exception:  # a spool that cannot be read or written: keep trying, slowly
+                log.exception("tollgate: the sender failed; retrying in 1 s")
+                with self.cond:
+                    self.store.untake()
+                if self.abort.wait(1.0):
+                    return
+
+    def step(self) -> bool:
+        """Send one batch; False when there is nothing more to do (closing, or aborted)."""
+        batch = self.next_batch()
+        if batch is None:
+            return False
+        finished = self.deliver([event for _, event in batch])
+        with self.cond:
+            if finished:
+                self.store.ack([seq for seq, _ in batch])
+                self.done_upto = max(self.done_upto, batch[-1][0])
+            elif self.settings.spool_path:
+                self.store.untake()  # stays in the spool for the next process
+            else:
+                give_up(self.store, batch, self.stats, self.on_error)
+            self.cond.notify_all()
+        return finished
 
     def deliver(self, events: list[dict[str, Any]]) -> bool:
         """Send until the server has answered for each event; False if aborted by close()."""
@@ -191,8 +199,8 @@ class Emitter:
             retry_after = None
             try:
                 response = self.http.post(EVENTS_BATCH_PATH, json={"events": sending})
-            except httpx.TransportError as exc:
-                log.info("tollgate: batch of %d not sent (%s); retrying", len(sending), exc)
+            except Exception as exc:
+                log.info("tollgate: batch of %d not sent (%s: %s); retrying", len(sending), type(exc).__name__, exc)
             else:
                 status = response.status_code
                 if status == 200:

@@ -172,8 +172,8 @@ class AsyncTollgate:
             retry_after = None
             try:
                 response = await self._http.post(EVENTS_BATCH_PATH, json={"events": sending})
-            except httpx.TransportError as exc:
-                log.info("tollgate: batch of %d not sent (%s); retrying", len(sending), exc)
+            except Exception as exc:
+                log.info("tollgate: batch of %d not sent (%s: %s); retrying", len(sending), type(exc).__name__, exc)
             else:
                 if response.status_code == 200:
                     outcome = read_batch_results(positions, sending, json_or_none(response))
