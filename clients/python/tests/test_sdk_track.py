@@ -66,8 +66,11 @@ def test_final_refusals_go_to_on_error_once_and_are_never_sent_again(server: Ser
         good = tg.track(customer="acme-co", meter="llm_tokens", quantity=80)
         bad = tg.track(customer="acme-co", meter="no_such_meter", quantity=1)
         over = tg.track(customer="acme-co", meter="llm_tokens", quantity=30)  # 20 left of the hard limit
+        unencodable = tg.track(customer="acme-co", meter="llm_tokens", quantity=1, trace={"agent": object()})
         assert tg.flush(timeout=20)
-        assert tg.stats.failed == 2 and tg.stats.delivered == 1
+        assert tg.stats.failed == 3 and tg.stats.delivered == 1
+    assert errors[0].event_id == unencodable and errors[0].code == "invalid_event"  # left out, never sent
+    errors.pop(0)
     assert [(e.event_id, e.code) for e in errors] == [(bad, "unknown_meter"), (over, "quota_exceeded")]
     assert errors[1].is_limit and errors[1].details["remaining"] == "20" and not errors[0].is_limit
     assert len(proxy.sent_ids()) == 1

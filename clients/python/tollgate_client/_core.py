@@ -4,6 +4,7 @@ No I/O here, so both clients behave the same way."""
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import random
 import time
@@ -198,5 +199,23 @@ def request_error(status: int, body: Any, events: list[dict[str, Any]]) -> list[
     return [EventError(e, err.code, err.message, status=status, fields=err.fields, details=err.details) for e in events]
 
 
+def encode_batch(positions: list[int], events: list[dict[str, Any]]) -> tuple[list[int], bytes, list[EventError]]:
+    """The batch body, leaving out (and reporting) any event JSON cannot encode: one bad value in a ``trace``
+    must not block every event behind it. Returns the positions sent, the body, the errors."""
+    try:
+        return positions, json.dumps({"events": [events[i] for i in positions]}).encode(), []
+    except (TypeError, ValueError):
+        pass
+    good, errors = [], []
+    for i in positions:
+        try:
+            json.dumps(events[i])
+            good.append(i)
+        except (TypeError, ValueError) as exc:
+            errors.append(EventError(events[i], "invalid_event", f"The event cannot be encoded as JSON: {exc}"))
+    return good, json.dumps({"events": [events[i] for i in good]}).encode(), errors
+
+
 def auth_headers(settings: Settings) -> dict[str, str]:
-    return {"Authorization": f"Bearer {settings.api_key}", "User-Agent": "tollgate-client-python"}
+    return {"Authorization": f"Bearer {settings.api_key}", "User-Agent": "tollgate-client-python",
+            "Content-Type": "application/json"}

@@ -16,6 +16,7 @@ from ._core import (
     ErrorCallback,
     Settings,
     backoff_delay,
+    encode_batch,
     is_retryable_status,
     json_or_none,
     read_batch_results,
@@ -195,10 +196,16 @@ class Emitter:
         positions = list(range(len(events)))
         attempt = 0
         while True:
+            positions, body, invalid = encode_batch(positions, events)
+            if invalid:
+                self.stats.failed += len(invalid)
+                report(self.on_error, invalid)
+                if not positions:
+                    return True
             sending = [events[i] for i in positions]
             retry_after = None
             try:
-                response = self.http.post(EVENTS_BATCH_PATH, json={"events": sending})
+                response = self.http.post(EVENTS_BATCH_PATH, content=body)
             except Exception as exc:
                 log.info("tollgate: batch of %d not sent (%s: %s); retrying", len(sending), type(exc).__name__, exc)
             else:
