@@ -14,7 +14,7 @@ import pytest
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import RequestFactory
-from django.urls import path
+from django.urls import path, set_urlconf
 from sdk_fakes import Server, stored_ids
 from tollgate_client import AsyncTollgate, LimitExceeded, Tollgate
 from tollgate_client.integrations import django as tollgate_django
@@ -93,7 +93,10 @@ def django_get(url: str, customer: str | None = "acme-co") -> HttpResponse:
     handler.load_middleware()
     request = RequestFactory().get(url, headers={"X-Customer": customer} if customer else None)
     request.urlconf = __name__
-    response = handler.get_response(request)
+    try:
+        response = handler.get_response(request)
+    finally:
+        set_urlconf(None)  # the request's urlconf is thread-local: later tests in this thread must not see it
     assert isinstance(response, HttpResponse)
     return response
 
