@@ -4,6 +4,7 @@ the server stored (the ground truth for exactly-once)."""
 from __future__ import annotations
 
 import json
+import random
 import socket
 import struct
 import threading
@@ -25,6 +26,7 @@ class FaultProxy:
         self.faults: list[str | None] = []
         self.down = False
         self.retry_after = "1"
+        self.random_faults: tuple[float, random.Random] | None = None  # (rate, rng): a random fault per request
         self.requests: list[tuple[str, list[str], str]] = []  # (path, event_ids, what the proxy did)
         self.lock = threading.Lock()
         self.http = httpx.Client(base_url=target, timeout=30)
@@ -49,6 +51,8 @@ class FaultProxy:
     def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         with self.lock:
             fault = "reset" if self.down else (self.faults.pop(0) if self.faults else None)
+            if fault is None and self.random_faults is not None and self.random_faults[1].random() < self.random_faults[0]:
+                fault = self.random_faults[1].choice(["503", "reset", "lose_reply", "429"])
             ids = event_ids(body)
             self.requests.append((handler.path, ids, fault or "forward"))
         if fault == "reset":

@@ -3,6 +3,7 @@ final refusals go to on_error and are never sent again."""
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -56,6 +57,22 @@ def test_faults_are_retried_with_the_same_event_ids_and_each_event_stored_once(s
     assert sorted(stored_ids()) == sorted([*ids, lost, limited])
     usage = server.get("/api/v1/customers/acme-co/usage", meter="llm_tokens", granularity="month")["data"]
     assert usage[0]["quantity"] == "15.5"  # 3 x 1.5 + 10 + 1: nothing counted twice
+
+
+def test_thousands_of_events_through_random_faults_are_stored_exactly_once(server: Server, proxy: FaultProxy) -> None:
+    """A fifth of the requests fail at random (503, 429, reset before, reply lost after storing)."""
+    proxy.random_faults = (0.2, random.Random(7))
+    proxy.retry_after = "0"
+    with client(proxy.url, server.ingest_key, batch_size=100, backoff_base=0.01, backoff_max=0.05) as tg:
+        ids = [tg.track(customer="acme-co", meter="llm_tokens", quantity=1) for _ in range(3000)]
+        assert tg.flush(timeout=60)
+        assert tg.stats.delivered == 3000 and tg.stats.failed == 0 and tg.stats.retries > 0
+    faults = [what for _, _, what in proxy.requests]
+    assert {"503", "reset", "lose_reply", "429"} <= set(faults)
+    stored = stored_ids()
+    assert len(stored) == 3000 and set(stored) == set(ids)
+    attempts = [i for batch in proxy.sent_ids() for i in batch]
+    assert len(attempts) > 3000  # some were sent more than once, and stored once
 
 
 def test_final_refusals_go_to_on_error_once_and_are_never_sent_again(server: Server, proxy: FaultProxy,
