@@ -93,6 +93,8 @@ def insert_rows(rows: list[Row], *, received_at: datetime, booking: Booking | No
         return _insert_rows_postgresql(rows, received_at, table, cols, conflict, booking, debited)
     if booking is not None:
         raise ValueError("an insert books the ledger in its own statement on PostgreSQL only")
+    if not rows:  # e.g. a settle whose every event was refused: "VALUES ON CONFLICT" is not SQL
+        return set()
     with connection.cursor() as cursor:  # SQLite: one multi-row VALUES (16,000 parameters at most)
         ops = connection.ops
         received = ops.adapt_datetimefield_value(received_at)

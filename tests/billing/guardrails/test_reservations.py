@@ -74,6 +74,17 @@ def test_settle_posts_what_was_used_and_releases_the_rest(acme, ingest, admin):
     assert (quota(admin)["used"], quota(admin)["reserved"], quota(admin)["remaining"]) == ("30", "0", "70")
 
 
+def test_settle_whose_only_event_is_invalid_answers_it_rejected_and_releases(acme, ingest, admin):
+    subscribe(acme, catalog(hard="100"))
+    reserve(ingest, "r1", "50")
+
+    settled = post_json(ingest, "/api/v1/reservations/r1/settle", {"events": [json.loads(body("bad", "5", meter="nope"))]})
+
+    assert settled.status_code == 200, settled.content  # no row to insert: nothing breaks
+    assert settled.json()["rejected"] == 1 and settled.json()["results"][0]["error"]["code"] == "unknown_meter"
+    assert (quota(admin)["used"], quota(admin)["reserved"]) == ("0", "0")
+
+
 def test_settle_above_the_reservation_respects_the_hard_limit(acme, ingest, admin):
     subscribe(acme, catalog(hard="100"))
     reserve(ingest, "r1", "50")
