@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,14 @@ def test_async_spool_survives_the_client_and_drop_counts(server: Server, proxy: 
             await dropping.track(customer="acme-co", meter="llm_tokens", quantity=1)
         assert dropping.stats.dropped == 2
         await dropping.close(timeout=0.1)
+        blocking = AsyncTollgate(base_url=proxy.url, api_key=server.ingest_key, max_queue=1, block_timeout=0.2,
+                                 **{**FAST, "flush_interval": 30})
+        await blocking.track(customer="acme-co", meter="llm_tokens", quantity=1)
+        started = time.monotonic()
+        await blocking.track(customer="acme-co", meter="llm_tokens", quantity=1)  # waits for room, then drops
+        assert time.monotonic() - started >= 0.2 and blocking.stats.dropped == 1
+        await blocking.close(timeout=0.1)
+        assert blocking.stats.lost == 1
         return ids
 
     async def drain() -> None:

@@ -65,6 +65,12 @@ def test_limit_exceeded_and_the_read_helpers(tg: Tollgate) -> None:
     assert caught.value.status == 402 and caught.value.code == "quota_exceeded"
     assert caught.value.details["remaining"] == "10000" and caught.value.message
 
+    r = tg.reserve(customer="acme-co", meter="llm_tokens", quantity=10)
+    with pytest.raises(APIError) as refused:
+        r.settle(events=[{"meter": "nope", "quantity": 1}])  # the server settles, refusing that event: it raises
+    assert refused.value.code == "unknown_meter" and r.state == "settled"
+    assert Decimal(quota(tg)["reserved"]) == 0
+
     tg.track(customer="acme-co", meter="llm_tokens", quantity=7, dimensions={"model": "m1"})
     assert tg.flush(timeout=20)
     rows = tg.usage("acme-co", meter="llm_tokens", group_by=["model"], granularity="month")["data"]
