@@ -4,13 +4,22 @@ error body, and the integrations' estimate."""
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from tollgate_client import APIError, LimitExceeded, Tollgate
-from tollgate_client._core import backoff_delay, build_event, make_settings, quantity_text, retry_after_seconds
+from tollgate_client._core import (
+    backoff_delay,
+    build_event,
+    finalize,
+    make_settings,
+    new_id,
+    quantity_text,
+    retry_after_seconds,
+)
 from tollgate_client.integrations._llm import DEFAULT_MAX_TOKENS, estimate_tokens
 
 
@@ -34,8 +43,25 @@ def test_quantities_are_exact_decimal_text() -> None:
     with pytest.raises(TypeError):
         quantity_text(True)
     event = build_event(customer="c", meter="m", quantity=1, trace={"run_id": "r"})
-    assert len(event["event_id"]) == 32 and event["timestamp"].endswith("+00:00") and event["trace"] == {"run_id": "r"}
+    assert isinstance(event["timestamp"], float)  # the clock read on the caller's thread, written out when sent
+    text = finalize(event)["timestamp"]
+    assert text.endswith("+00:00") and finalize(event)["timestamp"] == text and event["trace"] == {"run_id": "r"}
     assert build_event(customer="c", meter="m", event_id="mine")["event_id"] == "mine"
+
+
+def test_ids_are_unique_and_a_forked_child_draws_its_own_prefix() -> None:
+    ids = {new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and len({i[:24] for i in ids}) == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what a gunicorn worker forked from a preloaded app would draw
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    assert child[:24] != new_id()[:24] and child not in ids
 
 
 def test_retry_after_seconds_or_http_date_and_backoff_bounds() -> None:

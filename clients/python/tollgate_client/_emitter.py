@@ -17,6 +17,7 @@ from ._core import (
     Settings,
     backoff_delay,
     encode_batch,
+    finalize,
     is_retryable_status,
     json_or_none,
     read_batch_results,
@@ -70,7 +71,8 @@ def give_up(store: MemoryStore | SpoolStore, batch: list[tuple[int, dict[str, An
     if on_error is None:
         log.warning("tollgate: close() gave up: %d events not delivered", len(rest))
         return
-    report(on_error, [EventError(event, "not_delivered", "close() gave up before the server answered") for _, event in rest])
+    report(on_error, [EventError(finalize(event), "not_delivered", "close() gave up before the server answered")
+                      for _, event in rest])
 
 
 class Emitter:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._core import RESERVATIONS_PATH, Quantity, build_event, new_id, quantity_text
+from ._core import RESERVATIONS_PATH, Quantity, build_event, finalize, new_id, quantity_text
 from .errors import LIMIT_CODES, APIError
 
 log = logging.getLogger("tollgate_client")
@@ -33,9 +33,9 @@ def settle_body(customer: str, meter: str, quantity: Quantity | None, events: Se
     if events is None:
         if quantity is None:
             raise ValueError("settle needs quantity or events")
-        items = [build_event(customer=customer, meter=meter, quantity=quantity, **single)]
+        items = [finalize(build_event(customer=customer, meter=meter, quantity=quantity, **single))]
     else:
-        items = [build_event(**{"customer": customer, "meter": meter, **dict(item)}) for item in events]
+        items = [finalize(build_event(**{"customer": customer, "meter": meter, **dict(item)})) for item in events]
     return {"customer": customer, "events": items}
 
 

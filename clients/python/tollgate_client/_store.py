@@ -10,6 +10,8 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
+from ._core import finalize
+
 
 class Store(Protocol):
     def put(self, event: dict[str, Any]) -> int | None:
@@ -105,7 +107,7 @@ class SpoolStore:
         if self._count >= self.capacity:
             return None
         cur = self._db.execute("INSERT INTO spool (payload, enqueued_at) VALUES (?, ?)",
-                               (json.dumps(event, separators=(",", ":")), time.time()))
+                               (json.dumps(finalize(event), separators=(",", ":")), time.time()))
         self._count += 1
         self._seq = int(cur.lastrowid or 0)
         return self._seq
