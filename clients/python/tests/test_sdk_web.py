@@ -15,8 +15,8 @@ from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import RequestFactory
 from django.urls import path, set_urlconf
-from sdk_fakes import Server, stored_ids
-from tollgate_client import AsyncTollgate, LimitExceeded, Tollgate
+from sdk_fakes import FaultProxy, Server, stored_ids
+from tollgate_client import AsyncTollgate, LimitExceeded, Tollgate, TollgateUnavailable
 from tollgate_client.integrations import django as tollgate_django
 from tollgate_client.integrations.asgi import TollgateMiddleware
 
@@ -136,3 +136,23 @@ def test_the_django_middleware_needs_a_customer_callable(settings: Any) -> None:
     settings.TOLLGATE_MIDDLEWARE = {}
     with pytest.raises(ValueError, match="customer"):
         tollgate_django.TollgateMiddleware(lambda request: HttpResponse(), tollgate=Tollgate(base_url="http://x", api_key="k"))
+
+
+def test_an_unreachable_tollgate_lets_requests_through_and_queues_their_usage(server: Server, proxy: FaultProxy) -> None:
+    async def main() -> int:
+        async with AsyncTollgate(base_url=proxy.url, api_key=server.admin_key, max_attempts=2, **FAST) as tg:
+            open_app = TollgateMiddleware(app, tg, customer=header_customer, meter="llm_tokens")
+            closed_app = TollgateMiddleware(app, tg, customer=header_customer, meter="llm_tokens", fail_open=False)
+            proxy.down = True
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=open_app), base_url="http://app") as http:
+                status = (await http.get("/tokens", headers={"x-customer": "acme-co"})).status_code
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=closed_app), base_url="http://app") as http:
+                with pytest.raises(TollgateUnavailable):
+                    await http.get("/", headers={"x-customer": "acme-co"})
+            proxy.down = False
+            assert await tg.flush(timeout=20)
+            return status
+
+    assert asyncio.run(main()) == 200
+    listed = server.get("/api/v1/events", customer="acme-co")["data"]
+    assert [(e["quantity"], e["dimensions"]) for e in listed] == [("5", {"route": "tokens"})]

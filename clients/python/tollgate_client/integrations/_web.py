@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from .._core import Quantity
+from .._core import Quantity, new_id
 from ..errors import LimitExceeded
 
 Mode = Literal["reserve", "check", "track"]
@@ -26,9 +26,10 @@ class MeteredRequest:
     trace: dict[str, Any] = field(default_factory=dict)
     skip: bool = False
     reservation: Any = None
+    event_id: str = field(default_factory=new_id)  # fixed: a settle retried as a plain event is a duplicate
 
     def event(self) -> dict[str, Any]:
-        event: dict[str, Any] = {"meter": self.meter, "quantity": self.quantity}
+        event: dict[str, Any] = {"event_id": self.event_id, "meter": self.meter, "quantity": self.quantity}
         if self.dimensions:
             event["dimensions"] = dict(self.dimensions)
         if self.trace:

@@ -1,12 +1,14 @@
 """Django middleware: add ``"tollgate_client.integrations.django.TollgateMiddleware"`` to MIDDLEWARE and set
 ``TOLLGATE_MIDDLEWARE = {"customer": "myapp.billing.customer_of", "meter": "api_calls", "mode": "reserve"}``
 (``customer``: a callable or its dotted path, ``request -> customer id or None``; ``quantity``: a number or a
-callable of the request; ``mode``: reserve | check | track; ``bill_errors``). The client comes from
+callable of the request; ``mode``: reserve | check | track; ``bill_errors``; ``fail_open``, default True: an
+unreachable Tollgate lets the request through and queues its usage). The client comes from
 ``TOLLGATE_URL`` / ``TOLLGATE_API_KEY`` (settings or environment). The handler may adjust ``request.tollgate``
 (a MeteredRequest). A LimitExceeded, before the view or raised by it, answers 402 with Tollgate's JSON error."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +18,10 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
 from ..client import Tollgate
-from ..errors import LimitExceeded
+from ..errors import LimitExceeded, TollgateUnavailable
 from ._web import MeteredRequest, limit_body, refusal_from_balance
 
+log = logging.getLogger("tollgate_client")
 _clients: dict[tuple[str, str], Tollgate] = {}
 
 
@@ -47,6 +50,7 @@ class TollgateMiddleware:
             raise ValueError("mode must be 'reserve', 'check' or 'track'")
         self.ttl_seconds: int = config.get("ttl_seconds", 300)
         self.bill_errors: bool = config.get("bill_errors", False)
+        self.fail_open: bool = config.get("fail_open", True)
         self._tollgate = tollgate
 
     @property
@@ -71,6 +75,10 @@ class TollgateMiddleware:
                     raise refusal
         except LimitExceeded as exc:
             return refused(exc)
+        except TollgateUnavailable:
+            if not self.fail_open:
+                raise
+            log.warning("tollgate: unreachable before %s's request: let through, usage queued", metered.customer)
         request.tollgate = metered  # type: ignore[attr-defined]
         try:
             response = self.get_response(request)
@@ -91,12 +99,19 @@ class TollgateMiddleware:
 
     def finish(self, metered: MeteredRequest, *, failed: bool) -> None:
         bill = not metered.skip and (self.bill_errors or not failed)
-        if metered.reservation is not None:
-            if bill:
-                metered.reservation.settle(events=[metered.event()])
-            else:
-                metered.reservation.release()
-        elif bill:
+        try:
+            if metered.reservation is not None:
+                if bill:
+                    metered.reservation.settle(events=[metered.event()])
+                else:
+                    metered.reservation.release()
+                return
+        except TollgateUnavailable:
+            if not self.fail_open:
+                raise
+            if not bill:
+                return  # the hold expires by itself
+        if bill:  # the same event_id as the settle: if that got through, this is a duplicate
             self.tollgate.track(customer=metered.customer, **metered.event())
 
 
