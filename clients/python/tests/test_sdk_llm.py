@@ -12,9 +12,9 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from sdk_fakes import Server
+from sdk_fakes import FaultProxy, Server
 from sdk_upstream import CACHED, COMPLETION, PROMPT, FakeUpstream
-from tollgate_client import AsyncTollgate, LimitExceeded, Tollgate
+from tollgate_client import AsyncTollgate, LimitExceeded, Tollgate, TollgateUnavailable
 from tollgate_client.integrations import billing_context
 from tollgate_client.integrations.anthropic import wrap_anthropic
 from tollgate_client.integrations.openai import wrap_openai
@@ -122,3 +122,21 @@ def test_async_clients_with_async_tollgate(server: Server, upstream: FakeUpstrea
     assert billed(server) == sorted([("input", both, "claude-s", None), ("input", str(PROMPT), "gpt-a", None),
                                      ("input", str(PROMPT), "gpt-s", None), ("output", str(COMPLETION), "claude-s", None),
                                      ("output", str(COMPLETION), "gpt-a", None), ("output", str(COMPLETION), "gpt-s", None)])
+
+
+def test_an_unreachable_tollgate_lets_the_call_through_and_queues_its_usage(server: Server, proxy: FaultProxy,
+                                                                           upstream: FakeUpstream) -> None:
+    proxy.down = True
+    with Tollgate(base_url=proxy.url, api_key=server.admin_key, max_attempts=2, **FAST) as tg:
+        client = wrap_openai(openai.OpenAI(api_key="sk-test", base_url=f"{upstream.url}/v1", max_retries=0), tg,
+                             customer="acme-co", reserve=True)
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)
+        assert answer.choices[0].message.content == "Hello there" and len(upstream.requests) == 1
+        strict = wrap_openai(openai.OpenAI(api_key="sk-test", base_url=f"{upstream.url}/v1", max_retries=0), tg,
+                             customer="acme-co", reserve=True, fail_open=False)
+        with pytest.raises(TollgateUnavailable):
+            strict.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)
+        assert len(upstream.requests) == 1  # the strict one never reached the provider
+        proxy.down = False
+        assert tg.flush(timeout=20)
+    assert billed(server) == [("input", str(PROMPT), "gpt-4o", None), ("output", str(COMPLETION), "gpt-4o", None)]

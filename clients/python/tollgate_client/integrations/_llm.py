@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._core import new_id
 from ..aio import AsyncTollgate
 from ..client import Tollgate
+from ..errors import APIError, TollgateUnavailable
 
 log = logging.getLogger("tollgate_client")
 
@@ -56,6 +58,7 @@ class Metering:
     run_id: str | None = None
     reserve: Reserve = None
     dimensions: Mapping[str, str] = field(default_factory=dict)
+    fail_open: bool = True  # Tollgate unreachable: the call goes ahead and its usage is queued as events
 
     def call_options(self, kwargs: dict[str, Any]) -> tuple[str, str | None]:
         """Pop the per-call options from the request's kwargs: (customer, run_id)."""
@@ -96,41 +99,81 @@ def estimate_tokens(request: Mapping[str, Any]) -> int:
     return len(text) // 2 + int(bound)
 
 
+def _events(metering: Metering, usage: Usage | None, run_id: str | None) -> list[dict[str, Any]]:
+    """The call's events, their ids fixed now: a settle that fails over to track() sends the same ids."""
+    events = metering.events(usage, run_id) if usage is not None else []
+    for event in events:
+        event["event_id"] = new_id()
+    return events
+
+
+def _settle_failed(metering: Metering, exc: Exception, events: list[dict[str, Any]]) -> bool:
+    """After the provider answered, a failed settle must not lose its answer: True to track the events instead."""
+    if isinstance(exc, TollgateUnavailable) and not metering.fail_open:
+        raise exc
+    if isinstance(exc, TollgateUnavailable):
+        log.warning("tollgate: settle failed (%s): the usage is queued as events, the hold expires", exc)
+        return bool(events)
+    log.warning("tollgate: the settle was refused: %s", exc)  # the server kept the events as not billable
+    return False
+
+
 def track_usage(metering: Metering, customer: str, run_id: str | None, usage: Usage | None, reservation: Any) -> None:
     """Sync: settle the reservation with the usage (or release it when none is known), else track the events."""
+    events = _events(metering, usage, run_id)
     if reservation is not None:
-        if usage is None:
-            reservation.release()
+        try:
+            if events:
+                reservation.settle(events=events)
+            else:
+                reservation.release()
             return
-        events = metering.events(usage, run_id)
-        if events:
-            reservation.settle(events=events)
-        else:
-            reservation.release()
-        return
+        except (TollgateUnavailable, APIError) as exc:
+            if not _settle_failed(metering, exc, events):
+                return
     if usage is None:
         log.warning("tollgate: no usage in the response: nothing tracked")
         return
     tg = metering.tollgate
     assert isinstance(tg, Tollgate), "a sync client needs a sync Tollgate"
-    for event in metering.events(usage, run_id):
+    for event in events:
         tg.track(customer=customer, **event)
 
 
 async def atrack_usage(metering: Metering, customer: str, run_id: str | None, usage: Usage | None,
                        reservation: Any) -> None:
     """Async: the same, awaiting AsyncTollgate (a sync Tollgate also works: its track() does not block)."""
+    events = _events(metering, usage, run_id)
     if reservation is not None:
-        if usage is None or not metering.events(usage, run_id):
-            await maybe_await(reservation.release())
+        try:
+            if events:
+                await maybe_await(reservation.settle(events=events))
+            else:
+                await maybe_await(reservation.release())
             return
-        await maybe_await(reservation.settle(events=metering.events(usage, run_id)))
-        return
+        except (TollgateUnavailable, APIError) as exc:
+            if not _settle_failed(metering, exc, events):
+                return
     if usage is None:
         log.warning("tollgate: no usage in the response: nothing tracked")
         return
-    for event in metering.events(usage, run_id):
+    for event in events:
         await maybe_await(metering.tollgate.track(customer=customer, **event))
+
+
+def release_quietly(reservation: Any) -> None:
+    """The call failed: give the hold back, never hiding the call's own error (an unreleased hold expires)."""
+    try:
+        reservation.release()
+    except Exception:
+        log.exception("tollgate: releasing reservation %s failed (it expires by itself)", reservation.id)
+
+
+async def arelease_quietly(reservation: Any) -> None:
+    try:
+        await maybe_await(reservation.release())
+    except Exception:
+        log.exception("tollgate: releasing reservation %s failed (it expires by itself)", reservation.id)
 
 
 async def maybe_await(value: Any) -> Any:
@@ -138,20 +181,33 @@ async def maybe_await(value: Any) -> Any:
 
 
 def reserve_sync(metering: Metering, customer: str, request: Mapping[str, Any]) -> Any:
-    """The reservation before the call (LimitExceeded stops it before the upstream is paid), or None."""
+    """The reservation before the call (LimitExceeded stops it before the upstream is paid), or None (none
+    asked, or Tollgate unreachable and ``fail_open``: the call goes ahead and its usage is tracked)."""
     quantity = metering.reserve_quantity(request)
     if quantity is None:
         return None
     tg = metering.tollgate
     assert isinstance(tg, Tollgate), "a sync client needs a sync Tollgate"
-    return tg.reserve(customer=customer, meter=metering.meter, quantity=quantity)
+    try:
+        return tg.reserve(customer=customer, meter=metering.meter, quantity=quantity)
+    except TollgateUnavailable:
+        if not metering.fail_open:
+            raise
+        log.warning("tollgate: unreachable, the call goes ahead unreserved (its usage is tracked)")
+        return None
 
 
 async def reserve_async(metering: Metering, customer: str, request: Mapping[str, Any]) -> Any:
     quantity = metering.reserve_quantity(request)
     if quantity is None:
         return None
-    return await maybe_await(metering.tollgate.reserve(customer=customer, meter=metering.meter, quantity=quantity))
+    try:
+        return await maybe_await(metering.tollgate.reserve(customer=customer, meter=metering.meter, quantity=quantity))
+    except TollgateUnavailable:
+        if not metering.fail_open:
+            raise
+        log.warning("tollgate: unreachable, the call goes ahead unreserved (its usage is tracked)")
+        return None
 
 
 class Passthrough:

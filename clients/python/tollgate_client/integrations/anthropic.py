@@ -19,7 +19,9 @@ from ._llm import (
     Passthrough,
     Reserve,
     Usage,
+    arelease_quietly,
     atrack_usage,
+    release_quietly,
     reserve_async,
     reserve_sync,
     track_usage,
@@ -30,9 +32,9 @@ Client = TypeVar("Client")
 
 def wrap_anthropic(client: Client, tollgate: Tollgate | AsyncTollgate, *, customer: str | None = None,
                    meter: str = "llm_tokens", run_id: str | None = None, reserve: Reserve = None,
-                   dimensions: Mapping[str, str] | None = None) -> Client:
+                   dimensions: Mapping[str, str] | None = None, fail_open: bool = True) -> Client:
     """The same client (``Anthropic`` or ``AsyncAnthropic``), metered."""
-    metering = Metering(tollgate, customer, meter, "anthropic", run_id, reserve, dict(dimensions or {}))
+    metering = Metering(tollgate, customer, meter, "anthropic", run_id, reserve, dict(dimensions or {}), fail_open)
     return cast(Client, _Anthropic(client, metering))
 
 
@@ -81,7 +83,7 @@ class _Messages(Passthrough):
             response = self._wrapped.create(**kwargs)
         except BaseException:
             if reservation is not None:
-                reservation.release()
+                release_quietly(reservation)
             raise
         if kwargs.get("stream"):
             return MeteredStream(response, _read_event,
@@ -97,7 +99,7 @@ class _Messages(Passthrough):
             response = await self._wrapped.create(**kwargs)
         except BaseException:
             if reservation is not None:
-                await atrack_usage(m, customer, run_id, None, reservation)
+                await arelease_quietly(reservation)
             raise
         if kwargs.get("stream"):
             async def finish(seen: dict[str, Any]) -> None:

@@ -19,7 +19,9 @@ from ._llm import (
     Passthrough,
     Reserve,
     Usage,
+    arelease_quietly,
     atrack_usage,
+    release_quietly,
     reserve_async,
     reserve_sync,
     track_usage,
@@ -30,9 +32,9 @@ Client = TypeVar("Client")
 
 def wrap_openai(client: Client, tollgate: Tollgate | AsyncTollgate, *, customer: str | None = None,
                 meter: str = "llm_tokens", run_id: str | None = None, reserve: Reserve = None,
-                dimensions: Mapping[str, str] | None = None) -> Client:
+                dimensions: Mapping[str, str] | None = None, fail_open: bool = True) -> Client:
     """The same client, metered (an ``OpenAI`` or an ``AsyncOpenAI``; the type seen by your editor is kept)."""
-    metering = Metering(tollgate, customer, meter, "openai", run_id, reserve, dict(dimensions or {}))
+    metering = Metering(tollgate, customer, meter, "openai", run_id, reserve, dict(dimensions or {}), fail_open)
     return cast(Client, _OpenAI(client, metering))
 
 
@@ -100,7 +102,7 @@ class _Create(Passthrough):
             response = self._wrapped.create(**kwargs)
         except BaseException:
             if reservation is not None:
-                reservation.release()
+                release_quietly(reservation)
             raise
         if stream:
             kind = _HidingUsageChunk if hide else MeteredStream
@@ -119,7 +121,7 @@ class _Create(Passthrough):
             response = await self._wrapped.create(**kwargs)
         except BaseException:
             if reservation is not None:
-                await atrack_usage(m, customer, run_id, None, reservation)
+                await arelease_quietly(reservation)
             raise
         if stream:
             kind = _AsyncHidingUsageChunk if hide else AsyncMeteredStream
