@@ -124,6 +124,8 @@ class AsyncTollgate:
         return self._store.pending()
 
     async def __aenter__(self) -> AsyncTollgate:
+        if self._store.pending():
+            self._ensure_started()  # a spool left by an earlier process: drain it now
         return self
 
     async def __aexit__(self, *exc: object) -> None:
