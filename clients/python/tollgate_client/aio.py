@@ -152,20 +152,32 @@ class AsyncTollgate:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
-            if batch is None:
-                return
-            finished = await self._deliver([event for _, event in batch])
-            if finished:
-                self._store.ack([seq for seq, _ in batch])
-                self._done_upto = max(self._done_upto, batch[-1][0])
-            elif self.settings.spool_path:
+            try:
+                if not await self._step():
+                    return
+            except Exception:  # a spool that cannot be read or written: keep trying, slowly
+                log.exception("tollgate: the sender failed; retrying in 1 s")
                 self._store.untake()
-            else:
-                give_up(self._store, batch, self.stats, self.on_error)
-            self._progress.set()
-            if not finished:
-                return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._abort.wait(), 1.0)
+                if self._abort.is_set():
+                    return
+
+    async def _step(self) -> bool:
+        """Send one batch; False when there is nothing more to do (closing, or aborted)."""
+        batch = await self._next_batch()
+        if batch is None:
+            return False
+        finished = await self._deliver([event for _, event in batch])
+        if finished:
+            self._store.ack([seq for seq, _ in batch])
+            self._done_upto = max(self._done_upto, batch[-1][0])
+        elif self.settings.spool_path:
+            self._store.untake()
+        else:
+            give_up(self._store, batch, self.stats, self.on_error)
+        self._progress.set()
+        return finished
 
     async def _deliver(self, events: list[dict[str, Any]]) -> bool:
         positions = list(range(len(events)))
