@@ -79,3 +79,15 @@ def test_limit_exceeded_and_the_read_helpers(tg: Tollgate) -> None:
         tg.balance("nobody")
     assert missing.value.status == 404 and missing.value.code == "not_found"
     assert not isinstance(missing.value, LimitExceeded)
+
+
+def test_a_reservation_names_its_run_and_a_killed_run_is_refused(tg: Tollgate) -> None:
+    killed = tg.request("POST", "/api/v1/customers/acme-co/runs/agent-9/kill", {})
+    assert killed["state"] == "killed"
+    with pytest.raises(LimitExceeded) as caught, tg.reserve(customer="acme-co", meter="llm_tokens", quantity=10,
+                                                            run_id="agent-9"):
+        pytest.fail("the body must not run")
+    assert caught.value.code == "circuit_open"
+    with tg.reserve(customer="acme-co", meter="llm_tokens", quantity=10, run_id="agent-10") as r:
+        r.settle(quantity=10)
+    assert r.state == "settled"

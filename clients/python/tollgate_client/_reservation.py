@@ -19,11 +19,17 @@ AsyncCall = Callable[[str, str, Any], Awaitable[Any]]
 
 
 def reservation_body(*, customer: str, meter: str, quantity: Quantity, ttl_seconds: int,
-                     dimensions: Mapping[str, str] | None, reservation_id: str | None) -> dict[str, Any]:
+                     dimensions: Mapping[str, str] | None, reservation_id: str | None, project: str | None = None,
+                     run_id: str | None = None) -> dict[str, Any]:
+    """The reservation's body; ``project`` and ``run_id`` let pauses, run breakers and budgets judge it."""
     body: dict[str, Any] = {"reservation_id": reservation_id or new_id(), "customer": customer, "meter": meter,
                             "quantity": quantity_text(quantity), "ttl_seconds": ttl_seconds}
     if dimensions:
         body["dimensions"] = dict(dimensions)
+    if project:
+        body["project"] = project
+    if run_id:
+        body["trace"] = {"run_id": run_id}
     return body
 
 

@@ -220,10 +220,12 @@ class AsyncTollgate:
 
     # --- reservations and reads -------------------------------------------------------------------------
     def reserve(self, *, customer: str, meter: str, quantity: Quantity, ttl_seconds: int = 300,
-                dimensions: Mapping[str, str] | None = None, reservation_id: str | None = None) -> PendingReservation:
+                dimensions: Mapping[str, str] | None = None, reservation_id: str | None = None,
+                project: str | None = None, run_id: str | None = None) -> PendingReservation:
         """``async with tg.reserve(...) as r`` (or ``r = await tg.reserve(...)``). Raises LimitExceeded (402)."""
         body = reservation_body(customer=customer, meter=meter, quantity=quantity, ttl_seconds=ttl_seconds,
-                                dimensions=dimensions, reservation_id=reservation_id)
+                                dimensions=dimensions, reservation_id=reservation_id, project=project,
+                                run_id=run_id)
 
         async def make() -> AsyncReservation:
             answer = await self.request("POST", RESERVATIONS_PATH, body)

@@ -86,10 +86,12 @@ class Tollgate:
 
     # --- reservations and reads -------------------------------------------------------------------------
     def reserve(self, *, customer: str, meter: str, quantity: Quantity, ttl_seconds: int = 300,
-                dimensions: Mapping[str, str] | None = None, reservation_id: str | None = None) -> Reservation:
+                dimensions: Mapping[str, str] | None = None, reservation_id: str | None = None,
+                project: str | None = None, run_id: str | None = None) -> Reservation:
         """Hold ``quantity`` before the work. Raises LimitExceeded (402). Use as a context manager."""
         body = reservation_body(customer=customer, meter=meter, quantity=quantity, ttl_seconds=ttl_seconds,
-                                dimensions=dimensions, reservation_id=reservation_id)
+                                dimensions=dimensions, reservation_id=reservation_id, project=project,
+                                run_id=run_id)
         answer = self.request("POST", RESERVATIONS_PATH, body)
         return Reservation(self.request, answer, body)
 
