@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test test-fast test-tigerbeetle lint lint-imports typecheck pytest bench bench-ingest bench-ledger bench-rollup bench-gateway clean
+.PHONY: install run test test-fast test-tigerbeetle lint lint-imports typecheck pytest bench bench-ingest bench-ledger bench-rollup bench-gateway bench-sdk clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,11 @@ bench-rollup: install
 bench-gateway: install
 	$(PY) bench/gateway.py $(BENCH_ARGS)
 
-bench: bench-ingest bench-ledger bench-rollup bench-gateway
+## bench-sdk: track()'s cost on the caller's thread, and the SDK emitter's events/s against one plain client
+bench-sdk: install
+	$(PY) bench/sdk.py $(BENCH_ARGS)
+
+bench: bench-ingest bench-ledger bench-rollup bench-gateway bench-sdk
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
