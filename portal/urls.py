@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing.audit.apis import AuditLogApi
 from billing.catalog.apis import CustomerSubscriptionApi, MetersApi, PlansApi, PlanVersionsApi
 from billing.customers.apis import CustomerDetailApi, CustomerProjectsApi, CustomersApi
 from billing.guardrails.anomalies.apis import AnomaliesApi, AnomalyResolveApi
@@ -85,6 +86,7 @@ api = [
          name="invoice-mark-uncollectible"),
     path("anomalies", AnomaliesApi.as_view(), name="anomalies"),
     path("anomalies/<str:anomaly_id>/resolve", AnomalyResolveApi.as_view(), name="anomaly-resolve"),
+    path("audit-log", AuditLogApi.as_view(), name="audit-log"),
     path("webhook-endpoints", WebhookEndpointsApi.as_view(), name="webhook-endpoints"),
     path("webhook-endpoints/<str:endpoint_id>", WebhookEndpointDetailApi.as_view(), name="webhook-endpoint"),
     path("webhook-endpoints/<str:endpoint_id>/deliveries", WebhookDeliveriesApi.as_view(), name="webhook-deliveries"),

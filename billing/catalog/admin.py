@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
+from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.common.admin import ReadOnlyAdmin
 
 
@@ -26,9 +26,3 @@ class RateCardVersionAdmin(ReadOnlyAdmin):
 class SubscriptionAdmin(admin.ModelAdmin):
     list_display = ("customer", "plan", "start", "end")
     list_filter = ("plan",)
-
-
-@admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ("at", "actor", "action", "target")
-    search_fields = ("actor", "action", "target")

@@ -119,19 +119,3 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id} on {self.plan_id} from {self.start:%Y-%m-%d}"
-
-
-class AuditEntry(models.Model):
-    """Who changed what in the catalog, and when (append-only)."""
-
-    at = models.DateTimeField(auto_now_add=True)
-    actor = models.CharField(max_length=150)
-    action = models.CharField(max_length=64)
-    target = models.CharField(max_length=200)
-    data = models.JSONField(default=dict, blank=True)
-
-    class Meta:
-        ordering = ["-at", "-id"]
-
-    def __str__(self) -> str:
-        return f"{self.at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.target}"

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet
 
-from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
+from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.common.errors import CommonCode, DomainError
 
 
@@ -16,10 +16,6 @@ def meter_list() -> QuerySet[Meter]:
 
 def meter_keys() -> set[str]:
     return set(Meter.objects.values_list("key", flat=True))
-
-
-def audit_entries() -> QuerySet[AuditEntry]:
-    return AuditEntry.objects.order_by("-at", "-id")
 
 
 def plan_get(*, key: str) -> Plan:

@@ -6,9 +6,11 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from billing.audit.models import AuditEntry
+from billing.audit.services import audit_created, audit_deleted, audit_record, snapshot
 from billing.catalog import schema
 from billing.catalog.errors import CatalogCode
-from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion, Subscription
+from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.common.calendar import next_period_start, period_bounds
 from billing.common.errors import CommonCode, DomainError, validation_error
 
@@ -27,6 +29,7 @@ def meter_create(*, key: str, name: str, aggregation: str, unit: str = "unit", u
     try:
         with transaction.atomic():
             meter.save()
+            audit_created(meter)
     except IntegrityError:
         return _same_or_conflict(Meter.objects.get(key=key), meter), False
     return meter, True
@@ -40,7 +43,9 @@ def _same_or_conflict(existing: Meter, wanted: Meter) -> Meter:
 
 
 def audit(*, actor: str, action: str, target: str, data: dict[str, Any] | None = None) -> AuditEntry:
-    return AuditEntry.objects.create(actor=actor or "system", action=action, target=target, data=data or {})
+    """The older call shape: ``target`` ``type:id`` names the object and ``data`` is its state after."""
+    object_type, _, object_id = target.partition(":")
+    return audit_record(action=action, object_type=object_type, object_id=object_id, after=data, actor=actor)
 
 
 # --- catalog file -----------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def catalog_import(*, text: str | bytes, actor: str, fmt: str | None = None) -> 
                                   actor=actor)
         counts["versions_created"] += made
     if any(counts.values()):
-        audit(actor=actor, action="catalog.imported", target="catalog", data=counts)
+        audit_record(actor=actor, action="catalog.imported", object_type="catalog", after=counts)
     return counts
 
 
@@ -119,11 +124,12 @@ def _plan_get_or_create(entry: schema.PlanIn, actor: str) -> tuple[Plan, bool]:
     plan, created = Plan.objects.get_or_create(
         key=entry.key, defaults={"name": entry.name, "currency": entry.currency, "interval": entry.interval})
     if created:
-        audit(actor=actor, action="plan.created", target=f"plan:{plan.key}", data={"currency": plan.currency})
+        audit_created(plan, actor=actor)
     elif plan.name != entry.name:
-        audit(actor=actor, action="plan.renamed", target=f"plan:{plan.key}", data={"from": plan.name, "to": entry.name})
+        before = snapshot(plan)
         plan.name = entry.name
         plan.save(update_fields=["name"])
+        audit_record(actor=actor, action="plan.renamed", obj=plan, before=before, after=snapshot(plan))
     return plan, created
 
 
@@ -139,8 +145,7 @@ def _version_create(*, plan: Plan, effective_from: datetime, definition: dict[st
     number = (plan.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = RateCardVersion.objects.create(plan=plan, number=number, effective_from=effective_from,
                                              definition=definition, created_by=actor)
-    audit(actor=actor, action="ratecard.published", target=f"plan:{plan.key}:v{number}",
-          data={"effective_from": effective_from.isoformat(), "definition": definition})
+    audit_created(version, action="ratecard.published", actor=actor)
     return version, True
 
 
@@ -196,19 +201,29 @@ def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: 
     covering = next((r for r in rows if r.start < start and (r.end is None or r.end > start)), None)
     if any(r.start >= start and r.start <= now for r in rows):
         raise validation_error({"start": ["A subscription already started at or after this time; periods cannot be rewritten."]})
+    if covering is not None and start < now and (covering.plan_id != plan.pk or (covering.end or now) < now):
+        raise validation_error({"start": [f"The subscription in effect since {covering.start.isoformat()} cannot be ended "
+                                          "in the past; a change takes effect now or later."]})
     # one invoice per period, in one currency
     if covering is not None and covering.plan.currency != plan.currency and period_bounds(start)[0] != start:
         raise validation_error({"start": [f"A change from {covering.plan.currency} to {plan.currency} takes effect at the "
                                           "start of a billing period (omit start for the next one)."]})
-    Subscription.objects.filter(customer=customer, start__gte=start).delete()  # not started yet: replaced
+    for pending in (r for r in rows if r.start >= start):  # not started yet: replaced
+        audit_deleted(pending, snapshot(pending), actor=actor)
+        pending.delete()
     if covering is not None and covering.plan_id == plan.pk:
-        covering.end = None
-        covering.save(update_fields=["end"])
+        _subscription_end(covering, None, actor)
         return covering
     if covering is not None:
-        covering.end = start
-        covering.save(update_fields=["end"])
+        _subscription_end(covering, start, actor)
     subscription = Subscription.objects.create(customer=customer, plan=plan, start=start)
-    audit(actor=actor, action="subscription.set", target=f"customer:{customer.external_id}",
-          data={"plan": plan.key, "start": start.isoformat()})
+    audit_created(subscription, actor=actor)
     return subscription
+
+
+def _subscription_end(subscription: Subscription, end: datetime | None, actor: str) -> None:
+    before = snapshot(subscription)
+    subscription.end = end
+    subscription.save(update_fields=["end"])
+    audit_record(action="subscription.ended" if end else "subscription.continued", obj=subscription, before=before,
+                 after=snapshot(subscription), actor=actor)

@@ -16,8 +16,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 
+from billing.audit.services import audit_record, snapshot
 from billing.catalog import money
-from billing.catalog.models import AuditEntry, Subscription
+from billing.catalog.models import Subscription
 from billing.common.calendar import period_bounds, previous_period
 from billing.common.errors import DomainError
 from billing.customers.models import Customer
@@ -33,8 +34,12 @@ log = logging.getLogger(__name__)
 PREFIXES = {"invoice": "INV-", "credit_note": "CN-"}
 
 
-def _audit(action: str, invoice: Invoice, actor: str, **data: object) -> None:
-    AuditEntry.objects.create(actor=actor, action=action, target=f"invoice:{invoice.pk}", data=data)
+AUDITED = ("kind", "status", "number", "customer", "period_start", "period_end", "currency", "subtotal_minor",
+           "credits_minor", "total_minor", "corrects", "reason", "finalized_at", "paid_at", "voided_at")
+
+
+def _audit(action: str, invoice: Invoice, actor: str, before: dict[str, object] | None) -> None:
+    audit_record(action=action, obj=invoice, before=before, after=snapshot(invoice, fields=AUDITED), actor=actor)
 
 
 def _locked(pk: int) -> Invoice:
@@ -171,6 +176,7 @@ def invoice_finalize(*, invoice: Invoice, now: datetime, actor: str = "system") 
         invoice = _locked(invoice.pk)
         if invoice.status != Invoice.Status.DRAFT:
             return invoice
+        before = snapshot(invoice, fields=AUDITED)
         computed = invoice_compute(customer=invoice.customer, start=invoice.period_start, end=invoice.period_end)
         if computed is None:
             raise DomainError(InvoicingCode.NO_SUBSCRIPTION, "The customer had no plan in this period.")
@@ -181,7 +187,7 @@ def invoice_finalize(*, invoice: Invoice, now: datetime, actor: str = "system") 
         invoice.status = Invoice.Status.FINALIZED
         invoice.finalized_at = now
         invoice.save()
-        _audit("invoice.finalized", invoice, actor, number=invoice.number, total_minor=invoice.total_minor)
+        _audit("invoice.finalized", invoice, actor, before)
         pk = invoice.pk
         transaction.on_commit(lambda: invoice_finalized.send(sender=Invoice, invoice_id=pk))
     return invoice
@@ -230,11 +236,12 @@ def _move(invoice: Invoice, to: str, allowed: set[str], now: datetime, actor: st
             return invoice  # idempotent: a repeated webhook or click changes nothing
         if invoice.status not in allowed:
             raise DomainError(InvoicingCode.INVALID_INVOICE_STATE, f"A {invoice.status} invoice cannot become {to}.")
+        before = snapshot(invoice, fields=AUDITED)
         invoice.status = to
         if stamp:
             setattr(invoice, stamp, now)
         invoice.save(update_fields=["status", "updated_at"] + ([stamp] if stamp else []))
-        _audit(f"invoice.{to}", invoice, actor)
+        _audit(f"invoice.{to}", invoice, actor, before)
         pk = invoice.pk
         transaction.on_commit(lambda: invoice_status_changed.send(sender=Invoice, invoice_id=pk, status=to))
     return invoice
@@ -279,6 +286,7 @@ def credit_note_issue(*, invoice: Invoice, amount_minor: int, reason: str, at: d
         note.status = Invoice.Status.FINALIZED
         note.finalized_at = at
         note.save()
+        _audit("credit_note.issued", note, "", None)
     return note
 
 

@@ -6,21 +6,21 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
+from billing.audit.selectors import audit_page
 from billing.catalog import ratecard, schema
 from billing.catalog.models import Plan
 from billing.catalog.selectors import (
-    audit_entries,
     meter_keys,
     meter_list,
     plan_get,
@@ -29,6 +29,7 @@ from billing.catalog.selectors import (
     version_in_effect,
 )
 from billing.catalog.services import plan_version_publish
+from billing.common.params import parse_instant
 from billing.invoicing.selectors import draft_comparison, invoice_get
 from billing.payments.selectors import invoice_sync_list, sync_summary
 from billing.payments.services import stripe_invoice_sync_retry
@@ -154,8 +155,22 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
 
 @staff_required
 def audit_trail(request: HttpRequest) -> HttpResponse:
-    page = Paginator(audit_entries(), 50).get_page(request.GET.get("page"))
-    return render(request, "console/audit.html", {"page": page})
+    """The audit log filtered by actor (``user:3``, ``api_key``, ``system``), object and time, newest first."""
+    query = request.GET
+    filters = {"actor": query.get("actor", "").strip(), "object_type": query.get("object_type", "").strip(),
+               "object_id": query.get("object_id", "").strip(),
+               "start": parse_instant("start", _local_instant(query.get("start", ""))),
+               "end": parse_instant("end", _local_instant(query.get("end", "")))}
+    rows, next_cursor = audit_page(limit=50, cursor=query.get("cursor", ""), **filters)
+    kept = {k: v for k, v in query.items() if k != "cursor" and v}
+    return render(request, "console/audit.html", {"rows": rows, "next_cursor": next_cursor, "filters": kept,
+                                                  "next_query": urlencode({**kept, "cursor": next_cursor or ""})})
+
+
+def _local_instant(value: str) -> str:
+    """A ``datetime-local`` input has no offset: the console works in UTC."""
+    value = value.strip()
+    return f"{value}+00:00" if value and "+" not in value and not value.endswith("Z") else value
 
 
 

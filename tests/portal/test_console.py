@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.contrib.auth import get_user_model
 
-from billing.catalog.models import AuditEntry, Plan, RateCardVersion
+from billing.audit.models import AuditEntry
+from billing.catalog.models import Plan, RateCardVersion
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
 from billing.customers.services import customer_user_create
@@ -137,9 +138,10 @@ def test_publish_creates_a_version_with_the_effective_date_and_an_audit_entry(st
     version = RateCardVersion.objects.get(number=2)
     assert version.effective_from == datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert version.definition["base_fee"] == "12.5"
-    entry = AuditEntry.objects.get(action="ratecard.published", target="plan:pro:v2")
-    assert entry.actor == "ops"
-    assert "plan:pro:v2" in staff.get("/console/audit/").content.decode()
+    entry = AuditEntry.objects.get(action="ratecard.published", object_type="rate_card_version",
+                                   object_id=str(version.pk))
+    assert (entry.actor_type, entry.actor_label) == ("user", "ops")
+    assert f"rate_card_version:{version.pk}" in staff.get("/console/audit/").content.decode()
 
 
 def test_invalid_publish_creates_nothing(staff, catalog):

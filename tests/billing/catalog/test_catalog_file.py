@@ -10,7 +10,8 @@ import yaml
 from django.core.management import CommandError, call_command
 from django.db import transaction
 
-from billing.catalog.models import AuditEntry, Meter, Plan, RateCardVersion
+from billing.audit.models import AuditEntry
+from billing.catalog.models import Meter, Plan, RateCardVersion
 from billing.catalog.schema import CatalogError
 from billing.catalog.selectors import catalog_export
 from billing.catalog.services import catalog_import

@@ -4,7 +4,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from billing.catalog.models import AuditEntry, RateCardVersion, Subscription
+from billing.audit.models import AuditEntry
+from billing.catalog.models import RateCardVersion, Subscription
 
 pytestmark = pytest.mark.django_db
 PLAN = {
@@ -49,7 +50,9 @@ def test_new_version_through_the_api_and_audit(admin, tokens_meter):
 
     assert response.status_code == 201, response.content
     assert response.json()["version"] == 2 and response.json()["base_fee"] == "12"
-    assert AuditEntry.objects.filter(action="ratecard.published", target="plan:starter:v2").exists()
+    version = RateCardVersion.objects.get(plan__key="starter", number=2)
+    entry = AuditEntry.objects.get(action="ratecard.published", object_type="rate_card_version", object_id=str(version.pk))
+    assert entry.actor_type == "api_key" and entry.before is None and (entry.after or {})["number"] == 2
     assert admin.post("/api/v1/plans/nope/versions", {}, format="json").status_code == 404
 
 
