@@ -53,6 +53,7 @@ STATUS: dict[ErrorCode, int] = {
     CommonCode.IDEMPOTENCY_CONFLICT: 409,
     CommonCode.ALREADY_EXISTS: 409,
     CatalogCode.VERSION_IMMUTABLE: 409,
+    CatalogCode.METER_IMMUTABLE: 409,
     GuardrailsCode.RESERVATION_CLOSED: 409,
     GuardrailsCode.ANOMALY_ALREADY_RESOLVED: 409,
     InvoicingCode.INVALID_INVOICE_STATE: 409,

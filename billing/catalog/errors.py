@@ -10,3 +10,4 @@ class CatalogCode(ErrorCode):
     UNKNOWN_PLAN = "unknown_plan"
     INVALID_CATALOG = "invalid_catalog"  # every problem of a catalog document, keyed by its path
     VERSION_IMMUTABLE = "version_immutable"  # a version at the same effective_from with another body
+    METER_IMMUTABLE = "meter_immutable"  # aggregation, unit or unique_by of a meter that has events

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
@@ -33,6 +35,49 @@ def meter_create(*, key: str, name: str, aggregation: str, unit: str = "unit", u
     except IntegrityError:
         return _same_or_conflict(Meter.objects.get(key=key), meter), False
     return meter, True
+
+
+# Whether a meter has usage events. Usage records them and sits above the catalog, so it plugs its reader
+# in at start (billing.usage.apps); until then no meter has any.
+def _no_events(meter_pk: int) -> bool:
+    return False
+
+
+meter_events_source: Callable[[int], bool] = _no_events
+# What events were aggregated with: fixed once a meter has any (a change would reprice billed history).
+METER_FROZEN = ("aggregation", "unit", "unique_by")
+
+
+def meter_frozen_fields(*, meter: Meter) -> tuple[str, ...]:
+    """The fields of ``meter`` that can no longer change (none while it has no events)."""
+    return METER_FROZEN if meter.pk and meter_events_source(meter.pk) else ()
+
+
+@transaction.atomic
+def meter_update(*, meter: Meter, data: dict[str, Any], actor: str = "") -> Meter:
+    """Rename a meter, or redefine one that has no events yet. Once it has events its aggregation, unit
+    and unique_by are history: a different definition is a new meter."""
+    meter = Meter.objects.select_for_update().get(pk=meter.pk)
+    before = snapshot(meter)
+    changed = {name: value for name, value in data.items() if name in ("name", *METER_FROZEN)
+               and getattr(meter, name) != value}
+    frozen = sorted(set(changed) & set(meter_frozen_fields(meter=meter)))
+    if frozen:
+        raise DomainError(CatalogCode.METER_IMMUTABLE,
+                          f"Meter '{meter.key}' has usage events: its {', '.join(frozen)} cannot change. "
+                          "Create a new meter for the new definition.", {name: ["Fixed once the meter has events."]
+                                                                          for name in frozen})
+    if not changed:
+        return meter
+    for name, value in changed.items():
+        setattr(meter, name, value)
+    try:
+        meter.full_clean(validate_unique=False)
+    except ValidationError as error:
+        raise validation_error(error.message_dict, "The meter is not valid.") from None
+    meter.save(update_fields=list(changed))
+    audit_record(action="meter.updated", obj=meter, before=before, after=snapshot(meter), actor=actor)
+    return meter
 
 
 def _same_or_conflict(existing: Meter, wanted: Meter) -> Meter:

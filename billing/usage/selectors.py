@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from billing.catalog.models import Meter
 from billing.common import process_caches
@@ -304,3 +304,10 @@ def rollup_ranges_read(*, customer_pk: int, meter_pks: list[int], keyed: set[int
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def meter_has_events(meter_pk: int) -> bool:
+    """Any event of the meter, by any customer: one probe per customer into the (customer, meter, usage_at)
+    index rather than a scan of every event."""
+    return Customer.objects.filter(
+        Exists(UsageEvent.objects.filter(customer_id=OuterRef("pk"), meter_id=meter_pk))).exists()
