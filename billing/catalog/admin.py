@@ -5,13 +5,14 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
+from billing.audit.admin import AuditedAdmin
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.catalog.services import meter_frozen_fields
 from billing.common.admin import ReadOnlyAdmin
 
 
 @admin.register(Meter)
-class MeterAdmin(admin.ModelAdmin):
+class MeterAdmin(AuditedAdmin):
     """A meter with events keeps its aggregation, unit and unique_by (the database refuses them too)."""
 
     list_display = ("key", "name", "unit", "aggregation", "unique_by")
@@ -22,7 +23,7 @@ class MeterAdmin(admin.ModelAdmin):
 
 
 @admin.register(Plan)
-class PlanAdmin(admin.ModelAdmin):
+class PlanAdmin(AuditedAdmin):
     list_display = ("key", "name", "currency", "interval", "created_at")
     readonly_fields = ("key", "currency")
 
@@ -49,7 +50,7 @@ class SubscriptionForm(forms.ModelForm):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(AuditedAdmin):
     """A subscription's past is history: once started its customer, plan and start are fixed, an end
     already passed is fixed, and it cannot be deleted; a change is a new subscription."""
 

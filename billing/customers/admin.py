@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
+from billing.audit.admin import AuditedAdmin
+from billing.audit.services import audit_changed, snapshot
 from billing.customers.models import ApiKey, Customer, CustomerUser, Project
 from billing.customers.services import api_key_create, api_key_revoke
 
@@ -11,7 +13,7 @@ class ProjectInline(admin.TabularInline):
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(AuditedAdmin):
     list_display = ("external_id", "name", "email", "created_at")
     search_fields = ("external_id", "name", "email")
     inlines = [ProjectInline]
@@ -21,18 +23,18 @@ class CustomerAdmin(admin.ModelAdmin):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(AuditedAdmin):
     list_display = ("key", "customer", "name")
     list_filter = ("customer",)
 
 
 @admin.register(CustomerUser)
-class CustomerUserAdmin(admin.ModelAdmin):
+class CustomerUserAdmin(AuditedAdmin):
     list_display = ("user", "customer", "created_at")
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin):
     """Keys are created here with their secret shown once in a message; never stored in clear."""
 
     list_display = ("name", "prefix", "scope", "customer", "created_at", "last_used_at", "revoked_at")
@@ -42,8 +44,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     actions = ["revoke"]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
-        if change:
+        if change:  # only the name can change
+            before = snapshot(ApiKey.objects.get(pk=obj.pk))
             obj.save(update_fields=["name"])
+            audit_changed(ApiKey.objects.get(pk=obj.pk), before)
             return
         key, raw = api_key_create(name=obj.name, scope=obj.scope, customer=obj.customer)
         obj.pk, obj.prefix = key.pk, key.prefix

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from billing.audit.services import audit_changed, audit_created, audit_record, snapshot
 from billing.common.auth import Principal
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import aware_utc
@@ -27,7 +28,8 @@ def _digest(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def api_key_create(*, name: str, scope: str, customer: Customer | None = None) -> tuple[ApiKey, str]:
+@transaction.atomic
+def api_key_create(*, name: str, scope: str, customer: Customer | None = None, actor: str = "") -> tuple[ApiKey, str]:
     """Create a key and return it with its secret text, which is never stored and never shown again.
 
     Format ``tg_<prefix>_<secret>``: the prefix (12 hex chars) finds the row, the SHA-256 digest of the
@@ -41,13 +43,17 @@ def api_key_create(*, name: str, scope: str, customer: Customer | None = None) -
     prefix = secrets.token_hex(6)
     raw = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(name=name, prefix=prefix, key_hash=_digest(raw), scope=scope, customer=customer)
+    audit_created(key, actor=actor)  # the digest is never copied into the log
     return key, raw
 
 
-def api_key_revoke(*, key: ApiKey) -> ApiKey:
+@transaction.atomic
+def api_key_revoke(*, key: ApiKey, actor: str = "") -> ApiKey:
     if key.revoked_at is None:
+        before = snapshot(key)
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        audit_changed(key, before, action="api_key.revoked", actor=actor)
     return key
 
 
@@ -75,7 +81,8 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
     return Principal(scopes=frozenset({row["scope"]}), customer_id=row["customer_id"], api_key_id=row["pk"])
 
 
-def customer_create(*, external_id: str, name: str, email: str = "", metadata: dict[str, Any] | None = None) -> Customer:
+def customer_create(*, external_id: str, name: str, email: str = "", metadata: dict[str, Any] | None = None,
+                    actor: str = "") -> Customer:
     customer = Customer(external_id=external_id, name=name or external_id, email=email, metadata=metadata or {})
     try:
         customer.full_clean(validate_unique=False)
@@ -84,6 +91,7 @@ def customer_create(*, external_id: str, name: str, email: str = "", metadata: d
     try:
         with transaction.atomic():
             customer.save()
+            audit_created(customer, actor=actor)
             # onboarding: payments records the Stripe customer to create once this commits
             customer_details_changed.send(sender=Customer, customer=customer)
     except IntegrityError:
@@ -91,34 +99,41 @@ def customer_create(*, external_id: str, name: str, email: str = "", metadata: d
     return customer
 
 
-def customer_update(*, customer: Customer, data: dict[str, Any]) -> Customer:
+def customer_update(*, customer: Customer, data: dict[str, Any], actor: str = "") -> Customer:
     if "id" in data and data["id"] != customer.external_id:
         raise validation_error({"id": ["A customer's id is immutable."]})
+    before = snapshot(customer)
     fields = [field for field in ("name", "email", "metadata") if field in data]
     for field in fields:
         setattr(customer, field, data[field])
     customer.full_clean()
     with transaction.atomic():
         customer.save(update_fields=[*fields, "updated_at"])
+        audit_changed(customer, before, actor=actor)
         if {"name", "email"} & set(fields):  # what Stripe holds of a customer
             customer_details_changed.send(sender=Customer, customer=customer)
     return customer
 
 
-def project_create(*, customer: Customer, key: str, name: str = "") -> Project:
+def project_create(*, customer: Customer, key: str, name: str = "", actor: str = "") -> Project:
     project = Project(customer=customer, key=key, name=name or key)
     project.full_clean(validate_constraints=False)
     try:
         with transaction.atomic():
             project.save()
+            audit_created(project, actor=actor)
     except IntegrityError:
         raise DomainError(CommonCode.ALREADY_EXISTS,
                           f"Customer '{customer.external_id}' already has a project '{key}'.") from None
     return project
 
 
-def customer_user_create(*, customer: Customer, username: str, password: str, email: str = "") -> CustomerUser:
+def customer_user_create(*, customer: Customer, username: str, password: str, email: str = "",
+                         actor: str = "") -> CustomerUser:
     user_model = get_user_model()
     with transaction.atomic():
         user = user_model.objects.create_user(username=username, password=password, email=email)
-        return CustomerUser.objects.create(user=user, customer=customer)
+        binding = CustomerUser.objects.create(user=user, customer=customer)
+        audit_record(action="customer_user.created", obj=binding, actor=actor,
+                     after={**(snapshot(binding) or {}), "username": username, "email": email})
+        return binding

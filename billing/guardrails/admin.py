@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from billing.audit.admin import AuditedAdmin
 from billing.common.admin import ReadOnlyAdmin
 from billing.common.errors import DomainError
 from billing.guardrails.alerts import alert_threshold_validate
@@ -26,7 +27,7 @@ from billing.guardrails.models import (
 
 
 @admin.register(CreditGrant)
-class CreditGrantAdmin(admin.ModelAdmin):
+class CreditGrantAdmin(AuditedAdmin):
     """Grants are made through the API or services (they write the ledger too); read-only here."""
 
     list_display = ("customer", "amount", "currency", "idempotency_key", "reason", "created_at")
@@ -37,7 +38,7 @@ class CreditGrantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Reservation)
-class ReservationAdmin(admin.ModelAdmin):
+class ReservationAdmin(AuditedAdmin):
     list_display = ("reservation_id", "customer", "meter", "quantity", "state", "expires_at")
     list_filter = ("state",)
     readonly_fields = ("customer", "reservation_id", "meter", "quantity", "dimensions", "ttl_seconds", "expires_at",
@@ -63,7 +64,7 @@ class AlertThresholdForm(forms.ModelForm):
 
 
 @admin.register(AlertThreshold)
-class AlertThresholdAdmin(admin.ModelAdmin):
+class AlertThresholdAdmin(AuditedAdmin):
     """Operators set plan-level thresholds here (they replace the 80% default of their target); customers'
     own thresholds come from the API and the dashboard."""
 
@@ -75,7 +76,7 @@ class AlertThresholdAdmin(admin.ModelAdmin):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(AuditedAdmin):
     """Alerts are recorded by the alert check; read-only. An alert whose delivery is ``unknown`` is never
     retried on its own (at most once): the action sends it again when the operator is sure it was lost."""
 

@@ -6,12 +6,13 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from billing.audit.admin import AuditedAdmin
 from billing.notify.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from billing.notify.services import delivery_resend
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(admin.ModelAdmin):
+class WebhookEndpointAdmin(AuditedAdmin):
     list_display = ("public_id", "url", "active", "created_at", "deleted_at")
     exclude = ("secret",)
     readonly_fields = ("public_id", "url", "events", "created_at", "deleted_at")
@@ -21,7 +22,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(admin.ModelAdmin):
+class WebhookEventAdmin(AuditedAdmin):
     list_display = ("public_id", "type", "key", "created")
     list_filter = ("type",)
 
@@ -33,7 +34,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(AuditedAdmin):
     list_display = ("event", "endpoint", "state", "attempts", "last_status", "next_attempt_at", "delivered_at")
     list_filter = ("state",)
     actions = ["resend"]
