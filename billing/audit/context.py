@@ -7,11 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
-
-from django.http import HttpRequest, HttpResponse
 
 from billing.common.auth import Principal
 
@@ -68,7 +66,7 @@ def acting_as(actor: str | Actor) -> Iterator[Actor]:
         _current.reset(token)
 
 
-def actor_of_request(request: HttpRequest) -> Actor:
+def actor_of_request(request: Any) -> Actor:
     """The API key DRF authenticated (it sets ``auth`` on the request it wraps), else the signed-in user."""
     principal = getattr(request, "auth", None)
     if isinstance(principal, Principal) and principal.api_key_id:
@@ -82,13 +80,27 @@ def actor_of_request(request: HttpRequest) -> Actor:
 class AuditActorMiddleware:
     """Makes the request's caller the actor of every write the request makes."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: Any) -> Any:  # an HttpRequest: the domain names nothing of HTTP
         token = _current.set(lambda: actor_of_request(request))
         try:
-            response: HttpResponse = self.get_response(request)
-            return response
+            return self.get_response(request)
         finally:
             _current.reset(token)
+
+
+_job_tokens: dict[str, Token[Callable[[], Actor] | None]] = {}
+
+
+def job_started(task_id: str = "", task: Any = None, **_: Any) -> None:
+    """Celery's task_prerun: a job's writes are the system's, named after the task."""
+    name = getattr(task, "name", "") or "job"
+    _job_tokens[task_id] = _current.set(lambda: Actor("system", name, name))
+
+
+def job_finished(task_id: str = "", **_: Any) -> None:
+    token = _job_tokens.pop(task_id, None)
+    if token is not None:
+        _current.reset(token)

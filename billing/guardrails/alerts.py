@@ -33,6 +33,7 @@ from django.db.models import F
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from billing.audit.services import audit_created, audit_deleted, snapshot
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common import process_caches
 from billing.common.calendar import period_bounds
@@ -86,7 +87,9 @@ def alert_threshold_create(*, customer: Customer, target: str, percent: Decimal)
         raise validation_error({"percent": [f"At most {MAX_THRESHOLDS_PER_CUSTOMER} thresholds per customer."]})
     try:
         with transaction.atomic():
-            return AlertThreshold.objects.create(customer=customer, target=target, percent=percent), True
+            threshold = AlertThreshold.objects.create(customer=customer, target=target, percent=percent)
+            audit_created(threshold)
+            return threshold, True
     except IntegrityError:  # the same threshold created concurrently
         return AlertThreshold.objects.get(customer=customer, target=target, percent=percent), False
 
@@ -102,14 +105,23 @@ def alert_threshold_delete(*, customer: Customer, threshold_id: int | None = Non
         qs = qs.filter(target=target, percent=Decimal(decimal_to_text(percent)))
     else:
         raise validation_error({"id": ["Give the threshold's id, or target and percent."]})
-    if not qs.delete()[0]:
-        raise DomainError(CommonCode.NOT_FOUND, "No such threshold of this customer.")
+    with transaction.atomic():
+        found = list(qs.select_for_update())
+        if not found:
+            raise DomainError(CommonCode.NOT_FOUND, "No such threshold of this customer.")
+        for threshold in found:
+            audit_deleted(threshold, snapshot(threshold))
+        qs.delete()
 
 
 def plan_alert_threshold_set(*, plan: Plan, target: str, percent: Decimal) -> tuple[AlertThreshold, bool]:
     """An operator's plan-level threshold (it replaces the 80% default for its target)."""
     target, percent = alert_threshold_validate(target=target, percent=percent)
-    return AlertThreshold.objects.get_or_create(plan=plan, target=target, percent=percent)
+    with transaction.atomic():
+        threshold, created = AlertThreshold.objects.get_or_create(plan=plan, target=target, percent=percent)
+        if created:
+            audit_created(threshold)
+    return threshold, created
 
 
 # --- detection ----------------------------------------------------------------------------------------

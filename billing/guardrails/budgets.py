@@ -18,7 +18,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from billing.catalog.services import audit
+from billing.audit.services import audit_created, audit_deleted, snapshot
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import ApiKey, Customer, Project
 from billing.guardrails import guards
@@ -42,8 +42,7 @@ def budget_create(*, customer: Customer, budget_id: str, scope: dict[str, Any] |
         with transaction.atomic():
             budget = Budget.objects.create(customer=customer, budget_id=budget_id, **fields)
             guards.bump([customer.pk])
-            audit(actor=actor, action="budget.create", target=f"customer:{customer.external_id}",
-                  data={"budget_id": budget_id, "amount": str(budget.amount), "period": period, "action": action})
+            audit_created(budget, action="budget.create", actor=actor)
     except IntegrityError:  # created concurrently
         return _same_or_conflict(Budget.objects.get(customer=customer, budget_id=budget_id), fields), False
     return budget, True
@@ -51,11 +50,12 @@ def budget_create(*, customer: Customer, budget_id: str, scope: dict[str, Any] |
 
 def budget_delete(*, customer: Customer, budget_id: str, actor: str = "") -> None:
     with transaction.atomic():
-        if not Budget.objects.filter(customer=customer, budget_id=budget_id).delete()[0]:
+        budget = Budget.objects.select_for_update().filter(customer=customer, budget_id=budget_id).first()
+        if budget is None:
             raise DomainError(CommonCode.NOT_FOUND, "No such budget of this customer.")
+        audit_deleted(budget, snapshot(budget), action="budget.delete", actor=actor)
+        budget.delete()
         guards.bump([customer.pk])
-        audit(actor=actor, action="budget.delete", target=f"customer:{customer.external_id}",
-              data={"budget_id": budget_id})
 
 
 def _same_or_conflict(existing: Budget, fields: dict[str, Any]) -> Budget:

@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 from django.db import transaction
 
+from billing.audit.services import audit_record, snapshot
 from billing.catalog import schema
 from billing.catalog.models import Meter
-from billing.catalog.services import audit
 from billing.common.errors import validation_error
 from billing.customers.models import Customer
 from billing.guardrails import guards
@@ -37,7 +37,7 @@ def override_put(*, customer: Customer, data: Any, actor: str = "") -> CustomerO
     terms = override_validate(data)
     with transaction.atomic():
         row = CustomerOverride.objects.select_for_update().filter(customer=customer).first()
-        before = row.terms if row is not None else None
+        before = snapshot(row)
         if row is None:
             row = CustomerOverride.objects.create(customer=customer, terms=terms)
         elif row.terms != terms:
@@ -46,8 +46,7 @@ def override_put(*, customer: Customer, data: Any, actor: str = "") -> CustomerO
         else:
             return row
         guards.bump([customer.pk])
-        audit(actor=actor, action="override.put", target=f"customer:{customer.external_id}",
-              data={"before": before, "after": terms})
+        audit_record(actor=actor, action="override.put", obj=row, before=before, after=snapshot(row))
     return row
 
 

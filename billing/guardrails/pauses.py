@@ -9,7 +9,7 @@ import secrets
 from django.db import transaction
 from django.utils import timezone
 
-from billing.catalog.services import audit
+from billing.audit.services import audit_changed, audit_created, snapshot
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import Customer, Project
 from billing.guardrails import guards
@@ -36,8 +36,7 @@ def pause_create(*, customer: Customer, scope: str = Pause.Scope.CUSTOMER, proje
         pause = Pause.objects.create(pause_id=f"pau_{secrets.token_hex(8)}", customer=customer, scope=scope,
                                      project=project, reason=reason, source=source, created_by=actor)
         guards.bump([customer.pk])
-        audit(actor=actor or source, action="pause.create", target=f"customer:{customer.external_id}",
-              data={"pause_id": pause.pause_id, "scope": scope, "project": project_key, "reason": reason})
+        audit_created(pause, action="pause.create", actor=actor or f"system:{source}")
         transaction.on_commit(lambda: customer_paused.send(sender=Pause, pause_id=pause.pk))
     return pause
 
@@ -53,11 +52,11 @@ def pause_lift(*, customer: Customer, pause_id: str, actor: str = "", operator: 
         if pause.source == Pause.Source.ANOMALY and not operator:
             raise DomainError(GuardrailsCode.PAUSE_OPERATOR_ONLY,
                               "This pause was made by an anomaly: only the operator can lift it.")
+        before = snapshot(pause)
         pause.lifted_at, pause.lifted_by = timezone.now(), actor
         pause.save(update_fields=["lifted_at", "lifted_by"])
         guards.bump([customer.pk])
-        audit(actor=actor, action="pause.lift", target=f"customer:{customer.external_id}",
-              data={"pause_id": pause.pause_id})
+        audit_changed(pause, before, action="pause.lift", actor=actor)
     return pause
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from billing.audit.services import audit_record, snapshot
 from billing.catalog.selectors import subscription_at
-from billing.catalog.services import audit
 from billing.common.errors import CommonCode, DomainError
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
@@ -63,7 +63,8 @@ def runs_trip(trips: list[tuple[int, str, str]]) -> list[Run]:
     already tripped or killed is left as it is). Sends ``circuit_tripped`` once per trip, after commit."""
     tripped: list[Run] = []
     for customer_pk, run_id, breaker in dict.fromkeys(trips):
-        run = _changed(customer_pk, run_id, Run.State.TRIPPED, breaker, only_from=Run.State.OPEN)
+        run = _changed(customer_pk, run_id, Run.State.TRIPPED, breaker, only_from=Run.State.OPEN,
+                       actor="system:breaker")
         if run is not None:
             tripped.append(run)
             transaction.on_commit(lambda r=run: circuit_tripped.send(  # type: ignore[misc]
@@ -99,6 +100,7 @@ def _changed(customer_pk: int, run_id: str, state: str, breaker: str, *, only_fr
         try:
             with transaction.atomic():
                 run = Run.objects.select_for_update().filter(customer_id=customer_pk, run_id=run_id).first()
+                before = snapshot(run)
                 if run is None:
                     if state == Run.State.OPEN:
                         return None
@@ -110,8 +112,7 @@ def _changed(customer_pk: int, run_id: str, state: str, breaker: str, *, only_fr
                     run.state, run.breaker = state, breaker
                     run.save(update_fields=["state", "breaker", "changed_at"])
                 guards.bump([customer_pk])
-                audit(actor=actor, action=f"run.{state}", target=f"run:{customer_pk}:{run_id}",
-                      data={"breaker": breaker})
+                audit_record(actor=actor, action=f"run.{state}", obj=run, before=before, after=snapshot(run))
                 return run
         except IntegrityError:
             continue

@@ -4,6 +4,7 @@ from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
+from billing.audit.services import audit_created
 from billing.catalog import money
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import Customer
@@ -15,8 +16,8 @@ from ledger.ids import derive
 from ledger.types import Status, Transfer
 
 
-def credits_grant(*, customer: Customer, amount: Decimal, currency: str, idempotency_key: str, reason: str = ""
-                  ) -> tuple[CreditGrant, bool]:
+def credits_grant(*, customer: Customer, amount: Decimal, currency: str, idempotency_key: str, reason: str = "",
+                  actor: str = "") -> tuple[CreditGrant, bool]:
     """Grant or top up prepaid credits. The ledger transfer id derives from (customer, key): a retry
     with the same key and amount is harmless, with another amount a 409."""
     if not money.is_currency(currency):
@@ -45,7 +46,9 @@ def credits_grant(*, customer: Customer, amount: Decimal, currency: str, idempot
         return existing, False
     try:
         with transaction.atomic():
-            return CreditGrant.objects.create(customer=customer, idempotency_key=idempotency_key, amount=amount,
-                                              currency=currency, reason=reason), status is Status.CREATED
+            grant = CreditGrant.objects.create(customer=customer, idempotency_key=idempotency_key, amount=amount,
+                                               currency=currency, reason=reason)
+            audit_created(grant, action="credits.granted", actor=actor)
+            return grant, status is Status.CREATED
     except IntegrityError:  # the same grant recorded concurrently
         return CreditGrant.objects.get(customer=customer, idempotency_key=idempotency_key), False

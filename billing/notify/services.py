@@ -26,6 +26,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from billing.audit.services import audit_changed, audit_created, snapshot
 from billing.common.errors import validation_error
 from billing.common.queue import task_named
 from billing.notify import signing
@@ -74,20 +75,25 @@ def endpoint_validate(*, url: str, events: list[str]) -> None:
         raise validation_error(errors)
 
 
-def endpoint_create(*, url: str, events: list[str], description: str = "") -> WebhookEndpoint:
+@transaction.atomic
+def endpoint_create(*, url: str, events: list[str], description: str = "", actor: str = "") -> WebhookEndpoint:
     """A new endpoint with a new signing secret (the caller shows it once)."""
     endpoint_validate(url=url, events=events)
     if WebhookEndpoint.objects.filter(deleted_at__isnull=True).count() >= MAX_ENDPOINTS:
         raise validation_error({"url": [f"At most {MAX_ENDPOINTS} endpoints."]})
-    return WebhookEndpoint.objects.create(
+    endpoint = WebhookEndpoint.objects.create(
         public_id="we_" + secrets.token_hex(12), url=url, events=list(dict.fromkeys(events)),
         description=description, secret=signing.secret_new())
+    audit_created(endpoint, actor=actor)  # the secret is never copied into the log
+    return endpoint
 
 
 @transaction.atomic
-def endpoint_delete(*, endpoint: WebhookEndpoint, now: datetime) -> None:
+def endpoint_delete(*, endpoint: WebhookEndpoint, now: datetime, actor: str = "") -> None:
     """The endpoint gets nothing more: its pending deliveries are cancelled, its history stays."""
+    before = snapshot(WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk))
     WebhookEndpoint.objects.filter(pk=endpoint.pk).update(active=False, deleted_at=now)
+    audit_changed(WebhookEndpoint.objects.get(pk=endpoint.pk), before, action="webhook_endpoint.deleted", actor=actor)
     endpoint.deliveries.filter(state=WebhookDelivery.State.PENDING).update(
         state=WebhookDelivery.State.CANCELLED, next_attempt_at=None)
 

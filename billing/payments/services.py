@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.audit.services import audit_record, snapshot
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common.queue import task_named
 from billing.customers.models import Customer
@@ -100,7 +101,11 @@ def plan_billing_mode(*, plan: Plan | None) -> str:
 def plan_billing_mode_set(*, plan: Plan, mode: str) -> PlanBilling:
     if mode not in BillingMode.values:
         raise ValueError(f"mode must be one of {', '.join(BillingMode.values)}")
-    row, _ = PlanBilling.objects.update_or_create(plan=plan, defaults={"mode": mode})
+    with transaction.atomic():
+        before = snapshot(PlanBilling.objects.select_for_update().filter(plan=plan).first())
+        row, _ = PlanBilling.objects.update_or_create(plan=plan, defaults={"mode": mode})
+        if before != snapshot(row):
+            audit_record(action="plan_billing.set", obj=row, before=before, after=snapshot(row))
     return row
 
 

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from billing.audit.context import acting_as
 from billing.catalog.models import Plan, Subscription
 from billing.catalog.services import catalog_import, meter_create, subscription_set
 from billing.common.auth import Principal
@@ -66,6 +67,10 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
+        with acting_as("system:seed_demo"):  # every write below is the seed's in the audit log
+            self._seed(options)
+
+    def _seed(self, options: dict[str, Any]) -> None:
         user_model = get_user_model()
         if not user_model.objects.filter(username=OPERATOR[0]).exists():
             user_model.objects.create_superuser(OPERATOR[0], "operator@tollgate.localhost", OPERATOR[1])

@@ -177,11 +177,10 @@ def test_a_plan_change_mid_period_applies_its_limits_to_the_next_event(acme, adm
                        limits=[{"meter": "llm_tokens", "hard": "1000"}]))
     factories.subscribe(acme, "big", start=START, catalog_text=text)
     assert send(admin, ev("a", "10")) == ["accepted"]
-    now = datetime.now(timezone.utc)
-    subscription_set(customer=acme, plan=Plan.objects.get(key="small"), start=now - timedelta(seconds=2), now=now,
-                     actor="t")
+    now = datetime.now(timezone.utc)  # a change takes effect now or later: the past is not rewritten
+    subscription_set(customer=acme, plan=Plan.objects.get(key="small"), start=now, now=now, actor="t")
     assert send(admin, ev("b", timestamp=now.isoformat())) == ["quota_exceeded"]
     assert admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]["limit"] == "1"
-    subscription_set(customer=acme, plan=Plan.objects.get(key="big"), start=now - timedelta(seconds=1), now=now,
-                     actor="t")
-    assert send(admin, ev("c", "5", timestamp=now.isoformat())) == ["accepted"]
+    later = now + timedelta(seconds=1)
+    subscription_set(customer=acme, plan=Plan.objects.get(key="big"), start=later, now=later, actor="t")
+    assert send(admin, ev("c", "5", timestamp=later.isoformat())) == ["accepted"]
