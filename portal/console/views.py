@@ -29,6 +29,7 @@ from billing.catalog.selectors import (
     version_in_effect,
 )
 from billing.catalog.services import plan_version_publish
+from billing.common.errors import DomainError
 from billing.common.params import parse_instant
 from billing.invoicing.selectors import draft_comparison, invoice_get
 from billing.payments.selectors import invoice_sync_list, sync_summary
@@ -157,12 +158,16 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
 def audit_trail(request: HttpRequest) -> HttpResponse:
     """The audit log filtered by actor (``user:3``, ``api_key``, ``system``), object and time, newest first."""
     query = request.GET
-    filters = {"actor": query.get("actor", "").strip(), "object_type": query.get("object_type", "").strip(),
-               "object_id": query.get("object_id", "").strip(),
-               "start": parse_instant("start", _local_instant(query.get("start", ""))),
-               "end": parse_instant("end", _local_instant(query.get("end", "")))}
-    rows, next_cursor = audit_page(limit=50, cursor=query.get("cursor", ""), **filters)
-    kept = {k: v for k, v in query.items() if k != "cursor" and v}
+    kept = {k: str(v).strip() for k, v in query.items() if k != "cursor" and str(v).strip()}
+    try:
+        rows, next_cursor = audit_page(
+            limit=50, cursor=query.get("cursor", ""), actor=kept.get("actor", ""),
+            object_type=kept.get("object_type", ""), object_id=kept.get("object_id", ""),
+            start=parse_instant("start", _local_instant(kept.get("start", ""))),
+            end=parse_instant("end", _local_instant(kept.get("end", ""))))
+    except DomainError as error:
+        rows, next_cursor = [], None
+        messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in (error.fields or {}).items()) or error.message)
     return render(request, "console/audit.html", {"rows": rows, "next_cursor": next_cursor, "filters": kept,
                                                   "next_query": urlencode({**kept, "cursor": next_cursor or ""})})
 
