@@ -29,7 +29,8 @@ class Command(BaseCommand):
                 customer = Customer.objects.filter(external_id=options["customer"]).first()
                 if customer is None:
                     raise CommandError(f"No customer '{options['customer']}'.")
-            _, raw = api_key_create(name=options["name"], scope=options["scope"], customer=customer)
+            _, raw = api_key_create(name=options["name"], scope=options["scope"], customer=customer,
+                                    actor="system:apikey")
             self.stdout.write(raw)
         elif action == "list":
             for key in ApiKey.objects.select_related("customer"):
@@ -40,5 +41,5 @@ class Command(BaseCommand):
             found = ApiKey.objects.filter(prefix=prefix).first()
             if found is None:
                 raise CommandError(f"No key with prefix '{options['prefix']}'.")
-            api_key_revoke(key=found)
+            api_key_revoke(key=found, actor="system:apikey")
             self.stdout.write(f"revoked tg_{found.prefix}_…")
