@@ -55,8 +55,10 @@ def audit_record(*, action: str, obj: models.Model | None = None, object_type: s
         before=json_safe(before), after=json_safe(after))
 
 
-def audit_created(obj: models.Model, *, action: str = "", actor: str | Actor | None = None) -> AuditEntry:
-    return audit_record(action=action or f"{object_type_of(obj)}.created", obj=obj, after=snapshot(obj), actor=actor)
+def audit_created(obj: models.Model, *, action: str = "", actor: str | Actor | None = None,
+                  fields: tuple[str, ...] | None = None) -> AuditEntry:
+    return audit_record(action=action or f"{object_type_of(obj)}.created", obj=obj, after=snapshot(obj, fields=fields),
+                        actor=actor)
 
 
 def audit_changed(obj: models.Model, before: dict[str, Any] | None, *, action: str = "",

@@ -82,10 +82,13 @@ def test_resume_lifts_the_pause_and_records_who_and_why(staff, anomaly):
     assert anomaly.pause is not None and anomaly.pause.lifted_at is not None and anomaly.pause.lifted_by == "ops"
     queue = staff.get("/console/anomalies/").content.decode()
     assert "Nothing to review." in queue and "planned backfill" in queue
-    from billing.catalog.models import AuditEntry
+    from billing.audit.models import AuditEntry
 
-    assert list(AuditEntry.objects.filter(target=f"anomaly:{anomaly.public_id}").order_by("pk").values_list(
-        "action", "actor")) == [("anomaly.opened", "system:anomaly-detection"), ("anomaly.resolved", "ops")]
+    assert list(AuditEntry.objects.filter(object_type="anomaly", object_id=str(anomaly.pk)).order_by("pk").values_list(
+        "action", "actor_type", "actor_label")) == [("anomaly.opened", "system", "system:anomaly-detection"),
+                                                    ("anomaly.resolved", "user", "ops")]
+    resolved = AuditEntry.objects.get(action="anomaly.resolved")
+    assert ((resolved.before or {})["status"], (resolved.after or {})["status"]) == ("open", "resolved")
 
 
 def test_keep_paused_keeps_the_pause(staff, anomaly):

@@ -12,7 +12,7 @@ from itertools import pairwise
 
 from django.db import IntegrityError, transaction
 
-from billing.catalog.services import audit
+from billing.audit.services import audit_created
 from billing.common.fields import decimal_to_text
 from billing.common.queue import task_named
 from billing.customers.models import Customer
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 KEEP_MARGIN = timedelta(minutes=5)
 SYSTEM_ACTOR = "system:anomaly-detection"
+# what the audit log keeps of an anomaly (its sample series stays on the row)
+AUDITED = ("public_id", "customer", "status", "currency", "opened_at", "window_start", "window_end", "window_spend",
+           "baseline_rate", "factor", "min_spend", "window_minutes", "action", "pause", "resolution", "note",
+           "resolved_by", "resolved_at")
 PAUSE_REASON = "anomaly"
 
 
@@ -127,10 +131,7 @@ def _open(watch: Watched, start: SpendSample, now: datetime, window_spend: Decim
         anomaly.pause = pause_create(customer=Customer.objects.get(pk=watch.customer_pk), reason=PAUSE_REASON,
                                      source=Pause.Source.ANOMALY, actor=SYSTEM_ACTOR)
         anomaly.save(update_fields=["pause"])
-    audit(actor=SYSTEM_ACTOR, action="anomaly.opened", target=f"anomaly:{anomaly.public_id}",
-          data={"customer": anomaly.customer.external_id, "window_spend": decimal_to_text(window_spend),
-                "baseline_rate": decimal_to_text(anomaly.baseline_rate), "action": terms.action,
-                "pause": anomaly.pause.pause_id if anomaly.pause else None})
+    audit_created(anomaly, action="anomaly.opened", actor=SYSTEM_ACTOR, fields=AUDITED)
     pk = anomaly.pk
     transaction.on_commit(lambda: anomaly_opened.send(sender=Anomaly, anomaly_pk=pk))
     transaction.on_commit(lambda: _queue_emails(pk))

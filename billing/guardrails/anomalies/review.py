@@ -8,8 +8,9 @@ from datetime import datetime
 
 from django.db import transaction
 
-from billing.catalog.services import audit
+from billing.audit.services import audit_record, snapshot
 from billing.common.errors import DomainError, validation_error
+from billing.guardrails.anomalies.detection import AUDITED
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.models import Anomaly
 from billing.guardrails.pauses import pause_lift
@@ -34,12 +35,12 @@ def anomaly_resolve(*, anomaly: Anomaly, resolution: str, note: str = "", actor:
                               f"This anomaly was resolved already ({locked.resolution}).")
         if resolution == Anomaly.Resolution.RESUME and locked.pause is not None:
             pause_lift(customer=locked.customer, pause_id=locked.pause.pause_id, actor=actor, operator=True)
+        before = snapshot(locked, fields=AUDITED)
         locked.status, locked.resolution, locked.note = Anomaly.Status.RESOLVED, resolution, note
         locked.resolved_by, locked.resolved_at = actor, now
         locked.save(update_fields=["status", "resolution", "note", "resolved_by", "resolved_at"])
-        audit(actor=actor, action="anomaly.resolved", target=f"anomaly:{locked.public_id}",
-              data={"customer": locked.customer.external_id, "resolution": resolution, "note": note,
-                    "pause_lifted": resolution == Anomaly.Resolution.RESUME and locked.pause is not None})
+        audit_record(actor=actor, action="anomaly.resolved", obj=locked, before=before,
+                     after=snapshot(locked, fields=AUDITED))
         pk = locked.pk
         transaction.on_commit(lambda: anomaly_resolved.send(sender=Anomaly, anomaly_pk=pk))
     locked.refresh_from_db()
