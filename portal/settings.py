@@ -214,6 +214,10 @@ STRIPE_METER_EVENTS_BASE = os.environ.get("STRIPE_METER_EVENTS_BASE", "https://m
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300  # a signed webhook older than 5 minutes is refused (replay window)
 STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
+# The prefix of every idempotency key, meter-event identifier and metadata tag sent to Stripe. Unset: the
+# installation's id stored with the database (ledger.models.Installation), so two installations sharing
+# one Stripe account never collide (docs/payments.md "Several installations, one Stripe account").
+STRIPE_INSTALLATION_ID = os.environ.get("STRIPE_INSTALLATION_ID", "")
 
 # --- Email ------------------------------------------------------------------------------------------
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

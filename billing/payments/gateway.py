@@ -24,6 +24,7 @@ HTTP_CLIENT: stripe.HTTPClient | None = None
 # Read by the metadata of every object we create, so a Stripe object points back at its row.
 METADATA_INVOICE = "tollgate_invoice_id"
 METADATA_CUSTOMER = "tollgate_customer"
+METADATA_INSTALLATION = "tollgate_installation"  # which installation made the object (docs/payments.md)
 
 
 class GatewayError(Exception):
@@ -64,28 +65,53 @@ def _error(exc: stripe.StripeError) -> GatewayError:
     return GatewayError(f"{type(exc).__name__}: {exc.user_message or exc}", retryable=retryable, code=str(exc.code or ""))
 
 
-def idempotency_key(*parts: object) -> str:
-    return "tg-" + "-".join(str(part) for part in parts)
+def installation_id() -> str:
+    """This installation's id, the prefix of every key, identifier and metadata tag we send: two
+    installations (a staging and a production, a recreated database) sharing one Stripe account never
+    collide. ``STRIPE_INSTALLATION_ID`` overrides it; otherwise it is the installation's id stored with
+    the database (the ledger's namespace, random for each new database; '' for an installation older than
+    it, which keeps the keys it always sent)."""
+    override = str(getattr(settings, "STRIPE_INSTALLATION_ID", "") or "")
+    if override:
+        return override
+    from ledger.ids import namespace
+
+    return namespace()
+
+
+def idempotency_key(*parts: object, installation: str | None = None) -> str:
+    """``tg-<installation>-<parts>`` (``tg-<parts>`` for the legacy empty installation id)."""
+    inst = installation_id() if installation is None else installation
+    return "-".join(["tg", *([inst] if inst else []), *(str(part) for part in parts)])
 
 
 class StripeGateway:
-    def __init__(self, client: stripe.StripeClient) -> None:
+    def __init__(self, client: stripe.StripeClient, *, installation: str = "") -> None:
         self._client = client
+        self.installation = installation
+
+    def _key(self, *parts: object) -> str:
+        return idempotency_key(*parts, installation=self.installation)
+
+    def _metadata(self, **tags: str) -> dict[str, str]:
+        """Our metadata tags, with the installation's (absent for the legacy empty id)."""
+        return {**({METADATA_INSTALLATION: self.installation} if self.installation else {}), **tags}
 
     # --- customers -------------------------------------------------------------------------------
     def customer_create(self, *, customer_pk: int, external_id: str, name: str, email: str) -> str:
-        params: stripe.params.CustomerCreateParams = {"name": name, "metadata": {METADATA_CUSTOMER: external_id}}
+        metadata = self._metadata(**{METADATA_CUSTOMER: external_id})
+        params: stripe.params.CustomerCreateParams = {"name": name, "metadata": metadata}
         if email:
             params["email"] = email
         try:
-            created = self._client.v1.customers.create(params, {"idempotency_key": idempotency_key("customer", customer_pk)})
+            created = self._client.v1.customers.create(params, {"idempotency_key": self._key("customer", customer_pk)})
         except stripe.StripeError as exc:
             raise _error(exc) from exc
         return str(created.id)
 
     def customer_update(self, *, stripe_customer_id: str, customer_pk: int, version: str, name: str, email: str) -> None:
         params: stripe.params.CustomerUpdateParams = {"name": name, "email": email}
-        key = idempotency_key("customer", customer_pk, "update", version)
+        key = self._key("customer", customer_pk, "update", version)
         try:
             self._client.v1.customers.update(stripe_customer_id, params, {"idempotency_key": key})
         except stripe.StripeError as exc:
@@ -99,10 +125,14 @@ class StripeGateway:
             page = self._client.v1.invoices.list({"customer": stripe_customer_id, "limit": 100})
         except stripe.StripeError as exc:
             raise _error(exc) from exc
-        for obj in page.data:
-            found = _invoice(obj)
-            if found.metadata.get(METADATA_INVOICE) == str(invoice_pk):
-                return found
+        try:
+            for obj in page.auto_paging_iter():  # every page, not just the first 100
+                found = _invoice(obj)
+                if (found.metadata.get(METADATA_INVOICE) == str(invoice_pk)
+                        and found.metadata.get(METADATA_INSTALLATION, "") == self.installation):
+                    return found
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
         return None
 
     def invoice_create(self, *, invoice_pk: int, stripe_customer_id: str, currency: str, number: str,
@@ -114,10 +144,10 @@ class StripeGateway:
             "auto_advance": False,  # we finalize explicitly once every line is on it
             "pending_invoice_items_behavior": "exclude",  # only the items we attach below
             "description": description,
-            "metadata": {METADATA_INVOICE: str(invoice_pk), "tollgate_number": number},
+            "metadata": self._metadata(**{METADATA_INVOICE: str(invoice_pk), "tollgate_number": number}),
         }
         try:
-            obj = self._client.v1.invoices.create(params, {"idempotency_key": idempotency_key("invoice", invoice_pk)})
+            obj = self._client.v1.invoices.create(params, {"idempotency_key": self._key("invoice", invoice_pk)})
         except stripe.StripeError as exc:
             raise _error(exc) from exc
         return _invoice(obj)
@@ -130,9 +160,9 @@ class StripeGateway:
             "amount": amount_minor,
             "currency": currency.lower(),
             "description": description[:500],
-            "metadata": {METADATA_INVOICE: str(invoice_pk), "tollgate_line": str(position)},
+            "metadata": self._metadata(**{METADATA_INVOICE: str(invoice_pk), "tollgate_line": str(position)}),
         }
-        key = idempotency_key("invoice", invoice_pk, "line", position)
+        key = self._key("invoice", invoice_pk, "line", position)
         try:
             item = self._client.v1.invoice_items.create(params, {"idempotency_key": key})
         except stripe.StripeError as exc:
@@ -148,7 +178,7 @@ class StripeGateway:
     def invoice_finalize(self, *, invoice_pk: int, stripe_invoice_id: str, collect: bool = True) -> RemoteInvoice:
         # auto_advance: Stripe collects from here on; not for an invoice Tollgate has already settled
         params: stripe.params.InvoiceFinalizeInvoiceParams = {"auto_advance": collect}
-        key = idempotency_key("invoice", invoice_pk, "finalize")
+        key = self._key("invoice", invoice_pk, "finalize")
         try:
             obj = self._client.v1.invoices.finalize_invoice(stripe_invoice_id, params, {"idempotency_key": key})
         except stripe.StripeError as exc:
@@ -156,7 +186,7 @@ class StripeGateway:
         return _invoice(obj)
 
     def invoice_void(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
-        key = idempotency_key("invoice", invoice_pk, "void")
+        key = self._key("invoice", invoice_pk, "void")
         try:
             return _invoice(self._client.v1.invoices.void_invoice(stripe_invoice_id, None, {"idempotency_key": key}))
         except stripe.StripeError as exc:
@@ -164,14 +194,14 @@ class StripeGateway:
 
     def invoice_pay_out_of_band(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
         params: stripe.params.InvoicePayParams = {"paid_out_of_band": True}
-        key = idempotency_key("invoice", invoice_pk, "paid")
+        key = self._key("invoice", invoice_pk, "paid")
         try:
             return _invoice(self._client.v1.invoices.pay(stripe_invoice_id, params, {"idempotency_key": key}))
         except stripe.StripeError as exc:
             raise _error(exc) from exc
 
     def invoice_mark_uncollectible(self, *, invoice_pk: int, stripe_invoice_id: str) -> RemoteInvoice:
-        key = idempotency_key("invoice", invoice_pk, "uncollectible")
+        key = self._key("invoice", invoice_pk, "uncollectible")
         try:
             obj = self._client.v1.invoices.mark_uncollectible(stripe_invoice_id, None, {"idempotency_key": key})
         except stripe.StripeError as exc:
@@ -179,6 +209,17 @@ class StripeGateway:
         return _invoice(obj)
 
     # --- Billing Meters (mode stripe_meters) -------------------------------------------------------------
+    def meter_find(self, *, event_name: str) -> str | None:
+        """The active Billing Meter of this event name, if the account has one (made by an earlier push, another
+        installation, or the operator): Stripe allows one active meter per event name."""
+        try:
+            for meter in self._client.v1.billing.meters.list({"status": "active", "limit": 100}).auto_paging_iter():
+                if meter.event_name == event_name:
+                    return str(meter.id)
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return None
+
     def meter_create(self, *, meter_pk: int, display_name: str, event_name: str, formula: str) -> str:
         params: stripe.params.billing.MeterCreateParams = {
             "display_name": display_name,
@@ -188,7 +229,7 @@ class StripeGateway:
             "value_settings": {"event_payload_key": "value"},
         }
         try:
-            meter = self._client.v1.billing.meters.create(params, {"idempotency_key": idempotency_key("meter", meter_pk)})
+            meter = self._client.v1.billing.meters.create(params, {"idempotency_key": self._key("meter", meter_pk)})
         except stripe.StripeError as exc:
             raise _error(exc) from exc
         return str(meter.id)
@@ -228,7 +269,7 @@ def gateway_get() -> StripeGateway:
         http_client=http_client,
         max_network_retries=0,  # our tasks retry, with the same idempotency keys
     )
-    return StripeGateway(client)
+    return StripeGateway(client, installation=installation_id())
 
 
 def webhook_event_verify(*, payload: bytes, signature_header: str, secret: str, tolerance: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from billing.catalog.models import Meter, Plan, Subscription
 from billing.common.queue import task_named
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
-from billing.payments.gateway import GatewayError, StripeGateway, gateway_get
+from billing.payments.gateway import GatewayError, StripeGateway, gateway_get, idempotency_key
 from billing.payments.models import (
     BillingMode,
     MeterUsageReport,
@@ -296,10 +296,11 @@ def stripe_invoice_status_changed(*, invoice: Invoice) -> StripeInvoiceSync | No
 
 
 # --- meter usage (mode stripe_meters) -------------------------------------------------------------------
-def meter_event_identifier(*, customer_pk: int, meter_pk: int, hour: datetime, revision: int) -> str:
-    """The same (customer, meter, hour, revision) always gives the same identifier, so a re-run is
-    deduplicated by Stripe; revision 0 is the first report, later ones the corrections."""
-    base = f"tg-{customer_pk}-{meter_pk}-{hour.astimezone(dt_timezone.utc):%Y%m%d%H}"
+def meter_event_identifier(*, installation: str, customer_pk: int, meter_pk: int, hour: datetime, revision: int) -> str:
+    """The same (installation, customer, meter, hour, revision) always gives the same identifier, so a
+    re-run is deduplicated by Stripe, and another installation's same ids never are (Stripe deduplicates
+    identifiers account-wide); revision 0 is the first report, later ones the corrections."""
+    base = idempotency_key(customer_pk, meter_pk, f"{hour.astimezone(dt_timezone.utc):%Y%m%d%H}", installation=installation)
     return base if revision == 0 else f"{base}-r{revision}"
 
 
@@ -349,8 +350,8 @@ def _stripe_meter(meter: Meter, gateway: StripeGateway) -> StripeMeter:
         return found
     event_name = f"tollgate_{meter.key}"
     formula = "sum"  # we send hourly totals (a count meter's total is its count), so Stripe adds them up
-    stripe_id = gateway.meter_create(meter_pk=meter.pk, display_name=meter.name or meter.key, event_name=event_name,
-                                     formula=formula)
+    stripe_id = gateway.meter_find(event_name=event_name) or gateway.meter_create(
+        meter_pk=meter.pk, display_name=meter.name or meter.key, event_name=event_name, formula=formula)
     row, _ = StripeMeter.objects.get_or_create(meter=meter, defaults={"stripe_meter_id": stripe_id, "event_name": event_name})
     return row
 
@@ -374,7 +375,8 @@ def meter_usage_push(*, report_pk: int, now: datetime | None = None) -> MeterUsa
                 _row_save(report, {"live_identifiers": live, "reported_total": sum((Decimal(v) for _, v in live), Decimal(0))})
         delta = report.total - report.reported_total
         if delta > 0:
-            identifier = meter_event_identifier(customer_pk=report.customer_id, meter_pk=report.meter_id, hour=report.hour,
+            identifier = meter_event_identifier(installation=gateway.installation, customer_pk=report.customer_id,
+                                                meter_pk=report.meter_id, hour=report.hour,
                                                 revision=report.revision)
             gateway.meter_event_create(event_name=meter.event_name, identifier=identifier, stripe_customer_id=customer_id,
                                        value=delta, timestamp=int(report.hour.timestamp()))

@@ -15,6 +15,16 @@ from billing.payments import gateway
 from tests.billing.payments.stripe_doubles import LocalStripe, RecordingClient
 
 WEBHOOK_SECRET = "whsec_test_tollgate"
+INSTALLATION = "inst-a"  # this installation's id, the prefix of every key the tests expect
+
+
+@pytest.fixture(autouse=True)
+def _installation() -> Iterator[str]:
+    """One known installation id (the ledger's namespace, see gateway.installation_id)."""
+    from ledger.ids import use_namespace
+
+    with use_namespace(INSTALLATION):
+        yield INSTALLATION
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,10 @@
 - ``RecordingClient``: a ``stripe.HTTPClient`` given to ``StripeClient``. It records every request
   (method, path, form fields, idempotency key); calls localstripe lacks (Billing Meters, meter events,
   invoice finalize) are answered with Stripe's official example objects (stripe_fixtures.json), the rest
-  go to localstripe over HTTP.
+  go to localstripe over HTTP. Like one real Stripe account, it refuses what Stripe refuses (``StripeRules``):
+  an idempotency key reused with other parameters, a meter value of more than 15 significant digits, a
+  meter-event cancellation more than 24 hours after Stripe received the event, a second active meter with
+  the same event name; and it keeps the account's meter totals, counting a repeated identifier once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -37,6 +42,34 @@ CANNED = [
     ("post", re.compile(r"^/v1/billing/meter_event_adjustments$"), "billing.meter_event_adjustment"),
     ("post", re.compile(r"^/v1/invoices/(?P<id>[^/]+)/(finalize|void|pay|mark_uncollectible)$"), "invoice"),
 ]
+
+
+MAX_SIGNIFICANT_DIGITS = 15  # Stripe's precision of a meter event's value
+CANCEL_WINDOW = timedelta(hours=24)  # Stripe cancels a meter event only within 24 h of receiving it
+
+
+def stripe_error(status: int, kind: str, message: str) -> tuple[str, int, dict[str, str]]:
+    return json.dumps({"error": {"type": kind, "message": message}}), status, {"Request-Id": "req_refused"}
+
+
+def significant_digits(value: str) -> int:
+    digits = Decimal(value).normalize().as_tuple().digits
+    return len(digits)
+
+
+@dataclass
+class StripeRules:
+    """The account state the rules need: answers by idempotency key, meters, meter events received."""
+
+    keys: dict[str, tuple[str, str, dict[str, str], Any]] = field(default_factory=dict)
+    meters: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> meter object
+    events: dict[str, tuple[str, str, Decimal, datetime]] = field(default_factory=dict)  # identifier -> (name, cus, v, at)
+    cancelled: set[str] = field(default_factory=set)
+
+    def meter_total(self, event_name: str, stripe_customer_id: str) -> Decimal:
+        """What Stripe counts for this meter and customer: the sum of its events not cancelled."""
+        return sum((value for ident, (name, cus, value, _) in self.events.items()
+                    if name == event_name and cus == stripe_customer_id and ident not in self.cancelled), Decimal(0))
 
 
 @dataclass
@@ -58,6 +91,11 @@ class RecordingClient(stripe.HTTPClient):
         self.fail_on: list[tuple[str, str]] = []  # (method, path regex): fail like an outage, before sending
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self.rules = StripeRules()
+        self.clock: datetime | None = None  # Stripe's "now" (None: the real time)
+
+    def now(self) -> datetime:
+        return self.clock or datetime.now(timezone.utc)
 
     def request(self, method: str, url: str, headers: Any, post_data: Any = None, *, _usage: Any = None) -> Any:
         parts = urlsplit(url)
@@ -68,6 +106,30 @@ class RecordingClient(stripe.HTTPClient):
             self.requests.append(Recorded(method, parts.path, form, key))
         if any(method == m and re.fullmatch(p, parts.path) for m, p in self.fail_on):
             raise stripe.APIConnectionError(f"recording client: {method} {parts.path} timed out")
+        if key:
+            with self._lock:
+                seen = self.rules.keys.get(key)
+            if seen is not None:
+                if seen[:3] != (method, parts.path, form):
+                    return stripe_error(400, "idempotency_error", "Keys for idempotent requests can only be used with "
+                                        "the same parameters they were first used with.")
+                return seen[3]  # Stripe's first answer, replayed
+        answer = self._answer(method, url, parts.path, form, headers, post_data)
+        if key and answer[1] < 500:
+            with self._lock:
+                self.rules.keys[key] = (method, parts.path, form, answer)
+        return answer
+
+    def _answer(self, method: str, url: str, path: str, form: dict[str, str], headers: Any, post_data: Any) -> Any:
+        refused = self._refused(method, path, form)
+        if refused is not None:
+            return refused
+        if method == "get" and path == "/v1/billing/meters":
+            if self.down:
+                raise stripe.APIConnectionError("recording client: Stripe is down")
+            listed = sorted(self.rules.meters.values(), key=lambda m: m["id"])
+            return json.dumps({"object": "list", "url": path, "has_more": False, "data": listed}), 200, {}
+        parts = urlsplit(url)
         for canned_method, pattern, resource in CANNED:
             match = pattern.match(parts.path)
             if canned_method == method and match:
@@ -78,11 +140,48 @@ class RecordingClient(stripe.HTTPClient):
                     answer["id"] = match["id"]
                 elif "id" in answer:
                     answer["id"] = f"{answer['id']}_{next(self._ids)}"
-                for field, value in form.items():  # reflect the scalar fields sent, as stripe-mock does
-                    if "[" not in field and field in answer and not isinstance(answer[field], dict | list):
-                        answer[field] = value
+                for name, value in form.items():  # reflect the scalar fields sent, as stripe-mock does
+                    if "[" not in name and name in answer and not isinstance(answer[name], dict | list):
+                        answer[name] = value
+                self._remember(resource, answer, form)
                 return json.dumps(answer), 200, {"Request-Id": "req_recorded"}
         return self.inner.request(method, url, headers, post_data)
+
+    def _refused(self, method: str, path: str, form: dict[str, str]) -> Any:
+        if method != "post":
+            return None
+        if path == "/v1/billing/meter_events":
+            value = form.get("payload[value]", "")
+            if significant_digits(value) > MAX_SIGNIFICANT_DIGITS:
+                return stripe_error(400, "invalid_request_error", f"payload[value] {value} has more than "
+                                    f"{MAX_SIGNIFICANT_DIGITS} significant digits.")
+        if path == "/v1/billing/meter_event_adjustments":
+            received = self.rules.events.get(form.get("cancel[identifier]", ""))
+            if received is None:
+                return stripe_error(400, "invalid_request_error", "No meter event with this identifier.")
+            if self.now() - received[3] > CANCEL_WINDOW:
+                return stripe_error(400, "invalid_request_error", "You can only cancel events within 24 hours of "
+                                    "Stripe receiving them.")
+        if path == "/v1/billing/meters":
+            name = form.get("event_name")
+            if any(m["event_name"] == name and m["status"] == "active" for m in self.rules.meters.values()):
+                return stripe_error(400, "invalid_request_error", f"An active meter with event_name {name} already exists.")
+        return None
+
+    def _remember(self, resource: str, answer: dict[str, Any], form: dict[str, str]) -> None:
+        with self._lock:
+            if resource == "billing.meter":
+                answer["event_name"] = form["event_name"]
+                self.rules.meters[answer["id"]] = answer
+            elif resource == "billing.meter_event" and form["identifier"] not in self.rules.events:
+                # a repeated identifier is deduplicated account-wide: answered, not counted again
+                self.rules.events[form["identifier"]] = (form["event_name"], form["payload[stripe_customer_id]"],
+                                                         Decimal(form["payload[value]"]), self.now())
+            elif resource == "billing.meter_event_adjustment":
+                self.rules.cancelled.add(form["cancel[identifier]"])
+
+    def meter_total(self, event_name: str, stripe_customer_id: str) -> Decimal:
+        return self.rules.meter_total(event_name, stripe_customer_id)
 
     def request_stream(self, method: str, url: str, headers: Any, post_data: Any = None, *, _usage: Any = None) -> Any:
         raise NotImplementedError

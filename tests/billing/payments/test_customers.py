@@ -30,9 +30,9 @@ def test_creating_a_customer_creates_its_stripe_customer_after_commit(stripe_on,
     assert row.state == SyncState.SYNCED and row.stripe_customer_id
     [remote] = localstripe.objects("customer")
     assert (remote.id, remote.name, remote.email, remote.metadata) == (
-        row.stripe_customer_id, "Initech", "ap@initech.test", {"tollgate_customer": "initech"})
+        row.stripe_customer_id, "Initech", "ap@initech.test", {"tollgate_installation": "inst-a", "tollgate_customer": "initech"})
     [call] = stripe_on.calls("post", "/v1/customers")
-    assert call.idempotency_key == f"tg-customer-{customer.pk}"
+    assert call.idempotency_key == f"tg-inst-a-customer-{customer.pk}"
 
 
 def test_a_customer_update_is_synced_to_stripe(stripe_on, localstripe, celery_eager, django_capture_on_commit_callbacks):
@@ -44,7 +44,7 @@ def test_a_customer_update_is_synced_to_stripe(stripe_on, localstripe, celery_ea
     assert (remote.name, remote.email) == ("Hooli XYZ", "billing@hooli.test")
     [update] = stripe_on.calls("post", r"/v1/customers/cus_\w+")
     customer.refresh_from_db()
-    assert update.idempotency_key == f"tg-customer-{customer.pk}-update-{customer.updated_at.timestamp():.6f}"
+    assert update.idempotency_key == f"tg-inst-a-customer-{customer.pk}-update-{customer.updated_at.timestamp():.6f}"
     assert StripeCustomer.objects.get(customer=customer).state == SyncState.SYNCED
 
 

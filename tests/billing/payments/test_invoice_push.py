@@ -51,23 +51,25 @@ def test_a_finalized_invoice_is_pushed_with_its_lines_and_finalized(stripe_on, l
     assert [(line.amount, line.description) for line in remote.lines._list] == LINES
     assert remote.total == invoice.total_minor == 11141 == row.stripe_total_minor
     assert remote.currency == "usd"
-    assert remote.metadata == {"tollgate_invoice_id": str(invoice.pk), "tollgate_number": invoice.number}
+    assert remote.metadata == {"tollgate_installation": "inst-a", "tollgate_invoice_id": str(invoice.pk),
+                               "tollgate_number": invoice.number}
     # every write carried a key derived from our ids
     writes = [r for r in stripe_on.requests if r.method == "post"]
     assert [(r.path, r.idempotency_key) for r in writes] == [
-        ("/v1/customers", f"tg-customer-{acme.pk}"),
-        ("/v1/invoices", f"tg-invoice-{invoice.pk}"),
-        ("/v1/invoiceitems", f"tg-invoice-{invoice.pk}-line-1"),
-        ("/v1/invoiceitems", f"tg-invoice-{invoice.pk}-line-2"),
-        ("/v1/invoiceitems", f"tg-invoice-{invoice.pk}-line-3"),
-        (f"/v1/invoices/{remote.id}/finalize", f"tg-invoice-{invoice.pk}-finalize"),
+        ("/v1/customers", f"tg-inst-a-customer-{acme.pk}"),
+        ("/v1/invoices", f"tg-inst-a-invoice-{invoice.pk}"),
+        ("/v1/invoiceitems", f"tg-inst-a-invoice-{invoice.pk}-line-1"),
+        ("/v1/invoiceitems", f"tg-inst-a-invoice-{invoice.pk}-line-2"),
+        ("/v1/invoiceitems", f"tg-inst-a-invoice-{invoice.pk}-line-3"),
+        (f"/v1/invoices/{remote.id}/finalize", f"tg-inst-a-invoice-{invoice.pk}-finalize"),
     ]
     create = writes[1].form
     assert create["customer"] == stripe_customer_id
     assert create["pending_invoice_items_behavior"] == "exclude"
     assert create["auto_advance"] == "false"
     assert writes[2].form == {"customer": stripe_customer_id, "invoice": remote.id, "amount": "9900", "currency": "usd",
-                              "description": "Base fee", "metadata[tollgate_invoice_id]": str(invoice.pk),
+                              "description": "Base fee", "metadata[tollgate_installation]": "inst-a",
+                              "metadata[tollgate_invoice_id]": str(invoice.pk),
                               "metadata[tollgate_line]": "1"}
     assert writes[5].form == {"auto_advance": "true"}
     assert row.stripe_status == "open"
@@ -223,8 +225,9 @@ def test_a_status_set_in_tollgate_is_sent_to_stripe(stripe_on, localstripe, cele
     with django_capture_on_commit_callbacks(execute=True):
         getattr(invoicing, service)(invoice=invoice, at=timezone.now())
     [call] = [r for r in stripe_on.requests if r.method == "post"]
+    suffix = path.replace("mark_", "").replace("pay", "paid")
     assert (call.path, call.idempotency_key) == (f"/v1/invoices/{row.stripe_invoice_id}/{path}",
-                                                 f"tg-invoice-{invoice.pk}-{path.replace('mark_', '').replace('pay', 'paid')}")
+                                                 f"tg-inst-a-invoice-{invoice.pk}-{suffix}")
     if path == "pay":
         assert call.form == {"paid_out_of_band": "true"}
     row.refresh_from_db()

@@ -42,7 +42,7 @@ def meter_events(stripe_on):
 
 
 def ident(acme, meter, hour, revision=0):
-    base = f"tg-{acme.pk}-{meter.pk}-{hour:%Y%m%d%H}"
+    base = f"tg-inst-a-{acme.pk}-{meter.pk}-{hour:%Y%m%d%H}"
     return base if revision == 0 else f"{base}-r{revision}"
 
 
@@ -57,7 +57,7 @@ def test_complete_hours_are_reported_once_with_identifiers_from_customer_meter_a
     assert meter_usage_report(now=NOW) == {"marked": 2, "pushed": 2}
     # then the meter was created once, then one event per complete hour with the hour's total
     [meter_call] = stripe_on.calls("post", "/v1/billing/meters")
-    assert meter_call.idempotency_key == f"tg-meter-{tokens_meter.pk}"
+    assert meter_call.idempotency_key == f"tg-inst-a-meter-{tokens_meter.pk}"
     assert meter_call.form == {"display_name": "LLM tokens", "event_name": "tollgate_llm_tokens",
                                "default_aggregation[formula]": "sum", "customer_mapping[type]": "by_id",
                                "customer_mapping[event_payload_key]": "stripe_customer_id",
