@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from billing.audit.services import audit_record, snapshot
 from billing.catalog.models import Meter, Plan, Subscription
+from billing.common.fields import decimal_to_text
 from billing.common.queue import task_named
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=5)
 BACKOFF_SECONDS = (30, 60, 120, 300, 600, 1800, 3600)  # then hourly
 METER_LOOKBACK = timedelta(days=34)  # Stripe takes meter events up to 35 days old
+METER_VALUE_DIGITS = 15  # Stripe refuses a meter event value of more significant digits
+METER_CANCEL_WINDOW = timedelta(hours=23)  # Stripe cancels a meter event within 24 h of receiving it; 1 h margin
 REPORTED_AGGREGATIONS = (Meter.Aggregation.SUM, Meter.Aggregation.COUNT)  # hourly totals that add up
 
 SyncRowT = TypeVar("SyncRowT", bound=SyncRow)
@@ -356,9 +359,38 @@ def _stripe_meter(meter: Meter, gateway: StripeGateway) -> StripeMeter:
     return row
 
 
+def meter_value_pieces(value: Decimal) -> list[Decimal]:
+    """``value`` as meter-event values Stripe accepts (at most 15 significant digits each) that add up to it
+    exactly: the value truncated to 15 digits, then what truncation left, and so on. An hour whose total
+    has 16 or more digits is reported as two or three events of that hour instead of being refused."""
+    pieces: list[Decimal] = []
+    with localcontext() as ctx:
+        ctx.prec = 100  # wider than any stored value: every step below is exact
+        rest = value
+        while rest != 0:
+            sign, digits, exponent = rest.normalize().as_tuple()
+            assert isinstance(exponent, int)
+            if len(digits) <= METER_VALUE_DIGITS:
+                pieces.append(rest)
+                break
+            head = Decimal((sign, digits[:METER_VALUE_DIGITS], exponent + len(digits) - METER_VALUE_DIGITS))
+            pieces.append(head)
+            rest -= head
+    return pieces
+
+
+def _cancellable(live: list[list[Any]], now: datetime) -> bool:
+    """Every live event was sent recently enough for Stripe to cancel it (an entry without its sending time
+    predates this rule: treated as too old)."""
+    return all(len(entry) > 2 and now.timestamp() - float(entry[2]) < METER_CANCEL_WINDOW.total_seconds()
+               for entry in live)
+
+
 def meter_usage_push(*, report_pk: int, now: datetime | None = None) -> MeterUsageReport:
-    """Make Stripe's figure for the hour equal ``total``: an increase is one more event for the difference;
-    a decrease cancels the hour's events (meter event adjustments) and reports the corrected total."""
+    """Make Stripe's figure for the hour equal ``total`` (docs/payments.md "Corrections"): an increase is one
+    more event for the difference; a decrease cancels the hour's events (meter event adjustments) and reports
+    the corrected total while Stripe can still cancel them all, and is one negative event for the difference
+    once it cannot. Each figure goes as events of at most 15 significant digits."""
     now = now or timezone.now()
     report = MeterUsageReport.objects.select_related("meter").get(pk=report_pk)
     if report.state == SyncState.SYNCED or not _lease_take(report, now=now):
@@ -367,21 +399,21 @@ def meter_usage_push(*, report_pk: int, now: datetime | None = None) -> MeterUsa
         gateway = gateway_get()
         meter = _stripe_meter(report.meter, gateway)
         customer_id = _stripe_customer_id(customer_pk=report.customer_id, gateway=gateway, now=now)
-        live: list[list[str]] = [list(pair) for pair in report.live_identifiers]
-        if report.total < report.reported_total:
+        live: list[list[Any]] = [list(entry) for entry in report.live_identifiers]
+        if report.total < report.reported_total and _cancellable(live, now):
             while live:
                 gateway.meter_event_cancel(event_name=meter.event_name, identifier=live[0][0])
                 live.pop(0)
-                _row_save(report, {"live_identifiers": live, "reported_total": sum((Decimal(v) for _, v in live), Decimal(0))})
-        delta = report.total - report.reported_total
-        if delta > 0:
+                _row_save(report, {"live_identifiers": live,
+                                   "reported_total": sum((Decimal(entry[1]) for entry in live), Decimal(0))})
+        for piece in meter_value_pieces(report.total - report.reported_total):
             identifier = meter_event_identifier(installation=gateway.installation, customer_pk=report.customer_id,
-                                                meter_pk=report.meter_id, hour=report.hour,
-                                                revision=report.revision)
+                                                meter_pk=report.meter_id, hour=report.hour, revision=report.revision)
             gateway.meter_event_create(event_name=meter.event_name, identifier=identifier, stripe_customer_id=customer_id,
-                                       value=delta, timestamp=int(report.hour.timestamp()))
-            live.append([identifier, str(delta)])
-            _row_save(report, {"live_identifiers": live, "reported_total": report.total, "revision": report.revision + 1})
+                                       value=piece, timestamp=int(report.hour.timestamp()))
+            live.append([identifier, decimal_to_text(piece), int(now.timestamp())])
+            _row_save(report, {"live_identifiers": live, "reported_total": report.reported_total + piece,
+                               "revision": report.revision + 1})
     except GatewayError as exc:
         return _row_error(report, exc, now=now)
     current = MeterUsageReport.objects.filter(pk=report.pk).values_list("total", flat=True).first()

@@ -117,7 +117,8 @@ def test_a_decrease_cancels_the_hours_events_and_reports_the_corrected_total(str
     assert meter_events(stripe_on) == [(ident(acme, tokens_meter, H10, 2), "900", str(int(H10.timestamp())),
                                         ident(acme, tokens_meter, H10, 2))]
     report = MeterUsageReport.objects.get()
-    assert report.live_identifiers == [[ident(acme, tokens_meter, H10, 2), "900"]]
+    # each live event with the moment it was sent (what decides whether Stripe can still cancel it)
+    assert report.live_identifiers == [[ident(acme, tokens_meter, H10, 2), "900", int(NOW.timestamp())]]
     assert report.reported_total == Decimal(900)
 
 
@@ -146,13 +147,14 @@ def test_an_outage_leaves_the_hour_pending_and_the_sweep_reports_it_once(stripe_
     report = MeterUsageReport.objects.get()
     assert report.state == SyncState.PENDING and "down" in report.last_error
     stripe_on.down = False
-    stripe_sync_pending(now=after_backoff(report))
+    retried_at = after_backoff(report)
+    stripe_sync_pending(now=retried_at)
     report.refresh_from_db()
     assert report.state == SyncState.SYNCED
     sent = [e for e in meter_events(stripe_on)]
     # the failed attempt and the retry carry the same identifier; Stripe counts it once
     assert {e[0] for e in sent} == {ident(acme, tokens_meter, H10)}
-    assert report.live_identifiers == [[ident(acme, tokens_meter, H10), "1000"]]
+    assert report.live_identifiers == [[ident(acme, tokens_meter, H10), "1000", int(retried_at.timestamp())]]
 
 
 def test_an_hour_corrected_to_nothing_cancels_what_was_reported(stripe_on, metered, acme, tokens_meter):
