@@ -11,6 +11,7 @@ from django.shortcuts import render
 from billing.catalog import money
 from billing.customers.models import CustomerUser
 from billing.invoicing.models import Invoice
+from billing.payments.selectors import plans_billed_by_stripe
 
 
 @login_required
@@ -27,9 +28,12 @@ def invoice_document(request: HttpRequest, invoice_id: int) -> HttpResponse:
     def major(minor: int) -> str:
         return str(money.from_minor(minor, currency))
 
+    billed_by_stripe = (invoice.status == Invoice.Status.FINALIZED
+                        and invoice.plan_id in plans_billed_by_stripe(plan_ids=[invoice.plan_id]))
     lines = [{"line": line, "amount": major(line.amount_minor)} for line in invoice.lines.order_by("position")]
     return render(request, "invoices/document.html", {
         "invoice": invoice, "lines": lines, "seller": settings.TOLLGATE_SELLER, "printable": "print" in request.GET,
         "subtotal": major(invoice.subtotal_minor), "credits": major(invoice.credits_minor),
         "total": major(invoice.total_minor), "credit_notes": invoice.credit_notes.order_by("pk"),
+        "billed_by_stripe": billed_by_stripe,
     })

@@ -145,6 +145,8 @@ class StripeGateway:
             "pending_invoice_items_behavior": "exclude",  # only the items we attach below
             "description": description,
             "metadata": self._metadata(**{METADATA_INVOICE: str(invoice_pk), "tollgate_number": number}),
+            # shown on Stripe's hosted page and PDF: the customer's link to our invoice document
+            "custom_fields": [{"name": "Invoice", "value": number[:140]}],
         }
         try:
             obj = self._client.v1.invoices.create(params, {"idempotency_key": self._key("invoice", invoice_pk)})
@@ -208,6 +210,23 @@ class StripeGateway:
             raise _error(exc) from exc
         return _invoice(obj)
 
+    def invoice_payment_error(self, *, stripe_invoice_id: str) -> str:
+        """Why the invoice's latest payment attempt was declined, read from its payment (the invoice itself
+        only carries ``last_finalization_error``, which is about finalizing); '' when none is recorded."""
+        params: stripe.params.InvoicePaymentListParams = {
+            "invoice": stripe_invoice_id, "limit": 20, "expand": ["data.payment.payment_intent"]}
+        try:
+            page = self._client.v1.invoice_payments.list(params)
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        for payment in sorted(page.data, key=lambda p: p.created, reverse=True):
+            intent = payment.payment.payment_intent
+            failure = intent.last_payment_error if isinstance(intent, stripe.PaymentIntent) else None
+            if failure is not None:
+                reason = failure.decline_code or failure.code or failure.type
+                return f"{reason}: {failure.message}" if failure.message else str(reason or "declined")
+        return ""
+
     # --- Billing Meters (mode stripe_meters) -------------------------------------------------------------
     def meter_find(self, *, event_name: str) -> str | None:
         """The active Billing Meter of this event name, if the account has one (made by an earlier push, another
@@ -267,6 +286,7 @@ def gateway_get() -> StripeGateway:
         settings.STRIPE_SECRET_KEY,
         base_addresses={"api": settings.STRIPE_API_BASE, "meter_events": settings.STRIPE_METER_EVENTS_BASE},
         http_client=http_client,
+        stripe_version=settings.STRIPE_API_VERSION,  # pinned: the SDK's default moves with the lock file
         max_network_retries=0,  # our tasks retry, with the same idempotency keys
     )
     return StripeGateway(client, installation=installation_id())

@@ -80,8 +80,10 @@ class StripeInvoiceSync(SyncRow):
     stripe_status = models.CharField(max_length=16, blank=True, default="")
     stripe_total_minor = models.BigIntegerField(null=True, blank=True)
     hosted_invoice_url = models.URLField(max_length=500, blank=True, default="")
-    payment_failures = models.PositiveIntegerField(default=0)
-    last_payment_error = models.TextField(blank=True, default="")
+    payment_failures = models.PositiveIntegerField(default=0)  # Stripe's attempt count of the latest failure
+    last_payment_error = models.TextField(blank=True, default="")  # the decline reason; cleared when paid or void
+    # ``created`` of the newest webhook event applied: an older failure arriving late changes nothing
+    stripe_changed_at = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["state", "next_attempt_at"], name="stripe_invoice_due")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db.models import Count
@@ -40,6 +41,13 @@ def invoice_sync_list(*, state: str = "", limit: int = 200) -> list[InvoiceSyncV
     return [InvoiceSyncView(invoice=inv, mode=modes.get(inv.plan_id, BillingMode.TOLLGATE_INVOICES) if inv.plan_id else
                             BillingMode.TOLLGATE_INVOICES, sync=getattr(inv, "stripe_sync", None))
             for inv in invoices[:limit]]
+
+
+def plans_billed_by_stripe(*, plan_ids: Iterable[int | None]) -> set[int]:
+    """Of these plans, those whose usage Stripe bills from its Billing Meters (mode stripe_meters): their
+    Tollgate invoices are statements, the customer pays Stripe's invoice, so they are never "not paid"."""
+    wanted = {pk for pk in plan_ids if pk is not None}
+    return set(PlanBilling.objects.filter(plan_id__in=wanted, mode=BillingMode.STRIPE_METERS).values_list("plan_id", flat=True))
 
 
 def sync_summary() -> dict[str, dict[str, int]]:

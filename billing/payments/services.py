@@ -194,10 +194,11 @@ class InvoiceMismatch(GatewayError):
 
 
 def _invoice_items(invoice: Invoice) -> list[tuple[int, int, str]]:
-    """(position, amount in minor units, description) per Stripe invoice item: every line as priced,
-    plus one item for applied prepaid credits when the lines do not already carry them."""
+    """(position, amount in minor units, description) per Stripe invoice item: every line as priced (but a
+    zero line, which changes nothing and only clutters the customer's Stripe invoice), plus one item for
+    applied prepaid credits when the lines do not already carry them."""
     lines = list(invoice.lines.order_by("position"))
-    items = [(line.position, line.amount_minor, line.description) for line in lines]
+    items = [(line.position, line.amount_minor, line.description) for line in lines if line.amount_minor]
     lines_total = sum(amount for _, amount, _ in items)
     if lines_total == invoice.total_minor:
         return items

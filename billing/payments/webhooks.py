@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from billing.common.queue import task_named
 from billing.invoicing.models import Invoice
-from billing.invoicing.services import invoice_mark_paid, invoice_void
-from billing.payments.gateway import METADATA_INVOICE
+from billing.invoicing.services import invoice_mark_paid, invoice_mark_uncollectible, invoice_void
+from billing.payments.gateway import METADATA_INVOICE, GatewayError, gateway_get
 from billing.payments.models import StripeCustomer, StripeEvent, StripeInvoiceSync
 from billing.payments.services import _row_save, forward_status
 
@@ -104,32 +104,65 @@ def _sync_for(obj: dict[str, Any]) -> StripeInvoiceSync:
     raise NotOurs(f"Stripe invoice {obj.get('id')} is not a Tollgate invoice")
 
 
-def _status(row: StripeInvoiceSync, status: str) -> None:
-    _row_save(row, {"stripe_status": forward_status(row.stripe_status, status)})
+def _status(row: StripeInvoiceSync, status: str, event: StripeEvent) -> None:
+    fields: dict[str, Any] = {"stripe_status": forward_status(row.stripe_status, status),
+                              "stripe_changed_at": max(row.stripe_changed_at or 0, event.created)}
+    if fields["stripe_status"] in ("paid", "void"):
+        fields["last_payment_error"] = ""  # nothing left to collect: no reason to show why it was not
+    _row_save(row, fields)
 
 
 def invoice_finalized_handle(obj: dict[str, Any], event: StripeEvent) -> None:
-    _status(_sync_for(obj), "open")
+    _status(_sync_for(obj), "open", event)
 
 
 def invoice_paid_handle(obj: dict[str, Any], event: StripeEvent) -> None:
     row = _sync_for(obj)
-    _status(row, "paid")
+    _status(row, "paid", event)
     invoice = Invoice.objects.get(pk=row.invoice_id)
     invoice_mark_paid(invoice=invoice, at=_when(obj, "paid_at", event))
 
 
-def invoice_payment_failed_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+def invoice_marked_uncollectible_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    """Stripe's dunning gave up (or someone marked it in Stripe): the Tollgate invoice follows, unless it
+    has moved on already (paid later, voided), which a late event must not undo."""
     row = _sync_for(obj)
-    _status(row, "open")
-    error = ((obj.get("last_finalization_error") or {}).get("message") or
-             f"payment attempt {obj.get('attempt_count') or '?'} failed")
-    _row_save(row, {"payment_failures": row.payment_failures + 1, "last_payment_error": str(error)[:2000]})
+    _status(row, "uncollectible", event)
+    invoice = Invoice.objects.get(pk=row.invoice_id)
+    if invoice.status == Invoice.Status.FINALIZED and row.stripe_status == "uncollectible":
+        invoice_mark_uncollectible(invoice=invoice, at=_when(obj, "marked_uncollectible_at", event))
+
+
+def _decline_reason(obj: dict[str, Any]) -> str:
+    """The decline reason from the invoice's payment. Without Stripe configured, or for a payment Stripe
+    cannot show, the attempt number; an outage raises (the event fails and the sweep retries it)."""
+    try:
+        reason = gateway_get().invoice_payment_error(stripe_invoice_id=str(obj.get("id")))
+    except GatewayError as exc:
+        if exc.retryable and exc.code != "not_configured":
+            raise
+        reason = ""
+    return reason or f"payment attempt {obj.get('attempt_count') or '?'} failed"
+
+
+def invoice_payment_failed_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    """Stripe retries the payment itself. The failure count is Stripe's attempt count (the same in any
+    order); the reason is the newest failure's: an event older than the invoice's last change by
+    ``created`` (a failure delivered after the payment that followed it) changes nothing else."""
+    row = _sync_for(obj)
+    attempts = max(row.payment_failures, int(obj.get("attempt_count") or row.payment_failures + 1))
+    stale = event.created < (row.stripe_changed_at or 0) or row.stripe_status in ("paid", "void")
+    if stale:
+        _row_save(row, {"payment_failures": attempts})
+        return
+    error = _decline_reason(obj)
+    _status(row, "open", event)
+    _row_save(row, {"payment_failures": attempts, "last_payment_error": error[:2000]})
 
 
 def invoice_voided_handle(obj: dict[str, Any], event: StripeEvent) -> None:
     row = _sync_for(obj)
-    _status(row, "void")
+    _status(row, "void", event)
     invoice = Invoice.objects.get(pk=row.invoice_id)
     invoice_void(invoice=invoice, at=_when(obj, "voided_at", event), reason="voided in Stripe")
 
@@ -146,6 +179,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any], StripeEvent], None]] = {
     "invoice.finalized": invoice_finalized_handle,
     "invoice.paid": invoice_paid_handle,
     "invoice.payment_failed": invoice_payment_failed_handle,
+    "invoice.marked_uncollectible": invoice_marked_uncollectible_handle,
     "invoice.voided": invoice_voided_handle,
     "customer.deleted": customer_deleted_handle,
 }

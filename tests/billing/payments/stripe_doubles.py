@@ -78,6 +78,7 @@ class Recorded:
     path: str
     form: dict[str, str]
     idempotency_key: str | None
+    stripe_version: str | None = None
 
 
 class RecordingClient(stripe.HTTPClient):
@@ -93,6 +94,18 @@ class RecordingClient(stripe.HTTPClient):
         self._lock = threading.Lock()
         self.rules = StripeRules()
         self.clock: datetime | None = None  # Stripe's "now" (None: the real time)
+        self.invoice_payments: dict[str, list[dict[str, Any]]] = {}  # Stripe invoice id -> its payments
+
+    def decline(self, stripe_invoice_id: str, *, code: str, decline_code: str, message: str, created: int) -> None:
+        """A failed payment of the invoice, as Stripe's invoice payment with its PaymentIntent expanded."""
+        intent = copy.deepcopy(FIXTURES["payment_intent"])
+        intent.update(id=f"pi_{next(self._ids)}", status="requires_payment_method",
+                      last_payment_error={"type": "card_error", "code": code, "decline_code": decline_code,
+                                          "message": message})
+        payment = copy.deepcopy(FIXTURES["invoice_payment"])
+        payment.update(id=f"inpay_{next(self._ids)}", invoice=stripe_invoice_id, created=created, status="open",
+                       payment={"type": "payment_intent", "payment_intent": intent})
+        self.invoice_payments.setdefault(stripe_invoice_id, []).append(payment)
 
     def now(self) -> datetime:
         return self.clock or datetime.now(timezone.utc)
@@ -103,7 +116,7 @@ class RecordingClient(stripe.HTTPClient):
         form = dict(parse_qsl(body or parts.query, keep_blank_values=True))
         key = (headers or {}).get("Idempotency-Key")
         with self._lock:
-            self.requests.append(Recorded(method, parts.path, form, key))
+            self.requests.append(Recorded(method, parts.path, form, key, (headers or {}).get("Stripe-Version")))
         if any(method == m and re.fullmatch(p, parts.path) for m, p in self.fail_on):
             raise stripe.APIConnectionError(f"recording client: {method} {parts.path} timed out")
         if key:
@@ -124,6 +137,11 @@ class RecordingClient(stripe.HTTPClient):
         refused = self._refused(method, path, form)
         if refused is not None:
             return refused
+        if method == "get" and path == "/v1/invoice_payments":
+            if form.get("expand[0]") != "data.payment.payment_intent":
+                return stripe_error(400, "invalid_request_error", "this double answers only with the payment expanded")
+            listed = self.invoice_payments.get(form.get("invoice", ""), [])
+            return json.dumps({"object": "list", "url": path, "has_more": False, "data": listed}), 200, {}
         if method == "get" and path == "/v1/billing/meters":
             if self.down:
                 raise stripe.APIConnectionError("recording client: Stripe is down")
