@@ -222,6 +222,13 @@ STRIPE_API_VERSION = os.environ.get("STRIPE_API_VERSION", "2026-10-28.endive")
 # one Stripe account never collide (docs/payments.md "Several installations, one Stripe account").
 STRIPE_INSTALLATION_ID = os.environ.get("STRIPE_INSTALLATION_ID", "")
 
+# --- Paystack (the second provider: plans billed in paystack_invoices mode) -----------------------------
+# No secret key: the Paystack integration is off (no payment links; every webhook is refused with 400).
+PAYSTACK_SECRET_KEY = os.environ.get("PAYSTACK_SECRET_KEY", "")
+PAYSTACK_API_BASE = os.environ.get("PAYSTACK_API_BASE", "https://api.paystack.co")
+PAYSTACK_CALLBACK_URL = os.environ.get("PAYSTACK_CALLBACK_URL", "")  # where Paystack's checkout returns the payer
+PAYSTACK_TIMEOUT_SECONDS = float(os.environ.get("PAYSTACK_TIMEOUT_SECONDS", "20"))
+
 # --- Email ------------------------------------------------------------------------------------------
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

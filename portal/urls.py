@@ -37,7 +37,7 @@ from billing.notify.apis import (
     WebhookEndpointDetailApi,
     WebhookEndpointsApi,
 )
-from billing.payments.views import stripe_webhook
+from billing.payments.views import paystack_webhook, stripe_webhook
 from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi, ReservationSettleApi
 from portal import gateway
 from portal.health import healthz, readyz
@@ -111,6 +111,7 @@ urlpatterns = [
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("gateway/v1/chat/completions", gateway.chat_completions, name="gateway-chat-completions"),
     path("gateway/v1/embeddings", gateway.embeddings, name="gateway-embeddings"),
+    path("webhooks/paystack", paystack_webhook, name="paystack-webhook"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
          name="api-docs"),
     path("api/v1/", include(api)),

@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 MINOR_UNITS: dict[str, int] = {
     "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2, "DKK": 2,
     "PLN": 2, "CZK": 2, "INR": 2, "BRL": 2, "MXN": 2, "SGD": 2, "HKD": 2, "CNY": 2, "ZAR": 2,
+    "NGN": 2, "GHS": 2, "KES": 2, "EGP": 2,  # with ZAR and USD: Paystack's currencies (NGN in kobo)
     "JPY": 0, "KRW": 0, "CLP": 0, "VND": 0, "ISK": 0,
     "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3,
 }

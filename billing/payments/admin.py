@@ -3,6 +3,8 @@ from django.contrib import admin
 from billing.audit.admin import AuditedAdmin
 from billing.payments.models import (
     MeterUsageReport,
+    PaystackEvent,
+    PaystackPayment,
     PlanBilling,
     StripeCustomer,
     StripeEvent,
@@ -44,3 +46,15 @@ class StripeEventAdmin(AuditedAdmin):
     list_display = ("event_id", "type", "status", "attempts", "error", "received_at")
     list_filter = ("status", "type")
     readonly_fields = ("event_id", "type", "created", "payload", "received_at")
+
+
+@admin.register(PaystackPayment)
+class PaystackPaymentAdmin(admin.ModelAdmin):
+    list_display = ("invoice", "reference", "state", "attempts", "last_error", "paid_at")
+    list_filter = ("state",)
+
+
+@admin.register(PaystackEvent)
+class PaystackEventAdmin(admin.ModelAdmin):
+    list_display = ("event_key", "type", "status", "attempts", "received_at", "processed_at")
+    list_filter = ("status", "type")

@@ -38,12 +38,14 @@ class SyncRow(models.Model):
 
 
 class BillingMode(models.TextChoices):
-    TOLLGATE_INVOICES = "tollgate_invoices"
-    STRIPE_METERS = "stripe_meters"
+    TOLLGATE_INVOICES = "tollgate_invoices"  # Tollgate's invoice, collected by Stripe
+    STRIPE_METERS = "stripe_meters"  # Stripe bills from its Billing Meters
+    PAYSTACK_INVOICES = "paystack_invoices"  # Tollgate's invoice, collected by Paystack (a payment link)
 
 
 class PlanBilling(models.Model):
-    """How a plan is billed through Stripe (docs/payments.md). A plan without a row: Tollgate invoices."""
+    """How a plan is billed and who collects (docs/payments.md): the provider is chosen per plan, so every
+    invoice of a plan goes to one provider. A plan without a row: Tollgate invoices, collected by Stripe."""
 
     plan = models.OneToOneField(Plan, on_delete=models.CASCADE, related_name="stripe_billing")
     mode = models.CharField(max_length=32, choices=BillingMode.choices, default=BillingMode.TOLLGATE_INVOICES)
@@ -166,3 +168,41 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.type} ({self.status})"
+
+
+class PaystackPayment(SyncRow):
+    """A finalized Tollgate invoice of a Paystack plan: its payment link (a transaction initialized with the
+    invoice's total). ``reference`` is ours, unique per Paystack integration, and names the invoice in
+    ``charge.success``; ``paid_at`` is set by that event."""
+
+    invoice = models.OneToOneField(Invoice, on_delete=models.PROTECT, related_name="paystack")
+    reference = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    authorization_url = models.URLField(max_length=500, blank=True, default="")
+    access_code = models.CharField(max_length=100, blank=True, default="")
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="paystack_payment_due")]
+
+    def __str__(self) -> str:
+        return f"invoice {self.invoice_id} -> {self.reference or '?'} ({self.state})"
+
+
+class PaystackEvent(models.Model):
+    """A verified Paystack webhook event, stored once and processed once. Paystack's events carry no id of
+    their own: ``event_key`` is the event type and its object's id (``charge.success:302961``)."""
+
+    event_key = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=StripeEvent.Status.choices, default=StripeEvent.Status.RECEIVED)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "received_at"], name="paystack_event_status")]
+
+    def __str__(self) -> str:
+        return f"{self.event_key} ({self.status})"

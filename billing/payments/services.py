@@ -76,7 +76,7 @@ def _row_done(row: SyncRowT, *, now: datetime, **fields: Any) -> SyncRowT:
 def _row_error(row: SyncRowT, exc: GatewayError, *, now: datetime) -> SyncRowT:
     attempts = row.attempts + 1
     state = SyncState.PENDING if exc.retryable else SyncState.FAILED
-    log.warning("stripe sync %s failed (attempt %d, %s): %s", row, attempts, state, exc)
+    log.warning("payments sync %s failed (attempt %d, %s): %s", row, attempts, state, exc)
     return _row_save(row, {"state": state, "attempts": attempts, "last_error": str(exc)[:2000],
                            "next_attempt_at": now + backoff(attempts), "leased_until": None})
 

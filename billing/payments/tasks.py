@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import shared_task
 
-from billing.payments import services, webhooks
+from billing.payments import paystack_services, services, webhooks
 from billing.payments.models import SyncState
 
 MAX_RETRIES = 6  # then the beat task's sweep (every 5 minutes) takes over
@@ -43,10 +43,25 @@ def stripe_event_process_task(event_pk: int) -> str:
     return webhooks.stripe_event_process(event_pk=event_pk).status
 
 
+@shared_task(name="payments.paystack_link", bind=True, acks_late=True)
+def paystack_payment_link_task(self: Any, invoice_pk: int) -> str:
+    row = paystack_services.paystack_payment_link(invoice_pk=invoice_pk)
+    if row is None:
+        return "none"
+    _retry_if_pending(self, row.state, row.attempts)
+    return row.state
+
+
+@shared_task(name="payments.paystack_event_process", acks_late=True)
+def paystack_event_process_task(event_pk: int) -> str:
+    return paystack_services.paystack_event_process(event_pk=event_pk).status
+
+
 @shared_task(name="payments.sync_pending")
 def stripe_sync_pending_task() -> dict[str, int]:
     done = services.stripe_sync_pending()
     done["events"] = webhooks.stripe_events_retry_failed()
+    done.update(paystack_services.paystack_sync_pending())
     return done
 
 

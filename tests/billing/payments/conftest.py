@@ -72,10 +72,10 @@ def make_invoice() -> Callable[..., Invoice]:
     """A finalized invoice built directly: lines as (amount_minor, description)."""
 
     def make(customer: Customer, lines: list[tuple[int, str]], *, credits_minor: int = 0, plan: Any = None,
-             month: int = 1, total_minor: int | None = None) -> Invoice:
+             month: int = 1, total_minor: int | None = None, currency: str = "USD") -> Invoice:
         subtotal = sum(amount for amount, _ in lines)
         invoice = Invoice.objects.create(
-            customer=customer, plan=plan, currency="USD",
+            customer=customer, plan=plan, currency=currency,
             period_start=datetime(2026, month, 1, tzinfo=timezone.utc),
             period_end=datetime(2026, month + 1, 1, tzinfo=timezone.utc),
             subtotal_minor=subtotal, credits_minor=credits_minor,
