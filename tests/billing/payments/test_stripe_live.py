@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -26,6 +27,7 @@ from billing.payments.services import (
     stripe_invoice_sync_schedule,
 )
 from billing.usage.models import HourlyRollup
+from ledger.ids import use_namespace
 
 KEY = os.environ.get("STRIPE_TEST_SECRET_KEY", "")
 pytestmark = [
@@ -36,11 +38,15 @@ pytestmark = [
 
 
 @pytest.fixture
-def live(settings: Any) -> None:
+def live(settings: Any) -> Iterator[None]:
+    """Each run is a fresh installation (its own id), as a new test database is: a second run in the same
+    Stripe account within 24 hours reuses none of the first one's keys or meter-event identifiers."""
     assert KEY.startswith("sk_test_"), "only a test-mode key"
     settings.STRIPE_SECRET_KEY = KEY
     settings.STRIPE_API_BASE = "https://api.stripe.com"
     settings.STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
+    with use_namespace(f"live{uuid.uuid4().hex[:12]}"):
+        yield
 
 
 def test_customer_invoice_and_meter_usage_against_stripe_test_mode(live, make_invoice, tokens_meter):
