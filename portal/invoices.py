@@ -11,7 +11,7 @@ from django.shortcuts import render
 from billing.catalog import money
 from billing.customers.models import CustomerUser
 from billing.invoicing.models import Invoice
-from billing.payments.selectors import plans_billed_by_stripe
+from billing.payments.selectors import payment_links, plans_billed_by_stripe
 
 
 @login_required
@@ -35,5 +35,5 @@ def invoice_document(request: HttpRequest, invoice_id: int) -> HttpResponse:
         "invoice": invoice, "lines": lines, "seller": settings.TOLLGATE_SELLER, "printable": "print" in request.GET,
         "subtotal": major(invoice.subtotal_minor), "credits": major(invoice.credits_minor),
         "total": major(invoice.total_minor), "credit_notes": invoice.credit_notes.order_by("pk"),
-        "billed_by_stripe": billed_by_stripe,
+        "billed_by_stripe": billed_by_stripe, "pay_url": payment_links(invoices=[invoice]).get(invoice.pk, ""),
     })

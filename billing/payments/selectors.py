@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from django.db.models import Count
 
 from billing.invoicing.models import Invoice
-from billing.payments.models import BillingMode, MeterUsageReport, PlanBilling, StripeCustomer, StripeEvent, StripeInvoiceSync
+from billing.payments.models import (
+    BillingMode,
+    MeterUsageReport,
+    PaystackPayment,
+    PlanBilling,
+    StripeCustomer,
+    StripeEvent,
+    StripeInvoiceSync,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,18 @@ def plans_billed_by_stripe(*, plan_ids: Iterable[int | None]) -> set[int]:
     Tollgate invoices are statements, the customer pays Stripe's invoice, so they are never "not paid"."""
     wanted = {pk for pk in plan_ids if pk is not None}
     return set(PlanBilling.objects.filter(plan_id__in=wanted, mode=BillingMode.STRIPE_METERS).values_list("plan_id", flat=True))
+
+
+def payment_links(*, invoices: Iterable[Invoice]) -> dict[int, str]:
+    """Where the customer pays each unpaid invoice: Stripe's hosted invoice page (while Stripe is collecting
+    it) or Paystack's checkout (the invoice's payment link). Invoices with neither are absent."""
+    unpaid = [inv.pk for inv in invoices if inv.status in (Invoice.Status.FINALIZED, Invoice.Status.UNCOLLECTIBLE)]
+    links: dict[int, str] = dict(
+        StripeInvoiceSync.objects.filter(invoice_id__in=unpaid, stripe_status__in=("open", "uncollectible"))
+        .exclude(hosted_invoice_url="").values_list("invoice_id", "hosted_invoice_url"))
+    links.update(PaystackPayment.objects.filter(invoice_id__in=unpaid, paid_at__isnull=True)
+                 .exclude(authorization_url="").values_list("invoice_id", "authorization_url"))
+    return links
 
 
 def sync_summary() -> dict[str, dict[str, int]]:

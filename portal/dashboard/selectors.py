@@ -34,7 +34,7 @@ from billing.guardrails.selectors import (
 )
 from billing.invoicing.lines import Estimate, upcoming_invoice
 from billing.invoicing.models import Invoice
-from billing.payments.selectors import plans_billed_by_stripe
+from billing.payments.selectors import payment_links, plans_billed_by_stripe
 from billing.usage.models import UsageEvent
 from billing.usage.selectors import usage_aggregate
 from portal.dashboard.costs import UnitCost, cost_of, filter_keys, unit_costs
@@ -268,11 +268,13 @@ def run_steps(*, customer: Customer, now: datetime, run_id: str, costs: list[Uni
 # --- invoices and users ---------------------------------------------------------------------------
 
 def invoice_list(*, customer: Customer) -> list[dict[str, Any]]:
-    """Each invoice with its total; ``billed_by_stripe``: a finalized invoice of a plan Stripe bills from
-    its meters, which the customer pays through Stripe's own invoice (shown as such, not as unpaid)."""
+    """Each invoice with its total; ``pay_url``: where to pay it (Stripe's or Paystack's page);
+    ``billed_by_stripe``: a finalized invoice of a plan Stripe bills from its meters, which the customer
+    pays through Stripe's own invoice (shown as such, not as unpaid)."""
     invoices = list(Invoice.objects.filter(customer=customer).order_by("-period_start", "-id"))
     by_stripe = plans_billed_by_stripe(plan_ids=[inv.plan_id for inv in invoices])
-    return [{"invoice": inv, "total": from_minor(inv.total_minor, inv.currency),
+    links = payment_links(invoices=invoices)
+    return [{"invoice": inv, "total": from_minor(inv.total_minor, inv.currency), "pay_url": links.get(inv.pk, ""),
              "billed_by_stripe": inv.status == Invoice.Status.FINALIZED and inv.plan_id in by_stripe}
             for inv in invoices]
 

@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from billing.catalog.models import Plan
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice, InvoiceLine
-from billing.payments import gateway
+from billing.payments import gateway, paystack
+from billing.payments.models import BillingMode
+from billing.payments.services import plan_billing_mode_set
+from tests.billing.payments.paystack_doubles import RecordingPaystack
 from tests.billing.payments.stripe_doubles import LocalStripe, RecordingClient
 
 WEBHOOK_SECRET = "whsec_test_tollgate"
@@ -62,6 +66,33 @@ def stripe_on(settings: Any, localstripe: LocalStripe, stripe_http: RecordingCli
 def webhook_secret(settings: Any) -> str:
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
     return WEBHOOK_SECRET
+
+
+PAYSTACK_SECRET = "sk_test_paystack_tollgate"
+PAYSTACK_BASE = "https://paystack.test/api"
+
+
+@pytest.fixture
+def paystack_on(settings: Any, monkeypatch: pytest.MonkeyPatch) -> RecordingPaystack:
+    settings.PAYSTACK_SECRET_KEY = PAYSTACK_SECRET
+    settings.PAYSTACK_API_BASE = PAYSTACK_BASE
+    recording = RecordingPaystack(PAYSTACK_SECRET)
+    monkeypatch.setattr(paystack, "TRANSPORT", recording)
+    return recording
+
+
+@pytest.fixture
+def naira_plan(db: None) -> Plan:
+    plan = Plan.objects.create(key="naira", name="Naira", currency="NGN")
+    plan_billing_mode_set(plan=plan, mode=BillingMode.PAYSTACK_INVOICES)
+    return plan
+
+
+@pytest.fixture
+def naira_invoice(acme: Customer, naira_plan: Plan, make_invoice: Callable[..., Invoice]) -> Invoice:
+    acme.email = "ap@acme.test"
+    acme.save()
+    return make_invoice(acme, [(1234550, "LLM tokens"), (500000, "Base fee")], plan=naira_plan, currency="NGN")
 
 
 _numbers = iter(range(1, 10**6))

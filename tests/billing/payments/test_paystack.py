@@ -16,44 +16,19 @@ from typing import Any
 
 import pytest
 
-from billing.catalog.models import Plan
 from billing.catalog.money import from_minor, to_minor
 from billing.invoicing.models import Invoice
 from billing.invoicing.signals import invoice_finalized
-from billing.payments import paystack
-from billing.payments.models import BillingMode, PaystackEvent, PaystackPayment, StripeInvoiceSync, SyncState
+from billing.payments.models import PaystackEvent, PaystackPayment, StripeInvoiceSync, SyncState
 from billing.payments.paystack_services import paystack_payment_link, paystack_payment_schedule, paystack_sync_pending
-from billing.payments.services import plan_billing_mode_set, stripe_invoice_sync_schedule
+from billing.payments.services import stripe_invoice_sync_schedule
+from tests.billing.payments.conftest import PAYSTACK_BASE as BASE
+from tests.billing.payments.conftest import PAYSTACK_SECRET as SECRET
 from tests.billing.payments.conftest import after_backoff
-from tests.billing.payments.paystack_doubles import FIXTURES, RecordingPaystack
+from tests.billing.payments.paystack_doubles import FIXTURES
 
 pytestmark = pytest.mark.django_db
-SECRET = "sk_test_paystack_tollgate"
-BASE = "https://paystack.test/api"
 URL = "/webhooks/paystack"
-
-
-@pytest.fixture
-def paystack_on(settings, monkeypatch) -> RecordingPaystack:
-    settings.PAYSTACK_SECRET_KEY = SECRET
-    settings.PAYSTACK_API_BASE = BASE
-    recording = RecordingPaystack(SECRET)
-    monkeypatch.setattr(paystack, "TRANSPORT", recording)
-    return recording
-
-
-@pytest.fixture
-def naira_plan() -> Plan:
-    plan = Plan.objects.create(key="naira", name="Naira", currency="NGN")
-    plan_billing_mode_set(plan=plan, mode=BillingMode.PAYSTACK_INVOICES)
-    return plan
-
-
-@pytest.fixture
-def naira_invoice(acme, naira_plan, make_invoice) -> Invoice:
-    acme.email = "ap@acme.test"
-    acme.save()
-    return make_invoice(acme, [(1234550, "LLM tokens"), (500000, "Base fee")], plan=naira_plan, currency="NGN")
 
 
 def signature(body: bytes, secret: str = SECRET) -> str:
