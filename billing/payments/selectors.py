@@ -11,11 +11,14 @@ from billing.invoicing.models import Invoice
 from billing.payments.models import (
     BillingMode,
     MeterUsageReport,
+    PaystackEvent,
     PaystackPayment,
     PlanBilling,
     StripeCustomer,
     StripeEvent,
     StripeInvoiceSync,
+    SyncRow,
+    SyncState,
 )
 
 
@@ -73,8 +76,35 @@ def payment_links(*, invoices: Iterable[Invoice]) -> dict[int, str]:
 def sync_summary() -> dict[str, dict[str, int]]:
     """Counts per state of every kind of sync row, and of webhook events per status."""
     summary: dict[str, dict[str, int]] = {}
-    for name, model in (("customers", StripeCustomer), ("invoices", StripeInvoiceSync), ("meter hours", MeterUsageReport)):
+    rows: tuple[tuple[str, type[SyncRow]], ...] = (
+        ("customers", StripeCustomer), ("invoices", StripeInvoiceSync), ("meter hours", MeterUsageReport),
+        ("paystack links", PaystackPayment))
+    for name, model in rows:
         summary[name] = dict(model._default_manager.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
-    summary["webhook events"] = dict(StripeEvent.objects.values_list("status").annotate(n=Count("id"))
-                                     .values_list("status", "n"))
+    for name, events in (("webhook events", StripeEvent), ("paystack events", PaystackEvent)):
+        summary[name] = dict(events._default_manager.values_list("status").annotate(n=Count("id"))
+                             .values_list("status", "n"))
     return summary
+
+
+@dataclass(frozen=True)
+class SyncRowView:
+    kind: str  # the operator's retry key (billing.payments.operator.RETRYABLE)
+    pk: int
+    what: str
+    state: str
+    attempts: int
+    last_error: str
+
+
+def sync_rows_unsettled(*, limit: int = 100) -> list[SyncRowView]:
+    """Customers, meter hours and Paystack links that failed or wait for a retry (invoices have their own
+    table), failed first."""
+    found: list[SyncRowView] = []
+    kinds: tuple[tuple[str, type[SyncRow]], ...] = (
+        ("customer", StripeCustomer), ("meter-hour", MeterUsageReport), ("paystack-link", PaystackPayment))
+    for kind, model in kinds:
+        for row in model._default_manager.exclude(state=SyncState.SYNCED).order_by("state", "pk")[:limit]:
+            found.append(SyncRowView(kind=kind, pk=row.pk, what=str(row), state=row.state, attempts=row.attempts,
+                                     last_error=row.last_error))
+    return sorted(found, key=lambda r: (r.state != SyncState.FAILED, r.kind, r.pk))[:limit]

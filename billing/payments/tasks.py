@@ -43,6 +43,13 @@ def stripe_event_process_task(event_pk: int) -> str:
     return webhooks.stripe_event_process(event_pk=event_pk).status
 
 
+@shared_task(name="payments.meter_report_push", bind=True, acks_late=True)
+def meter_report_push_task(self: Any, report_pk: int) -> str:
+    row = services.meter_usage_push(report_pk=report_pk)
+    _retry_if_pending(self, row.state, row.attempts)
+    return row.state
+
+
 @shared_task(name="payments.paystack_link", bind=True, acks_late=True)
 def paystack_payment_link_task(self: Any, invoice_pk: int) -> str:
     row = paystack_services.paystack_payment_link(invoice_pk=invoice_pk)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("anomalies/<str:anomaly_id>/resolve", anomalies.anomaly_resolve_view, name="anomaly-resolve"),
     path("invoices/", views.invoices, name="invoices"),
     path("invoices/<int:invoice_id>/stripe-retry", views.invoice_stripe_retry, name="invoice-stripe-retry"),
+    path("payments/<slug:kind>/<int:pk>/retry", views.sync_row_retry_view, name="sync-row-retry"),
     path("customers/<str:customer_id>/guardrails/", guardrails.guardrails_page, name="guardrails"),
     path("customers/<str:customer_id>/guardrails/override", guardrails.override_save, name="guardrails-override"),
     path("customers/<str:customer_id>/guardrails/pauses", guardrails.pause_create_view, name="guardrails-pauses"),

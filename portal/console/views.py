@@ -32,7 +32,8 @@ from billing.catalog.services import plan_version_publish
 from billing.common.errors import DomainError
 from billing.common.params import parse_instant
 from billing.invoicing.selectors import draft_comparison, invoice_get
-from billing.payments.selectors import invoice_sync_list, sync_summary
+from billing.payments.operator import sync_row_retry
+from billing.payments.selectors import invoice_sync_list, sync_rows_unsettled, sync_summary
 from billing.payments.services import stripe_invoice_sync_retry
 from portal.console.forms import add_tier, definition_from_form, remove_tier
 from portal.console.selectors import customers_listed
@@ -185,7 +186,7 @@ def invoices(request: HttpRequest) -> HttpResponse:
     """Invoices with their Stripe sync state; failed and pending pushes can be retried."""
     state = request.GET.get("state", "")
     return render(request, "console/invoices.html", {"rows": invoice_sync_list(state=state), "state": state,
-                                                     "summary": sync_summary()})
+                                                     "summary": sync_summary(), "unsettled": sync_rows_unsettled()})
 
 
 @staff_required
@@ -197,4 +198,16 @@ def invoice_stripe_retry(request: HttpRequest, invoice_id: int) -> HttpResponse:
         messages.warning(request, f"Invoice {invoice} is not pushed to Stripe (a draft, a credit note or a metered plan).")
     else:
         messages.success(request, f"Invoice {invoice}: push to Stripe queued.")
+    return redirect(reverse("console:invoices"))
+
+
+@staff_required
+@require_POST
+def sync_row_retry_view(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+    """Retry a failed or pending customer, meter hour or Paystack link now."""
+    row = sync_row_retry(kind=kind, pk=pk)
+    if row is None:
+        messages.warning(request, f"Nothing to retry for {kind} {pk}.")
+    else:
+        messages.success(request, f"{row}: retry queued.")
     return redirect(reverse("console:invoices"))
