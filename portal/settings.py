@@ -217,6 +217,9 @@ STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
 # The API version every request asks for (docs/payments.md): pinned here, not left to the SDK's default,
 # which moves with the SDK in the lock file. Set the webhook endpoint in Stripe to the same version.
 STRIPE_API_VERSION = os.environ.get("STRIPE_API_VERSION", "2026-10-28.endive")
+# Due days of a Stripe invoice sent to a customer without a default payment method (collection_method
+# send_invoice); a customer with one is charged automatically.
+STRIPE_DAYS_UNTIL_DUE = int(os.environ.get("STRIPE_DAYS_UNTIL_DUE", "30"))
 # The prefix of every idempotency key, meter-event identifier and metadata tag sent to Stripe. Unset: the
 # installation's id stored with the database (ledger.models.Installation), so two installations sharing
 # one Stripe account never collide (docs/payments.md "Several installations, one Stripe account").

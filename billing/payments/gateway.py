@@ -117,6 +117,39 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _error(exc) from exc
 
+    def customer_default_payment_method_set(self, *, stripe_customer_id: str, customer_pk: int, payment_method: str) -> None:
+        """Invoices of this customer are charged to ``payment_method`` from now on."""
+        params: stripe.params.CustomerUpdateParams = {"invoice_settings": {"default_payment_method": payment_method}}
+        key = self._key("customer", customer_pk, "default-payment-method", payment_method)
+        try:
+            self._client.v1.customers.update(stripe_customer_id, params, {"idempotency_key": key})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
+    def checkout_setup_session(self, *, stripe_customer_id: str, customer_pk: int, request_id: str, success_url: str,
+                               cancel_url: str) -> str:
+        """A Stripe Checkout page in setup mode, where the customer saves a card for later charges; its URL."""
+        params: stripe.params.checkout.SessionCreateParams = {
+            "mode": "setup", "customer": stripe_customer_id, "allowed_payment_method_types": ["card"],
+            "success_url": success_url, "cancel_url": cancel_url,
+            "metadata": self._metadata(**{METADATA_CUSTOMER: str(customer_pk)}),
+        }
+        key = self._key("customer", customer_pk, "setup", request_id)
+        try:
+            session = self._client.v1.checkout.sessions.create(params, {"idempotency_key": key})
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        return str(session.url or "")
+
+    def setup_intent_payment_method(self, *, setup_intent_id: str) -> str:
+        """The payment method a completed SetupIntent saved ('' when none)."""
+        try:
+            intent = self._client.v1.setup_intents.retrieve(setup_intent_id)
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+        found = intent.payment_method
+        return "" if found is None else str(found if isinstance(found, str) else found.id)
+
     # --- invoices (mode tollgate_invoices) --------------------------------------------------------------
     def invoice_find(self, *, stripe_customer_id: str, invoice_pk: int) -> RemoteInvoice | None:
         """The Stripe invoice an earlier push created for this Tollgate invoice, if any: the safety net
@@ -136,11 +169,13 @@ class StripeGateway:
         return None
 
     def invoice_create(self, *, invoice_pk: int, stripe_customer_id: str, currency: str, number: str,
-                       description: str) -> RemoteInvoice:
+                       description: str, days_until_due: int | None = None) -> RemoteInvoice:
+        """``days_until_due`` None: charged to the customer's default payment method; otherwise Stripe emails
+        the invoice (with its hosted page) to be paid within that many days."""
         params: stripe.params.InvoiceCreateParams = {
             "customer": stripe_customer_id,
             "currency": currency.lower(),
-            "collection_method": "charge_automatically",
+            "collection_method": "charge_automatically" if days_until_due is None else "send_invoice",
             "auto_advance": False,  # we finalize explicitly once every line is on it
             "pending_invoice_items_behavior": "exclude",  # only the items we attach below
             "description": description,
@@ -148,6 +183,8 @@ class StripeGateway:
             # shown on Stripe's hosted page and PDF: the customer's link to our invoice document
             "custom_fields": [{"name": "Invoice", "value": number[:140]}],
         }
+        if days_until_due is not None:
+            params["days_until_due"] = days_until_due
         try:
             obj = self._client.v1.invoices.create(params, {"idempotency_key": self._key("invoice", invoice_pk)})
         except stripe.StripeError as exc:

@@ -63,6 +63,9 @@ class StripeCustomer(SyncRow):
     stripe_customer_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
     synced_version = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)  # deleted in Stripe (customer.deleted)
+    # the customer's default payment method in Stripe ('' none): invoices are charged to it, or else sent
+    # to be paid by the due date (docs/payments.md "Payment methods")
+    default_payment_method = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         indexes = [models.Index(fields=["state", "next_attempt_at"], name="stripe_customer_due")]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Count
 
+from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
 from billing.payments.models import (
     BillingMode,
@@ -71,6 +73,19 @@ def payment_links(*, invoices: Iterable[Invoice]) -> dict[int, str]:
     links.update(PaystackPayment.objects.filter(invoice_id__in=unpaid, paid_at__isnull=True)
                  .exclude(authorization_url="").values_list("invoice_id", "authorization_url"))
     return links
+
+
+@dataclass(frozen=True)
+class PaymentMethodState:
+    enabled: bool  # Stripe is configured: the customer can save a card
+    has_default: bool  # invoices are charged to it; otherwise sent with a due date
+    days_until_due: int
+
+
+def payment_method_state(*, customer: Customer) -> PaymentMethodState:
+    card = StripeCustomer.objects.filter(customer=customer).values_list("default_payment_method", flat=True).first()
+    return PaymentMethodState(enabled=bool(settings.STRIPE_SECRET_KEY), has_default=bool(card),
+                              days_until_due=int(settings.STRIPE_DAYS_UNTIL_DUE))
 
 
 def sync_summary() -> dict[str, dict[str, int]]:

@@ -188,6 +188,13 @@ def stripe_invoice_sync_retry(*, invoice: Invoice) -> StripeInvoiceSync | None:
     return stripe_invoice_sync_schedule(invoice=invoice)
 
 
+def _days_until_due(customer_pk: int) -> int | None:
+    """None (charge automatically) for a customer with a default payment method; otherwise the due days of
+    an invoice Stripe sends (a first charge attempt without a card would only fail)."""
+    card = StripeCustomer.objects.filter(customer_id=customer_pk).values_list("default_payment_method", flat=True).first()
+    return None if card else int(settings.STRIPE_DAYS_UNTIL_DUE)
+
+
 class InvoiceMismatch(GatewayError):
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False, code="amount_mismatch")
@@ -233,7 +240,8 @@ def stripe_invoice_push(*, invoice_pk: int, now: datetime | None = None) -> Stri
         if not row.stripe_invoice_id:
             remote = gateway.invoice_find(stripe_customer_id=customer_id, invoice_pk=invoice.pk) or gateway.invoice_create(
                 invoice_pk=invoice.pk, stripe_customer_id=customer_id, currency=invoice.currency,
-                number=invoice.number or "", description=f"Tollgate invoice {invoice.number}")
+                number=invoice.number or "", description=f"Tollgate invoice {invoice.number}",
+                days_until_due=_days_until_due(invoice.customer_id))
             _row_save(row, {"stripe_invoice_id": remote.id, "stripe_status": forward_status(row.stripe_status, remote.status)})
         assert row.stripe_invoice_id
         pushed = set(row.items.values_list("position", flat=True))

@@ -175,6 +175,55 @@ def customer_deleted_handle(obj: dict[str, Any], event: StripeEvent) -> None:
         _row_save(row, {"deleted_at": timezone.now()})
 
 
+# --- payment methods -----------------------------------------------------------------------------------------
+def _customer_for(stripe_customer_id: object) -> StripeCustomer:
+    row = StripeCustomer.objects.select_for_update().filter(stripe_customer_id=str(stripe_customer_id or "")).first()
+    if row is None or not stripe_customer_id:
+        raise NotOurs(f"Stripe customer {stripe_customer_id} is not a Tollgate customer")
+    return row
+
+
+def _default_payment_method_set(row: StripeCustomer, payment_method: str) -> None:
+    assert row.stripe_customer_id
+    gateway_get().customer_default_payment_method_set(stripe_customer_id=row.stripe_customer_id,
+                                                      customer_pk=row.customer_id, payment_method=payment_method)
+    _row_save(row, {"default_payment_method": payment_method})
+
+
+def checkout_session_completed_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    """The customer saved a card on the Checkout page (setup mode): it becomes the default for invoices."""
+    if obj.get("mode") != "setup" or not obj.get("setup_intent"):
+        raise NotOurs(f"Checkout session {obj.get('id')} is not a payment-method setup")
+    row = _customer_for(obj.get("customer"))
+    payment_method = gateway_get().setup_intent_payment_method(setup_intent_id=str(obj["setup_intent"]))
+    if payment_method and payment_method != row.default_payment_method:
+        _default_payment_method_set(row, payment_method)
+
+
+def customer_updated_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    """The default payment method as Stripe holds it (changed in Stripe's dashboard or portal too)."""
+    row = _customer_for(obj.get("id"))
+    found = (obj.get("invoice_settings") or {}).get("default_payment_method")
+    found = found.get("id") if isinstance(found, dict) else found
+    if (found or "") != row.default_payment_method:
+        _row_save(row, {"default_payment_method": str(found or "")})
+
+
+def payment_method_attached_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    """A card attached to a customer without a default (by the operator in Stripe, say) becomes the default."""
+    row = _customer_for(obj.get("customer"))
+    if not row.default_payment_method and obj.get("id"):
+        _default_payment_method_set(row, str(obj["id"]))
+
+
+def payment_method_detached_handle(obj: dict[str, Any], event: StripeEvent) -> None:
+    """The default card was removed: invoices are sent to be paid by their due date until there is another."""
+    row = StripeCustomer.objects.select_for_update().filter(default_payment_method=str(obj.get("id") or "")).first()
+    if row is None or not obj.get("id"):
+        raise NotOurs(f"payment method {obj.get('id')} is no Tollgate customer's default")
+    _row_save(row, {"default_payment_method": ""})
+
+
 HANDLERS: dict[str, Callable[[dict[str, Any], StripeEvent], None]] = {
     "invoice.finalized": invoice_finalized_handle,
     "invoice.paid": invoice_paid_handle,
@@ -182,4 +231,8 @@ HANDLERS: dict[str, Callable[[dict[str, Any], StripeEvent], None]] = {
     "invoice.marked_uncollectible": invoice_marked_uncollectible_handle,
     "invoice.voided": invoice_voided_handle,
     "customer.deleted": customer_deleted_handle,
+    "customer.updated": customer_updated_handle,
+    "checkout.session.completed": checkout_session_completed_handle,
+    "payment_method.attached": payment_method_attached_handle,
+    "payment_method.detached": payment_method_detached_handle,
 }

@@ -17,6 +17,7 @@ urlpatterns = [
     path("<str:customer_id>/invoices/", views.invoices, name="invoices"),
     path("<str:customer_id>/settings/", views.settings_page, name="settings"),
     path("<str:customer_id>/settings/users", views.settings_user_add, name="settings-users"),
+    path("<str:customer_id>/settings/payment-method", views.settings_payment_method, name="settings-payment-method"),
     path("<str:customer_id>/settings/thresholds", views.settings_threshold_add, name="settings-thresholds"),
     path("<str:customer_id>/settings/thresholds/<int:pk>/delete", views.settings_threshold_delete,
          name="settings-threshold-delete"),

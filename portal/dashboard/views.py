@@ -24,6 +24,9 @@ from billing.customers.models import Customer
 from billing.customers.selectors import customer_find, customer_user_customer_pk, customers_by_external_id
 from billing.guardrails.alerts import alert_threshold_create, alert_threshold_delete
 from billing.invoicing.lines import Estimate
+from billing.payments.checkout import payment_method_setup_start
+from billing.payments.gateway import GatewayError
+from billing.payments.selectors import payment_method_state
 from portal.dashboard import charts, selectors
 from portal.dashboard.forms import (
     BudgetForm,
@@ -191,6 +194,7 @@ def _settings(request: HttpRequest, customer: Customer, status: int = 200, **for
         "project_pause_form": PauseForm(prefix="project-pause", initial={"scope": "project"}),
         "gateway_keys": selectors.gateway_keys(customer=customer), "gateway_key_form": GatewayKeyForm(),
         "new_gateway_key": "",
+        "payment_method": payment_method_state(customer=customer), "payment_method_error": "",
     }
     context.update(forms)
     return render(request, "dashboard/settings.html", context, status=status)
@@ -210,6 +214,20 @@ def settings_page(request: HttpRequest, customer: Customer) -> HttpResponse:
         return _settings(request, customer, contact_form=form, status=422)
     invoice_contact_set(customer=customer, email=form.cleaned_data["email"])
     return _settings_saved(customer, "contact")
+
+
+@customer_view
+def settings_payment_method(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """POST: open Stripe Checkout (setup mode) to save a card; Stripe sends the customer back to settings,
+    and its webhook makes the card the default for invoices."""
+    if request.method != "POST":
+        return redirect("dashboard:settings", customer_id=customer.external_id)
+    back = request.build_absolute_uri(reverse("dashboard:settings", args=[customer.external_id]))
+    try:
+        url = payment_method_setup_start(customer=customer, success_url=f"{back}?saved=payment-method", cancel_url=back)
+    except GatewayError as exc:
+        return _settings(request, customer, status=503, payment_method_error=f"Stripe is not available: {exc}")
+    return redirect(url)
 
 
 @customer_view

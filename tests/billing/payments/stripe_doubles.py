@@ -41,6 +41,7 @@ CANNED = [
     ("post", re.compile(r"^/v1/billing/meter_events$"), "billing.meter_event"),
     ("post", re.compile(r"^/v1/billing/meter_event_adjustments$"), "billing.meter_event_adjustment"),
     ("post", re.compile(r"^/v1/invoices/(?P<id>[^/]+)/(finalize|void|pay|mark_uncollectible)$"), "invoice"),
+    ("post", re.compile(r"^/v1/checkout/sessions$"), "checkout.session"),
 ]
 
 
@@ -161,6 +162,8 @@ class RecordingClient(stripe.HTTPClient):
                 for name, value in form.items():  # reflect the scalar fields sent, as stripe-mock does
                     if "[" not in name and name in answer and not isinstance(answer[name], dict | list):
                         answer[name] = value
+                if resource == "checkout.session":
+                    answer["url"] = f"https://checkout.stripe.com/c/pay/{answer['id']}"
                 self._remember(resource, answer, form)
                 return json.dumps(answer), 200, {"Request-Id": "req_recorded"}
         return self.inner.request(method, url, headers, post_data)
