@@ -51,6 +51,10 @@ app.conf.beat_schedule = {
     # and corrections of earlier hours. Every 10 minutes keeps Stripe's meters at most ~12 minutes behind
     # a closed hour, far inside Stripe's 35-day window, and each run sends only the hours that changed.
     "payments-meter-usage": {"task": "payments.meter_usage_report", "schedule": 600.0},
+    # Pushed invoices compared with Stripe's (status, total): drift from missed webhooks or changes made in
+    # Stripe's dashboard shows in the console. Daily is enough for something a person looks at, and each
+    # run reads at most 500 invoices (least recently checked first).
+    "payments-reconcile": {"task": "payments.reconcile", "schedule": 86400.0},
     # Outbound webhooks: a failed delivery backs off on its own (30 s doubling to 6 h, with jitter,
     # next_attempt_at); the sweep queues what is due, and re-queues a task lost with the broker or a dead
     # worker. Every 30 s keeps the first retries close to their schedule and costs one indexed query.

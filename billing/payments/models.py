@@ -89,6 +89,9 @@ class StripeInvoiceSync(SyncRow):
     last_payment_error = models.TextField(blank=True, default="")  # the decline reason; cleared when paid or void
     # ``created`` of the newest webhook event applied: an older failure arriving late changes nothing
     stripe_changed_at = models.BigIntegerField(null=True, blank=True)
+    # the daily reconciliation (reconcile.py): what differed from Stripe at its last check ('' nothing)
+    drift = models.TextField(blank=True, default="")
+    reconciled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["state", "next_attempt_at"], name="stripe_invoice_due")]

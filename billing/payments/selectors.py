@@ -96,6 +96,8 @@ def sync_summary() -> dict[str, dict[str, int]]:
         ("paystack links", PaystackPayment))
     for name, model in rows:
         summary[name] = dict(model._default_manager.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    summary["reconciliation"] = {"checked": StripeInvoiceSync.objects.filter(reconciled_at__isnull=False).count(),
+                                 "drift": StripeInvoiceSync.objects.exclude(drift="").count()}
     for name, events in (("webhook events", StripeEvent), ("paystack events", PaystackEvent)):
         summary[name] = dict(events._default_manager.values_list("status").annotate(n=Count("id"))
                              .values_list("status", "n"))

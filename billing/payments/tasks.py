@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import shared_task
 
-from billing.payments import paystack_services, services, webhooks
+from billing.payments import paystack_services, reconcile, services, webhooks
 from billing.payments.models import SyncState
 
 MAX_RETRIES = 6  # then the beat task's sweep (every 5 minutes) takes over
@@ -70,6 +70,11 @@ def stripe_sync_pending_task() -> dict[str, int]:
     done["events"] = webhooks.stripe_events_retry_failed()
     done.update(paystack_services.paystack_sync_pending())
     return done
+
+
+@shared_task(name="payments.reconcile")
+def stripe_reconcile_task() -> dict[str, int]:
+    return reconcile.stripe_invoices_reconcile()
 
 
 @shared_task(name="payments.meter_usage_report")
