@@ -21,7 +21,7 @@ from django.utils.dateparse import parse_datetime
 
 from billing.common.queue import task_named
 from billing.invoicing.models import Invoice
-from billing.invoicing.services import invoice_mark_paid
+from billing.invoicing.services import credit_note_issue, invoice_mark_paid
 from billing.payments.gateway import METADATA_INSTALLATION, METADATA_INVOICE, GatewayError, idempotency_key, installation_id
 from billing.payments.models import BillingMode, PaystackEvent, PaystackPayment, StripeEvent, SyncState
 from billing.payments.paystack import DUPLICATE_REFERENCE, paystack_enabled, paystack_gateway_get
@@ -88,7 +88,7 @@ def paystack_payment_link(*, invoice_pk: int, now: datetime | None = None) -> Pa
 # --- webhook events ------------------------------------------------------------------------------------
 def paystack_event_key(event: dict[str, Any], payload: bytes) -> str:
     data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    object_id = data.get("id") if isinstance(data, dict) else None
+    object_id = (data.get("id") or data.get("refund_reference")) if isinstance(data, dict) else None
     if object_id not in (None, ""):
         return f"{event.get('event')}:{object_id}"
     return f"{event.get('event')}:sha256:{hashlib.sha256(payload).hexdigest()}"
@@ -160,7 +160,23 @@ def charge_success_handle(data: dict[str, Any]) -> None:
         _row_save(row, {"paid_at": paid_at})
 
 
-HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {"charge.success": charge_success_handle}
+def refund_processed_handle(data: dict[str, Any]) -> None:
+    """Paystack refunded (part of) a paid invoice: a credit note records it. The event is stored once by its
+    refund reference, so a refund makes one credit note; more than what is left to credit fails visibly."""
+    row = _payment_for({**data, "reference": data.get("transaction_reference") or data.get("reference")})
+    invoice = Invoice.objects.select_for_update().get(pk=row.invoice_id)
+    amount = int(data.get("amount") or 0)
+    credited = -sum(invoice.credit_notes.values_list("total_minor", flat=True))
+    if amount <= 0 or str(data.get("currency") or "").upper() != invoice.currency or credited + amount > invoice.total_minor:
+        raise ValueError(f"Paystack refunded {data.get('amount')} {data.get('currency')} of invoice {invoice.number} "
+                         f"({invoice.total_minor} {invoice.currency}, {credited} credited already): settle it by hand.")
+    reference = str(data.get("refund_reference") or data.get("id") or "")
+    credit_note_issue(invoice=invoice, amount_minor=amount, reason=f"Refunded through Paystack ({reference})",
+                      at=timezone.now())
+
+
+HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {"charge.success": charge_success_handle,
+                                                         "refund.processed": refund_processed_handle}
 
 
 # --- the beat task's sweep -----------------------------------------------------------------------------------

@@ -192,3 +192,35 @@ def test_an_event_whose_task_was_lost_is_processed_by_the_sweep(client, linked):
     event.refresh_from_db()
     assert event.status == "processed"
     assert Invoice.objects.get(pk=linked.invoice_id).status == Invoice.Status.PAID
+
+
+# --- refunds -------------------------------------------------------------------------------------------------------
+def refund(transaction_reference: str, amount: int, refund_reference: str) -> bytes:
+    event = copy.deepcopy(FIXTURES["refund_processed"])
+    event["data"].update(transaction_reference=transaction_reference, amount=amount, refund_reference=refund_reference)
+    return json.dumps(event).encode()
+
+
+def test_a_refund_becomes_one_credit_note_and_over_refunding_fails_visibly(client, linked, celery_eager,
+                                                                          django_capture_on_commit_callbacks):
+    def deliver(body: bytes) -> Any:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = post(client, body, signature(body))
+        assert response.status_code == 200
+        return response.json()
+
+    paid = charge_success(linked.reference or "", 1734550)
+    deliver(paid)
+    partial = refund(linked.reference or "", 234550, "TRF_one")
+    assert deliver(partial)["duplicate"] is False
+    assert deliver(partial)["duplicate"] is True  # the same refund again: one credit note
+    invoice = Invoice.objects.get(pk=linked.invoice_id)
+    [note] = invoice.credit_notes.all()
+    assert (note.total_minor, note.currency, note.kind) == (-234550, "NGN", Invoice.Kind.CREDIT_NOTE)
+    assert "TRF_one" in note.reason
+    deliver(refund(linked.reference or "", 1500001, "TRF_two"))  # more than is left to credit (1500000)
+    event = PaystackEvent.objects.get(event_key="refund.processed:TRF_two")
+    assert event.status == "failed" and "settle it by hand" in event.error
+    assert invoice.credit_notes.count() == 1
+    deliver(refund(linked.reference or "", 1500000, "TRF_three"))  # exactly the rest
+    assert sorted(invoice.credit_notes.values_list("total_minor", flat=True)) == [-1500000, -234550]
