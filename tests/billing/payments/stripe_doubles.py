@@ -7,7 +7,8 @@
   (method, path, form fields, idempotency key); calls localstripe lacks (Billing Meters, meter events,
   invoice finalize) are answered with Stripe's official example objects (stripe_fixtures.json), the rest
   go to localstripe over HTTP. Like one real Stripe account, it refuses what Stripe refuses (``StripeRules``):
-  an idempotency key reused with other parameters, a meter value of more than 15 significant digits, a
+  a parameter the SDK's types for that call do not name, an idempotency key reused with other
+  parameters, a meter value of more than 15 significant digits, a
   meter-event cancellation more than 24 hours after Stripe received the event, a second active meter with
   the same event name; and it keeps the account's meter totals, counting a repeated identifier once.
 """
@@ -43,6 +44,38 @@ CANNED = [
     ("post", re.compile(r"^/v1/invoices/(?P<id>[^/]+)/(finalize|void|pay|mark_uncollectible)$"), "invoice"),
     ("post", re.compile(r"^/v1/checkout/sessions$"), "checkout.session"),
 ]
+
+
+# (method, path pattern) -> the SDK's parameter type of that call: a top-level parameter it does not name
+# is refused as Stripe refuses an unknown parameter (mypy checks our literal dicts; this checks the wire)
+P = stripe.params
+PARAMETERS: list[tuple[str, re.Pattern[str], Any]] = [
+    ("post", re.compile(r"^/v1/customers$"), P.CustomerCreateParams),
+    ("post", re.compile(r"^/v1/customers/[^/]+$"), P.CustomerUpdateParams),
+    ("post", re.compile(r"^/v1/invoices$"), P.InvoiceCreateParams),
+    ("get", re.compile(r"^/v1/invoices$"), P.InvoiceListParams),
+    ("get", re.compile(r"^/v1/invoices/[^/]+$"), P.InvoiceRetrieveParams),
+    ("post", re.compile(r"^/v1/invoiceitems$"), P.InvoiceItemCreateParams),
+    ("post", re.compile(r"^/v1/invoices/[^/]+/finalize$"), P.InvoiceFinalizeInvoiceParams),
+    ("post", re.compile(r"^/v1/invoices/[^/]+/pay$"), P.InvoicePayParams),
+    ("post", re.compile(r"^/v1/invoices/[^/]+/void$"), P.InvoiceVoidInvoiceParams),
+    ("post", re.compile(r"^/v1/invoices/[^/]+/mark_uncollectible$"), P.InvoiceMarkUncollectibleParams),
+    ("get", re.compile(r"^/v1/invoice_payments$"), P.InvoicePaymentListParams),
+    ("get", re.compile(r"^/v1/setup_intents/[^/]+$"), P.SetupIntentRetrieveParams),
+    ("post", re.compile(r"^/v1/checkout/sessions$"), P.checkout.SessionCreateParams),
+    ("get", re.compile(r"^/v1/billing/meters$"), P.billing.MeterListParams),
+    ("post", re.compile(r"^/v1/billing/meters$"), P.billing.MeterCreateParams),
+    ("post", re.compile(r"^/v1/billing/meter_events$"), P.billing.MeterEventCreateParams),
+    ("post", re.compile(r"^/v1/billing/meter_event_adjustments$"), P.billing.MeterEventAdjustmentCreateParams),
+]
+
+
+def unknown_parameters(method: str, path: str, form: dict[str, str]) -> list[str]:
+    for known_method, pattern, params in PARAMETERS:
+        if known_method == method and pattern.match(path):
+            known = params.__required_keys__ | params.__optional_keys__
+            return sorted({name.split("[", 1)[0] for name in form} - known)
+    return []
 
 
 MAX_SIGNIFICANT_DIGITS = 15  # Stripe's precision of a meter event's value
@@ -169,6 +202,9 @@ class RecordingClient(stripe.HTTPClient):
         return self.inner.request(method, url, headers, post_data)
 
     def _refused(self, method: str, path: str, form: dict[str, str]) -> Any:
+        unknown = unknown_parameters(method, path, form)
+        if unknown:
+            return stripe_error(400, "invalid_request_error", f"Received unknown parameter: {unknown[0]}")
         if method != "post":
             return None
         if path == "/v1/billing/meter_events":

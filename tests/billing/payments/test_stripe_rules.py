@@ -145,3 +145,17 @@ def test_an_existing_meter_is_found_by_its_event_name(stripe_on, metered, acme, 
     assert stripe_on.calls("post", "/v1/billing/meters") == []
     assert StripeMeter.objects.get(meter=tokens_meter).stripe_meter_id == existing
     assert stripe_total(stripe_on, acme) == Decimal(5)
+
+
+def test_an_unknown_parameter_is_refused_as_stripe_refuses_it(stripe_on):
+    from tests.billing.payments.stripe_doubles import unknown_parameters
+
+    assert unknown_parameters("post", "/v1/invoices", {"customer": "cus_1", "metadata[a]": "b", "collection": "x"}) == [
+        "collection"]
+    import stripe
+
+    gateway = gateway_get()
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        # a call outside the gateway's typed methods, as a careless change would make it
+        gateway._client.v1.customers.create({"name": "Acme", "nmae": "typo"})  # type: ignore[arg-type]
+    assert refused.value.http_status == 400 and "Received unknown parameter: nmae" in str(refused.value)
