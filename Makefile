@@ -77,8 +77,8 @@ bench: bench-ingest bench-ledger bench-rollup bench-gateway bench-sdk
 
 ## drills: the ledger under faults: gunicorn on a throwaway PostgreSQL and a three-replica TigerBeetle cluster, 4 retrying
 ## limited clients while a backup replica, then the primary are SIGKILLed and restarted, then the whole cluster is down
-## for 20 s; fails unless nothing is lost or debited twice and the quota is exact (DRILL_ARGS="--schedule quick" for the
-## CI variant); figures in docs/operations.md
+## for 20 s, then app workers are SIGKILLed; fails unless nothing is lost or debited twice and the quota is exact
+## (DRILL_ARGS="--schedule quick" for the CI variant); figures in docs/operations.md
 drills: install
 	$(PY) bench/drills.py $(DRILL_ARGS)
 

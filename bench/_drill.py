@@ -30,6 +30,7 @@ class Answer:
     retry_after: str | None
     accepted: int = 0
     refused: int = 0
+    duplicates: int = 0  # of the accepted: stored by an earlier try whose answer was lost (a retry after a drop)
     detail: str = ""
 
 
@@ -123,7 +124,9 @@ class Client(threading.Thread):
             if status == 200:
                 results = json.loads(data)["results"]
                 accepted = sum(1 for r in results if r["status"] in ("accepted", "duplicate"))
-                self.record.answer(Answer(time.monotonic(), status, retry_after, accepted, len(results) - accepted))
+                duplicates = sum(1 for r in results if r["status"] == "duplicate")
+                self.record.answer(Answer(time.monotonic(), status, retry_after, accepted, len(results) - accepted,
+                                          duplicates))
                 return results
             self.record.answer(Answer(time.monotonic(), status, retry_after, detail=data[:300].decode(errors="replace")))
             time.sleep(float(retry_after) if status == 503 and retry_after else 1.0)

@@ -5,14 +5,17 @@ gunicorn serves ``portal.wsgi`` on PostgreSQL and the cluster; 4 retrying client
 
 1. one backup replica is SIGKILLed, and restarted 5 s later on its data file;
 2. then the primary (the replica leading the current view, read from the replicas' logs), the same way;
-3. then the whole cluster is killed and stays down for 20 s, then started again.
+3. then the whole cluster is killed and stays down for 20 s, then started again;
+4. then a gunicorn worker is SIGKILLed in the middle of its requests, three times (the protocol between the
+   event rows and the debits, ledger/holds.py: the retried batch must be stored once and debited once).
 
 Then the hard limit is set (through the API, on the running app) a few hundred units above what was
 accepted, the clients go on until it refuses them, and one last client tops it off to the last unit.
 The drill fails unless: no event the app accepted is missing from the event table (0 lost), the ledger
 debited exactly the stored billable events (0 double-debited), the quota's used units equal the hard
 limit (exact), every answer while the cluster had no quorum was ``503`` with ``Retry-After`` and
-``/readyz`` was ``503`` then, and ingest recovered without restarting the app (the same gunicorn workers).
+``/readyz`` was ``503`` then, and ingest recovered from the ledger's outages without restarting the app (the
+same gunicorn workers, but those killed on purpose).
 ``--schedule quick`` (the CI test) kills and restarts one backup replica only.
 
     .venv/bin/python bench/drills.py [--schedule quick] [--database-url postgres://...] [--keep]
@@ -30,6 +33,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,6 +106,7 @@ class Drill:
         self.record = Record()
         self.phases: list[dict[str, Any]] = []
         self.server: subprocess.Popen[bytes] | None = None
+        self.killed_workers: set[int] = set()
         self.ingest_key = self.admin_key = ""
 
     def start(self) -> None:
@@ -198,6 +203,27 @@ class Drill:
         if self.args.schedule == "full":
             self.crash_and_restart(self.cluster.primary(), "primary")
             self.whole_cluster_outage()
+            self.app_worker_crashes()
+
+    def app_worker_crashes(self) -> None:
+        """SIGKILL a gunicorn worker in the middle of its requests, ``--app-kills`` times: whatever step of a limited
+        batch it was in (holds taken, events stored, posts queued), the client's retry of that batch must end with
+        it stored once and debited once. gunicorn starts a new worker; the clients retry on the dropped connection."""
+        assert self.server is not None
+        entry = self.phase(f"app worker SIGKILLed {self.args.app_kills} times, 2 s apart")
+        for _ in range(self.args.app_kills):
+            workers = children_of(self.server.pid)
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            self.killed_workers.add(victim)
+            deadline = time.monotonic() + 60
+            while len(children_of(self.server.pid) - self.killed_workers) < len(workers):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not replace a killed worker within 60 s")
+                time.sleep(0.2)
+            time.sleep(2)
+        time.sleep(self.args.settle)
+        self.close(entry)
 
     def set_limit(self, hard: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -266,6 +292,7 @@ def _phase_row(entry: dict[str, Any], answers: list[Answer], readyz: list[tuple[
     accepted_at = [entry["start"], *sorted(a.at for a in mine if a.accepted), end]
     row = {"phase": entry["name"], "seconds": round(end - entry["start"], 1), "answers": statuses,
            "events_accepted": sum(a.accepted for a in mine), "events_refused": sum(a.refused for a in mine),
+           "events_duplicate_on_retry": sum(a.duplicates for a in mine),
            "longest_without_acceptance_s": round(max(b - a for a, b in itertools.pairwise(accepted_at)), 2),
            "readyz": sorted({status for at, status, _ in readyz if _in(entry, at)})}
     row.update({k: v for k, v in entry.items() if k not in ("name", "start", "end")})
@@ -295,7 +322,9 @@ def phase_figures(record: Record, phases: list[dict[str, Any]]) -> tuple[list[di
             problems += _outage_problems(entry, record.answers, record.readyz)
         if "recovered_after_s" in entry and entry["recovered_after_s"] is None:
             problems.append("ingest did not recover within 120 s of the cluster's restart")
-    odd = [a for a in record.answers if a.status not in (200, 503) or (a.status == 503 and not a.retry_after)]
+    crashes = [entry for entry in phases if entry["name"].startswith("app worker")]
+    odd = [a for a in record.answers if (a.status not in (200, 503) or (a.status == 503 and not a.retry_after))
+           and not (a.status == 0 and any(_in(entry, a.at) for entry in crashes))]  # the killed worker's connections
     if odd:
         problems.append(f"{len(odd)} answers neither 200 nor 503 with Retry-After, "
                         f"e.g. {[(a.status, a.detail[:120]) for a in odd[:3]]}")
@@ -319,8 +348,9 @@ def run_drill(args: argparse.Namespace, work: Path, database_url: str, binary: s
     figures, problems = check(drill.record, stored, limit)
     phases, more = phase_figures(drill.record, drill.phases)
     problems += more
-    if not alive or still != workers:
-        problems.append(f"the app restarted: gunicorn alive={alive}, workers before {sorted(workers)} after {sorted(still)}")
+    if not alive or not (workers - drill.killed_workers) <= still or len(still) != len(workers):
+        problems.append(f"the app restarted: gunicorn alive={alive}, workers before {sorted(workers)} after {sorted(still)}"
+                        f" (killed on purpose: {sorted(drill.killed_workers)})")
     return {"schedule": args.schedule, "clients": args.clients, "batch": args.batch, "gunicorn_workers": args.workers,
             "replicas": drill.cluster.count, "cache_grid": "128MiB", "cpus": os.cpu_count(), "totals": figures,
             "phases": phases, "problems": problems}
@@ -358,6 +388,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, default=5.0, help="seconds a killed replica stays down")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of steady ingest around each fault")
     parser.add_argument("--outage", type=float, default=20.0, help="seconds the whole cluster stays down")
+    parser.add_argument("--app-kills", type=int, default=3, help="gunicorn workers SIGKILLed under load (full schedule)")
     parser.add_argument("--headroom", type=int, default=300, help="units left under the hard limit at the drain")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole drill's ingest")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data files)")

@@ -68,3 +68,14 @@ def test_an_answer_without_quorum_other_than_503_with_retry_after_is_reported() 
     record.readyz.insert(1, (111.0, 200, "ok"))  # /readyz claiming ready while no quorum
     _report, problems = drills.phase_figures(record, [outage])
     assert problems and all("/readyz without quorum" in problem for problem in problems), problems
+
+
+def test_a_dropped_connection_is_a_problem_unless_a_worker_was_killed_on_purpose_then() -> None:
+    crash = {"name": "app worker SIGKILLed 3 times, 2 s apart", "start": 200.0, "end": 212.0}
+    record = drill.Record()
+    record.answers += [drill.Answer(205.0, 0, None, detail="ConnectionResetError")]
+    record.readyz += [(213.0, 200, "ok")]
+    assert drills.phase_figures(record, [crash])[1] == []
+
+    record.answers.append(drill.Answer(230.0, 0, None, detail="ConnectionResetError"))
+    assert any("neither 200 nor 503" in problem for problem in drills.phase_figures(record, [crash])[1])
