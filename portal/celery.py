@@ -6,12 +6,36 @@ Each schedule entry says why it runs when it does.
 import os
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("tollgate")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# One queue per workload, so that one kind of work never waits behind another and each can get workers of its own
+# (`celery -A portal worker -Q rollups`, docs/operations.md#queues). A worker started without -Q consumes all of
+# them (they are all declared here), so one worker still runs everything on a small installation.
+QUEUES = {
+    # what ingest's guarantees lean on: the soft-limit check queued seconds after a batch, reservations'
+    # expiry and the held debits' posting (ledger.holds): short, latency-sensitive
+    "ingest": ["guardrails.*"],
+    # the hourly rollups and their drift check: long scans of the event table
+    "rollups": ["usage.*"],
+    # draft refreshes and period close: a query per customer, minutes at month end
+    "invoicing": ["invoicing.*"],
+    # Stripe: outbound HTTP that may wait out Stripe's timeouts
+    "payments": ["payments.*"],
+    # deliveries to the operator's endpoints: outbound HTTP to servers we do not control
+    "webhooks": ["notify.*"],
+    # the rest: the heartbeat
+    "celery": [],
+}
+app.conf.task_default_queue = "celery"
+# each queue its own exchange and routing key: queues sharing a binding would each get a copy of every message
+app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+app.conf.task_routes = {pattern: {"queue": queue} for queue, patterns in QUEUES.items() for pattern in patterns}
 
 app.conf.beat_schedule = {
     # Usage becomes rollups within a few minutes of arriving (reads and invoices use them next); each run
