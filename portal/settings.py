@@ -55,6 +55,13 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+# Behind a proxy that terminates TLS and sets X-Forwarded-Proto itself (docs/deploy.md): requests it marks
+# https are secure to Django, and the session and CSRF cookies are sent over HTTPS only. Off by default, since
+# trusting the header without such a proxy would let any client claim https.
+if env_bool("TOLLGATE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
