@@ -18,8 +18,8 @@ app.autodiscover_tasks()
 # (`celery -A portal worker -Q rollups`, docs/operations.md#queues). A worker started without -Q consumes all of
 # them (they are all declared here), so one worker still runs everything on a small installation.
 QUEUES = {
-    # what ingest's guarantees lean on: the soft-limit check queued seconds after a batch, reservations'
-    # expiry and the held debits' posting (ledger.holds): short, latency-sensitive
+    # the guardrails ingest leans on: the soft-limit check queued seconds after a batch, reservations' expiry,
+    # the held debits' posting (ledger.holds), anomaly sampling (opened within 60 s): short, latency-sensitive
     "ingest": ["guardrails.*"],
     # the hourly rollups and their drift check: long scans of the event table
     "rollups": ["usage.*"],
