@@ -16,7 +16,7 @@ debited exactly the stored billable events (0 double-debited), the quota's used 
 limit (exact), every answer while the cluster had no quorum was ``503`` with ``Retry-After`` and
 ``/readyz`` was ``503`` then, and ingest recovered from the ledger's outages without restarting the app (the
 same gunicorn workers, but those killed on purpose).
-``--schedule quick`` (the CI test) kills and restarts one backup replica only.
+``--schedule quick`` (the CI test) kills and restarts one backup replica, then kills app workers (step 4).
 
     .venv/bin/python bench/drills.py [--schedule quick] [--database-url postgres://...] [--keep]
 
@@ -203,6 +203,7 @@ class Drill:
         if self.args.schedule == "full":
             self.crash_and_restart(self.cluster.primary(), "primary")
             self.whole_cluster_outage()
+        if self.args.app_kills:
             self.app_worker_crashes()
 
     def app_worker_crashes(self) -> None:
@@ -388,7 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, default=5.0, help="seconds a killed replica stays down")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of steady ingest around each fault")
     parser.add_argument("--outage", type=float, default=20.0, help="seconds the whole cluster stays down")
-    parser.add_argument("--app-kills", type=int, default=3, help="gunicorn workers SIGKILLed under load (full schedule)")
+    parser.add_argument("--app-kills", type=int, default=3, help="gunicorn workers SIGKILLed under load, 2 s apart (0: none)")
     parser.add_argument("--headroom", type=int, default=300, help="units left under the hard limit at the drain")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole drill's ingest")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data files)")

@@ -1,8 +1,10 @@
 """The quick drill of ``make drills`` (bench/drills.py): gunicorn on PostgreSQL and a three-replica TigerBeetle
 cluster on loopback, 4 retrying clients sending limited batches while a backup replica is SIGKILLed and
-restarted; then the hard limit is set through the API and filled to the last unit. Nothing accepted is lost,
-nothing is debited twice, the quota ends exact, ingest goes on while two replicas of three answer, and the app
-is never restarted. The full drill (the primary, then the whole cluster for 20 s) is `make drills`."""
+restarted, then while a gunicorn worker is SIGKILLed in the middle of its requests (whatever step of the
+event-row/debit protocol it was in); then the hard limit is set through the API and filled to the last unit.
+Nothing accepted is lost, nothing is debited twice, the quota ends exact, ingest goes on while two replicas of
+three answer, and the app rides out the replica's crash without a restart. The full drill (the primary, then
+the whole cluster for 20 s) is `make drills`."""
 
 from __future__ import annotations
 
@@ -38,13 +40,13 @@ def _drills() -> ModuleType:
     return module
 
 
-def test_a_replica_killed_under_limited_ingest_loses_nothing_and_debits_nothing_twice(
+def test_a_replica_then_app_workers_killed_under_limited_ingest_lose_nothing_and_debit_nothing_twice(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIGERBEETLE_BIN", _binary())
     drills = _drills()
 
     results = drills.main(["--schedule", "quick", "--database-url", os.environ["DATABASE_URL"], "--hold", "4",
-                           "--settle", "3"])
+                           "--settle", "3", "--app-kills", "2"])
 
     assert results["problems"] == []
     totals = results["totals"]
@@ -55,3 +57,5 @@ def test_a_replica_killed_under_limited_ingest_loses_nothing_and_debits_nothing_
     down = next(phase for phase in results["phases"] if phase["phase"].startswith("backup") and "SIGKILLed" in phase["phase"])
     assert down["events_accepted"] > 0  # two replicas of three are a quorum: ingest went on meanwhile
     assert set(down["answers"]) <= {"200", "503"}
+    crash = next(phase for phase in results["phases"] if phase["phase"].startswith("app worker"))
+    assert crash["events_accepted"] > 0 and set(crash["answers"]) <= {"200", "503", "0"}  # 0: the killed worker's drops
