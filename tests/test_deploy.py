@@ -199,3 +199,15 @@ def test_behind_a_tls_proxy_its_forwarded_https_is_trusted_and_cookies_are_secur
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     # without the flag a client's own X-Forwarded-Proto is ignored: it must not make a plain request secure
     assert seen == {"secure": expected, "csrf_cookie_secure": expected, "status": 200}
+
+
+def test_the_systemd_units_run_the_documented_commands() -> None:
+    """deploy.md's units run the process table's commands from the virtualenv (web bound to loopback, for the proxy)."""
+    table = {row.group(1) for row in re.finditer(r"^\| (?:web|worker|beat|migrate)\b[^|]* \| `([^`]+)` \|",
+                                                  (ROOT / "docs" / "operations.md").read_text(), flags=re.M)}
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    started = re.findall(r"ExecStart=/opt/tollgate/\.venv/bin/([^`\n]+)", deploy)
+    assert len(started) == 4
+    for command in started:
+        assert re.sub(r"-b \S+", "-b 0.0.0.0:8000", command.strip()) in table, command
+    assert "ExecStart=/opt/tollgate/.venv/bin/gunicorn portal.wsgi -b 127.0.0.1:8000" in deploy
