@@ -31,7 +31,7 @@ from billing.customers.models import Customer
 from billing.guardrails import accounts as acc
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.guards import current_state, refusal_of
-from billing.guardrails.limits import BatchDebit, EventUsage
+from billing.guardrails.limits import BatchDebit, EventUsage, SubscribedPlans
 from billing.guardrails.limits.events import CREDITS, OPERATOR_OF, QUOTA, SPEND, TOTAL, refusal
 from billing.guardrails.models import Reservation
 from ledger.backends import get_ledger
@@ -74,13 +74,14 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
         # the estimate counts no value (a value is counted when an event settles, and such a meter is not
         # priced): the engine need not read one, nor wait for one being counted
         dimensions = {k: v for k, v in dimensions.items() if k != meter.unique_by}
-    stopped = refusal_of(current_state(customer.pk), origin.project_pk, origin.run_id)
+    state = current_state(customer.pk)
+    stopped = refusal_of(state, origin.project_pk, origin.run_id)
     if stopped is not None:
         raise stopped
     estimate = EventUsage(key=0, customer_pk=customer.pk, event_id=reservation_id, meter=meter, quantity=quantity,
                           usage_at=now, dimensions=dimensions, run_id=origin.run_id, project_pk=origin.project_pk,
                           api_key_pk=origin.api_key_pk)
-    debit = BatchDebit([estimate], lock=False)
+    debit = BatchDebit([estimate], SubscribedPlans([customer.pk], states={customer.pk: state}), lock=False)
     refused = debit.decide(skip=set())  # event by event: the legs of the one event
     if refused:
         raise refused[0].as_error()
