@@ -13,8 +13,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from billing.common.errors import CommonCode, DomainError
-from billing.customers.models import Customer
+from billing.customers.models import ApiKey, Customer
 from billing.customers.selectors import customer_find
+from billing.customers.services import api_key_create, api_key_revoke
 from billing.guardrails.anomalies.review import anomaly_resolve
 from billing.guardrails.budgets import budget_create, budget_delete
 from billing.guardrails.models import Anomaly, Pause
@@ -24,7 +25,8 @@ from billing.guardrails.runs import run_kill, run_release
 from portal.console import selectors
 from portal.console.override_form import OverrideForm
 from portal.console.views import staff_required
-from portal.dashboard.forms import BudgetForm, PauseForm, add_domain_errors
+from portal.dashboard import selectors as dashboard_selectors
+from portal.dashboard.forms import BudgetForm, GatewayKeyForm, PauseForm, add_domain_errors
 from portal.errors import STATUS
 
 
@@ -41,7 +43,9 @@ def _page(request: HttpRequest, customer: Customer, status: int = 200, **forms: 
     context = {"customer": customer, **data, "saved": request.GET.get("saved", ""), "pause_error": "",
                "override_form": OverrideForm.from_terms(data["override"], data["meters"], data["plan"]),
                "pause_form": PauseForm(prefix="pause", initial={"scope": "customer"}),
-               "budget_form": BudgetForm(prefix="budget"), "run_error": ""}
+               "budget_form": BudgetForm(prefix="budget"), "run_error": "",
+               "gateway_keys": dashboard_selectors.gateway_keys(customer=customer), "gateway_key_form": GatewayKeyForm(),
+               "new_gateway_key": ""}
     if "override_form" in forms:
         forms["override_form"].plan = data["plan"]
     context.update(forms)
@@ -150,3 +154,26 @@ def run_change(request: HttpRequest, customer_id: str) -> HttpResponse:
     except DomainError as exc:
         return _page(request, customer, status=STATUS.get(exc.code, 422), run_error=exc.message)
     return _saved(customer, "killed" if action == "kill" else "released")
+
+
+@staff_required
+@require_POST
+def gateway_key_create_view(request: HttpRequest, customer_id: str) -> HttpResponse:
+    """A gateway key for the customer (docs/gateway.md): its secret is shown on this page once."""
+    customer = _customer(customer_id)
+    form = GatewayKeyForm(request.POST)
+    if not form.is_valid():
+        return _page(request, customer, status=422, gateway_key_form=form)
+    _, raw = api_key_create(name=form.cleaned_data["name"], scope=ApiKey.Scope.GATEWAY, customer=customer)
+    return _page(request, customer, new_gateway_key=raw)
+
+
+@staff_required
+@require_POST
+def gateway_key_revoke_view(request: HttpRequest, customer_id: str, prefix: str) -> HttpResponse:
+    customer = _customer(customer_id)
+    key = ApiKey.objects.filter(customer=customer, prefix=prefix, scope=ApiKey.Scope.GATEWAY).first()
+    if key is None:
+        raise Http404("No such gateway key of this customer.")
+    api_key_revoke(key=key)
+    return _saved(customer, "key-revoked")

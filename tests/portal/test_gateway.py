@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from billing.customers.models import ApiKey as ApiKeyModel
 from billing.customers.services import api_key_create
 from billing.gateway import upstream
 from billing.guardrails.models import Reservation
@@ -227,3 +228,20 @@ def test_a_customer_issues_and_revokes_its_own_gateway_keys_from_the_dashboard(a
     assert browser.post(f"/dashboard/acme-co/settings/gateway-keys/{prefix}/revoke").status_code == 302
     with pytest.raises(openai.AuthenticationError):
         app.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+
+
+def test_staff_issue_and_revoke_a_customers_gateway_keys_from_the_console(acme, client, fake):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    subscribe(acme)
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True))
+    page = staff.post("/console/customers/acme-co/guardrails/gateway-keys", {"name": "acme app"}).content.decode()
+    raw = page.split('id="new-gateway-key"')[1].split("<code>")[1].split("</code>")[0]
+    assert ApiKeyModel.objects.get(prefix=raw.split("_")[1]).customer == acme
+    prefix = raw.split("_")[1]
+    assert staff.post(f"/console/customers/acme-co/guardrails/gateway-keys/{prefix}/revoke").status_code == 302
+    assert ApiKeyModel.objects.get(prefix=prefix).revoked_at is not None
+    customer_user = Client()
+    assert customer_user.post("/console/customers/acme-co/guardrails/gateway-keys", {"name": "x"}).status_code == 302
