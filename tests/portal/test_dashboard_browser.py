@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 PASSWORD = "pw-ann-123456"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after this module: later tests (asyncio.run) need no loop running
 def chromium() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
