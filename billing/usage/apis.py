@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter
 from billing.common.auth import principal_of
-from billing.common.errors import CommonCode, DomainError, validation_error
+from billing.common.errors import DomainError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.common.params import parse_choice, parse_instant, parse_int
 from billing.customers.models import Customer
@@ -27,7 +27,8 @@ from billing.guardrails.apis import reservation_for, reservation_out
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.models import Reservation
 from billing.usage import export, selectors
-from billing.usage.contract import batch_decoder
+from billing.usage.contract import BatchIn
+from billing.usage.envelope import decode_envelope
 from billing.usage.models import UsageEvent
 from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest, reservation_settle
 
@@ -168,12 +169,7 @@ class EventBatchApi(APIView):
         operation_id="events_batch",
     )
     def post(self, request: Request) -> Response:
-        try:
-            batch = batch_decoder.decode(request.body)
-        except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-            raise DomainError(CommonCode.INVALID_SHAPE, f"Expected {{\"events\": [...]}}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise DomainError(CommonCode.INVALID_JSON, f"The body is not valid JSON: {exc}") from None
+        batch = decode_envelope(request.body, BatchIn)
         count = len(batch.events)
         if not 1 <= count <= settings.TOLLGATE_BATCH_MAX:
             raise validation_error({"events": [f"Send 1 to {settings.TOLLGATE_BATCH_MAX} events; got {count}."]})
@@ -273,10 +269,7 @@ class ReservationSettleApi(APIView):
 
     @extend_schema(request=None, responses={200: None}, operation_id="reservations_settle")
     def post(self, request: Request, reservation_id: str) -> Response:
-        try:
-            body = msgspec.json.decode(request.body, type=SettleIn)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise DomainError(CommonCode.INVALID_SHAPE, f'Expected {{"events": [...]}}: {exc}') from None
+        body = decode_envelope(request.body, SettleIn)
         reservation = reservation_for(request, reservation_id, body.customer)
         if reservation.state in (Reservation.State.SETTLED, Reservation.State.RELEASED) and not body.events:
             raise DomainError(GuardrailsCode.RESERVATION_CLOSED, f"This reservation is already {reservation.state}.")

@@ -6,8 +6,9 @@ on a 100-event batch), decimals exact from JSON strings or numbers, never throug
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ import msgspec
 
 from billing.common.errors import CommonCode, DomainError
 from billing.common.fields import check_decimal, decimal_to_text
+from billing.common.sane import INSTANT_RANGE, instant_utc, text_problem
 
 Id128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 DimKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -49,7 +51,6 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 event_decoder = msgspec.json.Decoder(EventIn)
-batch_decoder = msgspec.json.Decoder(BatchIn)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
@@ -76,6 +77,10 @@ def decode_event(raw: bytes | msgspec.Raw) -> EventIn:
         raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.", fields) from None
     except msgspec.DecodeError as exc:
         raise DomainError(CommonCode.INVALID_JSON, f"The body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise DomainError(CommonCode.INVALID_JSON, "The body is not valid JSON: a string is not valid UTF-8.") from None
+    except RecursionError:
+        raise DomainError(CommonCode.INVALID_JSON, "The body is not valid JSON: nested too deeply.") from None
 
 
 @dataclass(slots=True)
@@ -96,11 +101,34 @@ class CleanEvent:
     corrects: str | None
 
 
+def _strings(event: EventIn) -> Iterator[tuple[str, str]]:
+    """Every string of the event, named by its field: keys and values alike."""
+    for name in ("event_id", "customer", "meter", "project", "reason", "corrects"):
+        value = getattr(event, name)
+        if value is not None:
+            yield name, value
+    for key, value in (event.dimensions or {}).items():
+        yield "dimensions", key
+        yield f"dimensions.{key}", value
+    if event.trace is not None:
+        for name in ("run_id", "parent_id", "step", "agent"):
+            value = getattr(event.trace, name)
+            if isinstance(value, str):
+                yield f"trace.{name}", value
+
+
 def clean_event(event: EventIn, *, now: datetime, max_future: timedelta) -> CleanEvent:
+    for name, value in _strings(event):
+        problem = text_problem(value)
+        if problem:
+            field = name if text_problem(name) is None else "dimensions"
+            raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.", {field: [problem]})
     if event.timestamp.tzinfo is None:
         raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
                           {"timestamp": ["Must be RFC 3339 with a UTC offset (for example 2026-01-01T00:00:00Z)."]})
-    timestamp = event.timestamp.astimezone(timezone.utc)
+    timestamp = instant_utc(event.timestamp)
+    if timestamp is None:
+        raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.", {"timestamp": [INSTANT_RANGE]})
     if timestamp > now + max_future:
         raise DomainError(CommonCode.VALIDATION_ERROR, "The event is not valid.",
                           {"timestamp": [f"Is more than {int(max_future.total_seconds())} s in the future."]})

@@ -176,7 +176,7 @@ def _answer(batch: _Batch, inserted: set[tuple[int, str]], known: dict[tuple[int
 def event_id_of(raw: bytes | msgspec.Raw) -> str | None:
     try:
         value = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
     event_id = value.get("event_id") if isinstance(value, dict) else None
     return event_id if isinstance(event_id, str) else None
