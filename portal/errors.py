@@ -4,6 +4,8 @@ and the two places that answer with it.
 - ``api_exception_handler`` (DRF's ``EXCEPTION_HANDLER``): every API error as the contract's body
   ``{"error": {"code", "message", "fields"?, ...}}``, for a ``DomainError`` and for DRF's and Django's own
   exceptions alike.
+- ``HostileRequestMiddleware``: a path or query that no view could use (a NUL character) is ``400
+  invalid_request`` before any view or query runs.
 - ``DomainErrorMiddleware``: outside the API, a ``DomainError`` (a service's 503 ``rollups_drift``, say)
   is a page with its status and message, or the same JSON body for a JSON request (the Stripe webhook);
   only what nothing handles is a 500. The ledger's ``LedgerUnavailable`` is a 503 with Retry-After.
@@ -24,6 +26,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from billing.catalog.errors import CatalogCode
 from billing.common.errors import CommonCode, DomainError, ErrorCode
+from billing.common.sane import text_problem
 from billing.customers.errors import CustomersCode
 from billing.guardrails.errors import GuardrailsCode
 from billing.invoicing.errors import InvoicingCode
@@ -35,6 +38,7 @@ from ledger.backends.base import LedgerUnavailable
 STATUS: dict[ErrorCode, int] = {
     CommonCode.INVALID_JSON: 400,
     CommonCode.INVALID_SHAPE: 400,
+    CommonCode.INVALID_REQUEST: 400,
     PaymentsCode.INVALID_SIGNATURE: 400,
     CommonCode.NOT_AUTHENTICATED: 401,
     CommonCode.INVALID_API_KEY: 401,
@@ -175,12 +179,32 @@ class DomainErrorMiddleware:
         if not isinstance(exception, DomainError):
             return None
         status = STATUS[exception.code]
-        response: HttpResponse
-        if request.content_type == "application/json":
-            response = JsonResponse(error_body(exception), status=status)
-        else:
-            response = render(request, "error.html", {"status": status, "code": str(exception.code),
-                                                      "message": exception.message}, status=status)
+        response = answer(request, exception)
         if status == 503:
             response["Retry-After"] = LEDGER_RETRY_AFTER if exception.code == CommonCode.LEDGER_UNAVAILABLE else PAGE_RETRY_AFTER
         return response
+
+
+def answer(request: HttpRequest, error: DomainError) -> HttpResponse:
+    """``error`` as JSON under ``/api/`` and for a JSON request, as the error page elsewhere."""
+    status = STATUS[error.code]
+    if request.path.startswith("/api/") or request.content_type == "application/json":
+        return JsonResponse(error_body(error), status=status)
+    return render(request, "error.html", {"status": status, "code": str(error.code), "message": error.message},
+                  status=status)
+
+
+class HostileRequestMiddleware:
+    """A NUL character in the path or the query string reaches no view: PostgreSQL refuses it in any
+    query (a 500), and no id, key or parameter of ours may hold one."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        bad = [name for name, values in request.GET.lists() if text_problem(name) or any(map(text_problem, values))]
+        where = "path" if text_problem(request.path) else ("query" if text_problem(bad[0]) else bad[0]) if bad else None
+        if where is None:
+            return self.get_response(request)
+        return answer(request, DomainError(CommonCode.INVALID_REQUEST, "The URL holds a NUL character or invalid text.",
+                                           {where: ["Must not contain a NUL character."]}))

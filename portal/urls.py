@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from billing.audit.apis import AuditLogApi
 from billing.catalog.apis import CustomerSubscriptionApi, MetersApi, PlansApi, PlanVersionsApi
@@ -40,6 +40,7 @@ from billing.notify.apis import (
 from billing.payments.views import paystack_webhook, stripe_webhook
 from billing.usage.apis import CustomerUsageApi, CustomerUsageCsvApi, EventBatchApi, EventsApi, ReservationSettleApi
 from portal import gateway
+from portal.apidocs import ApiDocsView
 from portal.health import healthz, readyz
 from portal.home import home
 from portal.invoices import invoice_document
@@ -112,7 +113,6 @@ urlpatterns = [
     path("gateway/v1/chat/completions", gateway.chat_completions, name="gateway-chat-completions"),
     path("gateway/v1/embeddings", gateway.embeddings, name="gateway-embeddings"),
     path("webhooks/paystack", paystack_webhook, name="paystack-webhook"),
-    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
-         name="api-docs"),
+    path("api/docs", ApiDocsView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include(api)),
 ]

@@ -14,6 +14,7 @@ from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common.auth import actor_of, principal_of
 from billing.common.errors import CommonCode, DomainError, validation_error
+from billing.common.sane import INSTANT_RANGE, instant_utc
 from billing.customers.selectors import customer_get
 
 
@@ -108,6 +109,8 @@ class CustomerSubscriptionApi(APIView):
         start = data.validated_data["start"]
         if start is not None and start.tzinfo is None:
             raise validation_error({"start": ["Needs a UTC offset."]})
+        if start is not None and instant_utc(start) is None:
+            raise validation_error({"start": [INSTANT_RANGE]})
         subscription = services.subscription_set(customer=customer, plan=plan, start=start,
                                                  now=datetime.now(timezone.utc), actor=actor_of(request))
         return Response(_subscription_out(subscription), status=201)

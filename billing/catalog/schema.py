@@ -20,6 +20,7 @@ from billing.catalog.errors import CatalogCode
 from billing.catalog.ratecard import PRICE_FIELDS
 from billing.common.errors import DomainError
 from billing.common.fields import check_decimal, decimal_to_text
+from billing.common.sane import INSTANT_RANGE, instant_utc, json_problem
 
 Key = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
@@ -141,27 +142,35 @@ def problem_path(error: msgspec.ValidationError) -> tuple[str, str]:
     return "", text
 
 
+def _storable(parsed: CatalogIn | PlanIn) -> Any:
+    """``parsed`` once no string in it holds what the database refuses (a NUL: billing.common.sane)."""
+    problem = json_problem(msgspec.to_builtins(parsed))
+    if problem is not None:
+        raise CatalogError([problem])
+    return parsed
+
+
 def parse_catalog(text: str | bytes, *, fmt: str | None = None) -> CatalogIn:
-    raw = text.decode() if isinstance(text, bytes) else text
     try:
+        raw = text.decode() if isinstance(text, bytes) else text
         if fmt == "json" or (fmt is None and raw.lstrip().startswith("{")):
-            return msgspec.json.decode(raw, type=CatalogIn)
+            return _storable(msgspec.json.decode(raw, type=CatalogIn))
         data = yaml.load(raw, Loader=_DecimalLoader)  # noqa: S506 - a SafeLoader subclass
-        return msgspec.convert(data if data is not None else {}, CatalogIn)
+        return _storable(msgspec.convert(data if data is not None else {}, CatalogIn))
     except msgspec.ValidationError as exc:
         raise CatalogError([problem_path(exc)]) from None
-    except (msgspec.DecodeError, yaml.YAMLError) as exc:
+    except (msgspec.DecodeError, yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise CatalogError([("", f"not valid {'JSON' if fmt == 'json' else 'YAML/JSON'}: {exc}")]) from None
 
 
 def parse_plan(data: Any) -> PlanIn:
     try:
         if isinstance(data, bytes | str):
-            return msgspec.json.decode(data, type=PlanIn)
-        return msgspec.convert(data, PlanIn)
+            return _storable(msgspec.json.decode(data, type=PlanIn))
+        return _storable(msgspec.convert(data, PlanIn))
     except msgspec.ValidationError as exc:
         raise CatalogError([problem_path(exc)]) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CatalogError([("", f"not valid JSON: {exc}")]) from None
 
 
@@ -264,6 +273,8 @@ def validate_plan(plan: PlanIn, path: str, meters: set[str], problems: list[tupl
         problems.append((f"{path}.interval", "only 'month' (calendar month, UTC) is supported"))
     if plan.effective_from.tzinfo is None:
         problems.append((f"{path}.effective_from", "must carry a UTC offset"))
+    elif instant_utc(plan.effective_from) is None:
+        problems.append((f"{path}.effective_from", INSTANT_RANGE))
     check_amount(problems, f"{path}.base_fee", plan.base_fee)
     check_amount(problems, f"{path}.spend_cap", plan.spend_cap, positive=True)
     charges = [validate_charge(c, f"{path}.charges[{i}]", meters, problems) for i, c in enumerate(plan.charges)]

@@ -28,6 +28,7 @@ class CommonCode(ErrorCode):
 
     INVALID_JSON = "invalid_json"
     INVALID_SHAPE = "invalid_shape"
+    INVALID_REQUEST = "invalid_request"
     NOT_AUTHENTICATED = "not_authenticated"
     INVALID_API_KEY = "invalid_api_key"
     FORBIDDEN = "forbidden"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from django.utils.dateparse import parse_datetime
 
 from billing.common.errors import validation_error
+from billing.common.sane import INSTANT_RANGE, instant_utc
 
 
 def parse_instant(name: str, value: str | None) -> datetime | None:
@@ -15,7 +16,10 @@ def parse_instant(name: str, value: str | None) -> datetime | None:
     parsed = parse_datetime(value.replace(" ", "+"))  # a '+' in a query string arrives as a space
     if parsed is None or parsed.tzinfo is None:
         raise validation_error({name: ["Must be an RFC 3339 timestamp with a UTC offset."]})
-    return parsed.astimezone(timezone.utc)
+    utc = instant_utc(parsed)
+    if utc is None:
+        raise validation_error({name: [INSTANT_RANGE]})
+    return utc
 
 
 def parse_choice(name: str, value: str | None, choices: tuple[str, ...], default: str) -> str:

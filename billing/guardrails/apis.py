@@ -17,6 +17,7 @@ from billing.common.auth import actor_of, principal_of
 from billing.common.calendar import period_bounds
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import decimal_to_text
+from billing.common.sane import instant_utc
 from billing.customers.errors import CustomersCode
 from billing.customers.models import Customer, Project
 from billing.customers.selectors import customer_get
@@ -169,6 +170,8 @@ class CustomerAlertsApi(APIView):
                 at = datetime.strptime(period, "%Y-%m").replace(tzinfo=timezone.utc)
             except ValueError:
                 raise validation_error({"period": ["Use YYYY-MM."]}) from None
+            if instant_utc(at) is None:
+                raise validation_error({"period": ["Use YYYY-MM from 2000-01 to 2099-12."]})
         start, end = period_bounds(at)
         rows = selectors.alerts_list(customer=customer, period_start=start)
         return Response({"customer": customer.external_id, "period_start": start, "period_end": end,

@@ -1,0 +1,27 @@
+"""The JSON parser of every DRF-parsed endpoint: DRF's, plus what must never reach the database (a NUL
+or a lone surrogate in any string, hostile nesting: billing.common.sane), refused as the contract's
+errors instead of a 500 from PostgreSQL or the recursion limit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+from billing.common.errors import validation_error
+from billing.common.sane import json_problem
+
+
+class SafeJSONParser(JSONParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply.") from None
+        problem = json_problem(data)
+        if problem is not None:
+            where, message = problem
+            raise validation_error({where: [message]})
+        return data
