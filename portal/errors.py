@@ -14,9 +14,11 @@ and the two places that answer with it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -31,6 +33,7 @@ from billing.customers.errors import CustomersCode
 from billing.guardrails.errors import GuardrailsCode
 from billing.invoicing.errors import InvoicingCode
 from billing.payments.errors import PaymentsCode
+from billing.usage.contract import batch_max_bytes
 from billing.usage.errors import UsageCode
 from ledger.backends.base import LedgerUnavailable
 
@@ -61,6 +64,7 @@ STATUS: dict[ErrorCode, int] = {
     GuardrailsCode.RESERVATION_CLOSED: 409,
     GuardrailsCode.ANOMALY_ALREADY_RESOLVED: 409,
     InvoicingCode.INVALID_INVOICE_STATE: 409,
+    CommonCode.PAYLOAD_TOO_LARGE: 413,
     CommonCode.UNSUPPORTED_MEDIA_TYPE: 415,
     CommonCode.VALIDATION_ERROR: 422,
     CustomersCode.UNKNOWN_CUSTOMER: 422,
@@ -194,14 +198,37 @@ def answer(request: HttpRequest, error: DomainError) -> HttpResponse:
                   status=status)
 
 
+_BATCH_PATHS = re.compile(r"/api/v1/(events/batch|reservations/[^/]+/settle)")
+
+
+def body_limit(path: str) -> int:
+    """The largest body ``path`` takes: a batch as large as the contract allows, anything else less."""
+    if _BATCH_PATHS.fullmatch(path):
+        return batch_max_bytes(settings.TOLLGATE_BATCH_MAX)
+    return int(settings.TOLLGATE_BODY_MAX_BYTES)
+
+
+def too_large(request: HttpRequest, limit: int) -> HttpResponse:
+    return answer(request, DomainError(CommonCode.PAYLOAD_TOO_LARGE,
+                                       f"The body is larger than this endpoint takes ({limit} bytes)."))
+
+
 class HostileRequestMiddleware:
-    """A NUL character in the path or the query string reaches no view: PostgreSQL refuses it in any
-    query (a 500), and no id, key or parameter of ours may hold one."""
+    """Before any view: a body longer than its path takes is 413 (nothing reads it), and a NUL character in
+    the path or the query string is 400: PostgreSQL refuses it in any query (a 500), and no id, key or
+    parameter of ours may hold one."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = body_limit(request.path)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:  # Django reads such a body as empty
+            length = 0
+        if length > limit:
+            return too_large(request, limit)
         bad = [name for name, values in request.GET.lists() if text_problem(name) or any(map(text_problem, values))]
         where = "path" if text_problem(request.path) else ("query" if text_problem(bad[0]) else bad[0]) if bad else None
         if where is None:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from billing.common.errors import CommonCode, DomainError
 from ledger.backends import ledger_ping
 from portal.celery import app as celery_app
-from portal.errors import STATUS, error_body
+from portal.errors import STATUS, answer, body_limit, error_body, too_large
 from portal.models import Heartbeat
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """Every error body is JSON (contract.md), also for an unknown path."""
     return JsonResponse(error_body(DomainError(CommonCode.NOT_FOUND, "No such path.")), status=STATUS[CommonCode.NOT_FOUND])
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's own 400s (a body it would not read, a bad Host) in the contract's shape, not its HTML."""
+    if isinstance(exception, RequestDataTooBig):
+        return too_large(request, body_limit(request.path))
+    return answer(request, DomainError(CommonCode.INVALID_REQUEST, "The request is not valid."))
 
 
 def server_error(request: HttpRequest) -> JsonResponse:

@@ -199,6 +199,12 @@ TOLLGATE_LEDGER_NAMESPACE = os.environ.get("TOLLGATE_LEDGER_NAMESPACE")
 TOLLGATE_RATE_LIMIT_PER_SECOND = int(os.environ.get("TOLLGATE_RATE_LIMIT_PER_SECOND", "2000"))
 TOLLGATE_MAX_FUTURE_SECONDS = 300  # contract: a timestamp at most 5 minutes in the future
 TOLLGATE_BATCH_MAX = 1000
+# Request bodies: portal.errors.HostileRequestMiddleware answers 413 to a body whose Content-Length is over
+# its path's limit before anything reads it: a batch (events/batch, settle) as large as the contract allows
+# (billing.usage.contract.batch_max_bytes: about 13 MB), every other body this many bytes. Django's own check
+# is off, since it cannot tell the paths apart (and answers an HTML 400).
+TOLLGATE_BODY_MAX_BYTES = int(os.environ.get("TOLLGATE_BODY_MAX_BYTES", str(2_621_440)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
 # Billing periods (docs/operations.md "Periods, late events and invoices"): a period stays open this long
 # after its end; events for a closed period are refused (422 period_closed).
 TOLLGATE_PERIOD_GRACE_SECONDS = int(os.environ.get("TOLLGATE_PERIOD_GRACE_SECONDS", "3600"))

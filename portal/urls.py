@@ -96,6 +96,7 @@ api = [
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
 ]
 
+handler400 = "portal.health.bad_request"
 handler404 = "portal.health.not_found"
 handler500 = "portal.health.server_error"
 

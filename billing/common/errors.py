@@ -38,6 +38,7 @@ class CommonCode(ErrorCode):
     ALREADY_EXISTS = "already_exists"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     VALIDATION_ERROR = "validation_error"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
     LEDGER_UNAVAILABLE = "ledger_unavailable"

@@ -54,6 +54,24 @@ event_decoder = msgspec.json.Decoder(EventIn)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
+def largest_event() -> dict[str, Any]:
+    """An event with every field at its longest (ASCII): what sizes the body limit of a batch."""
+    return {
+        "event_id": "e" * 128, "customer": "c" * 128, "project": "p" * 128, "meter": "m" * 64,
+        "quantity": "9" * 20 + "." + "9" * 18, "timestamp": "2099-12-31T23:59:59.999999+00:00",
+        "dimensions": {f"{i:064d}": "v" * 256 for i in range(16)},
+        "trace": {"run_id": "r" * 128, "parent_id": "p" * 128, "step": "s" * 128, "agent": "a" * 128},
+        "billable": False, "reason": "r" * 64, "schema_version": 1, "corrects": "o" * 128,
+    }
+
+
+def batch_max_bytes(events: int) -> int:
+    """The body limit of a batch of ``events``: twice the largest legal batch written compactly in ASCII,
+    which leaves room for whitespace, escapes and non-ASCII text (about 13 MB for 1,000 events)."""
+    one = len(msgspec.json.encode(largest_event()))
+    return 2 * (len(b'{"events":[]}') + events * (one + 1))
+
+
 def _field_of(error: msgspec.ValidationError) -> str:
     text = str(error)
     if " - at `$." in text:
