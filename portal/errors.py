@@ -13,13 +13,16 @@ and the two places that answer with it.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions
@@ -36,6 +39,8 @@ from billing.payments.errors import PaymentsCode
 from billing.usage.contract import batch_max_bytes
 from billing.usage.errors import UsageCode
 from ledger.backends.base import LedgerUnavailable
+
+log = logging.getLogger(__name__)
 
 # Every code of every app, with its status (docs/api.md, "Errors", lists the same; a test holds them equal).
 STATUS: dict[ErrorCode, int] = {
@@ -81,14 +86,18 @@ STATUS: dict[ErrorCode, int] = {
     CommonCode.RATE_LIMITED: 429,
     CommonCode.INTERNAL_ERROR: 500,
     CommonCode.LEDGER_UNAVAILABLE: 503,
+    CommonCode.UNAVAILABLE: 503,
     UsageCode.ROLLUPS_DRIFT: 503,
 }
 
-# Seconds a client should wait before retrying: the ledger is back within a second; a page's other 503
-# (``rollups_drift``: an operator's repair) is worth a minute
-LEDGER_RETRY_AFTER, PAGE_RETRY_AFTER = "1", "60"
+# Seconds a client should wait before retrying: the ledger is back within a second, the database after a
+# restart or failover within a few; a page's other 503 (``rollups_drift``: an operator's repair) is worth a minute
+LEDGER_RETRY_AFTER, DATABASE_RETRY_AFTER, PAGE_RETRY_AFTER = "1", "5", "60"
+RETRY_AFTER: dict[ErrorCode, str] = {CommonCode.LEDGER_UNAVAILABLE: LEDGER_RETRY_AFTER,
+                                     CommonCode.UNAVAILABLE: DATABASE_RETRY_AFTER}
 
 LEDGER_AWAY = "The ledger did not answer; retry with the same ids."
+DATABASE_AWAY = "The database did not answer; nothing was changed by this request unless it says so. Retry shortly."
 
 
 def error_body(error: DomainError) -> dict[str, Any]:
@@ -97,7 +106,7 @@ def error_body(error: DomainError) -> dict[str, Any]:
 
 def error_response(error: DomainError) -> Response:
     """The API's answer to ``error``: its body and its code's status."""
-    headers = {"Retry-After": LEDGER_RETRY_AFTER} if error.code == CommonCode.LEDGER_UNAVAILABLE else None
+    headers = {"Retry-After": RETRY_AFTER[error.code]} if error.code in RETRY_AFTER else None
     return Response(error_body(error), status=STATUS[error.code], headers=headers)
 
 
@@ -124,6 +133,9 @@ def _as_domain_error(exc: Exception) -> DomainError | None:
         return exc
     if isinstance(exc, LedgerUnavailable):
         return DomainError(CommonCode.LEDGER_UNAVAILABLE, LEDGER_AWAY)
+    if isinstance(exc, OperationalError | InterfaceError):  # PostgreSQL restarting, unreachable, out of connections
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return DomainError(CommonCode.UNAVAILABLE, DATABASE_AWAY)
     if isinstance(exc, DjangoValidationError):
         fields = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return DomainError(CommonCode.VALIDATION_ERROR, "The request is not valid.", fields)
@@ -180,12 +192,16 @@ class DomainErrorMiddleware:
             return None
         if isinstance(exception, LedgerUnavailable):
             exception = DomainError(CommonCode.LEDGER_UNAVAILABLE, "The ledger did not answer; try again in a moment.")
+        elif isinstance(exception, OperationalError | InterfaceError):
+            log.warning("database unavailable: %s: %s", type(exception).__name__, exception)
+            exception = DomainError(CommonCode.UNAVAILABLE, "The database did not answer; try again in a moment.")
+            request.user = AnonymousUser()  # the page must not ask the database who is logged in
         if not isinstance(exception, DomainError):
             return None
         status = STATUS[exception.code]
         response = answer(request, exception)
         if status == 503:
-            response["Retry-After"] = LEDGER_RETRY_AFTER if exception.code == CommonCode.LEDGER_UNAVAILABLE else PAGE_RETRY_AFTER
+            response["Retry-After"] = RETRY_AFTER.get(exception.code, PAGE_RETRY_AFTER)
         return response
 
 

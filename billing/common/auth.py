@@ -5,6 +5,7 @@ Principal from an API key or a session live with the keys and users (billing.cus
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,8 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework import exceptions, permissions, throttling
 from rest_framework.request import Request
+
+from billing.common.degraded import soft
 
 SCOPES = ("ingest", "read", "admin")
 
@@ -71,26 +74,30 @@ class HasScope(permissions.BasePermission):
 
 class KeyRateThrottle(throttling.BaseThrottle):
     """Fixed one-second window per key, counted in the cache (Redis when REDIS_URL is set, so all
-    workers share it). ``TOLLGATE_RATE_LIMIT_PER_SECOND=0`` switches it off."""
+    workers share it). ``TOLLGATE_RATE_LIMIT_PER_SECOND=0`` switches it off. When the cache does not
+    answer, the limiter fails open: the request goes through, the failure is logged and counted
+    (billing.common.degraded), so a Redis outage never fails the API."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
         limit = int(getattr(settings, "TOLLGATE_RATE_LIMIT_PER_SECOND", 0))
         principal = request.auth
         if limit <= 0 or not isinstance(principal, Principal):
             return True
-        import time
-
-        window = int(time.time())
-        key = f"tollgate:rl:{principal.rate_key}:{window}"
-        if cache.add(key, 1, timeout=2):
-            return True
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=2)
-            return True
         self._wait = 1.0
-        return count <= limit
+        return soft("rate_limit_cache", _count_within, f"tollgate:rl:{principal.rate_key}", limit, default=True)
+
+
+def _count_within(prefix: str, limit: int) -> bool:
+    """Count one request in the current one-second window of ``prefix``; True while within ``limit``."""
+    key = f"{prefix}:{int(time.time())}"
+    if cache.add(key, 1, timeout=2):
+        return True
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=2)
+        return True
+    return count <= limit
 
     def wait(self) -> float | None:
         return getattr(self, "_wait", 1.0)

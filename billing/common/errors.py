@@ -42,6 +42,7 @@ class CommonCode(ErrorCode):
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
+    UNAVAILABLE = "unavailable"
 
 
 class DomainError(Exception):

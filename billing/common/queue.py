@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import current_app
+from django.db import transaction
+
+from billing.common.degraded import degraded
 
 
 def task_named(name: str) -> Any:
@@ -17,3 +20,17 @@ def task_named(name: str) -> Any:
     if name not in app.tasks:
         app.loader.import_default_modules()
     return app.tasks[name]
+
+
+def queue_after_commit(name: str, *args: Any) -> None:
+    """Queue the task ``name`` with ``args`` once the current transaction commits. The broker down is logged
+    and counted, never raised: what committed stays committed and the caller's answer stands; the beat
+    sweeps that own each such task queue it again."""
+
+    def send() -> None:
+        try:
+            task_named(name).delay(*args)
+        except Exception as error:
+            degraded("broker", error)
+
+    transaction.on_commit(send)

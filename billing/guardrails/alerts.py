@@ -37,6 +37,7 @@ from billing.audit.services import audit_created, audit_deleted, snapshot
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common import process_caches
 from billing.common.calendar import period_bounds
+from billing.common.degraded import degraded, soft
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import decimal_to_text
 from billing.common.queue import task_named
@@ -143,8 +144,10 @@ def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
     queues the next check. Queued after commit; a broker failure is logged and never fails the ingest."""
     clock = time.monotonic()
     shared = _cache_is_shared()
+    # the cache down (Redis): queue anyway, this process's own countdown still spaces the checks out
     pks = [pk for pk in sorted(set(customer_pks))
-           if _QUEUED.get(pk, 0.0) <= clock and (not shared or cache.add(_mark(pk), 1, timeout=MARK_TTL_SECONDS))]
+           if _QUEUED.get(pk, 0.0) <= clock and (not shared or soft("alerts_cache", cache.add, _mark(pk), 1,
+                                                                    timeout=MARK_TTL_SECONDS, default=True))]
     for pk in pks:  # 1 s of margin for the commit and the worker's clock
         _QUEUED[pk] = clock + CHECK_DELAY_SECONDS - 1
     if not pks:
@@ -155,9 +158,9 @@ def alerts_check_soon(*, customer_pks: Iterable[int]) -> None:
         for pk in pks:
             try:
                 alerts_check_task.apply_async(args=[pk], countdown=CHECK_DELAY_SECONDS)
-            except Exception:  # the events are committed; the sweep will look at this customer
-                log.warning("could not queue the alert check of customer %s", pk, exc_info=True)
-                cache.delete(_mark(pk))
+            except Exception as error:  # the events are committed; the sweep will look at this customer
+                degraded("broker", error)
+                soft("alerts_cache", cache.delete, _mark(pk), default=None)
                 _QUEUED.pop(pk, None)
 
     transaction.on_commit(enqueue)

@@ -19,14 +19,13 @@ from decimal import Decimal, localcontext
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from billing.audit.services import audit_record, snapshot
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common.fields import decimal_to_text
-from billing.common.queue import task_named
+from billing.common.queue import queue_after_commit, task_named
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
 from billing.payments.gateway import GatewayError, StripeGateway, gateway_get, idempotency_key
@@ -120,7 +119,7 @@ def stripe_customer_sync_schedule(*, customer: Customer) -> StripeCustomer:
     if not created:
         _row_reset(row)
     if stripe_enabled():
-        transaction.on_commit(lambda: task_named("payments.customer_sync").delay(customer.pk))
+        queue_after_commit("payments.customer_sync", customer.pk)
     return row
 
 
@@ -176,7 +175,7 @@ def stripe_invoice_sync_schedule(*, invoice: Invoice) -> StripeInvoiceSync | Non
         return None
     row, _ = StripeInvoiceSync.objects.get_or_create(invoice=invoice)
     if row.state != SyncState.SYNCED and stripe_enabled():
-        transaction.on_commit(lambda: task_named("payments.invoice_push").delay(invoice.pk))
+        queue_after_commit("payments.invoice_push", invoice.pk)
     return row
 
 

@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing.common.queue import task_named
+from billing.common.queue import queue_after_commit
 from billing.invoicing.models import Invoice
 from billing.invoicing.services import invoice_mark_paid, invoice_mark_uncollectible, invoice_void
 from billing.payments.gateway import METADATA_INVOICE, GatewayError, gateway_get
@@ -41,7 +41,7 @@ def stripe_event_receive(*, event: dict[str, Any]) -> tuple[StripeEvent, bool]:
                                              payload=event)
     except IntegrityError:
         return StripeEvent.objects.get(event_id=event["id"]), False
-    transaction.on_commit(lambda: task_named("payments.event_process").delay(row.pk))
+    queue_after_commit("payments.event_process", row.pk)
     return row, True
 
 
