@@ -87,6 +87,6 @@ app.conf.beat_schedule = {
     # minute is frequent enough for an operator's probe and costs one row update.
     "ops-heartbeat": {
         "task": "portal.tasks.heartbeat",
-        "schedule": float(os.environ.get("TOLLGATE_HEARTBEAT_SECONDS", "60")),
+        "schedule": float(os.environ.get("TOLLGATE_HEARTBEAT_SECONDS", "60")),  # settings.TOLLGATE_HEARTBEAT_SECONDS
     },
 }

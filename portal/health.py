@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 
 from billing.common.errors import CommonCode, DomainError
 from ledger.backends import ledger_ping
@@ -61,14 +65,27 @@ def _check_ledger() -> str | None:
     return None
 
 
+def _check_beat(seen_at: datetime | None) -> str | None:
+    """Beat and a worker are alive end to end: the heartbeat they record is at most two intervals old."""
+    limit = 2 * float(settings.TOLLGATE_HEARTBEAT_SECONDS)
+    if seen_at is None:
+        return "no heartbeat recorded yet (beat and a worker write one every interval)"
+    age = (timezone.now() - seen_at).total_seconds()
+    if age > limit:
+        return f"the last heartbeat is {age:.0f} s old (more than {limit:.0f} s): beat or every worker is down"
+    return None
+
+
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _check_database(), "broker": _check_broker(), "ledger": _check_ledger()}
-    ready = all(error is None for error in checks.values())
-    body: dict[str, object] = {
-        "status": "ready" if ready else "not_ready",
-        "checks": {name: ("ok" if error is None else error) for name, error in checks.items()},
-    }
+    body: dict[str, object] = {}
     if checks["database"] is None:
         beat = Heartbeat.objects.filter(name="beat").first()
+        checks["beat"] = _check_beat(beat.seen_at if beat else None)
         body["last_beat"] = beat.seen_at.isoformat() if beat else None
+    else:
+        checks["beat"] = "unknown: the database did not answer"
+    ready = all(error is None for error in checks.values())
+    body = {"status": "ready" if ready else "not_ready",
+            "checks": {name: ("ok" if error is None else error) for name, error in checks.items()}, **body}
     return JsonResponse(body, status=200 if ready else 503)

@@ -162,7 +162,13 @@ else:
 
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+    # A message a worker took but did not acknowledge (a countdown task it holds, an acks_late task it runs)
+    # goes back to the queue this long after it was taken, when that worker is gone or lost its connection
+    # meanwhile. Longer than any countdown (Stripe retries back off to an hour) and any task. Workers look for
+    # such messages every 10 s (kombu's default is every 100 s: 10 s, throttled to 1 in 10).
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "visibility_timeout": int(os.environ.get("TOLLGATE_BROKER_VISIBILITY_TIMEOUT", "7200")),
+        "unacked_restore_throttle": 1}
 else:
     _queue_dir = DATA_DIR / "celery" / "queue"
     _processed_dir = DATA_DIR / "celery" / "processed"
@@ -184,6 +190,13 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's consumer, made to survive a broker outage while it holds unacknowledged messages (portal/worker.py)
+CELERY_WORKER_CONSUMER = "portal.worker:Consumer"
+# Reconnect for as long as the broker is away (Celery gives up after 100 tries, about 50 minutes, by default)
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A running acks_late task whose connection is lost is stopped: it could not be acknowledged, so the broker
+# hands it out again, and every acks_late task is idempotent (Celery 6's default, without the warning)
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 
 # --- Ledger ----------------------------------------------------------------------------------------
 TIGERBEETLE_ADDRESSES = os.environ.get("TIGERBEETLE_ADDRESSES", "")
@@ -199,6 +212,8 @@ TOLLGATE_LEDGER_NAMESPACE = os.environ.get("TOLLGATE_LEDGER_NAMESPACE")
 TOLLGATE_RATE_LIMIT_PER_SECOND = int(os.environ.get("TOLLGATE_RATE_LIMIT_PER_SECOND", "2000"))
 TOLLGATE_MAX_FUTURE_SECONDS = 300  # contract: a timestamp at most 5 minutes in the future
 TOLLGATE_BATCH_MAX = 1000
+# Beat's ops-heartbeat runs this often (portal/celery.py); /readyz fails when the last beat is older than twice that.
+TOLLGATE_HEARTBEAT_SECONDS = float(os.environ.get("TOLLGATE_HEARTBEAT_SECONDS", "60"))
 # Request bodies: portal.errors.HostileRequestMiddleware answers 413 to a body whose Content-Length is over
 # its path's limit before anything reads it: a batch (events/batch, settle) as large as the contract allows
 # (billing.usage.contract.batch_max_bytes: about 13 MB), every other body this many bytes. Django's own check

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.cache import cache
+from django.utils import timezone
+
+from portal.models import Heartbeat
+from portal.tasks import heartbeat
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ledger]
 
@@ -13,11 +19,36 @@ def test_healthz_answers_without_auth(client):
     assert response.json() == {"status": "ok"}
 
 
-def test_readyz_checks_database_broker_and_ledger(client):
+def test_readyz_checks_database_broker_ledger_and_beat(client):
+    heartbeat.apply()
+
     response = client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "ledger": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "ledger": "ok", "beat": "ok"}
+
+
+def test_readyz_is_503_before_the_first_heartbeat(client):
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["last_beat"] is None
+    assert response.json()["checks"]["beat"].startswith("no heartbeat recorded yet")
+
+
+def test_readyz_judges_the_last_beat_against_twice_its_interval(client, settings):
+    settings.TOLLGATE_HEARTBEAT_SECONDS = 60
+    Heartbeat.objects.create(name="beat", seen_at=timezone.now() - timedelta(seconds=119))
+    assert client.get("/readyz").status_code == 200
+
+    Heartbeat.objects.filter(name="beat").update(seen_at=timezone.now() - timedelta(seconds=125))
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not_ready"
+    assert body["checks"]["beat"].startswith("the last heartbeat is 125 s old (more than 120 s)")
+    assert body["checks"]["database"] == "ok"
 
 
 def test_readyz_is_503_when_the_ledger_is_unreachable(client, settings):
@@ -32,8 +63,6 @@ def test_readyz_is_503_when_the_ledger_is_unreachable(client, settings):
 
 
 def test_heartbeat_task_records_the_beat(client):
-    from portal.tasks import heartbeat
-
     heartbeat.apply()
 
     assert client.get("/readyz").json()["last_beat"] is not None
