@@ -96,6 +96,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "portal.errors.HostileRequestMiddleware",
+    "portal.throttle.LoginThrottleMiddleware",
+    "portal.throttle.AnonymousApiThrottleMiddleware",
     "billing.audit.context.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -210,6 +212,15 @@ TOLLGATE_LEDGER_NAMESPACE = os.environ.get("TOLLGATE_LEDGER_NAMESPACE")
 # --- Tollgate ------------------------------------------------------------------------------------
 # Requests per second per API key; 0 switches the limiter off. Shared across processes with Redis.
 TOLLGATE_RATE_LIMIT_PER_SECOND = int(os.environ.get("TOLLGATE_RATE_LIMIT_PER_SECOND", "2000"))
+# Abuse limits per client address (portal/throttle.py): failed logins per address and username and per address
+# in a window, and API requests that authenticate as no one per minute (0 switches that one off).
+TOLLGATE_LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("TOLLGATE_LOGIN_FAILURES_PER_ACCOUNT", "5"))
+TOLLGATE_LOGIN_FAILURES_PER_IP = int(os.environ.get("TOLLGATE_LOGIN_FAILURES_PER_IP", "50"))
+TOLLGATE_LOGIN_WINDOW_SECONDS = int(os.environ.get("TOLLGATE_LOGIN_WINDOW_SECONDS", "900"))
+TOLLGATE_ANON_RATE_LIMIT_PER_MINUTE = int(os.environ.get("TOLLGATE_ANON_RATE_LIMIT_PER_MINUTE", "120"))
+# Behind a reverse proxy: the request.META key of the header it sets to the client's address (HTTP_X_REAL_IP);
+# unset, REMOTE_ADDR. Set it only when every request comes through that proxy (a client could forge it).
+TOLLGATE_CLIENT_IP_HEADER = os.environ.get("TOLLGATE_CLIENT_IP_HEADER", "")
 TOLLGATE_MAX_FUTURE_SECONDS = 300  # contract: a timestamp at most 5 minutes in the future
 TOLLGATE_BATCH_MAX = 1000
 # Beat's ops-heartbeat runs this often (portal/celery.py); /readyz fails when the last beat is older than twice that.

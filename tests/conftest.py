@@ -48,6 +48,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(autouse=True)
 def _no_rate_limit(settings: Any) -> None:
     settings.TOLLGATE_RATE_LIMIT_PER_SECOND = 0
+    settings.TOLLGATE_ANON_RATE_LIMIT_PER_MINUTE = 0  # tests/portal/test_abuse_limits.py turns it on
 
 
 @pytest.fixture(autouse=True)

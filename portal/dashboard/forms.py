@@ -13,8 +13,9 @@ class ContactEmailForm(forms.Form):
 
 
 class UserAddForm(forms.Form):
-    username = forms.RegexField(regex=r"^[\w.@+-]{3,150}$", max_length=150,
-                                error_messages={"invalid": "3-150 letters, digits and @ . + - _"})
+    username = forms.RegexField(regex=r"^[\w.+-]{3,150}$", max_length=150, label="Login name",
+                                help_text="They log in as <name>@<this customer's id>.",
+                                error_messages={"invalid": "3-150 letters, digits and . + - _"})
     email = forms.EmailField(required=False)
     password = forms.CharField(widget=forms.PasswordInput, min_length=8,
                                help_text="At least 8 characters; tell it to the new user yourself.")

@@ -347,12 +347,12 @@ def test_settings_add_a_user_for_the_same_customer(ann, client, acme):
     short = ann.post("/dashboard/acme-co/settings/users", {"username": "carol", "password": "short"})
 
     assert added.status_code == 302
-    assert taken.status_code == 422 and "taken" in taken.content.decode()
+    assert taken.status_code == 422 and "BOB@acme-co exists already" in taken.content.decode()
     assert short.status_code == 422
-    assert CustomerUser.objects.get(user__username="bob").customer == acme
+    assert CustomerUser.objects.get(user__username="bob@acme-co").customer == acme
     assert "bob@acme.example" in ann.get("/dashboard/acme-co/settings/").content.decode()
     client.logout()
-    assert client.login(username="bob", password="pw-bob-1234")
+    assert client.login(username="bob@acme-co", password="pw-bob-1234")
     assert client.get("/dashboard/").url == "/dashboard/acme-co/"
     assert client.get("/dashboard/globex/settings/").status_code == 404
 

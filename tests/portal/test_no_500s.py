@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from billing.customers.models import Customer
+from portal.models import Heartbeat
 from tests.conftest import post_json
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +46,7 @@ def _fill(route: str, text: str) -> str:
 
 @pytest.fixture
 def callers(acme: Customer, globex: Customer, make_client: Any) -> dict[str, APIClient]:
+    Heartbeat.objects.create(name="beat", seen_at=timezone.now())  # so that /readyz is ready: any 5xx is a defect
     staff = User.objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
     session = APIClient()
     session.force_login(staff)
