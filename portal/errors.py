@@ -81,7 +81,7 @@ STATUS: dict[ErrorCode, int] = {
     UsageCode.CORRECTION_NOT_SUPPORTED: 422,
     CatalogCode.UNKNOWN_PLAN: 422,
     CatalogCode.INVALID_CATALOG: 422,
-    UsageCode.PERIOD_CLOSED: 422,
+    CommonCode.PERIOD_CLOSED: 422,
     InvoicingCode.PERIOD_OPEN: 422,
     CommonCode.RATE_LIMITED: 429,
     CommonCode.INTERNAL_ERROR: 500,

@@ -13,7 +13,7 @@ from billing.audit.services import audit_created, audit_deleted, audit_record, s
 from billing.catalog import schema
 from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
-from billing.common.calendar import next_period_start, period_bounds
+from billing.common.calendar import EPOCH, next_period_start, period_bounds
 from billing.common.errors import CommonCode, DomainError, validation_error
 
 
@@ -233,6 +233,15 @@ def plan_version_publish(*, plan: Plan, data: dict[str, Any], actor: str, now: d
     return _version_create(plan=plan, effective_from=effective_from, definition=definition, actor=actor)
 
 
+def _nothing_closed() -> datetime:
+    return EPOCH
+
+
+# The instant before which billing periods are closed and invoiced. Invoicing closes them and sits above the
+# catalog, so it plugs its reader in at start (billing.invoicing.apps), as it does for ingest.
+closed_until_source: Callable[[], datetime] = _nothing_closed
+
+
 @transaction.atomic
 def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: datetime, actor: str) -> Subscription:
     """Put a customer on a plan. Without ``start`` the change takes effect at the next period boundary
@@ -243,6 +252,11 @@ def subscription_set(*, customer: Any, plan: Plan, start: datetime | None, now: 
     in_effect_now = next((r for r in rows if r.start <= now and (r.end is None or r.end > now)), None)
     if start is None:
         start = now if in_effect_now is None else next_period_start(now)
+    closed_until = closed_until_source()
+    if start < closed_until:  # those periods are invoiced: a start there would bill them again
+        raise DomainError(CommonCode.PERIOD_CLOSED, f"Billing periods before {closed_until.isoformat()} are closed and "
+                          "invoiced; a subscription cannot start in them.",
+                          {"start": [f"Must be at or after {closed_until.isoformat()}."]})
     covering = next((r for r in rows if r.start < start and (r.end is None or r.end > start)), None)
     if any(r.start >= start and r.start <= now for r in rows):
         raise validation_error({"start": ["A subscription already started at or after this time; periods cannot be rewritten."]})

@@ -40,6 +40,7 @@ class CommonCode(ErrorCode):
     VALIDATION_ERROR = "validation_error"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limited"
+    PERIOD_CLOSED = "period_closed"  # an event or a subscription dated in a period already closed and invoiced
     INTERNAL_ERROR = "internal_error"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     UNAVAILABLE = "unavailable"

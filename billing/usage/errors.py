@@ -10,5 +10,4 @@ class UsageCode(ErrorCode):
     ORIGINAL_NOT_BILLABLE = "original_not_billable"
     CORRECTION_NOT_SUPPORTED = "correction_not_supported"
     CORRECTION_EXCEEDS_ORIGINAL = "correction_exceeds_original"  # would take the corrected quantity below zero
-    PERIOD_CLOSED = "period_closed"  # an event dated in a period already closed and invoiced
     ROLLUPS_DRIFT = "rollups_drift"  # a rollup row names a dimension set that is not stored

@@ -25,12 +25,11 @@ from django.utils import timezone
 
 from billing.common import locks
 from billing.common.auth import Principal
-from billing.common.errors import DomainError
+from billing.common.errors import CommonCode, DomainError
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.guards import guard_states, refusal_of
 from billing.guardrails.runs import runs_trip
 from billing.usage.contract import CleanEvent, clean_event, decode_event
-from billing.usage.errors import UsageCode
 from billing.usage.ingest import debit, store
 from billing.usage.ingest.resolve import load_lookups, meters_cached, resolve_event
 from billing.usage.ingest.rows import ACCEPTED, DUPLICATE, REJECTED, IngestResult, Row, compare, refused_or
@@ -143,7 +142,7 @@ def _answer_late(late: list[Row], results: list[IngestResult | None]) -> None:
         key = (row.customer_pk, row.event.event_id)
         results[row.index] = compare(row.event.event_id, stored[key][0], row.fingerprint) if key in stored else (
             IngestResult(row.event.event_id, REJECTED, DomainError(
-                UsageCode.PERIOD_CLOSED, f"The billing period holding {row.usage_at.isoformat()} is closed and invoiced; "
+                CommonCode.PERIOD_CLOSED, f"The billing period holding {row.usage_at.isoformat()} is closed and invoiced; "
                 "send a correction dated in the open period instead.", {"timestamp": ["Period closed."]})))
 
 
