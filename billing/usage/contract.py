@@ -5,6 +5,7 @@ on a 100-event batch), decimals exact from JSON strings or numbers, never throug
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def largest_event() -> dict[str, Any]:
     }
 
 
+@functools.cache
 def batch_max_bytes(events: int) -> int:
     """The body limit of a batch of ``events``: twice the largest legal batch written compactly in ASCII,
     which leaves room for whitespace, escapes and non-ASCII text (about 13 MB for 1,000 events)."""
