@@ -17,6 +17,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
@@ -229,10 +230,25 @@ def too_large(request: HttpRequest, limit: int) -> HttpResponse:
                                        f"The body is larger than this endpoint takes ({limit} bytes)."))
 
 
+def _hostile_part(request: HttpRequest) -> str | None:
+    """Where the request holds a NUL character (or text that is not Unicode): ``path``, a query parameter's
+    name (``query`` when the name itself is bad), ``headers`` or ``cookies``; None when nowhere."""
+    if text_problem(request.path):
+        return "path"
+    bad = [name for name, values in request.GET.lists() if text_problem(name) or any(map(text_problem, values))]
+    if bad:
+        return "query" if text_problem(bad[0]) else bad[0]
+    if any(key.startswith("HTTP_") and isinstance(value, str) and text_problem(value) for key, value in request.META.items()):
+        return "headers"  # the Authorization header's key prefix is looked up, for one
+    if any(text_problem(name) or text_problem(value) for name, value in request.COOKIES.items()):
+        return "cookies"  # the session cookie is looked up
+    return None
+
+
 class HostileRequestMiddleware:
     """Before any view: a body longer than its path takes is 413 (nothing reads it), and a NUL character in
-    the path or the query string is 400: PostgreSQL refuses it in any query (a 500), and no id, key or
-    parameter of ours may hold one."""
+    the path, the query string, a header or a cookie is 400: PostgreSQL refuses it in any query (a 500),
+    and no id, key, parameter or session of ours may hold one."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -245,9 +261,11 @@ class HostileRequestMiddleware:
             length = 0
         if length > limit:
             return too_large(request, limit)
-        bad = [name for name, values in request.GET.lists() if text_problem(name) or any(map(text_problem, values))]
-        where = "path" if text_problem(request.path) else ("query" if text_problem(bad[0]) else bad[0]) if bad else None
+        where = _hostile_part(request)
         if where is None:
             return self.get_response(request)
-        return answer(request, DomainError(CommonCode.INVALID_REQUEST, "The URL holds a NUL character or invalid text.",
-                                           {where: ["Must not contain a NUL character."]}))
+        # the error page must not look the hostile session up either: an empty one instead (and its cookie dropped)
+        request.user = AnonymousUser()
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore()
+        return answer(request, DomainError(CommonCode.INVALID_REQUEST, "The request holds a NUL character or invalid "
+                                           "text.", {where: ["Must not contain a NUL character."]}))

@@ -91,6 +91,38 @@ def test_a_nul_in_any_query_parameter_is_400_invalid_request(callers):
     assert failures == []
 
 
+@pytest.mark.parametrize(("part", "extra"), [
+    ("headers", {"HTTP_AUTHORIZATION": "Bearer tg_\x00bcdefabcdef_secret"}),
+    ("headers", {"HTTP_AUTHORIZATION": "Bearer tg_abcdefabcdef_se\x00cret"}),
+    ("headers", {"HTTP_X_CSRFTOKEN": "a\x00b", "HTTP_USER_AGENT": "x"}),
+    ("cookies", {}),
+])
+def test_a_nul_in_a_header_or_the_session_cookie_is_400_on_every_route(callers, part, extra):
+    client = APIClient()
+    client.raise_request_exception = False
+    failures = []
+    for route in ROUTES:
+        path = _fill(route, "acme-co")
+        if part == "cookies":  # again each time: each answer deletes it
+            client.cookies["sessionid"] = "abcdefgh\x00ijklmnop"
+        response = client.get(path, **extra)
+        if response.status_code != 400:
+            failures.append((path, response.status_code))
+        elif path.startswith("/api/"):
+            assert response.json()["error"]["fields"] == {part: ["Must not contain a NUL character."]}
+    assert failures == []
+
+
+def test_a_hostile_session_cookie_is_dropped_by_the_answer(callers):
+    client = APIClient()
+    client.cookies["sessionid"] = "abcdefgh\x00ijklmnop"
+
+    response = client.get("/dashboard/")
+
+    assert response.status_code == 400
+    assert response.cookies["sessionid"].value == ""  # deleted: the next request is a clean anonymous one
+
+
 def test_a_nul_in_the_path_of_a_page_is_an_html_400(callers):
     response = callers["staff"].get("/dashboard/x%00/")
 
