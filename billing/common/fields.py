@@ -23,6 +23,8 @@ MAX_INTEGER_DIGITS = MAX_DIGITS - DECIMAL_PLACES
 
 def decimal_to_text(value: Decimal) -> str:
     """Canonical, exponent-free text of a finite Decimal, trailing zeros removed."""
+    if not value:  # a zero may carry any exponent: 0E-999999999 would be written with a billion zeros
+        return "0"
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -30,13 +32,18 @@ def decimal_to_text(value: Decimal) -> str:
 
 
 def check_decimal(value: Decimal) -> str | None:
-    """Why ``value`` cannot be stored exactly, or None."""
+    """Why ``value`` cannot be stored exactly, or None. Read from its digits and exponent alone, with no
+    arithmetic: ``1e999999999`` or ``1e-999999999`` would overflow (or silently round) in a decimal context."""
     if not value.is_finite():
         return "must be a finite number"
-    exponent = value.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -DECIMAL_PLACES:
+    _, digits, exponent = value.as_tuple()
+    significant = "".join(map(str, digits)).rstrip("0")
+    if not significant:  # zero, whatever its exponent
+        return None
+    assert isinstance(exponent, int)
+    if exponent + (len(digits) - len(significant)) < -DECIMAL_PLACES:
         return f"has more than {DECIMAL_PLACES} decimal places"
-    if abs(value) >= Decimal(10) ** MAX_INTEGER_DIGITS:
+    if value.adjusted() >= MAX_INTEGER_DIGITS:
         return f"has more than {MAX_INTEGER_DIGITS} digits before the decimal point"
     return None
 

@@ -63,8 +63,12 @@ def backoff(attempts: int) -> timedelta:
 
 def endpoint_validate(*, url: str, events: list[str]) -> None:
     errors: dict[str, list[str]] = {}
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # "http://[::1", a port that is not a number or out of range
+        usable = False
+    if not usable:
         errors["url"] = ["An absolute http:// or https:// URL."]
     unknown = [e for e in events if e not in EVENT_TYPES]
     if not events:

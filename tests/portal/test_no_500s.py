@@ -5,6 +5,8 @@ which refuses a NUL in any query; on SQLite the answers are checked all the same
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -209,3 +211,41 @@ def test_anonymous_options_on_the_api_docs_is_not_a_500(callers):
 
     assert response.status_code == 200
     assert "GET" in response["Allow"]
+
+
+HOSTILE_BODIES = [
+    "{}", "[]", '"x"', "1", "null", '{"a": 1}',
+    json.dumps({"id": "x" * 500, "name": 1, "metadata": [1], "email": 5}),
+    json.dumps({"plan": "x", "start": "9999-12-31T23:59:59-01:00"}),
+    json.dumps({"amount": "1e999999999", "reason": "r", "idempotency_key": "k"}),
+    json.dumps({"amount": "NaN", "reason": "r", "idempotency_key": "k"}),
+    json.dumps({"amount": 1e308, "reason": "r", "idempotency_key": "k"}),
+    json.dumps({"reservation_id": "r1", "customer": "acme-co", "meter": "llm_tokens", "quantity": "1e400",
+                "ttl_seconds": 10**30}),
+    json.dumps({"reservation_id": "r1", "customer": "acme-co", "meter": "llm_tokens", "quantity": "-1", "ttl_seconds": -5}),
+    json.dumps({"target": "spend_cap", "percent": "1e999999999"}),
+    json.dumps({"target": "x" * 10000, "percent": 50}),
+    json.dumps({"url": "http://" + "a" * 5000, "events": ["alert.soft_limit"]}),
+    json.dumps({"url": "http://[::1", "events": ["alert.soft_limit"]}),
+    json.dumps({"url": "http://h:99999", "events": ["alert.soft_limit"]}),
+    json.dumps({"key": "k", "name": "n", "unit": "u", "aggregation": "unique_count", "unique_by": None}),
+    json.dumps({"key": "pro", "name": "Pro", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                "base_fee": "1e999999999", "charges": [{"meter": "llm_tokens", "model": "graduated",
+                                                        "tiers": [{"up_to": 10**40, "unit_price": "1e-999999999"}]}]}),
+    json.dumps({"effective_from": "2026-01-01T00:00:00Z", "base_fee": "NaN", "charges": "x"}),
+    json.dumps({"events": [{"event_id": "e", "customer": "acme-co", "meter": "llm_tokens", "quantity": q,
+                            "timestamp": "2026-12-07T00:00:00Z"} for q in ("1e999999999", "1e-999999999", "-0E+9999")]}),
+    json.dumps({"event_id": "e", "customer": "acme-co", "meter": "llm_tokens", "quantity": "1e999999999",
+                "timestamp": "2026-12-07T00:00:00Z"}),
+]
+
+
+def test_hostile_bodies_on_every_write_route_are_never_a_500(callers, tokens_meter):
+    failures = []
+    for route, method in itertools.product(ROUTES, ("post", "put", "patch")):
+        who = "admin" if route.startswith("api/") else "staff"
+        for body in HOSTILE_BODIES:
+            response = getattr(callers[who], method)(_fill(route, "acme-co"), data=body, content_type="application/json")
+            if response.status_code >= 500:
+                failures.append((who, method, route, body[:60], response.status_code))
+    assert failures == []

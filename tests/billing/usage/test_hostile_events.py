@@ -82,6 +82,28 @@ def test_a_timestamp_outside_the_sane_range_rejects_only_that_event(ingest, even
     assert list(UsageEvent.objects.values_list("event_id", flat=True)) == ["good-1"]
 
 
+@pytest.mark.parametrize(("quantity", "problem"), [
+    ("1e999999999", "Quantity has more than 20 digits before the decimal point."),
+    ("1e-999999999", "Quantity has more than 18 decimal places."),
+    ("1E+20", "Quantity has more than 20 digits before the decimal point."),
+])
+def test_a_quantity_beyond_any_decimal_context_rejects_only_that_event(ingest, event, quantity, problem):
+    response = post_json(ingest, BATCH, {"events": [event("good-1"), event("bad-1", quantity=quantity)]})
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0]["status"] == "accepted"
+    assert results[1]["error"]["fields"] == {"quantity": [problem]}
+
+
+@pytest.mark.parametrize("quantity", ["0E+999999999", "0E-999999999", "99999999999999999999.999999999999999999",
+                                      "1200.000000000000000000000"])
+def test_quantities_at_the_edges_that_fit_are_accepted(ingest, event, quantity):
+    response = post_json(ingest, EVENTS, event(quantity=quantity))
+
+    assert response.status_code == 201, response.content
+
+
 def test_the_first_instant_of_2000_is_in_range(ingest, event):
     response = post_json(ingest, EVENTS, event(timestamp="2000-01-01T01:00:00+01:00"))
 
