@@ -177,7 +177,10 @@ def parse_plan(data: Any) -> PlanIn:
 # --- validation and canonical form ---------------------------------------------------------------
 
 def dec_text(value: Decimal | None) -> str | None:
-    return None if value is None else decimal_to_text(value)
+    """Canonical text; a value that cannot be stored (its problem is reported) as given, never expanded."""
+    if value is None:
+        return None
+    return str(value) if check_decimal(value) else decimal_to_text(value)
 
 
 def check_amount(problems: list[tuple[str, str]], path: str, value: Decimal | None, *, positive: bool = False) -> None:
@@ -256,7 +259,7 @@ def _validate_tiers(tiers: list[TierIn], path: str, problems: list[tuple[str, st
                 problems.append((f"{at}.up_to", "the last tier must be open-ended (null)"))
             check_amount(problems, f"{at}.up_to", tier.up_to, positive=True)
             if tier.up_to <= previous:
-                problems.append((f"{at}.up_to", f"must be greater than the previous bound {decimal_to_text(previous)}"))
+                problems.append((f"{at}.up_to", f"must be greater than the previous bound {dec_text(previous)}"))
             previous = max(previous, tier.up_to)
         check_amount(problems, f"{at}.unit_price", tier.unit_price)
         check_amount(problems, f"{at}.flat_price", tier.flat_price)

@@ -25,6 +25,13 @@ def decimal_to_text(value: Decimal) -> str:
     """Canonical, exponent-free text of a finite Decimal, trailing zeros removed."""
     if not value:  # a zero may carry any exponent: 0E-999999999 would be written with a billion zeros
         return "0"
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    if exponent < -2 * DECIMAL_PLACES:  # "1.000...0": its trailing zeros off first, without a decimal context
+        kept = len("".join(map(str, digits)).rstrip("0"))
+        value = Decimal((sign, digits[:kept], exponent + len(digits) - kept))
+    if abs(value.adjusted()) > 1000 or value.as_tuple().exponent < -1000:  # type: ignore[operator]
+        raise ValueError(f"{value!r} is far outside any amount or quantity: check it first (check_decimal)")
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

@@ -16,7 +16,7 @@ from billing.catalog.selectors import subscription_at
 from billing.common.auth import actor_of, principal_of
 from billing.common.calendar import period_bounds
 from billing.common.errors import CommonCode, DomainError, validation_error
-from billing.common.fields import decimal_to_text
+from billing.common.fields import check_decimal, decimal_to_text
 from billing.common.sane import instant_utc
 from billing.customers.errors import CustomersCode
 from billing.customers.models import Customer, Project
@@ -216,6 +216,10 @@ class CustomerAlertThresholdsApi(APIView):
             percent = Decimal(params["percent"]) if params.get("percent") else None
         except (ValueError, InvalidOperation):
             raise validation_error({"id" if "id" in params else "percent": ["Not a number."]}) from None
+        if threshold_id is not None and not 0 < threshold_id < 2**63:  # a bigint, or PostgreSQL refuses the query
+            raise validation_error({"id": ["Not a threshold id."]})
+        if percent is not None and check_decimal(percent):
+            raise validation_error({"percent": [f"Percent {check_decimal(percent)}."]})
         alerts.alert_threshold_delete(customer=customer, threshold_id=threshold_id, target=params.get("target"),
                                       percent=percent)
         return Response(status=204)

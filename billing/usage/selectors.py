@@ -90,9 +90,10 @@ def cursor_decode(cursor: str) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, value = text.split(":", 1)
-        return int(value) if kind == "id" else None
+        number = int(value)
     except (ValueError, UnicodeDecodeError):
         return None
+    return number if kind == "id" and 0 < number < 2**63 else None  # a bigint, or PostgreSQL refuses the query
 
 
 def bucket_bounds(moment: datetime, granularity: str) -> tuple[datetime, datetime]:

@@ -249,3 +249,25 @@ def test_hostile_bodies_on_every_write_route_are_never_a_500(callers, tokens_met
             if response.status_code >= 500:
                 failures.append((who, method, route, body[:60], response.status_code))
     assert failures == []
+
+
+HOSTILE_QUERIES = [
+    "limit=99999999999999999999999", "limit=-1", "limit=abc", "cursor=garbage", "cursor=%ff%fe",
+    "cursor=aWQ6OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk",  # id:99999999999999999999999, beyond a bigint
+    "cursor=" + "A" * 5000, "granularity=x", "group_by=a,b,c,d", "group_by=model,model", "group_by=" + "x" * 3000,
+    "status=zz", "id=abc", "id=99999999999999999999999", "id=-1", "percent=1e999999999", "percent=NaN",
+    "target=spend_cap&percent=1e999999999", "target=spend_cap&percent=0E-999999999", "target=meter:" + "x" * 500 + "&percent=5",
+    "customer=" + "x" * 5000, "meter=" + "m" * 5000, "start=2026-01-01T00:00:00Z&end=2026-01-01T00:00:00Z", "print=1",
+    "period=2026-13", "period=abcd-ef", "q=%ff", "page=99999999999999999", "o=-xyz",
+]
+
+
+def test_hostile_queries_on_every_route_are_never_a_500(callers, tokens_meter):
+    failures = []
+    for route, method in itertools.product(ROUTES, ("get", "delete")):
+        who = "admin" if route.startswith("api/") else "staff"
+        for query in HOSTILE_QUERIES:
+            response = getattr(callers[who], method)(f"{_fill(route, 'acme-co')}?{query}")
+            if response.status_code >= 500:
+                failures.append((method, route, query[:60], response.status_code))
+    assert failures == []

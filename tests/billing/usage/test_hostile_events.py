@@ -97,7 +97,7 @@ def test_a_quantity_beyond_any_decimal_context_rejects_only_that_event(ingest, e
 
 
 @pytest.mark.parametrize("quantity", ["0E+999999999", "0E-999999999", "99999999999999999999.999999999999999999",
-                                      "1200.000000000000000000000"])
+                                      "1200.000000000000000000000", "1." + "0" * 5000, "1" + "0" * 19])
 def test_quantities_at_the_edges_that_fit_are_accepted(ingest, event, quantity):
     response = post_json(ingest, EVENTS, event(quantity=quantity))
 
