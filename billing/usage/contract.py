@@ -137,8 +137,15 @@ def _strings(event: EventIn) -> Iterator[tuple[str, str]]:
                 yield f"trace.{name}", value
 
 
-def clean_event(event: EventIn, *, now: datetime, max_future: timedelta) -> CleanEvent:
-    for name, value in _strings(event):
+def may_hold_nul(raw: bytes | msgspec.Raw) -> bool:
+    """Whether a string decoded from ``raw`` can hold a NUL: JSON writes one only as the escape ``\u0000``
+    (msgspec refuses a raw control character and any invalid Unicode), so one scan of the bytes spares
+    checking every string of the events that have none."""
+    return b"\\u0000" in (raw if isinstance(raw, bytes) else bytes(raw))
+
+
+def clean_event(event: EventIn, *, now: datetime, max_future: timedelta, nul_possible: bool = True) -> CleanEvent:
+    for name, value in _strings(event) if nul_possible else ():
         problem = text_problem(value)
         if problem:
             field = name if text_problem(name) is None else "dimensions"

@@ -29,7 +29,7 @@ from billing.common.errors import CommonCode, DomainError
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.guards import guard_states, refusal_of
 from billing.guardrails.runs import runs_trip
-from billing.usage.contract import CleanEvent, clean_event, decode_event
+from billing.usage.contract import CleanEvent, clean_event, decode_event, may_hold_nul
 from billing.usage.ingest import debit, store
 from billing.usage.ingest.resolve import load_lookups, meters_cached, resolve_event
 from billing.usage.ingest.rows import ACCEPTED, DUPLICATE, REJECTED, IngestResult, Row, compare, refused_or
@@ -74,7 +74,7 @@ def _parse(raw_events: Sequence[bytes | msgspec.Raw], now: datetime,
     cleaned: list[tuple[int, CleanEvent]] = []
     for index, raw in enumerate(raw_events):
         try:
-            event = clean_event(decode_event(raw), now=now, max_future=max_future)
+            event = clean_event(decode_event(raw), now=now, max_future=max_future, nul_possible=may_hold_nul(raw))
         except DomainError as error:
             results[index] = IngestResult(event_id_of(raw), REJECTED, error)
             continue
