@@ -4,9 +4,7 @@ the commit; the push itself is the same idempotent one the tasks run (same keys,
 
 from __future__ import annotations
 
-from django.db import transaction
-
-from billing.common.queue import task_named
+from billing.common.queue import queue_after_commit
 from billing.payments.models import MeterUsageReport, PaystackPayment, StripeCustomer, SyncRow, SyncState
 from billing.payments.services import _row_save
 
@@ -28,5 +26,5 @@ def sync_row_retry(*, kind: str, pk: int) -> SyncRow | None:
         return None
     _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None, "leased_until": None})
     value = getattr(row, argument)
-    transaction.on_commit(lambda: task_named(task).delay(value))
+    queue_after_commit(task, value)
     return row

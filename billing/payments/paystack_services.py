@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from billing.common.queue import task_named
+from billing.common.queue import queue_after_commit
 from billing.invoicing.models import Invoice
 from billing.invoicing.services import credit_note_issue, invoice_mark_paid
 from billing.payments.gateway import METADATA_INSTALLATION, METADATA_INVOICE, GatewayError, idempotency_key, installation_id
@@ -42,7 +42,7 @@ def paystack_payment_schedule(*, invoice: Invoice) -> PaystackPayment | None:
         return None
     row, _ = PaystackPayment.objects.get_or_create(invoice=invoice)
     if row.state != SyncState.SYNCED and paystack_enabled():
-        transaction.on_commit(lambda: task_named("payments.paystack_link").delay(invoice.pk))
+        queue_after_commit("payments.paystack_link", invoice.pk)
     return row
 
 
@@ -102,7 +102,7 @@ def paystack_event_receive(*, event: dict[str, Any], payload: bytes) -> tuple[Pa
             row = PaystackEvent.objects.create(event_key=key, type=str(event.get("event") or ""), payload=event)
     except IntegrityError:
         return PaystackEvent.objects.get(event_key=key), False
-    transaction.on_commit(lambda: task_named("payments.paystack_event_process").delay(row.pk))
+    queue_after_commit("payments.paystack_event_process", row.pk)
     return row, True
 
 

@@ -19,13 +19,14 @@ from decimal import Decimal, localcontext
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from billing.audit.services import audit_record, snapshot
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.common.fields import decimal_to_text
-from billing.common.queue import queue_after_commit, task_named
+from billing.common.queue import queue_after_commit
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
 from billing.payments.gateway import GatewayError, StripeGateway, gateway_get, idempotency_key
