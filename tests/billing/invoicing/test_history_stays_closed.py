@@ -55,12 +55,19 @@ def test_a_subscription_back_dated_into_a_closed_period_is_422_period_closed(adm
     assert Invoice.objects.count() == invoices
 
 
-def test_the_first_instant_of_the_open_period_and_later_are_allowed(admin, acme, closed_through_last_month):
-    response = post_json(admin, "/api/v1/customers/acme-co/subscription",
+def test_a_first_plan_may_start_at_the_first_instant_of_the_open_period(admin, globex, closed_through_last_month):
+    response = post_json(admin, "/api/v1/customers/globex/subscription",
                          {"plan": "pro", "start": closed_through_last_month.isoformat()})
 
     assert response.status_code == 201, response.content
     assert response.json()["plan"] == "pro"
+
+
+def test_a_change_may_start_in_the_open_period(admin, acme, closed_through_last_month):
+    response = post_json(admin, "/api/v1/customers/acme-co/subscription",
+                         {"plan": "pro", "start": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()})
+
+    assert response.status_code == 201, response.content
 
 
 def test_a_change_without_a_start_takes_the_next_period_as_before(admin, acme, closed_through_last_month):
