@@ -67,10 +67,10 @@ def test_with_redis_down_the_rate_limiter_fails_open_logged_and_counted(redis_do
 
 @pytest.mark.django_db
 def test_with_redis_up_the_rate_limiter_still_refuses(rate_limited, admin, acme):
-    statuses = [admin.get("/api/v1/customers/acme-co").status_code for _ in range(8)]
+    statuses = [admin.get("/api/v1/customers/acme-co").status_code for _ in range(30)]
 
     assert statuses[:5] == [200] * 5
-    assert 429 in statuses[5:]
+    assert 429 in statuses  # windows are whole seconds: 30 requests fill one of them past 5
 
 
 @pytest.mark.django_db(transaction=True)
