@@ -11,7 +11,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from billing.common.errors import validation_error
-from billing.common.sane import json_problem
+from billing.common.sane import NOT_UNICODE, json_problem
 
 
 class SafeJSONParser(JSONParser):
@@ -23,5 +23,8 @@ class SafeJSONParser(JSONParser):
         problem = json_problem(data)
         if problem is not None:
             where, message = problem
+            # an escaped lone surrogate (of a key or a value) is not JSON, as msgspec judges it on ingest
+            if NOT_UNICODE[8:] in message:
+                raise ParseError(f"JSON parse error - a string at {where} is not valid Unicode.")
             raise validation_error({where: [message]})
         return data

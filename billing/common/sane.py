@@ -12,6 +12,7 @@ from typing import Any
 INSTANT_MIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
 INSTANT_MAX = datetime(2100, 1, 1, tzinfo=timezone.utc)
 MAX_JSON_DEPTH = 32  # far beyond any payload of the API (a plan's tiers are 4 deep)
+NOT_UNICODE = "Must be valid Unicode (an unpaired surrogate)."
 
 
 def text_problem(value: str) -> str | None:
@@ -21,7 +22,7 @@ def text_problem(value: str) -> str | None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return "Must be valid Unicode (an unpaired surrogate)."
+        return NOT_UNICODE
     return None
 
 
