@@ -173,14 +173,17 @@ class SqlLedger(LedgerBackend):
     # --- transfers ----------------------------------------------------------------------------------
     def create_transfers(self, transfers: Sequence[Transfer]) -> list[Status]:
         self._expire_due()
-        for _attempt in range(3):
+        # The ids are read before the accounts are locked (the common case: nobody else writes them). A
+        # transaction that inserted one of them meanwhile holds those accounts until it commits; the insert
+        # then fails, and the retry reads the ids again once it holds the locks, when that one has committed.
+        for attempt in range(3):
             try:
                 with transaction.atomic():
-                    return _Batch(transfers).run()
-            except IntegrityError:  # the same new id inserted concurrently through other accounts: redo
+                    return _Batch(transfers, recheck=attempt > 0).run()
+            except IntegrityError:  # the same new id inserted concurrently: redo
                 continue
         with transaction.atomic():
-            return _Batch(transfers).run()
+            return _Batch(transfers, recheck=True).run()
 
     def book_with(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None,
                   write: RowWrite, key: object) -> Any:

@@ -47,7 +47,7 @@ class _Batch:
     written with one COPY on PostgreSQL.
     """
 
-    def __init__(self, transfers: Sequence[Transfer]) -> None:
+    def __init__(self, transfers: Sequence[Transfer], *, recheck: bool = False) -> None:
         self.transfers = list(transfers)
         ids = [t.id for t in self.transfers if t.id]
         self.existing = _transfers_by_id(ids)
@@ -61,6 +61,10 @@ class _Batch:
             account_ids |= {p.debit_account_id, p.credit_account_id}
         account_ids.discard(0)
         self.accounts = _lock_accounts(sorted(account_ids))
+        if recheck:  # a retry after a concurrent insert of one of these ids: read them again under the locks
+            self.existing = _transfers_by_id(ids)
+            self.failed = _failed_by_id(ids)
+            self.plain = _plain_batch(self.transfers, self.existing, self.failed)
         self.new_rows: list[NewTransfer] = []
         self.new_failed: dict[int, str] = {}
         self.pending_dirty: set[int] = set()
