@@ -57,6 +57,12 @@ def api_key_revoke(*, key: ApiKey, actor: str = "") -> ApiKey:
     return key
 
 
+def gateway_key_revoke(*, customer: Customer, prefix: str) -> ApiKey | None:
+    """Revoke one of the customer's gateway keys by its prefix; None when it has no such key."""
+    key = ApiKey.objects.filter(customer=customer, prefix=prefix, scope=ApiKey.Scope.GATEWAY).first()
+    return api_key_revoke(key=key) if key is not None else None
+
+
 def api_key_authenticate(*, raw_key: str) -> Principal | None:
     parts = raw_key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:

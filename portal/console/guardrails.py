@@ -15,9 +15,9 @@ from django.views.decorators.http import require_POST
 from billing.common.errors import CommonCode, DomainError
 from billing.customers.models import ApiKey, Customer
 from billing.customers.selectors import customer_find
-from billing.customers.services import api_key_create, api_key_revoke
+from billing.customers.services import api_key_create, gateway_key_revoke
 from billing.guardrails.anomalies.review import anomaly_resolve
-from billing.guardrails.budgets import budget_create, budget_delete
+from billing.guardrails.budgets import budget_delete
 from billing.guardrails.models import Anomaly, Pause
 from billing.guardrails.overrides import override_put
 from billing.guardrails.pauses import pause_create, pause_lift
@@ -27,6 +27,7 @@ from portal.console.override_form import OverrideForm
 from portal.console.views import staff_required
 from portal.dashboard import selectors as dashboard_selectors
 from portal.dashboard.forms import BudgetForm, GatewayKeyForm, PauseForm, add_domain_errors
+from portal.dashboard.guard_views import budget_submitted
 from portal.errors import STATUS
 
 
@@ -114,16 +115,9 @@ def pause_lift_view(request: HttpRequest, customer_id: str, pause_id: str) -> Ht
 @require_POST
 def budget_create_view(request: HttpRequest, customer_id: str) -> HttpResponse:
     customer = _customer(customer_id)
-    form = BudgetForm(request.POST, prefix="budget")
-    status = 422
-    if form.is_valid():
-        try:
-            budget_create(customer=customer, actor=request.user.get_username(), **form.service_kwargs())
-        except DomainError as exc:
-            add_domain_errors(form, exc, BudgetForm.FIELDS, fallback="budget_id")
-            status = STATUS.get(exc.code, 422)
-        else:
-            return _saved(customer, "budget")
+    form, status = budget_submitted(request, customer)
+    if status is None:
+        return _saved(customer, "budget")
     return _page(request, customer, status=status, budget_form=form)
 
 
@@ -172,8 +166,6 @@ def gateway_key_create_view(request: HttpRequest, customer_id: str) -> HttpRespo
 @require_POST
 def gateway_key_revoke_view(request: HttpRequest, customer_id: str, prefix: str) -> HttpResponse:
     customer = _customer(customer_id)
-    key = ApiKey.objects.filter(customer=customer, prefix=prefix, scope=ApiKey.Scope.GATEWAY).first()
-    if key is None:
+    if gateway_key_revoke(customer=customer, prefix=prefix) is None:
         raise Http404("No such gateway key of this customer.")
-    api_key_revoke(key=key)
     return _saved(customer, "key-revoked")

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from billing.common.errors import CommonCode, DomainError
 from billing.customers.models import ApiKey, Customer
-from billing.customers.services import api_key_create, api_key_revoke
+from billing.customers.services import api_key_create, gateway_key_revoke
 from billing.guardrails.budgets import budget_create, budget_delete
 from billing.guardrails.models import Pause
 from billing.guardrails.pauses import pause_create, pause_lift
@@ -91,19 +91,26 @@ def pause_resume_view(request: HttpRequest, customer: Customer, pause_id: str) -
     return _settings_saved(customer, "resumed")
 
 
+def budget_submitted(request: HttpRequest, customer: Customer) -> tuple[BudgetForm, int | None]:
+    """Create the budget the posted form describes: the bound form, and the status to answer it with
+    again when it was not made (None: made). The dashboard and the console both submit budgets this way."""
+    form = BudgetForm(request.POST, prefix="budget")
+    if not form.is_valid():
+        return form, 422
+    try:
+        budget_create(customer=customer, actor=request.user.get_username(), **form.service_kwargs())
+    except DomainError as exc:  # by field, from the one set of rules the API answers with too
+        add_domain_errors(form, exc, BudgetForm.FIELDS, fallback="budget_id")
+        return form, STATUS.get(exc.code, 422)
+    return form, None
+
+
 @customer_view
 @require_POST
 def budget_create_view(request: HttpRequest, customer: Customer) -> HttpResponse:
-    form = BudgetForm(request.POST, prefix="budget")
-    status = 422
-    if form.is_valid():
-        try:
-            budget_create(customer=customer, actor=request.user.get_username(), **form.service_kwargs())
-        except DomainError as exc:  # by field, from the one set of rules the API answers with too
-            add_domain_errors(form, exc, BudgetForm.FIELDS, fallback="budget_id")
-            status = STATUS.get(exc.code, 422)
-        else:
-            return _settings_saved(customer, "budget")
+    form, status = budget_submitted(request, customer)
+    if status is None:
+        return _settings_saved(customer, "budget")
     return _settings(request, customer, status=status, budget_form=form)
 
 
@@ -133,8 +140,6 @@ def gateway_key_create_view(request: HttpRequest, customer: Customer) -> HttpRes
 @customer_view
 @require_POST
 def gateway_key_revoke_view(request: HttpRequest, customer: Customer, prefix: str) -> HttpResponse:
-    key = ApiKey.objects.filter(customer=customer, prefix=prefix, scope=ApiKey.Scope.GATEWAY).first()
-    if key is None:
+    if gateway_key_revoke(customer=customer, prefix=prefix) is None:
         return _not_found(request)
-    api_key_revoke(key=key)
     return _settings_saved(customer, "key-revoked")
