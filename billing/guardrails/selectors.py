@@ -104,6 +104,18 @@ BUDGET_TARGET_PREFIX = "budget:"  # the alert target of a budget's soft threshol
 def budget_figures(*, customer: Customer, now: datetime) -> list[dict[str, Any]]:
     """Each budget with what its current period (this month, or today) has used and has left, from its
     ledger account (the figures the limits enforce)."""
+    out = []
+    for budget, currency, used in _budgets_used(customer, now):
+        row = budget_as_dict(budget)
+        row.update(currency=currency, period_key=_period_of(budget, now), used=decimal_to_text(used),
+                   remaining=decimal_to_text(max(budget.amount - used, Decimal(0))))
+        out.append(row)
+    return out
+
+
+def _budgets_used(customer: Customer, now: datetime) -> list[tuple[Budget, str | None, Decimal]]:
+    """Each budget, the currency it counts in (the plan's now; None without a plan) and what its current
+    period has used."""
     budgets = list(Budget.objects.filter(customer=customer).order_by("budget_id"))
     subscription = subscription_at(customer=customer, at=now)
     currency = subscription.plan.currency if subscription is not None else None
@@ -117,10 +129,7 @@ def budget_figures(*, customer: Customer, now: datetime) -> list[dict[str, Any]]
         if account is not None:
             allocated = acc.allocated_net(account.id, TransferCode.BUDGET_ALLOCATION)[0]
             used = acc.units_to_money(max(allocated - account.balance, 0))
-        row = budget_as_dict(budget)
-        row.update(currency=currency, period_key=_period_of(budget, now), used=decimal_to_text(used),
-                   remaining=decimal_to_text(max(budget.amount - used, Decimal(0))))
-        out.append(row)
+        out.append((budget, currency, used))
     return out
 
 
@@ -203,14 +212,13 @@ def limit_figures(*, customer: Customer, now: datetime) -> list[LimitFigure]:
     spend = balance["spend_cap"]
     if spend is not None:
         out.append(LimitFigure(AlertThreshold.SPEND_CAP, Decimal(spend["cap"]), Decimal(spend["spent"]), spend["currency"]))
-    for budget, row in zip(Budget.objects.filter(customer=customer).order_by("budget_id"),
-                           budget_figures(customer=customer, now=now), strict=True):
-        if row["currency"] is None:
+    for budget, currency, used in _budgets_used(customer, now):
+        if currency is None:
             continue
-        target, amount, used = budget_alert_target(budget, now), budget.amount, Decimal(row["used"])
-        out.append(LimitFigure(target, amount, used, row["currency"], amount * budget_soft_percent(budget) / 100))
+        target, amount = budget_alert_target(budget, now), budget.amount
+        out.append(LimitFigure(target, amount, used, currency, amount * budget_soft_percent(budget) / 100))
         if budget.action == Budget.Action.ALERT:  # an alert-only budget also says when it is exceeded
-            out.append(LimitFigure(target, amount, used, row["currency"], amount))
+            out.append(LimitFigure(target, amount, used, currency, amount))
     return out
 
 
