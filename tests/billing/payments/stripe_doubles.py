@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import stripe
 
@@ -54,6 +54,7 @@ PARAMETERS: list[tuple[str, re.Pattern[str], Any]] = [
     ("post", re.compile(r"^/v1/customers/[^/]+$"), P.CustomerUpdateParams),
     ("post", re.compile(r"^/v1/invoices$"), P.InvoiceCreateParams),
     ("get", re.compile(r"^/v1/invoices$"), P.InvoiceListParams),
+    ("get", re.compile(r"^/v1/invoices/search$"), P.InvoiceSearchParams),
     ("get", re.compile(r"^/v1/invoices/[^/]+$"), P.InvoiceRetrieveParams),
     ("post", re.compile(r"^/v1/invoiceitems$"), P.InvoiceItemCreateParams),
     ("post", re.compile(r"^/v1/invoices/[^/]+/finalize$"), P.InvoiceFinalizeInvoiceParams),
@@ -78,6 +79,8 @@ def unknown_parameters(method: str, path: str, form: dict[str, str]) -> list[str
     return []
 
 
+# one clause of a search query: customer:'cus_1' or metadata['key']:'value' (quotes escaped by backslash)
+SEARCH_CLAUSE = re.compile(r"(customer|metadata\['([^']+)'\]):'((?:[^'\\]|\\.)*)'")
 MAX_SIGNIFICANT_DIGITS = 15  # Stripe's precision of a meter event's value
 CANCEL_WINDOW = timedelta(hours=24)  # Stripe cancels a meter event only within 24 h of receiving it
 
@@ -129,6 +132,10 @@ class RecordingClient(stripe.HTTPClient):
         self.rules = StripeRules()
         self.clock: datetime | None = None  # Stripe's "now" (None: the real time)
         self.invoice_payments: dict[str, list[dict[str, Any]]] = {}  # Stripe invoice id -> its payments
+        # invoice search: off answers as localstripe does (404); unindexed ids are not found yet, like
+        # Stripe's search index that lags up to a minute behind a creation
+        self.search_available = True
+        self.search_unindexed: set[str] = set()
 
     def decline(self, stripe_invoice_id: str, *, code: str, decline_code: str, message: str, created: int) -> None:
         """A failed payment of the invoice, as Stripe's invoice payment with its PaymentIntent expanded."""
@@ -176,6 +183,8 @@ class RecordingClient(stripe.HTTPClient):
                 return stripe_error(400, "invalid_request_error", "this double answers only with the payment expanded")
             listed = self.invoice_payments.get(form.get("invoice", ""), [])
             return json.dumps({"object": "list", "url": path, "has_more": False, "data": listed}), 200, {}
+        if method == "get" and path == "/v1/invoices/search" and self.search_available:
+            return self._invoice_search(url, form, headers)
         if method == "get" and path == "/v1/billing/meters":
             if self.down:
                 raise stripe.APIConnectionError("recording client: Stripe is down")
@@ -200,6 +209,28 @@ class RecordingClient(stripe.HTTPClient):
                 self._remember(resource, answer, form)
                 return json.dumps(answer), 200, {"Request-Id": "req_recorded"}
         return self.inner.request(method, url, headers, post_data)
+
+    def _invoice_search(self, url: str, form: dict[str, str], headers: Any) -> Any:
+        """Stripe's invoice search over localstripe's invoices: every clause must match (AND)."""
+        clauses = {match[2] or match[1]: re.sub(r"\\(.)", r"\1", match[3])
+                   for match in SEARCH_CLAUSE.finditer(form.get("query", ""))}
+        customer = clauses.pop("customer", "")
+        base = urlsplit(url)
+        listed: list[dict[str, Any]] = []
+        while True:  # every page of the customer's invoices
+            query = {"customer": customer, "limit": "100", **({"starting_after": listed[-1]["id"]} if listed else {})}
+            body, status, _ = self.inner.request("get", f"{base.scheme}://{base.netloc}/v1/invoices?{urlencode(query)}",
+                                                 headers)
+            if status != 200:
+                return body, status, {}
+            page = json.loads(body)
+            listed += page["data"]
+            if not page.get("has_more"):
+                break
+        found = [invoice for invoice in listed if invoice["id"] not in self.search_unindexed
+                 and all((invoice.get("metadata") or {}).get(key) == value for key, value in clauses.items())]
+        return json.dumps({"object": "search_result", "url": "/v1/invoices/search", "has_more": False,
+                           "next_page": None, "data": found}), 200, {}
 
     def _refused(self, method: str, path: str, form: dict[str, str]) -> Any:
         unknown = unknown_parameters(method, path, form)

@@ -109,6 +109,48 @@ def test_a_lost_answer_to_the_invoice_creation_does_not_create_a_second_invoice(
     assert row.stripe_invoice_id == remote.id
     assert len(stripe_on.calls("post", "/v1/invoices")) == 1
     assert remote.total == invoice.total_minor
+    # found by one metadata search, not by reading the customer's invoices page by page
+    before_creating, retried = stripe_on.calls("get", "/v1/invoices/search")
+    assert before_creating.form == retried.form
+    assert f"metadata['tollgate_invoice_id']:'{invoice.pk}'" in retried.form["query"]
+    assert stripe_on.calls("get", "/v1/invoices") == []
+
+
+def _lose_the_created_invoice(stripe_on, invoice):
+    scheduled = stripe_invoice_sync_schedule(invoice=invoice)
+    assert scheduled is not None
+    stripe_on.fail_on = [("post", "/v1/invoiceitems")]
+    stripe_invoice_push(invoice_pk=invoice.pk)
+    StripeInvoiceSync.objects.filter(pk=scheduled.pk).update(stripe_invoice_id=None, next_attempt_at=None)
+    stripe_on.fail_on = []
+
+
+def test_a_retry_before_the_search_index_has_the_invoice_gets_it_from_the_idempotency_key(
+        stripe_on, localstripe, acme, make_invoice):
+    """Stripe's search lags behind a creation by up to a minute; a retry in that minute is inside the
+    24-hour idempotency window, so creating again answers with the invoice created first."""
+    invoice = make_invoice(acme, LINES)
+    _lose_the_created_invoice(stripe_on, invoice)
+    stripe_on.search_unindexed = {r.id for r in stripe_invoices_of(localstripe, acme)}
+    row = stripe_invoice_push(invoice_pk=invoice.pk)
+    assert row.state == SyncState.SYNCED, row.last_error
+    [remote] = stripe_invoices_of(localstripe, acme)
+    assert row.stripe_invoice_id == remote.id
+    first, retried = stripe_on.calls("post", "/v1/invoices")
+    assert first.idempotency_key == retried.idempotency_key
+
+
+def test_a_server_without_search_is_read_page_by_page(stripe_on, localstripe, acme, make_invoice):
+    invoice = make_invoice(acme, LINES)
+    _lose_the_created_invoice(stripe_on, invoice)
+    stripe_on.search_available = False  # answered by localstripe itself: 404
+    stripe_on.rules.keys.clear()  # past Stripe's 24 hours: only the lookup can find it
+    row = stripe_invoice_push(invoice_pk=invoice.pk)
+    assert row.state == SyncState.SYNCED, row.last_error
+    [remote] = stripe_invoices_of(localstripe, acme)
+    assert row.stripe_invoice_id == remote.id
+    assert len(stripe_on.calls("post", "/v1/invoices")) == 1
+    assert len(stripe_on.calls("get", "/v1/invoices")) == 1
 
 
 def test_an_invoice_pushed_twice_concurrently_is_one_stripe_invoice(stripe_on, localstripe, acme, make_invoice):
