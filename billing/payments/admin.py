@@ -3,6 +3,7 @@ from django.contrib import admin
 from billing.audit.admin import AuditedAdmin
 from billing.payments.models import (
     MeterUsageReport,
+    PaystackCustomer,
     PaystackEvent,
     PaystackPayment,
     PlanBilling,
@@ -48,13 +49,19 @@ class StripeEventAdmin(AuditedAdmin):
     readonly_fields = ("event_id", "type", "created", "payload", "received_at")
 
 
+@admin.register(PaystackCustomer)
+class PaystackCustomerAdmin(AuditedAdmin):
+    list_display = ("customer", "customer_code", "email", "card", "card_at")
+    readonly_fields = ("customer_code", "authorization_code", "card", "card_at")
+
+
 @admin.register(PaystackPayment)
-class PaystackPaymentAdmin(admin.ModelAdmin):
+class PaystackPaymentAdmin(AuditedAdmin):
     list_display = ("invoice", "reference", "state", "attempts", "last_error", "paid_at")
     list_filter = ("state",)
 
 
 @admin.register(PaystackEvent)
-class PaystackEventAdmin(admin.ModelAdmin):
+class PaystackEventAdmin(AuditedAdmin):
     list_display = ("event_key", "type", "status", "attempts", "received_at", "processed_at")
     list_filter = ("status", "type")

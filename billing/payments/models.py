@@ -194,6 +194,26 @@ class PaystackPayment(SyncRow):
         return f"invoice {self.invoice_id} -> {self.reference or '?'} ({self.state})"
 
 
+class PaystackCustomer(models.Model):
+    """A Tollgate customer's Paystack customer (``CUS_...``), made before its first payment link so one
+    customer's transactions, cards and refunds are one record in Paystack's dashboard; and the card Paystack
+    may charge again (the newest reusable authorization a ``charge.success`` brought). Paystack keys its
+    customers by email: a changed invoice email is a new Paystack customer, and the old card is forgotten.
+    Two Tollgate customers with one email share a Paystack customer, so the code is not unique."""
+
+    customer = models.OneToOneField(Customer, on_delete=models.PROTECT, related_name="paystack")
+    email = models.EmailField()
+    customer_code = models.CharField(max_length=64, db_index=True)
+    authorization_code = models.CharField(max_length=100, blank=True, default="")
+    card = models.CharField(max_length=120, blank=True, default="")  # "mastercard ending 8877, expires 08/2020"
+    card_at = models.DateTimeField(null=True, blank=True)  # when that card paid: an older event never replaces it
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} -> {self.customer_code}"
+
+
 class PaystackEvent(models.Model):
     """A verified Paystack webhook event, stored once and processed once. Paystack's events carry no id of
     their own: ``event_key`` is the event type and its object's id (``charge.success:302961``)."""

@@ -72,6 +72,17 @@ class PaystackGateway:
             raise GatewayError(f"Paystack refused ({status}): {message}", retryable=False, code=code)
         return answer
 
+    def customer_create(self, *, email: str, name: str, metadata: dict[str, str]) -> str:
+        """The ``customer_code`` of Paystack's customer with this email: Paystack answers an email it knows
+        with that customer, so a retry (or a lost answer) never makes a second one."""
+        first, _, last = name.strip().partition(" ")
+        data = self._call("POST", "/customer", {"email": email, "first_name": first, "last_name": last,
+                                                "metadata": metadata}).get("data") or {}
+        code = str(data.get("customer_code") or "") if isinstance(data, dict) else ""
+        if not code:
+            raise GatewayError("Paystack answered a customer without a customer_code", retryable=True)
+        return code
+
     def transaction_initialize(self, *, email: str, amount_minor: int, currency: str, reference: str,
                                metadata: dict[str, str], callback_url: str = "") -> PaymentLink:
         """A payment link for one amount: Paystack's checkout page, tied to our ``reference`` (unique per

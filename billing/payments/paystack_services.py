@@ -20,11 +20,19 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from billing.common.queue import queue_after_commit
+from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
 from billing.invoicing.services import credit_note_issue, invoice_mark_paid
-from billing.payments.gateway import METADATA_INSTALLATION, METADATA_INVOICE, GatewayError, idempotency_key, installation_id
-from billing.payments.models import BillingMode, PaystackEvent, PaystackPayment, StripeEvent, SyncState
-from billing.payments.paystack import DUPLICATE_REFERENCE, paystack_enabled, paystack_gateway_get
+from billing.payments.gateway import (
+    METADATA_CUSTOMER,
+    METADATA_INSTALLATION,
+    METADATA_INVOICE,
+    GatewayError,
+    idempotency_key,
+    installation_id,
+)
+from billing.payments.models import BillingMode, PaystackCustomer, PaystackEvent, PaystackPayment, StripeEvent, SyncState
+from billing.payments.paystack import DUPLICATE_REFERENCE, PaystackGateway, paystack_enabled, paystack_gateway_get
 from billing.payments.services import _due, _lease_take, _row_done, _row_error, _row_save, plan_billing_mode
 from billing.payments.webhooks import NotOurs
 
@@ -67,8 +75,9 @@ def paystack_payment_link(*, invoice_pk: int, now: datetime | None = None) -> Pa
             raise GatewayError(f"Customer {invoice.customer.external_id} has no invoice email: Paystack needs one.",
                                retryable=False, code="no_email")
         gateway = paystack_gateway_get()
+        payer = paystack_customer_ensure(customer=invoice.customer, gateway=gateway)
         metadata = {METADATA_INVOICE: str(invoice.pk), "tollgate_number": invoice.number or "",
-                    METADATA_INSTALLATION: installation_id()}
+                    METADATA_INSTALLATION: installation_id(), "paystack_customer": payer.customer_code}
         for attempt in range(1, MAX_REFERENCE_TRIES + 1):
             try:
                 link = gateway.transaction_initialize(
@@ -83,6 +92,39 @@ def paystack_payment_link(*, invoice_pk: int, now: datetime | None = None) -> Pa
         return _row_error(row, exc, now=now)
     return _row_done(row, now=now, reference=link.reference, authorization_url=link.authorization_url,
                      access_code=link.access_code)
+
+
+def paystack_customer_ensure(*, customer: Customer, gateway: PaystackGateway) -> PaystackCustomer:
+    """The customer's Paystack customer for its current invoice email, made (or found by email) once."""
+    row = PaystackCustomer.objects.filter(customer=customer).first()
+    if row is not None and row.email.lower() == customer.email.lower():
+        return row
+    code = gateway.customer_create(email=customer.email, name=customer.name, metadata={
+        METADATA_CUSTOMER: customer.external_id, METADATA_INSTALLATION: installation_id()})
+    forget_card = {"authorization_code": "", "card": "", "card_at": None}  # the old email's card is not this one's
+    row, _ = PaystackCustomer.objects.update_or_create(
+        customer=customer, defaults={"email": customer.email, "customer_code": code, **forget_card})
+    return row
+
+
+def _card_remember(*, customer_pk: int, data: dict[str, Any], paid_at: datetime) -> None:
+    """A reusable card that paid becomes the customer's card on file, unless a newer payment brought one."""
+    found, payer = data.get("authorization"), data.get("customer")
+    card: dict[str, Any] = found if isinstance(found, dict) else {}
+    paystack_customer: dict[str, Any] = payer if isinstance(payer, dict) else {}
+    code = str(paystack_customer.get("customer_code") or "")
+    if card.get("reusable") is not True or not card.get("authorization_code") or not code:
+        return
+    row = PaystackCustomer.objects.select_for_update().filter(customer_id=customer_pk).first()
+    if row is None:  # a link made before customers were recorded
+        row = PaystackCustomer.objects.create(customer_id=customer_pk, customer_code=code,
+                                              email=str(paystack_customer.get("email") or ""))
+    if row.customer_code != code or (row.card_at is not None and row.card_at >= paid_at):
+        return  # paid as another Paystack customer (another email), or an older payment delivered late
+    label = (f"{card.get('brand') or card.get('card_type') or 'card'} ending {card.get('last4') or '?'}, "
+             f"expires {card.get('exp_month') or '?'}/{card.get('exp_year') or '?'}")
+    row.authorization_code, row.card, row.card_at = str(card["authorization_code"]), label[:120], paid_at
+    row.save(update_fields=["authorization_code", "card", "card_at", "updated_at"])
 
 
 # --- webhook events ------------------------------------------------------------------------------------
@@ -156,6 +198,7 @@ def charge_success_handle(data: dict[str, Any]) -> None:
                          f"{invoice.total_minor} {invoice.currency} (minor units): settle it by hand.")
     paid_at = parse_datetime(str(data.get("paid_at") or data.get("paidAt") or "")) or timezone.now()
     invoice_mark_paid(invoice=invoice, at=paid_at)
+    _card_remember(customer_pk=invoice.customer_id, data=data, paid_at=paid_at)
     if row.paid_at is None:
         _row_save(row, {"paid_at": paid_at})
 

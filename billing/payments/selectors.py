@@ -13,6 +13,7 @@ from billing.invoicing.models import Invoice
 from billing.payments.models import (
     BillingMode,
     MeterUsageReport,
+    PaystackCustomer,
     PaystackEvent,
     PaystackPayment,
     PlanBilling,
@@ -80,12 +81,14 @@ class PaymentMethodState:
     enabled: bool  # Stripe is configured: the customer can save a card
     has_default: bool  # invoices are charged to it; otherwise sent with a due date
     days_until_due: int
+    paystack_card: str = ""  # the card Paystack may charge again, for customers of Paystack plans
 
 
 def payment_method_state(*, customer: Customer) -> PaymentMethodState:
     card = StripeCustomer.objects.filter(customer=customer).values_list("default_payment_method", flat=True).first()
+    paystack_card = PaystackCustomer.objects.filter(customer=customer).values_list("card", flat=True).first()
     return PaymentMethodState(enabled=bool(settings.STRIPE_SECRET_KEY), has_default=bool(card),
-                              days_until_due=int(settings.STRIPE_DAYS_UNTIL_DUE))
+                              days_until_due=int(settings.STRIPE_DAYS_UNTIL_DUE), paystack_card=paystack_card or "")
 
 
 def sync_summary() -> dict[str, dict[str, int]]:

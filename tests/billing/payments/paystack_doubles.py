@@ -1,6 +1,7 @@
 """A recording Paystack: the transport given to the Paystack gateway. It records every request (method,
 path, headers, JSON body) and answers with Paystack's documented objects (paystack_fixtures.json), keeping
 what a Paystack integration enforces: the secret key as a Bearer token, a transaction reference used once,
+one customer per email,
 an integer amount in the currency's subunit, Paystack's currencies only."""
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class RecordingPaystack:
         self.secret_key = secret_key
         self.requests: list[PaystackRequest] = []
         self.transactions: dict[str, dict[str, Any]] = {}  # reference -> what was initialized
+        self.customers: dict[str, dict[str, Any]] = {}  # email -> the customer object (Paystack's key is the email)
         self.down = False
         self.lose_answers = 0  # the next n initializations happen, but their answer is lost (a timeout)
         self._lock = threading.Lock()
@@ -48,6 +50,8 @@ class RecordingPaystack:
             return 401, json.dumps({"status": False, "message": "Invalid key"}).encode()
         if method == "POST" and urlsplit(url).path.endswith("/transaction/initialize"):
             return self._initialize(parsed)
+        if method == "POST" and urlsplit(url).path.endswith("/customer"):
+            return self._customer(parsed)
         return 404, json.dumps({"status": False, "message": "Not found"}).encode()
 
     def _initialize(self, body: dict[str, Any]) -> tuple[int, bytes]:
@@ -66,6 +70,21 @@ class RecordingPaystack:
         if self.lose_answers:
             self.lose_answers -= 1
             raise GatewayError("Paystack unreachable: timed out (the transaction was made)", retryable=True)
+        return 200, json.dumps(answer).encode()
+
+    def _customer(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """Paystack answers an email it knows with that customer, not a second one."""
+        email = str(body.get("email") or "").lower()
+        if "@" not in email:
+            return 400, json.dumps({"status": False, "message": "Invalid Email Address Passed"}).encode()
+        with self._lock:
+            if email not in self.customers:
+                made = copy.deepcopy(FIXTURES["customer_create"]["data"])
+                made.update(email=email, id=len(self.customers) + 1, customer_code=f"CUS_{len(self.customers) + 1:06d}",
+                            first_name=body.get("first_name"), last_name=body.get("last_name"),
+                            metadata=body.get("metadata"))
+                self.customers[email] = made
+            answer = {**FIXTURES["customer_create"], "data": self.customers[email]}
         return 200, json.dumps(answer).encode()
 
     def calls(self, path: str) -> list[PaystackRequest]:

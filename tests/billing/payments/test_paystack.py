@@ -74,7 +74,7 @@ def test_a_finalized_invoice_of_a_paystack_plan_gets_a_payment_link(paystack_on,
     assert call.body == {"email": "ap@acme.test", "amount": "1734550", "currency": "NGN",
                          "reference": f"tg-inst-a-invoice-{naira_invoice.pk}",
                          "metadata": {"tollgate_invoice_id": str(naira_invoice.pk), "tollgate_number": naira_invoice.number,
-                                      "tollgate_installation": "inst-a"}}
+                                      "tollgate_installation": "inst-a", "paystack_customer": "CUS_000001"}}
     assert row.reference == f"tg-inst-a-invoice-{naira_invoice.pk}"
     assert row.authorization_url.startswith("https://checkout.paystack.com/") and row.access_code
     # Stripe does not collect it
