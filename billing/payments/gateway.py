@@ -316,6 +316,22 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _error(exc) from exc
 
+    def meter_hour_total(self, *, stripe_meter_id: str, stripe_customer_id: str, hour_start: int) -> Decimal:
+        """What Stripe counts for one customer in the hour starting at ``hour_start`` (its hourly event
+        summary; 0 when it holds nothing). Stripe answers a float: exact for every figure this project can
+        have sent (each event at most 15 significant digits, an hour's few events adding up well inside 2**53
+        for counts; see docs/payments.md for decimals)."""
+        params: stripe.params.billing.MeterEventSummaryListParams = {
+            "customer": stripe_customer_id, "start_time": hour_start, "end_time": hour_start + 3600,
+            "value_grouping_window": "hour",
+        }
+        try:
+            summaries = self._client.v1.billing.meters.event_summaries.list(stripe_meter_id, params)
+            return sum((Decimal(repr(float(summary.aggregated_value))) for summary in summaries.auto_paging_iter()),
+                       Decimal(0))
+        except stripe.StripeError as exc:
+            raise _error(exc) from exc
+
     def meter_event_cancel(self, *, event_name: str, identifier: str) -> None:
         params: stripe.params.billing.MeterEventAdjustmentCreateParams = {
             "event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier},

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import shared_task
 
-from billing.payments import paystack_services, reconcile, services, webhooks
+from billing.payments import meters, paystack_services, reconcile, services, sweep, webhooks
 from billing.payments.models import SyncState
 
 MAX_RETRIES = 6  # then the beat task's sweep (every 5 minutes) takes over
@@ -45,7 +45,7 @@ def stripe_event_process_task(event_pk: int) -> str:
 
 @shared_task(name="payments.meter_report_push", bind=True, acks_late=True)
 def meter_report_push_task(self: Any, report_pk: int) -> str:
-    row = services.meter_usage_push(report_pk=report_pk)
+    row = meters.meter_usage_push(report_pk=report_pk)
     _retry_if_pending(self, row.state, row.attempts)
     return row.state
 
@@ -66,7 +66,7 @@ def paystack_event_process_task(event_pk: int) -> str:
 
 @shared_task(name="payments.sync_pending")
 def stripe_sync_pending_task() -> dict[str, int]:
-    done = services.stripe_sync_pending()
+    done = sweep.stripe_sync_pending()
     done["events"] = webhooks.stripe_events_retry_failed()
     done.update(paystack_services.paystack_sync_pending())
     return done
@@ -79,4 +79,4 @@ def stripe_reconcile_task() -> dict[str, int]:
 
 @shared_task(name="payments.meter_usage_report")
 def meter_usage_report_task() -> dict[str, int]:
-    return services.meter_usage_report()
+    return meters.meter_usage_report()

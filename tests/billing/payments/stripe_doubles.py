@@ -65,6 +65,7 @@ PARAMETERS: list[tuple[str, re.Pattern[str], Any]] = [
     ("get", re.compile(r"^/v1/setup_intents/[^/]+$"), P.SetupIntentRetrieveParams),
     ("post", re.compile(r"^/v1/checkout/sessions$"), P.checkout.SessionCreateParams),
     ("get", re.compile(r"^/v1/billing/meters$"), P.billing.MeterListParams),
+    ("get", re.compile(r"^/v1/billing/meters/[^/]+/event_summaries$"), P.billing.MeterEventSummaryListParams),
     ("post", re.compile(r"^/v1/billing/meters$"), P.billing.MeterCreateParams),
     ("post", re.compile(r"^/v1/billing/meter_events$"), P.billing.MeterEventCreateParams),
     ("post", re.compile(r"^/v1/billing/meter_event_adjustments$"), P.billing.MeterEventAdjustmentCreateParams),
@@ -102,6 +103,7 @@ class StripeRules:
     meters: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> meter object
     events: dict[str, tuple[str, str, Decimal, datetime]] = field(default_factory=dict)  # identifier -> (name, cus, v, at)
     cancelled: set[str] = field(default_factory=set)
+    timestamps: dict[str, int] = field(default_factory=dict)  # identifier -> the event's own timestamp
 
     def meter_total(self, event_name: str, stripe_customer_id: str) -> Decimal:
         """What Stripe counts for this meter and customer: the sum of its events not cancelled."""
@@ -136,6 +138,7 @@ class RecordingClient(stripe.HTTPClient):
         # Stripe's search index that lags up to a minute behind a creation
         self.search_available = True
         self.search_unindexed: set[str] = set()
+        self.unsummarized: set[str] = set()  # meter events not in the event summaries yet (Stripe aggregates later)
 
     def decline(self, stripe_invoice_id: str, *, code: str, decline_code: str, message: str, created: int) -> None:
         """A failed payment of the invoice, as Stripe's invoice payment with its PaymentIntent expanded."""
@@ -185,6 +188,11 @@ class RecordingClient(stripe.HTTPClient):
             return json.dumps({"object": "list", "url": path, "has_more": False, "data": listed}), 200, {}
         if method == "get" and path == "/v1/invoices/search" and self.search_available:
             return self._invoice_search(url, form, headers)
+        summaries = re.fullmatch(r"/v1/billing/meters/([^/]+)/event_summaries", path)
+        if method == "get" and summaries:
+            if self.down:
+                raise stripe.APIConnectionError("recording client: Stripe is down")
+            return self._event_summaries(summaries[1], form)
         if method == "get" and path == "/v1/billing/meters":
             if self.down:
                 raise stripe.APIConnectionError("recording client: Stripe is down")
@@ -209,6 +217,25 @@ class RecordingClient(stripe.HTTPClient):
                 self._remember(resource, answer, form)
                 return json.dumps(answer), 200, {"Request-Id": "req_recorded"}
         return self.inner.request(method, url, headers, post_data)
+
+    def _event_summaries(self, meter_id: str, form: dict[str, str]) -> Any:
+        """Stripe's summary of a meter's events for a customer, per hour window: a float, as Stripe answers."""
+        meter = self.rules.meters.get(meter_id)
+        if meter is None:
+            return stripe_error(404, "invalid_request_error", f"No such billing meter: '{meter_id}'")
+        start, end = int(form["start_time"]), int(form["end_time"])
+        windows: dict[int, Decimal] = {}
+        for identifier, (name, customer, value, _) in self.rules.events.items():
+            at = self.rules.timestamps[identifier]
+            if (name == meter["event_name"] and customer == form.get("customer") and start <= at < end
+                    and identifier not in self.rules.cancelled and identifier not in self.unsummarized):
+                hour = at - at % 3600
+                windows[hour] = windows.get(hour, Decimal(0)) + value
+        data = [{"id": f"mtrusg_{hour}", "object": "billing.meter_event_summary", "aggregated_value": float(total),
+                 "start_time": hour, "end_time": hour + 3600, "livemode": False, "meter": meter_id}
+                for hour, total in sorted(windows.items())]
+        return json.dumps({"object": "list", "url": f"/v1/billing/meters/{meter_id}/event_summaries",
+                           "has_more": False, "data": data}), 200, {}
 
     def _invoice_search(self, url: str, form: dict[str, str], headers: Any) -> Any:
         """Stripe's invoice search over localstripe's invoices: every clause must match (AND)."""
@@ -262,6 +289,7 @@ class RecordingClient(stripe.HTTPClient):
                 answer["event_name"] = form["event_name"]
                 self.rules.meters[answer["id"]] = answer
             elif resource == "billing.meter_event" and form["identifier"] not in self.rules.events:
+                self.rules.timestamps[form["identifier"]] = int(form["timestamp"])
                 # a repeated identifier is deduplicated account-wide: answered, not counted again
                 self.rules.events[form["identifier"]] = (form["event_name"], form["payload[stripe_customer_id]"],
                                                          Decimal(form["payload[value]"]), self.now())

@@ -55,8 +55,9 @@ def test_staff_retry_a_customer_and_a_meter_hour_that_could_not_be_pushed(
     from decimal import Decimal
 
     from billing.catalog.models import Plan, Subscription
+    from billing.payments.meters import meter_usage_report
     from billing.payments.models import BillingMode, MeterUsageReport, StripeCustomer
-    from billing.payments.services import meter_usage_report, plan_billing_mode_set, stripe_customer_sync
+    from billing.payments.services import plan_billing_mode_set, stripe_customer_sync
     from billing.usage.models import HourlyRollup
 
     now = datetime(2026, 3, 10, 12, 25, tzinfo=timezone.utc)

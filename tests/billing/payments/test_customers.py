@@ -9,7 +9,8 @@ import pytest
 from billing.customers.models import Customer
 from billing.customers.services import customer_create, customer_update
 from billing.payments.models import StripeCustomer, SyncState
-from billing.payments.services import stripe_customer_sync, stripe_sync_pending
+from billing.payments.services import stripe_customer_sync
+from billing.payments.sweep import stripe_sync_pending
 from tests.billing.payments.conftest import after_backoff
 from tests.conftest import post_json
 

@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from billing.catalog.models import Plan, Subscription
+from billing.payments.meters import meter_usage_report
 from billing.payments.models import (
     BillingMode,
     MeterUsageReport,
@@ -20,7 +21,7 @@ from billing.payments.models import (
     StripeMeter,
     SyncState,
 )
-from billing.payments.services import meter_usage_report, plan_billing_mode_set, stripe_invoice_push, stripe_invoice_sync_schedule
+from billing.payments.services import plan_billing_mode_set, stripe_invoice_push, stripe_invoice_sync_schedule
 from billing.usage.models import HourlyRollup
 from ledger.ids import use_namespace
 
@@ -107,9 +108,10 @@ def test_without_installation_ids_the_second_installation_would_collide(stripe_o
         row_b, report_b, customer_b = push_all(invoice, tokens_meter, "400")
     assert customer_b == customer_a  # Stripe replayed the first installation's customer
     assert row_b.stripe_invoice_id == row_a.stripe_invoice_id  # and its invoice
-    # and refuses the second hour's usage under the first one's key (other parameters)
-    assert report_b.state == SyncState.FAILED
-    assert "same parameters they were first used with" in report_b.last_error
+    # and the second takes the first one's hour for its own lost record: the first installation's usage
+    # is replaced by the second's, and Stripe bills the shared customer 400 instead of 1,400
+    assert report_b.state == SyncState.SYNCED, report_b.last_error
+    assert stripe_on.meter_total("tollgate_llm_tokens", customer_a) == Decimal(400)
 
 
 def test_the_setting_overrides_the_installation_id(stripe_on, localstripe, acme, settings):

@@ -11,8 +11,10 @@ import pytest
 
 from billing.catalog.models import Meter, Plan, Subscription
 from billing.catalog.services import meter_create
+from billing.payments.meters import meter_usage_report
 from billing.payments.models import BillingMode, MeterUsageReport, StripeCustomer, StripeMeter, SyncState
-from billing.payments.services import meter_usage_report, plan_billing_mode_set, stripe_sync_pending
+from billing.payments.services import plan_billing_mode_set
+from billing.payments.sweep import stripe_sync_pending
 from billing.usage.models import HourlyRollup
 from tests.billing.payments.conftest import after_backoff
 
@@ -82,12 +84,52 @@ def test_a_rerun_reports_nothing_new_and_a_rerun_from_scratch_carries_the_same_i
     # a re-run: nothing changed, nothing sent
     assert meter_usage_report(now=NOW + timedelta(minutes=10)) == {"marked": 0, "pushed": 0}
     assert meter_events(stripe_on) == first
-    # a re-run that lost our records (a restore, a crash before the commit): the same identifier and
-    # idempotency key, which Stripe deduplicates
+    # a re-run that lost our records (a restore, a crash before the commit) asks Stripe first: it already
+    # counts the hour, so nothing is sent again
     MeterUsageReport.objects.all().delete()
     stripe_on.requests.clear()
     meter_usage_report(now=NOW)
+    assert meter_events(stripe_on) == []
+    assert len(stripe_on.calls("get", r"/v1/billing/meters/[^/]+/event_summaries")) == 1
+    assert MeterUsageReport.objects.get().reported_total == Decimal(1000)
+    # a crash after Stripe took the event but before its row was saved, summary not yet up to date: the
+    # same identifier and idempotency key, which Stripe deduplicates
+    MeterUsageReport.objects.all().delete()
+    stripe_on.unsummarized.add(ident(acme, tokens_meter, H10))
+    meter_usage_report(now=NOW)
     assert meter_events(stripe_on) == first
+
+
+def _lose_records_after_a_correction(stripe_on, acme, tokens_meter):
+    rollup(acme, tokens_meter, H10, "1000")
+    meter_usage_report(now=NOW)
+    rollup(acme, tokens_meter, H10, "1250")
+    meter_usage_report(now=NOW + timedelta(minutes=10))
+    MeterUsageReport.objects.all().delete()  # a restore from a backup older than both reports
+    stripe_on.requests.clear()
+
+
+def test_after_a_correction_a_rerun_that_lost_our_records_adopts_what_stripe_counts(stripe_on, metered, acme,
+                                                                                   tokens_meter):
+    _lose_records_after_a_correction(stripe_on, acme, tokens_meter)
+    assert meter_usage_report(now=NOW + timedelta(minutes=20)) == {"marked": 1, "pushed": 1}
+    assert meter_events(stripe_on) == []  # revision 0 with 1250 would be refused: its key was used with 1000
+    report = MeterUsageReport.objects.get()
+    assert (report.state, report.reported_total) == (SyncState.SYNCED, Decimal(1250))
+    assert stripe_on.meter_total("tollgate_llm_tokens", StripeCustomer.objects.get().stripe_customer_id) == 1250
+
+
+def test_a_decrease_after_lost_records_is_a_negative_event_with_an_identifier_never_used(stripe_on, metered, acme,
+                                                                                       tokens_meter):
+    _lose_records_after_a_correction(stripe_on, acme, tokens_meter)
+    rollup(acme, tokens_meter, H10, "900")
+    later = NOW + timedelta(minutes=20)
+    meter_usage_report(now=later)
+    revision = int(later.timestamp()) // 60
+    assert meter_events(stripe_on) == [(ident(acme, tokens_meter, H10, revision), "-350", str(int(H10.timestamp())),
+                                        ident(acme, tokens_meter, H10, revision))]
+    assert stripe_on.calls("post", "/v1/billing/meter_event_adjustments") == []  # their identifiers are unknown
+    assert stripe_on.meter_total("tollgate_llm_tokens", StripeCustomer.objects.get().stripe_customer_id) == 900
 
 
 def test_a_late_increase_is_reported_as_one_more_event_for_the_difference(stripe_on, metered, acme, tokens_meter):

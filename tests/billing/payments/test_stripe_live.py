@@ -18,9 +18,9 @@ import pytest
 
 from billing.catalog.models import Plan, Subscription
 from billing.customers.services import customer_create
+from billing.payments.meters import meter_usage_report
 from billing.payments.models import BillingMode, MeterUsageReport, StripeCustomer, StripeInvoiceSync, SyncState
 from billing.payments.services import (
-    meter_usage_report,
     plan_billing_mode_set,
     stripe_customer_sync,
     stripe_invoice_push,

@@ -13,8 +13,9 @@ import pytest
 
 from billing.catalog.models import Plan, Subscription
 from billing.payments.gateway import GatewayError, gateway_get
+from billing.payments.meters import meter_usage_report, meter_value_pieces
 from billing.payments.models import BillingMode, MeterUsageReport, StripeCustomer, StripeMeter, SyncState
-from billing.payments.services import meter_usage_report, meter_value_pieces, plan_billing_mode_set
+from billing.payments.services import plan_billing_mode_set
 from billing.usage.models import HourlyRollup
 from tests.billing.payments.stripe_doubles import significant_digits
 
