@@ -107,7 +107,7 @@ def test_the_sweep_goes_past_a_row_that_fails_unexpectedly(settings, acme, globe
     rows after it are still pushed: it cannot hold back the whole sweep, run after run."""
     from types import SimpleNamespace
 
-    from billing.payments import services
+    from billing.payments import sweep
 
     settings.STRIPE_SECRET_KEY = "sk_test_tollgate"
     pushed: list[int] = []
@@ -118,7 +118,7 @@ def test_the_sweep_goes_past_a_row_that_fails_unexpectedly(settings, acme, globe
         pushed.append(customer_pk)
         return SimpleNamespace(state=SyncState.SYNCED)
 
-    monkeypatch.setattr(services, "stripe_customer_sync", sync)
+    monkeypatch.setattr(sweep, "stripe_customer_sync", sync)
 
     assert stripe_sync_pending()["customers"] == 1
     assert pushed == [globex.pk]
