@@ -13,8 +13,9 @@ from billing.audit.services import audit_changed, audit_created, snapshot
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import Customer, Project
 from billing.guardrails import guards
+from billing.guardrails.anomaly_closing import anomaly_close
 from billing.guardrails.errors import GuardrailsCode
-from billing.guardrails.models import Pause
+from billing.guardrails.models import Anomaly, Pause
 from billing.guardrails.signals import customer_paused
 
 
@@ -55,6 +56,10 @@ def pause_lift(*, customer: Customer, pause_id: str, actor: str = "", operator: 
         before = snapshot(pause)
         pause.lifted_at, pause.lifted_by = timezone.now(), actor
         pause.save(update_fields=["lifted_at", "lifted_by"])
+        for anomaly in Anomaly.objects.select_for_update().filter(pause=pause, status=Anomaly.Status.OPEN):
+            # lifted before its anomaly was reviewed: that is the operator's "resume"
+            anomaly_close(anomaly, resolution=Anomaly.Resolution.RESUME, note="Resumed by lifting its pause.",
+                          actor=actor, now=pause.lifted_at)
         guards.bump([customer.pk])
         audit_changed(pause, before, action="pause.lift", actor=actor)
     return pause

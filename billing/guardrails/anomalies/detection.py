@@ -24,6 +24,7 @@ from billing.guardrails.anomalies.selectors import (
     watched_now,
     window_start_sample,
 )
+from billing.guardrails.anomaly_closing import AUDITED
 from billing.guardrails.models import Anomaly, Pause, SpendSample, SpendWatch
 from billing.guardrails.pauses import pause_create
 from billing.guardrails.signals import anomaly_opened
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 KEEP_MARGIN = timedelta(minutes=5)
 SYSTEM_ACTOR = "system:anomaly-detection"
-# what the audit log keeps of an anomaly (its sample series stays on the row)
-AUDITED = ("public_id", "customer", "status", "currency", "opened_at", "window_start", "window_end", "window_spend",
-           "baseline_rate", "factor", "min_spend", "window_minutes", "action", "pause", "resolution", "note",
-           "resolved_by", "resolved_at")
 PAUSE_REASON = "anomaly"
 
 

@@ -1,6 +1,7 @@
 """Resolving an anomaly (the review queue, the API): ``resume`` lifts the pause it made, ``keep_paused``
 leaves the customer paused (lifting that pause later is an operator's act, from the pauses API or the
-console). Either way the anomaly is closed, with who and why."""
+console). Either way the anomaly is closed, with who and why; lifting its pause before any review closes
+it as ``resume`` (``billing.guardrails.pauses``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ from datetime import datetime
 
 from django.db import transaction
 
-from billing.audit.services import audit_record, snapshot
 from billing.common.errors import DomainError, validation_error
-from billing.guardrails.anomalies.detection import AUDITED
+from billing.guardrails.anomaly_closing import anomaly_close
 from billing.guardrails.errors import GuardrailsCode
 from billing.guardrails.models import Anomaly
 from billing.guardrails.pauses import pause_lift
-from billing.guardrails.signals import anomaly_resolved
 
 NOTE_MAX = 2000
 
@@ -33,15 +32,8 @@ def anomaly_resolve(*, anomaly: Anomaly, resolution: str, note: str = "", actor:
                 return locked
             raise DomainError(GuardrailsCode.ANOMALY_ALREADY_RESOLVED,
                               f"This anomaly was resolved already ({locked.resolution}).")
+        anomaly_close(locked, resolution=resolution, note=note, actor=actor, now=now)
         if resolution == Anomaly.Resolution.RESUME and locked.pause is not None:
             pause_lift(customer=locked.customer, pause_id=locked.pause.pause_id, actor=actor, operator=True)
-        before = snapshot(locked, fields=AUDITED)
-        locked.status, locked.resolution, locked.note = Anomaly.Status.RESOLVED, resolution, note
-        locked.resolved_by, locked.resolved_at = actor, now
-        locked.save(update_fields=["status", "resolution", "note", "resolved_by", "resolved_at"])
-        audit_record(actor=actor, action="anomaly.resolved", obj=locked, before=before,
-                     after=snapshot(locked, fields=AUDITED))
-        pk = locked.pk
-        transaction.on_commit(lambda: anomaly_resolved.send(sender=Anomaly, anomaly_pk=pk))
     locked.refresh_from_db()
     return locked

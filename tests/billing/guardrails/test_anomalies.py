@@ -184,6 +184,27 @@ def test_resolving_with_keep_paused_keeps_the_customer_paused(acme, admin, inges
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "paused"
 
 
+@pytest.mark.ledger
+@pytest.mark.django_db
+def test_lifting_the_pause_before_any_review_resolves_the_anomaly_as_resume(acme, admin, ingest, event):
+    """The operator lifts the anomaly's pause from the pauses API (or the console's pauses page): the anomaly
+    leaves the review queue resolved as resume, with who did it, once; resolving it again is a retry."""
+    anomaly = open_one(acme)
+    assert anomaly.pause is not None
+    assert admin.delete(f"/api/v1/customers/acme-co/pauses/{anomaly.pause.pause_id}").status_code == 200
+    assert admin.get("/api/v1/anomalies?status=open").json()["data"] == []
+    [row] = admin.get("/api/v1/anomalies?status=resolved").json()["data"]
+    assert (row["id"], row["resolution"], row["note"]) == (anomaly.public_id, "resume", "Resumed by lifting its pause.")
+    assert row["resolved_by"].startswith("api_key:") and row["pause"]["active"] is False
+    assert post_json(ingest, "/api/v1/events", event("after-lift")).status_code == 201
+    again = post_json(admin, f"/api/v1/anomalies/{anomaly.public_id}/resolve", {"resolution": "resume"})
+    assert again.status_code == 200 and again.json()["note"] == "Resumed by lifting its pause."
+    from billing.audit.models import AuditEntry
+
+    resolved = AuditEntry.objects.filter(action="anomaly.resolved").values_list("object_type", "object_id")
+    assert list(resolved) == [("anomaly", str(anomaly.pk))]
+
+
 @pytest.mark.django_db
 def test_the_anomalies_api_needs_admin_and_an_unrestricted_key_to_resolve(acme, globex, make_client):
     """A read or ingest key gets 403; a key restricted to a customer sees that customer's anomalies only, gets
