@@ -11,6 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# WeasyPrint renders invoice PDFs with Pango, and needs a font
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
+
 # The runtime dependencies only (pyproject.toml's list, not the dev tools), at the versions requirements.lock pins.
 # psycopg[binary] and the tigerbeetle client are wheels: no compiler in the image.
 COPY pyproject.toml requirements.lock ./

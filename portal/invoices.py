@@ -1,21 +1,20 @@
-"""The invoice document: an HTML page (and its printable form, ``?print=1``) a finance team can send.
-Operator staff see every invoice; a customer user only their own customer's (another's is a 404)."""
+"""The invoice document: an HTML page (its printable form, ``?print=1``) and the same document as a PDF
+rendered on the server (``/invoices/<id>.pdf``). Operator staff see every invoice; a customer user only
+their own customer's (another's is a 404)."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from billing.catalog import money
 from billing.customers.models import CustomerUser
+from billing.invoicing.document import PdfUnavailable, document_context, invoice_pdf, invoice_pdf_filename
 from billing.invoicing.models import Invoice
 from billing.payments.selectors import payment_links, plans_billed_by_stripe
 
 
-@login_required
-def invoice_document(request: HttpRequest, invoice_id: int) -> HttpResponse:
+def _visible(request: HttpRequest, invoice_id: int) -> Invoice:
     invoice = Invoice.objects.select_related("customer", "plan", "corrects").filter(pk=invoice_id).first()
     if invoice is None:
         raise Http404("No such invoice.")
@@ -23,17 +22,33 @@ def invoice_document(request: HttpRequest, invoice_id: int) -> HttpResponse:
         link = CustomerUser.objects.filter(user__pk=request.user.pk or 0).first()
         if link is None or link.customer_id != invoice.customer_id:
             raise Http404("No such invoice.")
-    currency = invoice.currency
+    return invoice
 
-    def major(minor: int) -> str:
-        return str(money.from_minor(minor, currency))
 
+def _context(invoice: Invoice) -> dict[str, object]:
     billed_by_stripe = (invoice.status == Invoice.Status.FINALIZED
                         and invoice.plan_id in plans_billed_by_stripe(plan_ids=[invoice.plan_id]))
-    lines = [{"line": line, "amount": major(line.amount_minor)} for line in invoice.lines.order_by("position")]
+    return {**document_context(invoice=invoice), "credit_notes": invoice.credit_notes.order_by("pk"),
+            "billed_by_stripe": billed_by_stripe}
+
+
+@login_required
+def invoice_document(request: HttpRequest, invoice_id: int) -> HttpResponse:
+    invoice = _visible(request, invoice_id)
     return render(request, "invoices/document.html", {
-        "invoice": invoice, "lines": lines, "seller": settings.TOLLGATE_SELLER, "printable": "print" in request.GET,
-        "subtotal": major(invoice.subtotal_minor), "credits": major(invoice.credits_minor),
-        "total": major(invoice.total_minor), "credit_notes": invoice.credit_notes.order_by("pk"),
-        "billed_by_stripe": billed_by_stripe, "pay_url": payment_links(invoices=[invoice]).get(invoice.pk, ""),
+        **_context(invoice), "printable": "print" in request.GET,
+        "pay_url": payment_links(invoices=[invoice]).get(invoice.pk, ""),
     })
+
+
+@login_required
+def invoice_document_pdf(request: HttpRequest, invoice_id: int) -> HttpResponse:
+    invoice = _visible(request, invoice_id)
+    try:
+        pdf = invoice_pdf(invoice=invoice, context=_context(invoice))
+    except PdfUnavailable:
+        return HttpResponse("PDF rendering is not available on this server (WeasyPrint needs Pango).",
+                            status=503, content_type="text/plain")
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'inline; filename="{invoice_pdf_filename(invoice)}"'
+    return response

@@ -238,12 +238,23 @@ TOLLGATE_PERIOD_GRACE_SECONDS = int(os.environ.get("TOLLGATE_PERIOD_GRACE_SECOND
 # so that no event accepted on a stale answer is left out of a finalized invoice.
 TOLLGATE_PERIOD_CACHE_SECONDS = 5
 TOLLGATE_FINALIZE_DELAY_SECONDS = int(os.environ.get("TOLLGATE_FINALIZE_DELAY_SECONDS", "60"))
-# Operator identity printed on invoices.
+# Operator identity printed on invoices (docs/operations.md, "Invoice documents"): legal name, postal address (lines separated by
+# "\n" or "|"), tax id, contact email, and a logo image file (PNG/JPEG/SVG path, embedded in the document).
 TOLLGATE_SELLER = {
     "name": os.environ.get("TOLLGATE_SELLER_NAME", "Tollgate Demo Operator"),
-    "address": os.environ.get("TOLLGATE_SELLER_ADDRESS", ""),
+    "address": os.environ.get("TOLLGATE_SELLER_ADDRESS", "").replace("|", "\n").replace("\\n", "\n"),
     "email": os.environ.get("TOLLGATE_SELLER_EMAIL", "billing@tollgate.localhost"),
+    "tax_id": os.environ.get("TOLLGATE_SELLER_TAX_ID", ""),
+    "logo": os.environ.get("TOLLGATE_SELLER_LOGO", ""),
 }
+# Payment terms: an invoice is due this many days after it is issued (finalized).
+TOLLGATE_PAYMENT_TERMS_DAYS = int(os.environ.get("TOLLGATE_PAYMENT_TERMS_DAYS", "30"))
+# Tax: the percent charged on every invoice (a customer's own tax_rate overrides it), the line's name, and what
+# an invoice of a reverse-charge customer says instead of a tax amount.
+TOLLGATE_TAX_RATE = os.environ.get("TOLLGATE_TAX_RATE", "0")
+TOLLGATE_TAX_LABEL = os.environ.get("TOLLGATE_TAX_LABEL", "Tax")
+TOLLGATE_REVERSE_CHARGE_TEXT = os.environ.get(
+    "TOLLGATE_REVERSE_CHARGE_TEXT", "Reverse charge: the customer accounts for the tax due on this supply.")
 
 # --- Stripe (billing/payments is the only code that talks to it) ---------------------------------
 # No secret key: the Stripe integration is off (nothing is queued or pushed); rows still record what

@@ -28,6 +28,7 @@ from billing.invoicing.apis import (
     InvoiceFinalizeApi,
     InvoiceMarkPaidApi,
     InvoiceMarkUncollectibleApi,
+    InvoicePdfApi,
     InvoicesApi,
     InvoiceVoidApi,
 )
@@ -43,7 +44,7 @@ from portal import gateway
 from portal.apidocs import ApiDocsView
 from portal.health import healthz, readyz
 from portal.home import home
-from portal.invoices import invoice_document
+from portal.invoices import invoice_document, invoice_document_pdf
 
 api = [
     path("events", EventsApi.as_view(), name="events"),
@@ -80,6 +81,7 @@ api = [
          name="customer-upcoming-invoice"),
     path("invoices", InvoicesApi.as_view(), name="invoices"),
     path("invoices/<str:invoice_id>", InvoiceDetailApi.as_view(), name="invoice"),
+    path("invoices/<str:invoice_id>/pdf", InvoicePdfApi.as_view(), name="invoice-pdf-api"),
     path("invoices/<str:invoice_id>/finalize", InvoiceFinalizeApi.as_view(), name="invoice-finalize"),
     path("invoices/<str:invoice_id>/void", InvoiceVoidApi.as_view(), name="invoice-void"),
     path("invoices/<str:invoice_id>/mark_paid", InvoiceMarkPaidApi.as_view(), name="invoice-mark-paid"),
@@ -110,6 +112,7 @@ urlpatterns = [
     path("console/", include("portal.console.urls")),
     path("dashboard/", include("portal.dashboard.urls")),
     path("invoices/<int:invoice_id>/", invoice_document, name="invoice-document"),
+    path("invoices/<int:invoice_id>.pdf", invoice_document_pdf, name="invoice-pdf"),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("gateway/v1/chat/completions", gateway.chat_completions, name="gateway-chat-completions"),
     path("gateway/v1/embeddings", gateway.embeddings, name="gateway-embeddings"),

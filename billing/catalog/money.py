@@ -44,9 +44,21 @@ def from_minor(minor: int, currency: str) -> Decimal:
     return Decimal(minor).scaleb(-minor_exponent(currency))
 
 
+def tax_minor(base_minor: int, rate_percent: Decimal, currency: str) -> int:
+    """Tax on an invoice's taxable amount (minor units) at a percent rate: computed on the exact amount and
+    rounded once, by the one rule, on the invoice (never per line, so the lines' rounding is not taxed twice)."""
+    return to_minor(from_minor(base_minor, currency) * rate_percent / 100, currency)
+
+
 def format_major(amount: Decimal, currency: str) -> str:
     """A decimal string in the major unit with exactly the currency's minor digits ("12.30")."""
     return str(round_to_minor(amount, currency))
+
+
+def format_display(amount: Decimal, currency: str) -> str:
+    """An amount as a document prints it: rounded by the one rule, with the currency's minor digits and
+    thousands separators ("1,234.50", "JPY 1,235" -> "1,235")."""
+    return f"{round_to_minor(amount, currency):,.{minor_exponent(currency)}f}"
 
 
 def to_ledger_units(amount: Decimal) -> int:

@@ -24,6 +24,11 @@ class CustomerOut(serializers.Serializer):
     name = serializers.CharField()
     email = serializers.EmailField()
     metadata = serializers.JSONField()
+    billing_address = serializers.CharField()
+    tax_id = serializers.CharField()
+    invoice_email = serializers.EmailField()
+    tax_rate = serializers.DecimalField(max_digits=6, decimal_places=3, allow_null=True, coerce_to_string=True)
+    tax_reverse_charge = serializers.BooleanField()
     projects = ProjectOut(many=True)
     created_at = serializers.DateTimeField()
 
@@ -65,6 +70,12 @@ class CustomerDetailApi(APIView):
         name = serializers.CharField(max_length=200, required=False)
         email = serializers.EmailField(required=False, allow_blank=True)
         metadata = serializers.DictField(required=False)
+        billing_address = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+        tax_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
+        invoice_email = serializers.EmailField(required=False, allow_blank=True)
+        tax_rate = serializers.DecimalField(required=False, allow_null=True, max_digits=6, decimal_places=3,
+                                            min_value=0, max_value=100)
+        tax_reverse_charge = serializers.BooleanField(required=False)
 
     @extend_schema(responses={200: CustomerOut}, operation_id="customers_retrieve")
     def get(self, request: Request, customer_id: str) -> Response:

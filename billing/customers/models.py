@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 external_id_validator = RegexValidator(
@@ -17,6 +17,15 @@ class Customer(models.Model):
     name = models.CharField(max_length=200)
     email = models.EmailField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # Billing details printed on its invoices (docs/operations.md, "Invoice documents"). ``invoice_email`` receives finalized invoices
+    # (empty: ``email``); ``tax_rate`` is a percent (null: TOLLGATE_TAX_RATE); reverse charge puts no tax on
+    # its invoices and prints TOLLGATE_REVERSE_CHARGE_TEXT instead.
+    billing_address = models.TextField(blank=True, default="")
+    tax_id = models.CharField(max_length=64, blank=True, default="")
+    invoice_email = models.EmailField(blank=True, default="")
+    tax_rate = models.DecimalField(max_digits=6, decimal_places=3, null=True, blank=True,
+                                   validators=[MinValueValidator(0), MaxValueValidator(100)])
+    tax_reverse_charge = models.BooleanField(default=False)
     # bumped with every change of the customer's guardrails (pauses, runs stopped, budgets, overrides): ingest
     # reads it with the customer and reloads its guard state only when it moved (billing.guardrails.guards)
     guard_revision = models.PositiveBigIntegerField(default=0, editable=False)

@@ -105,11 +105,15 @@ def customer_create(*, external_id: str, name: str, email: str = "", metadata: d
     return customer
 
 
+# What its invoices print and how they are taxed (billing/invoicing/tax.py)
+BILLING_DETAILS = ("billing_address", "tax_id", "invoice_email", "tax_rate", "tax_reverse_charge")
+
+
 def customer_update(*, customer: Customer, data: dict[str, Any], actor: str = "") -> Customer:
     if "id" in data and data["id"] != customer.external_id:
         raise validation_error({"id": ["A customer's id is immutable."]})
     before = snapshot(customer)
-    fields = [field for field in ("name", "email", "metadata") if field in data]
+    fields = [field for field in ("name", "email", "metadata", *BILLING_DETAILS) if field in data]
     for field in fields:
         setattr(customer, field, data[field])
     customer.full_clean()

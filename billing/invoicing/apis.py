@@ -1,16 +1,22 @@
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
+from typing import Any
 
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.common.auth import actor_of, principal_of
-from billing.common.errors import DomainError, validation_error
+from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.selectors import customer_get
 from billing.invoicing import services
+from billing.invoicing.document import PdfUnavailable, invoice_pdf, invoice_pdf_filename
 from billing.invoicing.errors import InvoicingCode
 from billing.invoicing.lines import upcoming_invoice
 from billing.invoicing.models import Invoice
@@ -56,6 +62,40 @@ class InvoiceDetailApi(APIView):
     @extend_schema(responses={200: None}, operation_id="invoice_get")
     def get(self, request: Request, invoice_id: str) -> Response:
         return Response(invoice_as_dict(invoice_get(pk=invoice_id, principal=principal_of(request))))
+
+
+class PdfRenderer(BaseRenderer):
+    """Lets a request ask for ``Accept: application/pdf``; the PDF itself is returned as it was rendered."""
+
+    media_type = "application/pdf"
+    format = "pdf"
+    charset = None
+    render_style = "binary"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return data if isinstance(data, bytes) else json.dumps(data).encode()
+
+
+class InvoicePdfApi(APIView):
+    """The invoice document as a PDF (the same one as ``/invoices/<id>.pdf``); errors stay JSON."""
+
+    required_scope = "read"
+    renderer_classes = [PdfRenderer, JSONRenderer]
+
+    @extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY}, operation_id="invoice_pdf")
+    def get(self, request: Request, invoice_id: str) -> HttpResponse:
+        invoice = invoice_get(pk=invoice_id, principal=principal_of(request))
+        try:
+            pdf = invoice_pdf(invoice=invoice)
+        except PdfUnavailable as exc:
+            raise DomainError(CommonCode.UNAVAILABLE, "PDF rendering is not available on this server.") from exc
+        response = HttpResponse(pdf, content_type="application/pdf")
+        response["Content-Disposition"] = f'inline; filename="{invoice_pdf_filename(invoice)}"'
+        return response
+
+    def handle_exception(self, exc: Exception) -> Response:
+        self.request.accepted_renderer, self.request.accepted_media_type = JSONRenderer(), "application/json"
+        return super().handle_exception(exc)
 
 
 class _InvoiceMoveApi(APIView):

@@ -26,6 +26,7 @@ from billing.customers.models import Customer
 from billing.invoicing.lines import Line, period_cuts, period_parts, price_parts
 from billing.invoicing.rows import UsageTotal, correction_rows, meters_by_pk, period_rows
 from billing.invoicing.snapshot import PeriodSnapshot
+from billing.invoicing.tax import NO_TAX, TaxTerms, tax_terms
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Computed:
     total_minor: int
     versions: list[int]
     watermark: int
+    tax: TaxTerms = NO_TAX
+    tax_minor: int = 0
 
     def digest(self) -> str:
         """SHA-256 of everything an invoice stores from this computation but the watermark."""
@@ -61,7 +64,7 @@ class Computed:
                   None if line.unit_price is None else decimal_to_text(line.unit_price), decimal_to_text(line.amount),
                   line.amount_minor, line.detail] for line in self.lines]
         body = [self.plan.pk, self.currency, self.subtotal_minor, self.credits_minor, self.total_minor, self.versions,
-                lines]
+                lines, decimal_to_text(self.tax.rate), self.tax.note, self.tax_minor]
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -76,9 +79,11 @@ def subscription_for_period(*, customer: Customer, start: datetime, end: datetim
 
 
 def invoice_compute(*, customer: Customer, start: datetime, end: datetime, source: str = "rollups",
-                    credits: int | None = None, snapshot: PeriodSnapshot | None = None) -> Computed | None:
+                    credits: int | None = None, snapshot: PeriodSnapshot | None = None,
+                    tax: TaxTerms | None = None) -> Computed | None:
     """The invoice for [start, end) from rollups (``source="rollups"``) or raw events only (``"raw"``,
-    the replay). ``credits`` (ledger units) overrides the wallet lookup (replays use the stored figure).
+    the replay). ``credits`` (ledger units) overrides the wallet lookup (replays use the stored figure), and
+    ``tax`` the customer's tax terms (replays use the invoice's).
     ``snapshot``: the period's catalog reads, shared by a batch of drafts (billing/invoicing/snapshot.py)."""
     parts = period_parts(customer=customer, start=start, end=end, snapshot=snapshot)
     if not parts:
@@ -118,7 +123,10 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
         customer=customer, currency=plan.currency, start=start, consumed=None if snapshot is None else snapshot.consumed)
     credits_minor = max(0, min(subtotal, money.to_minor(Decimal(available).scaleb(-money.LEDGER_SCALE), plan.currency)))
     versions = sorted({seg.version for part in parts for seg in part.segments if seg.version is not None})
-    return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor, versions, watermark)
+    terms = tax if tax is not None else tax_terms(customer=customer)
+    taxed = money.tax_minor(subtotal - credits_minor, terms.rate, plan.currency)  # on what is left to pay
+    return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor + taxed, versions,
+                    watermark, terms, taxed)
 
 
 def _describe(line: Line) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class Invoice(models.Model):
     # Fields that are frozen once the invoice leaves draft; only status and its timestamps move.
     FROZEN = ("customer_id", "plan_id", "kind", "period_start", "period_end", "currency", "number",
               "subtotal_minor", "credits_minor", "total_minor", "versions", "events_hash", "events_count", "lines_digest",
-              "rollup_watermark", "corrects_id", "finalized_at")
+              "rollup_watermark", "corrects_id", "finalized_at", "tax_minor", "tax_rate", "tax_note", "due_at", "parties")
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="invoices")
     plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
@@ -76,7 +76,16 @@ class Invoice(models.Model):
     number = models.CharField(max_length=32, null=True, blank=True, unique=True)
     subtotal_minor = models.BigIntegerField(default=0)
     credits_minor = models.BigIntegerField(default=0)  # prepaid credits applied (subtracted)
-    total_minor = models.BigIntegerField(default=0)
+    total_minor = models.BigIntegerField(default=0)  # subtotal - credits + tax
+    # Tax on (subtotal - credits) at ``tax_rate`` percent, rounded once (billing.catalog.money.tax_minor);
+    # ``tax_note`` is the reverse-charge text when no tax is charged. ``due_at``: issue date plus the payment
+    # terms, set at finalization. ``parties``: seller and buyer details as they were when it was finalized.
+    # All nullable (null tax: none): SQLite adds such columns in place (see lines_digest).
+    tax_minor = models.BigIntegerField(null=True, blank=True)
+    tax_rate = models.DecimalField(max_digits=6, decimal_places=3, null=True, blank=True)
+    tax_note = models.CharField(max_length=300, null=True, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    parties = models.JSONField(null=True, blank=True)
     versions = models.JSONField(default=list)  # rate-card version numbers the lines were priced with
     events_hash = models.CharField(max_length=64, blank=True, default="")
     # digest of the plan, lines and figures last written: a refresh that computes the same skips the write.
@@ -123,6 +132,16 @@ class Invoice(models.Model):
     @property
     def is_draft(self) -> bool:
         return self.status == self.Status.DRAFT
+
+    @property
+    def status_word(self) -> str:
+        """The one word a person reads for the status: on the document, the lists and the dashboard."""
+        return STATUS_WORDS[self.status]
+
+
+# "finalized" is the API's status; to the people paying, a finalized invoice not paid yet is "Open".
+STATUS_WORDS: dict[str, str] = {Invoice.Status.DRAFT: "Draft", Invoice.Status.FINALIZED: "Open", Invoice.Status.PAID: "Paid",
+                Invoice.Status.VOID: "Void", Invoice.Status.UNCOLLECTIBLE: "Uncollectible"}
 
 
 class InvoiceLine(models.Model):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from billing.catalog import money
@@ -19,6 +21,7 @@ from billing.invoicing.compute import invoice_compute
 from billing.invoicing.lines import Segment, period_cuts, period_parts, price_parts, price_period
 from billing.invoicing.models import Invoice
 from billing.invoicing.rows import events_digest, meters_by_pk, period_rows
+from billing.invoicing.tax import TaxTerms
 
 
 def invoices_list(*, principal: Principal | None, customer_pk: int | None = None, status: str | None = None
@@ -45,6 +48,20 @@ def invoice_get(*, pk: Any, principal: Principal | None) -> Invoice:
     return invoice
 
 
+def invoice_parties(*, invoice: Invoice) -> dict[str, dict[str, str]]:
+    """Who sells and who is billed, as printed: frozen on the invoice when it is finalized (a later change of
+    address or tax id never rewrites an issued invoice), read live for a draft."""
+    if invoice.parties:
+        return invoice.parties
+    seller, customer = settings.TOLLGATE_SELLER, invoice.customer
+    return {
+        "seller": {"name": seller["name"], "address": seller["address"], "tax_id": seller.get("tax_id", ""),
+                   "email": seller["email"]},
+        "buyer": {"id": customer.external_id, "name": customer.name, "address": customer.billing_address,
+                  "tax_id": customer.tax_id, "email": customer.invoice_email or customer.email},
+    }
+
+
 def invoice_as_dict(invoice: Invoice) -> dict[str, Any]:
     currency = invoice.currency
 
@@ -64,7 +81,11 @@ def invoice_as_dict(invoice: Invoice) -> dict[str, Any]:
                   for line in invoice.lines.all()],
         "subtotal": major(invoice.subtotal_minor), "subtotal_minor": invoice.subtotal_minor,
         "credits": major(invoice.credits_minor), "credits_minor": invoice.credits_minor,
+        "tax": major(invoice.tax_minor or 0), "tax_minor": invoice.tax_minor or 0,
+        "tax_rate": decimal_to_text(invoice.tax_rate) if invoice.tax_rate is not None else None,
+        "tax_note": invoice.tax_note or None,
         "total": major(invoice.total_minor), "total_minor": invoice.total_minor,
+        "issued_at": invoice.finalized_at, "due_at": invoice.due_at, **invoice_parties(invoice=invoice),
         "versions": invoice.versions, "events_hash": invoice.events_hash or None, "events_count": invoice.events_count,
         "corrects": invoice.corrects.number if invoice.corrects_id and invoice.corrects else None,
         "finalized_at": invoice.finalized_at, "paid_at": invoice.paid_at, "voided_at": invoice.voided_at,
@@ -85,8 +106,9 @@ def invoice_verify(*, invoice: Invoice) -> list[str]:
     from billing.invoicing.compute import credits_consumed
 
     consumed = credits_consumed(customer=invoice.customer, currency=invoice.currency, start=invoice.period_start)
+    terms = TaxTerms(invoice.tax_rate or Decimal(0), invoice.tax_note or None)  # the terms it was issued with
     again = invoice_compute(customer=invoice.customer, start=invoice.period_start, end=invoice.period_end, source="raw",
-                            credits=consumed)
+                            credits=consumed, tax=terms)
     if again is None:
         return [*problems, f"{label}: no plan for the period any more"]
     if again.versions != sorted(invoice.versions):
@@ -99,8 +121,8 @@ def invoice_verify(*, invoice: Invoice) -> list[str]:
         want = fresh[index] if index < len(fresh) else None
         if have != want:
             problems.append(f"{label}: line {index + 1} is {have}, raw events give {want}")
-    for name in ("subtotal_minor", "credits_minor", "total_minor"):
-        if getattr(invoice, name) != getattr(again, name):
+    for name in ("subtotal_minor", "credits_minor", "tax_minor", "total_minor"):
+        if (getattr(invoice, name) or 0) != getattr(again, name):
             problems.append(f"{label}: {name} is {getattr(invoice, name)}, raw events give {getattr(again, name)}")
     return problems
 

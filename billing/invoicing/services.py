@@ -27,6 +27,7 @@ from billing.invoicing.compute import Computed, invoice_compute, subscription_fo
 from billing.invoicing.errors import InvoicingCode
 from billing.invoicing.models import Invoice, InvoiceLine, InvoiceSequence, PeriodClose
 from billing.invoicing.rows import events_digest
+from billing.invoicing.selectors import invoice_parties
 from billing.invoicing.signals import invoice_finalized, invoice_status_changed
 from billing.invoicing.snapshot import PeriodSnapshot, period_snapshot
 
@@ -100,6 +101,9 @@ def _set_figures(invoice: Invoice, computed: Computed, digest: str | None = None
     invoice.total_minor = computed.total_minor
     invoice.versions = computed.versions
     invoice.rollup_watermark = computed.watermark
+    invoice.tax_rate = computed.tax.rate
+    invoice.tax_note = computed.tax.note
+    invoice.tax_minor = computed.tax_minor
     invoice.lines_digest = digest or computed.digest()
 
 
@@ -186,6 +190,8 @@ def invoice_finalize(*, invoice: Invoice, now: datetime, actor: str = "system") 
         invoice.number = _next_number("invoice")
         invoice.status = Invoice.Status.FINALIZED
         invoice.finalized_at = now
+        invoice.due_at = now + timedelta(days=settings.TOLLGATE_PAYMENT_TERMS_DAYS)
+        invoice.parties = invoice_parties(invoice=invoice)
         invoice.save()
         _audit("invoice.finalized", invoice, actor, before)
         pk = invoice.pk
@@ -285,6 +291,7 @@ def credit_note_issue(*, invoice: Invoice, amount_minor: int, reason: str, at: d
         note.number = _next_number("credit_note")
         note.status = Invoice.Status.FINALIZED
         note.finalized_at = at
+        note.parties = invoice_parties(invoice=note)
         note.save()
         _audit("credit_note.issued", note, "", None)
     return note

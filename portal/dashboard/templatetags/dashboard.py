@@ -7,7 +7,7 @@ from typing import Any
 
 from django import template
 
-from billing.catalog.money import format_major
+from billing.catalog.money import format_display, format_major
 from billing.common.fields import decimal_to_text
 
 register = template.Library()
@@ -31,6 +31,14 @@ def money(value: Any, currency: str = "USD") -> str:
     if value is None or value == "":
         return "-"
     return format_major(Decimal(str(value)), currency or "USD")
+
+
+@register.filter
+def amount(value: Any, currency: str = "USD") -> str:
+    """A major-unit amount as invoices print it: the one rounding rule and thousands separators."""
+    if value is None or value == "":
+        return "-"
+    return format_display(Decimal(str(value)), currency or "USD")
 
 
 @register.filter
