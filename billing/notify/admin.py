@@ -7,7 +7,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from billing.audit.admin import AuditedAdmin
-from billing.notify.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from billing.notify.invoice_emails import invoice_emails_resend
+from billing.notify.models import InvoiceEmail, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from billing.notify.services import delivery_resend
 
 
@@ -50,3 +51,21 @@ class WebhookDeliveryAdmin(AuditedAdmin):
         for delivery in queryset.filter(endpoint__deleted_at__isnull=True):
             delivery_resend(delivery=delivery)
         messages.info(request, "Queued again; deliveries of deleted endpoints were left alone.")
+
+
+@admin.register(InvoiceEmail)
+class InvoiceEmailAdmin(AuditedAdmin):
+    list_display = ("invoice", "state", "recipients", "attempts", "sent_at", "error")
+    list_filter = ("state",)
+    actions = ["send_again"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Send again (only emails known not to have arrived: unknown, failed)")
+    def send_again(self, request: HttpRequest, queryset: QuerySet[InvoiceEmail]) -> None:
+        count = invoice_emails_resend(rows=queryset)
+        messages.info(request, f"{count} invoice email(s) queued again; sent ones were left alone.")

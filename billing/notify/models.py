@@ -75,3 +75,34 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} -> {self.endpoint_id} ({self.state})"
+
+
+class InvoiceEmail(models.Model):
+    """The email of one finalized invoice to the customer's invoice contact, with its PDF attached. One row per
+    invoice (the idempotency key, unique in the database); a worker sends only after it moved the row from
+    ``pending`` to ``sending`` with one conditional UPDATE, so retried or concurrent tasks send it once."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"
+        SENT = "sent"
+        UNKNOWN = "unknown"  # the server may have taken it: never sent again on its own
+        NO_RECIPIENTS = "no_recipients"
+        FAILED = "failed"  # nothing sent (the PDF could not be rendered); an operator may reset it to pending
+
+    invoice = models.OneToOneField("invoicing.Invoice", on_delete=models.PROTECT, related_name="email")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    recipients = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    queued_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["state", "queued_at"], name="invoice_email_due")]
+
+    def __str__(self) -> str:
+        return f"invoice {self.invoice_id} email ({self.state})"

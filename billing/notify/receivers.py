@@ -30,6 +30,7 @@ from billing.invoicing.models import Invoice
 from billing.invoicing.selectors import invoice_as_dict
 from billing.invoicing.signals import invoice_finalized, invoice_status_changed
 from billing.notify import event_types
+from billing.notify.invoice_emails import invoice_email_queue
 from billing.notify.services import event_emit
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ def _emit_invoice(type_: str, invoice_id: int) -> None:
 @receiver(invoice_finalized, dispatch_uid="notify.invoice_finalized")
 def on_invoice_finalized(sender: Any, invoice_id: int, **kwargs: Any) -> None:
     _emit_invoice(event_types.INVOICE_FINALIZED, invoice_id)
+    try:
+        invoice_email_queue(invoice_pk=invoice_id)
+    except Exception:  # the sweep queues it again; finalization has committed either way
+        log.exception("the email of invoice %s was not queued", invoice_id)
 
 
 @receiver(invoice_status_changed, dispatch_uid="notify.invoice_status_changed")

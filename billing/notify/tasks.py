@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from billing.notify import services
+from billing.notify import invoice_emails, services
 
 
 @shared_task(name="notify.deliver", acks_late=True)
@@ -20,4 +20,12 @@ def webhook_deliver_task(delivery_pk: int) -> str:
 
 @shared_task(name="notify.sweep")
 def webhooks_sweep_task() -> int:
-    return services.deliveries_sweep()
+    """Also queues again the invoice emails whose task was lost."""
+    return services.deliveries_sweep() + invoice_emails.invoice_emails_sweep()
+
+
+@shared_task(name="notify.invoice_email", acks_late=True, autoretry_for=(invoice_emails.InvoiceEmailDeferred,),
+             retry_backoff=60, retry_backoff_max=3600, retry_jitter=True, max_retries=12)
+def invoice_email_task(row_pk: int) -> str:
+    """Sent once: claimed in the database before the send; retried only when the server took nothing."""
+    return invoice_emails.invoice_email_deliver(row_pk=row_pk)
