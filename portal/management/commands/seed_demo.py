@@ -4,10 +4,10 @@ and prints a fresh ingest API key each time (keys are shown once)."""
 from __future__ import annotations
 
 import json
-import random
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
@@ -17,12 +17,17 @@ from billing.audit.context import acting_as
 from billing.catalog.models import Plan, Subscription
 from billing.catalog.services import catalog_import, meter_create, subscription_set
 from billing.common.auth import Principal
+from billing.common.calendar import period_bounds, previous_period
 from billing.customers.models import Customer, CustomerUser, Project
 from billing.customers.services import api_key_create, customer_user_create
 from billing.guardrails.budgets import budget_create
 from billing.guardrails.models import Budget, CustomerOverride
 from billing.guardrails.overrides import override_put
+from billing.invoicing import periods
+from billing.invoicing import services as invoicing
+from billing.invoicing.models import Invoice
 from billing.usage.services import events_ingest
+from portal.demo_usage import Span, demo_events
 
 OPERATOR = ("operator", "tollgate-operator")
 CUSTOMER_USER = ("acme", "tollgate-acme")
@@ -85,10 +90,10 @@ class Command(BaseCommand):
         if not CustomerUser.objects.filter(user__username=CUSTOMER_USER[0]).exists():
             customer_user_create(customer=customer, username=CUSTOMER_USER[0], password=CUSTOMER_USER[1],
                                  email="dev@acme.example")
-        if not Subscription.objects.filter(customer=customer).exists():
+        if not Subscription.objects.filter(customer=customer).exists():  # since the start of last month
             now = timezone.now()
-            subscription_set(customer=customer, plan=Plan.objects.get(key="pro"), start=now - timedelta(days=60), now=now,
-                             actor="seed_demo")
+            subscription_set(customer=customer, plan=Plan.objects.get(key="pro"),
+                             start=previous_period(period_bounds(now)[0])[0], now=now, actor="seed_demo")
         if not CustomerOverride.objects.filter(customer=customer).exists():  # agent runs under circuit breakers
             override_put(customer=customer, data={"run_limits": {"max_steps": 50, "max_spend": "5.00"}},
                          actor="seed_demo")
@@ -96,6 +101,7 @@ class Command(BaseCommand):
             budget_create(customer=customer, budget_id="research-agent", scope={"project": "research-agent"},
                           amount="200.00", period="month", action="block", soft="80%", actor="seed_demo")
         self._events(customer, options["events"])
+        invoice = self._last_month_invoice()
         _, ingest_key = api_key_create(name="demo ingest key", scope="ingest")
         _, read_key = api_key_create(name="demo read key (acme-co)", scope="read", customer=customer)
         info = {
@@ -103,6 +109,7 @@ class Command(BaseCommand):
             "customer_login": {"username": CUSTOMER_USER[0], "password": CUSTOMER_USER[1], "customer": "acme-co"},
             "ingest_api_key": ingest_key,
             "read_api_key": read_key,
+            "last_month_invoice": f"/invoices/{invoice.pk}/" if invoice is not None else None,
         }
         if options["json"]:
             self.stdout.write(json.dumps(info))
@@ -112,24 +119,33 @@ class Command(BaseCommand):
         self.stdout.write(f"  customer login (acme-co): {CUSTOMER_USER[0]} / {CUSTOMER_USER[1]}")
         self.stdout.write(f"  ingest API key         : {ingest_key}")
         self.stdout.write(f"  read API key (acme-co) : {read_key}")
+        if invoice is not None:
+            self.stdout.write(f"  last month's invoice   : /invoices/{invoice.pk}/ ({invoice.number}, .pdf for the PDF)")
 
     def _events(self, customer: Customer, count: int) -> None:
-        rng = random.Random(42)  # noqa: S311 - demo data, deterministic ids and values
+        """Half the events in last month, half in the current one (its last 7 days at most)."""
         now = timezone.now()
-        raw = []
-        for i in range(count):
-            at = now - timedelta(hours=rng.randint(0, 24 * 7), minutes=rng.randint(0, 59))
-            model = rng.choice(["gpt-4o", "gpt-4o-mini", "claude-sonnet"])
-            raw.append(json.dumps({
-                "event_id": f"demo-{i}",
-                "customer": customer.external_id,
-                "project": rng.choice(["chatbot", "research-agent"]),
-                "meter": "llm_tokens",
-                "quantity": rng.randint(200, 8000),
-                "timestamp": at.isoformat(),
-                "dimensions": {"model": model, "direction": rng.choice(["input", "output"])},
-                "trace": {"run_id": f"run-{i // 10}", "step": i % 10, "agent": "demo-agent"},
-            }).encode())
+        this_start = period_bounds(now)[0]
+        last_start, last_end = previous_period(this_start)
+        spans = [Span(last_start, last_end, f"{last_start:%Y%m}"),
+                 Span(max(this_start, now - timedelta(days=7)), now, f"{this_start:%Y%m}")]
+        spans = [span for span in spans if span.end - span.start >= timedelta(minutes=15)]  # a month's first minutes
         admin = Principal(scopes=frozenset({"admin"}))
-        for start in range(0, len(raw), 1000):
-            events_ingest(principal=admin, raw_events=raw[start:start + 1000], now=now)
+        for number, span in enumerate(spans):
+            share = count // len(spans) if number < len(spans) - 1 else count - count // len(spans) * number
+            raw = demo_events(customer=customer.external_id, span=span, count=share, seed=42 + number)
+            for start in range(0, len(raw), 1000):
+                events_ingest(principal=admin, raw_events=raw[start:start + 1000], now=now)
+
+    def _last_month_invoice(self) -> Invoice | None:
+        """Close last month and finalize its invoices as beat would have (an hour after its end, plus the
+        finalize delay), so the demo has a finalized invoice at once. In a month's first hour it is still open."""
+        now = timezone.now()
+        start, end = previous_period(period_bounds(now)[0])
+        closed_at = end + periods.grace()
+        if closed_at > now:
+            return None
+        periods.period_close(start=start, end=end, now=closed_at)
+        finalize_at = min(now, closed_at + timedelta(seconds=settings.TOLLGATE_FINALIZE_DELAY_SECONDS))
+        invoicing.periods_finalize(now=finalize_at)
+        return Invoice.objects.filter(customer__external_id="acme-co", period_start=start, kind="invoice").first()
