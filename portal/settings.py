@@ -366,5 +366,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # stripe logs every request and response at INFO; our sync rows and warnings already say what matters
-    "loggers": {"django.server": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},
+    # weasyprint and fontTools narrate every PDF they render at INFO
+    "loggers": {"django.server": {"level": "WARNING"}, "stripe": {"level": "WARNING"},
+                "weasyprint": {"level": "WARNING"}, "fontTools": {"level": "WARNING"}},
 }

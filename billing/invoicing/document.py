@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,13 @@ def _price(value: Decimal) -> str:
     return decimal_to_text(value)
 
 
+def _plural(unit: str) -> str:
+    return f"{unit}s" if unit and not unit.endswith("s") else unit
+
+
 def charge_in_words(spec: pricing.ChargeSpec, unit: str, currency: str) -> str:
     """How a charge is priced, in a sentence (tiers included): what the line's customer needs to check it."""
-    units = f"{unit}s" if unit and not unit.endswith("s") else unit
+    units = _plural(unit)
     if spec.model == "per_unit":
         return f"{_price(spec.unit_price)} {currency} per {unit}"
     if spec.model == "package":
@@ -91,7 +96,7 @@ def _line_row(line: InvoiceLine, currency: str, charges: dict[tuple[int, str, st
         spec = charges.get((versions[-1], line.meter, repr(sorted(((line.detail or {}).get("filter") or {}).items()))))
         if spec is not None:
             row["pricing"] = charge_in_words(spec, meter.unit, currency)
-        row["unit"] = meter.unit
+        row["unit"] = _plural(meter.unit)
     for tier in (line.detail or {}).get("tiers", []):
         row["tiers"].append({"tier": tier["tier"], "units": _qty(Decimal(tier["units"])),
                              "amount": money.format_display(Decimal(tier["amount"]), currency)})
@@ -134,6 +139,7 @@ def document_context(*, invoice: Invoice) -> dict[str, Any]:
         "tax_label": settings.TOLLGATE_TAX_LABEL, "tax_rate": decimal_to_text(tax_rate.normalize()),
         "tax_note": invoice.tax_note or "", "total": shown(invoice.total_minor), "total_label": total_label,
         "terms_days": settings.TOLLGATE_PAYMENT_TERMS_DAYS,
+        "last_day": invoice.period_end - timedelta(microseconds=1),  # the period is half-open
     }
 
 
