@@ -156,6 +156,9 @@ def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str) -
         return
     operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}"
     customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}"
+    invoice = info.get("last_month_invoice")
+    invoice_line = (f"  last month's invoice     : {url}{invoice}   (its PDF: {url}{invoice.rstrip('/')}.pdf)\n"
+                    if invoice else "")
     print(f"""
   Tollgate is starting on {url}   ({running}; Ctrl-C stops all)
 
@@ -163,7 +166,7 @@ def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str) -
   customer dashboard       : {url}/dashboard/   login {customer}  (customer acme-co)
   ingest API key           : {info['ingest_api_key']}
   read API key (acme-co)   : {info['read_api_key']}
-  API docs                 : {url}/api/docs
+{invoice_line}  API docs                 : {url}/api/docs
   ledger                   : {ledger_line}
 
   curl -X POST {url}/api/v1/events -H 'Authorization: Bearer {info['ingest_api_key']}' \\

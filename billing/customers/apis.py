@@ -45,6 +45,12 @@ class CustomersApi(APIView):
         name = serializers.CharField(max_length=200, required=False, default="")
         email = serializers.EmailField(required=False, default="", allow_blank=True)
         metadata = serializers.DictField(required=False, default=dict)
+        billing_address = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+        tax_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
+        invoice_email = serializers.EmailField(required=False, allow_blank=True)
+        tax_rate = serializers.DecimalField(required=False, allow_null=True, max_digits=6, decimal_places=3,
+                                            min_value=0, max_value=100)
+        tax_reverse_charge = serializers.BooleanField(required=False)
 
     @extend_schema(responses={200: CustomerOut(many=True)}, operation_id="customers_list")
     def get(self, request: Request) -> Response:
@@ -58,7 +64,8 @@ class CustomersApi(APIView):
         data = self.CustomerCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        customer = services.customer_create(external_id=v["id"], name=v["name"], email=v["email"], metadata=v["metadata"])
+        customer = services.customer_create(external_id=v["id"], name=v["name"], email=v["email"], metadata=v["metadata"],
+                                            billing={k: v[k] for k in services.BILLING_DETAILS if k in v})
         return Response(_customer_out(customer), status=201)
 
 

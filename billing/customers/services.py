@@ -87,9 +87,15 @@ def api_key_authenticate(*, raw_key: str) -> Principal | None:
     return Principal(scopes=frozenset({row["scope"]}), customer_id=row["customer_id"], api_key_id=row["pk"])
 
 
+# What its invoices print and how they are taxed (billing/invoicing/tax.py)
+BILLING_DETAILS = ("billing_address", "tax_id", "invoice_email", "tax_rate", "tax_reverse_charge")
+
+
 def customer_create(*, external_id: str, name: str, email: str = "", metadata: dict[str, Any] | None = None,
-                    actor: str = "") -> Customer:
-    customer = Customer(external_id=external_id, name=name or external_id, email=email, metadata=metadata or {})
+                    actor: str = "", billing: dict[str, Any] | None = None) -> Customer:
+    """``billing``: any of ``BILLING_DETAILS`` (what its invoices print and how they are taxed)."""
+    customer = Customer(external_id=external_id, name=name or external_id, email=email, metadata=metadata or {},
+                        **{k: v for k, v in (billing or {}).items() if k in BILLING_DETAILS})
     try:
         customer.full_clean(validate_unique=False)
     except DjangoValidationError as exc:  # the API calls the external id "id"
@@ -103,10 +109,6 @@ def customer_create(*, external_id: str, name: str, email: str = "", metadata: d
     except IntegrityError:
         raise DomainError(CommonCode.ALREADY_EXISTS, f"A customer '{external_id}' already exists.") from None
     return customer
-
-
-# What its invoices print and how they are taxed (billing/invoicing/tax.py)
-BILLING_DETAILS = ("billing_address", "tax_id", "invoice_email", "tax_rate", "tax_reverse_charge")
 
 
 def customer_update(*, customer: Customer, data: dict[str, Any], actor: str = "") -> Customer:

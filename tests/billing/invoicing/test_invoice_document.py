@@ -181,3 +181,12 @@ def test_the_customer_api_reads_and_sets_the_billing_details(acme: Any, admin: A
     got = admin.get("/api/v1/customers/acme-co").json()
     assert {k: got[k] for k in body} == {**body, "tax_rate": "19.000"}
     assert admin.patch("/api/v1/customers/acme-co", {"tax_rate": "120"}, format="json").status_code == 422
+
+
+@pytest.mark.django_db
+def test_a_customer_is_created_with_its_billing_details(admin: Any) -> None:
+    response = admin.post("/api/v1/customers", {"id": "initech", "tax_id": "US-12", "tax_reverse_charge": True,
+                                                "billing_address": "4120 Freidrich Ln"}, format="json")
+    assert response.status_code == 201, response.json()
+    got = response.json()
+    assert (got["tax_id"], got["tax_reverse_charge"], got["billing_address"]) == ("US-12", True, "4120 Freidrich Ln")
