@@ -8,7 +8,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -143,9 +143,52 @@ def project_create(*, customer: Customer, key: str, name: str = "", actor: str =
 def customer_user_create(*, customer: Customer, username: str, password: str, email: str = "",
                          actor: str = "") -> CustomerUser:
     user_model = get_user_model()
-    with transaction.atomic():
-        user = user_model.objects.create_user(username=username, password=password, email=email)
-        binding = CustomerUser.objects.create(user=user, customer=customer)
-        audit_record(action="customer_user.created", obj=binding, actor=actor,
-                     after={**(snapshot(binding) or {}), "username": username, "email": email})
+    if user_model.objects.filter(username=username).exists():  # the database's unique index settles a race
+        raise validation_error({"username": ["This username is taken."]})
+    _password_check(password, user_model(username=username, email=email))
+    try:
+        with transaction.atomic():
+            user = user_model.objects.create_user(username=username, password=password, email=email)
+            binding = CustomerUser.objects.create(user=user, customer=customer)
+            audit_record(action="customer_user.created", obj=binding, actor=actor,
+                         after={**(snapshot(binding) or {}), "username": username, "email": email})
+            return binding
+    except IntegrityError:
+        raise validation_error({"username": ["This username is taken."]}) from None
+
+
+def _password_check(password: str, user: Any) -> None:
+    try:
+        password_validation.validate_password(password, user)
+    except DjangoValidationError as exc:
+        raise validation_error({"password": list(exc.messages)}) from None
+
+
+def _user_state(binding: CustomerUser) -> dict[str, Any]:
+    """What the log keeps of a dashboard user (never the password's hash)."""
+    user = binding.user
+    return {**(snapshot(binding) or {}), "username": user.get_username(), "is_active": user.is_active}
+
+
+@transaction.atomic
+def customer_user_password_set(*, binding: CustomerUser, password: str, actor: str = "") -> CustomerUser:
+    """A new password chosen by the operator (a reset); the settings' password validators apply."""
+    _password_check(password, binding.user)
+    binding.user.set_password(password)
+    binding.user.save(update_fields=["password"])
+    state = _user_state(binding)
+    audit_record(action="customer_user.password_reset", obj=binding, before=state, after=state, actor=actor)
+    return binding
+
+
+@transaction.atomic
+def customer_user_active_set(*, binding: CustomerUser, active: bool, actor: str = "") -> CustomerUser:
+    """Deactivate (the login stops working at once, sessions included) or reactivate a dashboard user."""
+    if binding.user.is_active == active:
         return binding
+    before = _user_state(binding)
+    binding.user.is_active = active
+    binding.user.save(update_fields=["is_active"])
+    audit_record(action="customer_user.activated" if active else "customer_user.deactivated", obj=binding,
+                 before=before, after=_user_state(binding), actor=actor)
+    return binding

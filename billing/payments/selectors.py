@@ -47,8 +47,10 @@ class InvoiceSyncView:
         return self.state in ("pending", "failed") and self.mode == BillingMode.TOLLGATE_INVOICES
 
 
-def invoice_sync_list(*, state: str = "", limit: int = 200) -> list[InvoiceSyncView]:
+def invoice_sync_list(*, state: str = "", customer_external_id: str = "", limit: int = 200) -> list[InvoiceSyncView]:
     invoices = Invoice.objects.select_related("customer", "plan", "stripe_sync").order_by("-id")
+    if customer_external_id:
+        invoices = invoices.filter(customer__external_id=customer_external_id)
     if state in ("pending", "synced", "failed"):
         invoices = invoices.filter(stripe_sync__state=state)
     modes = dict(PlanBilling.objects.values_list("plan_id", "mode"))

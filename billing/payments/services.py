@@ -171,14 +171,6 @@ def stripe_invoice_sync_schedule(*, invoice: Invoice) -> StripeInvoiceSync | Non
     return row
 
 
-def stripe_invoice_sync_retry(*, invoice: Invoice) -> StripeInvoiceSync | None:
-    """The operator's retry: due now, pushed after commit."""
-    row = StripeInvoiceSync.objects.filter(invoice=invoice).first()
-    if row is not None and row.state != SyncState.SYNCED:
-        _row_save(row, {"state": SyncState.PENDING, "next_attempt_at": None, "leased_until": None})
-    return stripe_invoice_sync_schedule(invoice=invoice)
-
-
 def _days_until_due(customer_pk: int) -> int | None:
     """None (charge automatically) for a customer with a default payment method; otherwise the due days of
     an invoice Stripe sends (a first charge attempt without a card would only fail)."""

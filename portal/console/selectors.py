@@ -6,10 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from billing.catalog.selectors import meter_list, subscription_at, version_in_effect
-from billing.customers.models import Customer
-from billing.customers.selectors import customers_by_external_id
+from django.db.models import Q
+
+from billing.catalog.models import Subscription
+from billing.catalog.selectors import meter_list, plan_list, subscription_at, version_in_effect
+from billing.customers.models import ApiKey, Customer, CustomerUser
+from billing.customers.selectors import customers_by_external_id, project_list
+from billing.guardrails.models import CreditGrant
 from billing.guardrails.overrides import override_get
+from billing.guardrails.selectors import customer_balance
 from portal.dashboard import selectors as dashboard
 
 
@@ -41,3 +46,42 @@ def meter_choices() -> list[tuple[str, str]]:
 def customers_listed() -> list[Customer]:
     """Every customer, by id, for the console's index (each links to its guardrails)."""
     return list(customers_by_external_id())
+
+
+def customer_page(*, customer: Customer, now: datetime) -> dict[str, Any]:
+    """Everything the console's page of one customer shows: its plans over time (the one in effect marked),
+    credit grants and what remains, projects, dashboard users and API keys (revoked ones too, marked)."""
+    subscriptions = list(Subscription.objects.filter(customer=customer).select_related("plan").order_by("start"))
+    current = next((s for s in subscriptions if s.start <= now and (s.end is None or s.end > now)), None)
+    balance = customer_balance(customer=customer, now=now)
+    return {
+        "now": now, "subscriptions": subscriptions, "current_subscription": current,
+        "plans": [(p.key, f"{p.name} ({p.currency})") for p in plan_list()],
+        "grants": list(CreditGrant.objects.filter(customer=customer).order_by("-created_at")),
+        "credits": balance["credits"],
+        "currency": current.plan.currency if current else "",
+        "projects": list(project_list(customer=customer)),
+        "users": list(CustomerUser.objects.filter(customer=customer).select_related("user").order_by("user__username")),
+        "keys": list(ApiKey.objects.filter(customer=customer).order_by("revoked_at", "-created_at")),
+    }
+
+
+def customers_overview(*, now: datetime) -> list[dict[str, Any]]:
+    """Every customer with the plan it is on now (one query for the plans)."""
+    live = {s.customer_id: s for s in Subscription.objects.filter(Q(end__isnull=True) | Q(end__gt=now), start__lte=now)
+            .select_related("plan")}
+    return [{"customer": c, "subscription": live.get(c.pk)} for c in customers_by_external_id()]
+
+
+def operator_keys() -> list[ApiKey]:
+    """The operator's own API keys (no customer): working first, newest first."""
+    return list(ApiKey.objects.filter(customer__isnull=True).order_by("revoked_at", "-created_at"))
+
+
+def customer_user(*, customer: Customer, user_id: int) -> CustomerUser | None:
+    return CustomerUser.objects.filter(customer=customer, user_id=user_id).select_related("user").first()
+
+
+def customer_key(*, customer: Customer | None, prefix: str) -> ApiKey | None:
+    """One key by its prefix: the customer's, or with None one of the operator's own (no customer)."""
+    return ApiKey.objects.filter(customer=customer, prefix=prefix).first()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal.console import anomalies, guardrails, views
+from portal.console import anomalies, customer_billing, customers, guardrails, invoice_actions, keys, views
 
 app_name = "console"
 
@@ -11,7 +11,24 @@ urlpatterns = [
     path("anomalies/<str:anomaly_id>/", anomalies.anomaly_detail, name="anomaly"),
     path("anomalies/<str:anomaly_id>/resolve", anomalies.anomaly_resolve_view, name="anomaly-resolve"),
     path("invoices/", views.invoices, name="invoices"),
+    path("invoices/prepare", invoice_actions.invoices_prepare_view, name="invoices-prepare"),
+    path("api-keys/", keys.operator_keys, name="api-keys"),
+    path("api-keys/<str:prefix>/revoke", keys.operator_key_revoke, name="api-key-revoke"),
+    path("customers/", customers.customer_list, name="customers"),
+    path("customers/<str:customer_id>/", customers.customer_detail, name="customer"),
+    path("customers/<str:customer_id>/details", customers.customer_edit, name="customer-edit"),
+    path("customers/<str:customer_id>/projects", customers.project_add, name="customer-projects"),
+    path("customers/<str:customer_id>/users", customers.user_add, name="customer-users"),
+    path("customers/<str:customer_id>/users/<int:user_id>/password", customers.user_password,
+         name="customer-user-password"),
+    path("customers/<str:customer_id>/users/<int:user_id>/active", customers.user_active, name="customer-user-active"),
+    path("customers/<str:customer_id>/keys", customers.key_add, name="customer-keys"),
+    path("customers/<str:customer_id>/keys/<str:prefix>/revoke", customers.key_revoke, name="customer-key-revoke"),
+    path("customers/<str:customer_id>/subscription", customer_billing.subscription_assign, name="customer-subscription"),
+    path("customers/<str:customer_id>/subscription/cancel", customer_billing.subscription_end, name="customer-cancel"),
+    path("customers/<str:customer_id>/credits", customer_billing.credit_grant, name="customer-credits"),
     path("invoices/<int:invoice_id>/stripe-retry", views.invoice_stripe_retry, name="invoice-stripe-retry"),
+    path("invoices/<int:invoice_id>/<slug:action>", invoice_actions.invoice_action, name="invoice-action"),
     path("payments/<slug:kind>/<int:pk>/retry", views.sync_row_retry_view, name="sync-row-retry"),
     path("customers/<str:customer_id>/guardrails/", guardrails.guardrails_page, name="guardrails"),
     path("customers/<str:customer_id>/guardrails/override", guardrails.override_save, name="guardrails-override"),

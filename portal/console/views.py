@@ -32,9 +32,8 @@ from billing.catalog.services import plan_version_publish
 from billing.common.errors import DomainError
 from billing.common.params import parse_instant
 from billing.invoicing.selectors import draft_comparison, invoice_get
-from billing.payments.operator import sync_row_retry
+from billing.payments.operator import stripe_invoice_sync_retry, sync_row_retry
 from billing.payments.selectors import invoice_sync_list, sync_rows_unsettled, sync_summary
-from billing.payments.services import stripe_invoice_sync_retry
 from portal.console.forms import add_tier, definition_from_form, remove_tier
 from portal.console.selectors import customers_listed
 
@@ -184,16 +183,17 @@ def _local_instant(value: str) -> str:
 @staff_required
 def invoices(request: HttpRequest) -> HttpResponse:
     """Invoices with their Stripe sync state; failed and pending pushes can be retried."""
-    state = request.GET.get("state", "")
-    return render(request, "console/invoices.html", {"rows": invoice_sync_list(state=state), "state": state,
-                                                     "summary": sync_summary(), "unsettled": sync_rows_unsettled()})
+    state, customer = request.GET.get("state", ""), request.GET.get("customer", "").strip()
+    return render(request, "console/invoices.html", {
+        "rows": invoice_sync_list(state=state, customer_external_id=customer), "state": state, "customer": customer,
+        "summary": sync_summary(), "unsettled": sync_rows_unsettled()})
 
 
 @staff_required
 @require_POST
 def invoice_stripe_retry(request: HttpRequest, invoice_id: int) -> HttpResponse:
     invoice = invoice_get(pk=invoice_id, principal=None)
-    row = stripe_invoice_sync_retry(invoice=invoice)
+    row = stripe_invoice_sync_retry(invoice=invoice, actor=request.user.get_username())
     if row is None:
         messages.warning(request, f"Invoice {invoice} is not pushed to Stripe (a draft, a credit note or a metered plan).")
     else:

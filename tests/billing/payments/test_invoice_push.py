@@ -13,7 +13,8 @@ from billing.customers.services import customer_create
 from billing.invoicing.signals import invoice_finalized
 from billing.payments import services
 from billing.payments.models import BillingMode, StripeCustomer, StripeInvoiceSync, SyncState
-from billing.payments.services import plan_billing_mode_set, stripe_invoice_sync_retry, stripe_invoice_sync_schedule
+from billing.payments.operator import stripe_invoice_sync_retry
+from billing.payments.services import plan_billing_mode_set, stripe_invoice_sync_schedule
 from billing.payments.sweep import stripe_sync_pending
 from tests.billing.payments.conftest import after_backoff
 
