@@ -198,3 +198,13 @@ def test_customer_users_get_403_and_anonymous_users_the_login(client: Any, acme:
     for url in POSTS:
         assert client.post(url, {"external_id": "x", "name": "x", "key": "x", "scope": "admin"}).status_code == 403, url
     assert AuditEntry.objects.count() == before and not ApiKey.objects.exists()
+
+
+def test_the_console_navigation_links_every_operator_page(staff: Any) -> None:
+    nav = page(staff.get("/console/customers/")).split('<nav aria-label="Console">')[1].split("</nav>")[0]
+
+    for url in ("/console/", "/console/customers/", "/console/invoices/", "/console/api-keys/", "/console/anomalies/",
+                "/admin/notify/webhookendpoint/", "/console/audit/"):
+        assert f'href="{url}"' in nav, url
+        if url.startswith("/console/"):
+            assert staff.get(url).status_code == 200, url
