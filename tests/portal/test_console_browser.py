@@ -7,6 +7,7 @@ catalog's: a rate card published from the console) without touching the others."
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from billing.catalog.services import catalog_import
 from billing.common.calendar import period_bounds, previous_period
 from billing.invoicing.models import Invoice
 from tests import factories
-from tests.portal.test_dashboard_browser import chromium, page  # noqa: F401  (the browser and a page per test)
+from tests.portal.test_dashboard_browser import chromium, page, shots  # noqa: F401  (the browser, a page, screenshots)
 
 pytestmark = [pytest.mark.browser, pytest.mark.ledger, pytest.mark.django_db(transaction=True)]
 USERNAME, PASSWORD = "ops", "pw-ops-123456"
@@ -66,7 +67,22 @@ def grant_credits(tab: Any, base: str, customer_id: str, amount: str, currency: 
     tab.fill("#grant-currency", currency)
     tab.fill("#grant-reason", "welcome credit")
     tab.click("#grant-form button[type=submit]")
-    tab.locator(f'#credits-remaining [data-currency="{currency}"]').wait_for()
+    tab.locator("#credits .notice", has_text=f"Granted {amount} {currency}").wait_for()
+    assert tab.locator("#grant-list tr[data-grant]").count() == 1
+
+
+def a_refused_grant_says_why_beside_the_amount(tab: Any, base: str, customer_id: str) -> None:
+    """The answer is swapped in place: the message beside the amount, said once, the summary linking to it."""
+    tab.goto(f"{base}/console/customers/{customer_id}/")
+    tab.fill("#grant-amount", "-5")
+    tab.fill("#grant-currency", "USD")
+    tab.click("#grant-form button[type=submit]")
+    error = tab.locator('#grant-form [data-error-for="amount"]')
+    error.wait_for()
+    assert error.inner_text() == "Must be a positive amount."
+    assert tab.locator("#grant-form").inner_text().count("Must be a positive amount.") == 1
+    assert tab.locator('#grant-form [data-error-summary] a[href="#grant-amount"]').count() == 1
+    assert tab.url == f"{base}/console/customers/{customer_id}/"
 
 
 def finalize_invoice(tab: Any, base: str, customer_id: str, period: datetime) -> None:
@@ -92,7 +108,8 @@ def audit_actions_by(tab: Any, base: str, actor: str) -> list[tuple[str, str]]:
             for i in range(rows.count())]
 
 
-def test_the_operator_sets_up_and_bills_a_customer_from_the_console(page: Any, live_server: Any) -> None:  # noqa: F811
+def test_the_operator_sets_up_and_bills_a_customer_from_the_console(page: Any, live_server: Any,  # noqa: F811
+                                                                   shots: Path) -> None:  # noqa: F811
     # given: an empty database but for the operator's login and a plan
     ops = get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True)
     an_existing_plan()
@@ -103,8 +120,11 @@ def test_the_operator_sets_up_and_bills_a_customer_from_the_console(page: Any, l
     log_in(page, base)
     create_customer(page, base, "acme-co", "Acme Co", "ap@acme.test")
     subscribe(page, base, "acme-co", "pro", billed_period)
+    a_refused_grant_says_why_beside_the_amount(page, base, "acme-co")
     grant_credits(page, base, "acme-co", "20", "USD")
+    page.screenshot(path=str(shots / "console-customer.png"), full_page=True)
     finalize_invoice(page, base, "acme-co", billed_period)
+    page.screenshot(path=str(shots / "console-invoices.png"), full_page=True)
 
     # then: each step, by the operator, in the audit log
     invoice = Invoice.objects.get(customer__external_id="acme-co", period_start=billed_period, kind="invoice")
