@@ -206,3 +206,15 @@ def test_an_open_period_is_not_finalized_and_says_why(staff: Any, acme: Customer
 
     draft.refresh_from_db()
     assert draft.status == "draft" and "period is still open" in response
+
+
+def test_an_override_saved_from_the_customers_page_link_is_audited_with_the_operator(staff: Any, ops: Any,
+                                                                                     acme: Customer, plans: None) -> None:
+    guardrails = "/console/customers/acme-co/guardrails/"
+    assert f'href="{guardrails}"' in page(staff.get("/console/customers/acme-co/"))
+
+    saved = staff.post(f"{guardrails}override", {"limit-llm_tokens-hard": "100", "spend_cap_mode": "plan"})
+
+    assert saved.status_code == 302
+    put = by("override.put", ops)
+    assert put.after is not None and "100" in str(put.after)
