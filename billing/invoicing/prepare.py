@@ -4,6 +4,7 @@ instead of waiting for the beat's finalize delay."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from django.db.models import Q
@@ -14,6 +15,8 @@ from billing.customers.models import Customer
 from billing.invoicing.models import Invoice, PeriodClose
 from billing.invoicing.services import invoice_draft_refresh, periods_close
 from billing.usage.rollups import rollup_until_current
+
+log = logging.getLogger(__name__)
 
 
 def invoices_prepare(*, now: datetime, actor: str = "") -> list[Invoice]:
@@ -31,7 +34,11 @@ def invoices_prepare(*, now: datetime, actor: str = "") -> list[Invoice]:
         subscribed = Subscription.objects.filter(Q(end__isnull=True) | Q(end__gt=start), start__lt=end).values(
             "customer_id")
         for customer in Customer.objects.filter(pk__in=subscribed).exclude(pk__in=final).order_by("pk"):
-            draft = invoice_draft_refresh(customer=customer, period_start=start)
+            try:
+                draft = invoice_draft_refresh(customer=customer, period_start=start)
+            except Exception:  # its own transaction rolled back; one customer's failure must not stop the others
+                log.exception("preparing the %s draft of %s failed", start.date(), customer.external_id)
+                continue
             if draft is not None and draft.status == Invoice.Status.DRAFT:
                 drafts.append(draft)
     return drafts

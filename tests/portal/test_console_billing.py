@@ -218,3 +218,20 @@ def test_an_override_saved_from_the_customers_page_link_is_audited_with_the_oper
     assert saved.status_code == 302
     put = by("override.put", ops)
     assert put.after is not None and "100" in str(put.after)
+
+
+def test_a_cancel_drops_the_change_scheduled_after_it_and_without_a_plan_says_so(staff: Any, ops: Any, acme: Customer,
+                                                                                 globex: Customer, plans: None) -> None:
+    now = datetime.now(timezone.utc)
+    subscription_set(customer=acme, plan=Plan.objects.get(key="pro"), start=now - timedelta(days=3), now=now, actor="t")
+    staff.post("/console/customers/acme-co/subscription", {"plan": "basic", "when": "next_period"})
+    on = (now + timedelta(days=1)).replace(second=0, microsecond=0)
+
+    staff.post("/console/customers/acme-co/subscription/cancel", {"when": "date", "end": on.strftime("%Y-%m-%dT%H:%M")})
+    nothing = page(staff.post("/console/customers/globex/subscription/cancel", {"when": "period_end"}, **HTMX))
+
+    assert [(s.plan.key, s.end) for s in Subscription.objects.filter(customer=acme)] == [("pro", on)]
+    dropped = by("subscription.deleted", ops)
+    assert dropped.before is not None and dropped.after is None
+    assert 'data-error-for="cancel">The customer has no plan at that time to end.' in nothing
+    assert nothing.count("no plan at that time") == 1
