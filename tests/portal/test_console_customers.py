@@ -104,6 +104,9 @@ def test_projects_are_added_and_a_duplicate_is_refused(staff: Any, ops: Any, acm
     assert 'data-project="chatbot"' in page(added)
     assert_by(entry("project.created"), ops)
     error_beside(page(again), "key", "Customer 'acme-co' already has a project 'chatbot'.")
+    # the input names its message for assistive technology
+    assert 'aria-invalid="true" aria-describedby="project-key_helptext project-key_error"' in page(again)
+    assert '<div id="project-key_error"><p class="error" data-error-for="key">' in page(again)
     assert acme.projects.count() == 1
 
 
