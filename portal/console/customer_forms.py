@@ -48,10 +48,20 @@ class CustomerForm(ConsoleForm):
     external_id = forms.CharField(max_length=128, label="Customer id", validators=[external_id_validator],
                                   help_text="Your own id for the customer, used by the API; it never changes.")
     name = forms.CharField(max_length=200, label="Name")
-    email = forms.EmailField(required=False, label="Invoice contact email",
-                             help_text="Where invoices and alerts are sent.")
+    email = forms.EmailField(required=False, label="Contact email", help_text="Where alerts are sent.")
+    invoice_email = forms.EmailField(required=False, label="Invoice contact email",
+                                     help_text="Where finalized invoices are sent (blank: the contact email).")
+    billing_address = forms.CharField(required=False, label="Billing address", widget=forms.Textarea(attrs={"rows": 3}),
+                                      help_text="Printed on its invoices as given.")
+    tax_id = forms.CharField(max_length=64, required=False, label="Tax id", help_text="A VAT or GST number, say.")
+    tax_rate = forms.DecimalField(required=False, max_digits=6, decimal_places=3, min_value=0, max_value=100,
+                                  label="Tax rate (%)",
+                                  help_text="Blank: the operator's default rate.")
+    tax_reverse_charge = forms.BooleanField(required=False, label="Reverse charge (no tax on its invoices)")
     metadata = forms.CharField(required=False, label="Metadata (JSON object)", widget=forms.Textarea(attrs={"rows": 3}),
                                help_text='For your own use, e.g. {"crm_id": "42"}.')
+
+    BILLING = ("billing_address", "tax_id", "invoice_email", "tax_rate", "tax_reverse_charge")
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,7 +83,11 @@ class CustomerForm(ConsoleForm):
     @staticmethod
     def initial_of(customer: Any) -> dict[str, Any]:
         return {"name": customer.name, "email": customer.email,
-                "metadata": json.dumps(customer.metadata, indent=1) if customer.metadata else ""}
+                "metadata": json.dumps(customer.metadata, indent=1) if customer.metadata else "",
+                **{name: getattr(customer, name) for name in CustomerForm.BILLING}}
+
+    def billing(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in self.BILLING}
 
 
 class ProjectForm(ConsoleForm):

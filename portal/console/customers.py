@@ -90,7 +90,7 @@ def customer_list(request: HttpRequest) -> HttpResponse:
         data = form.cleaned_data
         try:
             customer = customer_create(external_id=data["external_id"], name=data["name"], email=data["email"],
-                                       metadata=data["metadata"], actor=_actor(request))
+                                       metadata=data["metadata"], billing=form.billing(), actor=_actor(request))
         except (DomainError, DjangoValidationError) as exc:
             apply_error(form, exc, {"id": "external_id", "": "external_id"})
         else:

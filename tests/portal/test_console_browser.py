@@ -45,6 +45,8 @@ def create_customer(tab: Any, base: str, customer_id: str, name: str, email: str
     tab.fill("#customer-external_id", customer_id)
     tab.fill("#customer-name", name)
     tab.fill("#customer-email", email)
+    tab.fill("#customer-invoice_email", email)
+    tab.fill("#customer-billing_address", "1 Main St\nSpringfield")
     tab.click("#customer-create button[type=submit]")
     tab.wait_for_url(f"{base}/console/customers/{customer_id}/?saved=created")
     tab.get_by_text("Customer created.").wait_for()

@@ -4,6 +4,7 @@ audit entry with the staff user as actor, and a customer user's 403."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from html import unescape
 from typing import Any
 
@@ -52,12 +53,17 @@ def error_beside(html: str, field: str, text: str) -> None:
 
 
 def test_a_customer_is_created_with_its_contact_and_metadata(staff: Any, ops: Any) -> None:
-    response = staff.post("/console/customers/", {"external_id": "acme-co", "name": "Acme", "email": "ap@acme.test",
-                                                   "metadata": '{"crm": "42"}'})
+    response = staff.post("/console/customers/", {
+        "external_id": "acme-co", "name": "Acme", "email": "ops@acme.test", "invoice_email": "ap@acme.test",
+        "billing_address": "1 Main St\nSpringfield", "tax_id": "DE123456789", "tax_rate": "19",
+        "metadata": '{"crm": "42"}'})
 
     assert response.status_code == 302 and response["Location"] == "/console/customers/acme-co/?saved=created"
     acme = Customer.objects.get(external_id="acme-co")
-    assert (acme.name, acme.email, acme.metadata) == ("Acme", "ap@acme.test", {"crm": "42"})
+    assert (acme.name, acme.email, acme.invoice_email, acme.metadata) == ("Acme", "ops@acme.test", "ap@acme.test",
+                                                                          {"crm": "42"})
+    assert (acme.billing_address, acme.tax_id, acme.tax_rate, acme.tax_reverse_charge) == (
+        "1 Main St\nSpringfield", "DE123456789", Decimal("19"), False)
     assert_by(entry("customer.created", object_id=str(acme.pk)), ops)
     listing = page(staff.get("/console/customers/"))
     assert 'data-customer="acme-co"' in listing and "ap@acme.test" in listing
@@ -82,19 +88,23 @@ def test_a_taken_customer_id_is_refused_beside_its_input(staff: Any, acme: Custo
 
 
 def test_details_are_edited_as_a_fragment(staff: Any, ops: Any, acme: Customer) -> None:
-    response = staff.post("/console/customers/acme-co/details", {"name": "Acme Corp", "email": "billing@acme.test",
-                                                                  "metadata": ""}, **HTMX)
-    bad = staff.post("/console/customers/acme-co/details", {"name": "", "email": "nope", "metadata": ""}, **HTMX)
+    response = staff.post("/console/customers/acme-co/details", {
+        "name": "Acme Corp", "email": "billing@acme.test", "tax_id": "GB999", "tax_reverse_charge": "on",
+        "metadata": ""}, **HTMX)
+    bad = staff.post("/console/customers/acme-co/details", {"name": "", "email": "nope", "tax_rate": "250",
+                                                             "metadata": ""}, **HTMX)
 
     assert response.status_code == 200 and "<html" not in page(response) and "Details saved." in page(response)
     acme.refresh_from_db()
-    assert (acme.name, acme.email) == ("Acme Corp", "billing@acme.test")
+    assert (acme.name, acme.email, acme.tax_id, acme.tax_reverse_charge) == ("Acme Corp", "billing@acme.test", "GB999",
+                                                                             True)
     updated = entry("customer.updated", object_id=str(acme.pk))
     assert_by(updated, ops)
     assert updated.before is not None and updated.after is not None
     assert updated.before["name"] == "Acme" and updated.after["name"] == "Acme Corp"
     error_beside(page(bad), "email", "Enter a valid email address.")
     error_beside(page(bad), "name", "This field is required.")
+    error_beside(page(bad), "tax_rate", "Ensure this value is less than or equal to 100.")
 
 
 def test_projects_are_added_and_a_duplicate_is_refused(staff: Any, ops: Any, acme: Customer) -> None:
