@@ -119,3 +119,18 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id} on {self.plan_id} from {self.start:%Y-%m-%d}"
+
+
+class RateCardDraft(models.Model):
+    """The one unpublished rate-card version a plan may have: what the console's editor holds, kept on the
+    server so that leaving the page loses nothing. Unlike a version it may be invalid; publishing it
+    validates it, makes the version and deletes the draft."""
+
+    plan = models.OneToOneField(Plan, on_delete=models.CASCADE, related_name="draft")
+    definition = models.JSONField()  # the editor's catalog-file shape, as typed (not validated)
+    effective_from = models.CharField(max_length=40, blank=True)  # as typed in the editor (UTC)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+
+    def __str__(self) -> str:
+        return f"draft of {self.plan_id}"

@@ -10,7 +10,7 @@ from django.db.models import Max
 
 from billing.audit.models import AuditEntry
 from billing.audit.services import audit_created, audit_deleted, audit_record, snapshot
-from billing.catalog import schema
+from billing.catalog import money, schema
 from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
 from billing.common.calendar import EPOCH, next_period_start, period_bounds
@@ -192,6 +192,24 @@ def _version_create(*, plan: Plan, effective_from: datetime, definition: dict[st
                                              definition=definition, created_by=actor)
     audit_created(version, action="ratecard.published", actor=actor)
     return version, True
+
+
+@transaction.atomic
+def plan_add(*, key: str, name: str, currency: str, actor: str) -> Plan:
+    """A plan without a version yet (the console's "new plan"): its first rate card is drafted and
+    published afterwards. Until then no subscription can be priced on it."""
+    plan = Plan(key=key, name=name, currency=currency)
+    try:
+        plan.full_clean(validate_unique=False)
+    except ValidationError as error:
+        raise validation_error(error.message_dict, "The plan is not valid.") from None
+    if not money.is_currency(currency):
+        raise validation_error({"currency": [f"Unknown or unsupported currency '{currency}'."]})
+    if Plan.objects.filter(key=key).exists():
+        raise DomainError(CommonCode.ALREADY_EXISTS, f"Plan '{key}' exists.", {"key": [f"Plan '{key}' exists."]})
+    plan.save()
+    audit_created(plan, actor=actor)
+    return plan
 
 
 @transaction.atomic

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal.console import anomalies, customer_billing, customers, guardrails, invoice_actions, keys, views
+from portal.console import anomalies, catalog_pages, customer_billing, customers, guardrails, invoice_actions, keys, views
 
 app_name = "console"
 
@@ -43,6 +43,9 @@ urlpatterns = [
     path("customers/<str:customer_id>/guardrails/budgets/<str:budget_id>/delete", guardrails.budget_delete_view,
          name="guardrails-budget-delete"),
     path("customers/<str:customer_id>/guardrails/runs", guardrails.run_change, name="guardrails-runs"),
+    path("meters/", catalog_pages.meters, name="meters"),
+    path("meters/<str:key>/", catalog_pages.meter_edit, name="meter"),
+    path("plans/new", catalog_pages.plan_new, name="plan-new"),
     path("plans/<str:key>/", views.plan_detail, name="plan"),
     path("plans/<str:key>/versions/new", views.version_editor, name="editor"),
     path("plans/<str:key>/versions/new/tiers", views.editor_tiers, name="editor-tiers"),
