@@ -18,7 +18,7 @@ from billing.common.calendar import period_bounds
 from billing.common.errors import CommonCode, DomainError
 from billing.common.fields import decimal_to_text
 from billing.invoicing.compute import invoice_compute
-from billing.invoicing.lines import Segment, period_cuts, period_parts, price_parts, price_period
+from billing.invoicing.lines import Line, Segment, period_cuts, period_parts, price_parts, price_period
 from billing.invoicing.models import Invoice
 from billing.invoicing.rows import events_digest, meters_by_pk, period_rows
 from billing.invoicing.tax import TaxTerms
@@ -138,12 +138,35 @@ def draft_comparison(*, plan: Plan, card: RateCard, now: datetime) -> list[dict[
         customer = sub.customer
         parts = period_parts(customer=customer, start=start, end=end)
         usage, _ = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts), meters=meters)
-        current_minor = sum(estimate.subtotal_minor for estimate in
-                            price_parts(customer=customer, parts=parts, start=start, end=end, rows=usage, meters=meters))
+        estimates = price_parts(customer=customer, parts=parts, start=start, end=end, rows=usage, meters=meters)
+        current_minor = sum(estimate.subtotal_minor for estimate in estimates)
         draft = price_period(customer=customer, plan=plan, start=start, end=end,
                              segments=[Segment(start, end, card, None)], rows=usage, meters=meters)
         out.append({"customer": customer, "current": money.from_minor(current_minor, plan.currency),
                     "draft": money.from_minor(draft.subtotal_minor, plan.currency),
-                    "difference": money.from_minor(draft.subtotal_minor - current_minor, plan.currency)})
+                    "difference": money.from_minor(draft.subtotal_minor - current_minor, plan.currency),
+                    "lines": line_differences([line for e in estimates for line in e.lines], draft.lines,
+                                              plan.currency)})
     out.sort(key=lambda r: r["current"], reverse=True)
     return out
+
+
+def line_differences(current: list[Line], draft: list[Line], currency: str) -> list[dict[str, Any]]:
+    """The simulation's lines: each invoice line (matched by kind, description, pricing model and order) as
+    priced now and under the draft, with its quantity and amount on each side and the difference; a line
+    on one side only shows a blank on the other."""
+    keyed: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for side, lines in (("current", current), ("draft", draft)):
+        seen: dict[tuple[Any, ...], int] = {}
+        for line in lines:
+            base = (line.kind, line.description, line.model or "")
+            seen[base] = seen.get(base, 0) + 1
+            label = f"{line.description} ({line.model.replace('_', ' ')})" if line.model else line.description
+            row = keyed.setdefault((*base, seen[base]), {
+                "description": label, "current_quantity": None, "current_amount": None, "draft_quantity": None,
+                "draft_amount": None})
+            row[f"{side}_quantity"] = Decimal(1) if line.kind == "base_fee" else line.quantity
+            row[f"{side}_amount"] = money.round_to_minor(line.amount, currency)
+    for row in keyed.values():
+        row["difference"] = (row["draft_amount"] or Decimal(0)) - (row["current_amount"] or Decimal(0))
+    return list(keyed.values())

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal.console import anomalies, catalog_pages, customer_billing, customers, guardrails, invoice_actions, keys, views
+from portal.console import anomalies, catalog_pages, customer_billing, customers, editor, guardrails, invoice_actions, keys, views
 
 app_name = "console"
 
@@ -47,8 +47,12 @@ urlpatterns = [
     path("meters/<str:key>/", catalog_pages.meter_edit, name="meter"),
     path("plans/new", catalog_pages.plan_new, name="plan-new"),
     path("plans/<str:key>/", views.plan_detail, name="plan"),
-    path("plans/<str:key>/versions/new", views.version_editor, name="editor"),
-    path("plans/<str:key>/versions/new/tiers", views.editor_tiers, name="editor-tiers"),
-    path("plans/<str:key>/versions/new/validate", views.editor_validate, name="editor-validate"),
-    path("plans/<str:key>/versions/new/simulate", views.editor_simulate, name="editor-simulate"),
+    path("plans/<str:key>/versions/new", editor.version_editor, name="editor"),
+    path("plans/<str:key>/versions/new/tiers", editor.editor_change, name="editor-tiers"),
+    path("plans/<str:key>/versions/new/validate", editor.editor_change, name="editor-validate"),
+    path("plans/<str:key>/versions/new/simulate", editor.editor_simulate, name="editor-simulate"),
+    path("plans/<str:key>/versions/new/diff", editor.editor_diff, name="editor-diff"),
+    path("plans/<str:key>/draft/save", editor.draft_save_view, name="draft-save"),
+    path("plans/<str:key>/draft/discard", editor.draft_discard_view, name="draft-discard"),
+    path("plans/<str:key>/versions/<int:number>/diff", editor.version_diff, name="version-diff"),
 ]

@@ -69,7 +69,8 @@ def test_form_round_trip_builds_the_definition():
         "limits": [{"meter": "llm_tokens", "soft": "80%", "hard": "1000000"}],
     }
     added = add_tier(definition_from_form(FORM), 0)
-    assert [t["up_to"] for t in added["charges"][0]["tiers"]] == ["1000", None, None]
+    # a new tier goes before the open-ended last one, bounded above the previous bound: still valid
+    assert [t["up_to"] for t in added["charges"][0]["tiers"]] == ["1000", "2000", None]
     removed = remove_tier(definition_from_form(FORM), 0, 0)
     assert [t["up_to"] for t in removed["charges"][0]["tiers"]] == [None]
 
