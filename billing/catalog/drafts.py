@@ -10,6 +10,8 @@ from django.db import transaction
 from billing.audit.services import audit_created, audit_deleted, audit_record, snapshot
 from billing.catalog.models import Plan, RateCardDraft, RateCardVersion
 from billing.catalog.services import plan_version_publish
+from billing.common.errors import validation_error
+from billing.common.sane import json_problem
 
 
 def draft_get(*, plan: Plan) -> RateCardDraft | None:
@@ -18,7 +20,11 @@ def draft_get(*, plan: Plan) -> RateCardDraft | None:
 
 @transaction.atomic
 def draft_save(*, plan: Plan, definition: dict[str, Any], effective_from: str, actor: str) -> RateCardDraft:
-    """Create or replace the plan's draft (saving the same draft again writes nothing)."""
+    """Create or replace the plan's draft (saving the same draft again writes nothing). A draft may be
+    invalid, but never hold what the database refuses (a NUL character)."""
+    problem = json_problem({"effective_from": effective_from, **definition})
+    if problem is not None:
+        raise validation_error({problem[0]: [problem[1]]}, "The draft holds text that cannot be stored.")
     draft = RateCardDraft.objects.select_for_update().filter(plan=plan).first()
     if draft is None:
         draft = RateCardDraft.objects.create(plan=plan, definition=definition, effective_from=effective_from,

@@ -21,6 +21,7 @@ from billing.catalog.diff import ratecard_diff
 from billing.catalog.drafts import draft_discard, draft_get, draft_publish, draft_save
 from billing.catalog.models import Plan, RateCardVersion
 from billing.catalog.selectors import meter_keys, meter_list, plan_get, version_in_effect
+from billing.common.errors import DomainError
 from billing.invoicing.selectors import draft_comparison
 from portal.console.editor_form import editor_form
 from portal.console.forms import apply_action, definition_from_form, number_problems
@@ -132,12 +133,28 @@ def editor_change(request: HttpRequest, key: str) -> HttpResponse:
 
 @staff_required
 @require_POST
+def editor_check(request: HttpRequest, key: str) -> HttpResponse:
+    """HTMX: a field changed: the problem summary and each field's message (out of band) from the real
+    validation; the inputs themselves are left alone, so nothing typed meanwhile is lost."""
+    plan = plan_get(key=key)
+    definition, effective_from = _posted(request)
+    _, problems = _validated(plan, definition, effective_from)
+    return render(request, "console/editor.html#checked", _context(plan, definition, problems, effective_from))
+
+
+@staff_required
+@require_POST
 def draft_save_view(request: HttpRequest, key: str) -> HttpResponse:
     """Keep the editor's draft on the server (as typed: a draft may still be invalid)."""
     plan = plan_get(key=key)
     definition, effective_from = _posted(request)
-    draft = draft_save(plan=plan, definition=definition, effective_from=effective_from,
-                       actor=request.user.get_username())
+    try:
+        draft = draft_save(plan=plan, definition=definition, effective_from=effective_from,
+                           actor=request.user.get_username())
+    except DomainError as exc:
+        problems = [(path, " ".join(messages)) for path, messages in (exc.fields or {"": [exc.message]}).items()]
+        return render(request, "console/editor.html#form", _context(plan, definition, problems, effective_from,
+                                                                   draft=draft_get(plan=plan)), status=200)
     if not request.htmx:  # type: ignore[attr-defined]
         return redirect(reverse("console:editor", args=[plan.key]))
     return _form_fragment(request, plan, definition, effective_from, draft=draft, saved=True)

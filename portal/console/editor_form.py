@@ -65,11 +65,14 @@ class _Fields:
         for path, message in problems:
             self.errors.setdefault(input_name(path), []).append(message)
         self.rendered: set[str] = set()
+        self.all: list[dict[str, Any]] = []
 
     def __call__(self, name: str, label: str, value: Any, **extra: Any) -> dict[str, Any]:
         self.rendered.add(name)
-        return {"name": name, "label": label, "value": "" if value is None else value,
+        item = {"name": name, "label": label, "value": "" if value is None else value,
                 "error": "; ".join(self.errors.get(name, [])), **extra}
+        self.all.append(item)
+        return item
 
 
 def _charge(field: _Fields, ci: int, charge: dict[str, Any], meters: list[tuple[str, str]]) -> dict[str, Any]:
@@ -84,7 +87,7 @@ def _charge(field: _Fields, ci: int, charge: dict[str, Any], meters: list[tuple[
     return {
         "index": ci, "number": ci + 1, "tiers": tiers,
         "meter": field(f"{at}meter", "Meter", charge.get("meter"), choices=meters),
-        "model": field(f"{at}model", "Pricing model", model, choices=list(MODEL_LABELS.items())),
+        "model": field(f"{at}model", "Pricing model", model, choices=list(MODEL_LABELS.items()), reshapes=True),
         "name": field(f"{at}name", "Name on the invoice (optional)", charge.get("name")),
         "filter": field(f"{at}filter", "Only events with these dimensions (optional)", filter_text,
                         placeholder="model=gpt-4o, direction=input"),
@@ -113,4 +116,4 @@ def editor_form(*, definition: dict[str, Any], problems: list[tuple[str, str]], 
         anchor = name if name in field.rendered else ""
         summary.append({"label": path_label(path, definition), "path": path, "anchor": anchor,
                         "message": "" if anchor else message})
-    return {"top": top, "charges": charges, "limits": limits, "summary": summary}
+    return {"top": top, "charges": charges, "limits": limits, "summary": summary, "fields": field.all}

@@ -212,3 +212,20 @@ def test_simulating_an_invalid_draft_shows_the_errors_once(staff, catalog):
     page = response.content.decode()
     assert "fix it to simulate" in page and 'hx-swap-oob="true"' in page
     assert page.count("must not be negative") == 1
+
+
+def test_a_draft_holding_a_nul_is_refused_not_stored(staff, catalog):
+    response = staff.post("/console/plans/pro/draft/save", {**FORM, "charges-0-name": "To\u0000kens"},
+                          HTTP_HX_REQUEST="true")
+
+    assert response.status_code == 200 and "NUL" in response.content.decode()
+    assert not RateCardDraft.objects.exists()
+
+
+def test_a_changed_field_is_checked_without_replacing_the_inputs(staff, catalog):
+    page = staff.post(f"{EDITOR}/validate", {**FORM, "charges-0-tiers-0-up_to": "0"}, HTTP_HX_REQUEST="true").content.decode()
+
+    assert "<input" not in page  # what is typed meanwhile stays
+    assert '<span class="error" id="charges-0-tiers-0-up_to-error" hx-swap-oob="true">must be greater than 0' in page
+    assert '<span class="error" id="base_fee-error" hx-swap-oob="true"></span>' in page  # cleared once fixed
+    assert page.count("must be greater than 0") == 1 and '<a href="#charges-0-tiers-0-up_to">' in page
