@@ -40,7 +40,7 @@ def _change(client, data, action=""):
 
 
 def _labels(page: str) -> list[str]:
-    return [re.sub(r"\s+", " ", text).strip() for text in re.findall(r"<label[^>]*>([^<]*)<", page)]
+    return [re.sub(r"\s+", " ", text).strip() for text in re.findall(r"<label[^>]*>([^<]*)</label>", page)]
 
 
 def _audited(action: str) -> AuditEntry:
