@@ -168,5 +168,6 @@ def line_differences(current: list[Line], draft: list[Line], currency: str) -> l
             row[f"{side}_quantity"] = Decimal(1) if line.kind == "base_fee" else line.quantity
             row[f"{side}_amount"] = money.round_to_minor(line.amount, currency)
     for row in keyed.values():
-        row["difference"] = (row["draft_amount"] or Decimal(0)) - (row["current_amount"] or Decimal(0))
+        row["difference"] = money.round_to_minor((row["draft_amount"] or Decimal(0)) - (row["current_amount"] or Decimal(0)),
+                                                 currency)
     return list(keyed.values())

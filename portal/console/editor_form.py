@@ -81,7 +81,7 @@ def _charge(field: _Fields, ci: int, charge: dict[str, Any], meters: list[tuple[
     filter_text = ", ".join(f"{k}={v}" for k, v in (charge.get("filter") or {}).items())
     tiers = None
     if model in TIERED:
-        tiers = [[field(f"{at}tiers-{ti}-{n}", TIER_LABELS[n], tier.get(n),
+        tiers = [[field(f"{at}tiers-{ti}-{n}", f"Tier {ti + 1}: {TIER_LABELS[n]}", tier.get(n), in_table=True,
                         placeholder="no upper bound" if n == "up_to" else "")
                   for n in ("up_to", "unit_price", "flat_price")] for ti, tier in enumerate(charge.get("tiers") or [])]
     return {

@@ -5,6 +5,8 @@ published; every step in the audit log with the operator as its actor. Marked ``
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -31,8 +33,9 @@ def console(live_server: Any) -> Iterator[tuple[Any, str]]:
         yield page, live_server.url
 
 
-def test_an_operator_sets_up_a_plan_from_scratch_in_the_console(console):
+def test_an_operator_sets_up_a_plan_from_scratch_in_the_console(console, tmp_path):
     page, base = console
+    shots = Path(os.environ.get("TOLLGATE_SCREENSHOTS_DIR") or tmp_path)
     # given: a customer with usage on a plan published before (not through the console: it is not under test)
     catalog_import(text="meters: [{key: api_calls, name: API calls, unit: call, aggregation: sum}]", actor="t")
 
@@ -66,6 +69,7 @@ def test_an_operator_sets_up_a_plan_from_scratch_in_the_console(console):
         "event_id": "c1", "customer": "acme-co", "meter": "api_calls", "quantity": "250",
         "timestamp": now.isoformat()}).encode()])
     simulation = walk.simulate(page)
+    page.screenshot(path=str(shots / "console-editor.png"), full_page=True)
     assert "acme-co" in simulation and "API calls (package)" in simulation and "6.00" in simulation
 
     walk.publish(page, base, "team", effective_from=now.strftime("%Y-%m-%dT%H:%M"))
