@@ -26,7 +26,10 @@ TIER_LABELS = {"up_to": "Up to (units, inclusive; blank on the last tier)", "uni
                "flat_price": "Flat fee on reaching the tier"}
 OTHER_LABELS = {"base_fee": "Base fee", "spend_cap": "Spend cap", "effective_from": "Takes effect", "meter": "Meter",
                 "model": "Pricing model", "name": "Name on the invoice", "filter": "Only events with",
-                "soft": "Soft limit", "hard": "Hard limit", "tiers": "Tiers"}
+                "soft": "Soft limit", "hard": "Hard limit", "tiers": "Tiers", "run_limits": "Agent run limits",
+                "anomaly": "Anomaly detection", "max_steps": "most steps", "max_spend": "most spend",
+                "max_duration_seconds": "longest duration", "window_minutes": "window", "factor": "factor",
+                "min_spend": "spend floor", "action": "action"}
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
@@ -103,6 +106,16 @@ def editor_form(*, definition: dict[str, Any], problems: list[tuple[str, str]], 
     top = [field("base_fee", f"Base fee per period ({currency})", definition.get("base_fee")),
            field("spend_cap", f"Spend cap per period ({currency}; blank for none)", definition.get("spend_cap")),
            field("effective_from", "Takes effect (UTC)", effective_from, type="datetime-local")]
+    runs, anomaly = definition.get("run_limits") or {}, definition.get("anomaly") or {}
+    guards = [field("run_limits-max_steps", "Agent run: most steps (billable events)", runs.get("max_steps")),
+              field("run_limits-max_spend", f"Agent run: most spend ({currency})", runs.get("max_spend")),
+              field("run_limits-max_duration_seconds", "Agent run: longest duration (seconds)",
+                    runs.get("max_duration_seconds")),
+              field("anomaly-window_minutes", "Anomaly: window (minutes)", anomaly.get("window_minutes")),
+              field("anomaly-factor", "Anomaly: times the usual spend rate", anomaly.get("factor")),
+              field("anomaly-min_spend", f"Anomaly: ignored below a spend of ({currency})", anomaly.get("min_spend")),
+              field("anomaly-action", "Anomaly: then", anomaly.get("action") or "alert",
+                    choices=[("alert", "alert"), ("pause", "alert and pause the customer")])]
     charges = [_charge(field, ci, c, meters) for ci, c in enumerate(definition.get("charges") or [])]
     limits = [{"index": li, "number": li + 1,
                "meter": field(f"limits-{li}-meter", "Meter", limit.get("meter"), choices=meters),
@@ -116,4 +129,5 @@ def editor_form(*, definition: dict[str, Any], problems: list[tuple[str, str]], 
         anchor = name if name in field.rendered else ""
         summary.append({"label": path_label(path, definition), "path": path, "anchor": anchor,
                         "message": "" if anchor else message})
-    return {"top": top, "charges": charges, "limits": limits, "summary": summary, "fields": field.all}
+    return {"top": top, "charges": charges, "limits": limits, "summary": summary, "fields": field.all,
+            "guards": guards}

@@ -14,6 +14,10 @@ FIELD = re.compile(r"^(charges|limits)-(\d+)-(\w+?)(?:-(\d+)-(\w+))?$")
 CHARGE_FIELDS = ("unit_price", "package_size", "package_price", "free_units", "flat_price", "included", "overage_unit_price")
 TIERED = ("graduated", "volume")
 NUMBERS = ("base_fee", "spend_cap")
+# the agent-run circuit breakers and the anomaly settings: their fields as the form names them
+GROUPS = {"run_limits": ("max_steps", "max_spend", "max_duration_seconds"),
+          "anomaly": ("window_minutes", "factor", "min_spend", "action")}
+WHOLE = ("max_steps", "max_duration_seconds", "window_minutes")
 
 
 def _blank(value: Any) -> bool:
@@ -64,6 +68,10 @@ def definition_from_form(data: Mapping[str, Any]) -> dict[str, Any]:
     for key in NUMBERS:
         if not _blank(data.get(key)):
             draft[key] = str(data[key]).strip()
+    for group, names in GROUPS.items():
+        values = {name: str(data[f"{group}-{name}"]).strip() for name in names if not _blank(data.get(f"{group}-{name}"))}
+        if values and set(values) != {"action"}:  # an action alone is the select's default, not a setting
+            draft[group] = {k: int(v) if k in WHOLE and v.isdigit() else v for k, v in values.items()}
     draft["charges"] = [_charge_out(charge) for _, charge in sorted(charges.items()) if charge]
     for _, limit in sorted(limits.items()):
         if limit:
@@ -94,6 +102,13 @@ def number_problems(draft: dict[str, Any]) -> list[tuple[str, str]]:
                 checks.append((f"charges[{ci}].tiers[{ti}].unit_price", tier.get("unit_price")))
     for li, limit in enumerate(draft.get("limits", [])):
         checks.append((f"limits[{li}].hard", limit.get("hard")))
+    for group, names in GROUPS.items():
+        for name in names:
+            value = (draft.get(group) or {}).get(name)
+            if name in WHOLE and isinstance(value, str):
+                problems.append((f"{group}.{name}", "enter a whole number"))
+            elif name not in WHOLE and name != "action":
+                checks.append((f"{group}.{name}", value))
     problems += [(path, "enter a number, such as 0.01") for path, value in checks
                  if not _blank(value) and _number(value) is None]
     return problems

@@ -229,3 +229,24 @@ def test_a_changed_field_is_checked_without_replacing_the_inputs(staff, catalog)
     assert '<span class="error" id="charges-0-tiers-0-up_to-error" hx-swap-oob="true">must be greater than 0' in page
     assert '<span class="error" id="base_fee-error" hx-swap-oob="true"></span>' in page  # cleared once fixed
     assert page.count("must be greater than 0") == 1 and '<a href="#charges-0-tiers-0-up_to">' in page
+
+
+def test_run_limits_and_anomaly_settings_are_kept_and_edited(staff, catalog):
+    guards = "    run_limits: {max_steps: 50}\n    anomaly: {window_minutes: 15, factor: '3', min_spend: '5'}\n"
+    catalog_import(text=CATALOG.replace("2026-01-01", "2026-02-01").replace("    limits:", guards + "    limits:"), actor="t")
+    page = staff.get(EDITOR).content.decode()
+    assert 'id="run_limits-max_steps" name="run_limits-max_steps" value="50"' in page
+    assert 'id="anomaly-window_minutes" name="anomaly-window_minutes" value="15"' in page
+
+    bad = _change(staff, {**FORM, "run_limits-max_steps": "many"})
+    low = _change(staff, {**FORM, "run_limits-max_steps": "40", "anomaly-window_minutes": "15", "anomaly-factor": "1",
+                          "anomaly-min_spend": "5"})
+    response = staff.post(EDITOR, {**FORM, "run_limits-max_steps": "40", "anomaly-window_minutes": "15",
+                                   "anomaly-factor": "3", "anomaly-min_spend": "5", "anomaly-action": "pause"})
+
+    assert '<span class="error" id="run_limits-max_steps-error">enter a whole number</span>' in bad
+    assert '<span class="error" id="anomaly-factor-error">must be greater than 1</span>' in low
+    assert response.status_code == 302
+    version = RateCardVersion.objects.get(plan__key="pro", number=3)
+    assert version.definition["run_limits"]["max_steps"] == 40
+    assert version.definition["anomaly"] == {"window_minutes": 15, "factor": "3", "min_spend": "5", "action": "pause"}
