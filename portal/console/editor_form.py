@@ -4,6 +4,7 @@ no single field)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -87,8 +88,13 @@ def _charge(field: _Fields, ci: int, charge: dict[str, Any], meters: list[tuple[
         tiers = [[field(f"{at}tiers-{ti}-{n}", f"Tier {ti + 1}: {TIER_LABELS[n]}", tier.get(n), in_table=True,
                         placeholder="no upper bound" if n == "up_to" else "")
                   for n in ("up_to", "unit_price", "flat_price")] for ti, tier in enumerate(charge.get("tiers") or [])]
+    markup = charge.get("markup")
     return {
         "index": ci, "number": ci + 1, "tiers": tiers,
+        "markup": json.dumps(markup, sort_keys=True) if isinstance(markup, dict) else (markup or ""),
+        "markup_words": ", ".join(f"{k} +{v}%" for k, v in (markup.get("percent") or {}).items())
+        + f" (by {markup.get('dimension') or 'provider'}; others +{markup.get('default') or 0}%)"
+        if isinstance(markup, dict) else "",
         "meter": field(f"{at}meter", "Meter", charge.get("meter"), choices=meters),
         "model": field(f"{at}model", "Pricing model", model, choices=list(MODEL_LABELS.items()), reshapes=True),
         "name": field(f"{at}name", "Name on the invoice (optional)", charge.get("name")),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -30,6 +31,11 @@ def _charge_out(charge: dict[str, Any]) -> dict[str, Any]:
     used = ALLOWED.get(model, set(CHARGE_FIELDS) | {"tiers"})
     out: dict[str, Any] = {k: v for k, v in charge.items() if k in ("meter", "model", "name")
                            or (k in CHARGE_FIELDS and k in used)}
+    if charge.get("markup"):  # carried as it is (JSON in a hidden field): kept by a new version
+        try:
+            out["markup"] = json.loads(charge["markup"])
+        except ValueError:
+            out["markup"] = charge["markup"]  # reported by the catalog's validation
     if charge.get("filter"):
         pairs = [p.split("=", 1) for p in charge["filter"].split(",") if "=" in p]
         out["filter"] = {k.strip(): v.strip() for k, v in pairs}

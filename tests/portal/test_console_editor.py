@@ -250,3 +250,20 @@ def test_run_limits_and_anomaly_settings_are_kept_and_edited(staff, catalog):
     version = RateCardVersion.objects.get(plan__key="pro", number=3)
     assert version.definition["run_limits"]["max_steps"] == 40
     assert version.definition["anomaly"] == {"window_minutes": 15, "factor": "3", "min_spend": "5", "action": "pause"}
+
+
+def test_a_charges_markup_is_kept_by_a_version_published_from_the_console(staff, catalog):
+    markup = "        markup: {dimension: provider, percent: {openai: '20'}}\n"
+    catalog_import(text=CATALOG.replace("2026-01-01", "2026-02-01").replace("        tiers:\n", markup + "        tiers:\n", 1),
+                   actor="t")
+    page = staff.get(EDITOR).content.decode()
+    assert "Markup: openai +20% (by provider; others +0%)" in page
+    hidden = re.search(r'name="charges-0-markup" value="([^"]+)"', page)
+    assert hidden is not None
+
+    response = staff.post(EDITOR, {**FORM, "charges-0-markup": hidden.group(1).replace("&quot;", '"')})
+
+    assert response.status_code == 302
+    version = RateCardVersion.objects.get(plan__key="pro", number=3)
+    assert version.definition["charges"][0]["markup"] == {"dimension": "provider", "percent": {"openai": "20"},
+                                                          "default": "0"}
