@@ -64,6 +64,11 @@ def plan_subscriptions_now(*, plan: Plan, now: datetime) -> list[Subscription]:
                 .filter(Q(end__isnull=True) | Q(end__gt=now), plan=plan, start__lte=now))
 
 
+def plan_subscribers(*, plan: Plan, now: datetime) -> list[tuple[str, str]]:
+    """(external id, name) of the plan's customers now, by id: whom a simulation may be run for."""
+    return sorted((s.customer.external_id, s.customer.name) for s in plan_subscriptions_now(plan=plan, now=now))
+
+
 def version_in_effect(*, plan: Plan, at: datetime) -> RateCardVersion | None:
     return plan.versions.filter(effective_from__lte=at).order_by("-effective_from").first()
 

@@ -127,15 +127,17 @@ def invoice_verify(*, invoice: Invoice) -> list[str]:
     return problems
 
 
-def draft_comparison(*, plan: Plan, card: RateCard, now: datetime) -> list[dict[str, Any]]:
+def draft_comparison(*, plan: Plan, card: RateCard, now: datetime, customer_id: str = "") -> list[dict[str, Any]]:
     """Each current subscriber of ``plan`` with the open period priced as it stands and under the draft
     ``card`` (the console's simulation), largest first. Each customer's usage is read once for
-    both prices, and the meters once for all customers."""
+    both prices, and the meters once for all customers. ``customer_id``: only that customer."""
     start, end = period_bounds(now)
     meters = meters_by_pk()
     out: list[dict[str, Any]] = []
     for sub in plan_subscriptions_now(plan=plan, now=now):
         customer = sub.customer
+        if customer_id and customer.external_id != customer_id:  # one customer's simulation
+            continue
         parts = period_parts(customer=customer, start=start, end=end)
         usage, _ = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts), meters=meters)
         estimates = price_parts(customer=customer, parts=parts, start=start, end=end, rows=usage, meters=meters)

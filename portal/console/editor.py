@@ -20,7 +20,7 @@ from billing.catalog import ratecard, schema
 from billing.catalog.diff import ratecard_diff
 from billing.catalog.drafts import draft_discard, draft_get, draft_publish, draft_save
 from billing.catalog.models import Plan, RateCardVersion
-from billing.catalog.selectors import meter_keys, meter_list, plan_get, version_in_effect
+from billing.catalog.selectors import meter_keys, meter_list, plan_get, plan_subscribers, version_in_effect
 from billing.common.errors import DomainError
 from billing.invoicing.selectors import draft_comparison
 from portal.console.editor_form import editor_form
@@ -67,7 +67,8 @@ def _validated(plan: Plan, definition: dict[str, Any], effective_from: str
 def _context(plan: Plan, definition: dict[str, Any], problems: list[tuple[str, str]], effective_from: str,
              **extra: Any) -> dict[str, Any]:
     meters = [(m.key, m.name) for m in meter_list()]
-    return {"plan": plan, "meters": meters, "definition": definition, "problems": problems, "effective_from": effective_from,
+    return {"plan": plan, "meters": meters, "subscribers": plan_subscribers(plan=plan, now=_now()),
+            "definition": definition, "problems": problems, "effective_from": effective_from,
             **editor_form(definition=definition, problems=problems, currency=plan.currency,
                           effective_from=effective_from, meters=meters), **extra}
 
@@ -189,7 +190,8 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
     canonical, problems = _validated(plan, definition, effective_from)
     if canonical is None:
         return _invalid(request, plan, definition, effective_from, problems, "simulate")
-    rows = draft_comparison(plan=plan, card=ratecard.parse(canonical), now=_now())[:10]
+    rows = draft_comparison(plan=plan, card=ratecard.parse(canonical), now=_now(),
+                            customer_id=request.POST.get("simulate_customer", "").strip())[:10]
     total = sum((r["difference"] for r in rows), Decimal(0))
     return render(request, "console/editor.html#simulation", {"rows": rows, "plan": plan, "total_difference": total})
 

@@ -204,6 +204,11 @@ def test_the_simulation_compares_each_line_per_customer(staff, catalog, acme):
     # a new charge: 3 started packages of 1000 calls at 2
     assert by_line["API calls (package)"] == ["-", "-", "2500", "6.00", "6.00"]
     assert 'data-customer="acme-co"' in page.content.decode() and "Total difference: 4.50 USD" in page.content.decode()
+    other = staff.post(f"{EDITOR}/simulate", {**FORM, "simulate_customer": "globex"}, HTTP_HX_REQUEST="true")
+    assert "acme-co" not in other.content.decode() and "No customer is on this plan now." in other.content.decode()
+    one = staff.post(f"{EDITOR}/simulate", {**FORM, "simulate_customer": "acme-co"}, HTTP_HX_REQUEST="true")
+    assert "Current period: Acme, line by line" in one.content.decode()
+    assert '<option value="acme-co">Acme (acme-co)</option>' in staff.get(EDITOR).content.decode()
 
 
 def test_simulating_an_invalid_draft_shows_the_errors_once(staff, catalog):
