@@ -67,10 +67,17 @@ def _validated(plan: Plan, definition: dict[str, Any], effective_from: str
 def _context(plan: Plan, definition: dict[str, Any], problems: list[tuple[str, str]], effective_from: str,
              **extra: Any) -> dict[str, Any]:
     meters = [(m.key, m.name) for m in meter_list()]
-    return {"plan": plan, "meters": meters, "subscribers": plan_subscribers(plan=plan, now=_now()),
-            "definition": definition, "problems": problems, "effective_from": effective_from,
+    return {"plan": plan, "meters": meters, "definition": definition, "problems": problems, "effective_from": effective_from,
             **editor_form(definition=definition, problems=problems, currency=plan.currency,
                           effective_from=effective_from, meters=meters), **extra}
+
+
+def _page(request: HttpRequest, plan: Plan, definition: dict[str, Any], problems: list[tuple[str, str]],
+          effective_from: str, status: int = 200) -> HttpResponse:
+    """The whole editor page (the fragments need neither the draft's banner nor the plan's subscribers)."""
+    return render(request, "console/editor.html", _context(
+        plan, definition, problems, effective_from, draft=draft_get(plan=plan),
+        subscribers=plan_subscribers(plan=plan, now=_now())), status=status)
 
 
 def _posted(request: HttpRequest) -> tuple[dict[str, Any], str]:
@@ -98,7 +105,7 @@ def version_editor(request: HttpRequest, key: str) -> HttpResponse:
         definition = current.rate_card.as_definition() if current else dict(EMPTY)
         effective_from = _now().strftime("%Y-%m-%dT%H:%M")
     _, problems = _validated(plan, definition, effective_from) if draft is not None else (None, [])
-    return render(request, "console/editor.html", _context(plan, definition, problems, effective_from, draft=draft))
+    return _page(request, plan, definition, problems, effective_from)
 
 
 def _publish(request: HttpRequest, plan: Plan) -> HttpResponse:
@@ -108,15 +115,13 @@ def _publish(request: HttpRequest, plan: Plan) -> HttpResponse:
     if when is None and not problems:
         problems = [("effective_from", "a date and time (UTC) is required")]
     if canonical is None or when is None or problems:
-        return render(request, "console/editor.html", _context(plan, definition, problems, effective_from,
-                                                              draft=draft_get(plan=plan)), status=422)
+        return _page(request, plan, definition, problems, effective_from, status=422)
     try:
         version = draft_publish(plan=plan, definition=definition, effective_from=when.isoformat(),
                                 actor=request.user.get_username())
     except schema.CatalogError as exc:
         problems = [(p.lstrip("."), m) for p, m in exc.problems]
-        return render(request, "console/editor.html", _context(plan, definition, problems, effective_from,
-                                                              draft=draft_get(plan=plan)), status=422)
+        return _page(request, plan, definition, problems, effective_from, status=422)
     return redirect(reverse("console:plan", args=[plan.key]) + f"#v{version.number}")
 
 
