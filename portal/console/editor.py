@@ -24,7 +24,7 @@ from billing.catalog.selectors import meter_keys, meter_list, plan_get, plan_sub
 from billing.common.errors import DomainError
 from billing.invoicing.selectors import draft_comparison
 from portal.console.editor_form import editor_form
-from portal.console.forms import apply_action, definition_from_form, number_problems
+from portal.console.forms import apply_action, definition_from_form, number_problems, with_placeholders
 from portal.console.views import staff_required
 
 EMPTY: dict[str, Any] = {"base_fee": "0", "charges": [], "limits": []}
@@ -50,18 +50,18 @@ def _validated(plan: Plan, definition: dict[str, Any], effective_from: str
     when = _when(effective_from)
     if effective_from.strip() and when is None:
         problems.append(("effective_from", "a date and time (UTC) is required"))
-    if problems:
-        return None, problems
+    flagged = {path for path, _ in problems}
+    checkable = with_placeholders(definition, flagged) if flagged else definition
     payload = {"key": plan.key, "name": plan.name, "currency": plan.currency, "interval": plan.interval,
-               "effective_from": (when or _now()).isoformat(), **definition}
+               "effective_from": (when or _now()).isoformat(), **checkable}
     try:
         entry = schema.parse_plan(payload)
     except schema.CatalogError as exc:
-        return None, [(p.lstrip("."), m) for p, m in exc.problems]
+        return None, problems + [(p.lstrip("."), m) for p, m in exc.problems if p.lstrip(".") not in flagged]
     found: list[tuple[str, str]] = []
     canonical = schema.validate_plan(entry, "", meter_keys(), found)
-    found = [(path.lstrip("."), message) for path, message in found]
-    return (None if found else canonical), found
+    problems += [(path.lstrip("."), message) for path, message in found if path.lstrip(".") not in flagged]
+    return (None if problems else canonical), problems
 
 
 def _context(plan: Plan, definition: dict[str, Any], problems: list[tuple[str, str]], effective_from: str,

@@ -130,9 +130,14 @@ def editor_form(*, definition: dict[str, Any], problems: list[tuple[str, str]], 
                "hard": field(f"limits-{li}-hard", "Hard limit: refuse use above", limit.get("hard"))}
               for li, limit in enumerate(definition.get("limits") or [])]
     summary = []
+    linked: set[str] = set()
     for path, message in problems:
         name = input_name(path)
         anchor = name if name in field.rendered else ""
+        if anchor in linked:  # a field's messages stand together beside it: one link to it is enough
+            continue
+        if anchor:
+            linked.add(anchor)
         summary.append({"label": path_label(path, definition), "path": path, "anchor": anchor,
                         "message": "" if anchor else message})
     return {"top": top, "charges": charges, "limits": limits, "summary": summary, "fields": field.all,

@@ -120,6 +120,25 @@ def number_problems(draft: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+_STEP = re.compile(r"(\w+)|\[(\d+)\]")
+
+
+def with_placeholders(draft: dict[str, Any], paths: set[str]) -> dict[str, Any]:
+    """A copy of ``draft`` with the value at each of ``paths`` (amounts that are not numbers) replaced by 1, so
+    that the rest of the draft can still be checked and every problem shown at once."""
+    copy = json.loads(json.dumps(draft))
+    for path in paths:
+        steps = [int(i) if i else name for name, i in _STEP.findall(path)]
+        target: Any = copy
+        try:
+            for step in steps[:-1]:
+                target = target[step]
+            target[steps[-1]] = 1 if steps[-1] in WHOLE else "1"
+        except (KeyError, IndexError, TypeError):
+            continue
+    return copy
+
+
 def add_tier(draft: dict[str, Any], charge: int) -> dict[str, Any]:
     """A new tier before the open-ended last one, bounded above the previous bound (twice it, or 1000 when
     there is none) at the last tier's price: the tiers stay valid."""

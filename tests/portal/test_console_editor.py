@@ -272,3 +272,11 @@ def test_a_charges_markup_is_kept_by_a_version_published_from_the_console(staff,
     version = RateCardVersion.objects.get(plan__key="pro", number=3)
     assert version.definition["charges"][0]["markup"] == {"dimension": "provider", "percent": {"openai": "20"},
                                                           "default": "0"}
+
+
+def test_a_field_that_is_not_a_number_does_not_hide_the_other_problems(staff, catalog):
+    page = _change(staff, {**FORM, "base_fee": "abc", "charges-0-tiers-0-up_to": "0"})
+
+    assert '<span class="error" id="base_fee-error">enter a number, such as 0.01</span>' in page
+    assert '<span class="error" id="charges-0-tiers-0-up_to-error">must be greater than 0' in page
+    assert "2 problems" in page
