@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from billing.audit.admin import AuditedAdmin
-from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
+from billing.catalog.models import Meter, Plan, RateCardDraft, RateCardVersion, Subscription
 from billing.catalog.services import meter_frozen_fields
 from billing.common.admin import ReadOnlyAdmin
 
@@ -32,6 +32,13 @@ class PlanAdmin(AuditedAdmin):
 class RateCardVersionAdmin(ReadOnlyAdmin):
     list_display = ("plan", "number", "effective_from", "created_by", "created_at")
     list_filter = ("plan",)
+
+
+@admin.register(RateCardDraft)
+class RateCardDraftAdmin(ReadOnlyAdmin):
+    """Drafts are edited, published and discarded in the console's editor (each audited there)."""
+
+    list_display = ("plan", "updated_by", "updated_at")
 
 
 class SubscriptionForm(forms.ModelForm):
