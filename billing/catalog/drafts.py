@@ -19,23 +19,23 @@ def draft_get(*, plan: Plan) -> RateCardDraft | None:
 
 
 @transaction.atomic
-def draft_save(*, plan: Plan, definition: dict[str, Any], effective_from: str, actor: str) -> RateCardDraft:
+def draft_save(*, plan: Plan, document: dict[str, Any], effective_from: str, actor: str) -> RateCardDraft:
     """Create or replace the plan's draft (saving the same draft again writes nothing). A draft may be
     invalid, but never hold what the database refuses (a NUL character)."""
-    problem = json_problem({"effective_from": effective_from, **definition})
+    problem = json_problem({"effective_from": effective_from, **document})
     if problem is not None:
         raise validation_error({problem[0]: [problem[1]]}, "The draft holds text that cannot be stored.")
     draft = RateCardDraft.objects.select_for_update().filter(plan=plan).first()
     if draft is None:
-        draft = RateCardDraft.objects.create(plan=plan, definition=definition, effective_from=effective_from,
+        draft = RateCardDraft.objects.create(plan=plan, document=document, effective_from=effective_from,
                                              updated_by=actor)
         audit_created(draft, action="ratecard_draft.saved", actor=actor)
         return draft
-    if draft.definition == definition and draft.effective_from == effective_from:
+    if draft.document == document and draft.effective_from == effective_from:
         return draft
     before = snapshot(draft)
-    draft.definition, draft.effective_from, draft.updated_by = definition, effective_from, actor
-    draft.save(update_fields=["definition", "effective_from", "updated_by", "updated_at"])
+    draft.document, draft.effective_from, draft.updated_by = document, effective_from, actor
+    draft.save(update_fields=["document", "effective_from", "updated_by", "updated_at"])
     audit_record(action="ratecard_draft.saved", obj=draft, before=before, after=snapshot(draft), actor=actor)
     return draft
 
@@ -52,10 +52,10 @@ def draft_discard(*, plan: Plan, actor: str) -> bool:
 
 
 @transaction.atomic
-def draft_publish(*, plan: Plan, definition: dict[str, Any], effective_from: str, actor: str) -> RateCardVersion:
+def draft_publish(*, plan: Plan, document: dict[str, Any], effective_from: str, actor: str) -> RateCardVersion:
     """Publish the editor's terms as a new version and drop the plan's draft, in one transaction: a
     refused version (``CatalogError``) keeps the draft as it was."""
-    version, _ = plan_version_publish(plan=plan, data={"effective_from": effective_from, **definition}, actor=actor)
+    version, _ = plan_version_publish(plan=plan, data={"effective_from": effective_from, **document}, actor=actor)
     draft = RateCardDraft.objects.select_for_update().filter(plan=plan).first()
     if draft is not None:
         audit_deleted(draft, snapshot(draft), action="ratecard_draft.published", actor=actor)

@@ -127,7 +127,7 @@ class RateCardDraft(models.Model):
     validates it, makes the version and deletes the draft."""
 
     plan = models.OneToOneField(Plan, on_delete=models.CASCADE, related_name="draft")
-    definition = models.JSONField()  # the editor's catalog-file shape, as typed (not validated)
+    document = models.JSONField()  # the editor's catalog-file shape, as typed (not validated)
     effective_from = models.CharField(max_length=40, blank=True)  # as typed in the editor (UTC)
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.CharField(max_length=150, blank=True)

@@ -42,16 +42,16 @@ def _when(raw: str) -> datetime | None:
     return when
 
 
-def _validated(plan: Plan, definition: dict[str, Any], effective_from: str
+def _validated(plan: Plan, document: dict[str, Any], effective_from: str
                ) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
-    """The draft's canonical definition when valid, and its problems by path (all amounts that are not
+    """The draft's canonical document when valid, and its problems by path (all amounts that are not
     numbers at once; then the catalog's own validation, as publishing will run it)."""
-    problems = number_problems(definition)
+    problems = number_problems(document)
     when = _when(effective_from)
     if effective_from.strip() and when is None:
         problems.append(("effective_from", "a date and time (UTC) is required"))
     flagged = {path for path, _ in problems}
-    checkable = with_placeholders(definition, flagged) if flagged else definition
+    checkable = with_placeholders(document, flagged) if flagged else document
     payload = {"key": plan.key, "name": plan.name, "currency": plan.currency, "interval": plan.interval,
                "effective_from": (when or _now()).isoformat(), **checkable}
     try:
@@ -64,19 +64,19 @@ def _validated(plan: Plan, definition: dict[str, Any], effective_from: str
     return (None if problems else canonical), problems
 
 
-def _context(plan: Plan, definition: dict[str, Any], problems: list[tuple[str, str]], effective_from: str,
+def _context(plan: Plan, document: dict[str, Any], problems: list[tuple[str, str]], effective_from: str,
              **extra: Any) -> dict[str, Any]:
     meters = [(m.key, m.name) for m in meter_list()]
-    return {"plan": plan, "meters": meters, "definition": definition, "problems": problems, "effective_from": effective_from,
-            **editor_form(definition=definition, problems=problems, currency=plan.currency,
+    return {"plan": plan, "meters": meters, "document": document, "problems": problems, "effective_from": effective_from,
+            **editor_form(document=document, problems=problems, currency=plan.currency,
                           effective_from=effective_from, meters=meters), **extra}
 
 
-def _page(request: HttpRequest, plan: Plan, definition: dict[str, Any], problems: list[tuple[str, str]],
+def _page(request: HttpRequest, plan: Plan, document: dict[str, Any], problems: list[tuple[str, str]],
           effective_from: str, status: int = 200) -> HttpResponse:
     """The whole editor page (the fragments need neither the draft's banner nor the plan's subscribers)."""
     return render(request, "console/editor.html", _context(
-        plan, definition, problems, effective_from, draft=draft_get(plan=plan),
+        plan, document, problems, effective_from, draft=draft_get(plan=plan),
         subscribers=plan_subscribers(plan=plan, now=_now())), status=status)
 
 
@@ -84,10 +84,10 @@ def _posted(request: HttpRequest) -> tuple[dict[str, Any], str]:
     return definition_from_form(request.POST), request.POST.get("effective_from", "").strip()
 
 
-def _form_fragment(request: HttpRequest, plan: Plan, definition: dict[str, Any], effective_from: str,
+def _form_fragment(request: HttpRequest, plan: Plan, document: dict[str, Any], effective_from: str,
                    **extra: Any) -> HttpResponse:
-    _, problems = _validated(plan, definition, effective_from)
-    return render(request, "console/editor.html#form", _context(plan, definition, problems, effective_from, **extra))
+    _, problems = _validated(plan, document, effective_from)
+    return render(request, "console/editor.html#form", _context(plan, document, problems, effective_from, **extra))
 
 
 @staff_required
@@ -99,29 +99,29 @@ def version_editor(request: HttpRequest, key: str) -> HttpResponse:
         return _publish(request, plan)
     draft = draft_get(plan=plan)
     if draft is not None:
-        definition, effective_from = draft.definition, draft.effective_from
+        document, effective_from = draft.document, draft.effective_from
     else:
         current = version_in_effect(plan=plan, at=_now()) or plan.versions.order_by("-number").first()
-        definition = current.rate_card.as_definition() if current else dict(EMPTY)
+        document = current.rate_card.as_definition() if current else dict(EMPTY)
         effective_from = _now().strftime("%Y-%m-%dT%H:%M")
-    _, problems = _validated(plan, definition, effective_from) if draft is not None else (None, [])
-    return _page(request, plan, definition, problems, effective_from)
+    _, problems = _validated(plan, document, effective_from) if draft is not None else (None, [])
+    return _page(request, plan, document, problems, effective_from)
 
 
 def _publish(request: HttpRequest, plan: Plan) -> HttpResponse:
-    definition, effective_from = _posted(request)
-    canonical, problems = _validated(plan, definition, effective_from)
+    document, effective_from = _posted(request)
+    canonical, problems = _validated(plan, document, effective_from)
     when = _when(effective_from)
     if when is None and not problems:
         problems = [("effective_from", "a date and time (UTC) is required")]
     if canonical is None or when is None or problems:
-        return _page(request, plan, definition, problems, effective_from, status=422)
+        return _page(request, plan, document, problems, effective_from, status=422)
     try:
-        version = draft_publish(plan=plan, definition=definition, effective_from=when.isoformat(),
+        version = draft_publish(plan=plan, document=document, effective_from=when.isoformat(),
                                 actor=request.user.get_username())
     except schema.CatalogError as exc:
         problems = [(p.lstrip("."), m) for p, m in exc.problems]
-        return _page(request, plan, definition, problems, effective_from, status=422)
+        return _page(request, plan, document, problems, effective_from, status=422)
     return redirect(reverse("console:plan", args=[plan.key]) + f"#v{version.number}")
 
 
@@ -131,10 +131,10 @@ def editor_change(request: HttpRequest, key: str) -> HttpResponse:
     """HTMX: a button (add or remove a tier, a charge, a limit) or a changed field: the form again, with the
     real validation result of what it now holds."""
     plan = plan_get(key=key)
-    definition, effective_from = _posted(request)
+    document, effective_from = _posted(request)
     first_meter = meter_list().values_list("key", flat=True).first() or ""
-    definition = apply_action(definition, request.POST.get("tier_action", ""), first_meter)
-    return _form_fragment(request, plan, definition, effective_from, draft=draft_get(plan=plan))
+    document = apply_action(document, request.POST.get("tier_action", ""), first_meter)
+    return _form_fragment(request, plan, document, effective_from, draft=draft_get(plan=plan))
 
 
 @staff_required
@@ -143,9 +143,9 @@ def editor_check(request: HttpRequest, key: str) -> HttpResponse:
     """HTMX: a field changed: the problem summary and each field's message (out of band) from the real
     validation; the inputs themselves are left alone, so nothing typed meanwhile is lost."""
     plan = plan_get(key=key)
-    definition, effective_from = _posted(request)
-    _, problems = _validated(plan, definition, effective_from)
-    return render(request, "console/editor.html#checked", _context(plan, definition, problems, effective_from))
+    document, effective_from = _posted(request)
+    _, problems = _validated(plan, document, effective_from)
+    return render(request, "console/editor.html#checked", _context(plan, document, problems, effective_from))
 
 
 @staff_required
@@ -153,17 +153,17 @@ def editor_check(request: HttpRequest, key: str) -> HttpResponse:
 def draft_save_view(request: HttpRequest, key: str) -> HttpResponse:
     """Keep the editor's draft on the server (as typed: a draft may still be invalid)."""
     plan = plan_get(key=key)
-    definition, effective_from = _posted(request)
+    document, effective_from = _posted(request)
     try:
-        draft = draft_save(plan=plan, definition=definition, effective_from=effective_from,
+        draft = draft_save(plan=plan, document=document, effective_from=effective_from,
                            actor=request.user.get_username())
     except DomainError as exc:
         problems = [(path, " ".join(messages)) for path, messages in (exc.fields or {"": [exc.message]}).items()]
-        return render(request, "console/editor.html#form", _context(plan, definition, problems, effective_from,
+        return render(request, "console/editor.html#form", _context(plan, document, problems, effective_from,
                                                                    draft=draft_get(plan=plan)), status=200)
     if not request.htmx:  # type: ignore[attr-defined]
         return redirect(reverse("console:editor", args=[plan.key]))
-    return _form_fragment(request, plan, definition, effective_from, draft=draft, saved=True)
+    return _form_fragment(request, plan, document, effective_from, draft=draft, saved=True)
 
 
 @staff_required
@@ -174,11 +174,11 @@ def draft_discard_view(request: HttpRequest, key: str) -> HttpResponse:
     return redirect(reverse("console:plan", args=[plan.key]))
 
 
-def _invalid(request: HttpRequest, plan: Plan, definition: dict[str, Any], effective_from: str,
+def _invalid(request: HttpRequest, plan: Plan, document: dict[str, Any], effective_from: str,
              problems: list[tuple[str, str]], what: str) -> HttpResponse:
     """An invalid draft cannot be simulated or compared: a one-line note where the result would go, and the
     form again (out of band) with each problem beside its field; the problems are not repeated."""
-    form = render_to_string("console/editor.html#form", _context(plan, definition, problems, effective_from, oob=True,
+    form = render_to_string("console/editor.html#form", _context(plan, document, problems, effective_from, oob=True,
                                                                 draft=draft_get(plan=plan)), request=request)
     note = (f'<p class="error" role="alert">The draft has {len(problems)} problem{"s" if len(problems) != 1 else ""} '
             f"(listed at the top of the form): fix {'it' if len(problems) == 1 else 'them'} to {what}.</p>")
@@ -191,10 +191,10 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
     """HTMX: the open period priced for the ten largest subscribers, as it stands and under the draft,
     line by line (nothing is saved)."""
     plan = plan_get(key=key)
-    definition, effective_from = _posted(request)
-    canonical, problems = _validated(plan, definition, effective_from)
+    document, effective_from = _posted(request)
+    canonical, problems = _validated(plan, document, effective_from)
     if canonical is None:
-        return _invalid(request, plan, definition, effective_from, problems, "simulate")
+        return _invalid(request, plan, document, effective_from, problems, "simulate")
     rows = draft_comparison(plan=plan, card=ratecard.parse(canonical), now=_now(),
                             customer_id=request.POST.get("simulate_customer", "").strip())[:10]
     total = sum((r["difference"] for r in rows), Decimal(0))
@@ -206,10 +206,10 @@ def editor_simulate(request: HttpRequest, key: str) -> HttpResponse:
 def editor_diff(request: HttpRequest, key: str) -> HttpResponse:
     """HTMX: the draft side by side with the version in effect."""
     plan = plan_get(key=key)
-    definition, effective_from = _posted(request)
-    canonical, problems = _validated(plan, definition, effective_from)
+    document, effective_from = _posted(request)
+    canonical, problems = _validated(plan, document, effective_from)
     if canonical is None:
-        return _invalid(request, plan, definition, effective_from, problems, "compare it")
+        return _invalid(request, plan, document, effective_from, problems, "compare it")
     current = version_in_effect(plan=plan, at=_now())
     return render(request, "console/diff.html#diff", {"plan": plan, "current": current, "label": "Draft",
                                                       "rows": ratecard_diff(_definition(current), canonical)})

@@ -39,7 +39,7 @@ def input_name(path: str) -> str:
     return _INDEX.sub(r"-\1", path).replace(".", "-")
 
 
-def path_label(path: str, definition: dict[str, Any]) -> str:
+def path_label(path: str, document: dict[str, Any]) -> str:
     """A problem's place in words: ``Charge 1 (llm_tokens), tier 2: Up to``."""
     parts = [p for p in _INDEX.sub(r".\1", path).split(".") if p]
     words: list[str] = []
@@ -48,7 +48,7 @@ def path_label(path: str, definition: dict[str, Any]) -> str:
         part = parts[index]
         number = int(parts[index + 1]) if index + 1 < len(parts) and parts[index + 1].isdigit() else None
         if part in ("charges", "limits") and number is not None:
-            rows = definition.get(part) or []
+            rows = document.get(part) or []
             meter = rows[number].get("meter", "") if number < len(rows) else ""
             words.append(f"{'Charge' if part == 'charges' else 'Limit'} {number + 1}" + (f" ({meter})" if meter else ""))
             index += 2
@@ -105,14 +105,14 @@ def _charge(field: _Fields, ci: int, charge: dict[str, Any], meters: list[tuple[
     }
 
 
-def editor_form(*, definition: dict[str, Any], problems: list[tuple[str, str]], currency: str, effective_from: str,
+def editor_form(*, document: dict[str, Any], problems: list[tuple[str, str]], currency: str, effective_from: str,
                 meters: list[tuple[str, str]]) -> dict[str, Any]:
-    """The editor's inputs and its problem summary, from a draft definition and its validation problems."""
+    """The editor's inputs and its problem summary, from a draft document and its validation problems."""
     field = _Fields(problems)
-    top = [field("base_fee", f"Base fee per period ({currency})", definition.get("base_fee")),
-           field("spend_cap", f"Spend cap per period ({currency}; blank for none)", definition.get("spend_cap")),
+    top = [field("base_fee", f"Base fee per period ({currency})", document.get("base_fee")),
+           field("spend_cap", f"Spend cap per period ({currency}; blank for none)", document.get("spend_cap")),
            field("effective_from", "Takes effect (UTC)", effective_from, type="datetime-local")]
-    runs, anomaly = definition.get("run_limits") or {}, definition.get("anomaly") or {}
+    runs, anomaly = document.get("run_limits") or {}, document.get("anomaly") or {}
     guards = [field("run_limits-max_steps", "Agent run: most steps (billable events)", runs.get("max_steps")),
               field("run_limits-max_spend", f"Agent run: most spend ({currency})", runs.get("max_spend")),
               field("run_limits-max_duration_seconds", "Agent run: longest duration (seconds)",
@@ -122,13 +122,13 @@ def editor_form(*, definition: dict[str, Any], problems: list[tuple[str, str]], 
               field("anomaly-min_spend", f"Anomaly: ignored below a spend of ({currency})", anomaly.get("min_spend")),
               field("anomaly-action", "Anomaly: then", anomaly.get("action") or "alert",
                     choices=[("alert", "alert"), ("pause", "alert and pause the customer")])]
-    charges = [_charge(field, ci, c, meters) for ci, c in enumerate(definition.get("charges") or [])]
+    charges = [_charge(field, ci, c, meters) for ci, c in enumerate(document.get("charges") or [])]
     limits = [{"index": li, "number": li + 1,
                "meter": field(f"limits-{li}-meter", "Meter", limit.get("meter"), choices=meters),
                "soft": field(f"limits-{li}-soft", "Soft limit: alert from (a quantity or a % of the hard limit)",
                              limit.get("soft")),
                "hard": field(f"limits-{li}-hard", "Hard limit: refuse use above", limit.get("hard"))}
-              for li, limit in enumerate(definition.get("limits") or [])]
+              for li, limit in enumerate(document.get("limits") or [])]
     summary = []
     linked: set[str] = set()
     for path, message in problems:
@@ -138,7 +138,7 @@ def editor_form(*, definition: dict[str, Any], problems: list[tuple[str, str]], 
             continue
         if anchor:
             linked.add(anchor)
-        summary.append({"label": path_label(path, definition), "path": path, "anchor": anchor,
+        summary.append({"label": path_label(path, document), "path": path, "anchor": anchor,
                         "message": "" if anchor else message})
     return {"top": top, "charges": charges, "limits": limits, "summary": summary, "fields": field.all,
             "guards": guards}

@@ -112,7 +112,7 @@ def test_a_draft_is_saved_resumed_and_discarded_on_the_server(staff, catalog):
 
     assert saved.status_code == 200 and "Draft saved at" in saved.content.decode()
     draft = RateCardDraft.objects.get(plan__key="pro")
-    assert draft.definition["base_fee"] == "15" and draft.effective_from == "2030-01-01T00:00"
+    assert draft.document["base_fee"] == "15" and draft.effective_from == "2030-01-01T00:00"
     _audited("ratecard_draft.saved")
     resumed = staff.get(EDITOR).content.decode()
     assert "Resumed the draft" in resumed and 'id="base_fee" name="base_fee" value="15"' in resumed

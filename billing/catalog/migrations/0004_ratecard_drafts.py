@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
             name='RateCardDraft',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('definition', models.JSONField()),
+                ('document', models.JSONField()),
                 ('effective_from', models.CharField(blank=True, max_length=40)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
                 ('updated_by', models.CharField(blank=True, max_length=150)),
