@@ -53,7 +53,9 @@ def _principal(request: HttpRequest) -> Principal | None:
     return principal
 
 
-def _proxy(request: HttpRequest, path: str, kind: str) -> HttpResponseBase:
+def begin(request: HttpRequest, kind: str) -> tuple[metering.Call, dict[str, Any], bool] | JsonResponse:
+    """Everything before the upstream: the key, the body, the reservation (both views, sync and async).
+    The call, the body to send and whether it streams; or the answer that refuses it."""
     principal = _principal(request)
     if principal is None:
         return openai_error(401, "Send 'Authorization: Bearer <Tollgate gateway key>'.", "invalid_request_error",
@@ -72,25 +74,37 @@ def _proxy(request: HttpRequest, path: str, kind: str) -> HttpResponseBase:
     stream = bool(body.get("stream")) and kind == "chat"
     if stream:
         body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    return call, body, stream
+
+
+def unreachable(call: metering.Call, exc: httpx.HTTPError) -> JsonResponse:
+    """The upstream timed out or could not be reached: released, 504 or 502."""
+    metering.call_release(call)
+    if isinstance(exc, httpx.TimeoutException):
+        return openai_error(504, "The upstream did not answer in time.", "api_error", "upstream_timeout")
+    return openai_error(502, f"The upstream could not be reached: {type(exc).__name__}.", "api_error",
+                        "upstream_unavailable")
+
+
+def _proxy(request: HttpRequest, path: str, kind: str) -> HttpResponseBase:
+    begun = begin(request, kind)
+    if isinstance(begun, JsonResponse):
+        return begun
+    call, body, stream = begun
     try:
         response = upstream.send(path, body, stream=stream)
-    except httpx.TimeoutException:
-        metering.call_release(call)
-        return openai_error(504, "The upstream did not answer in time.", "api_error", "upstream_timeout")
     except httpx.HTTPError as exc:
-        metering.call_release(call)
-        return openai_error(502, f"The upstream could not be reached: {type(exc).__name__}.", "api_error",
-                            "upstream_unavailable")
+        return unreachable(call, exc)
     if response.status_code >= 400 or not stream:
-        return _answer(call, response)
+        content = response.read()
+        response.close()
+        return answer(call, response, content)
     return StreamingHttpResponse(_relay(call, response), status=response.status_code,
                                  content_type=response.headers.get("content-type", "text/event-stream"))
 
 
-def _answer(call: metering.Call, response: httpx.Response) -> HttpResponse:
+def answer(call: metering.Call, response: httpx.Response, content: bytes) -> HttpResponse:
     """A whole answer: passed through as it came; its usage settles the call (an error: released)."""
-    content = response.read()
-    response.close()
     usage, model = None, None
     if response.status_code < 400:
         try:
@@ -108,38 +122,50 @@ def _answer(call: metering.Call, response: httpx.Response) -> HttpResponse:
                         content_type=response.headers.get("content-type", "application/json"))
 
 
-def _relay(call: metering.Call, response: httpx.Response) -> Iterator[bytes]:
-    """The stream, relayed line by line; settled before its ``[DONE]`` is passed on (the client's last line
-    comes after the billing), or when the stream ends or the client leaves: the usage chunk when it came,
-    else the prompt's estimate and what was streamed."""
-    usage: tuple[int, int] | None = None
-    streamed_chars = 0
-    settled = False
+class StreamMeter:
+    """Reads a relayed stream's lines: the usage chunk when it comes, else the text streamed so far; settles
+    once: before the ``[DONE]`` line is passed on (the client's last line comes after the billing), or when
+    the stream ends or the client leaves (the prompt's estimate and what was streamed, without a usage chunk)."""
 
-    def settle() -> None:
-        nonlocal settled
-        if settled:
+    def __init__(self, call: metering.Call) -> None:
+        self.call = call
+        self.usage: tuple[int, int] | None = None
+        self.streamed_chars = 0
+        self.settled = False
+
+    def feed(self, line: str) -> bool:
+        """Take one line; True when it is the ``[DONE]`` line (settle before passing it on)."""
+        data = line[5:].strip() if line.startswith("data:") else ""
+        if data == "[DONE]":
+            return True
+        if data:
+            chunk = _json(data)
+            self.usage = metering.usage_of(chunk) or self.usage
+            self.streamed_chars += _content_chars(chunk)
+        return False
+
+    def settle(self) -> None:
+        if self.settled:
             return
-        settled = True
+        self.settled = True
         try:
-            found = usage or (call.prompt_estimate, metering.tokens_of_text(streamed_chars))
-            metering.call_settle(call, input_tokens=found[0], output_tokens=found[1])
+            found = self.usage or (self.call.prompt_estimate, metering.tokens_of_text(self.streamed_chars))
+            metering.call_settle(self.call, input_tokens=found[0], output_tokens=found[1])
         except Exception:  # the client has its answer; the reservation expires by itself at worst
-            log.exception("gateway: settling reservation %s failed", call.reservation.reservation_id)
+            log.exception("gateway: settling reservation %s failed", self.call.reservation.reservation_id)
 
+
+def _relay(call: metering.Call, response: httpx.Response) -> Iterator[bytes]:
+    """The stream, relayed line by line (StreamMeter bills it)."""
+    meter = StreamMeter(call)
     try:
         for line in response.iter_lines():
-            data = line[5:].strip() if line.startswith("data:") else ""
-            if data == "[DONE]":
-                settle()
-            elif data:
-                chunk = _json(data)
-                usage = metering.usage_of(chunk) or usage
-                streamed_chars += _content_chars(chunk)
+            if meter.feed(line):
+                meter.settle()
             yield (line + "\n").encode()
     finally:
         response.close()
-        settle()
+        meter.settle()
 
 
 def _json(text: str) -> Any:

@@ -26,16 +26,19 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from billing.catalog.models import Meter
+from billing.common import process_caches
 from billing.common.auth import Principal
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.customers.models import Customer
 from billing.guardrails.models import Reservation
 from billing.guardrails.reservations import Origin, reservation_create, reservation_release
-from billing.usage.services import reservation_settle
+from billing.usage.services import meters_cached, reservation_settle
 
 CHARS_PER_TOKEN = 4
 RESERVATION_TTL_SECONDS = 600
+# A customer's external id never changes (customer_update refuses it): read once per process, it spares
+# every call a query. The call needs the customer's pk (the reservation) and that id (its events) only.
+EXTERNAL_IDS: dict[int, str] = process_caches.register("billing.gateway.metering.EXTERNAL_IDS", {})
 
 
 @dataclass
@@ -77,16 +80,24 @@ def call_reserve(*, principal: Principal, body: dict[str, Any], kind: str, run_i
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > 200:
         raise validation_error({"model": ["Required: the model to call."]})
-    meter = Meter.objects.filter(key=settings.GATEWAY_METER).first()
+    meter = meters_cached({settings.GATEWAY_METER}).get(settings.GATEWAY_METER)
     if meter is None:
         raise DomainError(CommonCode.NOT_FOUND, f"The gateway's meter '{settings.GATEWAY_METER}' does not exist.")
-    customer = Customer.objects.get(pk=principal.customer_id)
+    customer = _customer(principal.customer_id)
     quantity = worst_case(body, kind)
     reservation, _ = reservation_create(
         customer=customer, reservation_id=f"gw-{uuid.uuid4().hex}", meter=meter, quantity=Decimal(quantity),
         dimensions={"model": model, "direction": "output"}, ttl_seconds=RESERVATION_TTL_SECONDS,
-        origin=Origin(run_id=run_id, api_key_pk=principal.api_key_id))
+        origin=Origin(run_id=run_id, api_key_pk=principal.api_key_id), fresh=True)
     return Call(principal, customer, model, run_id, reservation, estimate_prompt(body, kind))
+
+
+def _customer(pk: int) -> Customer:
+    """The key's customer as far as a call needs it (pk and external id), its id read once per process."""
+    external_id = EXTERNAL_IDS.get(pk)
+    if external_id is None:
+        external_id = EXTERNAL_IDS[pk] = Customer.objects.values_list("external_id", flat=True).get(pk=pk)
+    return Customer(pk=pk, external_id=external_id)
 
 
 def call_settle(call: Call, *, input_tokens: int, output_tokens: int, model: str | None = None) -> None:

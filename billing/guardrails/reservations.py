@@ -100,13 +100,16 @@ def _holds(customer: Customer, meter: Meter, quantity: Decimal, dimensions: dict
 
 def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter, quantity: Decimal,
                        dimensions: dict[str, str], ttl_seconds: int, now: datetime | None = None,
-                       origin: Origin | None = None) -> tuple[Reservation, bool]:
+                       origin: Origin | None = None, fresh: bool = False) -> tuple[Reservation, bool]:
+    """Hold the estimate, or return the reservation already made with this id (created False). ``fresh``:
+    the caller drew the id itself just now (the gateway), so no earlier one is looked for; a concurrent
+    twin still cannot happen twice (the unique id, below)."""
     now = now or timezone.now()
     if not 1 <= ttl_seconds <= MAX_TTL:
         raise validation_error({"ttl_seconds": [f"Between 1 and {MAX_TTL} seconds."]})
     if quantity <= 0:
         raise validation_error({"quantity": ["Must be > 0."]})
-    existing = Reservation.objects.filter(customer=customer, reservation_id=reservation_id).first()
+    existing = None if fresh else Reservation.objects.filter(customer=customer, reservation_id=reservation_id).first()
     if existing is not None:
         same = (existing.meter_id, existing.quantity, existing.dimensions, existing.ttl_seconds) == (
             meter.pk, quantity, dimensions, ttl_seconds)
