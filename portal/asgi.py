@@ -1,6 +1,22 @@
+"""The ASGI entry point: ``gunicorn portal.asgi -k asgi`` or ``uvicorn portal.asgi:application``
+(docs/deploy.md). The same site as portal.wsgi, but its requests resolve against portal.urls_asgi: the LLM
+gateway's views are async there."""
+
 import os
 
-from django.core.asgi import get_asgi_application
+import django
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-application = get_asgi_application()
+django.setup(set_prefix=False)  # as get_asgi_application() does
+
+
+class Request(ASGIRequest):
+    urlconf = "portal.urls_asgi"  # BaseHandler resolves a request against its own urlconf when it has one
+
+
+class Handler(ASGIHandler):
+    request_class = Request
+
+
+application = Handler()

@@ -34,6 +34,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.mode = "ok"
+        self.slow_seconds = 2.0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,7 +47,7 @@ class FakeUpstream:
                 if fake.mode == "error":
                     return self._send(500, {"error": {"message": "upstream broke", "type": "server_error"}})
                 if fake.mode == "slow":
-                    time.sleep(2)
+                    time.sleep(fake.slow_seconds)
                 if self.path.endswith("/embeddings"):
                     return self._send(200, {"object": "list", "model": body["model"], "data": [
                         {"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
