@@ -152,11 +152,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def start_server(env: dict[str, str], port: int, workers: int, log: Path | None) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, workers: int, log: Path | None,
+                 asgi: bool = False) -> subprocess.Popen:
     """gunicorn on 127.0.0.1:``port`` in its own session (stopped as a group); output to ``log``, or to this
-    process's own output without one."""
-    command = [PY, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-               "-k", "gthread", "--threads", "4", "--keep-alive", "30", "--log-level", "warning"]
+    process's own output without one. ``asgi``: portal.asgi on gunicorn's asgi worker (docs/deploy.md)
+    instead of portal.wsgi on 4 threads per worker."""
+    kind = ["portal.asgi", "-k", "asgi"] if asgi else ["portal.wsgi", "-k", "gthread", "--threads", "4"]
+    command = [PY, "-m", "gunicorn", *kind, "-b", f"127.0.0.1:{port}", "-w", str(workers),
+               "--keep-alive", "30", "--log-level", "warning"]
     if log is None:
         return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     with log.open("wb") as out:

@@ -1,7 +1,9 @@
 """make bench-gateway: what the LLM gateway adds to a call.
 
 A fake OpenAI-compatible upstream (its own process, answering at once) and the portal under gunicorn on a
-throwaway PostgreSQL (the SQL ledger). The same client (16 threads, one pooled httpx client each, whole
+throwaway PostgreSQL (the SQL ledger): ``--server asgi`` (portal.asgi on gunicorn's asgi worker: the
+gateway's async views), ``wsgi`` (portal.wsgi, 4 threads per worker: the sync views) or ``both``, one after
+the other in the same run. The same client (16 threads, one pooled httpx client each, whole
 non-streamed chat completions) calls the upstream directly, then through the gateway, alternating rounds;
 the gateway's added latency is the difference of the medians (p50 and p99) of the same run. Each gateway
 call reserves its worst case, relays the call and settles the usage as two events (docs/gateway.md).
@@ -101,7 +103,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--calls", type=int, default=100, help="calls per client per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes (4 threads each)")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--server", choices=["asgi", "wsgi", "both"], default="both")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-gw-") as tmp:
         work = Path(tmp)
@@ -119,44 +122,63 @@ def main() -> None:
             run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env)
             key = subprocess.run([PY, "manage.py", "shell", "-c", SETUP], cwd=ROOT, env=env, check=True,
                                  capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            server = start_server(env, app_port, args.workers, work / "gunicorn.log")
-            problem = wait_healthy(app_port)
-            if problem:
-                raise SystemExit(f"the portal did not start: {problem}")
             direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
             gateway = f"http://127.0.0.1:{app_port}/gateway/v1/chat/completions"
-            phase(gateway, key, args.clients, 10)  # warm up: imports, connections, accounts
-            phase(direct, key, args.clients, 10)
-            rounds: list[dict[str, Any]] = []
-            for n in range(args.rounds):
-                order = [("direct", direct), ("gateway", gateway)]
-                if n % 2:
-                    order.reverse()
-                row: dict[str, Any] = {"round": n + 1}
-                for label, url in order:
-                    lat = phase(url, key, args.clients, args.calls)
-                    row[label] = {"p50_ms": round(pct(lat, 0.5), 2), "p99_ms": round(pct(lat, 0.99), 2),
-                                  "calls": len(lat)}
-                rounds.append(row)
-                print(json.dumps(row), flush=True)
+            measured: dict[str, list[dict[str, Any]]] = {}
+            for kind in (["wsgi", "asgi"] if args.server == "both" else [args.server]):
+                server = start_server(env, app_port, args.workers, work / f"gunicorn-{kind}.log", asgi=kind == "asgi")
+                problem = wait_healthy(app_port)
+                if problem:
+                    raise SystemExit(f"the portal did not start: {problem}")
+                measured[kind] = measure(direct, gateway, key, args)
+                stop_server(server)
+                server = None
         finally:
             if server is not None:
                 stop_server(server)
             fake.terminate()
             pg_stop(work / "pg")
-    results = {"clients": args.clients, "calls_per_round": args.clients * args.calls, "rounds": rounds,
-               "cpus": os.cpu_count(), "gunicorn_workers": args.workers}
-    for label in ("direct", "gateway"):
-        for q in ("p50_ms", "p99_ms"):
-            results[f"{label}_{q}"] = round(statistics.median(r[label][q] for r in rounds), 2)
-    results["added_p50_ms"] = round(results["gateway_p50_ms"] - results["direct_p50_ms"], 2)
-    results["added_p99_ms"] = round(results["gateway_p99_ms"] - results["direct_p99_ms"], 2)
+    results: dict[str, Any] = {"clients": args.clients, "calls_per_round": args.clients * args.calls,
+                               "cpus": os.cpu_count(), "gunicorn_workers": args.workers}
+    for kind, rounds in measured.items():
+        results[kind] = summary(rounds)
     write_results("gateway", results)
     print(f"\nbench-gateway: {args.clients} clients, {args.calls} calls each per round, medians of {args.rounds} rounds, "
-          f"{os.cpu_count()} CPUs, {args.workers} gunicorn workers x 4 threads\n"
-          f"  direct to the upstream: p50 {results['direct_p50_ms']} ms, p99 {results['direct_p99_ms']} ms\n"
-          f"  through the gateway:    p50 {results['gateway_p50_ms']} ms, p99 {results['gateway_p99_ms']} ms\n"
-          f"  added by the gateway:   p50 {results['added_p50_ms']} ms, p99 {results['added_p99_ms']} ms")
+          f"{os.cpu_count()} CPUs, {args.workers} gunicorn workers")
+    for kind in measured:
+        r = results[kind]
+        print(f"  {kind}: direct to the upstream p50 {r['direct_p50_ms']} / p99 {r['direct_p99_ms']} ms; "
+              f"through the gateway p50 {r['gateway_p50_ms']} / p99 {r['gateway_p99_ms']} ms; "
+              f"added p50 {r['added_p50_ms']} / p99 {r['added_p99_ms']} ms")
+
+
+def measure(direct: str, gateway: str, key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Warm up, then alternating rounds of the same client calling the upstream directly and through the gateway."""
+    phase(gateway, key, args.clients, 10)  # warm up: imports, connections, accounts
+    phase(direct, key, args.clients, 10)
+    rounds: list[dict[str, Any]] = []
+    for n in range(args.rounds):
+        order = [("direct", direct), ("gateway", gateway)]
+        if n % 2:
+            order.reverse()
+        row: dict[str, Any] = {"round": n + 1}
+        for label, url in order:
+            lat = phase(url, key, args.clients, args.calls)
+            row[label] = {"p50_ms": round(pct(lat, 0.5), 2), "p99_ms": round(pct(lat, 0.99), 2), "calls": len(lat)}
+        rounds.append(row)
+        print(json.dumps(row), flush=True)
+    return rounds
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds, and what the gateway adds (the difference of the medians)."""
+    out: dict[str, Any] = {"rounds": rounds}
+    for label in ("direct", "gateway"):
+        for q in ("p50_ms", "p99_ms"):
+            out[f"{label}_{q}"] = round(statistics.median(r[label][q] for r in rounds), 2)
+    out["added_p50_ms"] = round(out["gateway_p50_ms"] - out["direct_p50_ms"], 2)
+    out["added_p99_ms"] = round(out["gateway_p99_ms"] - out["direct_p99_ms"], 2)
+    return out
 
 
 if __name__ == "__main__":
