@@ -114,7 +114,8 @@ class Server:
     admin_key: str
 
     def get(self, path: str, **params: Any) -> Any:
-        answer = httpx.get(f"{self.url}{path}", params=params, headers={"Authorization": f"Bearer {self.admin_key}"})
+        answer = httpx.get(f"{self.url}{path}", params=params, headers={"Authorization": f"Bearer {self.admin_key}"},
+                           timeout=120)  # reads over 100,000 raw events take a while on a loaded machine
         assert answer.status_code == 200, answer.text
         return answer.json()
 

@@ -87,3 +87,35 @@ def test_the_reservation_estimate_bounds_prompt_and_output() -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": "x" * 100}], "max_tokens": 50}
     assert estimate_tokens(request) >= 100 // 2 + 50
     assert estimate_tokens({"messages": []}) >= DEFAULT_MAX_TOKENS
+
+
+def test_an_event_tracked_after_an_idle_spell_goes_out_after_flush_interval_without_a_flush() -> None:
+    """The age trigger works whenever the queue fills from empty, not only for a client's first event."""
+    import httpx
+
+    sent: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(time.monotonic())
+        return httpx.Response(200, json={"results": [{"status": "accepted"}]})
+
+    with Tollgate(base_url="http://tollgate.test", api_key="tg_x", flush_interval=0.1,
+                  transport=httpx.MockTransport(answer)) as tg:
+        for n in range(2):
+            tracked = time.monotonic()
+            tg.track(customer="acme-co", meter="llm_tokens", quantity=1)
+            deadline = time.monotonic() + 5
+            while len(sent) < n + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(sent) == n + 1 and sent[-1] - tracked >= 0.1
+            time.sleep(0.3)  # idle: both senders back to waiting for work
+
+
+def test_the_clock_is_written_out_as_isoformat_does() -> None:
+    from datetime import datetime, timezone
+
+    from tollgate_client._core import clock_text
+
+    for value in (0.0, 1.5, 1733580000.25, 1733580059.999999, 4102444799.5):
+        expected = datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="microseconds")
+        assert clock_text(value) == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import itertools
 import json
+import math
 import os
 import random
 import time
@@ -46,6 +47,7 @@ class Settings:
     backoff_max: float = 30.0
     max_attempts: int = 5  # for calls made on the caller's thread (reserve, settle, reads); the emitter never gives up
     close_timeout: float = 10.0
+    in_flight: int = 2  # batches sent at once (sender threads): one is encoded and read while another is at the server
 
 
 def make_settings(base_url: str | None, api_key: str | None, **options: Any) -> Settings:
@@ -58,6 +60,8 @@ def make_settings(base_url: str | None, api_key: str | None, **options: Any) -> 
     settings = Settings(base_url=url.rstrip("/"), api_key=key, **options)
     if not 1 <= settings.batch_size <= MAX_BATCH:
         raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+    if settings.in_flight < 1:
+        raise ValueError("in_flight must be at least 1")
     if settings.overflow not in ("block", "drop", "spool"):
         raise ValueError("overflow must be 'block', 'drop' or 'spool'")
     if settings.overflow == "spool" and not settings.spool_path:
@@ -93,6 +97,8 @@ def new_id() -> str:
 
 def quantity_text(quantity: Quantity) -> str:
     """Exact decimal text: never a float's binary noise (0.1 is sent as "0.1")."""
+    if type(quantity) is int:  # the common case first (a bool is not one: its type is bool)
+        return str(quantity)
     if isinstance(quantity, bool):
         raise TypeError("quantity must be a number or a decimal string")
     if isinstance(quantity, float):
@@ -106,11 +112,26 @@ def utc_now_text() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+_SECOND: tuple[int, str] = (-1, "")  # the last whole second written out, and its text
+
+
+def clock_text(value: float) -> str:
+    """A clock reading (seconds since the epoch) as RFC 3339 UTC with microseconds, as ``isoformat`` writes
+    it; the date and time of day are formatted once per second (a batch's events share their seconds)."""
+    global _SECOND
+    second = math.floor(value)
+    micro = int((value - second) * 1_000_000)
+    cached = _SECOND
+    if cached[0] != second:
+        cached = _SECOND = (second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micro:06d}+00:00"
+
+
 def timestamp_text(value: datetime | str | float | None) -> str:
     if value is None:
         return utc_now_text()
     if isinstance(value, float):
-        return datetime.fromtimestamp(value, timezone.utc).isoformat()
+        return clock_text(value)
     if isinstance(value, str):
         return value
     if value.tzinfo is None:
@@ -126,10 +147,10 @@ def build_event(*, customer: str, meter: str, quantity: Quantity | None = None, 
     Without a timestamp, the clock is read now and written out as text by ``finalize`` (off the caller's thread)."""
     if not customer or not meter:
         raise ValueError("customer and meter are required")
-    event: dict[str, Any] = {"event_id": event_id or new_id(), "customer": customer, "meter": meter,
+    event: dict[str, Any] = {"event_id": event_id or _IDS.next(), "customer": customer, "meter": meter,
                              "timestamp": time.time() if timestamp is None else timestamp_text(timestamp)}
     if quantity is not None:
-        event["quantity"] = quantity_text(quantity)
+        event["quantity"] = str(quantity) if type(quantity) is int else quantity_text(quantity)
     if project is not None:
         event["project"] = project
     if dimensions:
@@ -148,8 +169,8 @@ def build_event(*, customer: str, meter: str, quantity: Quantity | None = None, 
 def finalize(event: dict[str, Any]) -> dict[str, Any]:
     """The event as sent: a clock reading becomes RFC 3339 text, once (so every retry sends the same text)."""
     stamp = event.get("timestamp")
-    if isinstance(stamp, float):
-        event["timestamp"] = timestamp_text(stamp)
+    if type(stamp) is float:
+        event["timestamp"] = clock_text(stamp)
     return event
 
 
@@ -230,13 +251,16 @@ def request_error(status: int, body: Any, events: list[dict[str, Any]]) -> list[
     return [EventError(e, err.code, err.message, status=status, fields=err.fields, details=err.details) for e in events]
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
 def encode_batch(positions: list[int], events: list[dict[str, Any]]) -> tuple[list[int], bytes, list[EventError]]:
     """The batch body, leaving out (and reporting) any event JSON cannot encode: one bad value in a ``trace``
     must not block every event behind it. Returns the positions sent, the body, the errors."""
     for i in positions:
         finalize(events[i])
-    try:
-        return positions, json.dumps({"events": [events[i] for i in positions]}).encode(), []
+    try:  # compact, and no circular check: an event is plain data the SDK built (a cycle fails it anyway)
+        return positions, _dumps({"events": [events[i] for i in positions]}).encode(), []
     except (TypeError, ValueError):
         pass
     good, errors = [], []

@@ -1,12 +1,15 @@
-"""The sync client's background sender: one daemon thread takes batches from the store (when a batch is full,
-when its oldest event has waited ``flush_interval``, or on flush/close), POSTs them to the batch endpoint and
-retries what failed with the same event_ids until the server has answered for every event."""
+"""The sync client's background senders: ``in_flight`` daemon threads (two by default: one encodes and reads
+while the other's batch is at the server) take batches from the store (when a batch is full, when its oldest
+event has waited ``flush_interval``, or on flush/close), POST them to the batch endpoint and retry what failed
+with the same event_ids until the server has answered for every event."""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any
 
 import httpx
@@ -75,6 +78,20 @@ def give_up(store: MemoryStore | SpoolStore, batch: list[tuple[int, dict[str, An
                       for _, event in rest])
 
 
+_LIVE: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """A forked child has none of its parent's threads: its emitters start their own on the next event."""
+    for emitter in list(_LIVE):
+        emitter.started = False
+        emitter.threads = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 class Emitter:
     def __init__(self, settings: Settings, http: httpx.Client, on_error: ErrorCallback | None) -> None:
         self.settings = settings
@@ -82,23 +99,31 @@ class Emitter:
         self.on_error = on_error
         self.stats = Stats()
         self.store = open_store(settings.spool_path, settings.max_queue, settings.max_spool)
-        self.cond = threading.Condition()
+        self.lock = threading.RLock()  # taken directly on the hot path (the Condition's wrapper costs a call)
+        self.cond = threading.Condition(self.lock)
         self.abort = threading.Event()
         self.closing = False
-        self.flush_upto = 0  # a flush() waits for every seq up to this one
-        self.done_upto = 0  # every seq up to this one has been answered for (batches go oldest first)
-        self.thread: threading.Thread | None = None
+        self.flushing = 0  # flush() calls waiting: everything waiting goes out at once
+        self.started = False
+        self.threads: list[threading.Thread] = []
+        _LIVE.add(self)
         if self.store.pending():
             self.ensure_started()  # a spool left by an earlier process: drain it now
 
     def ensure_started(self) -> None:
-        if self.thread is None or (not self.thread.is_alive() and not self.closing):
-            self.thread = threading.Thread(target=self.run, name="tollgate-emitter", daemon=True)
-            self.thread.start()
+        with self.lock:
+            if self.closing:
+                return
+            self.threads = [t for t in self.threads if t.is_alive()]
+            while len(self.threads) < self.settings.in_flight:
+                thread = threading.Thread(target=self.run, name="tollgate-emitter", daemon=True)
+                thread.start()
+                self.threads.append(thread)
+            self.started = True
 
     # --- the caller's side ------------------------------------------------------------------------------
     def put(self, event: dict[str, Any]) -> bool:
-        with self.cond:
+        with self.lock:
             if self.closing:
                 raise RuntimeError("this Tollgate client is closed")
             seq = self.store.put(event)
@@ -113,9 +138,10 @@ class Emitter:
             if seq is None:
                 self.stats.dropped += 1
                 return False
-            if self.store.waiting() >= self.settings.batch_size:
-                self.cond.notify_all()
-        if self.thread is None or not self.thread.is_alive():
+            waiting = self.store.waiting()
+            if waiting == 1 or waiting >= self.settings.batch_size:
+                self.cond.notify_all()  # a first event starts the senders' flush_interval clock; a full batch goes now
+        if not self.started:
             self.ensure_started()  # the first event, or a process forked since (its threads do not follow)
         return True
 
@@ -124,15 +150,18 @@ class Emitter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             target = self.store.last_seq()
-            self.flush_upto = max(self.flush_upto, target)
-            self.cond.notify_all()
-            if self.store.pending():
-                self.ensure_started()
-            while self.done_upto < target and self.store.pending():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self.cond.wait(left if left is None else min(left, 1.0))
+            self.flushing += 1
+            try:
+                self.cond.notify_all()
+                if self.store.pending():
+                    self.ensure_started()
+                while (oldest := self.store.oldest_pending()) is not None and oldest <= target:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self.cond.wait(left if left is None else min(left, 1.0))
+            finally:
+                self.flushing -= 1
         return True
 
     def close(self, timeout: float) -> None:
@@ -141,11 +170,14 @@ class Emitter:
                 return
             self.closing = True
             self.cond.notify_all()
-        if self.thread is not None:
-            self.thread.join(timeout)
-            if self.thread.is_alive():
-                self.abort.set()  # stop retrying: memory events are lost (reported), spooled ones stay on disk
-                self.thread.join(self.settings.timeout + 1)
+            threads = list(self.threads)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
+            self.abort.set()  # stop retrying: memory events are lost (reported), spooled ones stay on disk
+            for thread in threads:
+                thread.join(self.settings.timeout + 1)
         with self.cond:
             self.store.close()
 
@@ -156,7 +188,7 @@ class Emitter:
         with self.cond:
             while True:
                 waiting = self.store.waiting()
-                urgent = self.closing or self.flush_upto > self.done_upto
+                urgent = self.closing or self.flushing > 0
                 if waiting >= s.batch_size or (waiting and (urgent or self.store.oldest_age() >= s.flush_interval)):
                     return self.store.take(s.batch_size)
                 if self.closing and not waiting:
@@ -166,32 +198,37 @@ class Emitter:
 
     def run(self) -> None:
         while True:
+            batch: list[tuple[int, dict[str, Any]]] = []
             try:
-                if not self.step():
+                found = self.next_batch()
+                if found is None:
+                    return
+                batch = found
+                if not self.finish(batch, self.deliver([event for _, event in batch])):
                     return
             except Exception:  # a spool that cannot be read or written: keep trying, slowly
                 log.exception("tollgate: the sender failed; retrying in 1 s")
                 with self.cond:
-                    self.store.untake()
+                    self.store.untake([seq for seq, _ in batch])
                 if self.abort.wait(1.0):
                     return
 
-    def step(self) -> bool:
-        """Send one batch; False when there is nothing more to do (closing, or aborted)."""
-        batch = self.next_batch()
-        if batch is None:
-            return False
-        finished = self.deliver([event for _, event in batch])
+    def finish(self, batch: list[tuple[int, dict[str, Any]]], finished: bool) -> bool:
+        """Forget an answered batch; else (aborted by close()) keep it in the spool, or give it up. False when
+        this sender is done."""
         with self.cond:
             if finished:
                 self.store.ack([seq for seq, _ in batch])
-                self.done_upto = max(self.done_upto, batch[-1][0])
             elif self.settings.spool_path:
-                self.store.untake()  # stays in the spool for the next process
+                self.store.untake([seq for seq, _ in batch])  # stays in the spool for the next process
             else:
                 give_up(self.store, batch, self.stats, self.on_error)
             self.cond.notify_all()
         return finished
+
+    def count(self, name: str, n: int) -> None:
+        with self.lock:  # two senders: += is not atomic
+            setattr(self.stats, name, getattr(self.stats, name) + n)
 
     def deliver(self, events: list[dict[str, Any]]) -> bool:
         """Send until the server has answered for each event; False if aborted by close()."""
@@ -200,7 +237,7 @@ class Emitter:
         while True:
             positions, body, invalid = encode_batch(positions, events)
             if invalid:
-                self.stats.failed += len(invalid)
+                self.count("failed", len(invalid))
                 report(self.on_error, invalid)
                 if not positions:
                     return True
@@ -214,8 +251,8 @@ class Emitter:
                 status = response.status_code
                 if status == 200:
                     outcome = read_batch_results(positions, sending, json_or_none(response))
-                    self.stats.delivered += len(outcome.done)
-                    self.stats.failed += len(outcome.errors)
+                    self.count("delivered", len(outcome.done))
+                    self.count("failed", len(outcome.errors))
                     report(self.on_error, [error for _, error in outcome.errors])
                     positions = outcome.retry
                     if not positions:
@@ -224,10 +261,10 @@ class Emitter:
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 else:  # refused for good (401, 403, 400, 422...): never retried
                     errors = request_error(status, json_or_none(response), sending)
-                    self.stats.failed += len(errors)
+                    self.count("failed", len(errors))
                     report(self.on_error, errors)
                     return True
-            self.stats.retries += 1
+            self.count("retries", 1)
             if self.abort.wait(backoff_delay(attempt, self.settings, retry_after)):
                 return False
             attempt += 1

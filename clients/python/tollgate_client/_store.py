@@ -23,8 +23,8 @@ class Store(Protocol):
     def ack(self, seqs: list[int]) -> None:
         """Forget these events: the server answered for them (or they are given up)."""
 
-    def untake(self) -> None:
-        """Events handed out but not acked are handed out again by the next take."""
+    def untake(self, seqs: list[int]) -> None:
+        """These events, handed out but not acked, are handed out again (first) by the next take."""
 
     def waiting(self) -> int:
         """Events not handed out yet."""
@@ -37,6 +37,9 @@ class Store(Protocol):
 
     def last_seq(self) -> int:
         """The sequence number of the latest event put (or found in the spool)."""
+
+    def oldest_pending(self) -> int | None:
+        """The lowest sequence number not acked yet (None when nothing is pending)."""
 
     def close(self) -> None: ...
 
@@ -67,9 +70,11 @@ class MemoryStore:
         gone = set(seqs)
         self._taken = [item for item in self._taken if item[0] not in gone]
 
-    def untake(self) -> None:
-        self._queue.extendleft(reversed(self._taken))
-        self._taken = []
+    def untake(self, seqs: list[int]) -> None:
+        back = set(seqs)
+        returned = sorted((item for item in self._taken if item[0] in back), key=lambda item: item[0])
+        self._taken = [item for item in self._taken if item[0] not in back]
+        self._queue.extendleft(reversed(returned))
 
     def waiting(self) -> int:
         return len(self._queue)
@@ -82,6 +87,12 @@ class MemoryStore:
 
     def last_seq(self) -> int:
         return self._seq
+
+    def oldest_pending(self) -> int | None:
+        seqs = [item[0] for item in self._taken]
+        if self._queue:
+            seqs.append(self._queue[0][0])
+        return min(seqs) if seqs else None
 
     def close(self) -> None:
         pass
@@ -113,8 +124,11 @@ class SpoolStore:
         return self._seq
 
     def take(self, n: int) -> list[tuple[int, dict[str, Any]]]:
-        rows = self._db.execute("SELECT seq, payload FROM spool WHERE seq > ? ORDER BY seq LIMIT ?", (self._cursor, n)).fetchall()
-        out = [(int(seq), json.loads(payload)) for seq, payload in rows]
+        # past the cursor, skipping what another sender holds (the cursor went back for events handed back)
+        held = set(self._taken)
+        rows = self._db.execute("SELECT seq, payload FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (self._cursor, n + len(held))).fetchall()
+        out = [(int(seq), json.loads(payload)) for seq, payload in rows if seq not in held][:n]
         if out:
             self._cursor = out[-1][0]
             self._taken.extend(seq for seq, _ in out)
@@ -130,10 +144,11 @@ class SpoolStore:
         gone = set(seqs)
         self._taken = [seq for seq in self._taken if seq not in gone]
 
-    def untake(self) -> None:
-        if self._taken:
-            self._cursor = min(self._taken) - 1
-        self._taken = []
+    def untake(self, seqs: list[int]) -> None:
+        if seqs:
+            self._cursor = min(self._cursor, min(seqs) - 1)
+        back = set(seqs)
+        self._taken = [seq for seq in self._taken if seq not in back]
 
     def waiting(self) -> int:
         return self._count - len(self._taken)
@@ -147,6 +162,10 @@ class SpoolStore:
 
     def last_seq(self) -> int:
         return self._seq
+
+    def oldest_pending(self) -> int | None:
+        row = self._db.execute("SELECT min(seq) FROM spool").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
 
     def close(self) -> None:
         self._db.close()

@@ -57,6 +57,7 @@ class AsyncTollgate:
         self._closing = False
         self._flush_upto = 0
         self._done_upto = 0
+        self._in_hand: list[int] = []  # the seqs of the batch being sent
         self._task: asyncio.Task[None] | None = None
 
     # --- events -----------------------------------------------------------------------------------------
@@ -157,7 +158,8 @@ class AsyncTollgate:
                     return
             except Exception:  # a spool that cannot be read or written: keep trying, slowly
                 log.exception("tollgate: the sender failed; retrying in 1 s")
-                self._store.untake()
+                self._store.untake(self._in_hand)
+                self._in_hand = []
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._abort.wait(), 1.0)
                 if self._abort.is_set():
@@ -168,14 +170,16 @@ class AsyncTollgate:
         batch = await self._next_batch()
         if batch is None:
             return False
+        self._in_hand = [seq for seq, _ in batch]
         finished = await self._deliver([event for _, event in batch])
         if finished:
             self._store.ack([seq for seq, _ in batch])
             self._done_upto = max(self._done_upto, batch[-1][0])
         elif self.settings.spool_path:
-            self._store.untake()
+            self._store.untake(self._in_hand)
         else:
             give_up(self._store, batch, self.stats, self.on_error)
+        self._in_hand = []
         self._progress.set()
         return finished
 
