@@ -91,8 +91,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_IDS.reseed)
 
 
-def new_id() -> str:
-    return _IDS.next()
+new_id = _IDS.next  # a bound method: one call less on track()'s path
 
 
 def quantity_text(quantity: Quantity) -> str:
@@ -147,7 +146,7 @@ def build_event(*, customer: str, meter: str, quantity: Quantity | None = None, 
     Without a timestamp, the clock is read now and written out as text by ``finalize`` (off the caller's thread)."""
     if not customer or not meter:
         raise ValueError("customer and meter are required")
-    event: dict[str, Any] = {"event_id": event_id or _IDS.next(), "customer": customer, "meter": meter,
+    event: dict[str, Any] = {"event_id": event_id or new_id(), "customer": customer, "meter": meter,
                              "timestamp": time.time() if timestamp is None else timestamp_text(timestamp)}
     if quantity is not None:
         event["quantity"] = str(quantity) if type(quantity) is int else quantity_text(quantity)

@@ -22,6 +22,8 @@ from ._core import (
     is_retryable_status,
     json_or_none,
     make_settings,
+    new_id,
+    quantity_text,
     retry_after_seconds,
 )
 from ._emitter import Emitter, Stats
@@ -50,9 +52,20 @@ class Tollgate:
               billable: bool | None = None, reason: str | None = None, corrects: str | None = None) -> str:
         """Queue one usage event and return its event_id at once (the same id is sent on every retry).
         With overflow "drop" and a full queue the event is dropped (``stats.dropped``) and its id still returned."""
-        event = build_event(customer=customer, meter=meter, quantity=quantity, event_id=event_id, timestamp=timestamp,
-                            project=project, dimensions=dimensions, trace=trace, billable=billable, reason=reason,
-                            corrects=corrects)
+        if customer and meter and timestamp is None and project is None and billable is None and reason is None \
+                and corrects is None:  # the usual event, built inline: build_event's call costs a tenth of track()
+            event: dict[str, Any] = {"event_id": event_id or new_id(), "customer": customer, "meter": meter,
+                                     "timestamp": time.time()}
+            if quantity is not None:
+                event["quantity"] = str(quantity) if type(quantity) is int else quantity_text(quantity)
+            if dimensions:
+                event["dimensions"] = dict(dimensions)
+            if trace:
+                event["trace"] = dict(trace)
+        else:
+            event = build_event(customer=customer, meter=meter, quantity=quantity, event_id=event_id,
+                                timestamp=timestamp, project=project, dimensions=dimensions, trace=trace,
+                                billable=billable, reason=reason, corrects=corrects)
         self._emitter.put(event)
         return str(event["event_id"])
 
