@@ -5,10 +5,17 @@ gateway's views are async there."""
 import os
 
 import django
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 django.setup(set_prefix=False)  # as get_asgi_application() does
+
+# Each request's database work runs in a thread of its own here (asgiref's per-request thread), so a
+# connection kept for CONN_MAX_AGE would outlive its thread, never be reused, and pile up until PostgreSQL
+# refuses new ones: under ASGI every connection is closed when its request ends.
+for database in settings.DATABASES.values():
+    database["CONN_MAX_AGE"] = 0
 
 
 class Request(ASGIRequest):

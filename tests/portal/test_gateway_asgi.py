@@ -51,9 +51,13 @@ def raw(acme: Any) -> str:
     return api_key_create(name="app", scope="gateway", customer=acme)[1]
 
 
-def test_the_asgi_entry_serves_the_async_views() -> None:
+def test_the_asgi_entry_serves_the_async_views_and_keeps_no_connection_past_a_request() -> None:
+    from django.conf import settings
+
     assert resolve("/gateway/v1/chat/completions", urlconf="portal.urls_asgi").func is gateway_async.chat_completions
     assert asyncio.iscoroutinefunction(gateway_async.embeddings)
+    # a request's database work runs in a thread of its own: a kept connection would outlive it and pile up
+    assert {database["CONN_MAX_AGE"] for database in settings.DATABASES.values()} == {0}
 
 
 def test_whole_and_streamed_answers_bill_exactly_the_upstreams_usage(raw: str, fake: Any) -> None:
