@@ -1,34 +1,45 @@
 """The operator's walk through the console in a real browser (Debian's Chromium driven by Playwright against
-pytest-django's live server): from an empty database with one staff user and one plan, using only the
-console, a customer is created, put on the plan, given credits, and its invoice finalized; then each step is
-in the audit log with the operator as its actor. One helper per step, so that a walk can add steps (the
-catalog's: a rate card published from the console) without touching the others."""
+pytest-django's live server): from an empty database with only the staff user, using only the console, two
+meters and a plan are created and a rate card with a graduated and a package charge published; a customer
+is created, put on the plan, given an ingest key and credits; usage is sent with that key, as the
+customer's app would; its invoice is finalized with lines on both charges; then each step is in the audit
+log with the operator as its actor. One helper per step (the catalog's are in ``console_walk``)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
-from billing.catalog.services import catalog_import
 from billing.common.calendar import period_bounds, previous_period
 from billing.invoicing.models import Invoice
-from tests import factories
+from tests.portal import console_walk as walk
 from tests.portal.test_dashboard_browser import chromium, page, shots  # noqa: F401  (the browser, a page, screenshots)
 
 pytestmark = [pytest.mark.browser, pytest.mark.ledger, pytest.mark.django_db(transaction=True)]
 USERNAME, PASSWORD = "ops", "pw-ops-123456"
 
 
-def an_existing_plan() -> None:
-    """The plan the walk subscribes to (key ``pro``, 49 USD a month). Until the console publishes rate cards
-    this is the catalog file's; a walk step that publishes one from the console replaces it."""
-    catalog_import(text=factories.catalog(factories.plan(
-        "pro", [{"meter": "llm_tokens", "model": "per_unit", "unit_price": "0.01"}], name="Pro", base_fee="49")),
-        actor="system")
+def publish_a_rate_card(tab: Any, base: str, effective_from: datetime) -> None:
+    """Meters, the plan ``pro`` and its first version: 49 USD a month, tokens graduated (0.01 up to 1,000,
+    then 0.005), API calls in packages of 100 at 2 USD; in effect from ``effective_from``."""
+    walk.create_meter(tab, base, key="llm_tokens", name="LLM tokens", aggregation="sum", unit="token")
+    walk.create_meter(tab, base, key="api_calls", name="API calls", aggregation="sum", unit="call")
+    walk.create_plan(tab, base, key="pro", name="Pro", currency="USD")
+    tab.get_by_label("Base fee per period (USD)", exact=True).fill("49")
+    tab.locator("h1").click()
+    walk.settle(tab)
+    graduated = walk.add_charge(tab, meter="llm_tokens", model="graduated")
+    walk.fill_tiers(tab, graduated, [("1000", "0.01"), (None, "0.005")])
+    walk.add_charge(tab, meter="api_calls", model="package")
+    walk.fill_fields(tab, {"Units in a package": "100", "Price of a package": "2"})
+    assert "No problems found." in walk.problems_shown(tab)
+    walk.publish(tab, base, "pro", effective_from=effective_from.strftime("%Y-%m-%dT%H:%M"))
 
 
 def log_in(tab: Any, base: str) -> None:
@@ -61,6 +72,28 @@ def subscribe(tab: Any, base: str, customer_id: str, plan: str, start: datetime)
     tab.click("#subscription-form button[type=submit]")
     tab.locator(f'#subscription tr[data-plan="{plan}"]').wait_for()
     assert tab.url == f"{base}/console/customers/{customer_id}/"  # a fragment, no page load
+
+
+def create_ingest_key(tab: Any, base: str, customer_id: str) -> str:
+    """A key restricted to the customer, for its app to send usage; the secret is read from the page, once."""
+    tab.goto(f"{base}/console/customers/{customer_id}/")
+    tab.fill("#key-name", "production app")
+    tab.select_option("#key-scope", "ingest")
+    tab.click("#key-form button[type=submit]")
+    secret = tab.locator("#new-key code")
+    secret.wait_for()
+    return str(secret.inner_text()).strip()
+
+
+def send_usage(base: str, key: str, customer_id: str, at: datetime) -> None:
+    """What the customer's app does with its key: 1,500 tokens and 250 API calls, at ``at``."""
+    events = [{"event_id": "walk-tokens", "customer": customer_id, "meter": "llm_tokens", "quantity": "1500",
+               "timestamp": at.isoformat()},
+              {"event_id": "walk-calls", "customer": customer_id, "meter": "api_calls", "quantity": "250",
+               "timestamp": at.isoformat()}]
+    with httpx.Client(base_url=base + "/api/v1", headers={"Authorization": f"Bearer {key}"}) as api:
+        response = api.post("/events/batch", json={"events": events})
+    assert response.status_code == 200 and response.json()["accepted"] == 2, response.text
 
 
 def grant_credits(tab: Any, base: str, customer_id: str, amount: str, currency: str) -> None:
@@ -112,16 +145,18 @@ def audit_actions_by(tab: Any, base: str, actor: str) -> list[tuple[str, str]]:
 
 def test_the_operator_sets_up_and_bills_a_customer_from_the_console(page: Any, live_server: Any,  # noqa: F811
                                                                    shots: Path) -> None:  # noqa: F811
-    # given: an empty database but for the operator's login and a plan
+    # given: an empty database but for the operator's login
     ops = get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True)
-    an_existing_plan()
     base = live_server.url
     billed_period = previous_period(previous_period(period_bounds(datetime.now(timezone.utc))[0])[0])[0]
 
     # when
     log_in(page, base)
+    publish_a_rate_card(page, base, billed_period)
     create_customer(page, base, "acme-co", "Acme Co", "ap@acme.test")
     subscribe(page, base, "acme-co", "pro", billed_period)
+    key = create_ingest_key(page, base, "acme-co")
+    send_usage(base, key, "acme-co", billed_period + timedelta(days=2))
     a_refused_grant_says_why_beside_the_amount(page, base, "acme-co")
     grant_credits(page, base, "acme-co", "20", "USD")
     page.screenshot(path=str(shots / "console-customer.png"), full_page=True)
@@ -131,6 +166,13 @@ def test_the_operator_sets_up_and_bills_a_customer_from_the_console(page: Any, l
     # then: each step, by the operator, in the audit log
     invoice = Invoice.objects.get(customer__external_id="acme-co", period_start=billed_period, kind="invoice")
     assert invoice.status == "finalized" and invoice.number
+    charged = {(line.kind, line.model): Decimal(0) for line in invoice.lines.all()}
+    for line in invoice.lines.all():
+        charged[line.kind, line.model] += line.amount
+    assert charged[("base_fee", "")] == Decimal("49")
+    assert charged[("charge", "graduated")] == Decimal("12.5")  # 1,000 at 0.01 and 500 at 0.005
+    assert charged[("charge", "package")] == Decimal("6")  # 250 calls: 3 packages of 100 at 2
     steps = audit_actions_by(page, base, f"user:{ops.pk}")
-    for action in ("customer.created", "subscription.created", "credits.granted", "invoice.finalized"):
+    for action in ("meter.created", "plan.created", "ratecard.published", "customer.created", "api_key.created",
+                   "subscription.created", "credits.granted", "invoice.finalized"):
         assert (f"user {USERNAME}", action) in steps, (action, steps)
