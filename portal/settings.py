@@ -345,7 +345,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["portal.parsers.SafeJSONParser"],
     "EXCEPTION_HANDLER": "portal.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "portal.openapi.TollgateAutoSchema",
     "UNAUTHENTICATED_USER": None,
     "COERCE_DECIMAL_TO_STRING": True,
 }
@@ -358,6 +358,19 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "portal.openapi.date_examples_now"],
+    # choice sets that share a field name ("status", "action") each get their own enum, named for what it is
+    "ENUM_NAME_OVERRIDES": {
+        "IngestStatusEnum": ["accepted", "duplicate", "rejected"],
+        "ReservationStatusEnum": ["pending", "settled", "released", "expired"],
+        "InvoiceStatusEnum": ["draft", "finalized", "paid", "void", "uncollectible"],
+        "DeliveryStatusEnum": ["pending", "delivered", "failed", "cancelled"],
+        "AnomalyStatusEnum": ["open", "resolved"],
+        "GrantStatusEnum": ["created", "duplicate"],
+        "ThresholdStatusEnum": ["created", "exists"],
+        "BudgetActionEnum": ["block", "alert"],
+        "AnomalyActionEnum": ["alert", "pause"],
+    },
 }
 
 LOGGING = {

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import timezone
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,7 +13,28 @@ from billing.audit.models import AuditEntry
 from billing.audit.selectors import audit_page
 from billing.common.params import parse_instant, parse_int
 
-FILTERS = ("actor", "object_type", "object_id", "start", "end", "cursor", "limit")
+FILTERS = ("actor", "object_type", "object_id", "start", "end", "cursor")
+
+
+class ActorDoc(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["user", "api_key", "system"])
+    id = serializers.CharField(allow_null=True)
+
+
+class AuditEntryDoc(serializers.Serializer):
+    id = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    actor = ActorDoc()
+    action = serializers.CharField()
+    object_type = serializers.CharField()
+    object_id = serializers.CharField(allow_null=True)
+    before = serializers.JSONField(allow_null=True)
+    after = serializers.JSONField(allow_null=True)
+
+
+class AuditPageDoc(serializers.Serializer):
+    data = AuditEntryDoc(many=True)  # type: ignore[assignment]  # the response key is "data"
+    next_cursor = serializers.CharField(allow_null=True)
 
 
 def entry_out(entry: AuditEntry) -> dict[str, Any]:
@@ -35,9 +56,8 @@ class AuditLogApi(APIView):
     required_scope = "admin"
 
     @extend_schema(
-        parameters=[OpenApiParameter(p, str) for p in FILTERS],
-        responses={200: inline_serializer("AuditLogPage", {"data": serializers.ListField(child=serializers.DictField()),
-                                                           "next_cursor": serializers.CharField(allow_null=True)})},
+        parameters=[*(OpenApiParameter(p, str) for p in FILTERS), OpenApiParameter("limit", int)],
+        responses={200: AuditPageDoc},
         operation_id="audit_log_list",
     )
     def get(self, request: Request) -> Response:

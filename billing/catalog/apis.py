@@ -12,18 +12,20 @@ from rest_framework.views import APIView
 from billing.catalog import selectors, services
 from billing.catalog.errors import CatalogCode
 from billing.catalog.models import Meter, Plan, Subscription
+from billing.catalog.openapi import (
+    PLAN_EXAMPLE,
+    VERSION_EXAMPLE,
+    MeterOut,
+    PlanDoc,
+    PlanEntryDoc,
+    SubscriptionDoc,
+    VersionTermsDoc,
+)
 from billing.common.auth import actor_of, principal_of
 from billing.common.errors import CommonCode, DomainError, validation_error
+from billing.common.openapi import data_list, errors
 from billing.common.sane import INSTANT_RANGE, instant_utc
 from billing.customers.selectors import customer_get
-
-
-class MeterOut(serializers.Serializer):
-    key = serializers.CharField()
-    name = serializers.CharField()
-    unit = serializers.CharField()
-    aggregation = serializers.CharField()
-    unique_by = serializers.CharField(allow_blank=True)
 
 
 class MetersApi(APIView):
@@ -36,11 +38,12 @@ class MetersApi(APIView):
         aggregation = serializers.ChoiceField(choices=Meter.Aggregation.values)
         unique_by = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
 
-    @extend_schema(responses={200: MeterOut(many=True)}, operation_id="meters_list")
+    @extend_schema(responses={200: data_list("MeterList", MeterOut())}, operation_id="meters_list")
     def get(self, request: Request) -> Response:
         return Response({"data": MeterOut(selectors.meter_list(), many=True).data})
 
-    @extend_schema(request=MeterCreateInput, responses={201: MeterOut, 200: MeterOut}, operation_id="meters_create")
+    @extend_schema(request=MeterCreateInput, responses={201: MeterOut, 200: MeterOut, **errors(409)},
+                   operation_id="meters_create", description="The same definition again answers 200 with the meter.")
     def post(self, request: Request) -> Response:
         _global_admin(request)
         data = self.MeterCreateInput(data=request.data)
@@ -59,12 +62,14 @@ class PlansApi(APIView):
     """GET the plans as catalog-file entries (one per version); POST a plan with its first version."""
 
     required_scope = {"GET": "read", "POST": "admin"}
+    reads_raw_body = True
 
-    @extend_schema(request=None, responses={200: None}, operation_id="plans_list")
+    @extend_schema(responses={200: data_list("PlanList", PlanEntryDoc())}, operation_id="plans_list")
     def get(self, request: Request) -> Response:
         return Response({"data": [e for plan in selectors.plan_list() for e in selectors.plan_export_entries(plan)]})
 
-    @extend_schema(request=None, responses={201: None}, operation_id="plans_create")
+    @extend_schema(request=PlanDoc, examples=[PLAN_EXAMPLE], responses={201: PlanEntryDoc, 200: PlanEntryDoc, **errors(409)},
+                   operation_id="plans_create", description="The same plan again answers 200 with its entry.")
     def post(self, request: Request) -> Response:
         _global_admin(request)
         plan, version, created = services.plan_create(data=request.body, actor=actor_of(request))
@@ -78,7 +83,9 @@ class PlanVersionsApi(APIView):
 
     required_scope = "admin"
 
-    @extend_schema(request=None, responses={201: None}, operation_id="plan_versions_create")
+    @extend_schema(request=VersionTermsDoc, examples=[VERSION_EXAMPLE],
+                   responses={201: PlanEntryDoc, 200: PlanEntryDoc, **errors(409)}, operation_id="plan_versions_create",
+                   description="The same version again answers 200 with its entry.")
     def post(self, request: Request, plan_key: str) -> Response:
         _global_admin(request)
         plan = Plan.objects.filter(key=plan_key).first()
@@ -98,7 +105,7 @@ class CustomerSubscriptionApi(APIView):
         plan = serializers.CharField()
         start = serializers.DateTimeField(required=False, default=None)
 
-    @extend_schema(request=SubscriptionInput, responses={201: None}, operation_id="customer_subscription_set")
+    @extend_schema(request=SubscriptionInput, responses={201: SubscriptionDoc}, operation_id="customer_subscription_set")
     def post(self, request: Request, customer_id: str) -> Response:
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         data = self.SubscriptionInput(data=request.data)
@@ -115,7 +122,7 @@ class CustomerSubscriptionApi(APIView):
                                                  now=datetime.now(timezone.utc), actor=actor_of(request))
         return Response(_subscription_out(subscription), status=201)
 
-    @extend_schema(responses={200: None}, operation_id="customer_subscription_get")
+    @extend_schema(responses={200: data_list("SubscriptionList", SubscriptionDoc())}, operation_id="customer_subscription_get")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         subscriptions = Subscription.objects.filter(customer=customer).select_related("plan")

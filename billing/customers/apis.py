@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from billing.common.auth import principal_of
 from billing.common.errors import CommonCode, DomainError
+from billing.common.openapi import data_list, errors
 from billing.customers import selectors, services
 from billing.customers.models import Customer, Project
 
@@ -22,11 +23,11 @@ class ProjectOut(serializers.Serializer):
 class CustomerOut(serializers.Serializer):
     id = serializers.CharField(source="external_id")
     name = serializers.CharField()
-    email = serializers.EmailField()
-    metadata = serializers.JSONField()
-    billing_address = serializers.CharField()
-    tax_id = serializers.CharField()
-    invoice_email = serializers.EmailField()
+    email = serializers.CharField(allow_blank=True)
+    metadata = serializers.DictField(help_text="the operator's own keys and values")
+    billing_address = serializers.CharField(allow_blank=True)
+    tax_id = serializers.CharField(allow_blank=True)
+    invoice_email = serializers.CharField(allow_blank=True)
     tax_rate = serializers.DecimalField(max_digits=6, decimal_places=3, allow_null=True, coerce_to_string=True)
     tax_reverse_charge = serializers.BooleanField()
     projects = ProjectOut(many=True)
@@ -52,12 +53,13 @@ class CustomersApi(APIView):
                                             min_value=0, max_value=100)
         tax_reverse_charge = serializers.BooleanField(required=False)
 
-    @extend_schema(responses={200: CustomerOut(many=True)}, operation_id="customers_list")
+    @extend_schema(responses={200: data_list("CustomerList", CustomerOut())}, operation_id="customers_list")
     def get(self, request: Request) -> Response:
         customers = selectors.customer_list(principal=principal_of(request)).prefetch_related("projects")
         return Response({"data": CustomerOut(customers, many=True).data})
 
-    @extend_schema(request=CustomerCreateInput, responses={201: CustomerOut}, operation_id="customers_create")
+    @extend_schema(request=CustomerCreateInput, responses={201: CustomerOut, **errors(409)},
+                   operation_id="customers_create")
     def post(self, request: Request) -> Response:
         if principal_of(request).customer_id is not None:
             raise DomainError(CommonCode.FORBIDDEN, "A key restricted to one customer cannot create customers.")
@@ -104,12 +106,12 @@ class CustomerProjectsApi(APIView):
         id = serializers.CharField(max_length=128)
         name = serializers.CharField(max_length=200, required=False, default="")
 
-    @extend_schema(responses={200: ProjectOut(many=True)}, operation_id="projects_list")
+    @extend_schema(responses={200: data_list("ProjectList", ProjectOut())}, operation_id="projects_list")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = selectors.customer_get(external_id=customer_id, principal=principal_of(request))
         return Response({"data": ProjectOut(selectors.project_list(customer=customer), many=True).data})
 
-    @extend_schema(request=ProjectCreateInput, responses={201: ProjectOut}, operation_id="projects_create")
+    @extend_schema(request=ProjectCreateInput, responses={201: ProjectOut, **errors(409)}, operation_id="projects_create")
     def post(self, request: Request, customer_id: str) -> Response:
         customer = selectors.customer_get(external_id=customer_id, principal=principal_of(request))
         data = self.ProjectCreateInput(data=request.data)

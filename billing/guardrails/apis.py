@@ -17,6 +17,7 @@ from billing.common.auth import actor_of, principal_of
 from billing.common.calendar import period_bounds
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import check_decimal, decimal_to_text
+from billing.common.openapi import data_list, errors
 from billing.common.sane import instant_utc
 from billing.customers.errors import CustomersCode
 from billing.customers.models import Customer, Project
@@ -24,12 +25,26 @@ from billing.customers.selectors import customer_get
 from billing.guardrails import accounts as acc
 from billing.guardrails import alerts, budgets, overrides, pauses, reservations, runs, selectors, services
 from billing.guardrails.models import Alert, Pause, Reservation
+from billing.guardrails.openapi import (
+    BUDGET_EXAMPLE,
+    AlertsDoc,
+    BalanceDoc,
+    BudgetDoc,
+    CreditGrantDoc,
+    OverrideDoc,
+    OverrideInDoc,
+    PauseDoc,
+    ReservationDoc,
+    RunDoc,
+    ThresholdCreatedDoc,
+    ThresholdDoc,
+)
 
 
 class CustomerBalanceApi(APIView):
     required_scope = "read"
 
-    @extend_schema(responses={200: None}, operation_id="customer_balance")
+    @extend_schema(responses={200: BalanceDoc}, operation_id="customer_balance")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         return Response(selectors.customer_balance(customer=customer, now=datetime.now(timezone.utc)))
@@ -44,7 +59,9 @@ class CustomerCreditsApi(APIView):
         reason = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
         currency = serializers.CharField(max_length=3, required=False)
 
-    @extend_schema(request=CreditInput, responses={201: None, 200: None}, operation_id="customer_credits_grant")
+    @extend_schema(request=CreditInput, responses={201: CreditGrantDoc, 200: CreditGrantDoc, **errors(409)},
+                   operation_id="customer_credits_grant",
+                   description="The same idempotency_key with the same grant again answers 200 (`status: duplicate`).")
     def post(self, request: Request, customer_id: str) -> Response:
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         data = self.CreditInput(data=request.data)
@@ -116,7 +133,9 @@ class ReservationsApi(APIView):
         project = serializers.CharField(max_length=64, required=False)
         trace = serializers.DictField(required=False, default=dict)
 
-    @extend_schema(request=ReservationInput, responses={201: None, 200: None, 402: None}, operation_id="reservations_create")
+    @extend_schema(request=ReservationInput, responses={201: ReservationDoc, 200: ReservationDoc, **errors(402, 409)},
+                   operation_id="reservations_create",
+                   description="The same reservation_id with the same body again answers 200 with the reservation.")
     def post(self, request: Request) -> Response:
         data = self.ReservationInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -136,10 +155,14 @@ class ReservationsApi(APIView):
         return Response(reservation_out(reservation), status=201 if created else 200)
 
 
+class ReleaseInput(serializers.Serializer):
+    customer = serializers.CharField(required=False, help_text="needed only when several customers use the id")
+
+
 class ReservationReleaseApi(APIView):
     required_scope = "ingest"
 
-    @extend_schema(request=None, responses={200: None}, operation_id="reservations_release")
+    @extend_schema(request=ReleaseInput, responses={200: ReservationDoc, **errors(409)}, operation_id="reservations_release")
     def post(self, request: Request, reservation_id: str) -> Response:
         customer_id = request.data.get("customer") if isinstance(request.data, dict) else None
         reservation = reservation_for(request, reservation_id, customer_id)
@@ -160,7 +183,7 @@ class CustomerAlertsApi(APIView):
     required_scope = "read"
 
     @extend_schema(parameters=[OpenApiParameter("period", str, description="YYYY-MM (UTC); default: the open period")],
-                   responses={200: None}, operation_id="customer_alerts_list")
+                   responses={200: AlertsDoc}, operation_id="customer_alerts_list")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         at = datetime.now(timezone.utc)
@@ -188,13 +211,15 @@ class CustomerAlertThresholdsApi(APIView):
         target = serializers.CharField(max_length=80)
         percent = serializers.DecimalField(max_digits=7, decimal_places=4)
 
-    @extend_schema(responses={200: None}, operation_id="customer_alert_thresholds_list")
+    @extend_schema(responses={200: data_list("ThresholdList", ThresholdDoc(), customer=serializers.CharField())},
+                   operation_id="customer_alert_thresholds_list")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         effective = selectors.alert_thresholds_effective(customer=customer, now=datetime.now(timezone.utc))
         return Response({"customer": customer.external_id, "data": [t.as_dict() for t in effective]})
 
-    @extend_schema(request=ThresholdInput, responses={201: None, 200: None}, operation_id="customer_alert_thresholds_create")
+    @extend_schema(request=ThresholdInput, responses={201: ThresholdCreatedDoc, 200: ThresholdCreatedDoc},
+                   operation_id="customer_alert_thresholds_create")
     def post(self, request: Request, customer_id: str) -> Response:
         customer = _customer(request, customer_id, change=True)
         data = self.ThresholdInput(data=request.data)
@@ -248,11 +273,11 @@ class CustomerOverridesApi(APIView):
 
     required_scope = {"GET": "read", "PUT": "admin"}
 
-    @extend_schema(responses={200: None}, operation_id="customer_overrides_get")
+    @extend_schema(responses={200: OverrideDoc}, operation_id="customer_overrides_get")
     def get(self, request: Request, customer_id: str) -> Response:
         return Response(overrides.override_get(customer=_customer(request, customer_id)))
 
-    @extend_schema(request=None, responses={200: None}, operation_id="customer_overrides_put")
+    @extend_schema(request=OverrideInDoc, responses={200: OverrideDoc}, operation_id="customer_overrides_put")
     def put(self, request: Request, customer_id: str) -> Response:
         customer = _customer(request, customer_id)
         overrides.override_put(customer=customer, data=request.data, actor=actor_of(request))
@@ -267,14 +292,15 @@ class CustomerPausesApi(APIView):
         project = serializers.CharField(max_length=64, required=False)
         reason = serializers.CharField(max_length=200)
 
-    @extend_schema(responses={200: None}, operation_id="customer_pauses_list")
+    @extend_schema(responses={200: data_list("PauseList", PauseDoc(), customer=serializers.CharField())},
+                   operation_id="customer_pauses_list")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = _customer(request, customer_id)
         active = Pause.objects.select_related("customer", "project").filter(customer=customer, lifted_at__isnull=True)
         return Response({"customer": customer.external_id,
                          "data": [pauses.pause_as_dict(p) for p in active.order_by("created_at")]})
 
-    @extend_schema(request=PauseInput, responses={201: None}, operation_id="customer_pauses_create")
+    @extend_schema(request=PauseInput, responses={201: PauseDoc}, operation_id="customer_pauses_create")
     def post(self, request: Request, customer_id: str) -> Response:
         customer = _customer(request, customer_id, change=True)
         data = self.PauseInput(data=request.data)
@@ -290,7 +316,7 @@ class CustomerPausesApi(APIView):
 class CustomerPauseDetailApi(APIView):
     required_scope = SELF_SERVICE
 
-    @extend_schema(responses={200: None}, operation_id="customer_pause_lift")
+    @extend_schema(responses={200: PauseDoc}, operation_id="customer_pause_lift")
     def delete(self, request: Request, customer_id: str, pause_id: str) -> Response:
         customer = _customer(request, customer_id, change=True)
         pause = pauses.pause_lift(customer=customer, pause_id=pause_id, actor=actor_of(request),
@@ -301,7 +327,7 @@ class CustomerPauseDetailApi(APIView):
 class CustomerRunApi(APIView):
     required_scope = "read"
 
-    @extend_schema(responses={200: None}, operation_id="customer_run_get")
+    @extend_schema(responses={200: RunDoc}, operation_id="customer_run_get")
     def get(self, request: Request, customer_id: str, run_id: str) -> Response:
         return Response(runs.run_detail(customer=_customer(request, customer_id), run_id=run_id))
 
@@ -313,7 +339,7 @@ class CustomerRunActionApi(APIView):
     required_scope = "read"
     ACTIONS = {"kill": runs.run_kill, "release": runs.run_release}
 
-    @extend_schema(request=None, responses={200: None})
+    @extend_schema(request=None, responses={200: RunDoc})
     def post(self, request: Request, customer_id: str, run_id: str, action: str) -> Response:
         customer = _customer(request, customer_id, change=True)
         self.ACTIONS[action](customer=customer, run_id=run_id, actor=actor_of(request))
@@ -331,13 +357,15 @@ class CustomerBudgetsApi(APIView):
         action = serializers.CharField(max_length=8, required=False, default="block")
         soft = serializers.JSONField(required=False, default=None)
 
-    @extend_schema(responses={200: None}, operation_id="customer_budgets_list")
+    @extend_schema(responses={200: data_list("BudgetList", BudgetDoc(), customer=serializers.CharField())},
+                   operation_id="customer_budgets_list")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = _customer(request, customer_id)
         return Response({"customer": customer.external_id,
                          "data": selectors.budget_figures(customer=customer, now=datetime.now(timezone.utc))})
 
-    @extend_schema(request=BudgetInput, responses={201: None, 200: None}, operation_id="customer_budgets_create")
+    @extend_schema(request=BudgetInput, examples=[BUDGET_EXAMPLE], responses={201: BudgetDoc, 200: BudgetDoc, **errors(409)},
+                   operation_id="customer_budgets_create")
     def post(self, request: Request, customer_id: str) -> Response:
         customer = _customer(request, customer_id, change=True)
         data = self.BudgetInput(data=request.data)

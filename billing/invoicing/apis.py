@@ -14,12 +14,14 @@ from rest_framework.views import APIView
 
 from billing.common.auth import actor_of, principal_of
 from billing.common.errors import CommonCode, DomainError, validation_error
+from billing.common.openapi import data_list, errors
 from billing.customers.selectors import customer_get
 from billing.invoicing import services
 from billing.invoicing.document import PdfUnavailable, invoice_pdf, invoice_pdf_filename
 from billing.invoicing.errors import InvoicingCode
 from billing.invoicing.lines import upcoming_invoice
 from billing.invoicing.models import Invoice
+from billing.invoicing.openapi import InvoiceDoc, UpcomingInvoiceDoc, VoidDoc
 from billing.invoicing.selectors import invoice_as_dict, invoice_get, invoices_list
 
 
@@ -28,7 +30,7 @@ class CustomerUpcomingInvoiceApi(APIView):
 
     required_scope = "read"
 
-    @extend_schema(responses={200: None}, operation_id="customer_upcoming_invoice")
+    @extend_schema(responses={200: UpcomingInvoiceDoc}, operation_id="customer_upcoming_invoice")
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_get(external_id=customer_id, principal=principal_of(request))
         estimate = upcoming_invoice(customer=customer, now=datetime.now(timezone.utc))
@@ -42,8 +44,9 @@ class InvoicesApi(APIView):
 
     required_scope = "read"
 
-    @extend_schema(responses={200: None}, operation_id="invoices_list",
-                   parameters=[OpenApiParameter("customer", str), OpenApiParameter("status", str)])
+    @extend_schema(responses={200: data_list("InvoiceList", InvoiceDoc())}, operation_id="invoices_list",
+                   parameters=[OpenApiParameter("customer", str),
+                               OpenApiParameter("status", str, enum=list(Invoice.Status.values))])
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
         customer_pk = None
@@ -59,7 +62,7 @@ class InvoicesApi(APIView):
 class InvoiceDetailApi(APIView):
     required_scope = "read"
 
-    @extend_schema(responses={200: None}, operation_id="invoice_get")
+    @extend_schema(responses={200: InvoiceDoc}, operation_id="invoice_get")
     def get(self, request: Request, invoice_id: str) -> Response:
         return Response(invoice_as_dict(invoice_get(pk=invoice_id, principal=principal_of(request))))
 
@@ -113,7 +116,8 @@ class _InvoiceMoveApi(APIView):
         return Response(invoice_as_dict(invoice_get(pk=invoice.pk, principal=principal)))
 
 
-@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_finalize"))
+@extend_schema_view(post=extend_schema(request=None, responses={200: InvoiceDoc, **errors(409)},
+                                        operation_id="invoice_finalize"))
 class InvoiceFinalizeApi(_InvoiceMoveApi):
     """Finalize now (the period must be closed; beat does this on its own after the grace time)."""
 
@@ -121,7 +125,8 @@ class InvoiceFinalizeApi(_InvoiceMoveApi):
         services.invoice_finalize(invoice=invoice, now=now, actor=actor)
 
 
-@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_void"))
+@extend_schema_view(post=extend_schema(request=VoidDoc, responses={200: InvoiceDoc, **errors(409)},
+                                        operation_id="invoice_void"))
 class InvoiceVoidApi(_InvoiceMoveApi):
     """Void a finalized invoice: it keeps its figures, becomes void, and a credit note cancels it."""
 
@@ -130,7 +135,8 @@ class InvoiceVoidApi(_InvoiceMoveApi):
         services.invoice_void(invoice=invoice, at=now, reason=reason, actor=actor)
 
 
-@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_paid"))
+@extend_schema_view(post=extend_schema(request=None, responses={200: InvoiceDoc, **errors(409)},
+                                        operation_id="invoice_mark_paid"))
 class InvoiceMarkPaidApi(_InvoiceMoveApi):
     """Record a payment collected outside Stripe (a bank transfer): finalized or uncollectible becomes paid.
     Stripe-collected invoices become paid through the ``invoice.paid`` webhook."""
@@ -139,7 +145,8 @@ class InvoiceMarkPaidApi(_InvoiceMoveApi):
         services.invoice_mark_paid(invoice=invoice, at=now, actor=actor)
 
 
-@extend_schema_view(post=extend_schema(request=None, responses={200: None}, operation_id="invoice_mark_uncollectible"))
+@extend_schema_view(post=extend_schema(request=None, responses={200: InvoiceDoc, **errors(409)},
+                                        operation_id="invoice_mark_uncollectible"))
 class InvoiceMarkUncollectibleApi(_InvoiceMoveApi):
     """Give up collecting a finalized invoice (it can still be paid or voided later)."""
 

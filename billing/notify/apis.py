@@ -13,9 +13,11 @@ from rest_framework.views import APIView
 
 from billing.common.auth import principal_of
 from billing.common.errors import CommonCode, DomainError, validation_error
+from billing.common.openapi import data_list
 from billing.notify import selectors, services
 from billing.notify.event_types import EVENT_TYPES
 from billing.notify.models import WebhookDelivery, WebhookEndpoint
+from billing.notify.openapi import DeliveryDoc, EndpointCreatedDoc, EndpointDoc
 
 
 def _operator_only(request: Request) -> None:
@@ -48,12 +50,12 @@ class WebhookEndpointsApi(APIView):
                                        help_text="Event types: " + ", ".join(EVENT_TYPES))
         description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
-    @extend_schema(responses={200: None}, operation_id="webhook_endpoints_list")
+    @extend_schema(responses={200: data_list("WebhookEndpointList", EndpointDoc())}, operation_id="webhook_endpoints_list")
     def get(self, request: Request) -> Response:
         _operator_only(request)
         return Response({"data": [_endpoint_out(e) for e in selectors.endpoints_list()]})
 
-    @extend_schema(request=EndpointInput, responses={201: None}, operation_id="webhook_endpoints_create",
+    @extend_schema(request=EndpointInput, responses={201: EndpointCreatedDoc}, operation_id="webhook_endpoints_create",
                    description="The answer carries the signing `secret`, shown this once.")
     def post(self, request: Request) -> Response:
         _operator_only(request)
@@ -66,7 +68,7 @@ class WebhookEndpointsApi(APIView):
 class WebhookEndpointDetailApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: None}, operation_id="webhook_endpoint_get")
+    @extend_schema(responses={200: EndpointDoc}, operation_id="webhook_endpoint_get")
     def get(self, request: Request, endpoint_id: str) -> Response:
         _operator_only(request)
         return Response(_endpoint_out(selectors.endpoint_get(public_id=endpoint_id)))
@@ -86,7 +88,7 @@ class WebhookDeliveriesApi(APIView):
 
     @extend_schema(parameters=[OpenApiParameter("status", str, enum=list(WebhookDelivery.State.values)),
                                OpenApiParameter("limit", int)],
-                   responses={200: None}, operation_id="webhook_deliveries_list")
+                   responses={200: data_list("WebhookDeliveryList", DeliveryDoc())}, operation_id="webhook_deliveries_list")
     def get(self, request: Request, endpoint_id: str) -> Response:
         _operator_only(request)
         endpoint = selectors.endpoint_get(public_id=endpoint_id)
@@ -108,7 +110,7 @@ class WebhookDeliveryResendApi(APIView):
 
     required_scope = "admin"
 
-    @extend_schema(request=None, responses={202: None}, operation_id="webhook_delivery_resend")
+    @extend_schema(request=None, responses={202: DeliveryDoc}, operation_id="webhook_delivery_resend")
     def post(self, request: Request, endpoint_id: str, delivery_id: str) -> Response:
         _operator_only(request)
         endpoint = selectors.endpoint_get(public_id=endpoint_id)

@@ -10,7 +10,6 @@ import msgspec
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,6 +19,7 @@ from billing.catalog.models import Meter
 from billing.common.auth import principal_of
 from billing.common.errors import DomainError, validation_error
 from billing.common.fields import decimal_to_text
+from billing.common.openapi import errors
 from billing.common.params import parse_choice, parse_instant, parse_int
 from billing.customers.models import Customer
 from billing.customers.selectors import customer_get
@@ -30,69 +30,20 @@ from billing.usage import export, selectors
 from billing.usage.contract import BatchIn
 from billing.usage.envelope import decode_envelope
 from billing.usage.models import UsageEvent
+from billing.usage.openapi import (
+    BATCH_EXAMPLE,
+    EVENT_EXAMPLE,
+    SETTLE_EXAMPLE,
+    EventBatchDoc,
+    EventBatchResultDoc,
+    EventPageDoc,
+    IngestResultDoc,
+    SettleDoc,
+    SettleResultDoc,
+    UsageDoc,
+    UsageEventDoc,
+)
 from billing.usage.services import ACCEPTED, DUPLICATE, events_ingest, reservation_settle
-
-
-class TraceDoc(serializers.Serializer):
-    run_id = serializers.CharField(required=False)
-    parent_id = serializers.CharField(required=False)
-    step = serializers.IntegerField(required=False)
-    agent = serializers.CharField(required=False)
-
-
-class UsageEventDoc(serializers.Serializer):
-    """OpenAPI description only: the hot path parses with msgspec (billing.usage.contract)."""
-
-    event_id = serializers.CharField(max_length=128)
-    customer = serializers.CharField()
-    project = serializers.CharField(required=False)
-    meter = serializers.CharField()
-    quantity = serializers.DecimalField(max_digits=38, decimal_places=18, required=False)
-    timestamp = serializers.DateTimeField()
-    dimensions = serializers.DictField(child=serializers.CharField(), required=False)
-    trace = TraceDoc(required=False)
-    billable = serializers.BooleanField(required=False)
-    reason = serializers.CharField(required=False)
-    schema_version = serializers.IntegerField(required=False)
-    corrects = serializers.CharField(required=False)
-
-
-class IngestResultDoc(serializers.Serializer):
-    event_id = serializers.CharField()
-    status = serializers.ChoiceField(choices=["accepted", "duplicate", "rejected"])
-    error = serializers.DictField(required=False)
-
-
-class EventPageDoc(serializers.Serializer):
-    data = UsageEventDoc(many=True)  # type: ignore[assignment]  # the response key is "data"
-    next_cursor = serializers.CharField(allow_null=True)
-
-
-class EventBatchDoc(serializers.Serializer):
-    events = UsageEventDoc(many=True)
-
-
-class EventBatchResultDoc(serializers.Serializer):
-    accepted = serializers.IntegerField()
-    duplicates = serializers.IntegerField()
-    rejected = serializers.IntegerField()
-    results = IngestResultDoc(many=True)
-
-
-class UsageRowDoc(serializers.Serializer):
-    meter = serializers.CharField()
-    start = serializers.DateTimeField()
-    end = serializers.DateTimeField()
-    group = serializers.DictField()
-    quantity = serializers.DecimalField(max_digits=38, decimal_places=18)
-
-
-class UsageDoc(serializers.Serializer):
-    customer = serializers.CharField()
-    start = serializers.DateTimeField()
-    end = serializers.DateTimeField()
-    granularity = serializers.CharField()
-    data = UsageRowDoc(many=True)  # type: ignore[assignment]
 
 
 def _event_out(event: UsageEvent) -> dict[str, Any]:
@@ -117,8 +68,11 @@ class EventsApi(APIView):
     """POST one event (scope ingest); GET the raw events, newest first (scope read or ingest)."""
 
     required_scope = {"POST": "ingest", "GET": ("read", "ingest")}
+    reads_raw_body = True
 
-    @extend_schema(request=UsageEventDoc, responses={201: IngestResultDoc, 200: IngestResultDoc}, operation_id="events_create")
+    @extend_schema(request=UsageEventDoc, examples=[EVENT_EXAMPLE], operation_id="events_create",
+                   responses={201: IngestResultDoc, 200: IngestResultDoc, **errors(402, 409)},
+                   description="201 for a new event, 200 (`duplicate`) for the same event_id with the same body.")
     def post(self, request: Request) -> Response:
         result = events_ingest(principal=principal_of(request), raw_events=[request.body])[0]
         if result.status == ACCEPTED:
@@ -129,7 +83,8 @@ class EventsApi(APIView):
         raise result.error
 
     @extend_schema(
-        parameters=[OpenApiParameter(p, str) for p in ("customer", "meter", "start", "end", "cursor", "limit")],
+        parameters=[*(OpenApiParameter(p, str) for p in ("customer", "meter", "start", "end", "cursor")),
+                    OpenApiParameter("limit", int, description="1 to 1000, default 100")],
         responses={200: EventPageDoc},
         operation_id="events_list",
     )
@@ -162,9 +117,10 @@ class EventsApi(APIView):
 
 class EventBatchApi(APIView):
     required_scope = "ingest"
+    reads_raw_body = True
 
     @extend_schema(
-        request=EventBatchDoc,
+        request=EventBatchDoc, examples=[BATCH_EXAMPLE],
         responses={200: EventBatchResultDoc},
         operation_id="events_batch",
     )
@@ -266,8 +222,10 @@ class SettleIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ReservationSettleApi(APIView):
     required_scope = "ingest"
+    reads_raw_body = True
 
-    @extend_schema(request=None, responses={200: None}, operation_id="reservations_settle")
+    @extend_schema(request=SettleDoc, examples=[SETTLE_EXAMPLE], responses={200: SettleResultDoc, **errors(409)},
+                   operation_id="reservations_settle")
     def post(self, request: Request, reservation_id: str) -> Response:
         body = decode_envelope(request.body, SettleIn)
         reservation = reservation_for(request, reservation_id, body.customer)

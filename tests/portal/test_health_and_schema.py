@@ -91,6 +91,25 @@ def test_openapi_schema_describes_the_api(client):
     assert "ApiKey" in schema["components"]["securitySchemes"]
 
 
+def test_the_schema_is_valid_openapi_and_generates_without_a_warning(tmp_path):
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
+
+    assert "/api/v1/events" in (tmp_path / "schema.yaml").read_text()
+
+
+def test_every_operation_documents_the_contract_error_body(client):
+    schema = client.get("/api/v1/schema?format=json").json()
+
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            errors = {status: response for status, response in operation["responses"].items() if status >= "400"}
+            assert {"400", "401", "403", "429", "503"} <= set(errors), (method, path)
+            for response in errors.values():
+                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
 def test_api_docs_page_is_served_without_a_cdn(client):
     response = client.get("/api/docs")
 

@@ -14,8 +14,10 @@ from rest_framework.views import APIView
 
 from billing.common.auth import actor_of, principal_of
 from billing.common.errors import CommonCode, DomainError, validation_error
+from billing.common.openapi import data_list, errors
 from billing.customers.selectors import customer_get
 from billing.guardrails.anomalies import selectors
+from billing.guardrails.anomalies.openapi import AnomalyDoc
 from billing.guardrails.anomalies.review import NOTE_MAX, anomaly_resolve
 from billing.guardrails.models import Anomaly
 
@@ -25,7 +27,7 @@ LIST_MAX = 1000
 class AnomaliesApi(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses={200: None}, operation_id="anomalies_list",
+    @extend_schema(responses={200: data_list("AnomalyList", AnomalyDoc())}, operation_id="anomalies_list",
                    parameters=[OpenApiParameter("status", str, enum=["open", "resolved"]),
                                OpenApiParameter("customer", str), OpenApiParameter("limit", int)],
                    description="Anomalies, newest first (open ones first when no status is given).")
@@ -55,7 +57,7 @@ class AnomalyResolveApi(APIView):
         resolution = serializers.ChoiceField(choices=Anomaly.Resolution.values)
         note = serializers.CharField(max_length=NOTE_MAX, required=False, default="", allow_blank=True)
 
-    @extend_schema(request=ResolveInput, responses={200: None}, operation_id="anomaly_resolve",
+    @extend_schema(request=ResolveInput, responses={200: AnomalyDoc, **errors(409)}, operation_id="anomaly_resolve",
                    description="`resume` lifts the pause the anomaly made; `keep_paused` leaves it.")
     def post(self, request: Request, anomaly_id: str) -> Response:
         principal = principal_of(request)
