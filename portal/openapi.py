@@ -3,8 +3,8 @@ every operation shares, so that the schema lists each status the API can answer 
 
 Each view documents its success bodies and its own errors (``billing.common.openapi.errors``); added here,
 with the contract's error body: 400 (a NUL in the path, query or headers; a body that is not JSON), 401,
-403, 429 and 503 everywhere, 404 where the path or ``?customer=`` names an object, 413 and 422 where a body is sent (415 where
-DRF parses it), and 422 where a query is read."""
+403, 429 and 503 everywhere, 404 where the path or ``?customer=`` names an object, 413 and 422 where a body
+is sent (415 where DRF parses it), and 422 where a query is read."""
 
 from __future__ import annotations
 

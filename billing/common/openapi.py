@@ -18,9 +18,10 @@ WHY = {
     401: "`not_authenticated` (no key) or `invalid_api_key` (unknown, malformed or revoked).",
     402: "A hard limit would be exceeded: `quota_exceeded`, `spend_cap_exceeded`, `insufficient_credits`, "
          "`budget_exceeded`, `circuit_open` or `paused`; `remaining` and `unit` say what is left.",
-    403: "`forbidden` (the key lacks the scope, or is restricted to a customer and this is not its to do) or "
-         "`customer_forbidden`.",
-    404: "`not_found`: nothing of that id for this caller (another tenant's objects are never revealed).",
+    403: "`forbidden` (the key lacks the scope, or is restricted to a customer and this is not its to do), "
+         "`customer_forbidden` or `pause_operator_only`.",
+    404: "`not_found`: nothing of that id for this caller (another tenant's objects are never revealed); "
+         "`no_subscription` where a plan is needed.",
     409: "A conflict with what is stored: `idempotency_conflict`, `already_exists`, or a state that does not "
          "allow the move.",
     413: "`payload_too_large`: the body is longer than this endpoint takes.",
@@ -51,14 +52,13 @@ class ErrorDoc(serializers.Serializer):
     error = ErrorDetailDoc()
 
 
-def error_response(status: int, why: str | None = None) -> OpenApiResponse:
-    return OpenApiResponse(ErrorDoc, description=why or WHY[status])
+def error_response(status: int) -> OpenApiResponse:
+    return OpenApiResponse(ErrorDoc, description=WHY[status])
 
 
-def errors(*statuses: int, **why: str) -> dict[int, OpenApiResponse]:
-    """``responses={201: Out, **errors(402, 409)}``: the error statuses an operation adds to the shared ones;
-    ``why`` overrides a description (``_409="..."``)."""
-    return {status: error_response(status, why.get(f"_{status}")) for status in statuses}
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """``responses={201: Out, **errors(402, 409)}``: the error statuses an operation adds to the shared ones."""
+    return {status: error_response(status) for status in statuses}
 
 
 def data_list(name: str, item: serializers.Serializer | serializers.Field, **more: serializers.Field) -> serializers.Serializer:

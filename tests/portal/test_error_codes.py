@@ -129,7 +129,8 @@ def test_a_json_request_outside_the_api_gets_the_json_body(rf: Any) -> None:
 
 
 # The web face: DRF views, Django views and the admin; billing.common.auth is DRF's authentication class.
-WEB_MODULES = {"apis", "views", "admin", "authentication"}  # authentication: DRF's authenticator classes
+# authentication: DRF's authenticator classes; openapi: the schema's descriptions of the API's bodies
+WEB_MODULES = {"apis", "views", "admin", "authentication", "openapi"}
 HTTP_PACKAGES = ("rest_framework", "django.http", "portal")
 
 
