@@ -18,7 +18,7 @@ import yaml
 from billing.catalog import money, pricing
 from billing.catalog.errors import CatalogCode
 from billing.catalog.ratecard import PRICE_FIELDS
-from billing.common.errors import DomainError
+from billing.common.errors import CommonCode, DomainError
 from billing.common.fields import check_decimal, decimal_to_text
 from billing.common.sane import INSTANT_RANGE, instant_utc, json_problem
 
@@ -164,14 +164,19 @@ def parse_catalog(text: str | bytes, *, fmt: str | None = None) -> CatalogIn:
 
 
 def parse_plan(data: Any) -> PlanIn:
+    """A plan's body: not JSON, or not an object at all, is the contract's 400; anything else wrong in it
+    is a catalog problem (422) named by its path."""
     try:
         if isinstance(data, bytes | str):
             return _storable(msgspec.json.decode(data, type=PlanIn))
         return _storable(msgspec.convert(data, PlanIn))
     except msgspec.ValidationError as exc:
-        raise CatalogError([problem_path(exc)]) from None
+        path, message = problem_path(exc)
+        if not path and message.startswith("Expected `object`"):
+            raise DomainError(CommonCode.INVALID_SHAPE, "Expected a JSON object.") from None
+        raise CatalogError([(path, message)]) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise CatalogError([("", f"not valid JSON: {exc}")]) from None
+        raise DomainError(CommonCode.INVALID_JSON, f"The body is not valid JSON: {exc}") from None
 
 
 # --- validation and canonical form ---------------------------------------------------------------

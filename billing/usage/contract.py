@@ -90,6 +90,7 @@ def decode_event(raw: bytes | msgspec.Raw) -> EventIn:
     try:
         return event_decoder.decode(raw)
     except msgspec.ValidationError as exc:
+        _json_or_400(raw)  # a typed decode stops at the first wrong field, maybe before the body's end
         text = str(exc)
         if text.startswith("Expected `object`") and " - at `$" not in text:
             raise DomainError(CommonCode.INVALID_SHAPE, "An event must be a JSON object.") from None
@@ -101,6 +102,13 @@ def decode_event(raw: bytes | msgspec.Raw) -> EventIn:
         raise DomainError(CommonCode.INVALID_JSON, "The body is not valid JSON: a string is not valid UTF-8.") from None
     except RecursionError:
         raise DomainError(CommonCode.INVALID_JSON, "The body is not valid JSON: nested too deeply.") from None
+
+
+def _json_or_400(raw: bytes | msgspec.Raw) -> None:
+    try:
+        msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DomainError(CommonCode.INVALID_JSON, f"The body is not valid JSON: {exc}") from None
 
 
 @dataclass(slots=True)
