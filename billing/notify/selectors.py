@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 
 from billing.common.errors import CommonCode, DomainError
 from billing.notify.models import WebhookDelivery, WebhookEndpoint
@@ -10,6 +10,14 @@ from billing.notify.models import WebhookDelivery, WebhookEndpoint
 
 def endpoints_list() -> QuerySet[WebhookEndpoint]:
     return WebhookEndpoint.objects.filter(deleted_at__isnull=True).order_by("created_at", "pk")
+
+
+def endpoints_with_last_delivery() -> QuerySet[WebhookEndpoint]:
+    """The live endpoints, each annotated with its newest delivery's state and HTTP status (one query)."""
+    newest = WebhookDelivery.objects.filter(endpoint=OuterRef("pk")).order_by("-created_at", "-pk")
+    return endpoints_list().annotate(last_state=Subquery(newest.values("state")[:1]),
+                                     last_http_status=Subquery(newest.values("last_status")[:1]),
+                                     last_attempt=Subquery(newest.values("last_attempt_at")[:1]))
 
 
 def endpoint_get(*, public_id: str) -> WebhookEndpoint:

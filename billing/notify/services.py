@@ -102,6 +102,20 @@ def endpoint_delete(*, endpoint: WebhookEndpoint, now: datetime, actor: str = ""
         state=WebhookDelivery.State.CANCELLED, next_attempt_at=None)
 
 
+@transaction.atomic
+def endpoint_active_set(*, endpoint: WebhookEndpoint, active: bool, actor: str = "") -> WebhookEndpoint:
+    """Disable (nothing new is sent; pending deliveries are cancelled when their turn comes) or enable it
+    again: unlike deleting, the endpoint, its secret and its subscriptions stay."""
+    locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    if locked.active == active:
+        return locked
+    before = snapshot(locked)
+    locked.active = active
+    locked.save(update_fields=["active"])
+    audit_changed(locked, before, action="webhook_endpoint." + ("enabled" if active else "disabled"), actor=actor)
+    return locked
+
+
 # --- emitting -----------------------------------------------------------------------------------------
 
 def event_emit(*, type: str, key: str, data: Data, created: datetime | None = None) -> WebhookEvent | None:

@@ -1,6 +1,17 @@
 from django.urls import path
 
-from portal.console import anomalies, catalog_pages, customer_billing, customers, editor, guardrails, invoice_actions, keys, views
+from portal.console import (
+    anomalies,
+    catalog_pages,
+    customer_billing,
+    customers,
+    editor,
+    guardrails,
+    invoice_actions,
+    keys,
+    views,
+    webhooks,
+)
 
 app_name = "console"
 
@@ -43,6 +54,9 @@ urlpatterns = [
     path("customers/<str:customer_id>/guardrails/budgets/<str:budget_id>/delete", guardrails.budget_delete_view,
          name="guardrails-budget-delete"),
     path("customers/<str:customer_id>/guardrails/runs", guardrails.run_change, name="guardrails-runs"),
+    path("webhooks/", webhooks.webhook_endpoints, name="webhooks"),
+    path("webhooks/<str:endpoint_id>/active", webhooks.webhook_endpoint_active, name="webhook-active"),
+    path("webhooks/<str:endpoint_id>/delete", webhooks.webhook_endpoint_delete, name="webhook-delete"),
     path("meters/", catalog_pages.meters, name="meters"),
     path("meters/<str:key>/", catalog_pages.meter_edit, name="meter"),
     path("plans/new", catalog_pages.plan_new, name="plan-new"),

@@ -217,7 +217,7 @@ def test_the_console_navigation_links_every_operator_page(staff: Any) -> None:
     nav = page(staff.get("/console/customers/")).split('<nav aria-label="Console">')[1].split("</nav>")[0]
 
     for url in ("/console/", "/console/customers/", "/console/invoices/", "/console/api-keys/", "/console/anomalies/",
-                "/admin/notify/webhookendpoint/", "/console/audit/"):
+                "/console/webhooks/", "/console/audit/"):
         assert f'href="{url}"' in nav, url
         if url.startswith("/console/"):
             assert staff.get(url).status_code == 200, url
