@@ -125,3 +125,25 @@ class OverrideForm:
     @property
     def other_errors(self) -> list[str]:
         return self.errors.get("", [])
+
+    def _labels(self) -> dict[str, str]:
+        """Each input (and group) of the editor by name, in page order, with the label the summary links by."""
+        labels: dict[str, str] = {}
+        for key, _ in self.meters:
+            labels[f"limit-{key}-hard"] = f"Hard limit of {key}"
+            labels[f"limit-{key}-soft"] = f"Soft limit of {key}"
+        labels["spend_cap"] = "Spend cap"
+        for group, title, names in (("run_limits", "Run limits", RUN_LIMITS), ("anomaly", "Anomaly detection", ANOMALY)):
+            labels[group] = title
+            labels.update({f"{group}-{n}": f"{title}: {n}" for n in names})
+        return labels
+
+    @property
+    def summary(self) -> list[dict[str, str]]:
+        """The problems listed once above the form: a link (``anchor``, ``label``) to each input with a
+        problem, whose message is beside it; a problem of no input (``message``) is said here only."""
+        labels = self._labels()
+        items = [{"message": m} for m in self.other_errors]
+        items += [{"anchor": f"override-{name}", "label": label} for name, label in labels.items() if self.errors.get(name)]
+        items += [{"message": m} for name, messages in self.errors.items() if name and name not in labels for m in messages]
+        return items
