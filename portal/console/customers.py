@@ -84,7 +84,7 @@ def _actor(request: HttpRequest) -> str:
 
 @staff_required
 def customer_list(request: HttpRequest) -> HttpResponse:
-    """GET: every customer with its plan now. POST: create one, then go to its page."""
+    """GET: a page of customers (``?page=``) with the plan each is on now. POST: create one, then go to its page."""
     form = CustomerForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -96,8 +96,8 @@ def customer_list(request: HttpRequest) -> HttpResponse:
         else:
             return redirect(reverse("console:customer", args=[customer.external_id]) + "?saved=created")
     status = 422 if form.is_bound else 200
-    return render(request, "console/customers.html",
-                  {"rows": selectors.customers_overview(now=datetime.now(timezone.utc)), "form": form}, status=status)
+    listing = selectors.customers_overview(now=datetime.now(timezone.utc), page=request.GET.get("page") or 1)
+    return render(request, "console/customers.html", {**listing, "form": form}, status=status)
 
 
 @staff_required

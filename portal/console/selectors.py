@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.core.paginator import Paginator
 from django.db.models import Q
 
 from billing.catalog.models import Subscription
@@ -66,11 +67,18 @@ def customer_page(*, customer: Customer, now: datetime) -> dict[str, Any]:
     }
 
 
-def customers_overview(*, now: datetime) -> list[dict[str, Any]]:
-    """Every customer with the plan it is on now (one query for the plans)."""
-    live = {s.customer_id: s for s in Subscription.objects.filter(Q(end__isnull=True) | Q(end__gt=now), start__lte=now)
-            .select_related("plan")}
-    return [{"customer": c, "subscription": live.get(c.pk)} for c in customers_by_external_id()]
+CUSTOMERS_PER_PAGE = 50
+
+
+def customers_overview(*, now: datetime, page: Any = 1, per_page: int = CUSTOMERS_PER_PAGE) -> dict[str, Any]:
+    """One page of customers by id with the plan each is on now (one query for the page's plans), the total
+    count and the page's place. A page number out of range or not a number gives the nearest page."""
+    paged = Paginator(customers_by_external_id(), per_page).get_page(page)
+    ids = [c.pk for c in paged.object_list]
+    live = {s.customer_id: s for s in Subscription.objects.filter(Q(end__isnull=True) | Q(end__gt=now), start__lte=now,
+                                                                  customer_id__in=ids).select_related("plan")}
+    return {"rows": [{"customer": c, "subscription": live.get(c.pk)} for c in paged.object_list], "page": paged,
+            "count": paged.paginator.count}
 
 
 def operator_keys() -> list[ApiKey]:
