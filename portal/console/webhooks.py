@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_POST
 
 from billing.common.errors import DomainError
@@ -63,7 +64,9 @@ def webhook_endpoints(request: HttpRequest) -> HttpResponse:
         except (DomainError, DjangoValidationError) as exc:
             apply_error(form, exc)
         else:
-            return _page(request, EndpointForm(), secret=endpoint.secret, created=endpoint)
+            response = _page(request, EndpointForm(), secret=endpoint.secret, created=endpoint)
+            patch_cache_control(response, no_store=True)  # the secret is kept by no cache or history
+            return response
     return _page(request, form, status=422 if form.is_bound else 200)
 
 

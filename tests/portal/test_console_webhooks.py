@@ -35,7 +35,7 @@ def test_an_endpoint_is_created_and_its_secret_shown_once(staff: Any, ops: Any) 
     response = staff.post("/console/webhooks/", {"url": "https://hooks.acme.test/tg", "description": "ops",
                                                  "events": ["invoice.paid", "run.killed"]})
 
-    assert response.status_code == 200
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     endpoint = WebhookEndpoint.objects.get()
     assert (endpoint.url, endpoint.events, endpoint.active) == ("https://hooks.acme.test/tg",
                                                                 ["invoice.paid", "run.killed"], True)
