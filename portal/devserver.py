@@ -3,12 +3,14 @@
 With a ``tigerbeetle`` binary on PATH (or named by ``TIGERBEETLE_BIN``) and no ``TIGERBEETLE_ADDRESSES``,
 it also runs a single TigerBeetle replica (data in ``$TOLLGATE_DATA_DIR/tigerbeetle/``, port
 ``TIGERBEETLE_PORT``, default 3000) and points the app at it; ``TIGERBEETLE_BIN=`` (empty) keeps the SQL
-ledger. Ctrl-C (or SIGTERM) stops everything; if one process dies, the others are stopped too.
+ledger. A process that dies is started again after a backoff (``portal.supervisor``, logged); Ctrl-C or SIGTERM
+stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -19,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import IO, Any
+
+from portal.supervisor import GaveUp, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 TIGERBEETLE_CACHE_GRID = "256MiB"
@@ -107,16 +111,20 @@ def start_tigerbeetle(binary: str, env: dict[str, str], python: str) -> tuple[su
             partial.unlink(missing_ok=True)
             raise LaunchError(f"`tigerbeetle format` failed (exit {done.returncode}); see {log}")
         os.replace(partial, data_file)
-    with log.open("ab") as out:
-        # Production mode (no --development): 32 clients and full-size requests.
-        replica = _spawn([binary, "start", f"--addresses={address}", f"--cache-grid={TIGERBEETLE_CACHE_GRID}",
-                          str(data_file)], env, out)
+    replica = spawn_replica(binary, address, data_file, env)
     try:
         _wait_until_answers(replica, python, cluster_id, address, log)
     except BaseException:
         _stop({"tigerbeetle": replica})
         raise
     return replica, address, data_file
+
+
+def spawn_replica(binary: str, address: str, data_file: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A production-mode replica (no --development: 32 clients and full-size requests) on a formatted file."""
+    with (data_file.parent / "tigerbeetle.log").open("ab") as out:
+        return _spawn([binary, "start", f"--addresses={address}", f"--cache-grid={TIGERBEETLE_CACHE_GRID}",
+                       str(data_file)], env, out)
 
 
 def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -132,14 +140,14 @@ def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def _ledger_start(env: dict[str, str], python: str, ledger: dict[str, subprocess.Popen[bytes]]) -> tuple[str, Path | None]:
-    """Start a TigerBeetle replica (into ``ledger``, its address into ``env``) when there is a binary and no
-    cluster or other backend of the user's own. Returns the banner's ledger line and the replica's data file."""
+def _ledger_start(env: dict[str, str], python: str, supervisor: Supervisor) -> tuple[str, Path | None]:
+    """Start a TigerBeetle replica (supervised as ``tigerbeetle``, its address into ``env``) when there is a binary
+    and no cluster or other backend of the user's own. Returns the banner's ledger line and the replica's data file."""
     wants_tigerbeetle = env.get("LEDGER_BACKEND", "tigerbeetle") in ("", "tigerbeetle")
     binary = tigerbeetle_binary() if wants_tigerbeetle and not env.get("TIGERBEETLE_ADDRESSES") else None
     if binary:
         replica, address, data_file = start_tigerbeetle(binary, env, python)
-        ledger["tigerbeetle"] = replica
+        supervisor.add("tigerbeetle", lambda: spawn_replica(binary, address, data_file, env), proc=replica)
         env["TIGERBEETLE_ADDRESSES"] = address
         return f"tigerbeetle {address}, replica started here (data {data_file})", data_file
     if env.get("TIGERBEETLE_ADDRESSES") and wants_tigerbeetle:
@@ -196,11 +204,13 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
-    ledger: dict[str, subprocess.Popen[bytes]] = {}  # the replica we run, stopped after the app
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    data_file: Path | None = None
+    supervisor = Supervisor(hint=lambda name: f" (its log: {data_file.parent / 'tigerbeetle.log'})"
+                            if data_file and name == "tigerbeetle" else "")
+    app = ("web", "worker", "beat")
     exit_code = 0
     try:
-        ledger_line, data_file = _ledger_start(env, python, ledger)
+        ledger_line, data_file = _ledger_start(env, python, supervisor)
 
         info = {}
         if not args.no_seed:
@@ -209,24 +219,24 @@ def main() -> int:
             info = json.loads(out.stdout.strip().splitlines()[-1])
 
         celery = [python, "-m", "celery", "-A", "portal"]
-        children["web"] = _spawn([python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"], env)
-        children["worker"] = _spawn([*celery, "worker", "-l", "info", "--concurrency", "2", "--without-heartbeat",
-                                     "--without-mingle", "--without-gossip"], env)
-        children["beat"] = _spawn([*celery, "beat", "-l", "info"], env)
+        commands = {"web": [python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
+                    "worker": [*celery, "worker", "-l", "info", "--concurrency", "2", "--without-heartbeat",
+                               "--without-mingle", "--without-gossip"],
+                    "beat": [*celery, "beat", "-l", "info"]}
+        for name in app:
+            supervisor.add(name, functools.partial(_spawn, commands[name], env))
         url = f"http://{args.host}:{args.port}"
-        _banner(url, info, ledger_line, running="web + Celery worker + beat" + (" + TigerBeetle" if ledger else ""))
+        ledger_running = "tigerbeetle" in supervisor.children
+        _banner(url, info, ledger_line, running="web + Celery worker + beat" + (" + TigerBeetle" if ledger_running else ""))
 
         starting = False
         while not stopping:
-            for name, proc in {**children, **ledger}.items():
-                if proc.poll() is not None:
-                    where = f" (its log: {data_file.parent / 'tigerbeetle.log'})" if data_file and name == "tigerbeetle" else ""
-                    print(f"{name} exited with {proc.returncode}{where}; stopping the others", file=sys.stderr, flush=True)
-                    stopping, exit_code = True, 1
-                    break
+            supervisor.check()  # a process that died is started again after its backoff
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
+    except GaveUp:
+        exit_code = 1
     except LaunchError as exc:
         print(f"make run: {exc}", file=sys.stderr, flush=True)
         exit_code = 1
@@ -237,11 +247,11 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave orphans behind
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if children:
-            _stop(children)  # the app first: requests in flight still reach the ledger
+        if any(name in supervisor.children for name in app):
+            supervisor.stop(app)  # the app first: requests in flight still reach the ledger
             print("stopped web, worker and beat", flush=True)
-        if ledger:
-            _stop(ledger)
+        if supervisor.children:
+            supervisor.stop()
             print("stopped tigerbeetle", flush=True)
     return exit_code
 
