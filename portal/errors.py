@@ -206,10 +206,21 @@ class DomainErrorMiddleware:
         return response
 
 
+# Paths whose clients are programs: the API, the OpenAI-compatible gateway, the payment providers' webhooks
+_MACHINE_PATHS = ("/api/", "/gateway/", "/webhooks/")
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """Whether an error is answered in the contract's JSON body (a program's path, or a JSON request) rather
+    than as the error page."""
+    return request.path.startswith(_MACHINE_PATHS) or request.content_type == "application/json"
+
+
 def answer(request: HttpRequest, error: DomainError) -> HttpResponse:
-    """``error`` as JSON under ``/api/`` and for a JSON request, as the error page elsewhere."""
+    """``error`` as JSON under ``/api/`` (and the gateway's and webhooks' paths) and for a JSON request, as the
+    error page elsewhere."""
     status = STATUS[error.code]
-    if request.path.startswith("/api/") or request.content_type == "application/json":
+    if wants_json(request):
         return JsonResponse(error_body(error), status=status)
     return render(request, "error.html", {"status": status, "code": str(error.code), "message": error.message},
                   status=status)

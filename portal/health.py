@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template import loader
 from django.utils import timezone
 
 from billing.common.errors import CommonCode, DomainError
 from ledger.backends import ledger_ping
 from portal.celery import app as celery_app
-from portal.errors import STATUS, answer, body_limit, error_body, too_large
+from portal.errors import STATUS, answer, body_limit, error_body, too_large, wants_json
 from portal.models import Heartbeat
 
+log = logging.getLogger(__name__)
 
-def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    """Every error body is JSON (contract.md), also for an unknown path."""
-    return JsonResponse(error_body(DomainError(CommonCode.NOT_FOUND, "No such path.")), status=STATUS[CommonCode.NOT_FOUND])
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """An unknown path: the contract's JSON body under the API, the error page elsewhere."""
+    return answer(request, DomainError(CommonCode.NOT_FOUND, "No such path."))
+
+
+def forbidden(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return answer(request, DomainError(CommonCode.FORBIDDEN, "You may not do this."))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form posted without its CSRF token (or from another origin): 403, said the way ``forbidden`` says it."""
+    return answer(request, DomainError(CommonCode.FORBIDDEN, "The form's security check failed: reload the page and "
+                                       "submit it again."))
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -29,9 +43,20 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     return answer(request, DomainError(CommonCode.INVALID_REQUEST, "The request is not valid."))
 
 
-def server_error(request: HttpRequest) -> JsonResponse:
+def server_error(request: HttpRequest) -> HttpResponse:
+    """What nothing handled. The page is rendered without the request: looking up its session or user might be
+    what failed."""
     error = DomainError(CommonCode.INTERNAL_ERROR, "Something went wrong on our side.")
-    return JsonResponse(error_body(error), status=STATUS[error.code])
+    status = STATUS[error.code]
+    if wants_json(request):
+        return JsonResponse(error_body(error), status=status)
+    try:
+        page: str = loader.render_to_string("error.html", {"status": status, "code": str(error.code),
+                                                      "message": error.message})
+    except Exception:  # the error page itself must not fail
+        log.exception("the 500 page could not be rendered")
+        page = f"<!doctype html><title>Error</title><h1>Server error</h1><p>{error.message}</p>"
+    return HttpResponse(page, status=status)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

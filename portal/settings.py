@@ -55,6 +55,7 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "portal.health.csrf_failure"  # the error page (JSON under /api/), not Django's own
 # Behind a proxy that terminates TLS and sets X-Forwarded-Proto itself (docs/deploy.md): requests it marks
 # https are secure to Django, and the session and CSRF cookies are sent over HTTPS only. Off by default, since
 # trusting the header without such a proxy would let any client claim https.

@@ -99,6 +99,7 @@ api = [
 ]
 
 handler400 = "portal.health.bad_request"
+handler403 = "portal.health.forbidden"
 handler404 = "portal.health.not_found"
 handler500 = "portal.health.server_error"
 
