@@ -10,6 +10,7 @@ TypedDict parameter types check the shape of every call.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -358,9 +359,20 @@ def gateway_get() -> StripeGateway:
     return StripeGateway(client, installation=installation_id())
 
 
+def _signed_at(signature_header: str) -> int | None:
+    """The ``t=`` of a ``Stripe-Signature`` header (the SDK reads it the same way), None without one."""
+    for item in signature_header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            return int(value) if value.isdigit() else None
+    return None
+
+
 def webhook_event_verify(*, payload: bytes, signature_header: str, secret: str, tolerance: int) -> dict[str, Any]:
     """Verify Stripe's signature on the raw body (HMAC-SHA256 of ``t.body``, timestamp within
-    ``tolerance`` seconds) and return the event as parsed JSON."""
+    ``tolerance`` seconds either way) and return the event as parsed JSON. The SDK refuses only an old
+    timestamp; one dated ahead is refused here too, or a signature captured with a skewed clock (or forged
+    with a leaked secret) would stay replayable until that future moment passed."""
     if not secret:
         raise SignatureError("STRIPE_WEBHOOK_SECRET is not set")
     try:
@@ -369,6 +381,9 @@ def webhook_event_verify(*, payload: bytes, signature_header: str, secret: str, 
         event = json.loads(text)
     except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
         raise SignatureError(str(exc)) from exc
+    signed_at = _signed_at(signature_header)
+    if signed_at is None or signed_at > time.time() + tolerance:
+        raise SignatureError(f"Timestamp outside the tolerance zone ({signed_at}): more than {tolerance} s in the future")
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str):
         raise SignatureError("not a Stripe event")
     return event
