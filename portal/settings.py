@@ -56,13 +56,32 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 CSRF_FAILURE_VIEW = "portal.health.csrf_failure"  # the error page (JSON under /api/), not Django's own
-# Behind a proxy that terminates TLS and sets X-Forwarded-Proto itself (docs/deploy.md): requests it marks
-# https are secure to Django, and the session and CSRF cookies are sent over HTTPS only. Off by default, since
-# trusting the header without such a proxy would let any client claim https.
-if env_bool("TOLLGATE_BEHIND_TLS_PROXY", False):
+# --- HTTPS and the browser (docs/deploy.md "Production settings"; `check --deploy` is clean with them) ---------
+# Behind a proxy that terminates TLS and sets X-Forwarded-Proto itself: requests it marks https are secure to
+# Django, and a plain-HTTP request is redirected to HTTPS (the health probes, asked from inside, are not). Off
+# by default, since trusting the header without such a proxy would let any client claim https.
+BEHIND_TLS_PROXY = env_bool("TOLLGATE_BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+SECURE_SSL_REDIRECT = env_bool("TOLLGATE_SSL_REDIRECT", BEHIND_TLS_PROXY and not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Without DEBUG the session and CSRF cookies travel over HTTPS only (browsers count http://localhost and
+# 127.0.0.1 as secure, so a local server still logs in); 0 for a plain-HTTP installation on a private network.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("TOLLGATE_SECURE_COOKIES", not DEBUG)
+# HSTS: browsers that saw it over HTTPS use nothing else for this long (sent on HTTPS answers only). A year,
+# the usual value; start lower (300) while trying HTTPS out, 0 leaves the header to the proxy.
+SECURE_HSTS_SECONDS = int(os.environ.get("TOLLGATE_HSTS_SECONDS", "0" if DEBUG else "31536000"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("TOLLGATE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Asking browsers to ship the host in their preload lists is the domain owner's decision (hstspreload.org),
+# hard to undo: off unless asked for, and check --deploy's reminder of it (security.W021) is silenced below.
+SECURE_HSTS_PRELOAD = env_bool("TOLLGATE_HSTS_PRELOAD", False)
+# Content-Security-Policy on every answer (portal/security.py): scripts, styles, images and fonts from this
+# site only, no inline script or style, no framing. TOLLGATE_CSP replaces the policy; TOLLGATE_CSP_REPORT_ONLY=1
+# sends it as Content-Security-Policy-Report-Only (browsers report, enforce nothing) while trying a new one.
+TOLLGATE_CSP = os.environ.get("TOLLGATE_CSP") or (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+TOLLGATE_CSP_REPORT_ONLY = env_bool("TOLLGATE_CSP_REPORT_ONLY", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -91,6 +110,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -154,7 +174,7 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The rollups' covering indexes (INCLUDE columns) are a PostgreSQL optimisation; SQLite builds them
 # without the included columns, which is what it should do: no warning on every migrate.
-SILENCED_SYSTEM_CHECKS = ["models.W040"]
+SILENCED_SYSTEM_CHECKS = ["models.W040", "security.W021"]  # W021: HSTS preload, see SECURE_HSTS_PRELOAD
 
 # --- Redis, cache, Celery ------------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -372,6 +392,8 @@ SPECTACULAR_SETTINGS = {
         "BudgetActionEnum": ["block", "alert"],
         "AnomalyActionEnum": ["alert", "pause"],
     },
+    # No badge from validator.swagger.io (an image from elsewhere, which the CSP refuses anyway)
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 LOGGING = {

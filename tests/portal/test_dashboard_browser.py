@@ -147,7 +147,7 @@ def test_log_in_and_see_the_numbers_of_the_api(page, live_server, tenant, shots)
     assert attr(page, "[data-estimate-total]", "data-estimate-total") == invoice["total"]
     assert page.inner_text("[data-estimate-total]") == invoice["total"]
     assert f"{3800 + history:,} of 10,000 token" in page.inner_text('[data-meter="llm_tokens"]')
-    assert page.locator("svg").count() == 6  # hourly + daily for two meters, cost by model and by project
+    assert page.locator("figure.chart svg").count() == 6  # hourly + daily for two meters, cost by model and by project
     page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
 
     page.click("text=Usage & runs")
@@ -177,7 +177,7 @@ def test_new_events_show_without_a_reload(page, live_server, tenant, shots):
     invoice = tenant.read.get("/customers/acme-co/upcoming-invoice").json()
     page.wait_for_selector(f'[data-estimate-total="{invoice["total"]}"]', timeout=6000)
     # the charts follow too (polled every 3 s): the hourly chart's table holds the new total
-    page.wait_for_function("document.querySelector('#hourly-llm_tokens title').textContent.includes('8,100')",
+    page.wait_for_function("() => document.querySelector('#hourly-llm_tokens title').textContent.includes('8,100')",
                            timeout=8000)
     # and the soft-limit alert the worker records a few seconds after ingest shows on the same page
     tenant.acme.email = "ap@acme.example"
