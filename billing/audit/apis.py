@@ -11,6 +11,8 @@ from rest_framework.views import APIView
 
 from billing.audit.models import AuditEntry
 from billing.audit.selectors import audit_page
+from billing.common.auth import principal_of
+from billing.common.errors import CommonCode, DomainError
 from billing.common.params import parse_instant, parse_int
 
 FILTERS = ("actor", "object_type", "object_id", "start", "end", "cursor")
@@ -51,7 +53,8 @@ def entry_out(entry: AuditEntry) -> dict[str, Any]:
 
 
 class AuditLogApi(APIView):
-    """GET the audit log, newest first (scope admin)."""
+    """GET the audit log, newest first (scope admin, unrestricted: the log holds every customer's changes, so a
+    key or login restricted to one customer may not read it)."""
 
     required_scope = "admin"
 
@@ -61,6 +64,9 @@ class AuditLogApi(APIView):
         operation_id="audit_log_list",
     )
     def get(self, request: Request) -> Response:
+        if principal_of(request).customer_id is not None:
+            raise DomainError(CommonCode.FORBIDDEN, "The audit log is the operator's: it holds every customer's "
+                              "changes, and this key or login is restricted to one customer.")
         params = request.query_params
         rows, next_cursor = audit_page(
             limit=parse_int("limit", params.get("limit"), 100, 1, 1000), cursor=params.get("cursor", ""),

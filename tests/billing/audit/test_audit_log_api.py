@@ -33,6 +33,15 @@ def test_the_log_needs_the_admin_scope(make_client: Any) -> None:
     assert make_client("read").get("/api/v1/audit-log").status_code == 403
 
 
+def test_a_key_restricted_to_one_customer_may_not_read_every_customers_log(make_client: Any, acme: Any,
+                                                                         globex: Any) -> None:
+    restricted = make_client("admin", customer=globex).get("/api/v1/audit-log")
+
+    assert restricted.status_code == 403 and restricted.json()["error"]["code"] == "forbidden"
+    assert "acme" not in restricted.content.decode()
+    assert make_client("admin").get("/api/v1/audit-log").status_code == 200
+
+
 def test_pages_go_newest_first_and_the_cursor_reaches_every_entry_once(admin: Any) -> None:
     AuditEntry.objects.all().delete()
     for n in range(7):
