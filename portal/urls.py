@@ -44,7 +44,7 @@ from portal import gateway
 from portal.apidocs import ApiDocsView
 from portal.health import healthz, readyz
 from portal.home import home
-from portal.invoices import invoice_document, invoice_document_pdf
+from portal.invoices import invoice_document, invoice_document_pdf, invoice_stylesheet
 
 api = [
     path("events", EventsApi.as_view(), name="events"),
@@ -112,6 +112,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("console/", include("portal.console.urls")),
     path("dashboard/", include("portal.dashboard.urls")),
+    path("invoices/invoice.css", invoice_stylesheet, name="invoice-stylesheet"),
     path("invoices/<int:invoice_id>/", invoice_document, name="invoice-document"),
     path("invoices/<int:invoice_id>.pdf", invoice_document_pdf, name="invoice-pdf"),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),

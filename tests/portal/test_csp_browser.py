@@ -1,6 +1,6 @@
 """The pages work under the Content-Security-Policy in a real browser (Debian's Chromium, as in
 test_dashboard_browser.py): the login, the dashboard with its polled parts, the pricing console's htmx editor,
-the admin and the Swagger page, with no violation reported and the secure cookies of production settings."""
+the admin, an invoice document and the Swagger page, with no violation reported and the secure cookies of production settings."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
+from billing.invoicing.services import invoice_draft_refresh
 from tests.portal.test_dashboard_browser import PASSWORD, Tenant, log_in, tokens
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -82,8 +83,8 @@ def test_the_dashboard_logs_in_polls_and_shows_its_bars_under_the_policy(watched
     assert watched.problems() == []
 
 
-def test_the_console_editor_admin_and_swagger_work_under_the_policy(watched, live_server):
-    Tenant(live_server.url)
+def test_the_console_editor_admin_invoice_and_swagger_work_under_the_policy(watched, live_server):
+    tenant = Tenant(live_server.url)
     get_user_model().objects.create_user("ops", password=PASSWORD, is_staff=True, is_superuser=True)
     page, base = watched.page, live_server.url
     page.goto(base + "/admin/login/")
@@ -104,6 +105,13 @@ def test_the_console_editor_admin_and_swagger_work_under_the_policy(watched, liv
     with page.expect_response(lambda r: r.url.endswith("/versions/new/tiers")):  # hx-vals, read as JSON (no eval)
         page.get_by_role("button", name="Add tier").first.click()
     page.wait_for_function(f"() => document.querySelectorAll('tr.tier').length === {tiers + 1}")
+
+    invoice = invoice_draft_refresh(customer=tenant.acme, period_start=tenant.now.replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0))
+    assert invoice is not None
+    with page.expect_response(lambda r: r.url.endswith("/invoices/invoice.css") and r.status == 200):
+        page.goto(f"{base}/invoices/{invoice.pk}/")  # the document's rules, linked rather than inline
+    page.goto(f"{base}/invoices/{invoice.pk}/?print=1")
 
     page.goto(base + "/api/docs")
     page.wait_for_selector(".swagger-ui .opblock")  # the start script ran and the schema loaded
