@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
-from billing.customers.models import ApiKey
+from billing.customers.models import ApiKey, CustomerUser
 from billing.customers.services import api_key_create, customer_create, customer_user_create, project_create
 from billing.guardrails.models import AlertThreshold, Anomaly, Run
 from billing.invoicing.services import invoice_draft_refresh
@@ -103,6 +103,8 @@ class TenantA:
             "invoice_id": str(invoice.pk), "endpoint_id": endpoint.public_id, "delivery_id": str(delivery.pk),
             "plan_key": "pro", "key": "pro", "prefix": self.gateway_prefix,
             "pk": str(AlertThreshold.objects.get(customer=self.customer).pk), "kind": "customer",
+            "user_id": str(CustomerUser.objects.get(customer=self.customer).user_id), "action": "finalize",
+            "number": "1",
         }
 
     def fill(self, route: str) -> str:
