@@ -5,7 +5,10 @@ outlive it)."""
 from django.urls import path
 
 from portal import gateway_async
+from portal.urls import handler400, handler403, handler404, handler500  # the same error answers under ASGI
 from portal.urls import urlpatterns as wsgi_urlpatterns
+
+__all__ = ["handler400", "handler403", "handler404", "handler500", "urlpatterns"]
 
 urlpatterns = [
     path("gateway/v1/chat/completions", gateway_async.chat_completions, name="gateway-chat-completions"),

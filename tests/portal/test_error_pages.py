@@ -78,3 +78,9 @@ def test_the_500_page_does_not_touch_the_session(client, django_assert_num_queri
 
     assert response.status_code == 500
     assert "internal_error" in response.content.decode()
+
+
+@pytest.mark.urls("portal.urls_asgi")
+def test_the_asgi_url_conf_answers_the_same_errors(client):
+    assert client.get("/api/v1/no-such-thing").json()["error"]["code"] == "not_found"
+    assert "<code>not_found</code> (404)" in client.get("/no-such-page").content.decode()
