@@ -43,6 +43,10 @@ app.conf.beat_schedule = {
     "usage-rollup": {"task": "usage.rollup", "schedule": 120.0},
     # A recomputation from raw events that logs any drift: hourly is enough to notice and cheap at our scale.
     "usage-rollup-check": {"task": "usage.rollup_check", "schedule": 3600.0},
+    # Raw events are partitioned by month on PostgreSQL: this month and the next few exist ahead of their
+    # first event (TOLLGATE_EVENT_PARTITIONS_AHEAD, 3 by default), so a daily run has months of slack; a run
+    # that finds them all there does nothing (docs/scaling.md).
+    "usage-partitions": {"task": "usage.partitions_ensure", "schedule": 86400.0},
     # Drafts are "kept current while the period is open": every 10 minutes keeps the invoice page within
     # minutes of the rollups; the upcoming-invoice API is always live anyway.
     "invoice-drafts": {"task": "invoicing.refresh_drafts", "schedule": 600.0},

@@ -243,6 +243,8 @@ TOLLGATE_ANON_RATE_LIMIT_PER_MINUTE = int(os.environ.get("TOLLGATE_ANON_RATE_LIM
 # unset, REMOTE_ADDR. Set it only when every request comes through that proxy (a client could forge it).
 TOLLGATE_CLIENT_IP_HEADER = os.environ.get("TOLLGATE_CLIENT_IP_HEADER", "")
 TOLLGATE_MAX_FUTURE_SECONDS = 300  # contract: a timestamp at most 5 minutes in the future
+# PostgreSQL: raw events are partitioned by month; beat keeps this month and the next ones created (docs/scaling.md)
+TOLLGATE_EVENT_PARTITIONS_AHEAD = int(os.environ.get("TOLLGATE_EVENT_PARTITIONS_AHEAD", "3"))
 TOLLGATE_BATCH_MAX = 1000
 # Beat's ops-heartbeat runs this often (portal/celery.py); /readyz fails when the last beat is older than twice that.
 TOLLGATE_HEARTBEAT_SECONDS = float(os.environ.get("TOLLGATE_HEARTBEAT_SECONDS", "60"))

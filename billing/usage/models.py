@@ -23,7 +23,12 @@ class UsageEventQuerySet(models.QuerySet["UsageEvent"]):
 
 class UsageEvent(models.Model):
     """One usage event exactly as accepted. Append-only: no code path updates or deletes a row,
-    and on PostgreSQL a trigger refuses UPDATE and DELETE (migration 0002).
+    and on PostgreSQL a trigger refuses UPDATE and DELETE (migration 0002, on every partition).
+
+    On PostgreSQL the table is partitioned by month of ``usage_at`` (migration 0014,
+    ``billing.usage.partitions``): its primary key is (id, usage_at), and the unique (customer, event_id)
+    lives in ``EventKey``, written by the same statement. The model keeps ``id`` as its key: ids come
+    from one sequence and are unique across partitions.
 
     ``usage_at`` is the hour the quantity counts in: the event's own ``timestamp``, or for a
     correction the timestamp of the event it corrects. ``fingerprint`` is a digest of the
@@ -59,9 +64,6 @@ class UsageEvent(models.Model):
 
     class Meta:
         db_table = "usage_event"
-        constraints = [
-            models.UniqueConstraint(fields=["customer", "event_id"], name="usage_event_unique_per_customer"),
-        ]
         indexes = [
             models.Index(fields=["customer", "meter", "usage_at"], name="usage_event_cust_meter_at"),
             models.Index(fields=["customer", "usage_at"], condition=~models.Q(corrects=""), name="usage_event_corrections"),
@@ -77,6 +79,28 @@ class UsageEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AppendOnlyError("Usage events are append-only: they are never deleted.")
+
+
+class EventKey(models.Model):
+    """The idempotency key of every stored event, (customer, event_id), unique in the database: the
+    row's primary key. Apart from the event table because PostgreSQL requires the partition key in every
+    unique index of a partitioned table, and a unique (customer, event_id, usage_at) would let a reused id
+    with another timestamp through in another month. Ingest inserts the key and the event in one
+    statement (``ON CONFLICT DO NOTHING`` here decides which events are new); ``event`` and ``usage_at``
+    lead to the event's row in its partition. Append-only like the events (a trigger on PostgreSQL)."""
+
+    pk = models.CompositePrimaryKey("customer_id", "event_id")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+", db_index=False,
+                                 db_constraint=False)
+    event_id = models.CharField(max_length=128)
+    event = models.BigIntegerField()  # UsageEvent.id
+    usage_at = models.DateTimeField()  # the event's partition key
+
+    class Meta:
+        db_table = "usage_event_key"
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}:{self.event_id}"
 
 
 class Aggregates(models.Model):

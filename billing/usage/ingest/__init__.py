@@ -5,11 +5,12 @@
 3. limits (``debit``): the ledger debited for limited events, before they are accepted;
 4. store (``store``): one insert; what was not inserted is compared with what is stored.
 
-Exactly once: the database's unique constraint on (customer, event_id) decides, through
-``INSERT ... ON CONFLICT DO NOTHING RETURNING``; every event that was not inserted is compared with
-the stored row by fingerprint: same body -> ``duplicate`` (nothing counted twice), another body ->
-``conflict`` (409). Concurrent retries of one event therefore store one row whatever the
-interleaving. The insert is committed before the caller answers (durable before any 2xx).
+Exactly once: the database's unique key on (customer, event_id) decides (the key table's primary key,
+unique across the event table's monthly partitions), through ``INSERT ... ON CONFLICT DO NOTHING``; every
+event that was not inserted is compared with the stored row by fingerprint: same body -> ``duplicate``
+(nothing counted twice), another body -> ``conflict`` (409). Concurrent retries of one event therefore
+store one row whatever the interleaving. The insert is committed before the caller answers (durable
+before any 2xx).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from billing.guardrails.limits import SubscribedPlans
 from billing.usage.contract import CleanEvent, fingerprint
 from billing.usage.errors import UsageCode
 from billing.usage.ingest.rows import Row
-from billing.usage.models import UsageEvent
+from billing.usage.models import EventKey, UsageEvent
 
 
 def _nothing_closed() -> datetime:
@@ -87,18 +87,29 @@ def load_lookups(cleaned: list[tuple[int, CleanEvent]]) -> Lookups:
             lookups.projects[(customer_pk, key)] = pk
     originals = {e.corrects for _, e in cleaned if e.corrects}
     if originals:
-        for customer_pk, event_id, meter_pk, usage_at, billable, quantity in UsageEvent.objects.filter(
-            event_id__in=originals, customer__external_id__in=customer_ids
-        ).values_list("customer_id", "event_id", "meter_id", "usage_at", "billable", "quantity"):
-            lookups.originals[(customer_pk, event_id)] = (meter_pk, usage_at, billable)
-            lookups.corrected[(customer_pk, event_id)] = quantity
-        for customer_pk, event_id, corrects, quantity, billable in UsageEvent.objects.filter(
-            corrects__in=originals, customer__external_id__in=customer_ids
-        ).values_list("customer_id", "event_id", "corrects", "quantity", "billable"):
-            lookups.corrections.setdefault((customer_pk, corrects), set()).add(event_id)
-            if billable and (customer_pk, corrects) in lookups.corrected:
-                lookups.corrected[(customer_pk, corrects)] += quantity
+        _load_originals(lookups, originals, customer_ids)
     return lookups
+
+
+def _load_originals(lookups: Lookups, originals: set[str], customer_ids: set[str]) -> None:
+    """The originals the batch's corrections name, and the corrections already stored of each. The
+    originals are found by their keys, which lead to their rows (id and usage_at: the partition); a
+    correction counts at or after its original's usage time, so only those partitions are read for them."""
+    keys = list(EventKey.objects.filter(event_id__in=originals, customer__external_id__in=customer_ids)
+                .values_list("event", "usage_at"))
+    if not keys:
+        return
+    for customer_pk, event_id, meter_pk, usage_at, billable, quantity in UsageEvent.objects.filter(
+        id__in=[event for event, _ in keys], usage_at__in={at for _, at in keys}
+    ).values_list("customer_id", "event_id", "meter_id", "usage_at", "billable", "quantity"):
+        lookups.originals[(customer_pk, event_id)] = (meter_pk, usage_at, billable)
+        lookups.corrected[(customer_pk, event_id)] = quantity
+    for customer_pk, event_id, corrects, quantity, billable in UsageEvent.objects.filter(
+        corrects__in=originals, customer__external_id__in=customer_ids, usage_at__gte=min(at for _, at in keys)
+    ).values_list("customer_id", "event_id", "corrects", "quantity", "billable"):
+        lookups.corrections.setdefault((customer_pk, corrects), set()).add(event_id)
+        if billable and (customer_pk, corrects) in lookups.corrected:
+            lookups.corrected[(customer_pk, corrects)] += quantity
 
 
 def _bounded(event: CleanEvent, quantity: Decimal, customer_pk: int, lookups: Lookups,

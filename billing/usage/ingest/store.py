@@ -1,6 +1,8 @@
 """Step 4 of ingest, the writes: the event insert (one statement; on PostgreSQL, binary arrays, and the
 ledger's booking in the same statement when the ledger shares the database) and the reads of what is
-stored. Exactly once: the unique constraint on (customer, event_id) decides (``ON CONFLICT DO NOTHING``)."""
+stored. Exactly once: the primary key of the key table, (customer, event_id), decides (``ON CONFLICT DO
+NOTHING``): an event is inserted exactly when its key is, in the same statement (PostgreSQL) or
+transaction (SQLite). The key table is unique across the event table's monthly partitions (EventKey)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from typing import Any, TypeVar
 from django.db import OperationalError, connection
 
 from billing.usage.ingest.rows import Row
-from billing.usage.models import UsageEvent
+from billing.usage.models import EventKey, UsageEvent
 from ledger.backends.base import Booking, LedgerRefused
 
 T = TypeVar("T")
 
 
-_ID_SEQUENCE = f"{UsageEvent._meta.db_table}_id_seq"  # the identity column's sequence (PostgreSQL)
+_ID_SEQUENCE = f"{UsageEvent._meta.db_table}_id_seq"  # the id column's sequence (PostgreSQL)
+_KEYS = EventKey._meta.db_table
 
 
 _COLUMNS = (
@@ -88,30 +91,48 @@ def insert_rows(rows: list[Row], *, received_at: datetime, booking: Booking | No
         return set()
     table = UsageEvent._meta.db_table
     cols = ", ".join(_COLUMNS)
-    conflict = "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id"
     if connection.vendor == "postgresql":
-        return _insert_rows_postgresql(rows, received_at, table, cols, conflict, booking, debited)
+        return _insert_rows_postgresql(rows, received_at, table, cols, booking, debited)
     if booking is not None:
         raise ValueError("an insert books the ledger in its own statement on PostgreSQL only")
     if not rows:  # e.g. a settle whose every event was refused: "VALUES ON CONFLICT" is not SQL
         return set()
-    with connection.cursor() as cursor:  # SQLite: one multi-row VALUES (16,000 parameters at most)
-        ops = connection.ops
-        received = ops.adapt_datetimefield_value(received_at)
+    return _insert_rows_sqlite(rows, received_at, table, cols)
+
+
+def _insert_rows_sqlite(rows: list[Row], received_at: datetime, table: str, cols: str) -> set[tuple[int, str]]:
+    """The keys first (one multi-row VALUES, ``ON CONFLICT DO NOTHING``), each with the id its event will
+    have (the largest id plus its place in the batch: read by the insert itself, which holds SQLite's one
+    write lock), then the events of the keys inserted, in the same transaction."""
+    ops = connection.ops
+    with connection.cursor() as cursor:
         params: list[Any] = []
-        for r in rows:
+        for n, r in enumerate(rows, 1):
+            params.extend((r.customer_pk, r.event.event_id, n, ops.adapt_datetimefield_value(r.usage_at)))
+        values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+        cursor.execute(
+            f"INSERT INTO {_KEYS} (customer_id, event_id, event, usage_at) SELECT column1, column2, "  # noqa: S608
+            f"(SELECT coalesce(max(id), 0) FROM {table}) + column3, column4 FROM (VALUES {values}) WHERE true "
+            "ON CONFLICT DO NOTHING RETURNING customer_id, event_id, event", params)
+        ids = {(int(customer_pk), event_id): int(event) for customer_pk, event_id, event in cursor.fetchall()}
+        new = [r for r in rows if (r.customer_pk, r.event.event_id) in ids]
+        if not new:
+            return set()
+        received = ops.adapt_datetimefield_value(received_at)
+        params = []
+        for r in new:  # SQLite: one multi-row VALUES (16,000 parameters at most)
             params.extend((
-                r.customer_pk, r.project_pk, r.meter_pk, r.event.event_id, str(r.quantity),
-                ops.adapt_datetimefield_value(r.event.timestamp), ops.adapt_datetimefield_value(r.usage_at), received,
-                json.dumps(r.event.dimensions), json.dumps(r.event.trace) if r.event.trace is not None else None,
+                ids[(r.customer_pk, r.event.event_id)], r.customer_pk, r.project_pk, r.meter_pk, r.event.event_id,
+                str(r.quantity), ops.adapt_datetimefield_value(r.event.timestamp), ops.adapt_datetimefield_value(r.usage_at),
+                received, json.dumps(r.event.dimensions), json.dumps(r.event.trace) if r.event.trace is not None else None,
                 r.run_id, r.billable, r.reason, r.event.schema_version, r.event.corrects or "", r.fingerprint,
             ))
-        placeholders = ", ".join(["(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"] * len(rows))
-        cursor.execute(f"INSERT INTO {table} ({cols}) VALUES {placeholders} {conflict}", params)  # noqa: S608
-        return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
+        placeholders = ", ".join(["(" + ", ".join(["%s"] * (len(_COLUMNS) + 1)) + ")"] * len(new))
+        cursor.execute(f"INSERT INTO {table} (id, {cols}) VALUES {placeholders}", params)  # noqa: S608
+        return set(ids)
 
 
-def _insert_rows_postgresql(rows: list[Row], received_at: datetime, table: str, cols: str, conflict: str,
+def _insert_rows_postgresql(rows: list[Row], received_at: datetime, table: str, cols: str,
                             booking: Booking | None, debited: Sequence[Row]) -> set[tuple[int, str]]:
     """One statement with one array per column: a 1,000-event batch is one round trip and a short
     query text. It runs on a server-side-binding psycopg cursor over Django's connection (same
@@ -122,20 +143,21 @@ def _insert_rows_postgresql(rows: list[Row], received_at: datetime, table: str, 
     (SQLSTATE TG001, nothing kept) unless the booking's counts and the debited rows' insert are right."""
     import psycopg
 
-    # Rows go in in (customer, event_id) order, so that two batches sharing new ids (a client's retry in
-    # flight) wait on each other's unique-index entries in one order and never deadlock (PostgreSQL
-    # broke such cycles after deadlock_timeout: 1 s stalls). Their ids still follow the batch's order
-    # (taken in the inner, ordinality-sorted query, whose output PostgreSQL computes after its sort):
-    # among events at the same instant, a ``latest`` meter keeps the one sent last.
-    insert = (
-        f"INSERT INTO {table} (id, {cols}) "  # noqa: S608 - table and columns are constants
-        "SELECT i, c, p, m, e, q, t, u, %b, d, tr, r, b, rs, sv, co, f FROM ("
-        f"SELECT nextval('{_ID_SEQUENCE}') AS i, x.* FROM unnest("
+    # Keys go in in (customer, event_id) order, so that two batches sharing new ids (a client's retry in
+    # flight) wait on each other's key-index entries in one order and never deadlock (PostgreSQL broke
+    # such cycles after deadlock_timeout: 1 s stalls). Ids follow the batch's order (taken in the
+    # ordinality-sorted ``src``, whose output PostgreSQL computes after its sort, once: MATERIALIZED):
+    # among events at the same instant, a ``latest`` meter keeps the one sent last. An event is inserted
+    # exactly when its key is (``k`` returns the ids of the keys it inserted).
+    ctes = (  # table and columns are constants
+        f"src AS MATERIALIZED (SELECT nextval('{_ID_SEQUENCE}') AS i, %b::timestamptz AS ra, x.* FROM unnest("  # noqa: S608
         "%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::numeric[], %b::timestamptz[], "
         "%b::timestamptz[], %b::text[]::jsonb[], %b::text[]::jsonb[], %b::text[], %b::boolean[], %b::text[], "
         "%b::smallint[], %b::text[], %b::text[]) WITH ORDINALITY AS x(c, p, m, e, q, t, u, d, tr, r, b, rs, sv, co, f, n) "
-        "ORDER BY n) AS s ORDER BY c, e "
-        + conflict)
+        f"ORDER BY n), k AS (INSERT INTO {_KEYS} (customer_id, event_id, event, usage_at) "
+        "SELECT c, e, i, u FROM src ORDER BY c, e ON CONFLICT DO NOTHING RETURNING event), "
+        f"ins AS (INSERT INTO {table} (id, {cols}) SELECT i, c, p, m, e, q, t, u, ra, d, tr, r, b, rs, sv, co, f "
+        "FROM src WHERE i IN (SELECT event FROM k) RETURNING customer_id, event_id, billable)")
     params: list[Any] = [
         received_at,
         [r.customer_pk for r in rows],
@@ -157,7 +179,7 @@ def _insert_rows_postgresql(rows: list[Row], received_at: datetime, table: str, 
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         if booking is None:
-            cursor.execute(insert, params)
+            cursor.execute(f"WITH {ctes} SELECT customer_id, event_id FROM ins", params)  # noqa: S608
             return {(int(customer_pk), event_id) for customer_pk, event_id in cursor.fetchall()}
         # Every debited row was inserted by this statement: counted, not matched key by key. The debited rows
         # are the batch's billable rows of their customers but those read as stored before, which exist
@@ -166,7 +188,7 @@ def _insert_rows_postgresql(rows: list[Row], received_at: datetime, table: str, 
         debited_customers = sorted({r.customer_pk for r in debited})
         try:
             cursor.execute(
-                f"WITH ins AS ({insert}, billable), "  # noqa: S608
+                f"WITH {ctes}, "  # noqa: S608
                 "checked AS (SELECT count(*) FILTER (WHERE billable AND customer_id = ANY(%b::int8[])) = %b::int8 "
                 f"AS all_debited FROM ins), {booking.ctes} SELECT tollgate_refuse_unless(checked.all_debited AND "
                 f"{booking.ok}, CASE WHEN checked.all_debited THEN '{BOOKING_REFUSED}' ELSE '{STORED_MEANWHILE}' END), "
@@ -189,19 +211,23 @@ def stored_outcomes(rows: list[Row]) -> dict[tuple[int, str], str]:
 
 
 def stored_columns(customer_pk: int, event_ids: list[str], columns: str) -> list[tuple[Any, ...]]:
-    """(event_id, *columns) of the customer's stored events among ``event_ids``. On PostgreSQL the ids go
+    """(event_id, *columns) of the customer's stored events among ``event_ids``: found by their keys, each
+    key leading to its event's row in its partition (id and usage_at: the primary key). On PostgreSQL the ids go
     as one binary text[] parameter: the ORM's ``event_id__in`` compiled a placeholder per id (≈20 ms
     for a 1,000-event batch)."""
     if connection.vendor != "postgresql":
-        return list(UsageEvent.objects.filter(customer_id=customer_pk, event_id__in=event_ids).values_list(
+        keys = EventKey.objects.filter(customer_id=customer_pk, event_id__in=event_ids).values("event")
+        return list(UsageEvent.objects.filter(id__in=keys).values_list(
             "event_id", *(c.strip() for c in columns.split(","))))
     import psycopg
 
+    selected = ", ".join(f"e.{c.strip()}" for c in columns.split(","))
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(
-            f"SELECT event_id, {columns} FROM {UsageEvent._meta.db_table} "  # noqa: S608 - constants
-            "WHERE customer_id = %s AND event_id = ANY(%b::text[])", [customer_pk, event_ids])
+            f"SELECT k.event_id, {selected} FROM {_KEYS} k JOIN {UsageEvent._meta.db_table} e "  # noqa: S608
+            "ON e.id = k.event AND e.usage_at = k.usage_at WHERE k.customer_id = %s AND k.event_id = ANY(%b::text[])",
+            [customer_pk, event_ids])
         return cursor.fetchall()
 
 
