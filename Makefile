@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test test-fast test-tigerbeetle lint lint-imports typecheck pytest bench bench-ingest bench-ledger bench-rollup bench-gateway bench-sdk drills clean
+.PHONY: install run test test-fast test-tigerbeetle lint lint-imports typecheck pytest bench bench-ingest bench-ledger bench-rollup bench-scale bench-gateway bench-sdk drills clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench-ledger: install
 ## incremental run, and invoice drafts from rollups for every customer (BENCH_ARGS="--events 200000" for a quick run)
 bench-rollup: install
 	$(PY) bench/rollup.py $(BENCH_ARGS)
+
+## bench-scale: the growth curve: rollup, invoice drafts and usage queries at 1M, 10M and 30M raw events
+## (monthly partitions; figures in docs/scaling.md; about an hour and 15 GB; BENCH_ARGS="--sizes 100000,300000" for a quick run)
+bench-scale: install
+	nice -n 10 $(PY) bench/scale.py $(BENCH_ARGS)
 
 ## bench-gateway: the LLM gateway's added latency, 16 clients, against the same client calling a fake upstream directly
 bench-gateway: install
