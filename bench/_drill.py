@@ -53,8 +53,8 @@ class Record:
             return sum(1 for status in self.outcome.values() if status == "accepted")
 
 
-def _event(event_id: str) -> dict[str, Any]:
-    return {"event_id": event_id, "customer": CUSTOMER, "meter": METER, "quantity": "1",
+def _event(event_id: str, customer: str = CUSTOMER) -> dict[str, Any]:
+    return {"event_id": event_id, "customer": customer, "meter": METER, "quantity": "1",
             "timestamp": datetime.now(timezone.utc).isoformat(), "dimensions": {"model": "drill"}}
 
 
@@ -62,9 +62,9 @@ class Client(threading.Thread):
     """One retrying ingest client on its own keep-alive connection."""
 
     def __init__(self, number: int, port: int, key: str, record: Record, batch: int, stop: threading.Event,
-                 draining: threading.Event, deadline: float) -> None:
+                 draining: threading.Event, deadline: float, customer: str = CUSTOMER) -> None:
         super().__init__(name=f"drill-client-{number}", daemon=True)
-        self.number, self.port, self.record, self.batch = number, port, record, batch
+        self.number, self.port, self.record, self.batch, self.customer = number, port, record, batch, customer
         self.stop, self.draining, self.deadline = stop, draining, deadline
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self.conn: http.client.HTTPConnection | None = None
@@ -76,7 +76,7 @@ class Client(threading.Thread):
             while not self.stop.is_set():
                 ids = [f"c{self.number}-{sequence + i}" for i in range(self.batch)]
                 sequence += self.batch
-                body = json.dumps({"events": [_event(event_id) for event_id in ids]}).encode()
+                body = json.dumps({"events": [_event(event_id, self.customer) for event_id in ids]}).encode()
                 results = self._until_answered(body)
                 if results is None:
                     with self.record.lock:

@@ -1,6 +1,22 @@
-"""``make drills``: the ledger under faults, on a three-replica TigerBeetle cluster on loopback.
+"""``make drills``: Tollgate under faults. Each drill prints a row of one table (events sent, stored, lost,
+double-counted, 5xx answers other than a retried ``503`` with ``Retry-After``, recovery time); the command
+exits 1 unless every row has 0 lost, 0 double-counted and 0 5xx and keeps its drill's other promises.
 
-gunicorn serves ``portal.wsgi`` on PostgreSQL and the cluster; 4 retrying clients send limited batches
+Drills (``--drills``, comma-separated; ``--schedule quick`` runs ledger,credit,web-kill,postgres):
+  ledger    the ledger under faults on a three-replica TigerBeetle cluster (below; needs the tigerbeetle binary)
+  worker    the Celery worker SIGKILLed mid-rollup, then mid-finalization; rollups and invoices compared with a
+            recompute from the raw events, one invoice per customer, numbers without gaps
+  credit    ``--debits`` (100) concurrent single events on one credit grant that covers half of them: exactly
+            the credit is consumed, never more
+  web-kill  gunicorn workers SIGKILLed (``--app-kills`` times) during ingest by 4 retrying clients
+  postgres  PostgreSQL stopped and started ``--hold`` seconds later during ingest: 503 with Retry-After, never 500
+  redis     Redis stopped for ``--outage`` seconds during ingest while the worker holds a delayed acks_late alert
+            check: ingest answers throughout, the worker runs tasks within 30 s of Redis's return, every check runs
+The application drills (all but ledger) share one stack of their own: a throwaway PostgreSQL and Redis,
+gunicorn, a Celery worker and beat, the SQL ledger (bench/_stack.py); ``--database-url`` is the ledger
+drill's only.
+
+The ledger drill: gunicorn serves ``portal.wsgi`` on PostgreSQL and the cluster; 4 retrying clients send limited batches
 (1 token per event) for one customer with a hard limit. Meanwhile (``--schedule full``):
 
 1. one backup replica is SIGKILLed, and restarted 5 s later on its data file;
@@ -18,11 +34,11 @@ limit (exact), every answer while the cluster had no quorum was ``503`` with ``R
 same gunicorn workers, but those killed on purpose).
 ``--schedule quick`` (the CI test) kills and restarts one backup replica, then kills app workers (step 4).
 
-    .venv/bin/python bench/drills.py [--schedule quick] [--database-url postgres://...] [--keep]
+    .venv/bin/python bench/drills.py [--schedule quick] [--drills ledger,redis] [--database-url postgres://...] [--keep]
 
 Without ``--database-url`` a throwaway PostgreSQL is started (bench/_pg.py); with one, a fresh database is
-created on that server and dropped at the end. The results are printed as JSON and written to
-bench/results/drills-<UTC time>.json.
+created on that server and dropped at the end. The results are printed as JSON, then the table, and written
+to bench/results/drills-<UTC time>.json.
 """
 
 from __future__ import annotations
@@ -45,11 +61,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when loaded by path
 
+from _appdrills import APP_DRILLS, run_app, table
 from _cluster import Cluster
 from _drill import CUSTOMER, METER, VERIFY, Answer, Client, ReadyzWatcher, Record, check
 from _http import PY, ROOT, start_server, stop_server, tail, wait_healthy, write_results
 from _pg import free_port, pg_start, pg_stop, run
+from _stack import children_of
 from _tb import tb_binary
+
+ALL_DRILLS = ("ledger", *APP_DRILLS)
+QUICK_DRILLS = ("ledger", "credit", "web-kill", "postgres")  # CI's: about a minute beside the quick ledger schedule
 
 PLAN = """
 meters:
@@ -76,18 +97,6 @@ subscription_set(customer=customer, plan=Plan.objects.get(key='drill'), start=da
 print(api_key_create(name='drill ingest', scope='ingest')[1], api_key_create(name='drill admin', scope='admin')[1])
 """
 NO_QUORUM_GRACE = 3.0  # a request in flight when the cluster stops may still end well, or wait out the ledger timeout
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 class Drill:
@@ -352,9 +361,25 @@ def run_drill(args: argparse.Namespace, work: Path, database_url: str, binary: s
     if not alive or not (workers - drill.killed_workers) <= still or len(still) != len(workers):
         problems.append(f"the app restarted: gunicorn alive={alive}, workers before {sorted(workers)} after {sorted(still)}"
                         f" (killed on purpose: {sorted(drill.killed_workers)})")
+    answers = drill.record.answers
     return {"schedule": args.schedule, "clients": args.clients, "batch": args.batch, "gunicorn_workers": args.workers,
             "replicas": drill.cluster.count, "cache_grid": "128MiB", "cpus": os.cpu_count(), "totals": figures,
+            "answers_5xx": sum(1 for a in answers if a.status >= 500 and not (a.status == 503 and a.retry_after)),
+            "answers_503": sum(1 for a in answers if a.status == 503 and a.retry_after),
             "phases": phases, "problems": problems}
+
+
+def ledger_row(results: dict[str, Any]) -> dict[str, Any]:
+    """The ledger drill as a row of the drills' table: recovery is the whole cluster's (full schedule), else the
+    longest stretch without an accepted batch while a replica was down or rejoining."""
+    totals = results["totals"]
+    restarted = [p.get("recovered_after_s") for p in results["phases"] if "recovered_after_s" in p]
+    stretches = [p["longest_without_acceptance_s"] for p in results["phases"] if p["phase"].startswith("backup")]
+    return {"drill": f"ledger cluster faults ({results['schedule']})", "unit": "events",
+            "sent": totals["events_answered"] + totals["unanswered_at_end"], "stored": totals["stored_billable"],
+            "lost": totals["lost"], "double_counted": totals["double_debited"] + totals["duplicated_ids"],
+            "5xx": results["answers_5xx"], "503_retried": results["answers_503"],
+            "recovery_s": restarted[0] if restarted else max(stretches, default=None), "problems": results["problems"]}
 
 
 def _database(args: argparse.Namespace, work: Path) -> tuple[str, Any]:
@@ -393,32 +418,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--headroom", type=int, default=300, help="units left under the hard limit at the drain")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole drill's ingest")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data files)")
-    return parser.parse_args(argv)
+    parser.add_argument("--drills", type=lambda s: [d for d in s.split(",") if d], default=None,
+                        help=f"comma-separated, from: {','.join(ALL_DRILLS)} (default: all of them with --schedule full; "
+                             f"{','.join(QUICK_DRILLS)} with --schedule quick)")
+    parser.add_argument("--debits", type=int, default=100, help="concurrent debits in the credit drill")
+    parser.add_argument("--pg-port", type=int, default=0, help="the application drills' PostgreSQL port (default: a free one)")
+    parser.add_argument("--redis-port", type=int, default=0, help="the application drills' Redis port (default: a free one)")
+    parser.add_argument("--app-port", type=int, default=0, help="the application drills' gunicorn port (default: a free one)")
+    args = parser.parse_args(argv)
+    if args.drills is None:
+        args.drills = list(ALL_DRILLS if args.schedule == "full" else QUICK_DRILLS)
+    unknown = sorted(set(args.drills) - set(ALL_DRILLS))
+    if unknown:
+        parser.error(f"unknown drills {unknown}: choose from {','.join(ALL_DRILLS)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    binary, where = tb_binary()
-    if binary is None:
-        raise SystemExit(f"drills need a tigerbeetle 0.17.9 binary: {where}")
     work = Path(tempfile.mkdtemp(prefix="tollgate-drill-"))
     os.chmod(work, 0o755)
-    drop = None
+    results: dict[str, Any] = {"drills": args.drills, "rows": [], "problems": []}
+    started = time.monotonic()
     try:
-        database_url, drop = _database(args, work)
-        started = time.monotonic()
-        results = run_drill(args, work, database_url, binary)
+        if "ledger" in args.drills:
+            results.update(_ledger(args, work))
+            results["rows"].append(ledger_row(results))
+        app = [name for name in args.drills if name != "ledger"]
+        if app:
+            rows = run_app(args, work, app)
+            results["rows"] += rows
+            results["problems"] += [f"{row['drill']}: {problem}" for row in rows for problem in row["problems"]]
         results["wall_s"] = round(time.monotonic() - started, 1)
     finally:
-        if drop is not None:
-            drop()
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
+    print(table(results["rows"]))
     write_results(f"drills-{args.schedule}", results)
     return results
+
+
+def _ledger(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    binary, where = tb_binary()
+    if binary is None:
+        raise SystemExit(f"the ledger drill needs a tigerbeetle 0.17.9 binary: {where} (or leave it out: --drills)")
+    drop = None
+    try:
+        database_url, drop = _database(args, work)
+        return run_drill(args, work, database_url, binary)
+    finally:
+        if drop is not None:
+            drop()
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def test_a_replica_then_app_workers_killed_under_limited_ingest_lose_nothing_and
     monkeypatch.setenv("TIGERBEETLE_BIN", _binary())
     drills = _drills()
 
-    results = drills.main(["--schedule", "quick", "--database-url", os.environ["DATABASE_URL"], "--hold", "4",
-                           "--settle", "3", "--app-kills", "2"])
+    results = drills.main(["--schedule", "quick", "--drills", "ledger", "--database-url", os.environ["DATABASE_URL"],
+                           "--hold", "4", "--settle", "3", "--app-kills", "2"])
 
     assert results["problems"] == []
     totals = results["totals"]
