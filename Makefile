@@ -80,10 +80,12 @@ bench-sdk: install
 
 bench: bench-ingest bench-ledger bench-rollup bench-gateway bench-sdk
 
-## drills: the ledger under faults: gunicorn on a throwaway PostgreSQL and a three-replica TigerBeetle cluster, 4 retrying
-## limited clients while a backup replica, then the primary are SIGKILLed and restarted, then the whole cluster is down
-## for 20 s, then app workers are SIGKILLed; fails unless nothing is lost or debited twice and the quota is exact
-## (DRILL_ARGS="--schedule quick" for the CI variant); figures in docs/operations.md
+## drills: Tollgate under faults, one table of events sent, stored, lost, double-counted, 5xx and recovery time; fails
+## unless 0 lost, 0 double-counted, 0 5xx. The ledger on a three-replica TigerBeetle cluster (replicas, then the whole
+## cluster killed, app workers killed); then gunicorn + Celery worker + beat on a PostgreSQL and Redis of their own:
+## web workers SIGKILLed during ingest, PostgreSQL restarted, Redis stopped 20 s, the worker SIGKILLed mid-rollup and
+## mid-finalization, 100 concurrent debits on one credit (DRILL_ARGS="--schedule quick" for CI's selection,
+## DRILL_ARGS="--drills redis,worker" for some); figures in docs/reliability.md
 drills: install
 	$(PY) bench/drills.py $(DRILL_ARGS)
 

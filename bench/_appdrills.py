@@ -198,13 +198,19 @@ def redis(stack: Stack, args: Any) -> dict[str, Any]:
         return {"recovery_s": None if recovered is None else round(recovered, 2), "held_task": held, "problems": problems}
 
     record, outcome = _ingest(stack, "drill-redis", fault)
-    time.sleep(8)  # the checks the last batches queued (5 s countdown)
-    text = stack.worker_log()
-    received = set(_RECEIVED.findall(text))
-    runs: dict[str, int] = {}
-    for _at, task in _SUCCEEDED.findall(text):
-        runs[task] = runs.get(task, 0) + 1
-    never = sorted(received - set(runs))
+    # every check the worker received runs: those the last batches queued (5 s countdown), and any other it held
+    # at the stop, handed out again after the visibility timeout
+    deadline = time.monotonic() + VISIBILITY + 60
+    while True:
+        text = stack.worker_log()
+        received = set(_RECEIVED.findall(text))
+        runs: dict[str, int] = {}
+        for _at, task in _SUCCEEDED.findall(text):
+            runs[task] = runs.get(task, 0) + 1
+        never = sorted(received - set(runs))
+        if not never or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     held = outcome.get("held_task", "")
     if never:
         outcome.setdefault("problems", []).append(f"{len(never)} alert checks the worker received never ran: {never[:3]}")
@@ -321,9 +327,9 @@ def run_app(args: Any, work: Any, names: list[str]) -> list[dict[str, Any]]:
             if name in names:
                 print(f"[{time.strftime('%H:%M:%S')}] application drill: {name}", flush=True)
                 try:
-                    rows += drills[name]()
+                    rows += [{"key": name, **row} for row in drills[name]()]
                 except Exception as exc:  # one drill's failure is its row's problem; the others still run
-                    rows.append(_row(name, "-", problems=[f"{type(exc).__name__}: {exc}"]))
+                    rows.append({"key": name, **_row(name, "-", problems=[f"{type(exc).__name__}: {exc}"])})
     finally:
         stack.stop()
     return rows

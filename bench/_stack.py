@@ -24,7 +24,7 @@ from typing import Any
 from _http import PY, ROOT, start_server, stop_server, tail, wait_healthy
 from _pg import SETTINGS, as_postgres, free_port, pg_bin, pg_start, pg_stop, run
 
-VISIBILITY = 20  # seconds: TOLLGATE_BROKER_VISIBILITY_TIMEOUT in the drill
+VISIBILITY = 60  # seconds: TOLLGATE_BROKER_VISIBILITY_TIMEOUT in the drill, longer than any of its tasks runs here
 WEB_CUSTOMERS = ("drill-web", "drill-pg", "drill-redis")  # one per ingest drill, so their figures stay apart
 INVOICE_CUSTOMERS = 100  # the worker drill's customers, billed for last month
 CREDIT = "5.00"  # the credit drill's grant, in USD; each debit costs 0.10

@@ -21,7 +21,7 @@ from typing import Any
 from _http import PY, ROOT
 from _stack import VISIBILITY, Stack
 
-EVENTS_PER_CUSTOMER = 1200
+EVENTS_PER_CUSTOMER = 240  # 24,000 events: one rollup transaction (50,000 a step), seconds long
 COLUMNS = ("customer_id, meter_id, event_id, quantity, timestamp, usage_at, received_at, dimensions, run_id, billable, "
            "reason, schema_version, corrects, fingerprint")
 MODELS = ('{"model": "a"}', '{"model": "b"}', '{"model": "c"}')
@@ -79,7 +79,7 @@ def rollup_kill(stack: Stack) -> dict[str, Any]:
     killed = _kill_when(stack, lambda: stack.sql(IN_TRANSACTION) > 0 and "usage.rollup[" in stack.worker_log())
     at_kill = stack.sql(watermark)
     stack.start_worker()
-    recovered = _wait(lambda: stack.sql(watermark) >= top, VISIBILITY + 120)
+    recovered = _wait(lambda: stack.sql(watermark) >= top, VISIBILITY + 180)
     recovery = None if recovered is None else round(time.monotonic() - killed, 1)
     drift = json.loads(stack.shell("import json\nfrom billing.usage.rollups import rollup_check\n"
                                    "print(json.dumps(rollup_check()))").strip().splitlines()[-1])
@@ -89,11 +89,12 @@ def rollup_kill(stack: Stack) -> dict[str, Any]:
     if at_kill >= top:
         problems.append("the rollup had finished before the kill: nothing was interrupted")
     if recovered is None:
-        problems.append(f"the rollup did not complete within {VISIBILITY + 120} s of the worker's restart")
+        problems.append(f"the rollup did not complete within {VISIBILITY + 180} s of the worker's restart")
     if drift or rolled != loaded or daily != loaded:
         problems.append(f"rollups differ from the raw events: {len(drift)} drift lines {drift[:3]}, hourly {rolled}, "
                         f"daily {daily} of {loaded} events")
-    return {"drill": "worker SIGKILLed mid-rollup", "unit": "events rolled up", "sent": loaded, "stored": rolled,
+    return {"key": "worker-rollup", "drill": "worker SIGKILLed mid-rollup", "unit": "events rolled up", "sent": loaded,
+            "stored": rolled,
             "lost": max(0, loaded - rolled), "double_counted": max(0, rolled - loaded) + max(0, daily - loaded),
             "5xx": None, "503_retried": None, "recovery_s": recovery, "drift_lines": len(drift),
             "watermark_at_kill_of": f"{at_kill} of {top}", "problems": problems}
@@ -106,7 +107,7 @@ def finalize_kill(stack: Stack) -> dict[str, Any]:
     killed = _kill_when(stack, lambda: stack.sql(FINALIZED, (period,)) > 0)
     at_kill = stack.sql(FINALIZED, (period,))
     stack.start_worker()
-    recovered = _wait(lambda: stack.sql(FINALIZED, (period,)) >= expected, VISIBILITY + 120)
+    recovered = _wait(lambda: stack.sql(FINALIZED, (period,)) >= expected, VISIBILITY + 180)
     recovery = None if recovered is None else round(time.monotonic() - killed, 1)
     finalized = stack.sql(FINALIZED, (period,))
     per_customer = stack.sql("SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM invoicing_invoice WHERE "
@@ -121,13 +122,14 @@ def finalize_kill(stack: Stack) -> dict[str, Any]:
     if at_kill >= expected:
         problems.append("the period was finalized before the kill: nothing was interrupted")
     if recovered is None:
-        problems.append(f"finalization did not complete within {VISIBILITY + 120} s of the worker's restart")
+        problems.append(f"finalization did not complete within {VISIBILITY + 180} s of the worker's restart")
     if per_customer != 1 or finalized != expected or numbers[0] != numbers[1] or numbers[0] != numbers[2]:
         problems.append(f"invoices: {finalized} finalized of {expected}, up to {per_customer} per customer, numbers "
                         f"(count, distinct, span) {numbers}")
     if verify.returncode or mismatches:
         problems.append(f"invoice verify --all: {verify.stdout[-600:]} {verify.stderr[-600:]}")
-    return {"drill": "worker SIGKILLed mid-finalization", "unit": "invoices", "sent": expected, "stored": finalized,
+    return {"key": "worker-finalize", "drill": "worker SIGKILLed mid-finalization", "unit": "invoices", "sent": expected,
+            "stored": finalized,
             "lost": max(0, expected - finalized), "double_counted": max(0, per_customer - 1) + mismatches
             + (numbers[0] - numbers[1]), "5xx": None, "503_retried": None, "recovery_s": recovery,
             "finalized_at_kill": at_kill, "problems": problems}

@@ -375,11 +375,11 @@ def ledger_row(results: dict[str, Any]) -> dict[str, Any]:
     totals = results["totals"]
     restarted = [p.get("recovered_after_s") for p in results["phases"] if "recovered_after_s" in p]
     stretches = [p["longest_without_acceptance_s"] for p in results["phases"] if p["phase"].startswith("backup")]
-    return {"drill": f"ledger cluster faults ({results['schedule']})", "unit": "events",
+    return {"key": "ledger", "drill": f"ledger cluster faults ({results['schedule']})", "unit": "events",
             "sent": totals["events_answered"] + totals["unanswered_at_end"], "stored": totals["stored_billable"],
             "lost": totals["lost"], "double_counted": totals["double_debited"] + totals["duplicated_ids"],
             "5xx": results["answers_5xx"], "503_retried": results["answers_503"],
-            "recovery_s": restarted[0] if restarted else max(stretches, default=None), "problems": results["problems"]}
+            "recovery_s": restarted[0] if restarted else max(stretches, default=None), "problems": list(results["problems"])}
 
 
 def _database(args: argparse.Namespace, work: Path) -> tuple[str, Any]:
