@@ -27,8 +27,6 @@ from typing import Any
 from _drill import METER, VERIFY, Answer, Client, Record
 from _stack import CREDIT, VISIBILITY, Stack, children_of, log_time
 
-CLIENTS, BATCH = 4, 10
-
 
 def _row(drill: str, unit: str, **figures: Any) -> dict[str, Any]:
     row = {"drill": drill, "unit": unit, "sent": 0, "stored": 0, "lost": 0, "double_counted": 0, "5xx": 0,
@@ -48,12 +46,13 @@ def _first_acceptance_after(record: Record, since: float, timeout: float) -> flo
     return None
 
 
-def _ingest(stack: Stack, customer: str, fault: Callable[[Record], dict[str, Any]]) -> tuple[Record, dict[str, Any]]:
-    """Retrying clients for ``customer`` through ``fault(record)``, then until their last batch is answered."""
+def _ingest(stack: Stack, args: Any, customer: str, fault: Callable[[Record], dict[str, Any]]) -> tuple[Record, dict[str, Any]]:
+    """``--clients`` retrying clients for ``customer`` through ``fault(record)``, then until their last batch is
+    answered."""
     record, stop, never = Record(), threading.Event(), threading.Event()
     deadline = time.monotonic() + 600
-    clients = [Client(n, stack.port, stack.info["ingest"], record, BATCH, stop, never, deadline, customer=customer)
-               for n in range(CLIENTS)]
+    clients = [Client(n, stack.port, stack.info["ingest"], record, args.batch, stop, never, deadline, customer=customer)
+               for n in range(args.clients)]
     for client in clients:
         client.start()
     try:
@@ -126,7 +125,7 @@ def web_kill(stack: Stack, args: Any) -> dict[str, Any]:
         worst = None if None in recoveries else max(r for r in recoveries if r is not None)
         return {"recovery_s": None if worst is None else round(worst, 2), "workers_killed": len(killed)}
 
-    record, outcome = _ingest(stack, "drill-web", fault)
+    record, outcome = _ingest(stack, args, "drill-web", fault)
     return _ingest_row(stack, "web workers SIGKILLed during ingest", "drill-web", record, outcome, drops_allowed=True)
 
 
@@ -144,7 +143,7 @@ def postgres(stack: Stack, args: Any) -> dict[str, Any]:
         time.sleep(args.settle)
         return {"recovery_s": None if recovered is None else round(recovered, 2)}
 
-    record, outcome = _ingest(stack, "drill-pg", fault)
+    record, outcome = _ingest(stack, args, "drill-pg", fault)
     return _ingest_row(stack, f"PostgreSQL down {args.hold:.0f} s during ingest", "drill-pg", record, outcome,
                        drops_allowed=False)
 
@@ -197,7 +196,7 @@ def redis(stack: Stack, args: Any) -> dict[str, Any]:
             time.sleep(0.5)
         return {"recovery_s": None if recovered is None else round(recovered, 2), "held_task": held, "problems": problems}
 
-    record, outcome = _ingest(stack, "drill-redis", fault)
+    record, outcome = _ingest(stack, args, "drill-redis", fault)
     # every check the worker received runs: those the last batches queued (5 s countdown), and any other it held
     # at the stop, handed out again after the visibility timeout
     deadline = time.monotonic() + VISIBILITY + 60

@@ -404,19 +404,22 @@ def _database(args: argparse.Namespace, work: Path) -> tuple[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schedule", choices=["full", "quick"], default="full")
-    parser.add_argument("--database-url", default="", help="a PostgreSQL server to create the drill's database on")
+    parser.add_argument("--schedule", choices=["full", "quick"], default="full",
+                        help="the ledger drill's schedule, and the default selection of drills (see above)")
+    parser.add_argument("--database-url", default="",
+                        help="a PostgreSQL server to create the ledger drill's database on (default: a throwaway server)")
     parser.add_argument("--ports", type=lambda s: [int(p) for p in s.split(",")], default=None,
                         help="the three replicas' ports (default: free ones)")
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=4, help="retrying ingest clients (the ledger and ingest drills)")
     parser.add_argument("--batch", type=int, default=10, help="events per request")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--hold", type=float, default=5.0, help="seconds a killed replica stays down")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (4 threads each)")
+    parser.add_argument("--hold", type=float, default=5.0, help="seconds a killed replica, or PostgreSQL, stays down")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of steady ingest around each fault")
-    parser.add_argument("--outage", type=float, default=20.0, help="seconds the whole cluster stays down")
-    parser.add_argument("--app-kills", type=int, default=3, help="gunicorn workers SIGKILLed under load, 2 s apart (0: none)")
+    parser.add_argument("--outage", type=float, default=20.0, help="seconds the whole cluster, or Redis, stays down")
+    parser.add_argument("--app-kills", type=int, default=3,
+                        help="gunicorn workers SIGKILLed under load, 2 s apart (ledger: 0 for none)")
     parser.add_argument("--headroom", type=int, default=300, help="units left under the hard limit at the drain")
-    parser.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole drill's ingest")
+    parser.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole ledger drill's ingest")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data files)")
     parser.add_argument("--drills", type=lambda s: [d for d in s.split(",") if d], default=None,
                         help=f"comma-separated, from: {','.join(ALL_DRILLS)} (default: all of them with --schedule full; "
