@@ -69,10 +69,15 @@ def _ingest(stack: Stack, args: Any, customer: str, fault: Callable[[Record], di
 
 def _ingest_row(stack: Stack, drill: str, customer: str, record: Record, outcome: dict[str, Any],
                 drops_allowed: bool) -> dict[str, Any]:
-    """What the clients were told against what is stored and debited for ``customer``."""
     out = stack.work / f"stored-{customer}.json"
     stack.shell(VERIFY % {"customer": customer, "meter": METER, "out": str(out)})
-    stored = json.loads(out.read_text())
+    return ingest_verdict(drill, record, outcome, json.loads(out.read_text()), drops_allowed=drops_allowed)
+
+
+def ingest_verdict(drill: str, record: Record, outcome: dict[str, Any], stored: dict[str, Any], *,
+                   drops_allowed: bool) -> dict[str, Any]:
+    """What the clients were told (``record``) against what is stored and debited (bench/_drill.py ``VERIFY``):
+    the row, with every broken promise in its problems."""
     billable = {event_id for event_id, (is_billable, _reason) in stored["stored"].items() if is_billable}
     accepted = {event_id for event_id, status in record.outcome.items() if status == "accepted"}
     other = {event_id: status for event_id, status in record.outcome.items() if status != "accepted"}
