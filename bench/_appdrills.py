@@ -217,7 +217,9 @@ def redis(stack: Stack, args: Any) -> dict[str, Any]:
         time.sleep(1)
     held = outcome.get("held_task", "")
     if never:
-        outcome.setdefault("problems", []).append(f"{len(never)} alert checks the worker received never ran: {never[:3]}")
+        lines = [line[:200] for line in text.splitlines() if never[0] in line]
+        outcome.setdefault("problems", []).append(f"{len(never)} alert checks the worker received never ran: {never[:3]}; "
+                                                  f"the first in the worker's log: {lines[:6]}")
     if runs.get(held) != 1:
         outcome.setdefault("problems", []).append(f"the held alert check {held} ran {runs.get(held, 0)} times")
     if "Unrecoverable error" in text or stack.worker is None or stack.worker.poll() is not None:
