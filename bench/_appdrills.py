@@ -158,11 +158,12 @@ _RECEIVED = re.compile(r"Task guardrails\.alerts_check\[([0-9a-f-]+)\] received"
 _SUCCEEDED = re.compile(r"^(\[[^\]]+\]).*Task [\w.]+\[([0-9a-f-]+)\] succeeded", re.MULTILINE)
 
 
-def _held_alert_check(stack: Stack, timeout: float = 60) -> str:
-    """The id of an alert check the worker has received (queued with its countdown by ingest) and not run yet."""
+def _held_alert_check(stack: Stack, since: int, timeout: float = 60) -> str:
+    """The id of an alert check the worker has received (queued with its countdown by ingest) and not run yet,
+    from offset ``since`` of its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = stack.worker_log()
+        text = stack.worker_log()[since:]
         done = {task for _at, task in _SUCCEEDED.findall(text)}
         held = [task for task in _RECEIVED.findall(text) if task not in done]
         if held:
@@ -185,9 +186,11 @@ def _recovered_after(stack: Stack, since_epoch: float, timeout: float) -> float 
 def redis(stack: Stack, args: Any) -> dict[str, Any]:
     """Redis stopped for ``--outage`` seconds under ingest, while the worker holds a delayed ``acks_late`` alert
     check: ingest answers throughout, the worker runs tasks again within 30 s, and every check runs once."""
+    since = len(stack.worker_log())  # this drill's part of the log: earlier drills' checks are not its business
+
     def fault(record: Record) -> dict[str, Any]:
         time.sleep(args.settle)
-        held = _held_alert_check(stack)
+        held = _held_alert_check(stack, since)
         stack.redis_stop()
         time.sleep(args.outage)
         problems = [] if stack.worker is not None and stack.worker.poll() is None else ["the worker died"]
@@ -206,7 +209,7 @@ def redis(stack: Stack, args: Any) -> dict[str, Any]:
     # at the stop, handed out again after the visibility timeout
     deadline = time.monotonic() + VISIBILITY + 60
     while True:
-        text = stack.worker_log()
+        text = stack.worker_log()[since:]
         received = set(_RECEIVED.findall(text))
         runs: dict[str, int] = {}
         for _at, task in _SUCCEEDED.findall(text):
@@ -222,7 +225,7 @@ def redis(stack: Stack, args: Any) -> dict[str, Any]:
                                                   f"the first in the worker's log: {lines[:6]}")
     if runs.get(held) != 1:
         outcome.setdefault("problems", []).append(f"the held alert check {held} ran {runs.get(held, 0)} times")
-    if "Unrecoverable error" in text or stack.worker is None or stack.worker.poll() is not None:
+    if "Unrecoverable error" in stack.worker_log() or stack.worker is None or stack.worker.poll() is not None:
         outcome.setdefault("problems", []).append("the worker stopped")
     if stack.beat is None or stack.beat.poll() is not None:
         outcome.setdefault("problems", []).append("beat stopped")
