@@ -138,6 +138,8 @@ def web_kill(stack: Stack, args: Any) -> dict[str, Any]:
 def postgres(stack: Stack, args: Any) -> dict[str, Any]:
     """PostgreSQL stopped (fast: connections cut) and started ``--hold`` seconds later under ingest: 503 with
     Retry-After meanwhile, never a 500; the same web processes reconnect."""
+    since = len(stack.worker_log())
+
     def fault(record: Record) -> dict[str, Any]:
         time.sleep(args.settle)
         stack.pg_stop()
@@ -149,6 +151,8 @@ def postgres(stack: Stack, args: Any) -> dict[str, Any]:
         return {"recovery_s": None if recovered is None else round(recovered, 2)}
 
     record, outcome = _ingest(stack, args, "drill-pg", fault)
+    # reported, not judged: a task that ran while the database was down failed (beat's sweeps redo their work)
+    outcome["tasks_failed_meanwhile"] = stack.worker_log()[since:].count("raised unexpected: OperationalError")
     return _ingest_row(stack, f"PostgreSQL down {args.hold:.0f} s during ingest", "drill-pg", record, outcome,
                        drops_allowed=False)
 
