@@ -18,7 +18,6 @@ and is retried with backoff: nothing was delivered, so a retry cannot duplicate 
 from __future__ import annotations
 
 import logging
-import smtplib
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -27,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.mail import EmailMessage, get_connection
+from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.template.loader import render_to_string
@@ -40,6 +39,7 @@ from billing.common.calendar import period_bounds
 from billing.common.degraded import degraded, soft
 from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.fields import decimal_to_text
+from billing.common.mail import RETRY, UNKNOWN, deliver_once
 from billing.common.queue import task_named
 from billing.customers.models import Customer
 from billing.guardrails import selectors
@@ -53,9 +53,6 @@ CHECK_DELAY_SECONDS = 5  # the check runs this long after the first event that q
 MARK_TTL_SECONDS = 300  # a lost task (broker hiccup) blocks the after-ingest check this long at most; the sweep covers it
 LATE_SEND_WINDOW = timedelta(days=1)  # a pending alert of a period that ended longer ago is not sent any more
 STALE_AFTER = timedelta(minutes=10)  # a claim older than this without "sent" is reported as unknown
-# The server answered "no" before taking the message: nothing was delivered, so retrying is safe.
-REFUSED_BEFORE_DELIVERY = (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError,
-                           smtplib.SMTPHeloError, smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError)
 
 
 class AlertSendDeferred(Exception):
@@ -291,29 +288,17 @@ def alert_deliver(*, alert_pk: int) -> str:
         return Alert.State.NO_RECIPIENTS
     try:
         message = _email(alert, recipients)
-        connection = get_connection(fail_silently=False)
-        connection.open()
     except Exception as exc:  # nothing was sent: back to pending, retried
         _set_state(alert_pk, Alert.State.PENDING, error=f"not sent: {exc!r}"[:2000])
         raise AlertSendDeferred(f"alert {alert_pk}: {exc!r}") from exc
-    try:
-        connection.send_messages([message])
-    except REFUSED_BEFORE_DELIVERY as exc:
-        _set_state(alert_pk, Alert.State.PENDING, error=f"refused: {exc!r}"[:2000])
-        _close(connection)
-        raise AlertSendDeferred(f"alert {alert_pk}: {exc!r}") from exc
-    except Exception as exc:  # the server may have taken it: never risk a second email
-        _set_state(alert_pk, Alert.State.UNKNOWN, recipients=recipients, error=f"unknown: {exc!r}"[:2000])
-        _close(connection)
-        log.error("alert %s: delivery unknown, not retried: %r", alert_pk, exc)
+    delivery = deliver_once(message)
+    if delivery.outcome == RETRY:
+        _set_state(alert_pk, Alert.State.PENDING, error=delivery.error)
+        raise AlertSendDeferred(f"alert {alert_pk}: {delivery.error}")
+    if delivery.outcome == UNKNOWN:  # never risk a second email
+        _set_state(alert_pk, Alert.State.UNKNOWN, recipients=recipients, error=delivery.error)
+        log.error("alert %s: delivery unknown, not retried: %s", alert_pk, delivery.error)
         return Alert.State.UNKNOWN
-    _close(connection)
     _set_state(alert_pk, Alert.State.SENT, sent_at=timezone.now(), recipients=recipients, error="")
     return Alert.State.SENT
 
-
-def _close(connection: Any) -> None:
-    try:
-        connection.close()
-    except Exception:  # the message is handed over (or refused) already; QUIT failing changes nothing
-        log.debug("closing the mail connection failed", exc_info=True)

@@ -16,14 +16,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.mail import EmailMessage, get_connection
+from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from billing.common.mail import RETRY, UNKNOWN, deliver_once
 from billing.common.queue import task_named
-from billing.guardrails.alerts import REFUSED_BEFORE_DELIVERY
 from billing.invoicing.document import PdfUnavailable, document_context, invoice_pdf, invoice_pdf_filename
 from billing.invoicing.models import Invoice
 from billing.notify.models import InvoiceEmail
@@ -121,30 +121,14 @@ def invoice_email_deliver(*, row_pk: int) -> str:
         _set(row_pk, InvoiceEmail.State.FAILED, error=f"no PDF: {exc}"[:2000])
         log.error("invoice email %s not sent: %s", row_pk, exc)
         return InvoiceEmail.State.FAILED
-    try:
-        connection = get_connection(fail_silently=False)
-        connection.open()
-    except Exception as exc:  # nothing was sent: pending again, retried
-        _set(row_pk, InvoiceEmail.State.PENDING, error=f"not sent: {exc!r}"[:2000])
-        raise InvoiceEmailDeferred(f"invoice email {row_pk}: {exc!r}") from exc
-    try:
-        connection.send_messages([message])
-    except REFUSED_BEFORE_DELIVERY as exc:
-        _set(row_pk, InvoiceEmail.State.PENDING, error=f"refused: {exc!r}"[:2000])
-        _close(connection)
-        raise InvoiceEmailDeferred(f"invoice email {row_pk}: {exc!r}") from exc
-    except Exception as exc:  # the server may have taken it: never risk a second email
-        _set(row_pk, InvoiceEmail.State.UNKNOWN, recipients=recipients, error=f"unknown: {exc!r}"[:2000])
-        _close(connection)
-        log.error("invoice email %s: delivery unknown, not retried: %r", row_pk, exc)
+    delivery = deliver_once(message)
+    if delivery.outcome == RETRY:
+        _set(row_pk, InvoiceEmail.State.PENDING, error=delivery.error)
+        raise InvoiceEmailDeferred(f"invoice email {row_pk}: {delivery.error}")
+    if delivery.outcome == UNKNOWN:  # never risk a second email
+        _set(row_pk, InvoiceEmail.State.UNKNOWN, recipients=recipients, error=delivery.error)
+        log.error("invoice email %s: delivery unknown, not retried: %s", row_pk, delivery.error)
         return InvoiceEmail.State.UNKNOWN
-    _close(connection)
     _set(row_pk, InvoiceEmail.State.SENT, sent_at=timezone.now(), recipients=recipients, error="")
     return InvoiceEmail.State.SENT
 
-
-def _close(connection: Any) -> None:
-    try:
-        connection.close()
-    except Exception:  # handed over (or refused) already; QUIT failing changes nothing
-        log.debug("closing the mail connection failed", exc_info=True)

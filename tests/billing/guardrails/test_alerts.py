@@ -18,6 +18,7 @@ from django.core import mail
 from django.db import connection
 
 from billing.catalog.models import Plan
+from billing.common import mail as mail_delivery
 from billing.common.auth import Principal
 from billing.common.calendar import period_bounds
 from billing.customers.models import Customer, CustomerUser
@@ -344,7 +345,7 @@ def test_an_alert_deferred_at_the_end_of_a_period_is_sent_the_next_day_but_not_l
         raise ConnectionRefusedError("mail server down")
 
     with monkeypatch.context() as m:
-        m.setattr(alerts_service, "get_connection", down)
+        m.setattr(mail_delivery, "get_connection", down)
         with pytest.raises(AlertSendDeferred):
             alerts_check(customer_pk=acme_mail.pk, now=march_end)
     too_late = alerts_check(customer_pk=acme_mail.pk, now=datetime(2026, 4, 2, 1, tzinfo=timezone.utc))
@@ -507,7 +508,7 @@ def test_a_crash_after_the_claim_never_sends_a_second_email(acme_mail, smtp, mon
     def crash(*args: Any, **kwargs: Any) -> None:  # the worker dies after the claim, around the send
         raise SystemExit("worker killed")
 
-    monkeypatch.setattr(alerts_service, "get_connection", crash)
+    monkeypatch.setattr(mail_delivery, "get_connection", crash)
     with pytest.raises(SystemExit):
         tasks.alerts_check_task(acme_mail.pk)
     monkeypatch.undo()
