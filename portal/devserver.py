@@ -157,10 +157,22 @@ def _ledger_start(env: dict[str, str], python: str, supervisor: Supervisor) -> t
             "would run TigerBeetle)") if backend == "sql" else backend, None
 
 
-def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str) -> None:
+def _mail_default(env: dict[str, str]) -> str:
+    """Without mail settings, ``make run`` writes each email to a file in ``$TOLLGATE_DATA_DIR/mail/`` (an
+    invoice email carries its PDF: printed, it would fill the terminal). Returns the banner's line."""
+    if env.get("EMAIL_URL") or env.get("EMAIL_BACKEND"):
+        return "as EMAIL_URL / EMAIL_BACKEND say"
+    mail_dir = Path(env.get("TOLLGATE_DATA_DIR") or ROOT / "var") / "mail"
+    mail_dir.mkdir(parents=True, exist_ok=True)
+    env["EMAIL_URL"] = f"file://{mail_dir.resolve()}"
+    return f"written to {mail_dir}/, one file per email (EMAIL_URL to send them)"
+
+
+def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str, mail_line: str) -> None:
     if not info:
         print(f"\n  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)\n"
-              f"  ledger                   : {ledger_line}\n", flush=True)
+              f"  ledger                   : {ledger_line}\n"
+              f"  emails                   : {mail_line}\n", flush=True)
         return
     operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}"
     customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}"
@@ -176,6 +188,7 @@ def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str) -
   read API key (acme-co)   : {info['read_api_key']}
 {invoice_line}  API docs                 : {url}/api/docs
   ledger                   : {ledger_line}
+  emails                   : {mail_line}
 
   curl -X POST {url}/api/v1/events -H 'Authorization: Bearer {info['ingest_api_key']}' \\
        -H 'Content-Type: application/json' \\
@@ -192,6 +205,7 @@ def main() -> int:
     args = parser.parse_args()
     python = sys.executable
     env = dict(os.environ)
+    mail_line = _mail_default(env)
 
     stopping, starting = False, True
 
@@ -227,7 +241,8 @@ def main() -> int:
             supervisor.add(name, functools.partial(_spawn, commands[name], env))
         url = f"http://{args.host}:{args.port}"
         ledger_running = "tigerbeetle" in supervisor.children
-        _banner(url, info, ledger_line, running="web + Celery worker + beat" + (" + TigerBeetle" if ledger_running else ""))
+        _banner(url, info, ledger_line, running="web + Celery worker + beat" + (" + TigerBeetle" if ledger_running else ""),
+                mail_line=mail_line)
 
         starting = False
         while not stopping:
