@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 
 from billing.usage.ingest.rows import Row
 from billing.usage.models import EventKey, UsageEvent
@@ -105,7 +105,9 @@ def _insert_rows_sqlite(rows: list[Row], received_at: datetime, table: str, cols
     have (the largest id plus its place in the batch: read by the insert itself, which holds SQLite's one
     write lock), then the events of the keys inserted, in the same transaction."""
     ops = connection.ops
-    with connection.cursor() as cursor:
+    # one transaction (BEGIN IMMEDIATE: settings.py), also when the caller runs in autocommit: the ids read
+    # by the keys' insert must not be read again by another request before this one's events are in
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         params: list[Any] = []
         for n, r in enumerate(rows, 1):
             params.extend((r.customer_pk, r.event.event_id, n, ops.adapt_datetimefield_value(r.usage_at)))
