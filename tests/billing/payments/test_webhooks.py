@@ -115,14 +115,14 @@ def test_a_signature_older_than_five_minutes_is_rejected_with_400(client, webhoo
 
 @pytest.mark.django_db
 def test_a_signature_dated_more_than_five_minutes_ahead_is_rejected_like_an_old_one(client, webhook_secret):
-    ahead = post(client, stripe_event("evt_f", "invoice.paid", {"id": "in_x"}), timestamp=int(time.time()) + 301)
+    ahead = post(client, stripe_event("evt_f", "invoice.paid", {"id": "in_x"}), timestamp=int(time.time()) + 360)  # a margin for a slow machine
 
     assert ahead.status_code == 400
     assert ahead.json()["error"]["code"] == "invalid_signature"
     assert "future" in ahead.json()["error"]["message"]
     assert not StripeEvent.objects.exists()
     slightly_ahead = post(client, stripe_event("evt_s", "customer.created", {"id": "cus_x"}),
-                          timestamp=int(time.time()) + 290)  # a sender's clock a little fast
+                          timestamp=int(time.time()) + 240)  # a sender's clock a little fast
     assert slightly_ahead.status_code == 200
 
 
