@@ -195,8 +195,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def seed(n_customers: int) -> tuple[list[tuple[int, int]], dict[str, int]]:
-    """Catalog, customers (each with a project), subscriptions from MONTH: all through the services."""
+def seed(n_customers: int, start: datetime = MONTH) -> tuple[list[tuple[int, int]], dict[str, int]]:
+    """Catalog, customers (each with a project), subscriptions from ``start``: all through the services."""
     from billing.catalog.models import Meter, Plan
     from billing.catalog.services import catalog_import, subscription_set
     from billing.customers.services import customer_create, project_create
@@ -207,7 +207,7 @@ def seed(n_customers: int) -> tuple[list[tuple[int, int]], dict[str, int]]:
     for index in range(n_customers):
         customer = customer_create(external_id=f"cust-{index:05d}", name=f"Customer {index}")
         project = project_create(customer=customer, key="app")
-        subscription_set(customer=customer, plan=plan, start=MONTH, now=MONTH, actor="bench")
+        subscription_set(customer=customer, plan=plan, start=start, now=start, actor="bench")
         customers.append((customer.pk, project.pk))
     return customers, dict(Meter.objects.values_list("key", "pk"))
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from _pg import free_port, pg_start, pg_stop
-from rollup import AGENT_DIMS, API_DIMS, CATALOG, LLM_DIMS, pct
+from rollup import AGENT_DIMS, API_DIMS, LLM_DIMS, pct, seed
 
 ROOT = Path(__file__).resolve().parent.parent
 UTC = timezone.utc
@@ -140,22 +140,6 @@ class Loader:
             for statement in HISTORY_SQL:
                 sql(statement.format(name=partition_name(start)), params)
         return time.perf_counter() - began
-
-
-def seed(n_customers: int) -> tuple[list[tuple[int, int]], dict[str, int]]:
-    from billing.catalog.models import Meter, Plan
-    from billing.catalog.services import catalog_import, subscription_set
-    from billing.customers.services import customer_create, project_create
-
-    catalog_import(text=CATALOG, actor="bench")
-    plan = Plan.objects.get(key="pro")
-    customers = []
-    for index in range(n_customers):
-        customer = customer_create(external_id=f"cust-{index:05d}", name=f"Customer {index}")
-        project = project_create(customer=customer, key="app")
-        subscription_set(customer=customer, plan=plan, start=SUBSCRIBED, now=SUBSCRIBED, actor="bench")
-        customers.append((customer.pk, project.pk))
-    return customers, dict(Meter.objects.values_list("key", "pk"))
 
 
 def timed_each(fn: Any, items: list[Any]) -> list[float]:
@@ -299,7 +283,7 @@ def main() -> None:
 
         call_command("migrate", verbosity=0)
         results["postgresql"] = sql("SHOW server_version")
-        customers, meters = seed(args.customers)
+        customers, meters = seed(args.customers, start=SUBSCRIBED)
         say(f"seeded {args.customers} customers")
         grow(args, Loader(customers, meters), sizes, results)
         results["load_average_at_end"] = load_average()
