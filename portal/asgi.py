@@ -9,11 +9,14 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+# On PostgreSQL, connections come from a pool of the process (portal.settings, DATABASE_POOL_SIZE): a
+# connection per request (below) would cost each call a backend start and ingest its prepared statements.
+os.environ.setdefault("DATABASE_POOL_SIZE", "10")
 django.setup(set_prefix=False)  # as get_asgi_application() does
 
 # Each request's database work runs in a thread of its own here (asgiref's per-request thread), so a
 # connection kept for CONN_MAX_AGE would outlive its thread, never be reused, and pile up until PostgreSQL
-# refuses new ones: under ASGI every connection is closed when its request ends.
+# refuses new ones: under ASGI every connection is given back when its request ends (to the pool, if any).
 for database in settings.DATABASES.values():
     database["CONN_MAX_AGE"] = 0
 

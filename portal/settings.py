@@ -154,6 +154,17 @@ if DATABASE_URL:
     # (a pooler in transaction mode older than PgBouncer 1.21).
     _prepare = int(os.environ.get("DATABASE_PREPARE_THRESHOLD", "2"))
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = _prepare or None
+    # A pool of up to DATABASE_POOL_SIZE connections per process (psycopg_pool, Django's "pool" option)
+    # instead of one kept connection per thread; portal.asgi turns it on (10) before Django starts, since
+    # there each request runs in a thread of its own. A request waits at most DATABASE_POOL_TIMEOUT seconds
+    # for a connection (then 503 unavailable, as with the database down).
+    _pool_size = int(os.environ.get("DATABASE_POOL_SIZE", "0"))
+    if _pool_size > 0:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # a connection goes back to the pool when its request ends
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1, "max_size": _pool_size,
+            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "5")),
+        }
 else:
     DATABASES = {
         "default": {

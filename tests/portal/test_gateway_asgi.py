@@ -60,6 +60,89 @@ def test_the_asgi_entry_serves_the_async_views_and_keeps_no_connection_past_a_re
     assert {database["CONN_MAX_AGE"] for database in settings.DATABASES.values()} == {0}
 
 
+# The ASGI entry point started as a server starts it (its own process, portal.asgi imported first), on the
+# test database: ten API requests, one after the other, then the pool's counters.
+POOL_PROBE = r"""
+import asyncio, json, os, sys
+from portal.asgi import application
+import httpx
+from django.db import connections
+
+async def main():
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for _ in range(10):
+            answer = await client.get("/api/v1/customers", headers={"Authorization": "Bearer " + sys.argv[1]})
+            assert answer.status_code == 200, answer.text
+
+asyncio.run(main())
+pool = connections["default"].pool
+print(json.dumps({"max_size": pool.max_size, "timeout": pool.timeout, "stats": pool.get_stats()}))
+"""
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_asgi_entry_takes_connections_from_a_pool_and_gives_them_back() -> None:
+    import os
+    import subprocess
+
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    url = f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_POOL_SIZE", "DATABASE_POOL_TIMEOUT")}
+    env.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="portal.settings")
+    _, admin = api_key_create(name="probe", scope="admin")
+    done = subprocess.run([sys.executable, "-c", POOL_PROBE, admin], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe["max_size"] == 10 and probe["timeout"] == 5  # portal.asgi's default, portal.settings' timeout
+    stats = probe["stats"]
+    # ten requests, each in a thread of its own, took a connection from the pool and gave it back: the pool's
+    # first connection (min_size), perhaps one more opened while that one was still starting, and none left
+    # checked out (without the pool: ten connections opened and closed)
+    assert stats["requests_num"] >= 10
+    assert 1 <= stats["connections_num"] <= 2
+    assert stats["pool_size"] == stats["pool_available"] == stats["connections_num"]
+
+
+DOWN_PROBE = r"""
+import asyncio, json, time
+from portal.asgi import application
+import httpx
+
+async def main():
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        began = time.monotonic()
+        answer = await client.get("/api/v1/customers", headers={"Authorization": "Bearer tg_0123456789ab_x"})
+        print(json.dumps({"status": answer.status_code, "body": answer.json(),
+                          "retry_after": answer.headers.get("Retry-After"), "seconds": time.monotonic() - began}))
+
+asyncio.run(main())
+"""
+
+
+def test_with_the_database_unreachable_a_request_waits_the_pool_timeout_then_answers_503() -> None:
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_POOL_SIZE"}
+    env.update(DATABASE_URL=f"postgres://postgres@127.0.0.1:{port}/tollgate", DATABASE_POOL_TIMEOUT="1",
+               DJANGO_SETTINGS_MODULE="portal.settings")
+    done = subprocess.run([sys.executable, "-c", DOWN_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe["status"] == 503 and probe["body"]["error"]["code"] == "unavailable" and probe["retry_after"]
+    assert 1 <= probe["seconds"] < 10
+
+
 def test_whole_and_streamed_answers_bill_exactly_the_upstreams_usage(raw: str, fake: Any) -> None:
     async def work(client: openai.AsyncOpenAI) -> tuple[Any, str, Any]:
         whole = await client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=100,
