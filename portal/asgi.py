@@ -11,8 +11,12 @@ from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # On PostgreSQL, connections come from a pool of the process (portal.settings, DATABASE_POOL_SIZE): a
 # connection per request (below) would cost each call a backend start and ingest its prepared statements.
-os.environ.setdefault("DATABASE_POOL_SIZE", "10")
-django.setup(set_prefix=False)  # as get_asgi_application() does
+_pool_default = "DATABASE_POOL_SIZE" not in os.environ
+if _pool_default:
+    os.environ["DATABASE_POOL_SIZE"] = "10"
+django.setup(set_prefix=False)  # as get_asgi_application() does (settings read: the variable has done its work)
+if _pool_default:
+    del os.environ["DATABASE_POOL_SIZE"]  # not inherited by processes started from this one
 
 # Each request's database work runs in a thread of its own here (asgiref's per-request thread), so a
 # connection kept for CONN_MAX_AGE would outlive its thread, never be reused, and pile up until PostgreSQL
