@@ -85,8 +85,7 @@ def _charges(invoice: Invoice) -> dict[tuple[int, str, str], pricing.ChargeSpec]
 
 def _line_row(line: InvoiceLine, currency: str, charges: dict[tuple[int, str, str], pricing.ChargeSpec],
               meters: dict[str, Meter]) -> dict[str, Any]:
-    quantity = Decimal(1) if line.kind == InvoiceLine.Kind.BASE_FEE else line.quantity
-    row: dict[str, Any] = {"line": line, "quantity": _qty(quantity), "amount": money.format_display(
+    row: dict[str, Any] = {"line": line, "quantity": _qty(line.billed_quantity), "amount": money.format_display(
         money.from_minor(line.amount_minor, currency), currency), "pricing": "", "tiers": []}
     if line.kind == InvoiceLine.Kind.BASE_FEE:
         row["pricing"] = f"{money.format_display(line.amount, currency)} {currency} per period"

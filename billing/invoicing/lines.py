@@ -198,7 +198,9 @@ def price_period(*, customer: Customer, plan: Plan, start: datetime, end: dateti
         return Estimate(customer.external_id, plan.key, currency, start, end, lines)
     base_fee = segments[0].card.base_fee
     if base_fee:
-        lines.append(Line("base_fee", f"{plan.name} base fee", base_fee, currency, versions=[segments[0].version]))
+        # one period at the fee: the line says what the document prints (quantity 1, unit price the fee)
+        lines.append(Line("base_fee", f"{plan.name} base fee", base_fee, currency, quantity=Decimal(1),
+                          versions=[segments[0].version], unit_price=base_fee))
     by_pk = meters if meters is not None else meters_by_pk()
     if rows is None:
         rows, _ = period_rows(customer=customer, start=segments[0].start, end=segments[-1].end,

@@ -9,6 +9,7 @@ invoice or its lines, and on PostgreSQL a trigger refuses it too (migration 0002
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, NoReturn
 
 from django.db import models
@@ -184,6 +185,22 @@ class InvoiceLine(models.Model):
         if Invoice.objects.filter(pk=self.invoice_id).exclude(status=Invoice.Status.DRAFT).exists():
             raise FinalizedInvoiceError("Lines of a finalized invoice cannot change.")
         return super().delete(*args, **kwargs)
+
+    @property
+    def billed_quantity(self) -> Decimal:
+        """The quantity as every reader shows it. A base fee line is one period; lines stored before base fee
+        lines carried it say 0, and finalized ones stay as they were issued (never rewritten), so they are
+        read as 1 here: the document, the API and ``invoice verify`` all go through this."""
+        if self.kind == self.Kind.BASE_FEE and not self.quantity:
+            return Decimal(1)
+        return self.quantity
+
+    @property
+    def billed_unit_price(self) -> Decimal | None:
+        """The unit price as every reader shows it: a base fee's is the fee (older lines stored none)."""
+        if self.kind == self.Kind.BASE_FEE and self.unit_price is None:
+            return self.amount
+        return self.unit_price
 
 
 class InvoiceSequence(models.Model):

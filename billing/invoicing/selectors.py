@@ -75,8 +75,8 @@ def invoice_as_dict(invoice: Invoice) -> dict[str, Any]:
         "period": {"start": invoice.period_start.isoformat().replace("+00:00", "Z"),
                    "end": invoice.period_end.isoformat().replace("+00:00", "Z")},
         "lines": [{"position": line.position, "kind": line.kind, "description": line.description, "meter": line.meter or None,
-                   "model": line.model or None, "quantity": decimal_to_text(line.quantity),
-                   "unit_price": decimal_to_text(line.unit_price) if line.unit_price is not None else None,
+                   "model": line.model or None, "quantity": decimal_to_text(line.billed_quantity),
+                   "unit_price": decimal_to_text(line.billed_unit_price) if line.billed_unit_price is not None else None,
                    "amount": major(line.amount_minor), "amount_minor": line.amount_minor, "detail": line.detail}
                   for line in invoice.lines.all()],
         "subtotal": major(invoice.subtotal_minor), "subtotal_minor": invoice.subtotal_minor,
@@ -113,7 +113,7 @@ def invoice_verify(*, invoice: Invoice) -> list[str]:
         return [*problems, f"{label}: no plan for the period any more"]
     if again.versions != sorted(invoice.versions):
         problems.append(f"{label}: priced with versions {invoice.versions}, the rate cards now say {again.versions}")
-    stored = [(line.kind, line.description, line.meter, line.amount_minor, decimal_to_text(line.quantity))
+    stored = [(line.kind, line.description, line.meter, line.amount_minor, decimal_to_text(line.billed_quantity))
               for line in invoice.lines.order_by("position")]
     fresh = [line.key() for line in again.lines]
     for index in range(max(len(stored), len(fresh))):
@@ -167,7 +167,7 @@ def line_differences(current: list[Line], draft: list[Line], currency: str) -> l
             row = keyed.setdefault((*base, seen[base]), {
                 "description": label, "current_quantity": None, "current_amount": None, "draft_quantity": None,
                 "draft_amount": None})
-            row[f"{side}_quantity"] = Decimal(1) if line.kind == "base_fee" else line.quantity
+            row[f"{side}_quantity"] = line.quantity
             row[f"{side}_amount"] = money.round_to_minor(line.amount, currency)
     for row in keyed.values():
         row["difference"] = money.round_to_minor((row["draft_amount"] or Decimal(0)) - (row["current_amount"] or Decimal(0)),

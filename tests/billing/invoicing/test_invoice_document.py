@@ -190,3 +190,50 @@ def test_a_customer_is_created_with_its_billing_details(admin: Any) -> None:
     assert response.status_code == 201, response.json()
     got = response.json()
     assert (got["tax_id"], got["tax_reverse_charge"], got["billing_address"]) == ("US-12", True, "4120 Freidrich Ln")
+
+
+def _base_fee_row(api_body: dict[str, Any]) -> dict[str, Any]:
+    return next(line for line in api_body["lines"] if line["kind"] == "base_fee")
+
+
+@pytest.mark.django_db
+def test_the_stored_base_fee_line_says_what_the_document_prints(pro: Any, admin: Any, client: Any,
+                                                                 admin_user: Any) -> None:
+    invoice = finalized(pro)
+    line = invoice.lines.get(kind="base_fee")
+    assert (line.quantity, line.unit_price, line.amount) == (Decimal(1), Decimal("1000.00"), Decimal("1000.00"))
+    body = admin.get(f"/api/v1/invoices/{invoice.pk}").json()
+    assert {k: _base_fee_row(body)[k] for k in ("quantity", "unit_price", "amount", "amount_minor")} == {
+        "quantity": "1", "unit_price": "1000", "amount": "1000.00", "amount_minor": 100000}
+    client.force_login(admin_user)
+    html = client.get(f"/invoices/{invoice.pk}/").content.decode()
+    assert '<td class="num">1</td>' in html.split('class="line-base_fee"')[1].split("</tr>")[0]
+    assert invoice_verify(invoice=invoice) == []
+
+
+@pytest.mark.django_db
+def test_an_invoice_finalized_with_a_base_fee_of_quantity_0_is_read_as_1_and_still_verifies(
+        pro: Any, admin: Any, monkeypatch: Any) -> None:
+    # given: an invoice finalized by the code that stored the base fee line with quantity 0 and no unit price
+    from billing.invoicing import compute
+
+    real = compute._lines
+
+    def older(lines: Any, currency: str) -> Any:
+        out = real(lines, currency)
+        for line in out:
+            if line.kind == "base_fee":
+                line.quantity, line.unit_price = Decimal(0), None
+        return out
+
+    monkeypatch.setattr(compute, "_lines", older)
+    invoice = finalized(pro)
+    monkeypatch.undo()
+    stored = invoice.lines.get(kind="base_fee")
+    assert (stored.quantity, stored.unit_price) == (Decimal(0), None)  # as issued: never rewritten
+    # then: every reader says one period at the fee, and the replay (which now computes 1) reconciles
+    body = admin.get(f"/api/v1/invoices/{invoice.pk}").json()
+    assert (_base_fee_row(body)["quantity"], _base_fee_row(body)["unit_price"]) == ("1", "1000")
+    assert invoice_verify(invoice=invoice) == []
+    stored.refresh_from_db()
+    assert stored.quantity == Decimal(0)

@@ -593,8 +593,8 @@ def test_a_plan_changed_mid_period_bills_each_stretch_with_its_own_plan(acme: An
     computed = invoice_compute(customer=acme, start=OCT, end=NOV, source=source)
     assert computed is not None and computed.plan.key == "team"
     got = [(line.description, line.quantity, line.amount_minor) for line in computed.lines]
-    assert got == [("Pro base fee", 0, 1000), ("Pro: LLM tokens", 1100, 1010), ("Pro: API calls", 0, 0),
-                   ("Team base fee", 0, 3000), ("Team: LLM tokens", 1000, 200)]
+    assert got == [("Pro base fee", 1, 1000), ("Pro: LLM tokens", 1100, 1010), ("Pro: API calls", 0, 0),
+                   ("Team base fee", 1, 3000), ("Team: LLM tokens", 1000, 200)]
     assert computed.total_minor == 5210 and computed.versions == [1]
     upcoming = upcoming_invoice(customer=acme, now=datetime(2026, 10, 29, tzinfo=UTC))
     assert upcoming is not None and upcoming.subtotal_minor == 5210
