@@ -6,17 +6,19 @@ from __future__ import annotations
 import io
 import json
 from collections import defaultdict
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.utils import timezone
 from pypdf import PdfReader
 
 from billing.catalog.models import Meter
 from billing.common.calendar import period_bounds, previous_period
-from billing.invoicing.models import Invoice
+from billing.invoicing.models import Invoice, PeriodClose
 from billing.invoicing.selectors import invoice_verify
 from billing.usage.models import UsageEvent
 
@@ -60,3 +62,29 @@ def test_seed_demo_finalizes_last_months_invoice_and_fills_every_meter_with_agen
     call_command("seed_demo", stdout=StringIO())
     assert UsageEvent.objects.count() == count
     assert Invoice.objects.filter(kind="invoice").exclude(status="draft").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("minutes", [0, 30, 59])
+def test_seed_demo_in_a_months_first_hour_still_finalizes_last_month(minutes: int) -> None:
+    # given: the clock in the first hour of the current month (last month still in its grace time)
+    first_hour = period_bounds(timezone.now())[0] + timedelta(minutes=minutes, seconds=1)
+    out = StringIO()
+    # when
+    call_command("seed_demo", "--json", "--events", "60", "--now", first_hour.isoformat(), stdout=out)
+    # then: last month is closed and its invoice finalized, with the seed's events for it
+    info = json.loads(out.getvalue())
+    start = previous_period(period_bounds(first_hour)[0])[0]
+    invoice = Invoice.objects.get(customer__external_id="acme-co", period_start=start, kind="invoice")
+    assert invoice.status == "finalized" and invoice.number
+    assert info["last_month_invoice"] == f"/invoices/{invoice.pk}/"
+    assert invoice.events_count > 0 and invoice_verify(invoice=invoice) == []
+    assert PeriodClose.objects.filter(period_start=start).exists()
+    # and again at the same instant: nothing doubles
+    call_command("seed_demo", "--now", first_hour.isoformat(), "--events", "60", stdout=StringIO())
+    assert Invoice.objects.filter(kind="invoice").exclude(status="draft").count() == 1
+
+
+def test_seed_demo_refuses_a_now_without_an_offset() -> None:
+    with pytest.raises(CommandError, match="offset"):
+        call_command("seed_demo", "--now", "2026-12-01T00:30:00", stdout=StringIO())

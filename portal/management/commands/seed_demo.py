@@ -1,17 +1,22 @@
 """A demo operator, customer, catalog and events. Safe to run again: it never duplicates anything
-and prints a fresh ingest API key each time (keys are shown once)."""
+and prints a fresh ingest API key each time (keys are shown once).
+
+Every date comes from one instant, ``now`` (the clock, or ``--now``): the subscription's start, the
+events' spans and last month's close. Last month is closed and its invoice finalized whatever the hour,
+also in a month's first hour, while beat would still be waiting out the grace time (the seed's own events
+for it are stored before it closes it)."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from billing.audit.context import acting_as
 from billing.catalog.models import Plan, Subscription
@@ -25,7 +30,7 @@ from billing.guardrails.models import Budget, CustomerOverride
 from billing.guardrails.overrides import override_put
 from billing.invoicing import periods
 from billing.invoicing import services as invoicing
-from billing.invoicing.models import Invoice
+from billing.invoicing.models import Invoice, PeriodClose
 from billing.usage.services import events_ingest
 from portal.demo_usage import Span, demo_events
 
@@ -69,13 +74,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--events", type=int, default=500, help="demo events to ingest (idempotent ids)")
         parser.add_argument("--json", action="store_true", help="print logins and key as JSON")
+        parser.add_argument("--now", help="seed as if it were this instant (RFC 3339), e.g. 2026-12-01T00:30:00Z")
 
-    @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
-        with acting_as("system:seed_demo"):  # every write below is the seed's in the audit log
-            self._seed(options)
+        now = timezone.now()
+        if options["now"]:
+            parsed = parse_datetime(options["now"])
+            if parsed is None or parsed.tzinfo is None:
+                raise CommandError("--now must be an RFC 3339 timestamp with an offset, e.g. 2026-12-01T00:30:00Z")
+            now = parsed
+        with transaction.atomic(), acting_as("system:seed_demo"):  # every write below is the seed's in the audit log
+            self._seed(options, now)
 
-    def _seed(self, options: dict[str, Any]) -> None:
+    def _seed(self, options: dict[str, Any], now: datetime) -> None:
         user_model = get_user_model()
         if not user_model.objects.filter(username=OPERATOR[0]).exists():
             user_model.objects.create_superuser(OPERATOR[0], "operator@tollgate.localhost", OPERATOR[1])
@@ -91,7 +102,6 @@ class Command(BaseCommand):
             customer_user_create(customer=customer, username=CUSTOMER_USER[0], password=CUSTOMER_USER[1],
                                  email="dev@acme.example")
         if not Subscription.objects.filter(customer=customer).exists():  # since the start of last month
-            now = timezone.now()
             subscription_set(customer=customer, plan=Plan.objects.get(key="pro"),
                              start=previous_period(period_bounds(now)[0])[0], now=now, actor="seed_demo")
         if not CustomerOverride.objects.filter(customer=customer).exists():  # agent runs under circuit breakers
@@ -100,8 +110,8 @@ class Command(BaseCommand):
         if not Budget.objects.filter(customer=customer).exists():
             budget_create(customer=customer, budget_id="research-agent", scope={"project": "research-agent"},
                           amount="200.00", period="month", action="block", soft="80%", actor="seed_demo")
-        self._events(customer, options["events"])
-        invoice = self._last_month_invoice()
+        self._events(customer, options["events"], now)
+        invoice = self._last_month_invoice(customer, now)
         _, ingest_key = api_key_create(name="demo ingest key", scope="ingest")
         _, read_key = api_key_create(name="demo read key (acme-co)", scope="read", customer=customer)
         info = {
@@ -122,9 +132,8 @@ class Command(BaseCommand):
         if invoice is not None:
             self.stdout.write(f"  last month's invoice   : /invoices/{invoice.pk}/ ({invoice.number}, .pdf for the PDF)")
 
-    def _events(self, customer: Customer, count: int) -> None:
+    def _events(self, customer: Customer, count: int, now: datetime) -> None:
         """Half the events in last month, half in the current one (its last 7 days at most)."""
-        now = timezone.now()
         this_start = period_bounds(now)[0]
         last_start, last_end = previous_period(this_start)
         spans = [Span(last_start, last_end, f"{last_start:%Y%m}"),
@@ -137,15 +146,20 @@ class Command(BaseCommand):
             for start in range(0, len(raw), 1000):
                 events_ingest(principal=admin, raw_events=raw[start:start + 1000], now=now)
 
-    def _last_month_invoice(self) -> Invoice | None:
-        """Close last month and finalize its invoices as beat would have (an hour after its end, plus the
-        finalize delay), so the demo has a finalized invoice at once. In a month's first hour it is still open."""
-        now = timezone.now()
+    def _last_month_invoice(self, customer: Customer, now: datetime) -> Invoice | None:
+        """Close last month and finalize its invoices, so the demo has a finalized invoice at once. Beat closes
+        a period its grace after its end; before that (a month's first hour) the seed closes it at ``now``: its
+        own events for it are already stored. Every invoice of a period closed at least the finalize delay ago is
+        finalized as beat would; the demo customer's also when the period closed just now (the delay waits for
+        requests in flight at the close, and the seed's own events are all stored)."""
         start, end = previous_period(period_bounds(now)[0])
-        closed_at = end + periods.grace()
-        if closed_at > now:
-            return None
-        periods.period_close(start=start, end=end, now=closed_at)
-        finalize_at = min(now, closed_at + timedelta(seconds=settings.TOLLGATE_FINALIZE_DELAY_SECONDS))
-        invoicing.periods_finalize(now=finalize_at)
-        return Invoice.objects.filter(customer__external_id="acme-co", period_start=start, kind="invoice").first()
+        periods.period_close(start=start, end=end, now=min(end + periods.grace(), now))  # kept if already closed
+        invoicing.periods_finalize(now=now)
+        invoice = Invoice.objects.filter(customer=customer, period_start=start, kind=Invoice.Kind.INVOICE).first()
+        if invoice is None or invoice.is_draft:
+            draft = invoicing.invoice_draft_refresh(customer=customer, period_start=start)
+            if draft is None:  # no plan last month (a customer subscribed by hand since)
+                return invoice
+            closed = PeriodClose.objects.get(period_start=start).closed_at
+            invoice = invoicing.invoice_finalize(invoice=draft, now=max(now, closed))
+        return invoice
