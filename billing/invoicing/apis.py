@@ -17,9 +17,9 @@ from billing.common.errors import CommonCode, DomainError, validation_error
 from billing.common.openapi import data_list, errors
 from billing.customers.selectors import customer_get
 from billing.invoicing import services
+from billing.invoicing.compute import upcoming_invoice
 from billing.invoicing.document import PdfUnavailable, invoice_pdf, invoice_pdf_filename
 from billing.invoicing.errors import InvoicingCode
-from billing.invoicing.lines import upcoming_invoice
 from billing.invoicing.models import Invoice
 from billing.invoicing.openapi import InvoiceDoc, UpcomingInvoiceDoc, VoidDoc
 from billing.invoicing.selectors import invoice_as_dict, invoice_get, invoices_list

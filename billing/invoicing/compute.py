@@ -20,10 +20,11 @@ from typing import Any
 
 from billing.catalog import money
 from billing.catalog.models import Plan, Subscription
-from billing.common.calendar import period_key
+from billing.catalog.selectors import subscription_at
+from billing.common.calendar import period_bounds, period_key
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
-from billing.invoicing.lines import Line, period_cuts, period_parts, price_parts
+from billing.invoicing.lines import Estimate, Line, period_cuts, period_parts, price_parts
 from billing.invoicing.rows import UsageTotal, correction_rows, meters_by_pk, period_rows
 from billing.invoicing.snapshot import PeriodSnapshot
 from billing.invoicing.tax import NO_TAX, TaxTerms, tax_terms
@@ -127,6 +128,33 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
     taxed = money.tax_minor(subtotal - credits_minor, terms.rate, plan.currency)  # on what is left to pay
     return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor + taxed, versions,
                     watermark, terms, taxed)
+
+
+def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
+    """The open period's invoice so far, as finalization would compute it from the same usage: this module's
+    ``invoice_compute`` (the same lines, corrections apart, the prepaid credits the period's usage consumed
+    and the tax on what is left, rounded once by ``money.tax_minor``), so the estimate a customer sees is the
+    invoice they will get for that usage. None without a plan at ``now``."""
+    subscription = subscription_at(customer=customer, at=now)
+    if subscription is None:
+        return None
+    start, end = period_bounds(now)
+    computed = invoice_compute(customer=customer, start=start, end=end)
+    if computed is None:
+        return None
+    return Estimate(customer.external_id, subscription.plan.key, computed.currency, start, end,
+                    [_estimate_line(line, computed.currency) for line in computed.lines],
+                    credits_minor=computed.credits_minor, tax_rate=computed.tax.rate, tax_note=computed.tax.note,
+                    tax_minor=computed.tax_minor)
+
+
+def _estimate_line(line: LineData, currency: str) -> Line:
+    """An invoice line back as the pricing's ``Line`` (what ``_describe`` put in its detail taken out again)."""
+    detail = line.detail
+    return Line(line.kind, line.description, line.amount, currency, meter=line.meter or None,
+                filter=detail.get("filter"), model=line.model or None, quantity=line.quantity,
+                versions=list(detail.get("versions", [])), tier=detail.get("tier"), next_tier=detail.get("next_tier"),
+                group=detail.get("group"), unit_price=line.unit_price, tiers=list(detail.get("tiers", [])))
 
 
 def _describe(line: Line) -> dict[str, Any]:

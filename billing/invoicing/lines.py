@@ -1,5 +1,5 @@
-"""A period's invoice lines, priced from usage: the one pricing engine behind final invoices
-(compute.py), the upcoming invoice and the console's simulation.
+"""A period's invoice lines, priced from usage: the one pricing engine behind invoices and the upcoming
+invoice (compute.py) and the console's simulation.
 
 Each event is priced by the rate-card version in effect at its ``usage_at``. Tiers are cumulative over
 the whole period, so when a version changes mid-period the units of each version's stretch are priced
@@ -20,7 +20,7 @@ from typing import Any
 
 from billing.catalog import money, pricing, ratecard
 from billing.catalog.models import Meter, Plan, RateCardVersion, Subscription
-from billing.catalog.selectors import subscription_at, versions_over
+from billing.catalog.selectors import versions_over
 from billing.common.calendar import period_bounds
 from billing.common.fields import decimal_to_text
 from billing.customers.models import Customer
@@ -71,26 +71,45 @@ class Line:
 
 @dataclass
 class Estimate:
+    """A period priced: its lines and, for the upcoming invoice (``compute.upcoming_invoice``), the prepaid
+    credits and the tax its invoice would apply (none for a price alone, such as the console's simulation)."""
+
     customer: str
     plan: str
     currency: str
     period_start: datetime
     period_end: datetime
     lines: list[Line]
+    credits_minor: int = 0
+    tax_rate: Decimal = Decimal(0)  # percent
+    tax_note: str | None = None
+    tax_minor: int = 0
 
     @property
     def subtotal_minor(self) -> int:
         # totals are sums of rounded lines, never rounded again
         return sum(money.to_minor(line.amount, self.currency) for line in self.lines)
 
+    @property
+    def total_minor(self) -> int:
+        """What the invoice asks for, as an invoice's ``total_minor``: subtotal - credits + tax."""
+        return self.subtotal_minor - self.credits_minor + self.tax_minor
+
     def as_dict(self) -> dict[str, Any]:
-        subtotal = self.subtotal_minor
+        subtotal, total = self.subtotal_minor, self.total_minor
+
+        def major(minor: int) -> str:
+            return str(money.from_minor(minor, self.currency))
+
         return {
             "customer": self.customer, "plan": self.plan, "currency": self.currency,
             "period": {"start": _iso(self.period_start), "end": _iso(self.period_end)},
             "lines": [line.as_dict() for line in self.lines],
-            "subtotal": str(money.from_minor(subtotal, self.currency)), "subtotal_minor": subtotal,
-            "total": str(money.from_minor(subtotal, self.currency)), "total_minor": subtotal,
+            "subtotal": major(subtotal), "subtotal_minor": subtotal,
+            "credits": major(self.credits_minor), "credits_minor": self.credits_minor,
+            "tax": major(self.tax_minor), "tax_minor": self.tax_minor, "tax_rate": decimal_to_text(self.tax_rate),
+            "tax_note": self.tax_note,
+            "total": major(total), "total_minor": total,
         }
 
 
@@ -167,18 +186,6 @@ def price_parts(*, customer: Customer, parts: list[Part], start: datetime, end: 
                 if line.kind == "charge":
                     line.description = f"{part.plan.name}: {line.description}"
     return estimates
-
-
-def upcoming_invoice(*, customer: Customer, now: datetime) -> Estimate | None:
-    subscription = subscription_at(customer=customer, at=now)
-    if subscription is None:
-        return None
-    start, end = period_bounds(now)
-    parts = period_parts(customer=customer, start=start, end=end)
-    rows, _ = period_rows(customer=customer, start=start, end=end, cuts=period_cuts(parts))
-    estimates = price_parts(customer=customer, parts=parts, start=start, end=end, rows=rows)
-    return Estimate(customer.external_id, subscription.plan.key, subscription.plan.currency, start, end,
-                    [line for estimate in estimates for line in estimate.lines])
 
 
 def simulate(*, customer: Customer, plan: Plan, card: ratecard.RateCard, now: datetime) -> Estimate:

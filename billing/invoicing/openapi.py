@@ -92,7 +92,13 @@ class UpcomingInvoiceDoc(serializers.Serializer):
     lines = EstimateLineDoc(many=True)
     subtotal = DecimalText()
     subtotal_minor = serializers.IntegerField()
-    total = DecimalText()
+    credits = DecimalText(help_text="prepaid credits the period's usage has consumed so far, applied as on the invoice")
+    credits_minor = serializers.IntegerField()
+    tax = DecimalText(help_text="on subtotal - credits, rounded once, as on the invoice")
+    tax_minor = serializers.IntegerField()
+    tax_rate = DecimalText(help_text="percent")
+    tax_note = serializers.CharField(allow_null=True, help_text="the reverse-charge text, when no tax is charged for it")
+    total = DecimalText(help_text="subtotal - credits + tax: what the invoice will ask for this usage")
     total_minor = serializers.IntegerField()
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from billing.guardrails.anomalies.baseline import minutes
 from billing.guardrails.anomalies.selectors import anomaly_multiple
 from billing.guardrails.models import Anomaly
-from billing.invoicing.lines import upcoming_invoice
+from billing.invoicing.compute import upcoming_invoice
 from billing.usage.models import UsageEvent
 from portal.dashboard.charts import nice_max, short
 from portal.dashboard.costs import cost_of, unit_costs

@@ -2,8 +2,9 @@
 
 Charges are priced on the whole period's quantity (tiers are cumulative), so one event has no price of
 its own. The dashboard uses the **average unit price of each charge line so far**: the line's exact
-amount (``billing.invoicing.lines.upcoming_invoice``, priced by ``billing.catalog.pricing`` with the
-rate-card versions in effect) divided by the line's quantity. An event costs its quantity times the
+amount (``billing.invoicing.compute.upcoming_invoice``, priced by ``billing.catalog.pricing`` with the
+rate-card versions in effect) divided by the line's quantity, both with the charge's correction and
+adjustment lines (which the invoice shows apart) added. An event costs its quantity times the
 average price of every charge line it falls under (same meter, its dimensions match the charge's
 filter and, for a markup, the line's group). So the slices of a breakdown add up to the usage charges of
 the upcoming invoice (before each line is rounded to the cent), a flat part (package, included
@@ -21,6 +22,8 @@ from decimal import Decimal, localcontext
 from billing.catalog.models import Meter
 from billing.invoicing.lines import ADDITIVE, Estimate
 
+USAGE_KINDS = ("charge", "correction", "adjustment")  # lines priced from usage; not the base fee
+
 
 @dataclass(frozen=True)
 class UnitCost:
@@ -37,14 +40,23 @@ def unit_costs(estimate: Estimate | None) -> list[UnitCost]:
     if estimate is None:
         return []
     additive = set(Meter.objects.filter(aggregation__in=ADDITIVE).values_list("key", flat=True))
-    out = []
+    # a charge's correction and adjustment lines (the invoice shows them apart) add up with it to the
+    # whole period's usage and amount: the slices hold every event, corrections included
+    sums: dict[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]], list[Decimal]] = {}
     for line in estimate.lines:
-        if line.kind != "charge" or line.meter not in additive or not line.quantity:
+        if line.kind not in USAGE_KINDS or line.meter not in additive:
+            continue
+        key = (line.meter, tuple(sorted((line.filter or {}).items())), tuple(sorted((line.group or {}).items())))
+        amount_quantity = sums.setdefault(key, [Decimal(0), Decimal(0)])
+        amount_quantity[0] += line.amount
+        amount_quantity[1] += line.quantity
+    out = []
+    for (meter, filt, group), (amount, quantity) in sums.items():
+        if not quantity:
             continue
         with localcontext(prec=80):
-            price = line.amount / line.quantity
-        out.append(UnitCost(line.meter, tuple(sorted((line.filter or {}).items())),
-                            tuple(sorted((line.group or {}).items())), price))
+            price = amount / quantity
+        out.append(UnitCost(meter, filt, group, price))
     return out
 
 

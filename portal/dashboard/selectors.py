@@ -32,7 +32,8 @@ from billing.guardrails.selectors import (
     customer_balance,
     limit_figures,
 )
-from billing.invoicing.lines import Estimate, upcoming_invoice
+from billing.invoicing.compute import upcoming_invoice
+from billing.invoicing.lines import Estimate
 from billing.invoicing.models import Invoice
 from billing.payments.selectors import payment_links, plans_billed_by_stripe
 from billing.usage.models import UsageEvent
@@ -86,7 +87,20 @@ class Glance:
 
     @property
     def total(self) -> Decimal | None:
+        """The bill so far as its invoice would total it: prepaid credits and tax applied."""
+        return from_minor(self.estimate.total_minor, self.estimate.currency) if self.estimate else None
+
+    @property
+    def subtotal(self) -> Decimal | None:
         return from_minor(self.estimate.subtotal_minor, self.estimate.currency) if self.estimate else None
+
+    @property
+    def credits_applied(self) -> Decimal | None:
+        return from_minor(self.estimate.credits_minor, self.estimate.currency) if self.estimate else None
+
+    @property
+    def tax(self) -> Decimal | None:
+        return from_minor(self.estimate.tax_minor, self.estimate.currency) if self.estimate else None
 
 
 def _soft_limit(limit: Limit | None) -> Decimal | None:

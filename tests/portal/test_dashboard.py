@@ -22,7 +22,8 @@ from billing.customers.services import customer_user_create
 from billing.guardrails.alerts import alert_threshold_create, alerts_check, plan_alert_threshold_set
 from billing.guardrails.models import Alert, AlertThreshold
 from billing.invoicing import lines
-from billing.invoicing.lines import ADDITIVE, upcoming_invoice
+from billing.invoicing.compute import upcoming_invoice
+from billing.invoicing.lines import ADDITIVE
 from billing.invoicing.models import Invoice
 from billing.usage.services import events_ingest
 from portal.dashboard import selectors
@@ -495,3 +496,21 @@ def test_a_lost_dimension_set_is_a_503_page_not_a_server_error(ann, now):
     assert page.status_code == 503 and page["Retry-After"] == "60"
     assert page["Content-Type"].startswith("text/html")
     assert "Temporarily unavailable" in page.content.decode() and "rollups_drift" in page.content.decode()
+
+
+def test_the_glance_estimate_applies_the_credits_and_tax_its_invoice_will(ann, admin, acme, now):
+    # given: a 10% tax rate and 25.00 of prepaid credits, then 1,500 gpt-4o tokens (12.50)
+    acme.tax_rate = Decimal("10")
+    acme.save()
+    admin.post("/api/v1/customers/acme-co/credits", {"amount": "25", "idempotency_key": "g1"}, format="json")
+    send(now, tokens("a", 1000), tokens("b", 500))
+
+    # when
+    page = ann.get("/dashboard/acme-co/").content.decode()
+    invoice = ann.get("/api/v1/customers/acme-co/upcoming-invoice").json()
+
+    # then: 10 base + 12.50 = 22.50, less the 12.50 of credits the tokens drew = 10.00, plus 10% tax = 11.00
+    assert (invoice["subtotal"], invoice["credits"], invoice["tax"], invoice["total"]) == ("22.50", "12.50", "1.00", "11.00")
+    assert 'data-estimate-total="11.00"' in page
+    assert 'data-estimate-subtotal="22.50"' in page and 'data-estimate-credits="12.50"' in page
+    assert 'data-estimate-tax="1.00"' in page and "tax 10%" in page

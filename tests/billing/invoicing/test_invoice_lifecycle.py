@@ -533,7 +533,7 @@ def test_max_unique_and_latest_meters_priced_from_rollup_ranges_match_the_raw_ev
 def test_a_start_and_a_price_change_in_the_same_hour_count_each_event_once(acme: Any) -> None:
     """The upcoming invoice reads from the subscription's start (10:30): its partial first hour and the hour
     of the price change (10:45) overlap, and are read once."""
-    from billing.invoicing.lines import upcoming_invoice
+    from billing.invoicing.compute import upcoming_invoice
 
     catalog_import(text=CATALOG + CATALOG.split("plans:\n")[1].replace("2024-01-01T00:00:00Z", "2026-10-10T10:45:00Z")
                    .replace('"0.01"', '"0.02"'), actor="t")
@@ -575,7 +575,7 @@ def test_a_plan_changed_mid_period_bills_each_stretch_with_its_own_plan(acme: An
     its own plan (Pro's tiers count Pro's tokens only), and both base fees. Before, the usage under the
     first plan was not billed at all. The upcoming invoice and the replay agree; another currency mid-period
     is refused."""
-    from billing.invoicing.lines import upcoming_invoice
+    from billing.invoicing.compute import upcoming_invoice
 
     catalog_import(text=TWO_PLANS, actor="t")
     subscribe(acme, OCT)

@@ -14,7 +14,7 @@ from billing.catalog import money
 from billing.catalog.models import Plan
 from billing.catalog.services import catalog_import, subscription_set
 from billing.common.auth import Principal
-from billing.invoicing.lines import upcoming_invoice
+from billing.invoicing.compute import upcoming_invoice
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -161,3 +161,64 @@ def test_total_equals_the_sum_of_rounded_lines(subscribed, quantities):
     assert Decimal(invoice["total"]) == sum(Decimal(line["amount"]) for line in invoice["lines"])
     for line in invoice["lines"]:
         assert money.from_minor(line["amount_minor"], "USD") == Decimal(line["amount"])
+
+
+@pytest.mark.ledger
+def test_the_upcoming_invoice_totals_what_finalization_will_with_tax_credits_and_a_correction(subscribed):
+    from billing.common.fields import decimal_to_text
+    from billing.guardrails.services import credits_grant
+    from billing.invoicing import services
+    from billing.invoicing.models import Invoice
+    from billing.usage.rollups import rollup_until_current
+
+    # given: a 19% tax rate, 50.00 of prepaid credits the usage draws on, and a correction: 1505 gpt-4o tokens
+    # cost 12.505 -> 12.51, corrected by -3 the line stays 12.51 and the correction is -0.003 -> -0.00
+    # (priced as one line the usage would be 12.502 -> 12.50: a cent apart)
+    subscribed.tax_rate = Decimal("19")
+    subscribed.save()
+    credits_grant(customer=subscribed, amount=Decimal("50.00"), currency="USD", idempotency_key="prepaid")
+    day = datetime(2026, 11, 10, tzinfo=timezone.utc)
+    send(ev("a", day, "1505", model="gpt-4o"), ev("b", day, "333333333", model="claude"), now=day + timedelta(hours=1))
+    send(factories.event("fix-a", day + timedelta(days=1), "-3", dimensions={"model": "gpt-4o"}, corrects="a"),
+         now=day + timedelta(days=1, hours=1))
+
+    # when: the customer looks at the upcoming invoice, and later the period is closed and finalized
+    upcoming = upcoming_invoice(customer=subscribed, now=NOW)
+    assert upcoming is not None
+    body = upcoming.as_dict()
+    services.periods_close(now=datetime(2026, 12, 1, 1, tzinfo=timezone.utc))
+    rollup_until_current(now=datetime(2026, 12, 2, tzinfo=timezone.utc))
+    services.periods_finalize(now=datetime(2026, 12, 2, tzinfo=timezone.utc))
+    invoice = Invoice.objects.get(customer=subscribed, period_start=datetime(2026, 11, 1, tzinfo=timezone.utc),
+                                  kind="invoice")
+
+    # then: the estimate was the invoice, figure for figure and line for line
+    assert invoice.status == "finalized"
+    assert invoice.credits_minor > 0 and invoice.tax_minor and invoice.tax_minor > 0
+    figures = ("subtotal_minor", "credits_minor", "tax_minor", "total_minor")
+    assert {name: body[name] for name in figures} == {name: getattr(invoice, name) for name in figures}
+    assert body["total"] == str(money.from_minor(invoice.total_minor, "USD"))
+    assert body["tax_rate"] == "19" and body["tax_note"] is None
+    assert [(line["kind"], line["description"], line["quantity"], line["amount_minor"]) for line in body["lines"]] == [
+        (line.kind, line.description, decimal_to_text(line.quantity), line.amount_minor)
+        for line in invoice.lines.order_by("position")]
+    assert [line["amount_minor"] for line in body["lines"] if line["meter"] == "llm_tokens"
+            and line["filter"] == {"model": "gpt-4o"}] == [1251, 0]
+
+
+@pytest.mark.ledger
+def test_the_upcoming_invoice_api_shows_credits_and_tax(subscribed, make_client):
+    from billing.guardrails.services import credits_grant
+
+    subscribed.tax_rate = Decimal("20")
+    subscribed.save()
+    credits_grant(customer=subscribed, amount=Decimal("5.00"), currency="USD", idempotency_key="prepaid")
+    now = datetime.now(timezone.utc)
+    factories.send(ev("a", now - timedelta(seconds=5), "100", model="gpt-4o"), now=now)
+
+    body = make_client("read", customer=subscribed).get("/api/v1/customers/acme-co/upcoming-invoice").json()
+
+    # 99 base + 100 x 0.01 = 100.00; the tokens drew 1.00 of credits; 20% of 99.00 = 19.80
+    assert (body["subtotal"], body["credits"], body["tax"], body["tax_rate"], body["total"]) == (
+        "100.00", "1.00", "19.80", "20", "118.80")
+    assert body["total_minor"] == body["subtotal_minor"] - body["credits_minor"] + body["tax_minor"] == 11880
