@@ -92,7 +92,9 @@ def ratecard_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DiffR
     """``new`` against ``old`` (None: nothing in effect, so everything is added)."""
     before = old or {}
     rows = []
-    for key, label in (("base_fee", "Base fee"), ("spend_cap", "Spend cap")):
+    for key, label in (("base_fee", "Base fee"), ("spend_cap", "Spend cap"), ("tax_rate", "Tax rate (%)")):
+        if key == "tax_rate" and before.get(key) is None and new.get(key) is None:
+            continue  # optional: a row only where a version sets one
         old_value = [_n(before.get(key))] if old is not None else None
         rows.append(_row(label, old_value, [_n(new.get(key))]))
     for kind, key_of, words in (("charges", _charge_key, charge_words),

@@ -67,6 +67,8 @@ class VersionTermsDoc(serializers.Serializer):
     spend_cap = DecimalText(allow_null=True, required=False)
     run_limits = RunLimitsDoc(required=False)
     anomaly = AnomalyTermsDoc(required=False)
+    tax_rate = DecimalText(required=False, help_text="percent, 0 to 100 (optional): overrides TOLLGATE_TAX_RATE; a "
+                                                     "customer's own rate overrides it")
 
 
 class PlanDoc(VersionTermsDoc):
@@ -94,6 +96,7 @@ class PlanEntryDoc(serializers.Serializer):
     spend_cap = DecimalText(required=False, help_text="absent when the version has no cap")
     run_limits = RunLimitsDoc(required=False)
     anomaly = AnomalyTermsDoc(required=False)
+    tax_rate = DecimalText(required=False, help_text="percent; absent when the version sets none")
 
 
 class MeterOut(serializers.Serializer):

@@ -134,7 +134,8 @@ class Anomaly:
 
 @dataclass(frozen=True, slots=True)
 class RateCard:
-    """A rate-card version's terms: base fee, charges, limits and spend cap, run limits and anomaly settings."""
+    """A rate-card version's terms: base fee, charges, limits and spend cap, run limits and anomaly settings,
+    and the plan's tax rate (percent; None: the customer's or the installation's, billing/invoicing/tax.py)."""
 
     base_fee: Decimal = ZERO
     charges: tuple[Charge, ...] = ()
@@ -142,6 +143,7 @@ class RateCard:
     spend_cap: Decimal | None = None
     run_limits: RunLimits | None = None
     anomaly: Anomaly | None = None
+    tax_rate: Decimal | None = None
 
     def limit_of(self, meter: str) -> Limit | None:
         return next((limit for limit in self.limits if limit.meter == meter), None)
@@ -159,6 +161,8 @@ class RateCard:
             out["run_limits"] = self.run_limits.as_definition()
         if self.anomaly is not None:
             out["anomaly"] = self.anomaly.as_definition()
+        if self.tax_rate is not None:
+            out["tax_rate"] = decimal_to_text(self.tax_rate)
         return out
 
 
@@ -228,7 +232,7 @@ def parse(definition: Mapping[str, Any]) -> RateCard:
                     limits=tuple(limit_of(lim) for lim in definition.get("limits") or ()),
                     spend_cap=_dec(definition.get("spend_cap")),
                     run_limits=run_limits_of(definition.get("run_limits")),
-                    anomaly=anomaly_of(definition.get("anomaly")))
+                    anomaly=anomaly_of(definition.get("anomaly")), tax_rate=_dec(definition.get("tax_rate")))
 
 
 # Versions are never edited: each one's card is parsed once per process, kept by id and creation time (a

@@ -100,6 +100,7 @@ class PlanIn(msgspec.Struct, forbid_unknown_fields=True):
     spend_cap: Decimal | None = None
     run_limits: RunLimitsIn | None = None
     anomaly: AnomalyIn | None = None
+    tax_rate: Decimal | None = None  # percent; optional, beyond the contract's catalog file (docs/pricing.md)
     version: int | None = None  # written by `catalog export` for the reader; ignored on import
 
 
@@ -297,7 +298,24 @@ def validate_plan(plan: PlanIn, path: str, meters: set[str], problems: list[tupl
         definition["run_limits"] = validate_run_limits(plan.run_limits, f"{path}.run_limits", problems)
     if plan.anomaly is not None:
         definition["anomaly"] = validate_anomaly(plan.anomaly, f"{path}.anomaly", problems)
+    if plan.tax_rate is not None:
+        definition["tax_rate"] = validate_tax_rate(plan.tax_rate, f"{path}.tax_rate", problems)
     return definition
+
+
+TAX_RATE_PLACES = 3  # what an invoice stores of its rate (Invoice.tax_rate, as a customer's)
+
+
+def validate_tax_rate(rate: Decimal, path: str, problems: list[tuple[str, str]]) -> str | None:
+    """A plan's tax rate: a percent from 0 to 100, at most three decimals."""
+    problem = check_decimal(rate)
+    if problem:
+        problems.append((path, f"value {problem}"))
+    elif not 0 <= rate <= 100:
+        problems.append((path, "a percent from 0 to 100"))
+    elif rate != rate.quantize(Decimal(1).scaleb(-TAX_RATE_PLACES)):
+        problems.append((path, f"at most {TAX_RATE_PLACES} decimal places"))
+    return dec_text(rate)
 
 
 def validate_limits(entries: list[LimitIn], path: str, meters: set[str], problems: list[tuple[str, str]]

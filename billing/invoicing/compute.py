@@ -124,7 +124,8 @@ def invoice_compute(*, customer: Customer, start: datetime, end: datetime, sourc
         customer=customer, currency=plan.currency, start=start, consumed=None if snapshot is None else snapshot.consumed)
     credits_minor = max(0, min(subtotal, money.to_minor(Decimal(available).scaleb(-money.LEDGER_SCALE), plan.currency)))
     versions = sorted({seg.version for part in parts for seg in part.segments if seg.version is not None})
-    terms = tax if tax is not None else tax_terms(customer=customer)
+    # the plan's rate: its version in effect at the end of the billed plan's stretch, as for the base fee's plan
+    terms = tax if tax is not None else tax_terms(customer=customer, plan_rate=parts[-1].segments[-1].card.tax_rate)
     taxed = money.tax_minor(subtotal - credits_minor, terms.rate, plan.currency)  # on what is left to pay
     return Computed(plan, plan.currency, lines, subtotal, credits_minor, subtotal - credits_minor + taxed, versions,
                     watermark, terms, taxed)

@@ -25,7 +25,8 @@ PRICE_LABELS = {
 }
 TIER_LABELS = {"up_to": "Up to (units, inclusive; blank on the last tier)", "unit_price": "Price per unit",
                "flat_price": "Flat fee on reaching the tier"}
-OTHER_LABELS = {"base_fee": "Base fee", "spend_cap": "Spend cap", "effective_from": "Takes effect", "meter": "Meter",
+OTHER_LABELS = {"base_fee": "Base fee", "spend_cap": "Spend cap", "tax_rate": "Tax rate", "effective_from": "Takes effect",
+                "meter": "Meter",
                 "model": "Pricing model", "name": "Name on the invoice", "filter": "Only events with",
                 "soft": "Soft limit", "hard": "Hard limit", "tiers": "Tiers", "run_limits": "Agent run limits",
                 "anomaly": "Anomaly detection", "max_steps": "most steps", "max_spend": "most spend",
@@ -111,6 +112,8 @@ def editor_form(*, document: dict[str, Any], problems: list[tuple[str, str]], cu
     field = _Fields(problems)
     top = [field("base_fee", f"Base fee per period ({currency})", document.get("base_fee")),
            field("spend_cap", f"Spend cap per period ({currency}; blank for none)", document.get("spend_cap")),
+           field("tax_rate", "Tax rate (%, 0 to 100; blank for the installation's; a customer's own rate wins)",
+                 document.get("tax_rate")),
            field("effective_from", "Takes effect (UTC)", effective_from, type="datetime-local")]
     runs, anomaly = document.get("run_limits") or {}, document.get("anomaly") or {}
     guards = [field("run_limits-max_steps", "Agent run: most steps (billable events)", runs.get("max_steps")),

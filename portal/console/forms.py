@@ -14,7 +14,7 @@ from billing.catalog.schema import ALLOWED
 FIELD = re.compile(r"^(charges|limits)-(\d+)-(\w+?)(?:-(\d+)-(\w+))?$")
 CHARGE_FIELDS = ("unit_price", "package_size", "package_price", "free_units", "flat_price", "included", "overage_unit_price")
 TIERED = ("graduated", "volume")
-NUMBERS = ("base_fee", "spend_cap")
+NUMBERS = ("base_fee", "spend_cap", "tax_rate")
 # the agent-run circuit breakers and the anomaly settings: their fields as the form names them
 GROUPS = {"run_limits": ("max_steps", "max_spend", "max_duration_seconds"),
           "anomaly": ("window_minutes", "factor", "min_spend", "action")}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -280,3 +281,16 @@ def test_a_field_that_is_not_a_number_does_not_hide_the_other_problems(staff, ca
     assert '<span class="error" id="base_fee-error">enter a number, such as 0.01</span>' in page
     assert '<span class="error" id="charges-0-tiers-0-up_to-error">must be greater than 0' in page
     assert "2 problems" in page
+
+
+def test_a_plan_tax_rate_is_set_in_the_editor_checked_and_shown_in_the_diff(staff, catalog):
+    refused = staff.post(EDITOR, {**FORM, "tax_rate": "120"})
+    assert refused.status_code == 422 and "a percent from 0 to 100" in refused.content.decode()
+
+    response = staff.post(EDITOR, {**FORM, "tax_rate": "7.5"})
+
+    assert response.status_code == 302
+    version = RateCardVersion.objects.get(plan__key="pro", number=2)
+    assert version.definition["tax_rate"] == "7.5" and version.rate_card.tax_rate == Decimal("7.5")
+    diff = staff.get("/console/plans/pro/versions/2/diff").content.decode()
+    assert 'data-what="Tax rate (%)"' in diff and "<ins>7.5</ins>" in diff
