@@ -111,3 +111,17 @@ def test_the_upcoming_invoice_is_taxed_at_the_plans_rate(pro: Any) -> None:
     assert upcoming is not None
     body = upcoming.as_dict()
     assert (body["tax_rate"], body["tax_minor"], body["total_minor"]) == ("7.5", 788, 10501 + 788)
+
+
+def test_the_plans_api_sets_a_version_tax_rate_and_refuses_one_above_100(admin: Any) -> None:
+    catalog_import(text=CATALOG, actor="t")
+    body = {"effective_from": "2030-01-01T00:00:00Z", "base_fee": "100", "tax_rate": "5",
+            "charges": [{"meter": "llm_tokens", "model": "per_unit", "unit_price": "0.001"}]}
+
+    created = admin.post("/api/v1/plans/pro/versions", body, format="json")
+    refused = admin.post("/api/v1/plans/pro/versions", {**body, "effective_from": "2031-01-01T00:00:00Z",
+                                                        "tax_rate": "100.5"}, format="json")
+
+    assert created.status_code == 201, created.json()
+    assert created.json()["tax_rate"] == "5"
+    assert refused.status_code == 422 and "tax_rate" in refused.json()["error"]["fields"]
