@@ -104,7 +104,7 @@ class StripeInvoiceItem(models.Model):
     """One pushed line, recorded as soon as Stripe answers, so a retry never pushes it again."""
 
     sync = models.ForeignKey(StripeInvoiceSync, on_delete=models.CASCADE, related_name="items")
-    position = models.IntegerField()  # the invoice line's position; -1 for the applied-credits item
+    position = models.IntegerField()  # the invoice line's position; -1 for the applied-credits item, -2 for tax
     stripe_item_id = models.CharField(max_length=64, unique=True)
     amount_minor = models.BigIntegerField()
 

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from billing.audit.services import audit_record, snapshot
 from billing.catalog.models import Plan
+from billing.common.fields import decimal_to_text
 from billing.common.queue import queue_after_commit
 from billing.customers.models import Customer
 from billing.invoicing.models import Invoice
@@ -178,6 +179,9 @@ def _days_until_due(customer_pk: int) -> int | None:
     return None if card else int(settings.STRIPE_DAYS_UNTIL_DUE)
 
 
+CREDITS_POSITION, TAX_POSITION = -1, -2  # the Stripe items that are no invoice line: credits applied, tax
+
+
 class InvoiceMismatch(GatewayError):
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False, code="amount_mismatch")
@@ -186,14 +190,19 @@ class InvoiceMismatch(GatewayError):
 def _invoice_items(invoice: Invoice) -> list[tuple[int, int, str]]:
     """(position, amount in minor units, description) per Stripe invoice item: every line as priced (but a
     zero line, which changes nothing and only clutters the customer's Stripe invoice), plus one item for
-    applied prepaid credits when the lines do not already carry them."""
+    applied prepaid credits when the lines do not already carry them, and one (``TAX_POSITION``) for the
+    invoice's tax, computed once on the invoice (never per line, so never by Stripe)."""
     lines = list(invoice.lines.order_by("position"))
     items = [(line.position, line.amount_minor, line.description) for line in lines if line.amount_minor]
+    tax = invoice.tax_minor or 0
+    if tax:
+        rate = decimal_to_text(invoice.tax_rate) if invoice.tax_rate is not None else "0"
+        items.append((TAX_POSITION, tax, f"{settings.TOLLGATE_TAX_LABEL} {rate}%"))
     lines_total = sum(amount for _, amount, _ in items)
     if lines_total == invoice.total_minor:
         return items
     if invoice.credits_minor and lines_total - invoice.credits_minor == invoice.total_minor:
-        return [*items, (-1, -invoice.credits_minor, "Prepaid credits applied")]
+        return [*items, (CREDITS_POSITION, -invoice.credits_minor, "Prepaid credits applied")]
     raise InvoiceMismatch(f"Invoice {invoice}: lines add up to {lines_total}, total is {invoice.total_minor} (minor units).")
 
 

@@ -103,14 +103,15 @@ def make_invoice() -> Callable[..., Invoice]:
     """A finalized invoice built directly: lines as (amount_minor, description)."""
 
     def make(customer: Customer, lines: list[tuple[int, str]], *, credits_minor: int = 0, plan: Any = None,
-             month: int = 1, total_minor: int | None = None, currency: str = "USD") -> Invoice:
+             month: int = 1, total_minor: int | None = None, currency: str = "USD", tax_minor: int = 0,
+             tax_rate: Any = None) -> Invoice:
         subtotal = sum(amount for amount, _ in lines)
         invoice = Invoice.objects.create(
             customer=customer, plan=plan, currency=currency,
             period_start=datetime(2026, month, 1, tzinfo=timezone.utc),
             period_end=datetime(2026, month + 1, 1, tzinfo=timezone.utc),
-            subtotal_minor=subtotal, credits_minor=credits_minor,
-            total_minor=subtotal - credits_minor if total_minor is None else total_minor)
+            subtotal_minor=subtotal, credits_minor=credits_minor, tax_minor=tax_minor, tax_rate=tax_rate,
+            total_minor=subtotal - credits_minor + tax_minor if total_minor is None else total_minor)
         for position, (amount, description) in enumerate(lines, start=1):
             InvoiceLine.objects.create(invoice=invoice, position=position, kind=InvoiceLine.Kind.CHARGE,
                                        description=description, amount_minor=amount)

@@ -5,6 +5,7 @@ client (finalize)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -168,6 +169,18 @@ def test_applied_credits_become_one_negative_item_so_totals_match(stripe_on, loc
     [remote] = stripe_invoices_of(localstripe, acme)
     assert remote.lines._list[-1].amount == -2000
     assert remote.total == invoice.total_minor == 9141
+
+
+def test_the_invoices_tax_becomes_one_item_so_totals_match(stripe_on, localstripe, acme, make_invoice, settings):
+    settings.TOLLGATE_TAX_LABEL = "VAT"
+    invoice = make_invoice(acme, LINES, credits_minor=2000, tax_minor=1737, tax_rate=Decimal("19"))
+    stripe_invoice_sync_schedule(invoice=invoice)
+    row = stripe_invoice_push(invoice_pk=invoice.pk)
+    assert row.state == SyncState.SYNCED, row.last_error
+    [remote] = stripe_invoices_of(localstripe, acme)
+    assert [(line.amount, line.description) for line in remote.lines._list[-2:]] == [
+        (1737, "VAT 19%"), (-2000, "Prepaid credits applied")]
+    assert remote.total == invoice.total_minor == 9141 + 1737
 
 
 def test_lines_that_do_not_add_up_fail_without_pushing_anything(stripe_on, localstripe, acme, make_invoice):
