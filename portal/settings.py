@@ -283,8 +283,8 @@ TOLLGATE_SELLER = {
 }
 # Payment terms: an invoice is due this many days after it is issued (finalized).
 TOLLGATE_PAYMENT_TERMS_DAYS = int(os.environ.get("TOLLGATE_PAYMENT_TERMS_DAYS", "30"))
-# Tax: the percent charged on every invoice (a customer's own tax_rate overrides it), the line's name, and what
-# an invoice of a reverse-charge customer says instead of a tax amount.
+# Tax: the percent charged on every invoice (a plan's tax_rate overrides it, and a customer's own overrides both),
+# the line's name, and what an invoice of a reverse-charge customer says instead of a tax amount.
 TOLLGATE_TAX_RATE = os.environ.get("TOLLGATE_TAX_RATE", "0")
 TOLLGATE_TAX_LABEL = os.environ.get("TOLLGATE_TAX_LABEL", "Tax")
 TOLLGATE_REVERSE_CHARGE_TEXT = os.environ.get(

@@ -18,7 +18,7 @@ class Customer(models.Model):
     email = models.EmailField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     # Billing details printed on its invoices (docs/operations.md, "Invoice documents"). ``invoice_email``
-    # receives finalized invoices (empty: ``email``); ``tax_rate`` is a percent (null: TOLLGATE_TAX_RATE);
+    # receives finalized invoices (empty: ``email``); ``tax_rate`` is a percent (null: the plan's, else TOLLGATE_TAX_RATE);
     # reverse charge puts no tax on its invoices and prints TOLLGATE_REVERSE_CHARGE_TEXT instead.
     billing_address = models.TextField(blank=True, default="")
     tax_id = models.CharField(max_length=64, blank=True, default="")

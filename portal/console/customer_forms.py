@@ -56,7 +56,7 @@ class CustomerForm(ConsoleForm):
     tax_id = forms.CharField(max_length=64, required=False, label="Tax id", help_text="A VAT or GST number, say.")
     tax_rate = forms.DecimalField(required=False, max_digits=6, decimal_places=3, min_value=0, max_value=100,
                                   label="Tax rate (%)",
-                                  help_text="Blank: the operator's default rate.")
+                                  help_text="Blank: its plan's rate, else the operator's default rate.")
     tax_reverse_charge = forms.BooleanField(required=False, label="Reverse charge (no tax on its invoices)")
     metadata = forms.CharField(required=False, label="Metadata (JSON object)", widget=forms.Textarea(attrs={"rows": 3}),
                                help_text='For your own use, e.g. {"crm_id": "42"}.')
