@@ -3,10 +3,14 @@
 gateway's views are async there."""
 
 import os
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import cast
 
 import django
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.http import HttpRequest, HttpResponseBase
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # On PostgreSQL, connections come from a pool of the process (portal.settings, DATABASE_POOL_SIZE): a
@@ -29,8 +33,31 @@ class Request(ASGIRequest):
     urlconf = "portal.urls_asgi"  # BaseHandler resolves a request against its own urlconf when it has one
 
 
+_END = object()
+
+
+def _next(iterator: Iterator[bytes]) -> object:
+    return next(iterator, _END)
+
+
+async def _in_thread(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """A synchronous response body read one chunk at a time in the request's thread (thread_sensitive: a
+    generator that queries the database keeps its view's connection). Django's own fallback reads the whole
+    body into a list first, with a warning on every response: each static file (WhiteNoise), each CSV export."""
+    iterator = iter(chunks)
+    step = sync_to_async(_next, thread_sensitive=True)
+    while (part := await step(iterator)) is not _END:
+        yield cast(bytes, part)
+
+
 class Handler(ASGIHandler):
     request_class = Request
+
+    async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
+        response = await super().run_get_response(request)
+        if response.streaming and not response.is_async:  # type: ignore[attr-defined]  # streaming responses only
+            response.streaming_content = _in_thread(response.streaming_content)  # type: ignore[attr-defined]
+        return response
 
 
 application = Handler()

@@ -1,4 +1,7 @@
-"""``make run``: seed the demo, then run web + Celery worker + Celery beat together.
+"""``make run``: seed the demo, then run web + Celery worker + Celery beat together. The web process is uvicorn
+serving ``portal.asgi`` (the ASGI application production serves, the gateway's async views included); static
+files come from WhiteNoise, as in production. A change to the code or a template restarts web, worker and beat
+(``portal.codewatch``; ``--noreload`` turns it off).
 
 With a ``tigerbeetle`` binary on PATH (or named by ``TIGERBEETLE_BIN``) and no ``TIGERBEETLE_ADDRESSES``,
 it also runs a single TigerBeetle replica (data in ``$TOLLGATE_DATA_DIR/tigerbeetle/``, port
@@ -19,9 +22,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from portal import codewatch
 from portal.supervisor import GaveUp, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,11 +173,21 @@ def _mail_default(env: dict[str, str]) -> str:
     return f"written to {mail_dir}/, one file per email (EMAIL_URL to send them)"
 
 
-def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str, mail_line: str) -> None:
+def web_command(python: str, host: str, port: int) -> list[str]:
+    """The web process: uvicorn on ``portal.asgi`` (Django's ASGI handler speaks no lifespan protocol: off, so
+    uvicorn does not log that it tried). A stop lets requests in flight finish for up to 10 s, within the
+    supervisor's 15."""
+    return [python, "-m", "uvicorn", "portal.asgi:application", "--host", host, "--port", str(port),
+            "--lifespan", "off", "--timeout-graceful-shutdown", "10"]
+
+
+def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str, mail_line: str,
+            reload_line: str) -> None:
     if not info:
         print(f"\n  Tollgate is starting on {url}   ({running}; Ctrl-C stops all)\n"
               f"  ledger                   : {ledger_line}\n"
-              f"  emails                   : {mail_line}\n", flush=True)
+              f"  emails                   : {mail_line}\n"
+              f"  reload                   : {reload_line}\n", flush=True)
         return
     operator = f"{info['operator_login']['username']} / {info['operator_login']['password']}"
     customer = f"{info['customer_login']['username']} / {info['customer_login']['password']}"
@@ -189,6 +204,7 @@ def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str, m
 {invoice_line}  API docs                 : {url}/api/docs
   ledger                   : {ledger_line}
   emails                   : {mail_line}
+  reload                   : {reload_line}
 
   curl -X POST {url}/api/v1/events -H 'Authorization: Bearer {info['ingest_api_key']}' \\
        -H 'Content-Type: application/json' \\
@@ -197,11 +213,36 @@ def _banner(url: str, info: dict[str, Any], ledger_line: str, *, running: str, m
 """, flush=True)
 
 
+def _reload_start(wanted: bool) -> tuple[codewatch.CodeWatcher | None, str]:
+    """The code watcher when reload is wanted and watchfiles is installed, and the banner's line."""
+    if not wanted:
+        return None, "off (--noreload)"
+    if not codewatch.available():
+        return None, "off (watchfiles is not installed: `make install` installs it)"
+    watcher = codewatch.CodeWatcher(ROOT).start()
+    folders = ", ".join(f"{path.name}/" for path in watcher.paths)
+    return watcher, f"a change under {folders} restarts web, worker and beat"
+
+
+def _serve(supervisor: Supervisor, app: tuple[str, ...], watcher: codewatch.CodeWatcher | None,
+           stopping: Callable[[], bool]) -> None:
+    """Until a stop: restart what died (after its backoff), and everything the code it runs changed under."""
+    while not stopping():
+        supervisor.check()
+        changed = watcher.take() if watcher is not None else []
+        if changed and not stopping():
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            print(f"{', '.join(changed[:3])}{more} changed: restarting web, worker and beat", flush=True)
+            supervisor.restart(app)
+        time.sleep(0.2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--no-seed", action="store_true")
+    parser.add_argument("--noreload", action="store_true", help="no restart when the code changes")
     args = parser.parse_args()
     python = sys.executable
     env = dict(os.environ)
@@ -219,6 +260,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
 
     data_file: Path | None = None
+    watcher: codewatch.CodeWatcher | None = None
     supervisor = Supervisor(hint=lambda name: f" (its log: {data_file.parent / 'tigerbeetle.log'})"
                             if data_file and name == "tigerbeetle" else "")
     app = ("web", "worker", "beat")
@@ -233,7 +275,7 @@ def main() -> int:
             info = json.loads(out.stdout.strip().splitlines()[-1])
 
         celery = [python, "-m", "celery", "-A", "portal"]
-        commands = {"web": [python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
+        commands = {"web": web_command(python, args.host, args.port),
                     "worker": [*celery, "worker", "-l", "info", "--concurrency", "2", "--without-heartbeat",
                                "--without-mingle", "--without-gossip"],
                     "beat": [*celery, "beat", "-l", "info"]}
@@ -241,13 +283,12 @@ def main() -> int:
             supervisor.add(name, functools.partial(_spawn, commands[name], env))
         url = f"http://{args.host}:{args.port}"
         ledger_running = "tigerbeetle" in supervisor.children
+        watcher, reload_line = _reload_start(not args.noreload)
         _banner(url, info, ledger_line, running="web + Celery worker + beat" + (" + TigerBeetle" if ledger_running else ""),
-                mail_line=mail_line)
+                mail_line=mail_line, reload_line=reload_line)
 
         starting = False
-        while not stopping:
-            supervisor.check()  # a process that died is started again after its backoff
-            time.sleep(0.2)
+        _serve(supervisor, app, watcher, lambda: stopping)
     except KeyboardInterrupt:
         pass
     except GaveUp:
@@ -262,6 +303,8 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave orphans behind
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if watcher is not None:
+            watcher.close()
         if any(name in supervisor.children for name in app):
             supervisor.stop(app)  # the app first: requests in flight still reach the ledger
             print("stopped web, worker and beat", flush=True)
