@@ -96,6 +96,80 @@ def test_stop_kills_the_group_of_a_child_that_ignores_sigterm() -> None:
     assert not _alive(pid)
 
 
+def _wait_for(path: Path) -> str:
+    deadline = time.monotonic() + 10
+    while not path.exists() or not path.read_text().strip():
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.02)
+    return path.read_text().strip()
+
+
+def test_what_a_dead_child_left_in_its_group_is_killed_before_it_is_restarted(tmp_path: Path) -> None:
+    # a server that forked a worker of its own (which would keep the port) and then died
+    pid_file = tmp_path / "grandchild"
+    code = ("import subprocess, sys, time\n"
+            "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(g.pid))\n"
+            "time.sleep(0.3)\n"
+            "sys.exit(1)\n")
+    out = io.StringIO()
+    supervisor = Supervisor(initial_backoff=30, out=out)
+    supervisor.add("server", lambda: _spawn(code))
+    try:
+        grandchild = int(_wait_for(pid_file))
+        assert _alive(grandchild)
+        _run(supervisor, 1.5)
+        assert "server exited with 1" in out.getvalue()
+        assert not _alive(grandchild)
+    finally:
+        supervisor.stop()
+
+
+def test_restart_starts_children_again_at_once_and_forgets_their_quick_exits() -> None:
+    out = io.StringIO()
+    supervisor = Supervisor(initial_backoff=30, stable_seconds=30, out=out)
+    web = supervisor.add("web", lambda: _spawn("import time; time.sleep(60)"))
+    beat = supervisor.add("beat", lambda: _spawn("import time; time.sleep(60)"))
+    other = supervisor.add("other", lambda: _spawn("import time; time.sleep(60)"))
+    old = {name: c.proc.pid for name, c in supervisor.children.items()}  # type: ignore[union-attr]
+    web.quick_failures, web.restart_at = 3, time.monotonic() + 30  # waiting for a backoff after a broken edit
+    try:
+        supervisor.restart(["web", "beat"])
+        assert web.proc is not None and web.proc.poll() is None and web.proc.pid != old["web"]
+        assert beat.proc is not None and beat.proc.pid != old["beat"] and not _alive(old["beat"])
+        assert (web.quick_failures, web.restart_at, web.restarts, beat.restarts) == (0, None, 1, 1)
+        assert other.proc.pid == old["other"] and other.restarts == 0  # type: ignore[union-attr]
+        _run(supervisor, 0.3)
+        assert out.getvalue() == ""  # a restart is no exit to report
+    finally:
+        supervisor.stop()
+
+
+def test_the_code_watcher_reports_changed_code_and_templates_only(tmp_path: Path) -> None:
+    from portal.codewatch import CodeWatcher
+
+    for folder in ("portal", "templates"):
+        (tmp_path / folder).mkdir()
+    watcher = CodeWatcher(tmp_path, folders=("portal", "templates", "missing"), debounce_ms=50).start()
+    try:
+        assert watcher.ready.wait(10)
+        (tmp_path / "portal" / "views.py").write_text("x = 1\n")
+        (tmp_path / "templates" / "page.html").write_text("<p>hi</p>\n")
+        (tmp_path / "portal" / "notes.log").write_text("ignored\n")
+        (tmp_path / "portal" / ".views.py.swp").write_text("ignored\n")
+        deadline = time.monotonic() + 10
+        seen: set[str] = set()
+        while len(seen) < 2 and time.monotonic() < deadline:
+            seen.update(watcher.take())
+            time.sleep(0.05)
+        time.sleep(0.3)
+        seen.update(watcher.take())
+        assert seen == {"portal/views.py", "templates/page.html"}
+        assert watcher.take() == []
+    finally:
+        watcher.close()
+
+
 def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[1])
 
@@ -136,7 +210,7 @@ def test_make_run_restarts_a_killed_web_server_and_sigterm_to_make_alone_stops_e
             assert make.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.3)
         devserver = next(pid for pid in _children_of(make.pid) if b"portal.devserver" in _cmdline(pid))
-        web = next(pid for pid in _children_of(devserver) if b"runserver" in _cmdline(pid))
+        web = next(pid for pid in _children_of(devserver) if b"uvicorn" in _cmdline(pid))
 
         os.kill(web, signal.SIGKILL)
         deadline = time.monotonic() + 60
@@ -144,7 +218,7 @@ def test_make_run_restarts_a_killed_web_server_and_sigterm_to_make_alone_stops_e
             assert make.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.3)
         assert "restarting it in 1s" in log.read_text()
-        new_web = [pid for pid in _children_of(devserver) if b"runserver" in _cmdline(pid)]
+        new_web = [pid for pid in _children_of(devserver) if b"uvicorn" in _cmdline(pid)]
         assert new_web and web not in new_web
 
         make.send_signal(signal.SIGTERM)  # make alone: no Ctrl-C to the whole group
