@@ -15,10 +15,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
-## run: migrate, seed the demo, then serve web + Celery worker + beat on http://127.0.0.1:$(PORT); Ctrl-C stops all
+## run: migrate, seed the demo, then serve web (uvicorn, portal.asgi) + Celery worker + beat on http://127.0.0.1:$(PORT);
+## a code change restarts them (RUN_ARGS=--noreload: not); Ctrl-C stops all
 run: install
 	$(PY) manage.py migrate --noinput -v0
-	exec env DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) -m portal.devserver --port $(PORT)
+	exec env DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) -m portal.devserver --port $(PORT) $(RUN_ARGS)
 
 ## test: lint, type-check, then the whole pytest suite (PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set),
 ## with a coverage report (files not fully covered, and the total)

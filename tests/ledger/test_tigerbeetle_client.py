@@ -42,7 +42,7 @@ def tigerbeetle(settings: Any) -> Iterator[TigerBeetleLedger]:
 
 @pytest.mark.tigerbeetle
 def test_one_client_per_process_whatever_the_threads(tigerbeetle: TigerBeetleLedger) -> None:
-    # a production replica admits 32 clients: 64 threads (runserver's request threads) must share one
+    # a production replica admits 32 clients: 64 threads (a server's request threads) must share one
     seen: set[int] = set()
     errors: list[BaseException] = []
 

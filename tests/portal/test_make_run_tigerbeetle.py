@@ -132,7 +132,7 @@ def test_make_run_runs_tigerbeetle_and_the_app_survives_a_replica_crash(tmp_path
 
         sender = Sender(first.base, key, "steady")
         wrong = []
-        for _ in range(500):  # sequential: each request on a new runserver thread, all sharing one client
+        for _ in range(500):  # sequential: each request on a thread of its own (asgiref's, under uvicorn), all sharing one client
             i, over, response = sender.send()
             if not sender.expected(over, response):
                 wrong.append(_describe(i, response))
