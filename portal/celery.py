@@ -10,7 +10,9 @@ from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
-app = Celery("tollgate")
+# Every task retries with backoff when PostgreSQL or the ledger is away (billing/common/tasks.py); a string, as the
+# class is loaded once Django is set up
+app = Celery("tollgate", task_cls="billing.common.tasks:RetryWhenUnavailable")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
