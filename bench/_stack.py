@@ -65,9 +65,11 @@ this_month, _ = period_bounds(now)
 last_month, _ = period_bounds(this_month - timedelta(seconds=1))
 catalog_import(text=%(plans)r, actor='drill')
 drill, credit = Plan.objects.get(key='drill'), Plan.objects.get(key='drill-credit')
+web = {}
 for name in %(web)r:
-    subscription_set(customer=customer_create(external_id=name, name=name), plan=drill, start=this_month, now=now,
-                     actor='drill')
+    customer = customer_create(external_id=name, name=name)
+    subscription_set(customer=customer, plan=drill, start=this_month, now=now, actor='drill')
+    web[name] = customer.pk
 billed = []
 for n in range(%(invoiced)d):
     customer = customer_create(external_id=f'drill-inv-{n:03d}', name=f'Billed {n}')
@@ -78,7 +80,7 @@ subscription_set(customer=customer, plan=credit, start=this_month, now=now, acto
 credits_grant(customer=customer, amount=Decimal(%(credit)r), currency='USD', idempotency_key='drill', actor='drill')
 print(json.dumps({"ingest": api_key_create(name='drill ingest', scope='ingest')[1],
                   "admin": api_key_create(name='drill admin', scope='admin')[1], "billed": billed,
-                  "meter": Meter.objects.get(key='llm_tokens').pk, "last_month": last_month.isoformat(),
+                  "meter": Meter.objects.get(key='llm_tokens').pk, "web": web, "last_month": last_month.isoformat(),
                   "this_month": this_month.isoformat()}))
 """
 
@@ -222,10 +224,11 @@ class Stack:
             row = conn.execute(query, params).fetchone()
         return row[0] if row else None
 
-    def queue(self, task: str, countdown: int = 0) -> str:
-        """Queue ``task`` as the app does (its route, its queue); returns the task id."""
+    def queue(self, task: str, countdown: int = 0, args: tuple[Any, ...] = ()) -> str:
+        """Queue ``task`` with ``args`` as the app does (its route, its queue); returns the task id. Needs Redis,
+        not the database."""
         code = (f"from billing.common.queue import task_named\n"
-                f"print(task_named({task!r}).apply_async(countdown={countdown}).id)")
+                f"print(task_named({task!r}).apply_async(args={list(args)!r}, countdown={countdown}).id)")
         return self.shell(code).split()[-1]
 
     def worker_log(self) -> str:
