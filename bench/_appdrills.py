@@ -89,7 +89,11 @@ def ingest_verdict(drill: str, record: Record, outcome: dict[str, Any], stored: 
     row = _row(drill, "events", sent=len(record.outcome) + record.unanswered, stored=len(billable),
                lost=len(accepted - billable), double_counted=stored["duplicated_ids"] + max(0, used - len(billable)),
                **{"5xx": len(fivexx), "503_retried": len(retried)}, dropped_connections=len(drops),
-               ledger_used=used, **{k: v for k, v in outcome.items() if k != "problems"})
+               ledger_used=used, **{k: v for k, v in outcome.items() if k not in ("problems", "fault_at")})
+    if fivexx:  # when each came, from the fault's start (monotonic ``fault_at``), and what it said: for the diagnosis
+        at = outcome.get("fault_at")
+        row["5xx_answers"] = [{"after_fault_s": None if at is None else round(a.at - at, 2), "status": a.status,
+                               "body": a.detail[:300]} for a in fivexx[:20]]
     problems = list(outcome.get("problems", []))
     if row["lost"] or row["double_counted"] or used != len(billable):
         problems.append(f"{row['lost']} lost, {row['double_counted']} double-counted, ledger used {used} for "
@@ -159,8 +163,8 @@ def postgres(stack: Stack, args: Any) -> dict[str, Any]:
 
     def fault(record: Record) -> dict[str, Any]:
         time.sleep(args.settle)
-        stack.pg_stop()
         stopped = time.monotonic()
+        stack.pg_stop()
         one_off = stack.queue("guardrails.alerts_check", args=(customer_pk,))  # needs Redis only
         # the check has met the outage (it may take longer than --hold to be queued and run on a busy machine)
         met = _wait_for(lambda: f"[{one_off}] {_UNAVAILABLE}" in stack.worker_log()[since:], 60)
@@ -174,7 +178,8 @@ def postgres(stack: Stack, args: Any) -> dict[str, Any]:
             problems.append(f"the alert check {one_off} queued during the outage did not run within 60 s of the "
                             f"database's return")
         time.sleep(args.settle)
-        return {"recovery_s": None if recovered is None else round(recovered, 2), "one_off_task": one_off,
+        return {"recovery_s": None if recovered is None else round(recovered, 2), "fault_at": stopped,
+                "postgres_back_after_s": round(back - stopped, 2), "one_off_task": one_off,
                 "one_off_task_ran_s": _succeeded_after(stack, one_off, back_epoch) if ran else None,
                 "problems": problems}
 
@@ -239,18 +244,20 @@ def redis(stack: Stack, args: Any) -> dict[str, Any]:
     def fault(record: Record) -> dict[str, Any]:
         time.sleep(args.settle)
         held = _held_alert_check(stack, since)
+        fault_at = time.monotonic()
         stack.redis_stop()
         time.sleep(args.outage)
         problems = [] if stack.worker is not None and stack.worker.poll() is None else ["the worker died"]
         stack.redis_start()
-        back = time.time()
+        back, back_at = time.time(), time.monotonic()
         recovered = _recovered_after(stack, back, 60)
         if recovered is None or recovered > 30:
             problems.append(f"the worker ran no task within 30 s of Redis's return ({recovered})")
         deadline = time.monotonic() + VISIBILITY + 60
         while f"[{held}] succeeded" not in stack.worker_log() and time.monotonic() < deadline:
             time.sleep(0.5)
-        return {"recovery_s": None if recovered is None else round(recovered, 2), "held_task": held, "problems": problems}
+        return {"recovery_s": None if recovered is None else round(recovered, 2), "held_task": held, "problems": problems,
+                "fault_at": fault_at, "redis_back_after_s": round(back_at - fault_at, 2)}
 
     record, outcome = _ingest(stack, args, "drill-redis", fault)
     # every check the worker received runs: those the last batches queued (5 s countdown), and any other it held

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, LedgerUnavailable)
 UNAVAILABLE_RETRIES = 12
 FIRST_DELAY_SECONDS = 2.0
-MAX_DELAY_SECONDS = 120.0  # 2, 4, 8 ... 64, then 120: twelve retries cover about 14 minutes of outage
+MAX_DELAY_SECONDS = 120.0  # ceilings 2, 4, 8 ... 64, then 120: twelve retries span 7 to 14 minutes
 
 
 def unavailable_delay(retries: int) -> float:
