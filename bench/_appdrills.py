@@ -5,7 +5,7 @@ which a client retries) and the recovery time, with its problems (any makes the 
 
 - ``web-kill``: gunicorn workers SIGKILLed during ingest; retrying clients (bench/_drill.py ``Client``).
 - ``redis``: Redis stopped for 20 s during ingest while the worker holds a delayed ``acks_late`` alert check.
-- ``postgres``: PostgreSQL stopped (fast) and started again 5 s later during ingest.
+- ``postgres``: PostgreSQL stopped (fast) and started again 5 s later during ingest, a one-off task queued meanwhile.
 - ``worker``: the worker SIGKILLed mid-rollup, then mid-finalization; the results compared with a recompute.
 - ``credit``: 100 concurrent debits on one credit grant that covers 50 of them.
 """
@@ -153,57 +153,71 @@ def _wait_for(done: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
-def postgres(stack: Stack, args: Any) -> dict[str, Any]:
+def postgres(stack: Stack, args: Any) -> list[dict[str, Any]]:
     """PostgreSQL stopped (fast: connections cut) and started ``--hold`` seconds later under ingest: 503 with
-    Retry-After meanwhile, never a 500; the same web processes reconnect. Meanwhile an alert check is queued (as
-    ingest queues one): it runs while the database is down, is retried with backoff, and runs once it is back;
-    no task that met the outage is lost."""
+    Retry-After meanwhile, never a 500; the same web processes reconnect. Meanwhile a one-off alert check is
+    queued (as ingest queues one): it runs while the database is down, is retried with backoff and runs once it
+    is back. Two rows: the ingest's, and the tasks' (``task_verdict``)."""
     since = len(stack.worker_log())
     customer_pk = stack.info["web"]["drill-pg"]
+    task: dict[str, Any] = {}
 
     def fault(record: Record) -> dict[str, Any]:
         time.sleep(args.settle)
         stopped = time.monotonic()
         stack.pg_stop()
-        one_off = stack.queue("guardrails.alerts_check", args=(customer_pk,))  # needs Redis only
-        # the check has met the outage (it may take longer than --hold to be queued and run on a busy machine)
-        met = _wait_for(lambda: f"[{one_off}] {_UNAVAILABLE}" in stack.worker_log()[since:], 60)
+        task["id"] = one_off = stack.queue("guardrails.alerts_check", args=(customer_pk,))  # needs Redis only
+        # the database stays down until the check has met it (queueing it may take longer than --hold here)
+        task["met"] = _wait_for(lambda: f"[{one_off}] {_UNAVAILABLE}" in stack.worker_log()[since:], 60)
         time.sleep(max(0.0, args.hold - (time.monotonic() - stopped)))
         stack.pg_start()
-        back, back_epoch = time.monotonic(), time.time()
+        back, task["back_epoch"] = time.monotonic(), time.time()
         recovered = _first_acceptance_after(record, back, 60)
-        ran = _wait_for(lambda: f"[{one_off}] succeeded" in stack.worker_log()[since:], 60)
-        problems = [] if met else [f"the alert check {one_off} queued during the outage did not meet it"]
-        if not ran:
-            problems.append(f"the alert check {one_off} queued during the outage did not run within 60 s of the "
-                            f"database's return")
+        _wait_for(lambda: f"[{one_off}] succeeded" in stack.worker_log()[since:], 60)
         time.sleep(args.settle)
         return {"recovery_s": None if recovered is None else round(recovered, 2), "fault_at": stopped,
-                "postgres_back_after_s": round(back - stopped, 2), "one_off_task": one_off,
-                "one_off_task_ran_s": _succeeded_after(stack, one_off, back_epoch) if ran else None,
-                "problems": problems}
+                "postgres_back_after_s": round(back - stopped, 2)}
 
     record, outcome = _ingest(stack, args, "drill-pg", fault)
-    text = stack.worker_log()[since:]
-    retried = {task_id: name for name, task_id in _RETRIED.findall(text)}
-    succeeded = {task_id for _at, task_id in _SUCCEEDED.findall(text)}
-    lost = sorted({f"{name}[{task_id}]" for name, task_id in _LOST.findall(text)})
-    outcome.update(tasks_retried=len(retried), tasks_retried_then_run=len(set(retried) & succeeded),
-                   tasks_lost=len(lost))
-    if lost:  # a task that failed on the database without a retry is lost until beat runs it again (or for ever)
-        outcome.setdefault("problems", []).append(f"{len(lost)} tasks failed on the database and were not retried: "
-                                                  f"{lost[:3]}")
-    checks = {task_id for task_id, name in retried.items() if name == "guardrails.alerts_check"}
-    if checks - succeeded:  # the others may be beat's ticks that expire (anomalies) or outlive the drill's wait
-        outcome.setdefault("problems", []).append(f"alert checks retried but never run: {sorted(checks - succeeded)[:3]}")
-    return _ingest_row(stack, f"PostgreSQL down {args.hold:.0f} s during ingest", "drill-pg", record, outcome,
-                       drops_allowed=False)
+    rows = [_ingest_row(stack, f"PostgreSQL down {args.hold:.0f} s during ingest", "drill-pg", record, outcome,
+                        drops_allowed=False)]
+    return [*rows, {"key": "postgres-task", **task_verdict(stack.worker_log()[since:], task)}]
 
 
-def _succeeded_after(stack: Stack, task_id: str, since_epoch: float) -> float | None:
-    """Seconds from ``since_epoch`` to the success of ``task_id`` in the worker's log."""
-    times = [t for at, task in _SUCCEEDED.findall(stack.worker_log()) if task == task_id and (t := log_time(at))]
-    return round(max(times) - since_epoch, 2) if times else None
+def task_verdict(log: str, task: dict[str, Any]) -> dict[str, Any]:
+    """The tasks' row of the postgres drill, from the worker's log since the drill began: every task that met
+    the outage (``sent``) was retried (a task that failed on the database without a retry is ``lost``: beat
+    would run it again at best, a one-off never), the one-off alert check (``task``: its id, whether it met the
+    outage, the epoch of the database's return) ran exactly once after the return (``recovery s``), and so did
+    every retried alert check (beat's ticks may expire instead: anomalies; or outlive the wait: counted)."""
+    one_off = task.get("id", "")
+    retried = {task_id: name for name, task_id in _RETRIED.findall(log)}
+    runs: dict[str, int] = {}
+    for _at, task_id in _SUCCEEDED.findall(log):
+        runs[task_id] = runs.get(task_id, 0) + 1
+    unretried = sorted({f"{name}[{task_id}]" for name, task_id in _LOST.findall(log)})
+    checks = {task_id for task_id, name in retried.items() if name == "guardrails.alerts_check"} | {one_off}
+    never = sorted(checks - set(runs))
+    ran_at = [t for at, task_id in _SUCCEEDED.findall(log) if task_id == one_off and (t := log_time(at))]
+    recovery = round(min(ran_at) - task["back_epoch"], 2) if ran_at and "back_epoch" in task else None
+    row = _row("a task queued while PostgreSQL is down", "tasks", sent=len(set(retried) | {one_off}),
+               stored=sum(1 for task_id in set(retried) | {one_off} if runs.get(task_id)),
+               lost=len(unretried) + len(never), double_counted=sum(max(0, runs.get(t, 0) - 1) for t in checks),
+               recovery_s=recovery, **{"5xx": None, "503_retried": None}, one_off_task=one_off,
+               tasks_retried=len(retried), tasks_failed_unretried=len(unretried))
+    problems = []
+    if not task.get("met"):
+        problems.append(f"the alert check {one_off} queued during the outage never met it")
+    if unretried:
+        problems.append(f"{len(unretried)} tasks failed on the database and were not retried: {unretried[:3]}")
+    if never:
+        problems.append(f"{len(never)} alert checks retried (or queued) during the outage never ran: {never[:3]}")
+    if row["double_counted"]:
+        problems.append(f"alert checks ran more than once: {[t for t in checks if runs.get(t, 0) > 1][:3]}")
+    if recovery is None or recovery > 60:
+        problems.append(f"the one-off alert check did not run within 60 s of the database's return ({recovery})")
+    row["problems"] = problems
+    return row
 
 
 # --- (b) Redis stopped --------------------------------------------------------------------------------------
@@ -383,7 +397,7 @@ def run_app(args: Any, work: Any, names: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     drills: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "worker": lambda: [rollup_kill(stack), finalize_kill(stack)], "credit": lambda: [credit(stack, args)],
-        "web-kill": lambda: [web_kill(stack, args)], "postgres": lambda: [postgres(stack, args)],
+        "web-kill": lambda: [web_kill(stack, args)], "postgres": lambda: postgres(stack, args),
         "redis": lambda: [redis(stack, args)]}
     try:
         stack.start()
@@ -391,7 +405,7 @@ def run_app(args: Any, work: Any, names: list[str]) -> list[dict[str, Any]]:
             if name in names:
                 print(f"[{time.strftime('%H:%M:%S')}] application drill: {name}", flush=True)
                 try:
-                    rows += [{"key": name, **row} for row in drills[name]()]
+                    rows += [{"key": name, **row} for row in drills[name]()]  # a row may name its own key
                 except Exception as exc:  # one drill's failure is its row's problem; the others still run
                     rows.append({"key": name, **_row(name, "-", problems=[f"{type(exc).__name__}: {exc}"])})
     finally:

@@ -9,7 +9,8 @@ Drills (``--drills``, comma-separated; ``--schedule quick`` runs ledger,credit,w
   credit    ``--debits`` (100) concurrent single events on one credit grant that covers half of them: exactly
             the credit is consumed, never more
   web-kill  gunicorn workers SIGKILLed (``--app-kills`` times) during ingest by 4 retrying clients
-  postgres  PostgreSQL stopped and started ``--hold`` seconds later during ingest: 503 with Retry-After, never 500
+  postgres  PostgreSQL stopped and started ``--hold`` seconds later during ingest: 503 with Retry-After, never 500;
+            a task queued meanwhile is retried and runs once it is back (a second row), no task is lost
   redis     Redis stopped for ``--outage`` seconds during ingest while the worker holds a delayed acks_late alert
             check: ingest answers throughout, the worker runs tasks within 30 s of Redis's return, every check runs
 The application drills (all but ledger) share one stack of their own: a throwaway PostgreSQL and Redis,

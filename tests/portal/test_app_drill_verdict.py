@@ -73,3 +73,53 @@ def test_a_dropped_connection_fails_the_row_unless_the_drill_kills_a_process() -
 
     assert any("dropped" in problem for problem in _verdict(record, stored)["problems"])
     assert _verdict(record, stored, drops_allowed=True)["problems"] == []
+
+
+# --- the postgres drill's tasks row (``task_verdict``): from the worker's log since the drill began ------------------
+ONE_OFF = "0a0a0a0a-0000-4000-8000-000000000001"
+TICK = "0b0b0b0b-0000-4000-8000-000000000002"
+
+
+def _line(clock: str, text: str) -> str:
+    return f"[2026-12-07 18:41:{clock}: INFO/ForkPoolWorker-1] {text}"
+
+
+def _retry(task_id: str, name: str = "guardrails.alerts_check", clock: str = "35,000") -> str:
+    return _line(clock, f"task {name}[{task_id}] retried in 1.3 s (1 of 12): a store is unavailable: "
+                        "OperationalError: connection failed")
+
+
+def _ran(task_id: str, name: str = "guardrails.alerts_check", clock: str = "40,000") -> str:
+    return _line(clock, f"Task {name}[{task_id}] succeeded in 0.1s: 0")
+
+
+def _task_row(*lines: str, met: bool = True) -> dict[str, Any]:
+    from datetime import datetime
+
+    back = datetime(2026, 12, 7, 18, 41, 39).timestamp()  # the log's local time, as log_time reads it
+    return appdrills.task_verdict("\n".join(lines), {"id": ONE_OFF, "met": met, "back_epoch": back})
+
+
+def test_a_task_that_met_the_outage_retried_and_ran_once_after_it_is_a_clean_row() -> None:
+    row = _task_row(_retry(ONE_OFF), _retry(TICK, "guardrails.expire_reservations"), _ran(ONE_OFF),
+                    _ran(TICK, "guardrails.expire_reservations"))
+
+    assert row["problems"] == []
+    assert (row["sent"], row["stored"], row["lost"], row["double_counted"], row["recovery_s"]) == (2, 2, 0, 0, 1.0)
+
+
+@pytest.mark.parametrize(("lines", "met", "column"), [
+    ((_retry(ONE_OFF),), True, "lost"),                                               # retried, never ran
+    ((_retry(ONE_OFF), _ran(ONE_OFF), _ran(ONE_OFF, clock="41,000")), True, "double_counted"),  # ran twice
+    ((_retry(ONE_OFF), _ran(ONE_OFF), _line("36,000", f"Task usage.rollup[{TICK}] raised unexpected: "
+                                                       "OperationalError('the database system is shutting down')")),
+     True, "lost"),                                                                   # failed without a retry
+    ((_ran(ONE_OFF),), False, None),                                                  # ran, but never met the outage
+])
+def test_a_task_lost_run_twice_or_not_met_fails_the_row(lines: tuple[str, ...], met: bool, column: str | None) -> None:
+    row = _task_row(*lines, met=met)
+
+    assert row["problems"]
+    if column is not None:
+        assert row[column] >= 1
+    assert appdrills.table([row]).splitlines()[-1].split("|")[-2].strip() == "FAIL"
