@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,31 @@ class Stack:
         code = (f"from billing.common.queue import task_named\n"
                 f"print(task_named({task!r}).apply_async(args={list(args)!r}, countdown={countdown}).id)")
         return self.shell(code).split()[-1]
+
+    def queue_armed(self, task: str, args: tuple[Any, ...] = ()) -> Callable[[], str]:
+        """``queue`` in two steps, for a fault: a ``manage.py shell`` is started now and waits; the function
+        returned queues ``task`` at once (no start-up in between) and returns its id."""
+        code = (f"import sys\nfrom billing.common.queue import task_named\ntask = task_named({task!r})\n"
+                "with task.app.producer_or_acquire() as producer:\n"  # connected before the fault, kept in the pool
+                "    producer.connection.ensure_connection()\n"
+                f"print('armed', flush=True)\nsys.stdin.readline()\nprint(task.apply_async(args={list(args)!r}).id)")
+        shell = subprocess.Popen([PY, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert shell.stdin is not None and shell.stdout is not None
+        while "armed" not in (line := shell.stdout.readline()):
+            if not line:
+                raise RuntimeError(f"manage.py shell could not get ready to queue {task}")
+
+        def fire() -> str:
+            assert shell.stdin is not None and shell.stdout is not None
+            shell.stdin.write("go\n")
+            shell.stdin.close()
+            out = shell.stdout.read()
+            if shell.wait(timeout=60):
+                raise RuntimeError(f"manage.py shell failed to queue {task}")
+            return out.split()[-1]
+
+        return fire
 
     def worker_log(self) -> str:
         return (self.work / "worker.log").read_text(errors="replace")
