@@ -71,7 +71,18 @@ def _ingest_row(stack: Stack, drill: str, customer: str, record: Record, outcome
                 drops_allowed: bool) -> dict[str, Any]:
     out = stack.work / f"stored-{customer}.json"
     stack.shell(VERIFY % {"customer": customer, "meter": METER, "out": str(out)})
-    return ingest_verdict(drill, record, outcome, json.loads(out.read_text()), drops_allowed=drops_allowed)
+    row = ingest_verdict(drill, record, outcome, json.loads(out.read_text()), drops_allowed=drops_allowed)
+    if row["5xx"]:  # the server's side of each 500, so that a rare one is diagnosed from the run's own output
+        row["server_errors"] = server_errors((stack.work / "gunicorn.log").read_text(errors="replace"))
+    return row
+
+
+def server_errors(log: str, most: int = 3, lines_each: int = 60) -> list[str]:
+    """The first ``most`` of the Django error reports in gunicorn's log (``Internal Server Error: /path``, its
+    traceback), each with the ``lines_each`` lines that follow it (the traceback, perhaps a few lines more)."""
+    lines = log.splitlines()
+    starts = [n for n, line in enumerate(lines) if line.startswith("Internal Server Error:")][:most]
+    return ["\n".join(lines[n:n + lines_each])[:6000] for n in starts]
 
 
 def ingest_verdict(drill: str, record: Record, outcome: dict[str, Any], stored: dict[str, Any], *,

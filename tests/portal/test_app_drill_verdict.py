@@ -123,3 +123,15 @@ def test_a_task_lost_run_twice_or_not_met_fails_the_row(lines: tuple[str, ...], 
     if column is not None:
         assert row[column] >= 1
     assert appdrills.table([row]).splitlines()[-1].split("|")[-2].strip() == "FAIL"
+
+
+def test_a_500_is_reported_with_the_servers_traceback() -> None:
+    log = ("rate_limit_cache unavailable, failing open (1 failures so far in this process): ConnectionError: x\n"
+           "Internal Server Error: /api/v1/events/batch\nTraceback (most recent call last):\n"
+           '  File "x.py", line 1, in f\nValueError: boom\n')
+
+    reports = appdrills.server_errors(log)
+
+    assert len(reports) == 1
+    assert reports[0].startswith("Internal Server Error: /api/v1/events/batch") and "ValueError: boom" in reports[0]
+    assert appdrills.server_errors("nothing went wrong\n") == []
