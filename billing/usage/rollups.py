@@ -9,6 +9,10 @@ Event ids are assigned before commit, so an event with a lower id can become vis
 one. A run therefore only reads events received more than ``LAG`` ago (an insert commits within
 milliseconds of ``received_at``).
 
+On PostgreSQL a run is two set-based statements (``rollup_sql``: the range's end, then one ``GROUP BY``
+merged into the stored rows with ``INSERT ... ON CONFLICT DO UPDATE``); elsewhere (SQLite) it aggregates
+and merges here, in Python. Both write the same rows.
+
 ``rollup_full`` rebuilds everything from the raw events; ``rollup_check`` recomputes from the raw events
 up to the watermark and reports every difference (drift).
 """
@@ -27,6 +31,7 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import Max
 
 from billing.catalog.models import Meter
+from billing.usage import rollup_sql
 from billing.usage.models import DailyRollup, DimensionSet, HourlyRollup, RollupWatermark, UsageEvent
 
 LAG = timedelta(seconds=30)
@@ -214,22 +219,41 @@ def rollup_incremental(*, now: datetime, chunk: int = CHUNK) -> int:
     with transaction.atomic():
         state, _ = RollupWatermark.objects.get_or_create(name="hourly")
         state = RollupWatermark.objects.select_for_update().get(pk=state.pk)
-        # Stop at the first id still inside LAG: ids are handed out in insert order, not in received_at
-        # order, so skipping a young id and taking an older one above it would lose the young one.
-        ids = []
-        for event_id, received_at in (UsageEvent.objects.filter(id__gt=state.last_event_id).order_by("id")
-                                      .values_list("id", "received_at")[:chunk]):
-            if received_at >= now - LAG:
-                break
-            ids.append(event_id)
-        if not ids:
+        upto, covered = _range_end(state.last_event_id, now - LAG, chunk)
+        if not covered:
             return 0
-        upto = ids[-1]
-        _apply(_aggregate(state.last_event_id, upto))
-        covered = len(ids)
+        _apply_range(state.last_event_id, upto)
         state.last_event_id = upto
         state.save(update_fields=["last_event_id", "updated_at"])
     return covered
+
+
+def _range_end(lo: int, cut: datetime, chunk: int) -> tuple[int, int]:
+    """The step's last id and how many events it covers: the first ``chunk`` ids after ``lo``, stopping at
+    the first one received at or after ``cut``. Ids are handed out in insert order, not in received_at
+    order, so skipping a young id and taking an older one above it would lose the young one."""
+    if connection.vendor == "postgresql":
+        return rollup_sql.range_end(lo=lo, cut=cut, chunk=chunk)
+    return _range_end_python(lo, cut, chunk)
+
+
+def _range_end_python(lo: int, cut: datetime, chunk: int) -> tuple[int, int]:
+    ids = []
+    for event_id, received_at in (UsageEvent.objects.filter(id__gt=lo).order_by("id")
+                                  .values_list("id", "received_at")[:chunk]):
+        if received_at >= cut:
+            break
+        ids.append(event_id)
+    return (ids[-1], len(ids)) if ids else (lo, 0)
+
+
+def _apply_range(lo: int, hi: int) -> None:
+    """The billable events with lo < id <= hi merged into the rollups: on PostgreSQL in SQL (one
+    statement, rollup_sql.MERGE_SQL), elsewhere aggregated and merged here."""
+    if connection.vendor == "postgresql":
+        rollup_sql.merge_range(lo=lo, hi=hi)
+    else:
+        _apply(_aggregate(lo, hi))
 
 
 def rollup_until_current(*, now: datetime) -> int:

@@ -82,19 +82,19 @@ def test_events_younger_than_the_lag_wait_for_the_next_run():
 
 def test_a_crash_inside_the_transaction_leaves_nothing_and_the_rerun_catches_up(monkeypatch):
     send(ev("a", 5, "10"), ev("b", 65, "4"))
-    real_apply = rollups._apply
+    real_apply = rollups._apply_range
 
-    def crash(fresh: dict) -> None:
-        real_apply(fresh)
+    def crash(lo: int, hi: int) -> None:
+        real_apply(lo, hi)
         raise RuntimeError("worker died mid-way")
 
-    monkeypatch.setattr(rollups, "_apply", crash)
+    monkeypatch.setattr(rollups, "_apply_range", crash)
     with pytest.raises(RuntimeError):
         rollups.rollup_incremental(now=LATER)
     assert not HourlyRollup.objects.exists()
     assert not RollupWatermark.objects.filter(last_event_id__gt=0).exists()
 
-    monkeypatch.setattr(rollups, "_apply", real_apply)
+    monkeypatch.setattr(rollups, "_apply_range", real_apply)
     rollups.rollup_until_current(now=LATER)
     assert sorted(r.total for r in HourlyRollup.objects.all()) == [4, 10]
     assert rollups.rollup_check() == []
@@ -194,14 +194,14 @@ django.setup()
 from datetime import datetime
 from billing.usage import rollups
 
-real_apply = rollups._apply
+real_apply = rollups._apply_range
 
-def apply_then_hang(fresh):
-    real_apply(fresh)  # the rollup rows are written, the transaction is still open
+def apply_then_hang(lo, hi):
+    real_apply(lo, hi)  # the rollup rows are written, the transaction is still open
     print("applied", flush=True)
     time.sleep(120)
 
-rollups._apply = apply_then_hang
+rollups._apply_range = apply_then_hang
 rollups.rollup_incremental(now=datetime.fromisoformat(sys.argv[1]), chunk=2)
 """
 
