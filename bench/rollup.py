@@ -17,8 +17,9 @@ Measured in the same run, alternating, ``--repeat`` times each:
     hour), in one transaction, with the rebuild's plan: what any durable rollup that invoices can
     range-read costs at least;
   - ``rollup_full(now=...)``: the production rebuild (one ``INSERT ... SELECT ... GROUP BY``).
-Then ``--hours`` times: COPY one more hour of events (N / hours-in-the-load; 1 in 20 of them late, with
-usage in the hour before) and time ``rollup_until_current(now=...)``. Then every customer's draft
+Then ``--repeat`` times: COPY one more hour of events (N / hours-in-the-load, or ``--hour-events``; 1 in 20
+of them late, with usage in the hour before) and time ``rollup_until_current(now=...)`` (with ``--ab R``,
+first R rolled-back alternations of its SQL and Python implementations, bench/_rollup_ab.py). Then every customer's draft
 refreshed as the beat does it (``drafts_refresh``: one ``period_snapshot`` of the period's shared reads,
 timed, then ``invoice_draft_refresh`` per customer, timed per call), twice (the first pass creates the
 drafts; the second finds nothing new, so it computes each invoice and writes nothing).
@@ -286,6 +287,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="baseline/full-rollup pairs, and incremental hours")
     parser.add_argument("--check", action="store_true", help="after the incremental runs, rollup_check() (slow: Python)")
     parser.add_argument("--explain", action="store_true", help="store EXPLAIN ANALYZE of baseline and rebuild")
+    parser.add_argument("--hour-events", type=int, default=0, help="events per incremental hour (default: the load's rate)")
+    parser.add_argument("--ab", type=int, default=0, help="per incremental hour, this many rolled-back SQL/Python "
+                        "alternations of the incremental step first (bench/_rollup_ab.py)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
 
@@ -427,8 +431,8 @@ def incremental_hours(args: argparse.Namespace, database_url: str, results: dict
     from billing.usage.rollups import rollup_until_current
 
     main_hours = int((main_end - MONTH) / timedelta(hours=1))
-    per_hour = args.events // main_hours
-    inc_runs, inc_load = [], []
+    per_hour = args.hour_events or args.events // main_hours
+    inc_runs, inc_load, ab = [], [], []
     for run in range(args.repeat):
         hour = main_end + timedelta(hours=run)
         load_s, _ = copy_events(database_url, event_lines(
@@ -436,6 +440,11 @@ def incremental_hours(args: argparse.Namespace, database_url: str, results: dict
             customers=customers, meters=meters, late_every=20))
         inc_load.append(load_s)
         now = hour + timedelta(hours=1) + DELAY + timedelta(minutes=1)
+        if args.ab:
+            from _rollup_ab import incremental_ab
+
+            ab.append(incremental_ab(now=now, rounds=args.ab, expected=per_hour))
+            say(f"incremental hour {run + 1}, A/B: {ab[-1]}")
         start = time.perf_counter()
         covered = rollup_until_current(now=now)
         seconds = time.perf_counter() - start
@@ -446,6 +455,8 @@ def incremental_hours(args: argparse.Namespace, database_url: str, results: dict
     results["incremental_hour"] = {"events": per_hour, "median_s": round(statistics.median(inc_runs), 3),
                                    "runs_s": [round(s, 3) for s in inc_runs], "late_share": 0.05,
                                    "copy_s": [round(s, 2) for s in inc_load]}
+    if ab:
+        results["incremental_ab"] = ab
 
 
 def invoice_pass() -> dict[str, Any]:

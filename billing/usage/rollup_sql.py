@@ -61,6 +61,16 @@ latest_at = CASE WHEN {_NEWER} THEN excluded.latest_at ELSE t.latest_at END,
 latest_event = CASE WHEN {_NEWER} THEN excluded.latest_event ELSE t.latest_event END
 """  # noqa: S608 - constants
 
+# The range's groups summed per day; ``f.latest_at`` is set in the groups of ``latest`` meters alone, which get
+# the ordered aggregates (the others hash).
+_DAILY = """
+SELECT f.customer_id, f.meter_id, f.dims_key, date_trunc('day', f.hour, 'UTC'), sum(f.total), sum(f.events),
+       max(f.maximum), f.uniques, %s
+FROM f WHERE f.latest_at %s
+GROUP BY f.customer_id, f.meter_id, f.dims_key, date_trunc('day', f.hour, 'UTC'), f.uniques
+"""
+_BY_AT = "ORDER BY f.latest_at DESC, f.latest_event DESC))[1]"
+
 # One statement: the groups (``g``); the range's distinct dimension sets digested once each (``d``: an md5
 # per set, never per event or group) and stored if new; the groups keyed (``f``); merged into the hourly
 # rows; and, summed per (customer, meter, dimension set, UTC day), into the daily rows. ``uniques`` is a
@@ -85,13 +95,9 @@ hourly AS (
   ON CONFLICT (customer_id, meter_id, hour, project_slot, dims_key) DO UPDATE SET {_MERGE})
 INSERT INTO usage_daily_rollup AS t (customer_id, meter_id, dims_key, day, total, events, maximum, uniques, latest_value,
                                      latest_at, latest_event)
-SELECT f.customer_id, f.meter_id, f.dims_key, date_trunc('day', f.hour, 'UTC'), sum(f.total), sum(f.events),
-       max(f.maximum), f.uniques,
-       (array_agg(f.latest_value ORDER BY f.latest_at DESC, f.latest_event DESC) FILTER (WHERE f.latest_at IS NOT NULL))[1],
-       max(f.latest_at), (array_agg(f.latest_event ORDER BY f.latest_at DESC, f.latest_event DESC)
-                          FILTER (WHERE f.latest_at IS NOT NULL))[1]
-FROM f
-GROUP BY f.customer_id, f.meter_id, f.dims_key, date_trunc('day', f.hour, 'UTC'), f.uniques
+{_DAILY % ("NULL::numeric, NULL::timestamptz, NULL::bigint", "IS NULL")}
+UNION ALL
+{_DAILY % (f"(array_agg(f.latest_value {_BY_AT}, max(f.latest_at), (array_agg(f.latest_event {_BY_AT}", "IS NOT NULL")}
 ON CONFLICT (customer_id, meter_id, day, dims_key) DO UPDATE SET {_MERGE}
 """  # noqa: S608 - constants
 
