@@ -11,6 +11,7 @@ place of the PostgreSQL one for the run. In its first round each path's resultin
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -74,6 +75,7 @@ def _run(path: str, now: datetime, digest: bool) -> tuple[float, int, str | None
 
 def incremental_ab(*, now: datetime, rounds: int, expected: int) -> dict[str, Any]:
     """Both implementations over the events above the watermark, alternated ``rounds`` times; medians."""
+    load_before = [round(v, 2) for v in os.getloadavg()]
     runs: dict[str, list[float]] = {"sql": [], "python": []}
     digests: dict[str, str | None] = {}
     for r in range(rounds):
@@ -90,4 +92,5 @@ def incremental_ab(*, now: datetime, rounds: int, expected: int) -> dict[str, An
     return {"events": expected, "sql_median_s": round(sql, 3), "python_median_s": round(python, 3),
             "sql_runs_s": [round(s, 3) for s in runs["sql"]], "python_runs_s": [round(s, 3) for s in runs["python"]],
             "python_over_sql": round(python / sql, 1), "sql_events_per_s": round(expected / sql),
-            "python_events_per_s": round(expected / python), "same_rows": True}
+            "python_events_per_s": round(expected / python), "same_rows": True,
+            "load_average": [load_before, [round(v, 2) for v in os.getloadavg()]]}
