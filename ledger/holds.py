@@ -64,13 +64,22 @@ def posts_of(holds: Sequence[Transfer]) -> list[Transfer]:
                      flags=_POST) for h in holds]
 
 
-def place(ledger: LedgerBackend, holds: Sequence[Transfer]) -> bool:
+def place(ledger: LedgerBackend, holds: Sequence[Transfer], before: Sequence[Transfer] = ()) -> bool:
     """Create the holds (one chain): True when they are all there (created now or by the same attempt
-    before), False when the ledger refused them (a bound: nothing was created)."""
-    if not holds:
+    before), False when the ledger refused them (a bound: nothing was created). ``before``: posted
+    transfers the holds rely on (new accounts' allocations), created first in the same request, each on its
+    own; one that exists is as good (an allocation whose amount differs is the terms' to follow)."""
+    if not holds and not before:
         return True
-    statuses = ledger.create_transfers(holds)
-    return all(s.ok for s in statuses)
+    statuses = ledger.create_transfers([*before, *holds])
+    first = statuses[:len(before)]
+    bad = [(t.id, s) for t, s in zip(before, first, strict=True)
+           if not (s.ok or s is Status.EXISTS_WITH_DIFFERENT_AMOUNT)]
+    if bad:
+        if holds and all(s.ok for s in statuses[len(before):]):
+            void(ledger, holds)
+        raise RuntimeError(f"ledger refused allocations: {bad}")
+    return all(s.ok for s in statuses[len(before):])
 
 
 def void(ledger: LedgerBackend, holds: Sequence[Transfer]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Container
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -223,15 +224,74 @@ def remember_wallets(ids: set[int]) -> None:
     _remember(KNOWN_WALLETS, list(ids))
 
 
-def ensure(accounts: list[Account], allocations: list[Transfer]) -> None:
+def ensure(accounts: list[Account], allocations: list[Transfer]) -> set[int]:
     """Create accounts and their allocations if missing (a no-op when they are there), and bring each
-    allocation to its amount (``follow``: the terms in force)."""
-    follow(allocations, skip=_create(accounts, allocations))
+    allocation to its amount (``follow``: the terms in force). Returns the accounts whose balances this
+    changed (an allocation created or adjusted)."""
+    created = _create(accounts, allocations)
+    return created | follow(allocations, skip=created)
+
+
+@dataclass
+class Fold:
+    """The accounts a batch's booking creates (``fold``): found absent when the batch read its accounts,
+    with the allocations that credit them; their state as the decisions take it (``state``: fresh, holding
+    their allocations); and the other accounts whose balances ``fold`` changed (to read again)."""
+
+    accounts: list[Account]
+    allocations: list[Transfer]
+    state: dict[int, Account]
+    changed: set[int]
+
+    def remember(self) -> None:
+        """Once booked: neither the accounts nor their allocations need be looked at again by this process."""
+        if self.accounts:
+            _remember(KNOWN_ACCOUNTS, self.accounts)
+            _remember(KNOWN_ALLOCATIONS, self.allocations)
+            created = {t.credit_account_id: t.amount for t in self.allocations if t.code in REDUCTION_OF}
+            transaction.on_commit(lambda: FOLLOWED.update(created))
+
+
+def unknown(accounts: list[Account]) -> list[Account]:
+    """The accounts (each once) this process has not seen in the ledger: the batch reads them with the others."""
+    return [a for a in {a.id: a for a in accounts}.values() if a not in KNOWN_ACCOUNTS]
+
+
+def fold(unseen: list[Account], allocations: list[Transfer], found: dict[int, Account]) -> Fold:
+    """Of the batch's accounts not seen before (``unseen``) and read with the others (``found``): those
+    absent are left to the booking to create, with their allocations (``Fold``), instead of ledger calls of
+    their own before it (an agent run's first events); the others are checked and their allocations
+    ensured as ``ensure`` does."""
+    missing = [a for a in unseen if a.id not in found]
+    seen = [a for a in unseen if a.id in found]
+    different = [a.id for a in seen if not _same(found[a.id], a)]
+    if different:
+        raise RuntimeError(f"ledger accounts exist with other fields: {different}")
+    _remember(KNOWN_ACCOUNTS, seen)
+    new = {a.id for a in missing}
+    folded = [t for t in {t.id: t for t in allocations}.values() if t.credit_account_id in new]
+    changed = ensure([], [t for t in allocations if t.credit_account_id not in new]) if len(folded) < len(allocations) \
+        else set()
+    credits: dict[int, int] = {}
+    debits: dict[int, int] = {}
+    for t in folded:
+        credits[t.credit_account_id] = credits.get(t.credit_account_id, 0) + t.amount
+        debits[t.debit_account_id] = debits.get(t.debit_account_id, 0) + t.amount
+    now = time.time_ns()
+    state = {a.id: dataclasses.replace(a, debits_posted=debits.get(a.id, 0), credits_posted=credits.get(a.id, 0),
+                                       timestamp=now) for a in missing}
+    return Fold(missing, folded, state, changed)
+
+
+def _same(stored: Account, wanted: Account) -> bool:
+    return (stored.flags, stored.ledger, stored.code, stored.user_data_128, stored.user_data_64,
+            stored.user_data_32) == (wanted.flags, wanted.ledger, wanted.code, wanted.user_data_128,
+                                     wanted.user_data_64, wanted.user_data_32)
 
 
 def _create(accounts: list[Account], allocations: list[Transfer]) -> set[int]:
     """Create what is missing; returns the accounts whose allocation this call created (at the amount
-    wanted: nothing to follow). An allocation of an account this call created cannot exist yet, so it is
+    wanted: nothing to follow; a unique value's too). An allocation of an account this call created cannot exist yet, so it is
     created without looking it up first (a new agent run's accounts cost two ledger calls, not three)."""
     unique = [a for a in {a.id: a for a in accounts}.values() if a not in KNOWN_ACCOUNTS]
     new: set[int] = set()
@@ -259,9 +319,10 @@ def _create(accounts: list[Account], allocations: list[Transfer]) -> set[int]:
     if bad_t:
         raise RuntimeError(f"ledger refused allocations: {bad_t}")
     _remember(KNOWN_ALLOCATIONS, unique_t)
-    created = [t for t, s in zip(unique_t, statuses, strict=True) if s is Status.CREATED and t.code in REDUCTION_OF]
+    made = [t for t, s in zip(unique_t, statuses, strict=True) if s is Status.CREATED]
+    created = [t for t in made if t.code in REDUCTION_OF]
     transaction.on_commit(lambda: FOLLOWED.update({t.credit_account_id: t.amount for t in created}))
-    return {t.credit_account_id for t in created}
+    return {t.credit_account_id for t in made}
 
 
 # Allocations follow the terms in force (contract: "Limits apply at once"): what this process last brought
@@ -286,15 +347,16 @@ def allocated_net(account_id: int, code: int) -> tuple[int, int]:
     return net, len(ups) + len(downs)
 
 
-def follow(allocations: list[Transfer], skip: Container[int] = ()) -> None:
+def follow(allocations: list[Transfer], skip: Container[int] = ()) -> set[int]:
     """Bring each allocation's account to the allocation's amount, the terms in force: an upgrade credits
     the difference, a downgrade takes it back, as much as the account still has (below what is used
     already it is left with nothing: the next event is refused). Adjustments are transfers whose id
     derives from the account and its count of allocations so far: concurrent followers of one change
-    write the same one once."""
+    write the same one once. Returns the accounts it adjusted."""
     todo = [t for t in {t.credit_account_id: t for t in allocations if t.code in REDUCTION_OF}.values()
             if FOLLOWED.get(t.credit_account_id) != t.amount and t.credit_account_id not in skip]
     ledger = get_ledger()
+    adjusted: set[int] = set()
     for wanted in todo:
         account_id = wanted.credit_account_id
         for _ in range(_FOLLOW_TRIES):
@@ -314,7 +376,9 @@ def follow(allocations: list[Transfer], skip: Container[int] = ()) -> None:
                                              credit_account_id=wanted.debit_account_id,
                                              code=REDUCTION_OF[wanted.code])
             ledger.create_transfers([adjust])  # refused or another's: read again and decide again
+            adjusted.add(account_id)
         transaction.on_commit(functools.partial(FOLLOWED.__setitem__, account_id, wanted.amount))
+    return adjusted
 
 
 def _remember(known: set[Any], seen: list[Any]) -> None:

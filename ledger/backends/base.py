@@ -100,21 +100,32 @@ class LedgerBackend(ABC):
         raise NotImplementedError(f"the {self.name} ledger does not share the database")
 
     def book_with(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None,
-                  write: RowWrite, key: object) -> Any:
+                  write: RowWrite, key: object, *, new_accounts: Sequence[Account] = (),
+                  allocations: Sequence[Transfer] = ()) -> Any:
         """Book fresh ``transfers`` together with the caller's database ``write``: both, or neither; returns
         what ``write.run`` returns. ``LedgerRefused`` (nothing booked or written) when a balance bound, or
         what ``expect`` states of the accounts' debits (see ``book_checked``), does not hold. ``key`` names
-        the attempt (its retry finds what it left). This default, for a ledger outside the database, holds
-        the transfers as pending ones, runs the write with the holds' posts recorded (the outbox row: in
-        the write's one statement on PostgreSQL, else in its transaction), then posts them, or has them
-        posted (ledger.holds; ``expect`` is not checked: bounds are). The SQL backend does it in the
-        write's own transaction."""
+        the attempt (its retry finds what it left). ``new_accounts`` are accounts the caller found absent
+        and ``allocations`` fresh posted transfers that credit them, booked before ``transfers`` (an agent
+        run's accounts with its first events: no ledger calls of their own).
+
+        This default, for a ledger outside the database, creates the new accounts first (one call; one that
+        exists by then, created by a concurrent booking, is as good: the bounds decide), then holds the
+        transfers as pending ones, after the allocations in the same request, runs the write with the holds'
+        posts recorded (the outbox row: in the write's one statement on PostgreSQL, else in its
+        transaction), then posts them, or has them posted (ledger.holds; ``expect`` is not checked: bounds
+        are). The SQL backend does it in the write's own transaction."""
         from django.db import connection
 
         from ledger import holds
 
+        if new_accounts:
+            statuses = self.create_accounts(new_accounts)
+            bad = [(a.id, s) for a, s in zip(new_accounts, statuses, strict=True) if not s.ok]
+            if bad:
+                raise RuntimeError(f"ledger refused accounts: {bad}")
         held = holds.holds_of(transfers, key)
-        if not holds.place(self, held):
+        if not holds.place(self, held, allocations):
             raise LedgerRefused("a bound refused the batch's holds")
         posts = holds.posts_of(held)
         try:

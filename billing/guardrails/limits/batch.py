@@ -75,7 +75,8 @@ class BatchDebit:
     again with locks. ``decide`` takes the decisions; ``write`` books the accepted events that were
     stored."""
 
-    def __init__(self, events: list[EventUsage], subscribed: SubscribedPlans | None = None, *, lock: bool = True) -> None:
+    def __init__(self, events: list[EventUsage], subscribed: SubscribedPlans | None = None, *, lock: bool = True,
+                 fold: bool = False) -> None:
         events = [e for e in events if e.quantity > 0]
         # (account, code, ledger, meter, period) -> [amount, first event, terms]; per accepted event when
         # some events may not be stored (the careful pass), else the batch's sums
@@ -88,21 +89,33 @@ class BatchDebit:
         # Which credit wallets exist is first taken from what this process has seen (a wallet is never
         # deleted), and checked by the lock itself: the candidate wallets are locked with the accounts
         # (one statement). Only a wallet this process had not seen yet makes the work be done again.
-        prepared = prepare(events, subscribed, wallets=acc.known_wallets) if events else None
+        # With ``fold`` (unlocked, the caller books with ``book_with``), the accounts this process has not
+        # seen are read with the others instead of being created first: those absent are created by the
+        # booking, with their allocations (``self.fold``), and decided on as fresh.
+        create = not (fold and not lock)
+        prepared = prepare(events, subscribed, wallets=acc.known_wallets, create=create) if events else None
         self.prepared = None
+        self.fold: acc.Fold | None = None
         if prepared is None:
             return
-        locked = read(sorted(prepared.locks() | set(prepared.wallet_ids)))
+        unseen = acc.unknown(prepared.accounts)
+        locked = read(sorted(prepared.locks() | set(prepared.wallet_ids) | {a.id for a in unseen}))
         found = {i for i in prepared.wallet_ids if i in locked}
         if found != prepared.wallets:
             acc.remember_wallets(found)
-            prepared = prepare(events, subscribed, wallets=lambda ids: found)
+            prepared = prepare(events, subscribed, wallets=lambda ids: found, create=create)
             assert prepared is not None
-            missing = prepared.locks() - locked.keys()
+            unseen = acc.unknown(prepared.accounts)
+            missing = (prepared.locks() | {a.id for a in unseen}) - locked.keys()
             if missing:  # accounts just created for the wallet's prepaid pricing (usage counters)
                 locked.update(read(sorted(missing)))
         if not prepared.plans:
             return
+        if not create:
+            self.fold = acc.fold(unseen, prepared.allocations, locked)
+            if self.fold.changed:  # allocations of accounts that existed, created or adjusted after the read
+                locked.update(read(sorted(self.fold.changed)))
+            locked.update(self.fold.state)
         self.prepared = prepared
         self.available = {i: locked[i].available for i in prepared.bounded()}
         self.cumulative = {i: locked[i].debits_posted for i in prepared.counters}

@@ -112,7 +112,8 @@ class LimitTerms:
 
 @dataclass
 class Prepared:
-    """A batch's limited events with their shared terms and matching charges, accounts ensured."""
+    """A batch's limited events with their shared terms and matching charges, accounts ensured (or, when
+    the booking is to create those missing, listed)."""
 
     plans: list[tuple[EventUsage, LimitTerms, list[Charge]]]  # empty when no event is limited
     counters: list[int]
@@ -123,6 +124,9 @@ class Prepared:
     # (a batch's events mostly share one: the accounts are worked out per terms, not per event)
     terms: dict[int, tuple[LimitTerms, bool]] = field(default_factory=dict)
     guarded: set[int] = field(default_factory=set)  # the run and budget accounts the events take from, and their operators
+    # what the events need in the ledger, when ``prepare`` was told not to create it (``create=False``)
+    accounts: list[Account] = field(default_factory=list)
+    allocations: list[Transfer] = field(default_factory=list)
 
     def bounded(self) -> set[int]:
         """The balance-bounded accounts the events debit: quotas, spend caps, credit wallets, runs, budgets."""
@@ -144,10 +148,12 @@ def _wallets_in_ledger(ids: list[int]) -> set[int]:
 
 
 def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
-             wallets: Callable[[list[int]], set[int]] = _wallets_in_ledger) -> Prepared | None:
+            wallets: Callable[[list[int]], set[int]] = _wallets_in_ledger, *, create: bool = True) -> Prepared | None:
     """Work out, once per batch, which events a limit applies to and with which terms (from the subscribed
-    plans, read unless the caller has them); create the accounts and period allocations they need.
-    ``wallets`` tells which credit wallets exist (the ledger by default). None when no event has terms."""
+    plans, read unless the caller has them); create the accounts and period allocations they need, or with
+    ``create`` off list them (``Prepared.accounts``, ``allocations``: the caller's booking creates those
+    missing). ``wallets`` tells which credit wallets exist (the ledger by default). None when no event has
+    terms."""
     subscribed = subscribed or SubscribedPlans(e.customer_pk for e in events)
     # Pass 1: each event's (customer, subscription, rate-card version, meter, period), found once per
     # stretch of time in which it cannot change, not once per event.
@@ -203,9 +209,10 @@ def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
                 values[shared.unique_id(value)] = None
                 accounts.append(acc.unique_account(shared.customer_pk, shared.meter.pk, shared.period, value))
                 allocations.append(acc.unique_allocation(shared.customer_pk, shared.meter.pk, shared.period, value))
-        acc.ensure(accounts, allocations)
+        if create:
+            acc.ensure(accounts, allocations)
     return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, list(values), terms_of,
-                    guarded)
+                    guarded, [] if create else accounts, [] if create else allocations)
 
 
 def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed: SubscribedPlans,

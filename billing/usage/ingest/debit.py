@@ -150,7 +150,7 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
     known.update(store.stored_rows(limited))
     debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
     usages = _usages(debited, settling)
-    debit = BatchDebit(usages, subscribed, lock=False)
+    debit = BatchDebit(usages, subscribed, lock=False, fold=True)  # new accounts: created by the booking
     refusals = debit.decide()
     if refusals:
         if not keep_refusals:
@@ -160,8 +160,12 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
     _note_refused_cover(settling, usages, refusals)
     transfers, expect = debit.booking()
     attempt = fingerprint_of(sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
-    inserted: set[tuple[int, str]] = get_ledger().book_with(transfers, expect, store.EventInsert(rows, now, debited),
-                                                            attempt)
+    fold = debit.fold
+    inserted: set[tuple[int, str]] = get_ledger().book_with(
+        transfers, expect, store.EventInsert(rows, now, debited), attempt,
+        new_accounts=fold.accounts if fold else (), allocations=fold.allocations if fold else ())
+    if fold is not None:
+        fold.remember()
     return inserted
 
 

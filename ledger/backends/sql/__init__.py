@@ -22,6 +22,8 @@ from ledger.backends.sql.batch import _Batch
 from ledger.backends.sql.booking import Booking
 from ledger.backends.sql.rows import (
     _ACCOUNT_COLUMNS,
+    _CREDITS_BOUNDED,
+    _DEBITS_BOUNDED,
     State,
     _account,
     _account_rows,
@@ -186,36 +188,43 @@ class SqlLedger(LedgerBackend):
             return _Batch(transfers, recheck=True).run()
 
     def book_with(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None,
-                  write: RowWrite, key: object) -> Any:
+                  write: RowWrite, key: object, *, new_accounts: Sequence[Account] = (),
+                  allocations: Sequence[Transfer] = ()) -> Any:
         """In the write's own transaction: on PostgreSQL one statement (the write takes the booking's common
-        table expressions, ``booking``); on SQLite the write, then ``book_checked``, under the write lock.
-        ``key`` is not needed: nothing outlives a rolled-back transaction. (Made to look like a ledger outside
-        the database, ``shares_database`` off, it books the way such a ledger does: tests of that way.)"""
+        table expressions, ``booking``: the new accounts and their allocations too); on SQLite the write,
+        then ``book_checked``, under the write lock. ``key`` is not needed: nothing outlives a rolled-back
+        transaction. (Made to look like a ledger outside the database, ``shares_database`` off, it books the
+        way such a ledger does: tests of that way.)"""
         if not self.shares_database:
-            return super().book_with(transfers, expect, write, key)
+            return super().book_with(transfers, expect, write, key, new_accounts=new_accounts, allocations=allocations)
+        transfers = [*allocations, *transfers]
         if connection.vendor == "postgresql":
-            booking = self.booking(transfers, expect)
+            booking = self.booking(transfers, expect, new_accounts)
             # one autocommitted statement; in a caller's transaction (tests, a management command) a savepoint
             # stands for the autocommit (and a write with nothing to book checks itself in one)
             with transaction.atomic() if connection.in_atomic_block or booking is None else contextlib.nullcontext():
                 return write.run(booking)
         with transaction.atomic():
             result = write.run(None)
-            self.book_checked(transfers, expect)
+            self.book_checked(transfers, expect, new_accounts)
             return result
 
-    def book_checked(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
-                     ) -> None:
+    def book_checked(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None,
+                     new_accounts: Sequence[Account] = ()) -> None:
         if not connection.in_atomic_block:
             raise RuntimeError("book_checked writes in the caller's transaction: call it in one")
         try:
-            booking = self.booking(transfers, expect)
+            booking = self.booking(transfers, expect, new_accounts)
         except LedgerRefused:
             transaction.set_rollback(True)
             raise
         if booking is None:
             return
         if connection.vendor != "postgresql":  # SQLite: in process, a statement costs little
+            fresh = self.create_accounts(new_accounts) if new_accounts else []
+            if any(status is not Status.CREATED for status in fresh):
+                transaction.set_rollback(True)
+                raise LedgerRefused("an account the booking was to create exists")
             found = self.lookup_accounts(list(booking.expect))  # the write lock is held since BEGIN IMMEDIATE
             missed = [i for i, (low, high) in booking.expect.items() if i not in found
                       or (low is not None and found[i].debits_posted < low)
@@ -236,18 +245,20 @@ class SqlLedger(LedgerBackend):
             transaction.set_rollback(True)
             raise LedgerRefused(booking.refusal(counts))
 
-    def booking(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None
-                ) -> Booking | None:
+    def booking(self, transfers: Sequence[Transfer], expect: Mapping[int, tuple[int | None, int | None]] | None = None,
+                new_accounts: Sequence[Account] = ()) -> Booking | None:
         """``book_checked``'s statement, for a caller that runs it as part of its own (PostgreSQL): the
         common table expressions to append to its ``WITH``, their parameters (``%s``), and ``ok``, a
         condition true exactly when the booking went as expected. The caller must make the statement fail
         unless ``ok`` (``tollgate_refuse_unless``, ledger migration 0003), so that nothing of it is kept.
-        None when there is nothing to book; ``LedgerRefused`` for transfers it cannot book at all."""
+        ``new_accounts`` are created by the same statement, with their balances after the transfers (checked
+        here against their flags and ``expect``); it fails when one of them exists by then. None when there
+        is nothing to book; ``LedgerRefused`` for transfers it cannot book at all."""
         expect = expect or {}
         transfers = list(transfers)
         if set(expect) - {t.debit_account_id for t in transfers} - {t.credit_account_id for t in transfers}:
             raise ValueError("an expectation names an account none of the transfers moves")
-        if not transfers:
+        if not transfers and not new_accounts:
             return None
         malformed = [t.id for t in transfers if not t.id or int(t.flags) or t.pending_id or t.timeout or not t.ledger
                      or not t.code or not t.debit_account_id or not t.credit_account_id
@@ -258,9 +269,11 @@ class SqlLedger(LedgerBackend):
         for t in transfers:
             moves.setdefault((t.debit_account_id, int(t.ledger)), [0, 0])[0] += t.amount
             moves.setdefault((t.credit_account_id, int(t.ledger)), [0, 0])[1] += t.amount
-        keys = sorted(moves)
+        new = {a.id: a for a in new_accounts}
+        created = _new_balances(new, moves, expect) if new else []
+        keys = sorted(k for k in moves if k[0] not in new)
         bounds = [expect.get(k[0], (None, None)) for k in keys]
-        first = _now_ns_block(len(transfers))
+        first = _now_ns_block(len(transfers) + len(created))
         columns: list[list[object]] = [
                    [k[0] for k in keys], [k[1] for k in keys], [moves[k][0] for k in keys], [moves[k][1] for k in keys],
                    ["" if b[0] is None else b[0] for b in bounds], ["" if b[1] is None else b[1] for b in bounds],
@@ -269,7 +282,40 @@ class SqlLedger(LedgerBackend):
                    [int(t.ledger) for t in transfers], [int(t.code) for t in transfers],
                    [t.user_data_128 for t in transfers], [t.user_data_64 for t in transfers],
                    [t.user_data_32 for t in transfers], [first + i for i in range(len(transfers))]]
-        return Booking(transfers, dict(expect), [_joined(column) for column in columns], (len(keys), len(transfers), 0))
+        if not created:
+            return Booking(transfers, dict(expect), [_joined(column) for column in columns],
+                           (len(keys), len(transfers), 0))
+        ts = first + len(transfers)
+        columns += [[a.id for a, _, _ in created], [int(a.ledger) for a, _, _ in created],
+                    [int(a.code) for a, _, _ in created], [int(a.flags) for a, _, _ in created],
+                    [a.user_data_128 for a, _, _ in created], [a.user_data_64 for a, _, _ in created],
+                    [a.user_data_32 for a, _, _ in created], [d for _, d, _ in created], [c for _, _, c in created],
+                    [ts + i for i in range(len(created))]]
+        return Booking(transfers, dict(expect), [_joined(column) for column in columns],
+                       (len(keys), len(transfers), 0, len(created)))
+
+
+def _new_balances(new: Mapping[int, Account], moves: Mapping[tuple[int, int], list[int]],
+                  expect: Mapping[int, tuple[int | None, int | None]]) -> list[tuple[Account, int, int]]:
+    """The accounts to create, in ascending id order, each with its debits and credits posted after the
+    booking's transfers; ``LedgerRefused`` when a transfer is on another ledger than its new account, or
+    the balances break its flags, or an expectation of its debits (none before the booking) does not hold."""
+    out: list[tuple[Account, int, int]] = []
+    for account_id in sorted(new):
+        account = new[account_id]
+        if not account.id or not account.ledger or not account.code:
+            raise LedgerRefused(f"account {account_id}: id, ledger and code must not be zero")
+        on = [(ledger, dc) for (i, ledger), dc in moves.items() if i == account_id]
+        if any(ledger != int(account.ledger) for ledger, _ in on):
+            raise LedgerRefused(f"account {account_id}: a transfer on another ledger")
+        debits, credits = sum(dc[0] for _, dc in on), sum(dc[1] for _, dc in on)
+        flags = int(account.flags)
+        low, high = expect.get(account_id, (None, None))
+        if ((flags & _DEBITS_BOUNDED and debits > credits) or (flags & _CREDITS_BOUNDED and credits > debits)
+                or (low is not None and low > 0) or (high is not None and high < 0)):
+            raise LedgerRefused(f"new account {account_id}: the transfers exceed its limits or what was expected")
+        out.append((account, debits, credits))
+    return out
 
 
 __all__ = ["Booking", "SqlLedger"]

@@ -26,31 +26,37 @@ class Booking:
     transfers: list[Transfer]
     expect: dict[int, tuple[int | None, int | None]]
     params: list[str]
-    expected: tuple[int, int, int]
+    expected: tuple[int, ...]  # (accounts moved, transfers inserted, failed before[, accounts created])
+
+    @property
+    def creates(self) -> bool:
+        """Whether the booking also creates accounts (``_CREATE``): then ``expected`` has a fourth count."""
+        return len(self.expected) == 4
 
     @property
     def ctes(self) -> str:
-        return _BOOK
+        return _BOOK + _CREATE if self.creates else _BOOK
 
     @property
     def counts(self) -> str:
-        return _BOOK_COUNTS
+        return _BOOK_COUNTS + _CREATE_COUNT if self.creates else _BOOK_COUNTS
 
     @property
     def ok(self) -> str:
-        """The condition, its parameters (``ok_params``) following the ctes' (a constant text: it can be
-        prepared once per connection)."""
-        return f"({self.counts}) = (%s::int8, %s::int8, %s::int8)"
+        """The condition, its parameters (``ok_params``) following the ctes' (a constant text per kind of
+        booking: it can be prepared once per connection)."""
+        return f"({self.counts}) = ({', '.join(['%s::int8'] * len(self.expected))})"
 
     @property
     def ok_params(self) -> list[int]:
         return list(self.expected)
 
     def refusal(self, counts: Sequence[int]) -> str:
-        updated, inserted, failed_before = counts
+        updated, inserted, failed_before, *created = counts
+        exist = f", {self.expected[3] - created[0]} of {self.expected[3]} new accounts exist" if created else ""
         return (f"{len(self.transfers)} transfers: {len(self.transfers) - inserted} ids exist, {failed_before} failed "
                 f"before, {self.expected[0] - updated} of {self.expected[0]} account moves missing, on another ledger, "
-                "over a limit or not as expected")
+                f"over a limit or not as expected{exist}")
 
 
 # the bounds expected of each account's debits_posted, then the transfers. The accounts are locked in
@@ -86,3 +92,24 @@ m AS (
 )"""  # noqa: S608 - constants only
 _BOOK_COUNTS = """(SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),
        (SELECT count(*) FROM ledger_failed_transfer WHERE id IN (SELECT id FROM v))"""
+
+# Accounts the booking creates (an agent run's, a new period's), inserted with their balances after the
+# booking's transfers (a statement's common table expressions all see one snapshot: an account inserted
+# by one cannot be updated by another), after the existing accounts are locked (one order: the same
+# accounts first, then the new ones in ascending id order). One that exists by then is not inserted: the
+# count tells, and the statement fails.
+_CREATE = """, n AS (
+  SELECT * FROM unnest(string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::bigint[],
+                       string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[],
+                       string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::numeric[],
+                       string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::numeric[],
+                       string_to_array(%s, ',')::numeric[], string_to_array(%s, ',')::bigint[])
+    AS n(id, ledger, code, flags, u128, u64, u32, d, c, ts)
+), created AS (
+  INSERT INTO ledger_account (id, ledger, code, flags, user_data_128, user_data_64, user_data_32, debits_pending,
+                              debits_posted, credits_pending, credits_posted, timestamp)
+  SELECT id, ledger, code, flags, u128, u64, u32, 0, d, 0, c, ts FROM n
+  WHERE (SELECT count(*) FROM locked) >= 0 ORDER BY id
+  ON CONFLICT (id) DO NOTHING RETURNING id
+)"""
+_CREATE_COUNT = ", (SELECT count(*) FROM created)"
