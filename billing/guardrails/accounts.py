@@ -257,11 +257,18 @@ def unknown(accounts: list[Account]) -> list[Account]:
     return [a for a in {a.id: a for a in accounts}.values() if a not in KNOWN_ACCOUNTS]
 
 
-def fold(unseen: list[Account], allocations: list[Transfer], found: dict[int, Account]) -> Fold:
+def unknown_allocations(allocations: list[Transfer]) -> set[int]:
+    """The ids of the allocations this process has not seen in the ledger."""
+    return {t.id for t in allocations if t not in KNOWN_ALLOCATIONS}
+
+
+def fold(unseen: list[Account], allocations: list[Transfer], unseen_t: set[int], found: dict[int, Account]) -> Fold:
     """Of the batch's accounts not seen before (``unseen``) and read with the others (``found``): those
     absent are left to the booking to create, with their allocations (``Fold``), instead of ledger calls of
     their own before it (an agent run's first events); the others are checked and their allocations
-    ensured as ``ensure`` does."""
+    ensured as ``ensure`` does. An allocation not seen before the read (``unseen_t``) may have been
+    created after it (by a concurrent booking that created its account): its account is read again
+    (``Fold.changed``), as is one whose allocation this creates or adjusts."""
     missing = [a for a in unseen if a.id not in found]
     seen = [a for a in unseen if a.id in found]
     different = [a.id for a in seen if not _same(found[a.id], a)]
@@ -270,8 +277,8 @@ def fold(unseen: list[Account], allocations: list[Transfer], found: dict[int, Ac
     _remember(KNOWN_ACCOUNTS, seen)
     new = {a.id for a in missing}
     folded = [t for t in {t.id: t for t in allocations}.values() if t.credit_account_id in new]
-    changed = ensure([], [t for t in allocations if t.credit_account_id not in new]) if len(folded) < len(allocations) \
-        else set()
+    rest = [t for t in allocations if t.credit_account_id not in new]
+    changed = ensure([], rest) | {t.credit_account_id for t in rest if t.id in unseen_t} if rest else set()
     credits: dict[int, int] = {}
     debits: dict[int, int] = {}
     for t in folded:

@@ -99,6 +99,7 @@ class BatchDebit:
         if prepared is None:
             return
         unseen = acc.unknown(prepared.accounts)
+        unseen_t = acc.unknown_allocations(prepared.allocations)  # before the read: else not seen by it
         locked = read(sorted(prepared.locks() | set(prepared.wallet_ids) | {a.id for a in unseen}))
         found = {i for i in prepared.wallet_ids if i in locked}
         if found != prepared.wallets:
@@ -106,13 +107,14 @@ class BatchDebit:
             prepared = prepare(events, subscribed, wallets=lambda ids: found, create=create)
             assert prepared is not None
             unseen = acc.unknown(prepared.accounts)
+            unseen_t |= acc.unknown_allocations(prepared.allocations)
             missing = (prepared.locks() | {a.id for a in unseen}) - locked.keys()
             if missing:  # accounts just created for the wallet's prepaid pricing (usage counters)
                 locked.update(read(sorted(missing)))
         if not prepared.plans:
             return
         if not create:
-            self.fold = acc.fold(unseen, prepared.allocations, locked)
+            self.fold = acc.fold(unseen, prepared.allocations, unseen_t, locked)
             if self.fold.changed:  # allocations of accounts that existed, created or adjusted after the read
                 locked.update(read(sorted(self.fold.changed)))
             locked.update(self.fold.state)
