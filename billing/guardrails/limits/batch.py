@@ -178,7 +178,9 @@ class BatchDebit:
         # Then the price is the tier's and the expectation only tightens the tier's upper end: kept per
         # counter (``highs``) and applied once when the counter leaves the run, not per event. Anything
         # else goes through priced_units, which gives the same amounts (a hypothesis test compares them).
-        guarded: dict[int, list[Any]] = {}  # run or budget account -> [its sums key, [amount, first event, shared]]
+        # per distinct guards tuple (events of one run and budget scope share one): [guards, events, their
+        # cost, first event, its terms]; turned into amounts per account once, after the loop (``_guard_legs``)
+        guarded: dict[int, list[Any]] = {}
         runs: dict[int, tuple[int, int | None, int]] = {}  # counter -> the tier (lower, upper, price) of its run
         highs: dict[int, int] = {}  # counter -> the run's bound on its value at start, not yet applied
         scale = QTY_SCALE
@@ -229,12 +231,12 @@ class BatchDebit:
             if shared.priced:
                 total[1] += cost
             if event.guards:
-                _add_guards(guarded, event, shared, cost)
+                _group_guards(guarded, event, shared, cost)
         if expect is not None:
             for counter_id, high in highs.items():
                 narrow(expect, counter_id, expect[counter_id][0], high)
         sums = _legs(counted, totals)
-        sums.update((key, entry) for key, entry in guarded.values())
+        sums.update(_guard_legs(guarded))
         return sums
 
     def _one_by_one(self, skip: set[Any]) -> dict[Any, Refusal]:
@@ -364,13 +366,28 @@ class BatchDebit:
         return transfers, expect
 
 
-def _add_guards(guarded: dict[int, list[Any]], event: EventUsage, shared: Any, cost: int) -> None:
-    """Adds an event's run and budget amounts to the batch's sums: one step, or its cost."""
-    for g in event.guards:
-        amount = 1 if g.per_step else cost
-        if g.code and amount:
-            entry = guarded.get(g.account_id)
-            if entry is None:
-                entry = guarded[g.account_id] = [(g.account_id, g.code, g.ledger, event.meter.pk, g.period),
-                                                 [0, event, shared]]
-            entry[1][0] += amount
+def _group_guards(groups: dict[int, list[Any]], event: EventUsage, shared: Any, cost: int) -> None:
+    """Count an event with its guards' group (``_sums``): one more step, and its cost."""
+    group = groups.get(id(event.guards))
+    if group is None:
+        groups[id(event.guards)] = [event.guards, 1, cost, event, shared]
+    else:
+        group[1] += 1
+        group[2] += cost
+
+
+def _guard_legs(groups: dict[int, list[Any]]) -> dict[tuple[int, int, int, int, int], list[Any]]:
+    """The batch's run and budget amounts per account, from its events grouped by their guards (first seen
+    first): one step per event, or their cost, each account with the first event that moved it and its
+    terms (the first group holding the account has the batch's earliest such event)."""
+    legs: dict[int, tuple[tuple[int, int, int, int, int], list[Any]]] = {}
+    for guards, count, cost, first, shared in groups.values():
+        for g in guards:
+            amount = count if g.per_step else cost
+            if g.code and amount:
+                found = legs.get(g.account_id)
+                if found is None:
+                    legs[g.account_id] = ((g.account_id, g.code, g.ledger, first.meter.pk, g.period), [amount, first, shared])
+                else:
+                    found[1][0] += amount
+    return dict(legs.values())

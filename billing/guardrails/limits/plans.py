@@ -223,17 +223,20 @@ def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed
     by_run: dict[tuple[int, str, str], tuple[Guard, ...]] = {}
     by_scope: dict[tuple[Any, ...], tuple[Guard, ...]] = {}
     by_watch: dict[tuple[int, str, str], tuple[Guard, ...]] = {}
+    # the events' guards, one tuple per distinct (run, budgets, watch) combination: shared by the events
+    # that have it (the batch's sums group events by it: limits.batch)
+    combined: dict[tuple[int, int, int], tuple[Guard, ...]] = {}
     views: dict[int, tuple[tuple[str, ...], bool]] = {}
     touched: set[int] = set()
+    none: tuple[Guard, ...] = ()
     for event, shared, _charges in plans:
-        guards: tuple[Guard, ...] = ()
+        run = scoped = watch = none
         limits = shared.card.run_limits
         if limits is not None and event.run_id:
             key = (event.customer_pk, event.run_id, shared.currency)
-            found = by_run.get(key)
-            if found is None:
-                found = by_run[key] = _run_guards(shared, event.run_id, limits, accounts, allocations)
-            guards = found
+            run = by_run.get(key)  # type: ignore[assignment]
+            if run is None:
+                run = by_run[key] = _run_guards(shared, event.run_id, limits, accounts, allocations)
         budgets = subscribed.budgets.get(event.customer_pk)
         if budgets and shared.priced:
             # what the customer's budgets look at, and nothing more: a key per distinct answer
@@ -242,21 +245,24 @@ def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed
                 view = views[event.customer_pk] = _budget_view(budgets)
             keys, daily = view
             day = day_key(event.usage_at) if daily else 0
+            dimensions = event.dimensions
             scope = (event.customer_pk, event.project_pk, event.api_key_pk,
-                     tuple(event.dimensions.get(k) for k in keys), shared.currency, shared.period, day)
-            found = by_scope.get(scope)
-            if found is None:
-                found = by_scope[scope] = _budget_guards(shared, budgets, event, day, accounts, allocations)
-            guards += found
+                     tuple([dimensions.get(k) for k in keys]) if keys else (), shared.currency, shared.period, day)
+            scoped = by_scope.get(scope)  # type: ignore[assignment]
+            if scoped is None:
+                scoped = by_scope[scope] = _budget_guards(shared, budgets, event, day, accounts, allocations)
         if shared.card.anomaly is not None and shared.priced:
             key = (event.customer_pk, "", shared.currency)
-            found = by_watch.get(key)
-            if found is None:
-                found = by_watch[key] = _watch_guard(shared, accounts, allocations)
-            guards += found
-        if guards:
+            watch = by_watch.get(key)  # type: ignore[assignment]
+            if watch is None:
+                watch = by_watch[key] = _watch_guard(shared, accounts, allocations)
+        if run or scoped or watch:
+            parts = (id(run), id(scoped), id(watch))
+            guards = combined.get(parts)
+            if guards is None:
+                guards = combined[parts] = run + scoped + watch
+                touched.update(g.account_id for g in guards)
             event.guards = guards
-            touched.update(g.account_id for g in guards)
     if touched:
         touched |= {acc.operator_account(OPERATOR_OF[g.code], g.ledger).id
                     for found in (*by_run.values(), *by_scope.values(), *by_watch.values()) for g in found if g.code}
