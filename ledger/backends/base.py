@@ -74,6 +74,13 @@ class LedgerBackend(ABC):
         """The account's transfers, oldest first (its history); ``code``/``user_data_32`` filter when non-zero
         (TigerBeetle's AccountFilter semantics)."""
 
+    def peek_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
+        """``lookup_accounts`` for a decision that the booking checks again, and that is taken again under
+        locks when it refuses (ingest's optimistic pass): a pending transfer whose timeout has passed may
+        still be counted (the SQL ledger releases them before it locks or writes, not here), which can only
+        make the decision refuse, never accept more. The default is ``lookup_accounts``."""
+        return self.lookup_accounts(ids)
+
     def lock_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
         """Found accounts by id, locked until the caller's database transaction ends (expired pending
         transfers released first). Only for a backend that ``shares_database``; call it inside

@@ -76,7 +76,7 @@ class BatchDebit:
     stored."""
 
     def __init__(self, events: list[EventUsage], subscribed: SubscribedPlans | None = None, *, lock: bool = True,
-                 fold: bool = False) -> None:
+                 fold: bool = False, peek: bool = False) -> None:
         events = [e for e in events if e.quantity > 0]
         # (account, code, ledger, meter, period) -> [amount, first event, terms]; per accepted event when
         # some events may not be stored (the careful pass), else the batch's sums
@@ -85,7 +85,9 @@ class BatchDebit:
         self.locked = lock
         self.expect: dict[int, list[Any]] = {}  # counter -> [low, high] its value may have when booked
         self.ledger = get_ledger()
-        read = self.ledger.lock_accounts if lock else self.ledger.lookup_accounts
+        # ``peek``: the caller decides again under locks when this refuses, so the read may still count holds
+        # that expired (LedgerBackend.peek_accounts: the SQL ledger's read without its expiry sweep)
+        read = self.ledger.lock_accounts if lock else self.ledger.peek_accounts if peek else self.ledger.lookup_accounts
         # Which credit wallets exist is first taken from what this process has seen (a wallet is never
         # deleted), and checked by the lock itself: the candidate wallets are locked with the accounts
         # (one statement). Only a wallet this process had not seen yet makes the work be done again.

@@ -150,7 +150,11 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
     known.update(store.stored_rows(limited))
     debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
     usages = _usages(debited, settling)
-    debit = BatchDebit(usages, subscribed, lock=False, fold=True)  # new accounts: created by the booking
+    ledger = get_ledger()
+    # keep_refusals: a ledger outside the database releases expired holds itself; in the database, every
+    # refusal of this pass is decided again under locks (which release them first): a peek is enough.
+    # fold: new accounts are created by the booking
+    debit = BatchDebit(usages, subscribed, lock=False, fold=True, peek=not keep_refusals)
     refusals = debit.decide()
     if refusals:
         if not keep_refusals:
@@ -159,9 +163,12 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
         debited = [r for r in debited if r.billable]
     _note_refused_cover(settling, usages, refusals)
     transfers, expect = debit.booking()
-    attempt = fingerprint_of(sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
+    # the attempt's key names a ledger outside the database's holds; a ledger in it books in the insert's
+    # own transaction, where nothing outlives a rolled-back attempt
+    attempt = None if ledger.shares_database else fingerprint_of(
+        sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
     fold = debit.fold
-    inserted: set[tuple[int, str]] = get_ledger().book_with(
+    inserted: set[tuple[int, str]] = ledger.book_with(
         transfers, expect, store.EventInsert(rows, now, debited), attempt,
         new_accounts=fold.accounts if fold else (), allocations=fold.allocations if fold else ())
     if fold is not None:
@@ -199,8 +206,10 @@ def _decided_under_locks(rows: list[Row], limited: list[Row], now: datetime, sub
 
 
 def _usages(rows: list[Row], settling: _Settling | None) -> list[EventUsage]:
-    coverage = settling.coverage() if settling is not None else None
-    return [usage_of(r, coverage if settling is not None and r.index in settling.mine else None) for r in rows]
+    if settling is None:
+        return [usage_of(r) for r in rows]
+    coverage = settling.coverage()
+    return [usage_of(r, coverage if r.index in settling.mine else None) for r in rows]
 
 
 def _note_refused_cover(settling: _Settling | None, usages: list[EventUsage], refusals: dict[Any, Refusal]) -> None:
@@ -235,10 +244,13 @@ def fingerprint_of(keys: list[tuple[int, str, str]]) -> str:
     return digest.hexdigest()
 
 
+_NONE_COVERED = Decimal(0)
+
+
 def usage_of(r: Row, coverage: Coverage | None = None) -> EventUsage:
-    return EventUsage(key=r.index, customer_pk=r.customer_pk, event_id=r.event.event_id, meter=r.meter,  # type: ignore[arg-type]
-                      quantity=r.quantity, usage_at=r.usage_at, dimensions=r.event.dimensions, coverage=coverage,
-                      run_id=r.run_id, project_pk=r.project_pk, api_key_pk=r.api_key_pk)
+    event = r.event  # positional: once per limited event (EventUsage's field order)
+    return EventUsage(r.index, r.customer_pk, event.event_id, r.meter, r.quantity, r.usage_at,  # type: ignore[arg-type]
+                      event.dimensions, coverage, _NONE_COVERED, r.run_id, r.project_pk, r.api_key_pk)
 
 
 def refused_before(reason: str) -> DomainError | None:
