@@ -102,6 +102,9 @@ class BatchDebit:
             return
         unseen = acc.unknown(prepared.accounts)
         unseen_t = acc.unknown_allocations(prepared.allocations)  # before the read: else not seen by it
+        if peek and prepared.values:
+            # a unique_count value this process's last batch holds would read as in flight until posted
+            read = self.ledger.lookup_accounts  # which waits for this process's posts (TigerBeetle)
         locked = read(sorted(prepared.locks() | set(prepared.wallet_ids) | {a.id for a in unseen}))
         found = {i for i in prepared.wallet_ids if i in locked}
         if found != prepared.wallets:
@@ -122,7 +125,10 @@ class BatchDebit:
             locked.update(self.fold.state)
         self.prepared = prepared
         self.available = {i: locked[i].available for i in prepared.bounded()}
-        self.cumulative = {i: locked[i].debits_posted for i in prepared.counters}
+        # a usage counter's value with what is held on it: the held batches of a ledger that posts them after
+        # the insert (TigerBeetle; peeked at, not waited for), which are posted unless their insert failed
+        # (none on the SQL ledger, which books usage posted: a reservation holds no counter)
+        self.cumulative = {i: locked[i].debits_posted + locked[i].debits_pending for i in prepared.counters}
         self.start = dict(self.cumulative)
         # a unique_count value is counted once its account's one unit is posted; one only held (a booking
         # in flight) is taken as not counted: booking it again is refused by its bound, and decided again

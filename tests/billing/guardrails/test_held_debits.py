@@ -131,3 +131,24 @@ def test_a_batch_over_the_limit_is_decided_event_by_event_and_holds_what_it_acce
     assert [r.status for r in results] == ["accepted", "rejected"]
     assert quota(acme.pk) == (0, 3)  # the accepted event's hold posted; the refused one took nothing
     assert Decimal(results[1].error.extra["remaining"]) == 2  # type: ignore[union-attr]
+
+
+def test_the_next_batch_is_priced_after_a_held_batch_its_process_has_not_posted_yet(
+        acme: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limits read a batch's accounts without waiting for this process's posts (``peek_accounts``):
+    what a usage counter holds and is not posted yet counts, so the next batch is priced after it. Graduated:
+    the first 10 units at 1.00, then 0.10; 10 units held, then 2 more cost 0.20, and 12 units cost 10.20."""
+    from tests.billing.guardrails.test_limits_at_ingest import GRADUATED_TIERS
+
+    subscribe(acme, catalog(cap="1000", tiers=GRADUATED_TIERS))
+    monkeypatch.setattr(holds, "post_soon", lambda ledger, posts: None)  # the poster is behind: nothing posted
+
+    assert [r.status for r in events_ingest(principal=ADMIN, raw_events=[body("a", "10")])] == ["accepted"]
+    assert [r.status for r in events_ingest(principal=ADMIN, raw_events=[body("b", "2")])] == ["accepted"]
+
+    spend_id = acc.Ids(acme.pk).spend("USD", period_key(AT))
+    held = get_ledger().lookup_accounts([spend_id])[spend_id]
+    assert (acc.units_to_money(held.debits_pending), held.debits_posted) == (Decimal("10.2"), 0)
+    assert holds.sweep(get_ledger(), older_than_seconds=0) == 2  # the sweep posts what the poster did not
+    posted = get_ledger().lookup_accounts([spend_id])[spend_id]
+    assert (posted.debits_pending, acc.units_to_money(posted.debits_posted)) == (0, Decimal("10.2"))
