@@ -36,6 +36,7 @@ def _swept_long_ago(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sql, "_last_sweep", -1e9)  # the next read or write of this process would sweep
 
 
+@pytest.mark.postgres  # on SQLite the booking itself reads and writes through the ledger's sweeping calls
 def test_the_optimistic_pass_of_a_batch_that_fits_runs_no_expiry_sweep(acme: Any, monkeypatch: pytest.MonkeyPatch
                                                                         ) -> None:
     _sql_only()
