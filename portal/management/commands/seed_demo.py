@@ -13,16 +13,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from billing.audit.context import acting_as
 from billing.catalog.models import Plan, Subscription
 from billing.catalog.services import catalog_import, meter_create, subscription_set
 from billing.common.auth import Principal
 from billing.common.calendar import period_bounds, previous_period
+from billing.common.cli import now_option
 from billing.customers.models import Customer, CustomerUser, Project
 from billing.customers.services import api_key_create, customer_user_create
 from billing.guardrails.budgets import budget_create
@@ -77,12 +76,7 @@ class Command(BaseCommand):
         parser.add_argument("--now", help="seed as if it were this instant (RFC 3339), e.g. 2026-12-01T00:30:00Z")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        now = timezone.now()
-        if options["now"]:
-            parsed = parse_datetime(options["now"])
-            if parsed is None or parsed.tzinfo is None:
-                raise CommandError("--now must be an RFC 3339 timestamp with an offset, e.g. 2026-12-01T00:30:00Z")
-            now = parsed
+        now = now_option(options["now"], "2026-12-01T00:30:00Z")
         with transaction.atomic(), acting_as("system:seed_demo"):  # every write below is the seed's in the audit log
             self._seed(options, now)
 

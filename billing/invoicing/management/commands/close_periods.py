@@ -5,10 +5,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from billing.common.cli import now_option
 from billing.invoicing.services import periods_close, periods_finalize
 from billing.usage.rollups import rollup_until_current
 
@@ -21,12 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--now", help="act as if it were this instant (RFC 3339), e.g. 2026-12-01T01:00:00Z")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        now = timezone.now()
-        if options["now"]:
-            parsed = parse_datetime(options["now"])
-            if parsed is None or parsed.tzinfo is None:
-                raise CommandError("--now must be an RFC 3339 timestamp with an offset, e.g. 2026-12-01T01:00:00Z")
-            now = parsed
+        now = now_option(options["now"], "2026-12-01T01:00:00Z")
         closed = periods_close(now=now)
         for start, end in closed:
             self.stdout.write(f"closed {start:%Y-%m} [{start.isoformat()}, {end.isoformat()})")
