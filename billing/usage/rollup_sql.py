@@ -39,10 +39,12 @@ WHERE e.id > %%(lo)s AND e.id <= %%(hi)s AND e.billable AND %s
 GROUP BY e.customer_id, e.project_id, e.meter_id, COALESCE(e.dimensions, '{}'), date_trunc('hour', e.usage_at, 'UTC')
 """
 _BY_TIME = "ORDER BY e.usage_at DESC, e.id DESC))[1]"
+# A group's latest event (by usage time, then id): its quantity, time and id; the rebuild uses it too
+LATEST_OF_EVENTS = (f"(array_agg(e.quantity {_BY_TIME} AS latest_value, (array_agg(e.usage_at {_BY_TIME} "
+                    f"AS latest_at, (array_agg(e.id {_BY_TIME} AS latest_event")
 GROUPS_PLAIN = _GROUPS % ("NULL::numeric AS latest_value, NULL::timestamptz AS latest_at, NULL::bigint AS latest_event",
                           "e.meter_id <> ALL(%(latest)s::bigint[])")
-GROUPS_LATEST = _GROUPS % (f"(array_agg(e.quantity {_BY_TIME} AS latest_value, (array_agg(e.usage_at {_BY_TIME} "
-                           f"AS latest_at, (array_agg(e.id {_BY_TIME} AS latest_event", "e.meter_id = ANY(%(latest)s::bigint[])")
+GROUPS_LATEST = _GROUPS % (LATEST_OF_EVENTS, "e.meter_id = ANY(%(latest)s::bigint[])")
 
 # Stored row ``t`` merged with the range's ``excluded``, as ``Agg.merge``. A unique_count row holds one
 # value at most (its ``unique_by`` is one of the dimensions its key digests), so the union is nearly always

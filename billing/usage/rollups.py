@@ -324,10 +324,7 @@ SELECT 1 FROM usage_daily_rollup r WHERE NOT EXISTS (SELECT 1 FROM usage_dimensi
 LIMIT 1
 """
 FULL_SQL_PLAIN = _INSERT % ("NULL, NULL, NULL", "")
-_BY_TIME = "ORDER BY e.usage_at DESC, e.id DESC))[1]"
-FULL_SQL_LATEST = _INSERT % ("g.latest_value, g.latest_at, g.latest_event", f""",
-             (array_agg(e.quantity {_BY_TIME} AS latest_value, (array_agg(e.usage_at {_BY_TIME} AS latest_at,
-             (array_agg(e.id {_BY_TIME} AS latest_event""")
+FULL_SQL_LATEST = _INSERT % ("g.latest_value, g.latest_at, g.latest_event", ", " + rollup_sql.LATEST_OF_EVENTS)
 
 # The daily rows from the hourly ones, the same two kinds of statement (a dimension set's hours hold the
 # same distinct values, as above: any one of them is the day's).
