@@ -135,6 +135,11 @@ class BatchDebit:
         self.counted = {i for i in prepared.values if i in locked and locked[i].debits_posted}
         self.in_flight = {i for i in prepared.values if i in locked and i not in self.counted
                           and locked[i].debits_pending}
+        # what the unlocked read saw held on the bounded accounts: holds of bookings in flight, which are
+        # voided when their insert fails (a deadlock, run again), so a new unique_count value refused only
+        # for want of room those holds take is decided again, not refused (a value once refused for room
+        # that a voided hold then left could be counted by the next batch: two answers for one value)
+        self.held = {} if lock else {i: locked[i].debits_pending for i in prepared.bounded() if i in locked}
         # runs past their max_duration_seconds (from their steps account's creation: the run's first event)
         now_ns = time.time_ns()
         self.expired = {g.name for event, _, _ in prepared.plans for g in event.guards
@@ -300,6 +305,9 @@ class BatchDebit:
             # a negative cost (a credit-back) always fits: only what an event takes can be refused
             short = next((leg for leg in legs if leg[2] > 0 and available[leg[1]] < leg[2]), None)
             if short is not None:
+                if value_id is not None and short[0] == "quota" and \
+                        available[short[1]] + self.held.get(short[1], 0) >= short[2]:
+                    raise InFlight(f"the distinct values of meter {event.meter.key} are being counted")
                 unit = event.meter.unit if short[0] == "quota" else shared.currency
                 refused[event.key] = (short[0], short[1], 0, unit, short[6])
                 continue
