@@ -137,7 +137,10 @@ class LedgerBackend(ABC):
         posts = holds.posts_of(held)
         try:
             if posts and connection.vendor == "postgresql":
-                result = write.run(holds.outbox(posts))  # one statement: the rows and the outbox row
+                # one statement: the rows and the outbox row; in a caller's transaction a savepoint stands
+                # for the autocommit (a write that refuses itself leaves that transaction usable)
+                with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+                    result = write.run(holds.outbox(posts))
             else:
                 with transaction.atomic():
                     result = write.run(None)

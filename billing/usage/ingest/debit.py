@@ -121,9 +121,12 @@ def insert_as_a_batch(rows: list[Row], limited: list[Row], now: datetime, subscr
                 if n == _OPTIMISTIC_TRIES:
                     stack.enter_context(_serialized({r.customer_pk for r in limited}))
                 try:
+                    # a single event is seldom a retry: its first try skips the read of what is stored (the
+                    # insert refuses to debit an event stored already: ``StoredMeanwhile``, then read)
                     return _booked_with_the_insert(rows, limited, now, subscribed, known, settling,
-                                                   keep_refusals=not shares_database)
-                except StoredMeanwhile:  # worth another optimistic try, which will see it stored
+                                                   keep_refusals=not shares_database,
+                                                   read_stored=n > 0 or len(limited) > 1)
+                except (StoredMeanwhile, _ReadStored):  # worth another optimistic try, which will see it stored
                     afresh()
                 except (_Refused, LedgerRefused):
                     afresh()
@@ -144,10 +147,16 @@ class _Refused(Exception):
     """The optimistic pass found an event over a limit: decide again, nothing kept."""
 
 
+class _ReadStored(Exception):
+    """A refusal decided without reading which events are stored: a refusal kept is answered, so the
+    batch is decided again after that read (a retried event that was accepted answers as a duplicate)."""
+
+
 def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, subscribed: SubscribedPlans | None,
                             known: dict[tuple[int, str], tuple[str, bool, str]], settling: _Settling | None,
-                            *, keep_refusals: bool) -> set[tuple[int, str]]:
-    known.update(store.stored_rows(limited))
+                            *, keep_refusals: bool, read_stored: bool = True) -> set[tuple[int, str]]:
+    if read_stored:
+        known.update(store.stored_rows(limited))
     debited = [r for r in limited if r.event.billable and (r.customer_pk, r.event.event_id) not in known]
     usages = _usages(debited, settling)
     ledger = get_ledger()
@@ -159,6 +168,8 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
     if refusals:
         if not keep_refusals:
             raise _Refused
+        if not read_stored:
+            raise _ReadStored
         apply_refusals(debited, refusals)
         debited = [r for r in debited if r.billable]
     _note_refused_cover(settling, usages, refusals)

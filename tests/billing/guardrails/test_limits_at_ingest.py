@@ -103,6 +103,39 @@ def test_retried_rejected_event_stays_rejected_and_retried_accepted_event_debits
 
 @pytest.mark.ledger
 @pytest.mark.django_db
+def test_a_single_event_is_decided_without_reading_what_is_stored_and_its_retry_still_debits_once(
+        acme, ingest, admin, debit_mode, monkeypatch):
+    """A single event is seldom a retry: its first try skips the read of which events are stored; the
+    insert refuses to debit one stored already, and the next try reads it (a retry answered as before)."""
+    from billing.usage.ingest import store as services
+
+    subscribe(acme, catalog(hard="10"))
+    reads: list[list[str]] = []
+    real = services.stored_columns
+
+    def spy(customer: int, ids: list[str], columns: str) -> list:
+        reads.append(ids)
+        return real(customer, ids, columns)
+
+    monkeypatch.setattr(services, "stored_columns", spy)
+
+    first = post_json(ingest, "/api/v1/events", json.loads(body("one", "6")))
+    assert first.status_code == 201 and reads == []
+    again = post_json(ingest, "/api/v1/events", json.loads(body("one", "6")))
+    changed = post_json(ingest, "/api/v1/events", json.loads(body("one", "7")))
+    refused = post_json(ingest, "/api/v1/events", json.loads(body("big", "5")))
+    refused_again = post_json(ingest, "/api/v1/events", json.loads(body("big", "5")))
+
+    assert again.status_code == 200 and again.json()["status"] == "duplicate" and ["one"] in reads
+    assert changed.status_code == 409
+    assert refused.status_code == 402 and refused_again.status_code == 402
+    quota = admin.get("/api/v1/customers/acme-co/balance").json()["quotas"][0]
+    assert (quota["used"], quota["remaining"]) == ("6", "4")
+    assert UsageEvent.objects.filter(customer=acme).count() == 2
+
+
+@pytest.mark.ledger
+@pytest.mark.django_db
 def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, admin, debit_mode, monkeypatch):
     """A retry of a batch with one event more: the stored events are duplicates and debit nothing again,
     the new one is debited."""
