@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients" / "pyt
 from _http import PY, ROOT, start_server, stop_server, wait_healthy, write_results
 from _pg import free_port, pg_start, pg_stop, run
 from tollgate_client import Tollgate
+from tollgate_client._core import clock_text
 
 SETUP = """
 from billing.catalog.services import meter_create
@@ -67,8 +68,11 @@ def emitter_rate(url: str, key: str, events: int) -> dict[str, float]:
 
 
 def baseline_rate(url: str, key: str, events: int) -> dict[str, float]:
-    """The same batches of 1,000 posted back to back on one connection (no SDK)."""
+    """The same batches of 1,000 posted back to back on one connection (no SDK): the same fields as the
+    emitter's events, a timestamp included (an event without one is rejected, and rejecting is cheaper)."""
+    start = time.time()
     bodies = [json.dumps({"events": [{"event_id": f"b-{b}-{i}", "customer": "sdk-baseline", "meter": "llm_tokens",
+                                      "timestamp": clock_text(start + (b * 1000 + i) * 1e-6),
                                       "quantity": str(100 + i % 900), "dimensions": {"model": "gpt-4o"}}
                                      for i in range(1000)]}).encode() for b in range(events // 1000)]
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
@@ -76,7 +80,7 @@ def baseline_rate(url: str, key: str, events: int) -> dict[str, float]:
         begin = time.perf_counter()
         for body in bodies:
             response = client.post("/api/v1/events/batch", content=body)
-            if response.status_code not in (200, 207):
+            if response.status_code not in (200, 207) or response.json()["accepted"] != 1000:
                 raise SystemExit(f"baseline batch answered {response.status_code}: {response.text[:200]}")
         elapsed = time.perf_counter() - begin
     return {"events": len(bodies) * 1000, "seconds": round(elapsed, 2), "events_per_s": round(len(bodies) * 1000 / elapsed)}
@@ -110,6 +114,13 @@ def main() -> None:
             results: dict[str, Any] = {"track": track_cost(url, key, args.calls),
                                        "baseline": baseline_rate(url, key, args.events),
                                        "emitter": emitter_rate(url, key, args.events), "cpus": os.cpu_count()}
+            count = ("from billing.usage.models import UsageEvent\n"
+                     "print(UsageEvent.objects.filter(customer__external_id='sdk-emitter').count())")
+            stored = int(subprocess.run([PY, "manage.py", "shell", "-c", count], cwd=ROOT, env=env, check=True,
+                                        capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            if stored != args.events:  # the rate counts only what was stored
+                raise SystemExit(f"the emitter's {args.events:,} events: {stored:,} stored")
+            results["emitter"]["stored"] = stored
         finally:
             if server is not None:
                 stop_server(server)
