@@ -6,12 +6,12 @@ transaction (SQLite). The key table is unique across the event table's monthly p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import msgspec
 from django.db import OperationalError, connection, transaction
 
 from billing.usage.ingest.rows import Row
@@ -44,6 +44,15 @@ class StoredMeanwhile(LedgerRefused):
     Worth one more optimistic pass, which will see it stored: the careful pass would wait for the account
     locks first."""
 
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def _json(value: Any) -> str:
+    """An event's dimensions or trace as JSON text for its column (a tenth of ``json.dumps``'s cost: two
+    per event; non-ASCII kept as UTF-8, which the column stores as is)."""
+    return _ENCODER.encode(value).decode()
 
 
 _RETRIED = {"40P01", "55P03"}  # deadlock_detected; lock_not_available (the careful pass's lock_timeout)
@@ -126,7 +135,7 @@ def _insert_rows_sqlite(rows: list[Row], received_at: datetime, table: str, cols
             params.extend((
                 ids[(r.customer_pk, r.event.event_id)], r.customer_pk, r.project_pk, r.meter_pk, r.event.event_id,
                 str(r.quantity), ops.adapt_datetimefield_value(r.event.timestamp), ops.adapt_datetimefield_value(r.usage_at),
-                received, json.dumps(r.event.dimensions), json.dumps(r.event.trace) if r.event.trace is not None else None,
+                received, _json(r.event.dimensions), _json(r.event.trace) if r.event.trace is not None else None,
                 r.run_id, r.billable, r.reason, r.event.schema_version, r.event.corrects or "", r.fingerprint,
             ))
         placeholders = ", ".join(["(" + ", ".join(["%s"] * (len(_COLUMNS) + 1)) + ")"] * len(new))
@@ -169,8 +178,8 @@ def _insert_rows_postgresql(rows: list[Row], received_at: datetime, table: str, 
         [r.quantity for r in rows],
         [r.event.timestamp for r in rows],
         [r.usage_at for r in rows],
-        [json.dumps(r.event.dimensions) for r in rows],
-        [json.dumps(r.event.trace) if r.event.trace is not None else None for r in rows],
+        [_json(r.event.dimensions) for r in rows],
+        [_json(r.event.trace) if r.event.trace is not None else None for r in rows],
         [r.run_id for r in rows],
         [r.billable for r in rows],
         [r.reason for r in rows],

@@ -191,3 +191,17 @@ def test_settle_takes_a_malformed_item_per_event_too(ingest, make_client):
 
     assert response.status_code == 404  # the envelope was read: the reservation is what is missing
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_dimensions_and_trace_with_any_unicode_are_stored_exactly(ingest, event):
+    # given text that JSON writers treat differently: non-ASCII, line separators, quotes, backslashes
+    odd = 'Zürich "q" \\ \u2028 \u2029 \U0001f600 \t end'
+    body = event("odd", dimensions={"model": "gpt-4o", "région": odd}) | {"trace": {"run_id": odd, "step": 2}}
+
+    response = post_json(ingest, EVENTS, body)
+
+    # then the columns hold exactly what was sent
+    stored = UsageEvent.objects.get(event_id="odd")
+    assert response.status_code == 201
+    assert stored.dimensions == {"model": "gpt-4o", "région": odd}
+    assert stored.trace == {"run_id": odd, "step": 2}
