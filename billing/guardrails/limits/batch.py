@@ -124,7 +124,8 @@ class BatchDebit:
                 locked.update(read(sorted(self.fold.changed)))
             locked.update(self.fold.state)
         self.prepared = prepared
-        self.available = {i: locked[i].available for i in prepared.bounded()}
+        bounded = prepared.bounded()
+        self.available = {i: locked[i].available for i in bounded}
         # a usage counter's value with what is held on it: the held batches of a ledger that posts them after
         # the insert (TigerBeetle; peeked at, not waited for), which are posted unless their insert failed
         # (none on the SQL ledger, which books usage posted: a reservation holds no counter)
@@ -139,7 +140,7 @@ class BatchDebit:
         # voided when their insert fails (a deadlock, run again), so a new unique_count value refused only
         # for want of room those holds take is decided again, not refused (a value once refused for room
         # that a voided hold then left could be counted by the next batch: two answers for one value)
-        self.held = {} if lock else {i: locked[i].debits_pending for i in prepared.bounded() if i in locked}
+        self.held = {} if lock else {i: locked[i].debits_pending for i in bounded if i in locked}
         # runs past their max_duration_seconds (from their steps account's creation: the run's first event)
         now_ns = time.time_ns()
         self.expired = {g.name for event, _, _ in prepared.plans for g in event.guards

@@ -130,9 +130,10 @@ class Prepared:
 
     def bounded(self) -> set[int]:
         """The balance-bounded accounts the events debit: quotas, spend caps, credit wallets, runs, budgets."""
+        combinations = {id(event.guards): event.guards for event, _, _ in self.plans if event.guards}  # shared tuples
         return {i for shared, _ in self.terms.values()
                 for i in (shared.quota_id, shared.spend_id, shared.wallet_id if shared.prepaid else 0) if i} | {
-                    g.account_id for event, _, _ in self.plans for g in event.guards if g.code}
+                    g.account_id for guards in combinations.values() for g in guards if g.code}
 
     def locks(self) -> set[int]:
         """The accounts a batch debit reads (and, deciding under locks, holds): bounded ones, usage counters,
