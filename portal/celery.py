@@ -3,9 +3,12 @@
 Each schedule entry says why it runs when it does.
 """
 
+import gc
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
@@ -34,6 +37,15 @@ QUEUES = {
     # the rest: the heartbeat
     "celery": [],
 }
+
+
+@worker_process_init.connect
+def _freeze_what_is_loaded(**_: Any) -> None:
+    """A pool process starts with Django, the apps and every task module loaded (forked from the worker):
+    they live as long as it, so out of the collector's generations (as portal.wsgi does for web)."""
+    gc.freeze()
+
+
 app.conf.task_default_queue = "celery"
 # each queue its own exchange and routing key: queues sharing a binding would each get a copy of every message
 app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
