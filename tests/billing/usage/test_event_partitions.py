@@ -177,3 +177,24 @@ def test_the_migration_moves_stored_events_into_partitions_and_keeps_their_keys(
     assert reused.status_code == 409, reused.content
     assert post_json(api, "/api/v1/events", event("new")).status_code == 201
     assert UsageEvent.objects.get(event_id="new").id > last_id
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_read_of_stored_ids_is_planned_for_each_call_never_kept_prepared(acme, tokens_meter, event):
+    # given: stored events, and a session that would use a prepared statement's generic plan at once (a
+    # plan kept from when the tables were small and unanalyzed read the customer's every key for each id)
+    from billing.usage.ingest import store
+
+    events_ingest(principal=ADMIN, raw_events=[json.dumps(event(f"s-{n}")).encode() for n in range(20)])
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+
+    # when: stored ids are read more times than the connection's prepare threshold
+    found = [store.stored_columns(acme.pk, [f"s-{n}" for n in range(30)], "billable") for _ in range(6)]
+
+    # then: each read finds the stored ids, and the read was never kept as a prepared statement
+    assert all(sorted(f) == sorted((f"s-{n}", True) for n in range(20)) for f in found)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%usage_event_key k JOIN%"])
+        assert cursor.fetchone()[0] == 0
