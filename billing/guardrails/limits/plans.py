@@ -200,20 +200,31 @@ def prepare(events: list[EventUsage], subscribed: SubscribedPlans | None = None,
             plans.append((event, shared, charges))
     counters_needed = {c.counter.id: c.counter for charges in lists.values() for c in charges if c.counter}
     values: dict[int, None] = {}
-    guarded = _guards(plans, subscribed, accounts, allocations) if plans else set()
+    # the passes over every event for guards and distinct values only when some terms of the batch have them
+    distinct = [shared for shared, _ in terms_of.values()]
+    guards = any(_may_guard(shared, subscribed) for shared in distinct)
+    guarded = _guards(plans, subscribed, accounts, allocations) if plans and guards else set()
     if plans:
         for counter in counters_needed.values():
             accounts += [counter, acc.operator_account(AccountCode.OPERATOR_COUNTER, counter.ledger)]
-        for event, shared, _charges in plans:
-            value = shared.unique_value(event)
-            if value is not None and shared.unique_id(value) not in values:
-                values[shared.unique_id(value)] = None
-                accounts.append(acc.unique_account(shared.customer_pk, shared.meter.pk, shared.period, value))
-                allocations.append(acc.unique_allocation(shared.customer_pk, shared.meter.pk, shared.period, value))
+        if any(shared.kind == UNIQUE_VALUES and shared.hard is not None for shared in distinct):
+            for event, shared, _charges in plans:
+                value = shared.unique_value(event)
+                if value is not None and shared.unique_id(value) not in values:
+                    values[shared.unique_id(value)] = None
+                    accounts.append(acc.unique_account(shared.customer_pk, shared.meter.pk, shared.period, value))
+                    allocations.append(acc.unique_allocation(shared.customer_pk, shared.meter.pk, shared.period, value))
         if create:
             acc.ensure(accounts, allocations)
     return Prepared(plans, list(counters_needed), list(wallet_ids.values()), existing, list(values), terms_of,
                     guarded, [] if create else accounts, [] if create else allocations)
+
+
+def _may_guard(shared: LimitTerms, subscribed: SubscribedPlans) -> bool:
+    """Whether ``_guards`` may find a guard for an event of these terms: run limits, or (priced) a budget of
+    the customer or anomaly detection."""
+    return shared.card.run_limits is not None or (shared.priced and (
+        shared.card.anomaly is not None or bool(subscribed.budgets.get(shared.customer_pk))))
 
 
 def _guards(plans: list[tuple[EventUsage, LimitTerms, list[Charge]]], subscribed: SubscribedPlans,

@@ -179,8 +179,10 @@ def _booked_with_the_insert(rows: list[Row], limited: list[Row], now: datetime, 
     attempt = None if ledger.shares_database else fingerprint_of(
         sorted((r.customer_pk, r.event.event_id, r.fingerprint) for r in debited))
     fold = debit.fold
+    # the events read as stored cannot be inserted (events are never deleted): the insert skips them
+    fresh = [r for r in rows if (r.customer_pk, r.event.event_id) not in known] if known else rows
     inserted: set[tuple[int, str]] = ledger.book_with(
-        transfers, expect, store.EventInsert(rows, now, debited), attempt,
+        transfers, expect, store.EventInsert(fresh, now, debited), attempt,
         new_accounts=fold.accounts if fold else (), allocations=fold.allocations if fold else ())
     if fold is not None:
         fold.remember()
