@@ -15,11 +15,17 @@ catalog of bench/rollup.py, creates the customers through the services (each wit
     hold the measured month (the reads timed go to its rows by key range), so the incremental run is
     not asked to read 29M events at once.
 
-At each size, after ``VACUUM (ANALYZE)``, the real code paths, timed:
+At each size, after ``VACUUM (ANALYZE)`` and a ``CHECKPOINT`` (the loaded months written out, as a
+server's old months long have been), the real code paths. First one round right after the load (reported
+as ``after_load``: an hour rolled up, the drafts refreshed, the usage queried): the loaded months have
+filled shared_buffers, and this round reads its pages back. Then the timed round, in the steady state of
+a server whose rollup runs every hour and whose drafts are refreshed every ten minutes:
   - **rollup**: one more hour of the measured month (``--hour-events``) inserted with fresh ids, then the beat
     task's service ``rollup_until_current``;
   - **invoice drafts**: ``period_snapshot`` of the measured month, then ``invoice_draft_refresh`` for every
-    ``--sample``-th customer, twice (the second pass finds nothing new: computation alone);
+    ``--sample``-th customer, twice (the first pass updates the drafts with the new hour, the second finds
+    nothing new: computation alone); the drafts exist from the measured month's rebuild on (one untimed
+    pass then), so that the first pass updates a draft at every size, as beat does;
   - **usage queries**: the usage API's selector ``usage_aggregate`` (the month by day, grouped by
     dimension ``model``) and the events list's first page (``events_list``) for the same customers.
 Each figure is reported with the time per event of the data it reads, and the load average beside it:
@@ -158,16 +164,32 @@ def _stats(latencies: list[float], events: int) -> dict[str, Any]:
             "events_read": events, "us_per_event": round(total / max(events, 1) * 1e6, 3)}
 
 
-def measure(args: argparse.Namespace, loader: Loader, hour: int, size: int) -> dict[str, Any]:
-    """One size: an hour more rolled up, invoice drafts twice, usage queries; each with its load average."""
+def sampled(every: int) -> list[Any]:
+    """Every ``every``-th customer: those whose drafts and usage are timed."""
     from billing.customers.models import Customer
+
+    return list(Customer.objects.order_by("pk"))[::every]
+
+
+def drafts_pass(sample: list[Any]) -> tuple[list[float], float]:
+    """``invoice_draft_refresh`` of the measured month for each customer of ``sample`` after one
+    ``period_snapshot`` (what the beat task ``drafts_refresh`` does): each one's seconds, the snapshot's."""
     from billing.invoicing.services import invoice_draft_refresh
     from billing.invoicing.snapshot import period_snapshot
-    from billing.usage.models import UsageEvent
-    from billing.usage.rollups import rollup_until_current
-    from billing.usage.selectors import events_list, usage_aggregate
 
-    out: dict[str, Any] = {"events": size, "load_average_before": load_average()}
+    began = time.perf_counter()
+    snapshot = period_snapshot(start=MEASURED, end=MEASURED_END)
+    snapshot_s = time.perf_counter() - began
+    by_pk = {c.pk: c for c in snapshot.customers}
+    return timed_each(lambda c, s=snapshot, b=by_pk: invoice_draft_refresh(
+        customer=b[c.pk], period_start=MEASURED, snapshot=s), sample), snapshot_s
+
+
+def hour_rolled_up(args: argparse.Namespace, loader: Loader, hour: int) -> dict[str, Any]:
+    """One more hour of the measured month (``--hour-events`` events, fresh ids) inserted as ingest writes
+    it, then the beat task's service ``rollup_until_current``, timed."""
+    from billing.usage.rollups import rollup_until_current
+
     start = MEASURED_END - timedelta(hours=args.repeat_hours - hour)
     loader.month(start=start, span=timedelta(hours=1), lo=0, hi=args.hour_events, id0=None, tag=f"h{hour}")
     began = time.perf_counter()
@@ -175,21 +197,37 @@ def measure(args: argparse.Namespace, loader: Loader, hour: int, size: int) -> d
     seconds = time.perf_counter() - began
     if covered != args.hour_events:
         raise SystemExit(f"the incremental run covered {covered} events, expected {args.hour_events}")
-    out["rollup_hour"] = {"events": covered, "seconds": round(seconds, 3),
-                          "us_per_event": round(seconds / covered * 1e6, 2), "load_average": load_average()}
-    say(f"{size:,}: rollup of one hour, {covered} events in {seconds:.2f} s")
+    return {"events": covered, "seconds": round(seconds, 3), "us_per_event": round(seconds / covered * 1e6, 2),
+            "load_average": load_average()}
 
-    sample = list(Customer.objects.order_by("pk"))[::args.sample]
-    month_events = UsageEvent.objects.filter(usage_at__gte=MEASURED, usage_at__lt=MEASURED_END).count()
-    sampled_events = UsageEvent.objects.filter(usage_at__gte=MEASURED, usage_at__lt=MEASURED_END,
-                                               customer__in=sample).count()
+
+def measure(args: argparse.Namespace, loader: Loader, hour: int, size: int) -> dict[str, Any]:
+    """One size: first the round right after the months were loaded (an hour rolled up, the drafts
+    refreshed, the usage queried: reported as ``after_load``), then the timed round (another hour, the
+    drafts twice, the usage queries), each figure with its load average."""
+    from billing.usage.models import UsageEvent
+    from billing.usage.selectors import events_list, usage_aggregate
+
+    out: dict[str, Any] = {"events": size, "load_average_before": load_average()}
+    sample = sampled(args.sample)
+    after_load: dict[str, Any] = {"rollup_hour": hour_rolled_up(args, loader, hour)}
+
+    def month_events(customers: list[Any] | None = None) -> int:
+        events = UsageEvent.objects.filter(usage_at__gte=MEASURED, usage_at__lt=MEASURED_END)
+        return (events if customers is None else events.filter(customer__in=customers)).count()
+
+    after_load["invoices_first"] = _stats(drafts_pass(sample)[0], month_events(sample))
+    usage = timed_each(lambda c: usage_aggregate(customer=c, start=MEASURED, end=MEASURED_END, granularity="day",
+                                                 group_by=("model",)), sample)
+    after_load["usage_month_by_day"] = _stats(usage, month_events(sample))
+    out["after_load"] = {**after_load, "load_average": load_average()}
+    say(f"{size:,}: right after the load: {after_load}")
+
+    out["rollup_hour"] = hour_rolled_up(args, loader, hour + 1)
+    say(f"{size:,}: rollup of one hour, {out['rollup_hour']}")
+    sampled_events = month_events(sample)
     for name in ("invoices_first", "invoices_second"):
-        began = time.perf_counter()
-        snapshot = period_snapshot(start=MEASURED, end=MEASURED_END)
-        snapshot_s = time.perf_counter() - began
-        by_pk = {c.pk: c for c in snapshot.customers}
-        latencies = timed_each(lambda c, s=snapshot, b=by_pk: invoice_draft_refresh(
-            customer=b[c.pk], period_start=MEASURED, snapshot=s), sample)
+        latencies, snapshot_s = drafts_pass(sample)
         out[name] = {**_stats(latencies, sampled_events), "snapshot_ms": round(snapshot_s * 1000, 1),
                      "load_average": load_average()}
         say(f"{size:,}: {name} {out[name]}")
@@ -199,7 +237,7 @@ def measure(args: argparse.Namespace, loader: Loader, hour: int, size: int) -> d
     page = timed_each(lambda c: events_list(customer_pks=[c.pk], limit=100), sample)
     out["events_first_page"] = {**_stats(page, 100 * len(sample)), "load_average": load_average()}
     say(f"{size:,}: usage {out['usage_month_by_day']}, events page {out['events_first_page']}")
-    out["measured_month_events"] = month_events
+    out["measured_month_events"] = month_events()
     out["table_mb"] = round(sql("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
                                 "WHERE inhparent = 'usage_event'::regclass") / 2**20)
     out["keys_mb"] = round(sql("SELECT pg_total_relation_size('usage_event_key')") / 2**20)
@@ -218,6 +256,7 @@ def grow(args: argparse.Namespace, loader: Loader, sizes: list[int], results: di
     rollup_full(now=MEASURED_END + timedelta(days=1))  # the production rebuild of the measured month
     results["measured_month"] = {"events": per_month, "load_s": round(seconds, 1),
                                  "rollup_full_s": round(time.perf_counter() - began, 1), "load_average": load_average()}
+    drafts_pass(sampled(args.sample))  # the drafts exist from here on, as from a period's first refresh in production
     say(f"measured month: {results['measured_month']}")
     history_rows, months_back, steps = 0, 0, []
     for hour, size in enumerate(sizes):
@@ -233,10 +272,13 @@ def grow(args: argparse.Namespace, loader: Loader, sizes: list[int], results: di
             say(f"history {first:%Y-%m}: {count:,} events (load {load_s:.0f} s so far)")
         began = time.perf_counter()
         sql("VACUUM (ANALYZE) usage_event, usage_event_key, usage_hourly_rollup, usage_daily_rollup")
-        step = {"history_load_s": round(load_s, 1),
-                "vacuum_analyze_s": round(time.perf_counter() - began, 1),
+        vacuum_s = time.perf_counter() - began
+        began = time.perf_counter()
+        sql("CHECKPOINT")  # the loaded months written out, as a server's old months long have been
+        step = {"history_load_s": round(load_s, 1), "vacuum_analyze_s": round(vacuum_s, 1),
+                "checkpoint_s": round(time.perf_counter() - began, 1),
                 "partitions": sql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage_event'::regclass")}
-        step.update(measure(args, loader, hour, size + args.hour_events * (hour + 1)))
+        step.update(measure(args, loader, 2 * hour, size + args.hour_events * 2 * (hour + 1)))
         steps.append(step)
         results["steps"] = steps
         write(results, partial=True)
@@ -259,7 +301,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="the throwaway server's port (default: a free one)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    args.repeat_hours = len(sizes)
+    args.repeat_hours = 2 * len(sizes)  # two hours per size: right after the load, then the timed one
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-scale-"))
