@@ -28,8 +28,9 @@ a server whose rollup runs every hour and whose drafts are refreshed every ten m
     pass then), so that the first pass updates a draft at every size, as beat does;
   - **usage queries**: the usage API's selector ``usage_aggregate`` (the month by day, grouped by
     dimension ``model``) and the events list's first page (``events_list``) for the same customers.
-Each figure is reported with the time per event of the data it reads, and the load average beside it:
-the machine may be shared (run it with ``nice``). Prints JSON and writes bench/results/scale-<UTC>.json.
+Each figure is reported with the time per event of the data it reads, the CPU time per event (this
+process's and its PostgreSQL backend's, which another load on the machine does not inflate as it does the
+wall time) and the load average beside it: the machine may be shared (run it with ``nice``). Prints JSON and writes bench/results/scale-<UTC>.json.
 """
 
 from __future__ import annotations
@@ -148,20 +149,38 @@ class Loader:
         return time.perf_counter() - began
 
 
-def timed_each(fn: Any, items: list[Any]) -> list[float]:
+def cpu_seconds() -> float:
+    """CPU seconds so far of this process and of its PostgreSQL backend (from /proc: the server runs on this
+    machine): what the work costs whatever else the machine runs, unlike the wall time."""
+    from django.db import connection
+
+    if getattr(connection, "bench_backend_pid", None) is None:
+        connection.bench_backend_pid = sql("SELECT pg_backend_pid()")  # type: ignore[attr-defined]
+    with open(f"/proc/{connection.bench_backend_pid}/stat") as stat:  # type: ignore[attr-defined]
+        fields = stat.read().rsplit(")", 1)[1].split()  # after the command name: field 3 (state) on
+    return time.process_time() + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Timed = tuple[list[float], float]  # each call's wall seconds, and the CPU seconds of all of them
+
+
+def timed_each(fn: Any, items: list[Any]) -> Timed:
     out = []
+    cpu = cpu_seconds()
     for item in items:
         began = time.perf_counter()
         fn(item)
         out.append(time.perf_counter() - began)
-    return out
+    return out, cpu_seconds() - cpu
 
 
-def _stats(latencies: list[float], events: int) -> dict[str, Any]:
+def _stats(timed: Timed, events: int) -> dict[str, Any]:
+    latencies, cpu = timed
     total = sum(latencies)
     return {"calls": len(latencies), "p50_ms": round(pct(latencies, 0.5) * 1000, 2),
             "p99_ms": round(pct(latencies, 0.99) * 1000, 2), "total_s": round(total, 2),
-            "events_read": events, "us_per_event": round(total / max(events, 1) * 1e6, 3)}
+            "events_read": events, "us_per_event": round(total / max(events, 1) * 1e6, 3),
+            "cpu_s": round(cpu, 2), "cpu_us_per_event": round(cpu / max(events, 1) * 1e6, 3)}
 
 
 def sampled(every: int) -> list[Any]:
@@ -171,9 +190,9 @@ def sampled(every: int) -> list[Any]:
     return list(Customer.objects.order_by("pk"))[::every]
 
 
-def drafts_pass(sample: list[Any]) -> tuple[list[float], float]:
+def drafts_pass(sample: list[Any]) -> tuple[Timed, float]:
     """``invoice_draft_refresh`` of the measured month for each customer of ``sample`` after one
-    ``period_snapshot`` (what the beat task ``drafts_refresh`` does): each one's seconds, the snapshot's."""
+    ``period_snapshot`` (what the beat task ``drafts_refresh`` does): their times, the snapshot's seconds."""
     from billing.invoicing.services import invoice_draft_refresh
     from billing.invoicing.snapshot import period_snapshot
 
@@ -192,13 +211,13 @@ def hour_rolled_up(args: argparse.Namespace, loader: Loader, hour: int) -> dict[
 
     start = MEASURED_END - timedelta(hours=args.repeat_hours - hour)
     loader.month(start=start, span=timedelta(hours=1), lo=0, hi=args.hour_events, id0=None, tag=f"h{hour}")
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), cpu_seconds()
     covered = rollup_until_current(now=start + timedelta(hours=1, minutes=5))
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu
     if covered != args.hour_events:
         raise SystemExit(f"the incremental run covered {covered} events, expected {args.hour_events}")
     return {"events": covered, "seconds": round(seconds, 3), "us_per_event": round(seconds / covered * 1e6, 2),
-            "load_average": load_average()}
+            "cpu_s": round(cpu, 3), "cpu_us_per_event": round(cpu / covered * 1e6, 2), "load_average": load_average()}
 
 
 def measure(args: argparse.Namespace, loader: Loader, hour: int, size: int) -> dict[str, Any]:
