@@ -30,7 +30,8 @@ a server whose rollup runs every hour and whose drafts are refreshed every ten m
     dimension ``model``) and the events list's first page (``events_list``) for the same customers.
 Each figure is reported with the time per event of the data it reads, the CPU time per event (this
 process's and its PostgreSQL backend's, which another load on the machine does not inflate as it does the
-wall time) and the load average beside it: the machine may be shared (run it with ``nice``). Prints JSON and writes bench/results/scale-<UTC>.json.
+wall time) and the load average beside it: the machine may be shared (run it with ``nice``). Prints JSON
+and writes bench/results/scale-<UTC>.json.
 """
 
 from __future__ import annotations
