@@ -175,11 +175,10 @@ class _Batch:
         return True
 
     def _write(self) -> None:
-        _save_accounts([acc for acc in self.accounts.values() if acc.dirty])
-        for pending_id in self.pending_dirty:  # only pendings loaded from the database are marked dirty
-            stored = self.pendings[pending_id]
-            if isinstance(stored, LedgerTransfer):
-                stored.save(update_fields=["state"])
+        # only pendings loaded from the database are marked dirty; their new state goes with the balances
+        closed = sorted((pending_id, int(stored.state)) for pending_id in self.pending_dirty
+                        if isinstance(stored := self.pendings[pending_id], LedgerTransfer))
+        _save_accounts([acc for acc in self.accounts.values() if acc.dirty], closed)
         if self.new_rows:
             _insert_transfers(self.new_rows)
         if self.new_failed:

@@ -165,21 +165,33 @@ def _same_account(stored: Account | None, wanted: Account) -> bool:
                                                             wanted.user_data_128, wanted.user_data_64, wanted.user_data_32)
 
 
-def _save_accounts(accounts: list[_LockedAccount]) -> None:
+def _save_accounts(accounts: list[_LockedAccount], states: Sequence[tuple[int, int]] = ()) -> None:
     """One UPDATE for the batch's changed accounts: a balance is written once per batch, however many
-    transfers moved it."""
-    if not accounts:
+    transfers moved it. ``states``: (id, state) of stored pending transfers the batch closed, written by
+    the same statement on PostgreSQL (a settle closes its holds in one round trip, not one per hold)."""
+    if not accounts and not states:
         return
     if connection.vendor != "postgresql":
         for acc in accounts:
             LedgerAccount.objects.filter(pk=acc.id).update(**{name: getattr(acc, name) for name in _BALANCES})
+        for pk, state in states:
+            LedgerTransfer.objects.filter(pk=pk).update(state=state)
         return
+    params: list[int] = [v for pair in states for v in pair]
+    close = ("UPDATE ledger_transfer AS t SET state = s.state FROM (VALUES "  # noqa: S608
+             f"{', '.join(['(%s::numeric, %s::smallint)'] * len(states))}) AS s(id, state) WHERE t.id = s.id")
+    if not accounts:  # only states (a closing moves balances, so not from a batch): that UPDATE alone
+        with connection.cursor() as cursor:
+            cursor.execute(close, params)
+        return
+    closed = f"WITH closed AS ({close}) " if states else ""
     values = ", ".join(["(%s::numeric, %s::numeric, %s::numeric, %s::numeric, %s::numeric)"] * len(accounts))
-    params = [v for acc in accounts for v in (acc.id, *(getattr(acc, name) for name in _BALANCES))]
+    params += [v for acc in accounts for v in (acc.id, *(getattr(acc, name) for name in _BALANCES))]
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE ledger_account AS a SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, "  # noqa: S608
-            f"credits_posted = v.cpo FROM (VALUES {values}) AS v(id, dp, dpo, cp, cpo) WHERE a.id = v.id", params)
+            f"{closed}UPDATE ledger_account AS a SET debits_pending = v.dp, debits_posted = v.dpo, "  # noqa: S608
+            "credits_pending = v.cp, credits_posted = v.cpo "
+            f"FROM (VALUES {values}) AS v(id, dp, dpo, cp, cpo) WHERE a.id = v.id", params)
 
 
 def _insert_transfers(rows: list[NewTransfer]) -> None:
