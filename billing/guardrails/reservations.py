@@ -17,11 +17,12 @@ expiry:   TigerBeetle releases timed-out holds itself; for the SQL backend a Cel
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.catalog.models import Meter
@@ -127,8 +128,10 @@ def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter,
                 raise _refused(hold, customer, meter)
             raise RuntimeError(f"ledger refused reservation hold {hold.leg}: {status.value}")
     legs = {h.leg: {"id": str(h.transfer.id), "amount": str(h.transfer.amount)} for h in holds}
+    # one INSERT: in autocommit it is its own transaction (no BEGIN/COMMIT round trips); inside a caller's
+    # transaction, a savepoint keeps that transaction usable when the insert fails
     try:
-        with transaction.atomic():
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             reservation = Reservation.objects.create(
                 customer=customer, reservation_id=reservation_id, meter=meter, quantity=quantity, dimensions=dimensions,
                 ttl_seconds=ttl_seconds, expires_at=now + timedelta(seconds=ttl_seconds), legs=legs)
