@@ -120,7 +120,7 @@ def reservation_create(*, customer: Customer, reservation_id: str, meter: Meter,
     holds = _holds(customer, meter, quantity, dimensions, reservation_id, ttl_seconds, now, origin or Origin())
     if holds:
         chain = [h.transfer if i == len(holds) - 1 else _linked(h.transfer) for i, h in enumerate(holds)]
-        statuses = get_ledger().create_transfers(chain)
+        statuses = get_ledger().create_transfers(chain, fresh=fresh)
         for hold, status in zip(holds, statuses, strict=True):
             if status.ok or status is Status.LINKED_EVENT_FAILED:
                 continue

@@ -57,8 +57,10 @@ class LedgerBackend(ABC):
         """One status per account, in order (balances in the input are ignored)."""
 
     @abstractmethod
-    def create_transfers(self, transfers: Sequence[Transfer]) -> list[Status]:
-        """One status per transfer, in order; linked chains succeed or fail together."""
+    def create_transfers(self, transfers: Sequence[Transfer], *, fresh: bool = False) -> list[Status]:
+        """One status per transfer, in order; linked chains succeed or fail together. ``fresh``: the caller
+        derived every id from an id it drew itself just now, so none can exist or have failed yet (a ledger
+        may skip looking them up; a duplicate is still refused by the id's uniqueness)."""
 
     @abstractmethod
     def lookup_accounts(self, ids: Sequence[int]) -> dict[int, Account]:

@@ -166,7 +166,7 @@ class TigerBeetleLedger(LedgerBackend):
         results = self._call(lambda c: c.create_accounts(batch)) if batch else []
         return [_status(r.status.name, account=True) for r in results]
 
-    def create_transfers(self, transfers: Sequence[Transfer]) -> list[Status]:
+    def create_transfers(self, transfers: Sequence[Transfer], *, fresh: bool = False) -> list[Status]:
         out: list[Status] = []
         for start, end in chain_batches([int(t.flags) for t in transfers]):
             batch = [tb.Transfer(id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id,

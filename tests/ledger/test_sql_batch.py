@@ -259,3 +259,28 @@ def test_book_checked_holds_the_ledger_to_what_the_caller_expected() -> None:
 def test_book_checked_needs_the_callers_transaction() -> None:
     with pytest.raises(RuntimeError, match="transaction"):
         SqlLedger().book_checked([])
+
+
+def test_fresh_transfers_skip_the_id_lookups_yet_a_stored_id_still_answers_exists() -> None:
+    """``fresh`` skips reading the ids first; were one stored after all, its insert fails on the id's
+    uniqueness and the retry reads them: the answer is the one a plain call gives, nothing booked twice."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from ledger.models import LedgerTransfer
+
+    ledger = SqlLedger()
+    operator, (bounded,) = make_books(ledger, [100])
+    hold = Transfer(id=new_id(), debit_account_id=bounded, credit_account_id=operator, amount=30, ledger=LEDGER,
+                    code=CODE, flags=TransferFlags.PENDING, timeout=600)
+    with CaptureQueriesContext(connection) as queries:
+        assert ledger.create_transfers([hold], fresh=True) == [Status.CREATED]
+    assert not [q for q in queries.captured_queries if "ledger_failed_transfer" in q["sql"]]
+    assert ledger.create_transfers([hold], fresh=True) == [Status.EXISTS]  # not fresh after all: read, then answered
+    assert LedgerTransfer.objects.filter(pk=hold.id).count() == 1
+    assert ledger.lookup_accounts([bounded])[bounded].debits_pending == 30
+    post = Transfer(id=new_id(), pending_id=hold.id, amount=30, flags=TransferFlags.POST_PENDING_TRANSFER)
+    assert ledger.create_transfers([post]) == [Status.CREATED]  # and the hold closes as any other
+    assert LedgerTransfer.objects.get(pk=hold.id).state == LedgerTransfer.State.PENDING_POSTED
+    account = ledger.lookup_accounts([bounded])[bounded]
+    assert (account.debits_pending, account.debits_posted) == (0, 30)

@@ -47,11 +47,11 @@ class _Batch:
     written with one COPY on PostgreSQL.
     """
 
-    def __init__(self, transfers: Sequence[Transfer], *, recheck: bool = False) -> None:
+    def __init__(self, transfers: Sequence[Transfer], *, recheck: bool = False, fresh: bool = False) -> None:
         self.transfers = list(transfers)
         ids = [t.id for t in self.transfers if t.id]
-        self.existing = _transfers_by_id(ids)
-        self.failed = _failed_by_id(ids)
+        self.existing = {} if fresh else _transfers_by_id(ids)
+        self.failed = {} if fresh else _failed_by_id(ids)
         self.plain = _plain_batch(self.transfers, self.existing, self.failed)  # before taking any lock
         pending_ids = sorted({t.pending_id for t in self.transfers if t.pending_id})
         self.pendings: dict[int, LedgerTransfer | NewTransfer] = {
