@@ -35,6 +35,9 @@ class FakeUpstream:
         self.requests: list[dict[str, Any]] = []
         self.mode = "ok"
         self.slow_seconds = 2.0
+        self.waiting = 0  # slow requests being answered now, and the most at once
+        self.most_waiting = 0
+        self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,7 +50,12 @@ class FakeUpstream:
                 if fake.mode == "error":
                     return self._send(500, {"error": {"message": "upstream broke", "type": "server_error"}})
                 if fake.mode == "slow":
+                    with fake._lock:
+                        fake.waiting += 1
+                        fake.most_waiting = max(fake.most_waiting, fake.waiting)
                     time.sleep(fake.slow_seconds)
+                    with fake._lock:
+                        fake.waiting -= 1
                 if self.path.endswith("/embeddings"):
                     return self._send(200, {"object": "list", "model": body["model"], "data": [
                         {"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
