@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -101,23 +102,29 @@ def test_retried_rejected_event_stays_rejected_and_retried_accepted_event_debits
     assert post_json(ingest, "/api/v1/events", json.loads(body("last", "4"))).status_code == 201
 
 
+@pytest.fixture
+def reads(monkeypatch: Any) -> list[list[str]]:
+    """The ids of every read of which events are stored, in order."""
+    from billing.usage.ingest import store
+
+    seen: list[list[str]] = []
+    real = store.stored_columns
+
+    def spy(customer: int, ids: list[str], columns: str) -> list:
+        seen.append(ids)
+        return real(customer, ids, columns)
+
+    monkeypatch.setattr(store, "stored_columns", spy)
+    return seen
+
+
 @pytest.mark.ledger
 @pytest.mark.django_db
 def test_a_single_event_is_decided_without_reading_what_is_stored_and_its_retry_still_debits_once(
-        acme, ingest, admin, debit_mode, monkeypatch):
+        acme, ingest, admin, debit_mode, reads):
     """A single event is seldom a retry: its first try skips the read of which events are stored; the
     insert refuses to debit one stored already, and the next try reads it (a retry answered as before)."""
-    from billing.usage.ingest import store as services
-
     subscribe(acme, catalog(hard="10"))
-    reads: list[list[str]] = []
-    real = services.stored_columns
-
-    def spy(customer: int, ids: list[str], columns: str) -> list:
-        reads.append(ids)
-        return real(customer, ids, columns)
-
-    monkeypatch.setattr(services, "stored_columns", spy)
 
     first = post_json(ingest, "/api/v1/events", json.loads(body("one", "6")))
     assert first.status_code == 201 and reads == []
@@ -136,20 +143,10 @@ def test_a_single_event_is_decided_without_reading_what_is_stored_and_its_retry_
 
 @pytest.mark.ledger
 @pytest.mark.django_db
-def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, admin, debit_mode, monkeypatch):
+def test_a_retried_batch_with_a_new_event_debits_the_new_one_only(acme, ingest, admin, debit_mode, reads):
     """A retry of a batch with one event more: the stored events are duplicates and debit nothing again,
     the new one is debited."""
-    from billing.usage.ingest import store as services
-
     subscribe(acme, catalog(hard="100"))
-    reads: list[list[str]] = []
-    real = services.stored_columns
-
-    def spy(customer: int, ids: list[str], columns: str) -> list:
-        reads.append(ids)
-        return real(customer, ids, columns)
-
-    monkeypatch.setattr(services, "stored_columns", spy)
 
     def send(*events: tuple[str, str]) -> list[str]:
         response = post_json(ingest, "/api/v1/events/batch", {"events": [json.loads(body(e, q)) for e, q in events]})
