@@ -210,6 +210,10 @@ def test_the_read_of_stored_ids_looks_each_id_up_in_the_key_index_whatever_the_s
     from billing.usage.ingest import store
 
     events_ingest(principal=ADMIN, raw_events=[json.dumps(event(f"s-{n}")).encode() for n in range(50)])
+    with connection.cursor() as setup:  # statistics of 50 keys, then keys enough that reading them all is never cheap
+        setup.execute("ANALYZE usage_event_key")
+        setup.execute("INSERT INTO usage_event_key (customer_id, event_id, event, usage_at) "
+                       "SELECT %s, 'g-' || g, 1000000000 + g, now() FROM generate_series(1, 30000) AS g", [acme.pk])
     ids = [f"s-{n}" for n in range(1000)]
 
     # when: the read is planned
